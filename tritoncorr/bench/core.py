@@ -1,0 +1,147 @@
+"""Benchmark machinery shared by every kernel: cases, timing, peak memory, roofline, result files.
+
+A kernel family contributes a module ``tritoncorr/bench/<family>.py`` with
+
+    def cases(device: torch.device, quick: bool) -> list[BenchCase]
+
+Each :class:`BenchCase` is one (kernel, shape, mode) and maps provider names ("triton", "torch",
+"dense", "eager", "compiled", ...) to *factories*: a factory builds its inputs on the device and
+returns the zero-argument function to time. Inputs are built per provider so that peak memory of
+one provider does not include another's buffers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import statistics
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+Factory = Callable[[], Callable[[], Any]]
+
+
+@dataclasses.dataclass
+class BenchCase:
+    """One benchmarked configuration.
+
+    ``flops``: useful floating-point operations of one call (for TFLOP/s), or None.
+    ``bytes``: minimal bytes one call must move (for GB/s), or None.
+    ``providers``: provider name -> factory (see the module docstring). A factory may raise
+    ``SkipProvider`` (e.g. the dense reference would not fit in memory).
+    """
+
+    kernel: str
+    shape: str
+    mode: str
+    providers: dict[str, Factory]
+    flops: float | None = None
+    bytes: float | None = None
+
+
+class SkipProvider(Exception):
+    """Raised by a factory that cannot run here; the message is shown in the table."""
+
+
+@dataclasses.dataclass
+class BenchResult:
+    kernel: str
+    shape: str
+    mode: str
+    provider: str
+    device: str
+    p50_ms: float
+    p20_ms: float
+    p80_ms: float
+    peak_mb: float
+    tflops: float | None
+    gbps: float | None
+    roofline_pct: float | None
+    note: str = ""
+
+
+class PeakMemory(TorchDispatchMode):
+    """Peak bytes of tensor storage allocated by torch ops while active (CPU or CUDA tensors).
+
+    Storages alive before entering are not counted; a storage counts from the op that created it
+    until its Python object is collected. This works on CPU, where torch has no allocator stats.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current = 0
+        self.peak = 0
+        self._seen: set[int] = set()
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self._seen.discard(key)
+        self.current -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and not t.is_meta:
+                storage = t.untyped_storage()
+                key = id(storage)
+                if key in self._seen or storage.nbytes() == 0:
+                    continue
+                inputs = {id(a.untyped_storage()) for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)}
+                if key in inputs:  # in-place op or view of an input
+                    continue
+                self._seen.add(key)
+                self.current += storage.nbytes()
+                self.peak = max(self.peak, self.current)
+                weakref.finalize(storage, self._release, key, storage.nbytes())
+        return out
+
+
+def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int:
+    """Peak extra memory of one call of ``fn`` (CUDA: allocator stats; CPU: :class:`PeakMemory`)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        result = fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        del result
+        return peak
+    tracker = PeakMemory()
+    with tracker:
+        result = fn()
+        del result
+    return tracker.peak
+
+
+def time_fn(fn: Callable[[], Any], device: torch.device, *, quick: bool) -> tuple[float, float, float]:
+    """(p50, p20, p80) milliseconds. CUDA: ``triton.testing.do_bench``; CPU: wall clock after a warm-up."""
+    if device.type == "cuda":
+        import triton.testing
+
+        q = triton.testing.do_bench(fn, warmup=25 if quick else 100, rep=100 if quick else 500, quantiles=[0.5, 0.2, 0.8])
+        return float(q[0]), float(q[1]), float(q[2])
+    fn()  # warm-up
+    reps = 3 if quick else 7
+    budget_s = 2.0 if quick else 10.0
+    times: list[float] = []
+    start_all = time.perf_counter()
+    while len(times) < reps:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+        if time.perf_counter() - start_all > budget_s and len(times) >= 2:
+            break
+    times.sort()
+
+    def q(p: float) -> float:
+        return times[min(len(times) - 1, int(round(p * (len(times) - 1))))]
+
+    return statistics.median(times), q(0.2), q(0.8)

@@ -1,0 +1,123 @@
+"""The ``tritoncorr`` command line (Typer + rich).
+
+Heavy imports (torch, triton) happen inside the commands, so ``tritoncorr --help`` is instant.
+Each command only parses its options and hands them to the module that does the work:
+
+* ``tritoncorr eval davis``  -> :func:`tritoncorr.evaluate.eval_davis_cli`
+* ``tritoncorr train``       -> :func:`tritoncorr.engine.cli.train_cli`
+* ``tritoncorr bench``       -> :func:`tritoncorr.bench.cli.bench_cli`
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tritoncorr import __version__
+
+app = typer.Typer(
+    name="tritoncorr",
+    help="Self-supervised dense video correspondence: train (DUL, STT, LIIR), propagate labels, evaluate, benchmark.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+eval_app = typer.Typer(help="Evaluate on a benchmark (DAVIS-2017 J&F).", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tritoncorr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """tritoncorr: dense video correspondence without labels."""
+
+
+@eval_app.command("davis")
+def eval_davis(
+    root: Annotated[
+        Optional[Path],
+        typer.Option(help="DAVIS-2017 root (JPEGImages/, Annotations/, ImageSets/). Default: $TRITONCORR_DATA/DAVIS "
+                     "or ~/.cache/tritoncorr/DAVIS; if absent, a generated synthetic set (not DAVIS numbers)."),
+    ] = None,
+    results: Annotated[
+        Optional[Path],
+        typer.Option(help="Score an existing folder of result PNGs (<seq>/<frame>.png, DAVIS palette) instead of "
+                     "running propagation. The two CSVs are written into this folder."),
+    ] = None,
+    checkpoint: Annotated[
+        Optional[Path], typer.Option(help="Backbone weights (.safetensors). Default: random init (seeded).")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder for PNGs, CSVs and overlays.")] = None,
+    split: Annotated[str, typer.Option(help="ImageSets/2017/<split>.txt")] = "val",
+    resolution: Annotated[str, typer.Option(help="480p or Full-Resolution")] = "480p",
+    sequences: Annotated[
+        Optional[list[str]], typer.Option("--sequence", "-s", help="Evaluate only these sequences (repeatable).")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="Propagation preset: dul (CRW/DUL settings) or stt.")] = "dul",
+    context: Annotated[Optional[int], typer.Option(help="Previous frames in the context (preset: 20).")] = None,
+    radius: Annotated[Optional[float], typer.Option(help="Spatial radius in feature cells (preset: 12).")] = None,
+    topk: Annotated[Optional[int], typer.Option(help="Top-k neighbours (preset: 10).")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature (preset: 0.05).")] = None,
+    overlays: Annotated[bool, typer.Option(help="Also write frames with coloured masks for viewing.")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+) -> None:
+    """DAVIS-2017 semi-supervised J&F, exactly as the official toolkit computes it."""
+    from tritoncorr.evaluate import eval_davis_cli
+
+    eval_davis_cli(
+        root=root, results=results, checkpoint=checkpoint, out=out, split=split, resolution=resolution,
+        sequences=sequences, preset=preset, context=context, radius=radius, topk=topk,
+        temperature=temperature, overlays=overlays, device=device,
+    )
+
+
+@app.command()
+def train(
+    recipe: Annotated[str, typer.Argument(help="Recipe file, optionally with a config name: recipes/dul.py[:NAME].")],
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override a config field: --set optim.lr=3e-4 (repeatable).")
+    ] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimiser steps (total).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (overrides the recipe's).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (checkpoints, metrics.jsonl, curves).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Resume from this run folder's last checkpoint.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
+) -> None:
+    """Train a method from a recipe (single process, or several under torchrun)."""
+    from tritoncorr.engine.cli import train_cli
+
+    train_cli(recipe=recipe, overrides=set_ or [], steps=steps, seed=seed, out=out, resume=resume, dry_run=dry_run)
+
+
+@app.command()
+def bench(
+    kernels: Annotated[
+        Optional[list[str]], typer.Option("--kernel", "-k", help="Only these kernels (repeatable).")
+    ] = None,
+    aot: Annotated[bool, typer.Option("--aot", help="Print the ahead-of-time compile report (sm_80, sm_90).")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to PATH.")] = None,
+    csv_path: Annotated[
+        Optional[Path], typer.Option("--csv", help="Append the timing rows to this CSV (default benchmarks/results/bench.csv).")
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="Fewer shapes and repetitions (a smoke run).")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+) -> None:
+    """Benchmark the kernels against their PyTorch references (time, peak memory, roofline)."""
+    from tritoncorr.bench.cli import bench_cli
+
+    bench_cli(kernels=kernels or [], aot=aot, json_path=json_path, csv_path=csv_path, quick=quick, device=device)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
