@@ -1,0 +1,56 @@
+"""The benchmark machinery: peak-memory tracking on CPU, timing quantiles, result files."""
+
+from __future__ import annotations
+
+import csv
+
+import torch
+
+from tritoncorr.bench.core import BenchCase, PeakMemory, SkipProvider, peak_memory_bytes, time_fn
+from tritoncorr.bench.runner import append_csv, run_case
+
+
+def test_peak_memory_counts_live_temporaries():
+    def fn():
+        a = torch.ones(1000, 1000)  # 4 MB
+        b = a * 2  # 4 MB, both alive
+        del a
+        c = b + 1  # 4 MB; a is freed, so at most 8 MB alive
+        return c.sum()
+
+    peak = peak_memory_bytes(fn, torch.device("cpu"))
+    assert 8_000_000 <= peak < 8_100_000
+
+
+def test_peak_memory_ignores_inplace_and_views():
+    x = torch.ones(1000, 1000)
+    tracker = PeakMemory()
+    with tracker:
+        x.mul_(2)
+        y = x[10:]
+        y.add_(1)
+    assert tracker.peak == 0
+
+
+def test_time_fn_quantiles_are_ordered():
+    p50, p20, p80 = time_fn(lambda: torch.randn(100, 100) @ torch.randn(100, 100), torch.device("cpu"), quick=True)
+    assert 0 < p20 <= p50 <= p80
+
+
+def test_run_case_and_csv(tmp_path):
+    def skip():
+        raise SkipProvider("needs CUDA")
+
+    case = BenchCase(
+        kernel="demo", shape="n=256", mode="fwd", flops=2 * 256**3,
+        providers={"torch": lambda: (lambda: torch.randn(256, 256) @ torch.randn(256, 256)), "triton": skip},
+    )
+    results = run_case(case, torch.device("cpu"), quick=True)
+    assert [r.provider for r in results] == ["torch", "triton"]
+    assert results[0].p50_ms > 0 and results[0].tflops > 0 and results[0].peak_mb > 0
+    assert results[1].note == "skipped: needs CUDA"
+    path = tmp_path / "bench.csv"
+    append_csv(path, results)
+    append_csv(path, results)
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == 4 and {"device", "torch", "triton", "date", "p50_ms"} <= set(rows[0])
