@@ -1,1 +1,33 @@
-"""engine"""
+"""The training engine: typed run configs and recipes, the loop, checkpoints, DDP.
+
+* :mod:`tritoncorr.engine.config`: ``RunConfig`` and its sections, ``--set`` overrides, JSON.
+* :mod:`tritoncorr.engine.recipe`: ``load_recipe("recipes/x.py:NAME", overrides)``.
+* :mod:`tritoncorr.engine.loop`: ``train(cfg, out, resume=..., stop_at=...)`` (imports torch).
+* :mod:`tritoncorr.engine.checkpoint`, :mod:`~tritoncorr.engine.optim`,
+  :mod:`~tritoncorr.engine.distributed`, :mod:`~tritoncorr.engine.curves`, :mod:`~tritoncorr.engine.cli`.
+
+Importing this package is cheap (no torch); ``train`` is imported on first use.
+"""
+
+from tritoncorr.engine.config import (
+    CheckpointConfig,
+    ConfigError,
+    EvalConfig,
+    OptimConfig,
+    RunConfig,
+    ScheduleConfig,
+)
+from tritoncorr.engine.recipe import load_recipe
+
+__all__ = [
+    "CheckpointConfig", "ConfigError", "EvalConfig", "OptimConfig", "RunConfig", "ScheduleConfig", "load_recipe",
+    "train",
+]
+
+
+def __getattr__(name: str):
+    if name == "train":
+        from tritoncorr.engine.loop import train
+
+        return train
+    raise AttributeError(f"module 'tritoncorr.engine' has no attribute {name!r}")

@@ -1,0 +1,701 @@
+"""DAVIS-2017 semi-supervised evaluation: reader, J and F metrics, statistics, CSVs, palette PNGs.
+
+The numbers equal those of the official toolkit (``davisvideochallenge/davis2017-evaluation``,
+``evaluation_method.py --task semi-supervised``):
+
+* ground truth: every annotated frame is read; 255 is void and set to background (the void map is
+  not used in the semi-supervised branch); the number of objects is the largest id in the first
+  frame; object ``k`` is the binary mask ``ids == k``.
+* the first and the last frame of every sequence are excluded from all metrics.
+* results: ``<results>/<seq>/<frame>.png`` for the same frame names; the number of predicted objects
+  is the largest id over the evaluated frames; fewer than the ground truth are zero-padded, more is
+  an error.
+* J = region IoU (1 when the union is empty); F = boundary F-measure with tolerance
+  ``ceil(0.008 * image diagonal)`` pixels (disk dilation, ``cv2.dilate`` + ``skimage.morphology.disk``
+  semantics, re-implemented here in numpy).
+* per object: Mean = nanmean, Recall = fraction of frames > 0.5, Decay = mean of the first minus
+  mean of the last of 4 bins over ``linspace(1, n, 5)``; global numbers average over all objects of
+  all sequences; J&F-Mean = (J-Mean + F-Mean) / 2.
+
+Layout read: ``<root>/JPEGImages/<res>/<seq>/*.jpg``, ``<root>/Annotations/<res>/<seq>/*.png`` (indexed
+"P" PNGs with object ids, 255 = void; DAVIS-2016 binary 0/255 masks are read as one object),
+``<root>/ImageSets/2017/<split>.txt``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+RESOLUTIONS = ("480p", "Full-Resolution")
+VOID = 255
+GLOBAL_COLUMNS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
+SEQUENCE_COLUMNS = ("Sequence", "J-Mean", "F-Mean")
+
+
+class DavisFormatError(ValueError):
+    """A DAVIS folder or result folder that does not follow the expected layout or content."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Palette and PNG / JPEG I/O
+# ----------------------------------------------------------------------------------------------
+
+
+def davis_palette() -> list[int]:
+    """The DAVIS / PASCAL-VOC colour map as a flat list of 768 ints (index 0 black, 1 dark red, ...)."""
+    pal = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal.extend((r, g, b))
+    return pal
+
+
+_PALETTE = davis_palette()
+
+
+def write_palette_png(path: str | Path, ids: np.ndarray) -> Path:
+    """Write object ids ``(H, W)`` (integers 0..255) as an indexed PNG with the DAVIS palette."""
+    ids = np.asarray(ids)
+    if ids.ndim != 2:
+        raise ValueError(f"ids must be (H, W), got shape {ids.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() > 255):
+        raise ValueError(f"ids must lie in 0..255, got range [{ids.min()}, {ids.max()}]")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(ids.astype(np.uint8), mode="P")
+    im.putpalette(_PALETTE)
+    im.save(path)
+    return path
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read an image as uint8 ``(H, W, 3)`` RGB; a :class:`DavisFormatError` names a corrupt file."""
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+        raise DavisFormatError(f"cannot read image {path}: {err}") from err
+
+
+def read_index_png(path: str | Path) -> np.ndarray:
+    """Read an indexed ("P") or grayscale ("L") PNG as uint8 ``(H, W)`` raw values."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L", "1"):
+                raise DavisFormatError(
+                    f"{path}: mask must be an indexed ('P') or grayscale ('L') PNG of object ids, got mode {im.mode!r}"
+                )
+            arr = np.array(im)
+    except DavisFormatError:
+        raise
+    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+        raise DavisFormatError(f"cannot read mask {path}: {err}") from err
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    return arr.astype(np.uint8, copy=False)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(H, W)`` of an image from its header; corrupt headers raise :class:`DavisFormatError`."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+        raise DavisFormatError(f"cannot read {path}: {err}") from err
+    return h, w
+
+
+# ----------------------------------------------------------------------------------------------
+# Reader
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DavisSequence:
+    """One sequence: frame JPEGs and annotation PNGs (sorted by name, as the toolkit globs them)."""
+
+    name: str
+    frames: list[Path]
+    masks: list[Path]
+    size: tuple[int, int]  # (H, W)
+    binary: bool = False  # DAVIS-2016 style 0/255 masks read as object 1
+
+    @property
+    def frame_ids(self) -> list[str]:
+        """Frame names without extension (``00000`` ...), the names result PNGs must use."""
+        return [p.stem for p in self.frames]
+
+    @property
+    def mask_ids(self) -> list[str]:
+        return [p.stem for p in self.masks]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def load_frame(self, t: int) -> np.ndarray:
+        """Frame ``t`` as uint8 ``(H, W, 3)`` RGB."""
+        img = read_rgb(self.frames[t])
+        if img.shape[:2] != self.size:
+            raise DavisFormatError(f"{self.frames[t]}: size {img.shape[:2]} differs from the sequence's {self.size}")
+        return img
+
+    def load_mask(self, t: int) -> np.ndarray:
+        """Annotation ``t`` as uint8 ``(H, W)`` object ids, 255 = void (binary masks -> 0/1)."""
+        m = read_index_png(self.masks[t])
+        if m.shape != self.size:
+            raise DavisFormatError(f"{self.masks[t]}: mask size {m.shape} differs from the frame size {self.size}")
+        if self.binary:
+            bad = (m != 0) & (m != 255)
+            if bad.any():
+                raise DavisFormatError(
+                    f"{self.masks[t]}: sequence {self.name!r} has binary (0/255) masks but this one has value "
+                    f"{int(m[bad][0])}"
+                )
+            m = (m == 255).astype(np.uint8)
+        return m
+
+    def load_masks(self) -> np.ndarray:
+        """All annotations as uint8 ``(T_masks, H, W)`` object ids (255 = void)."""
+        return np.stack([self.load_mask(t) for t in range(len(self.masks))])
+
+    def num_objects(self) -> int:
+        """Number of objects as the toolkit counts them: the largest id in the first mask (void excluded)."""
+        m = self.load_mask(0)
+        m = np.where(m == VOID, 0, m)
+        return int(m.max()) if m.size else 0
+
+
+class DavisDataset:
+    """The DAVIS-2017 layout under ``root``.
+
+    Args:
+        root: folder with ``JPEGImages/``, ``Annotations/`` and ``ImageSets/2017/``.
+        split: name of ``ImageSets/2017/<split>.txt``.
+        resolution: ``"480p"`` or ``"Full-Resolution"``.
+        sequences: evaluate only these (each must be listed in the split file).
+        require_all_masks: every frame needs an annotation (scoring); otherwise the first frame's
+            annotation suffices (semi-supervised propagation).
+
+    Raises:
+        DavisFormatError: naming the folder or file and the problem.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "val",
+        resolution: str = "480p",
+        sequences: Sequence[str] | None = None,
+        *,
+        require_all_masks: bool = True,
+    ):
+        root = Path(root).expanduser()
+        if resolution not in RESOLUTIONS:
+            raise DavisFormatError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+        if not root.is_dir():
+            raise DavisFormatError(f"DAVIS root {root} does not exist or is not a folder")
+        img_dir = root / "JPEGImages" / resolution
+        ann_dir = root / "Annotations" / resolution
+        for d in (img_dir, ann_dir):
+            if not d.is_dir():
+                raise DavisFormatError(f"DAVIS root {root}: missing folder {d}")
+        split_file = root / "ImageSets" / "2017" / f"{split}.txt"
+        if not split_file.is_file():
+            raise DavisFormatError(f"DAVIS root {root}: missing split file {split_file}")
+        listed = [ln.strip() for ln in split_file.read_text().splitlines() if ln.strip()]
+        if not listed:
+            raise DavisFormatError(f"split file {split_file} lists no sequence")
+        # The toolkit keys sequences by name (duplicates collapse), keeping the file order.
+        listed = list(dict.fromkeys(listed))
+        if sequences:
+            unknown = [s for s in sequences if s not in listed]
+            if unknown:
+                raise DavisFormatError(f"sequence(s) {unknown} not listed in {split_file}")
+            listed = [s for s in listed if s in set(sequences)]
+        self.root, self.split, self.resolution = root, split, resolution
+        self.require_all_masks = require_all_masks
+        self.sequences: list[DavisSequence] = [self._scan(name, img_dir, ann_dir) for name in listed]
+        self._by_name = {s.name: s for s in self.sequences}
+
+    def _scan(self, name: str, img_dir: Path, ann_dir: Path) -> DavisSequence:
+        seq_img, seq_ann = img_dir / name, ann_dir / name
+        if not seq_img.is_dir():
+            raise DavisFormatError(f"sequence {name!r} is listed in the split but {seq_img} does not exist")
+        frames = sorted(seq_img.glob("*.jpg"))
+        if not frames:
+            raise DavisFormatError(f"sequence {name!r}: no .jpg frames in {seq_img}")
+        if not seq_ann.is_dir():
+            raise DavisFormatError(f"sequence {name!r}: missing annotation folder {seq_ann}")
+        masks = sorted(seq_ann.glob("*.png"))
+        if not masks:
+            raise DavisFormatError(f"sequence {name!r}: no .png annotation in {seq_ann} (the first frame's is required)")
+        if len(masks) > len(frames):
+            raise DavisFormatError(
+                f"sequence {name!r}: {len(masks)} annotations in {seq_ann} but only {len(frames)} frames in {seq_img}"
+            )
+        if self.require_all_masks and len(masks) != len(frames):
+            raise DavisFormatError(
+                f"sequence {name!r}: {len(frames)} frames in {seq_img} but {len(masks)} annotations in {seq_ann}; "
+                "scoring needs an annotation for every frame"
+            )
+        if masks[0].stem != frames[0].stem:
+            raise DavisFormatError(
+                f"sequence {name!r}: the first annotation {masks[0].name} does not match the first frame {frames[0].name}"
+            )
+        frame_stems = {p.stem for p in frames}
+        orphans = [m.name for m in masks if m.stem not in frame_stems]
+        if orphans:
+            raise DavisFormatError(f"sequence {name!r}: annotations without a frame in {seq_img}: {orphans[:5]}")
+        size = _image_size(frames[0])
+        for p in frames[1:] + masks:
+            s = _image_size(p)
+            if s != size:
+                raise DavisFormatError(
+                    f"sequence {name!r}: {p} is {s[1]}x{s[0]} but {frames[0].name} is {size[1]}x{size[0]} (W x H)"
+                )
+        first = read_index_png(masks[0])
+        vals = np.unique(first)
+        binary = bool(vals.max() == 255 and np.isin(vals, (0, 255)).all())
+        return DavisSequence(name=name, frames=frames, masks=masks, size=size, binary=binary)
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __iter__(self):
+        return iter(self.sequences)
+
+    def __getitem__(self, name: str) -> DavisSequence:
+        return self._by_name[name]
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.sequences]
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics (toolkit semantics)
+# ----------------------------------------------------------------------------------------------
+
+
+def jaccard(gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None):
+    """Region similarity J (IoU) of boolean masks.
+
+    Args:
+        gt, pred: ``(H, W)`` or ``(T, H, W)``, same shape (cast to bool).
+        void: optional pixels to ignore, same shape.
+
+    Returns:
+        float for ``(H, W)``, float64 array ``(T,)`` for ``(T, H, W)``; 1 where the union is empty.
+    """
+    gt, pred = np.asarray(gt).astype(bool), np.asarray(pred).astype(bool)
+    if gt.shape != pred.shape:
+        raise ValueError(f"jaccard: gt shape {gt.shape} != pred shape {pred.shape}")
+    if gt.ndim not in (2, 3):
+        raise ValueError(f"jaccard expects (H, W) or (T, H, W) masks, got shape {gt.shape}")
+    keep = np.ones_like(gt) if void is None else ~np.asarray(void).astype(bool)
+    inter = np.sum(gt & pred & keep, axis=(-2, -1))
+    union = np.sum((gt | pred) & keep, axis=(-2, -1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        j = inter / union
+    if gt.ndim == 2:
+        return 1.0 if union == 0 else float(j)
+    j = np.asarray(j, dtype=np.float64)
+    j[union == 0] = 1.0
+    return j
+
+
+def seg2bmap(seg: np.ndarray) -> np.ndarray:
+    """One-pixel boundary map of a binary mask ``(H, W)`` -> bool ``(H, W)`` (toolkit ``_seg2bmap``).
+
+    A pixel is on the boundary when it differs from its east, south or south-east neighbour; in the
+    last row only the east neighbour counts, in the last column only the south one, and the
+    bottom-right pixel is never a boundary.
+    """
+    seg = np.asarray(seg).astype(bool)
+    if seg.ndim != 2:
+        raise ValueError(f"seg2bmap expects an (H, W) mask, got shape {seg.shape}")
+    e = np.zeros_like(seg)
+    s = np.zeros_like(seg)
+    se = np.zeros_like(seg)
+    e[:, :-1] = seg[:, 1:]
+    s[:-1, :] = seg[1:, :]
+    se[:-1, :-1] = seg[1:, 1:]
+    b = (seg ^ e) | (seg ^ s) | (seg ^ se)
+    b[-1, :] = seg[-1, :] ^ e[-1, :]
+    b[:, -1] = seg[:, -1] ^ s[:, -1]
+    b[-1, -1] = False
+    return b
+
+
+def disk(radius: int) -> np.ndarray:
+    """``skimage.morphology.disk(radius)``: uint8 ``(2r+1, 2r+1)`` with 1 where ``dx^2 + dy^2 <= r^2``."""
+    r = _int_radius(radius)
+    ax = np.arange(-r, r + 1)
+    return ((ax[None, :] ** 2 + ax[:, None] ** 2) <= r * r).astype(np.uint8)
+
+
+def _int_radius(radius) -> int:
+    r = float(radius)
+    if r < 0 or r != math.floor(r):
+        raise ValueError(f"disk radius must be a non-negative integer, got {radius!r}")
+    return int(r)
+
+
+def dilate_disk(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation of ``mask`` ``(H, W)`` by a disk: equals ``cv2.dilate(mask, disk(radius))``.
+
+    Pixels outside the image do not contribute (OpenCV's default border for dilation). Computed as
+    horizontal runs per disk row (``r + 1`` horizontal dilations, ``2r + 1`` shifted ORs).
+    """
+    m = np.asarray(mask).astype(bool)
+    if m.ndim != 2:
+        raise ValueError(f"dilate_disk expects an (H, W) mask, got shape {m.shape}")
+    r = _int_radius(radius)
+    h, w = m.shape
+    # horiz[k] = m dilated by the segment [-k, k] along x.
+    horiz = [m]
+    for k in range(1, r + 1):
+        prev = horiz[-1].copy()
+        if k < w:
+            prev[:, k:] |= m[:, :-k]
+            prev[:, :-k] |= m[:, k:]
+        horiz.append(prev)
+    out = np.zeros_like(m)
+    for dy in range(-r, r + 1):
+        half = math.isqrt(r * r - dy * dy)
+        src = horiz[half]
+        # out[y] |= src[y + dy] (the structuring element is symmetric)
+        if dy >= 0:
+            if dy < h:
+                out[: h - dy] |= src[dy:]
+        else:
+            if -dy < h:
+                out[-dy:] |= src[: h + dy]
+    return out
+
+
+def _f_measure(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None, bound_th: float) -> float:
+    pred = pred.astype(bool)
+    gt = gt.astype(bool)
+    if void is not None:
+        keep = ~void.astype(bool)
+        pred, gt = pred & keep, gt & keep
+    bound_pix = bound_th if bound_th >= 1 else math.ceil(bound_th * math.hypot(*pred.shape))
+    fg_b = seg2bmap(pred)
+    gt_b = seg2bmap(gt)
+    fg_dil = dilate_disk(fg_b, bound_pix)
+    gt_dil = dilate_disk(gt_b, bound_pix)
+    n_fg = int(fg_b.sum())
+    n_gt = int(gt_b.sum())
+    if n_fg == 0 and n_gt > 0:
+        precision, recall = 1.0, 0.0
+    elif n_fg > 0 and n_gt == 0:
+        precision, recall = 0.0, 1.0
+    elif n_fg == 0 and n_gt == 0:
+        precision, recall = 1.0, 1.0
+    else:
+        precision = float((fg_b & gt_dil).sum()) / n_fg
+        recall = float((gt_b & fg_dil).sum()) / n_gt
+    if precision + recall == 0:
+        return 0.0
+    return 2 * precision * recall / (precision + recall)
+
+
+def f_boundary(gt: np.ndarray, pred: np.ndarray, bound_th: float = 0.008, void: np.ndarray | None = None):
+    """Contour accuracy F of boolean masks (toolkit ``db_eval_boundary``).
+
+    Args:
+        gt, pred: ``(H, W)`` or ``(T, H, W)``, same shape.
+        bound_th: tolerance; < 1 means a fraction of the image diagonal (``ceil`` to pixels), >= 1 pixels.
+        void: optional pixels to ignore (removed from both masks before taking boundaries).
+
+    Returns:
+        float for ``(H, W)``, float64 array ``(T,)`` for ``(T, H, W)``.
+    """
+    gt, pred = np.asarray(gt), np.asarray(pred)
+    if gt.shape != pred.shape:
+        raise ValueError(f"f_boundary: gt shape {gt.shape} != pred shape {pred.shape}")
+    if gt.ndim == 2:
+        return _f_measure(pred, gt, void, bound_th)
+    if gt.ndim != 3:
+        raise ValueError(f"f_boundary expects (H, W) or (T, H, W) masks, got shape {gt.shape}")
+    out = np.zeros(gt.shape[0], dtype=np.float64)
+    for t in range(gt.shape[0]):
+        out[t] = _f_measure(pred[t], gt[t], None if void is None else np.asarray(void)[t], bound_th)
+    return out
+
+
+def db_statistics(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean (nanmean), Recall (fraction > 0.5) and Decay of per-frame values ``(n,)``.
+
+    Decay: the frames are split into 4 bins at ``round(linspace(1, n, 5)) - 1`` (bins share their
+    end points as in the toolkit); Decay = nanmean(first bin) - nanmean(last bin). The toolkit casts
+    the bin indices to uint8, which wraps past 256 frames; here they are int64 (identical results for
+    n <= 256, i.e. every DAVIS sequence).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError(f"db_statistics expects a non-empty 1-D array, got shape {v.shape}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        mean = float(np.nanmean(v))
+        recall = float(np.nanmean(v > 0.5))
+        ids = (np.round(np.linspace(1, len(v), 5) + 1e-10) - 1).astype(np.int64)
+        bins = [v[ids[i] : ids[i + 1] + 1] for i in range(4)]
+        decay = float(np.nanmean(bins[0]) - np.nanmean(bins[3]))
+    return mean, recall, decay
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ObjectScore:
+    """Per-frame J and F of one object over the evaluated frames (first and last excluded)."""
+
+    sequence: str
+    object_id: int
+    j: np.ndarray
+    f: np.ndarray
+    j_mean: float = field(init=False)
+    j_recall: float = field(init=False)
+    j_decay: float = field(init=False)
+    f_mean: float = field(init=False)
+    f_recall: float = field(init=False)
+    f_decay: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.j_mean, self.j_recall, self.j_decay = db_statistics(self.j)
+        self.f_mean, self.f_recall, self.f_decay = db_statistics(self.f)
+
+    @property
+    def name(self) -> str:
+        """``<seq>_<objid>`` as in the toolkit's per-sequence CSV."""
+        return f"{self.sequence}_{self.object_id}"
+
+
+@dataclass
+class DavisScores:
+    """Per-object scores and the global metrics (averages over all objects of all sequences)."""
+
+    objects: list[ObjectScore]
+    split: str = "val"
+
+    def _avg(self, attr: str) -> float:
+        if not self.objects:
+            return float("nan")
+        return float(np.mean([getattr(o, attr) for o in self.objects]))
+
+    @property
+    def j_mean(self) -> float:
+        return self._avg("j_mean")
+
+    @property
+    def j_recall(self) -> float:
+        return self._avg("j_recall")
+
+    @property
+    def j_decay(self) -> float:
+        return self._avg("j_decay")
+
+    @property
+    def f_mean(self) -> float:
+        return self._avg("f_mean")
+
+    @property
+    def f_recall(self) -> float:
+        return self._avg("f_recall")
+
+    @property
+    def f_decay(self) -> float:
+        return self._avg("f_decay")
+
+    @property
+    def jf_mean(self) -> float:
+        return (self.j_mean + self.f_mean) / 2.0
+
+    def global_row(self) -> dict[str, float]:
+        vals = (self.jf_mean, self.j_mean, self.j_recall, self.j_decay, self.f_mean, self.f_recall, self.f_decay)
+        return dict(zip(GLOBAL_COLUMNS, vals))
+
+    def per_sequence_rows(self) -> list[tuple[str, float, float]]:
+        return [(o.name, o.j_mean, o.f_mean) for o in self.objects]
+
+    def csv_paths(self, folder: str | Path) -> tuple[Path, Path]:
+        folder = Path(folder)
+        return folder / f"global_results-{self.split}.csv", folder / f"per-sequence_results-{self.split}.csv"
+
+    def write_csvs(self, folder: str | Path) -> tuple[Path, Path]:
+        """Write ``global_results-<split>.csv`` and ``per-sequence_results-<split>.csv`` into ``folder``.
+
+        Format as the toolkit's pandas ``to_csv(index=False, float_format="%.3f")``: a header line,
+        floats with 3 decimals, NaN as an empty field.
+        """
+        g_path, s_path = self.csv_paths(folder)
+        g_path.parent.mkdir(parents=True, exist_ok=True)
+        row = self.global_row()
+        g_lines = [",".join(GLOBAL_COLUMNS), ",".join(_fmt(row[c]) for c in GLOBAL_COLUMNS)]
+        g_path.write_text("\n".join(g_lines) + "\n")
+        s_lines = [",".join(SEQUENCE_COLUMNS)]
+        s_lines += [f"{_csv_str(n)},{_fmt(j)},{_fmt(f)}" for n, j, f in self.per_sequence_rows()]
+        s_path.write_text("\n".join(s_lines) + "\n")
+        return g_path, s_path
+
+
+def _fmt(x: float) -> str:
+    return "" if x is None or np.isnan(x) else "%.3f" % x
+
+
+def _csv_str(s: str) -> str:
+    if any(c in s for c in ',"\n\r'):
+        return '"' + s.replace('"', '""') + '"'
+    return s
+
+
+def score_sequence(name: str, gt_ids: np.ndarray, pred_ids: np.ndarray) -> list[ObjectScore]:
+    """Score one sequence.
+
+    Args:
+        name: sequence name (for rows and errors).
+        gt_ids: uint8 ``(T, H, W)`` ground-truth ids of ALL frames (255 = void).
+        pred_ids: ``(T - 2, H, W)`` predicted ids of the evaluated frames (first and last excluded).
+
+    Returns:
+        one :class:`ObjectScore` per ground-truth object (ids 1..n, n = max id of the first frame).
+    """
+    gt_ids = np.asarray(gt_ids)
+    pred_ids = np.asarray(pred_ids)
+    if gt_ids.ndim != 3 or gt_ids.shape[0] < 3:
+        raise DavisFormatError(
+            f"sequence {name!r}: scoring needs at least 3 annotated frames (first and last are excluded), "
+            f"got shape {gt_ids.shape}"
+        )
+    gt = np.where(gt_ids == VOID, 0, gt_ids)
+    n_obj = int(gt[0].max())
+    gt = gt[1:-1]
+    if pred_ids.shape != gt.shape:
+        raise DavisFormatError(f"sequence {name!r}: predictions have shape {pred_ids.shape}, ground truth {gt.shape}")
+    n_pred = int(pred_ids.max()) if pred_ids.size else 0
+    if n_pred > n_obj:
+        raise DavisFormatError(
+            f"sequence {name!r}: the predictions contain object id {n_pred} but the ground truth has only "
+            f"{n_obj} object(s) in its first frame"
+        )
+    out = []
+    for k in range(1, n_obj + 1):
+        g = gt == k
+        p = pred_ids == k  # ids above n_pred never occur: zero padding
+        out.append(ObjectScore(name, k, jaccard(g, p), f_boundary(g, p)))
+    return out
+
+
+def read_results(results_dir: str | Path, seq: DavisSequence, frame_ids: Sequence[str]) -> np.ndarray:
+    """Predicted ids ``(len(frame_ids), H, W)`` from ``<results_dir>/<seq>/<frame>.png``."""
+    folder = Path(results_dir) / seq.name
+    out = np.zeros((len(frame_ids), *seq.size), dtype=np.uint8)
+    for i, fid in enumerate(frame_ids):
+        p = folder / f"{fid}.png"
+        if not p.is_file():
+            raise DavisFormatError(
+                f"result {p} not found: results must be indexed PNGs <results>/<sequence>/<frame>.png "
+                "named as the annotation frames"
+            )
+        m = read_index_png(p)
+        if m.shape != seq.size:
+            raise DavisFormatError(f"result {p} is {m.shape[1]}x{m.shape[0]}, the annotations are {seq.size[1]}x{seq.size[0]}")
+        out[i] = m
+    return out
+
+
+def evaluate_results(
+    root: str | Path,
+    results_dir: str | Path,
+    split: str = "val",
+    resolution: str = "480p",
+    sequences: Sequence[str] | None = None,
+    progress: bool | Callable[[str], None] = False,
+) -> DavisScores:
+    """Score a folder of result PNGs against the ground truth (``evaluation_method.py`` semantics).
+
+    Args:
+        root: DAVIS root.
+        results_dir: ``<results_dir>/<seq>/<frame>.png`` indexed PNGs.
+        split, resolution, sequences: which sequences (see :class:`DavisDataset`).
+        progress: True for a rich progress bar, or a callable receiving each sequence name.
+
+    Returns:
+        :class:`DavisScores`.
+    """
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise DavisFormatError(f"results folder {results_dir} does not exist")
+    ds = DavisDataset(root, split, resolution, sequences, require_all_masks=True)
+    objects: list[ObjectScore] = []
+    for seq in _iterate(ds.sequences, progress, "scoring"):
+        gt = seq.load_masks()
+        ids = seq.mask_ids[1:-1]
+        pred = read_results(results_dir, seq, ids) if len(ids) else np.zeros((0, *seq.size), np.uint8)
+        objects.extend(score_sequence(seq.name, gt, pred))
+    return DavisScores(objects, split=split)
+
+
+def _iterate(seqs: Iterable[DavisSequence], progress, label: str):
+    seqs = list(seqs)
+    if callable(progress):
+        for s in seqs:
+            progress(s.name)
+            yield s
+        return
+    if not progress:
+        yield from seqs
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn(f"{label} {{task.fields[seq]}}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+    ) as bar:
+        task = bar.add_task(label, total=len(seqs), seq="")
+        for s in seqs:
+            bar.update(task, seq=s.name)
+            yield s
+            bar.advance(task)
+
+
+__all__ = [
+    "DavisDataset",
+    "DavisFormatError",
+    "DavisScores",
+    "DavisSequence",
+    "GLOBAL_COLUMNS",
+    "ObjectScore",
+    "RESOLUTIONS",
+    "SEQUENCE_COLUMNS",
+    "davis_palette",
+    "db_statistics",
+    "dilate_disk",
+    "disk",
+    "evaluate_results",
+    "f_boundary",
+    "jaccard",
+    "read_index_png",
+    "read_results",
+    "read_rgb",
+    "score_sequence",
+    "seg2bmap",
+    "write_palette_png",
+]

@@ -1,0 +1,291 @@
+"""kNN-softmax propagation: reference, windowed PyTorch path, CRW-style dense path and Triton kernel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.kernel_harness import assert_close_verbose, fresh_generator, tolerance
+from tritoncorr.kernels import knn_propagate as K
+from tritoncorr.kernels.knn_propagate import (
+    knn_propagate,
+    knn_propagate_dense,
+    knn_propagate_reference,
+    knn_propagate_windowed,
+)
+
+
+def _inputs(c, h, w, n, lab, *, dtype=torch.float32, seed=None, normalize=True):
+    g = fresh_generator(seed)
+    q = torch.randn(c, h, w, generator=g)
+    k = torch.randn(n, c, h, w, generator=g)
+    if normalize:
+        q, k = F.normalize(q, dim=0), F.normalize(k, dim=1)
+    v = torch.rand(n, lab, h, w, generator=g)
+    return q.to(dtype), k.to(dtype), v
+
+
+def _exact_inputs(c, h, w, n, lab, *, seed=None):
+    """Features with entries in {-1, 0, 1}/4: every dot product is exact, so equal keys give exactly
+    equal scores in every implementation (ties are real ties)."""
+    g = fresh_generator(seed)
+    q = torch.randint(-1, 2, (c, h, w), generator=g).float() / 4
+    k = torch.randint(-1, 2, (n, c, h, w), generator=g).float() / 4
+    v = torch.rand(n, lab, h, w, generator=g)
+    return q, k, v
+
+
+# (C, h, w, N, L, radius, topk, window, unrestricted)
+CPU_CASES = [
+    (7, 9, 11, 3, 3, 3, 5, "disc", 1),
+    (5, 13, 6, 4, 2, 2, 10, "square", 0),
+    (3, 4, 5, 3, 1, 12, 10, "disc", 2),  # window larger than the image
+    (8, 1, 9, 2, 4, 1, 1, "disc", 0),  # h = 1, radius 1 (own position only), top-1
+    (4, 7, 7, 2, 2, 1, 32, "square", 1),  # topk larger than the candidate count
+    (6, 6, 5, 5, 3, 2, 4, "disc", 5),  # every frame unrestricted
+]
+
+
+@pytest.mark.parametrize("case", CPU_CASES)
+def test_windowed_and_dense_match_reference(case):
+    c, h, w, n, lab, radius, topk, window, nu = case
+    q, k, v = _inputs(c, h, w, n, lab)
+    kw = dict(radius=radius, topk=topk, temperature=0.1, window=window, unrestricted=nu)
+    ref = knn_propagate_reference(q, k, v, **kw)
+    atol, rtol = tolerance(torch.float32)
+    # small tiles and frame chunks exercise the tiling and the merge of per-part top-k lists
+    for tile, chunk in ((8, 5), (3, 2)):
+        assert_close_verbose(knn_propagate_windowed(q, k, v, tile=tile, frame_chunk=chunk, **kw), ref,
+                             atol=atol, rtol=rtol, name=f"windowed tile={tile}")
+    assert_close_verbose(knn_propagate_dense(q, k, v, chunk=7, **kw), ref, atol=atol, rtol=rtol, name="dense")
+    assert_close_verbose(knn_propagate(q, k, v, **kw), ref, atol=atol, rtol=rtol, name="public (cpu)")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_windowed_low_precision(dtype):
+    q, k, v = _inputs(16, 9, 10, 3, 3, dtype=dtype)
+    kw = dict(radius=3, topk=10, temperature=0.07, window="square", unrestricted=1)
+    ref = knn_propagate_reference(q, k, v, **kw)  # same rounded inputs, float64 inside
+    atol, rtol = tolerance(dtype)
+    out = knn_propagate(q, k, v, **kw)
+    assert out.dtype == torch.float32
+    assert_close_verbose(out, ref, atol=atol, rtol=rtol, name=str(dtype))
+
+
+def test_reference_against_pixel_loop():
+    """The reference equals a direct per-pixel enumeration of the candidates (stable on ties)."""
+    q, k, v = _exact_inputs(4, 5, 6, 3, 2)
+    k[2] = k[1]  # exact duplicate frame with different labels: ties must go to the lower index
+    radius, topk, temp = 2, 6, 0.5
+    for window, nu in (("disc", 1), ("square", 0)):
+        ref = knn_propagate_reference(q, k, v, radius=radius, topk=topk, temperature=temp, window=window, unrestricted=nu)
+        n, lab = k.shape[0], v.shape[1]
+        h, w = q.shape[1:]
+        for y in range(h):
+            for x in range(w):
+                cands = []
+                for f in range(n):
+                    for yy in range(h):
+                        for xx in range(w):
+                            dy, dx = yy - y, xx - x
+                            inside = dy * dy + dx * dx < radius**2 if window == "disc" else max(abs(dy), abs(dx)) <= radius
+                            if f < nu or inside:
+                                s = float((q[:, y, x].double() * k[f, :, yy, xx].double()).sum()) / temp
+                                cands.append((-s, (f * h + yy) * w + xx, f, yy, xx))
+                cands.sort()
+                top = cands[:topk]
+                wts = torch.softmax(torch.tensor([-c[0] for c in top], dtype=torch.float64), 0)
+                exp = sum(wts[i] * v[f, :, yy, xx].double() for i, (_, _, f, yy, xx) in enumerate(top))
+                torch.testing.assert_close(ref[:, y, x].double(), exp, atol=1e-6, rtol=1e-6)
+        assert ref.shape == (lab, h, w)
+
+
+def test_ties_go_to_lower_index():
+    """Distinct one-hot features per position, two identical frames with different labels."""
+    h, w = 3, 4
+    eye = torch.eye(h * w).reshape(h * w, h, w)
+    keys = torch.stack([eye, eye])
+    values = torch.rand(2, 3, h, w, generator=fresh_generator())
+    kw = dict(radius=2, temperature=0.1, window="disc", unrestricted=1)
+    for fn in (knn_propagate_reference, knn_propagate_windowed):
+        top1 = fn(eye, keys, values, topk=1, **kw)
+        torch.testing.assert_close(top1, values[0])  # frame 0 wins the tie
+        top2 = fn(eye, keys, values, topk=2, **kw)
+        torch.testing.assert_close(top2, values.mean(0))  # both copies of the own position
+
+
+def test_equal_features_take_lowest_positions():
+    """All scores equal: the top-k are the k lowest candidate indices (row-major in frame 0)."""
+    h, w, topk = 4, 5, 3
+    q = torch.ones(2, h, w)
+    keys = torch.ones(2, 2, h, w)
+    values = torch.rand(2, 4, h, w, generator=fresh_generator())
+    expected = values[0].reshape(4, -1)[:, :topk].mean(1)
+    for fn in (knn_propagate_reference, knn_propagate_windowed):
+        out = fn(q, keys, values, radius=3, topk=topk, temperature=0.05, window="disc", unrestricted=1)
+        torch.testing.assert_close(out, expected[:, None, None].expand(4, h, w))
+
+
+def test_duplicated_frames_all_paths_agree_exactly():
+    q, k, v = _exact_inputs(6, 7, 9, 4, 3)
+    k[1] = k[0]
+    k[3] = k[0]
+    kw = dict(radius=3, topk=10, temperature=0.25, window="disc", unrestricted=1)
+    ref = knn_propagate_reference(q, k, v, **kw)
+    assert_close_verbose(knn_propagate_windowed(q, k, v, tile=4, frame_chunk=2, **kw), ref, atol=1e-6, rtol=1e-6, name="windowed")
+
+
+def test_non_contiguous_inputs_cpu():
+    q, k, v = _inputs(6, 8, 7, 3, 2)
+    qn = q.transpose(1, 2).contiguous().transpose(1, 2)
+    kn = k.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    vn = torch.cat([v, v], dim=1)[:, ::2]
+    assert not (qn.is_contiguous() or kn.is_contiguous() or vn.is_contiguous())
+    kw = dict(radius=2, topk=5, temperature=0.1, window="square", unrestricted=1)
+    assert_close_verbose(knn_propagate(qn, kn, vn, **kw), knn_propagate_reference(q, k, vn.contiguous(), **kw),
+                         atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(radius=0), "radius"),
+        (dict(radius=33), "radius"),
+        (dict(topk=0), "topk"),
+        (dict(topk=33), "topk"),
+        (dict(window="circle"), "window"),
+        (dict(unrestricted=4), "unrestricted"),
+        (dict(temperature=0.0), "temperature"),
+    ],
+)
+def test_bad_arguments(change, match):
+    q, k, v = _inputs(4, 5, 5, 3, 2)
+    kw = dict(radius=2, topk=3, temperature=0.1, window="disc", unrestricted=1)
+    kw.update(change)
+    with pytest.raises(ValueError, match=match):
+        knn_propagate(q, k, v, **kw)
+
+
+def test_bad_tensors():
+    q, k, v = _inputs(4, 5, 5, 3, 2)
+    kw = dict(radius=2, topk=3, temperature=0.1)
+    with pytest.raises(ValueError, match="keys shape"):
+        knn_propagate(q, k[:, :3], v, **kw)
+    with pytest.raises(ValueError, match="values shape"):
+        knn_propagate(q, k, v[:2], **kw)
+    with pytest.raises(TypeError, match="differs from query"):
+        knn_propagate(q, k.half(), v, **kw)
+    with pytest.raises(TypeError, match="dtype"):
+        knn_propagate(q.double(), k.double(), v, **kw)
+    with pytest.raises(ValueError, match="L=129"):
+        knn_propagate(q, k, torch.rand(3, 129, 5, 5), **kw)
+    with pytest.raises(ValueError, match="dimensions"):
+        knn_propagate(q[0], k, v, **kw)
+    assert knn_propagate(q, k, v, radius=0, topk=3, temperature=0.1, window="square").shape == (2, 5, 5)
+
+
+def test_opcheck_windowed_op():
+    q, k, v = _inputs(5, 6, 7, 3, 2)
+    torch.library.opcheck(torch.ops.tritoncorr.knn_propagate_windowed.default, (q, k, v, 2, 4, 0.1, "disc", 1))
+
+
+def test_torch_compile_fullgraph_cpu():
+    q, k, v = _inputs(5, 6, 7, 3, 2)
+
+    def f(q, k, v):
+        return knn_propagate(q * 1.0, k, v, radius=2, topk=4, temperature=0.1, window="disc", unrestricted=1) + 0.0
+
+    out = torch.compile(f, fullgraph=True, backend="eager")(q, k, v)
+    torch.testing.assert_close(out, knn_propagate_reference(q, k, v, radius=2, topk=4, temperature=0.1), atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- Triton kernel (interpreter on CPU)
+
+TRITON_CASES = [
+    # (C, h, w, N, L, radius, topk, window, unrestricted, dtype)
+    (5, 7, 9, 3, 2, 3, 4, "disc", 1, torch.float32),  # windows cross every border
+    (16, 5, 3, 2, 3, 12, 10, "square", 0, torch.float32),  # image smaller than the window
+    (3, 6, 11, 2, 17, 1, 32, "square", 1, torch.bfloat16),  # topk > candidates, L > BLOCK_L
+    (9, 9, 5, 3, 1, 2, 10, "disc", 2, torch.float16),  # two unrestricted frames, one label
+]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("case", TRITON_CASES)
+def test_triton_matches_reference(case, triton_backend):
+    c, h, w, n, lab, radius, topk, window, nu, dtype = case
+    q, k, v = _inputs(c, h, w, n, lab, dtype=dtype)
+    kw = dict(radius=radius, topk=topk, temperature=0.1, window=window, unrestricted=nu)
+    out = knn_propagate(q, k, v, **kw)  # routed to the Triton launcher, NaN-poisoned output
+    atol, rtol = tolerance(dtype)
+    assert out.dtype == torch.float32
+    assert_close_verbose(out, knn_propagate_reference(q, k, v, **kw), atol=atol, rtol=rtol, name=f"triton {case}")
+
+
+@pytest.mark.interpreter
+def test_triton_ties_and_non_contiguous(triton_backend):
+    q, k, v = _exact_inputs(6, 6, 10, 3, 3)
+    k[1] = k[0]  # exact duplicate, different labels: the lower frame index must win
+    kw = dict(radius=3, topk=10, temperature=0.25, window="disc", unrestricted=1)
+    ref = knn_propagate_reference(q, k, v, **kw)
+    qn = q.transpose(1, 2).contiguous().transpose(1, 2)
+    kn = k.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    vn = v.transpose(2, 3).contiguous().transpose(2, 3)
+    assert_close_verbose(knn_propagate(qn, kn, vn, **kw), ref, atol=1e-6, rtol=1e-6, name="triton ties")
+
+
+_AOT_SCRIPT = """
+import dataclasses, json
+from tritoncorr.kernels.aot import compile_report
+from tritoncorr.kernels.knn_propagate import AOT_SPECS
+print(json.dumps([dataclasses.asdict(r) for r in compile_report(specs=AOT_SPECS)]))
+"""
+
+
+@pytest.mark.aot
+def test_aot_specs_compile_without_spills():
+    # In a fresh process without TRITON_INTERPRET: under the interpreter (set by conftest on CPU-only
+    # machines) the @triton.jit functions are InterpretedFunction objects that cannot be compiled.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(records) == 2 * len(K.AOT_SPECS)
+    for r in records:
+        assert not r["error"], f"{r['kernel']} {r['arch']}: {r['error']}"
+        assert r["spills"] == 0, f"{r['kernel']} {r['arch']}: {r['spills']} spill bytes ({r['registers']} registers)"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window, nu", [("disc", 1), ("square", 0)])
+def test_cuda_triton_matches_reference(dtype, window, nu):
+    q, k, v = _inputs(64, 30, 53, 7, 5, dtype=dtype)
+    kw = dict(radius=12, topk=10, temperature=0.05, window=window, unrestricted=nu)
+    out = knn_propagate(q.cuda(), k.cuda(), v.cuda(), **kw)
+    ref = knn_propagate_reference(q, k, v, **kw)
+    atol, rtol = tolerance(dtype)
+    assert_close_verbose(out.cpu(), ref, atol=atol, rtol=rtol, name=f"cuda {dtype} {window}")
+    args = (q.cuda(), k.cuda(), v.cuda(), 12, 10, 0.05, window, nu)
+    torch.library.opcheck(torch.ops.tritoncorr.knn_propagate.default, args)
+
+
+def test_bench_cases_cpu():
+    from tritoncorr.bench.core import SkipProvider
+    from tritoncorr.bench.knn_propagate import cases, window_candidates
+
+    ys, xs = K._grid(7, 9, "cpu")
+    for window in ("disc", "square"):
+        assert window_candidates(7, 9, 3, window) == int(K.window_mask(ys, xs, ys, xs, 3, window).sum())
+    assert window_candidates(200, 200, 12) > 437 * 150 * 150  # interior queries see the full 437-cell disc
+    quick = cases(torch.device("cpu"), quick=True)
+    assert len(quick) == 1 and set(quick[0].providers) == {"triton", "torch", "dense"}
+    assert len(cases(torch.device("cpu"), quick=False)) == 5
+    with pytest.raises(SkipProvider):
+        quick[0].providers["triton"]()

@@ -1,0 +1,130 @@
+"""Configuration of the training-clip pipeline (sources, clip sampling, augmentation, loading).
+
+One :class:`DataConfig` describes where clips come from and how they are cut and augmented. The
+defaults are DUL's YouTube-VOS setting (dul.md §2.2) on the synthetic source, so that a config
+built with no arguments runs anywhere (no data on disk needed).
+
+Method settings (for recipes):
+
+=======  ==========================================================================================
+DUL      ``clip_len=5, frame_gap=2 (YT-VOS JPEGs) or 10, order="shuffled", crop="random",
+         short_side=(256, 320), hflip=True, color="rgb"``; Kinetics/TrackingNet: ``short_side=(256,
+         256), crop="center"``.
+STT      ``clip_len=2, frame_gap=1, order="ordered", crop="resized", area_range=(0.6, 1.0),
+         aspect_range=(1.5, 2.0), hflip=True, color="lab"`` (the teacher's ImageNet-RGB input is a
+         second view the method builds; see stt.md §3.2).
+LIIR     ``clip_len=2, order="ordered", crop="full", hflip=False, color="lab"`` (whole frame resized
+         to S x S, no crop, no flip: liir.md §2.1).
+=======  ==========================================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SOURCES = ("frames", "video", "hf", "synthetic")
+ORDERS = ("shuffled", "ordered")
+CROPS = ("random", "center", "resized", "full")
+COLORS = ("rgb", "lab")
+
+
+@dataclass
+class DataConfig:
+    """Where training clips come from and how they are sampled and augmented.
+
+    Sources (``source``):
+
+    * ``"frames"``: ``root`` is a folder of frame folders in DAVIS / YouTube-VOS layout:
+      ``<root>/<video>/*.jpg``, ``<root>/JPEGImages/<video>/*.jpg`` or
+      ``<root>/JPEGImages/480p/<video>/*.jpg`` (also .jpeg/.png). Frames are ordered by file name.
+    * ``"video"``: ``root`` is a folder (searched recursively) of ``.mp4/.webm/.avi/.mkv/.mov`` files,
+      decoded with PyAV by seeking to the clip.
+    * ``"hf"``: ``root`` is a Hugging Face dataset: a ``save_to_disk`` folder, a local dataset
+      folder/script understood by ``datasets.load_dataset``, or a hub id (needs network). See
+      :mod:`tritoncorr.data.sources` for the expected columns.
+    * ``"synthetic"``: generated clips (``tritoncorr.evals.synthetic.synthetic_clip``).
+
+    Clip sampling (DUL's ``DataVideo``): ``window = min(n, frame_gap * clip_len)``,
+    ``gap = window // clip_len``, start uniform so the clip fits, then a random permutation of the
+    ``clip_len`` frames when ``order == "shuffled"``. Videos with fewer than ``clip_len`` frames are
+    dropped. ``target_fps > 0`` (video sources only) first resamples the video's timeline at that
+    rate (nearest native frame), then applies the gap; rates above the native one use native frames.
+
+    Spatial pipeline (same random parameters for all frames of a clip): ``crop="random"`` resizes the
+    shorter side to an integer drawn uniformly from ``short_side[0] .. short_side[1] - 1`` (exactly
+    ``short_side[0]`` when the two are equal), aspect kept, then takes a random ``crop_size`` square;
+    ``"center"`` does the same resize then a centre crop; ``"resized"`` is STT's random resized crop
+    (area fraction ``~U(area_range)``, aspect w/h log-uniform in ``aspect_range``, 20 tries, fallback
+    centre square) resized to ``crop_size`` squared ignoring aspect; ``"full"`` resizes the whole frame
+    to ``crop_size`` squared (LIIR). Then a whole-clip horizontal flip with p = 0.5 when ``hflip``.
+    ``color="rgb"``: ImageNet-normalised RGB; ``"lab"``: OpenCV-float Lab normalised as
+    ``((L - 50) / 50, a / 127, b / 127)``.
+    """
+
+    source: str = "synthetic"
+    root: str = ""
+    hf_split: str = "train"
+    hf_streaming: bool = False
+    hf_column: str = ""  # "" = auto: "frames" (list of images) or "video" (bytes / path / {"bytes","path"})
+    clip_len: int = 5
+    frame_gap: int = 2
+    target_fps: float = 0.0
+    order: str = "shuffled"
+    batch_size: int = 16
+    num_workers: int = 2
+    prefetch_factor: int = 2
+    pin_memory: bool = False
+    crop_size: int = 256
+    short_side: tuple[int, int] = (256, 320)
+    crop: str = "random"
+    area_range: tuple[float, float] = (0.6, 1.0)
+    aspect_range: tuple[float, float] = (1.5, 2.0)
+    hflip: bool = True
+    color: str = "rgb"
+    synthetic_videos: int = 8
+    synthetic_frames: int = 12
+    synthetic_size: tuple[int, int] = (96, 128)
+    synthetic_seed: int = 0
+    probe_cache: str = ""  # JSON file caching per-video frame counts / timestamps ("" = in memory only)
+    max_retries: int = 8  # a sample whose video cannot be read is replaced by another video, this many tries
+
+    def validate(self) -> "DataConfig":
+        """Check field values; returns ``self``. Raises ``ValueError`` naming the bad field."""
+        def bad(field: str, why: str) -> ValueError:
+            return ValueError(f"DataConfig.{field}={getattr(self, field)!r}: {why}")
+
+        if self.source not in SOURCES:
+            raise bad("source", f"must be one of {SOURCES}")
+        if self.source != "synthetic" and not self.root:
+            raise bad("root", f"source={self.source!r} needs a root (folder, dataset path or hub id)")
+        if self.order not in ORDERS:
+            raise bad("order", f"must be one of {ORDERS}")
+        if self.crop not in CROPS:
+            raise bad("crop", f"must be one of {CROPS}")
+        if self.color not in COLORS:
+            raise bad("color", f"must be one of {COLORS}")
+        for name in ("clip_len", "frame_gap", "batch_size", "crop_size", "max_retries"):
+            if int(getattr(self, name)) < 1:
+                raise bad(name, "must be >= 1")
+        if self.num_workers < 0:
+            raise bad("num_workers", "must be >= 0")
+        if self.prefetch_factor < 1:
+            raise bad("prefetch_factor", "must be >= 1")
+        if self.target_fps < 0:
+            raise bad("target_fps", "must be >= 0 (0 = native rate)")
+        if self.target_fps > 0 and self.source in ("frames", "synthetic"):
+            raise bad("target_fps", f"needs timestamps; source={self.source!r} has none (use frame_gap)")
+        lo, hi = self.short_side
+        if not (1 <= lo <= hi):
+            raise bad("short_side", "must be (lo, hi) with 1 <= lo <= hi")
+        if self.crop in ("random", "center") and lo < self.crop_size:
+            raise bad("short_side", f"lo={lo} is smaller than crop_size={self.crop_size}")
+        a0, a1 = self.area_range
+        if not (0 < a0 <= a1 <= 1):
+            raise bad("area_range", "must satisfy 0 < lo <= hi <= 1")
+        r0, r1 = self.aspect_range
+        if not (0 < r0 <= r1):
+            raise bad("aspect_range", "must satisfy 0 < lo <= hi")
+        if self.synthetic_videos < 1 or self.synthetic_frames < 1:
+            raise bad("synthetic_videos", "synthetic_videos and synthetic_frames must be >= 1")
+        return self

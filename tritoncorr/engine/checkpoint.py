@@ -1,0 +1,287 @@
+"""Checkpoints: safetensors for tensors, a small JSON for everything else, written atomically.
+
+Layout of a run folder::
+
+    <run>/config.json                 the resolved RunConfig
+    <run>/metrics.jsonl               one line per step
+    <run>/curves.png                  training curves
+    <run>/model.safetensors           the latest weights (method state dict, e.g. ``backbone.*``)
+    <run>/ckpt-00001000/model.safetensors      method state dict
+    <run>/ckpt-00001000/optimizer.safetensors  optimiser tensors, keys ``state.<param index>.<name>``
+    <run>/ckpt-00001000/state.json             step, epoch, schedule, data position, RNG states,
+                                               optimiser param groups and non-tensor state
+
+A checkpoint is written into ``<run>/.tmp-ckpt-...`` and renamed to ``ckpt-<step:08d>`` when complete
+(``os.replace``), so a folder named ``ckpt-*`` with a ``state.json`` is always whole; single files are
+written to a temporary name and renamed the same way. ``latest`` = the highest complete step found by
+scanning the folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CKPT_RE = re.compile(r"^ckpt-(\d{8,})$")
+FORMAT_VERSION = 1
+
+
+def ckpt_name(step: int) -> str:
+    return f"ckpt-{step:08d}"
+
+
+# --------------------------------------------------------------------------------------- atomic IO
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, (set, frozenset)):
+        return sorted(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+
+
+def _tensor_dict_for_save(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors sharing storage and non-contiguous ones: store independent copies
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in sd.items()}
+
+
+def save_model_weights(path: Path, model: nn.Module) -> None:
+    """Write ``model.state_dict()`` (tensors only) to ``path`` as safetensors, atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    sd = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    save_file(_tensor_dict_for_save(sd), str(tmp), metadata={"format": "pt"})
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def resolve_weights_path(path: Path) -> Path:
+    """A ``.safetensors`` file, or a run / checkpoint folder -> its ``model.safetensors``."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if (path / "model.safetensors").is_file():
+            return path / "model.safetensors"
+        ck = latest_checkpoint(path)
+        if ck is not None:
+            return ck / "model.safetensors"
+    raise FileNotFoundError(f"no model weights at {path} (expected a .safetensors file or a run/checkpoint folder)")
+
+
+def load_model_weights(model: nn.Module, path: Path, *, strict: bool = True) -> tuple[list[str], list[str]]:
+    """Load safetensors weights into ``model``; returns (missing, unexpected) keys (empty when strict)."""
+    sd = load_file(str(resolve_weights_path(path)))
+    result = model.load_state_dict(sd, strict=strict)
+    return list(result.missing_keys), list(result.unexpected_keys)
+
+
+# ------------------------------------------------------------------------------------- RNG states
+
+
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA generator states as JSON-ready values."""
+    np_state = np.random.get_state()
+    state = {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": _b64(torch.get_rng_state()),
+        "cuda": [_b64(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state((npst[0], np.asarray(npst[1], dtype=np.uint32), npst[2], npst[3], npst[4]))
+    torch.set_rng_state(_unb64(state["torch"]))
+    if state.get("cuda") and torch.cuda.is_available():
+        cuda = [_unb64(s) for s in state["cuda"]]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+# -------------------------------------------------------------------------------- optimiser state
+
+
+def _split_optimizer_state(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"state.{idx}.{k}"] = v
+            else:
+                scalars.setdefault(str(idx), {})[k] = v
+    meta = {"param_groups": sd["param_groups"], "scalars": scalars}
+    return tensors, meta
+
+
+def _join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = v
+    for idx, d in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(d)
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints in ``run_dir`` as ``[(step, path)]`` sorted by step."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    out = []
+    for p in run_dir.iterdir():
+        m = CKPT_RE.match(p.name)
+        if m and p.is_dir() and (p / "state.json").is_file():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def latest_checkpoint(path: Path) -> Path | None:
+    """``path`` itself if it is a checkpoint folder, else the run folder's highest complete checkpoint."""
+    path = Path(path)
+    if (path / "state.json").is_file() and CKPT_RE.match(path.name):
+        return path
+    ckpts = list_checkpoints(path)
+    return ckpts[-1][1] if ckpts else None
+
+
+def clean_temporaries(run_dir: Path) -> None:
+    """Remove half-written checkpoint folders left by a crash."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir():
+        for p in run_dir.iterdir():
+            if p.name.startswith(".tmp-ckpt-") or p.name.startswith(".old-ckpt-"):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    state: dict[str, Any],
+    *,
+    keep_last: int = 3,
+) -> Path:
+    """Write ``<run_dir>/ckpt-<step:08d>/`` atomically and prune to the last ``keep_last`` checkpoints.
+
+    ``state`` is JSON-ready data (step, data position, RNG states, ...); it is stored with the
+    optimiser's param groups and non-tensor state in ``state.json``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / ckpt_name(step)
+    tmp = run_dir / f".tmp-{ckpt_name(step)}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_model_weights(tmp / "model.safetensors", model)
+    full_state = dict(state)
+    full_state["step"] = int(step)
+    full_state["format"] = FORMAT_VERSION
+    if optimizer is not None:
+        tensors, meta = _split_optimizer_state(optimizer.state_dict())
+        save_file(_tensor_dict_for_save(tensors), str(tmp / "optimizer.safetensors"))
+        full_state["optimizer"] = meta
+    atomic_write_json(tmp / "state.json", full_state)
+    _fsync_dir(tmp)
+    if final.exists():  # the same step saved twice (e.g. interrupt right after a periodic save)
+        old = run_dir / f".old-{ckpt_name(step)}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(run_dir)
+    for _, p in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(
+    ckpt: Path, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None
+) -> dict[str, Any]:
+    """Load weights into ``model``, optimiser state into ``optimizer``; return the JSON state."""
+    ckpt = Path(ckpt)
+    state_path = ckpt / "state.json"
+    if not state_path.is_file():
+        raise FileNotFoundError(f"{ckpt} is not a complete checkpoint (no state.json)")
+    state = json.loads(state_path.read_text())
+    if model is not None:
+        model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=True)
+    if optimizer is not None:
+        if "optimizer" not in state:
+            raise ValueError(f"{ckpt} holds no optimiser state")
+        tensors = load_file(str(ckpt / "optimizer.safetensors"))
+        optimizer.load_state_dict(_join_optimizer_state(tensors, state["optimizer"]))
+    return state

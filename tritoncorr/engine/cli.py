@@ -1,0 +1,130 @@
+"""``tritoncorr train``: resolve the run config (recipe + overrides, or a run's saved config) and train.
+
+* new run: ``recipe`` (``path.py[:NAME]``) -> RunConfig, then ``--set`` overrides in order, then
+  ``--seed``; the run folder is ``--out`` (default ``runs/<name>``); the resolved config is written
+  to ``<out>/config.json``.
+* ``--resume DIR``: the recipe only supplies the classes (method/data configs); every value comes
+  from ``DIR/config.json``; ``--set`` overrides then apply on top (e.g. ``log_every``, ``eval.every``;
+  changing the method/data/optimiser of a run breaks exact continuation and is the user's call);
+  ``--seed`` must match the saved seed; training continues from DIR's last checkpoint into DIR.
+* ``--steps N`` stops after N total optimiser steps. The schedule's horizon stays the config's
+  ``steps`` (so ``--steps 3`` then ``--resume --steps 6`` equals one ``--steps 6`` run); when N is
+  larger than ``steps``, ``steps`` is raised to N.
+* ``--dry-run`` prints the resolved config and the stop step, and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from tritoncorr.engine.config import ConfigError, RunConfig, apply_dict, apply_overrides, config_to_dict
+from tritoncorr.engine.recipe import load_recipe
+
+
+def resolve_config(
+    *, recipe: str, overrides: list[str], steps: int | None, seed: int | None, out: Path | None, resume: Path | None
+) -> tuple[RunConfig, Path, int]:
+    """(config, run folder, stop step) for the CLI arguments; raises ConfigError on bad input."""
+    if resume is not None:
+        resume = Path(resume)
+        saved_path = resume / "config.json"
+        if not saved_path.is_file():
+            raise ConfigError(f"--resume {resume}: no config.json there (is it a run folder?)")
+        if out is not None and Path(out).resolve() != resume.resolve():
+            raise ConfigError(f"--out {out} differs from --resume {resume}; a resumed run continues in its own folder")
+        saved = json.loads(saved_path.read_text())
+        saved_recipe = saved.get("__recipe__")
+        cfg = load_recipe(recipe, [], validate=False)
+        if saved_recipe and saved_recipe != recipe:
+            warnings.warn(f"resuming a run made from {saved_recipe!r} with recipe {recipe!r}: the saved values are used",
+                          stacklevel=2)
+        apply_dict(cfg, {k: v for k, v in saved.items() if not k.startswith("__")})
+        apply_overrides(cfg, overrides)
+        if seed is not None and seed != cfg.seed:
+            raise ConfigError(f"--seed {seed} differs from the resumed run's seed {cfg.seed}")
+        run_dir = resume
+    else:
+        cfg = load_recipe(recipe, overrides, validate=False)
+        if seed is not None:
+            cfg.seed = seed
+        run_dir = Path(out) if out is not None else Path("runs") / cfg.name
+    if steps is not None:
+        if steps < 1:
+            raise ConfigError(f"--steps must be >= 1, got {steps}")
+        if steps > cfg.steps:
+            cfg.steps = steps
+    stop_at = steps if steps is not None else cfg.steps
+    cfg.validate()
+    return cfg, run_dir, stop_at
+
+
+def _tree(name: str, data: Any):
+    from rich.tree import Tree
+
+    tree = Tree(f"[bold]{name}[/bold]")
+
+    def add(node, d: dict) -> None:
+        cls = d.get("__class__")
+        if cls:
+            node.label = f"{node.label} [dim]({cls})[/dim]"
+        for k, v in d.items():
+            if k.startswith("__"):
+                continue
+            if isinstance(v, dict):
+                add(node.add(f"[bold cyan]{k}[/bold cyan]"), v)
+            else:
+                node.add(f"{k} = [green]{v!r}[/green]")
+
+    add(tree, data)
+    return tree
+
+
+def print_config(cfg: RunConfig, run_dir: Path, stop_at: int, *, recipe: str) -> None:
+    from rich.console import Console
+
+    console = Console()
+    console.print(_tree(f"RunConfig from {recipe}", config_to_dict(cfg)))
+    console.print(f"run folder: {run_dir}", soft_wrap=True)
+    console.print(f"stop at step {stop_at} of {cfg.steps}", soft_wrap=True)
+
+
+def train_cli(
+    *,
+    recipe: str,
+    overrides: list[str],
+    steps: int | None,
+    seed: int | None,
+    out: Path | None,
+    resume: Path | None,
+    dry_run: bool,
+) -> None:
+    """Entry point of ``tritoncorr train`` (see the module docstring)."""
+    import typer
+    from rich.console import Console
+
+    from tritoncorr.engine.distributed import env_world
+
+    rank = env_world()[0]
+    try:
+        cfg, run_dir, stop_at = resolve_config(recipe=recipe, overrides=list(overrides or []), steps=steps, seed=seed,
+                                               out=out, resume=resume)
+    except (ConfigError, FileNotFoundError) as e:
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(code=2) from None
+    if dry_run:
+        if rank == 0:
+            print_config(cfg, run_dir, stop_at, recipe=recipe)
+        return
+
+    from tritoncorr.engine.loop import train
+
+    try:
+        result = train(cfg, run_dir, resume=resume is not None, stop_at=stop_at, recipe_ref=recipe)
+    except ConfigError as e:
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(code=2) from None
+    if result.interrupted:
+        raise typer.Exit(code=130)

@@ -1,0 +1,480 @@
+"""The run configuration: a typed dataclass tree, dotted overrides and JSON round trips.
+
+A recipe (``recipes/*.py``) is a function returning a :class:`RunConfig`. The tree is::
+
+    RunConfig
+      name, steps, seed, compile, amp, device, log_every, curves_every, sync_bn, ddp_find_unused, init_from
+      method     a method config dataclass with ``build() -> nn.Module`` (e.g. DULConfig)
+      data       tritoncorr.data.config.DataConfig (or any dataclass with
+                 ``build_loader(*, seed, rank, world_size)``, used by the tests)
+      optim      OptimConfig
+      schedule   ScheduleConfig
+      checkpoint CheckpointConfig
+      eval       EvalConfig
+
+Overrides ``"optim.lr=3e-4"`` are parsed against the field's declared type (``int``, ``float``,
+``bool``, ``str``, ``Path``, ``tuple``/``list`` of those, ``Optional[...]``, ``Literal[...]``); unknown
+fields get close-match suggestions, unparsable values a message naming the field, its type and the value.
+
+``config_to_dict`` writes plain JSON; a dataclass whose class is not fixed by its declared field type
+(the method) records ``"__class__": "module:QualName"``. ``apply_dict`` overlays such a dict on a
+template tree (used by ``--resume``: the template is built by the recipe, the values come from the
+run's ``config.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "step", "multistep", "cosine")
+UNITS = ("steps", "epochs")
+AMP_MODES = ("none", "bf16")
+
+
+class ConfigError(ValueError):
+    """A bad override, an unknown field or an invalid value in a run configuration."""
+
+
+# --------------------------------------------------------------------------------------------- tree
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and the gradient pipeline.
+
+    ``weight_decay`` is coupled (L2 added to the gradient) for adam/sgd and decoupled for adamw, as
+    in ``torch.optim``. Parameter groups: ``bias_lr_mult`` multiplies the learning rate of every
+    bias (conv/linear biases and norm betas); with ``no_decay_bias_norm`` biases and all parameters
+    of normalisation layers get no weight decay. DUL: adam, betas (0.5, 0.999), wd 5e-4,
+    bias_lr_mult 2.0, no_decay_bias_norm False (DUL keeps wd on BN gammas but not on biases: see
+    ``no_decay_bias``).
+    """
+
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    bias_lr_mult: float = 1.0
+    no_decay_bias: bool = False
+    no_decay_bias_norm: bool = False
+    grad_clip: float = 0.0
+    accumulate: int = 1
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule, evaluated at every optimiser step ``it`` (0-based) as ``lr * factor(it)``.
+
+    * ``constant``: 1.
+    * ``step``: ``gamma ** floor(t / step_size)``, ``t`` counted in ``unit`` (``"epochs"``: the
+      epoch of step ``it`` is ``it // steps_per_epoch``, so the factor changes when an epoch ends,
+      like ``StepLR`` stepped per epoch; ``"steps"``: ``t = it``).
+    * ``multistep``: after each milestone (in ``unit``) the factor becomes ``factors[i]`` (or
+      ``gamma ** (i + 1)`` when ``factors`` is empty).
+    * ``cosine``: ``min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + cos(pi * it / total))`` with
+      ``total = total_steps or RunConfig.steps``.
+    * warm-up (any schedule): for ``it < warmup_steps`` the factor is multiplied by
+      ``1 - (1 - it / warmup_steps) * (1 - warmup_start_factor)`` (mmcv's linear warm-up, relative
+      to the scheduled value; STT: 1,100 steps from 0.001).
+    """
+
+    name: Literal["constant", "step", "multistep", "cosine"] = "constant"
+    unit: Literal["steps", "epochs"] = "epochs"
+    step_size: int = 1
+    gamma: float = 0.1
+    milestones: tuple[int, ...] = ()
+    factors: tuple[float, ...] = ()
+    total_steps: int = 0
+    min_lr_ratio: float = 0.0
+    warmup_steps: int = 0
+    warmup_start_factor: float = 0.001
+
+
+@dataclass
+class CheckpointConfig:
+    """``every``: save every N optimiser steps (0 = only at the end / on interrupt); keep the last ``keep_last``."""
+
+    every: int = 1000
+    keep_last: int = 3
+
+
+@dataclass
+class EvalConfig:
+    """Periodic DAVIS validation (label propagation with ``method.features``); ``every`` 0 = off."""
+
+    every: int = 0
+    davis_root: str = ""
+    sequences: tuple[str, ...] = ()
+    split: str = "val"
+    resolution: str = "480p"
+    preset: str = "dul"
+
+
+def _default_data() -> Any:
+    from tritoncorr.data.config import DataConfig
+
+    return DataConfig()
+
+
+@dataclass
+class RunConfig:
+    """One training run. ``steps`` is the planned length (the schedule's horizon); the CLI's
+    ``--steps`` stops earlier without changing the schedule (see :func:`tritoncorr.engine.loop.train`).
+
+    ``compile``: wrap the method (inside DDP) with ``torch.compile(backend=compile_backend)``;
+    ``"inductor"`` (default) generates C++/Triton code, ``"aot_eager"`` only traces (fast, for checks).
+    ``amp``: ``"bf16"`` autocast on CUDA only (ignored on CPU). ``device``: ``"auto"`` (CUDA when
+    available, else CPU), ``"cpu"``, ``"cuda"``. ``init_from``: a ``model.safetensors`` (or a run or
+    checkpoint folder) whose weights initialise the model (fresh optimiser), e.g. a stage-2 run.
+    """
+
+    name: str = "run"
+    method: Any = None
+    data: Any = field(default_factory=_default_data)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    steps: int = 1000
+    seed: int = 0
+    compile: bool = False
+    compile_backend: str = "inductor"
+    amp: Literal["none", "bf16"] = "none"
+    device: str = "auto"
+    log_every: int = 10
+    curves_every: int = 100
+    sync_bn: bool = False
+    ddp_find_unused: bool = False
+    init_from: str = ""
+
+    def validate(self) -> "RunConfig":
+        """Check value ranges and cross-field rules; raise :class:`ConfigError` naming the field."""
+        errs: list[str] = []
+        if self.method is None or not dataclasses.is_dataclass(self.method) or not hasattr(self.method, "build"):
+            errs.append(f"method must be a method config dataclass with a build() method, got {type(self.method).__name__}")
+        if self.data is None:
+            errs.append("data must be a data config (tritoncorr.data.config.DataConfig)")
+        o, s = self.optim, self.schedule
+        if o.name not in OPTIMIZERS:
+            errs.append(f"optim.name must be one of {OPTIMIZERS}, got {o.name!r}")
+        if not o.lr > 0:
+            errs.append(f"optim.lr must be > 0, got {o.lr}")
+        if o.accumulate < 1:
+            errs.append(f"optim.accumulate must be >= 1, got {o.accumulate}")
+        if o.grad_clip < 0:
+            errs.append(f"optim.grad_clip must be >= 0 (0 = off), got {o.grad_clip}")
+        if o.weight_decay < 0 or o.bias_lr_mult <= 0:
+            errs.append("optim.weight_decay must be >= 0 and optim.bias_lr_mult > 0")
+        if len(o.betas) != 2:
+            errs.append(f"optim.betas must have 2 values, got {o.betas}")
+        if s.name not in SCHEDULES:
+            errs.append(f"schedule.name must be one of {SCHEDULES}, got {s.name!r}")
+        if s.unit not in UNITS:
+            errs.append(f"schedule.unit must be one of {UNITS}, got {s.unit!r}")
+        if s.name == "step" and s.step_size < 1:
+            errs.append(f"schedule.step_size must be >= 1, got {s.step_size}")
+        if s.name == "multistep":
+            if list(s.milestones) != sorted(s.milestones):
+                errs.append(f"schedule.milestones must be increasing, got {s.milestones}")
+            if s.factors and len(s.factors) != len(s.milestones):
+                errs.append(f"schedule.factors needs one value per milestone ({len(s.milestones)}), got {len(s.factors)}")
+        if not 0 <= s.min_lr_ratio <= 1 or not 0 <= s.warmup_start_factor <= 1 or s.warmup_steps < 0:
+            errs.append("schedule.min_lr_ratio and warmup_start_factor must be in [0, 1], warmup_steps >= 0")
+        if self.steps < 1:
+            errs.append(f"steps must be >= 1, got {self.steps}")
+        if self.amp not in AMP_MODES:
+            errs.append(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            errs.append(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.log_every < 1 or self.curves_every < 0:
+            errs.append("log_every must be >= 1 and curves_every >= 0")
+        if self.checkpoint.every < 0 or self.checkpoint.keep_last < 1:
+            errs.append("checkpoint.every must be >= 0 and checkpoint.keep_last >= 1")
+        if self.eval.every < 0:
+            errs.append(f"eval.every must be >= 0, got {self.eval.every}")
+        if self.eval.every > 0 and not self.eval.davis_root:
+            errs.append("eval.every > 0 needs eval.davis_root (a DAVIS-2017 folder)")
+        if errs:
+            raise ConfigError("invalid run config:\n  " + "\n  ".join(errs))
+        return self
+
+
+# ------------------------------------------------------------------------------------ type helpers
+
+
+def _hints(obj: Any) -> dict[str, Any]:
+    cls = type(obj)
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # annotations that cannot be evaluated: fall back to the current values' types
+        return {f.name: type(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f"}
+
+
+def _split_seq(text: str) -> list[str]:
+    t = text.strip()
+    if t[:1] in "([" and t[-1:] in ")]":
+        t = t[1:-1]
+    parts = [p.strip() for p in t.split(",")]
+    return [p for p in parts if p != ""]
+
+
+def _unquote(text: str) -> str:
+    t = text.strip()
+    if len(t) >= 2 and t[0] == t[-1] and t[0] in "'\"":
+        return t[1:-1]
+    return t
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert ``value`` (a CLI string or a JSON value) to the declared type ``tp``; raise :class:`ConfigError`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    def fail(extra: str = "") -> ConfigError:
+        return ConfigError(f"cannot parse {where}={value!r} as {_type_name(tp)}{extra}")
+
+    if tp is Any or tp is object:
+        if isinstance(value, str):  # best effort: literal-looking strings become numbers / bools
+            for conv in (int, float):
+                try:
+                    return conv(value)
+                except ValueError:
+                    pass
+            low = value.strip().lower()
+            if low in ("true", "false"):
+                return low == "true"
+            return _unquote(value)
+        return value
+    if origin in (Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+            if len(non_none) < len(args):
+                return None
+            raise fail()
+        errors = []
+        for a in non_none:
+            try:
+                return coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise fail()
+    if origin is Literal:
+        for a in args:
+            try:
+                cand = coerce(value, type(a), where)
+            except ConfigError:
+                continue
+            if cand == a:
+                return a
+        raise ConfigError(f"{where}={value!r} is not one of {list(args)}")
+    if origin in (tuple, list) or tp in (tuple, list):
+        items = _split_seq(value) if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise fail()
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(items) != len(args):
+                raise fail(f" (expected {len(args)} values, got {len(items)})")
+            out = [coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(items, args))]
+        else:
+            elem = args[0] if args else Any
+            out = [coerce(v, elem, f"{where}[{i}]") for i, v in enumerate(items)]
+        return tuple(out) if (origin is tuple or tp is tuple) else list(out)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise fail(" (use true/false)")
+    if tp is int:
+        if isinstance(value, bool):
+            raise fail()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip().replace("_", ""))
+            except ValueError:
+                try:
+                    f = float(value)
+                except ValueError:
+                    raise fail() from None
+                if f.is_integer():
+                    return int(f)
+        raise fail()
+    if tp is float:
+        if isinstance(value, bool):
+            raise fail()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise fail() from None
+        raise fail()
+    if tp is str:
+        if isinstance(value, str):
+            return _unquote(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise fail()
+    if tp is Path:
+        if isinstance(value, (str, Path)):
+            return Path(_unquote(str(value)))
+        raise fail()
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        raise ConfigError(f"{where} is a section ({tp.__name__}); set one of its fields: "
+                          + ", ".join(f"{where}.{f.name}" for f in dataclasses.fields(tp)))
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise fail(" (unsupported field type)")
+
+
+def _field_names(obj: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(obj)]
+
+
+def _unknown(obj: Any, key: str, prefix: str) -> ConfigError:
+    names = _field_names(obj)
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(prefix + c) for c in close)}?" if close else ""
+    sect = prefix[:-1] if prefix else "the run config"
+    return ConfigError(f"unknown field {prefix + key!r}{hint} (fields of {sect}: {', '.join(names)})")
+
+
+def set_field(cfg: Any, dotted: str, raw: Any) -> None:
+    """Set ``cfg.<dotted>`` to ``raw`` converted to the field's declared type (in place)."""
+    parts = dotted.split(".")
+    obj, prefix = cfg, ""
+    for i, key in enumerate(parts):
+        if not dataclasses.is_dataclass(obj):
+            raise ConfigError(f"{prefix[:-1]} is not a section (it is a {type(obj).__name__}); cannot set {dotted}")
+        if key not in _field_names(obj):
+            raise _unknown(obj, key, prefix)
+        if i == len(parts) - 1:
+            current = getattr(obj, key)
+            if dataclasses.is_dataclass(current) and not isinstance(raw, dict):
+                raise ConfigError(f"{prefix + key} is a section ({type(current).__name__}); set one of its fields: "
+                                  + ", ".join(f"{prefix + key}.{n}" for n in _field_names(current)))
+            tp = _hints(obj).get(key, type(current))
+            if tp is Any and current is not None:
+                tp = type(current)  # an untyped field keeps the type of its current value
+            setattr(obj, key, coerce(raw, tp, prefix + key))
+        else:
+            obj = getattr(obj, key)
+            prefix += key + "."
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """``"optim.lr=3e-4"`` -> ``("optim.lr", "3e-4")``."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not p.isidentifier() for p in key.split(".")):
+        raise ConfigError(f"override {text!r} must look like section.field=value (e.g. optim.lr=3e-4)")
+    return key, value
+
+
+def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
+    """Apply ``["a.b=v", ...]`` in order (in place) and return ``cfg``."""
+    for text in overrides:
+        key, value = parse_override(text)
+        set_field(cfg, key, value)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------ JSON
+
+
+def _class_ref(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _import_class(ref: str) -> type:
+    module, _, qual = ref.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _jsonable(value: Any, declared: Any = None) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {}
+        if not (isinstance(declared, type) and type(value) is declared):
+            out["__class__"] = _class_ref(type(value))
+        hints = _hints(value)
+        for f in dataclasses.fields(value):
+            out[f.name] = _jsonable(getattr(value, f.name), hints.get(f.name))
+        return out
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ConfigError(f"config value {value!r} of type {type(value).__name__} is not JSON-serialisable")
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The config tree as JSON-ready dicts (see the module docstring for ``__class__``)."""
+    return _jsonable(cfg, type(cfg))
+
+
+def apply_dict(cfg: Any, data: dict[str, Any], prefix: str = "") -> Any:
+    """Overlay a ``config_to_dict`` dict on the tree ``cfg`` (in place), type-checking every value.
+
+    A nested dataclass whose recorded ``__class__`` differs from the template's is rebuilt from
+    that class (imported by name) with its defaults, then overlaid.
+    """
+    for key, value in data.items():
+        if key == "__class__":
+            continue
+        if key not in _field_names(cfg):
+            raise _unknown(cfg, key, prefix)
+        current = getattr(cfg, key)
+        if isinstance(value, dict) and "__class__" in value or (isinstance(value, dict) and dataclasses.is_dataclass(current)):
+            ref = value.get("__class__")
+            if current is None or (ref and _class_ref(type(current)) != ref):
+                if not ref:
+                    raise ConfigError(f"{prefix + key}: cannot rebuild a section without its class")
+                try:
+                    current = _import_class(ref)()
+                except Exception as e:
+                    raise ConfigError(f"{prefix + key}: cannot import/construct {ref}: {e}") from e
+                setattr(cfg, key, current)
+            apply_dict(current, value, prefix + key + ".")
+        else:
+            tp = _hints(cfg).get(key, Any)
+            setattr(cfg, key, coerce(value, tp, prefix + key))
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Rebuild a :class:`RunConfig` from ``config_to_dict`` output (classes imported by name)."""
+    cfg = RunConfig(method=None, data=None)
+    return apply_dict(cfg, data)

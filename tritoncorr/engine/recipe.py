@@ -1,0 +1,74 @@
+"""Recipe files: plain Python whose top-level functions return a :class:`RunConfig`.
+
+``load_recipe("recipes/dul.py:cpu", overrides=["optim.lr=3e-4"])`` imports the file by path
+(``importlib.util.spec_from_file_location``), calls ``cpu()`` (``default()`` when no name is given),
+applies the overrides and validates the result. A recipe function takes no arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from tritoncorr.engine.config import ConfigError, RunConfig, apply_overrides
+
+
+def split_recipe_ref(ref: str) -> tuple[Path, str]:
+    """``"recipes/dul.py:cpu"`` -> ``(Path("recipes/dul.py"), "cpu")``; default name ``"default"``."""
+    path, sep, name = ref.rpartition(":")
+    if not sep or not path.endswith(".py") or "/" in name or "\\" in name:
+        # no ":NAME" (a ':' may also be part of a Windows drive)
+        path, name = ref, "default"
+    return Path(path), (name or "default")
+
+
+def load_recipe_module(path: Path) -> ModuleType:
+    """Import a recipe file by path (registered in ``sys.modules`` under a name derived from its path)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
+    resolved = path.resolve()
+    mod_name = f"tritoncorr_recipe_{resolved.stem}_{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
+    spec = importlib.util.spec_from_file_location(mod_name, resolved)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot import recipe file {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module  # dataclasses / get_type_hints look classes' modules up here
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        sys.modules.pop(mod_name, None)
+        raise
+    return module
+
+
+def recipe_names(module: ModuleType) -> list[str]:
+    """Functions defined in the recipe file itself (not imported) whose names do not start with ``_``."""
+    out = []
+    for name, obj in vars(module).items():
+        if name.startswith("_") or not inspect.isfunction(obj) or obj.__module__ != module.__name__:
+            continue
+        params = [p for p in inspect.signature(obj).parameters.values() if p.default is inspect.Parameter.empty
+                  and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not params:
+            out.append(name)
+    return sorted(out)
+
+
+def load_recipe(ref: str, overrides: list[str] | None = None, *, validate: bool = True) -> RunConfig:
+    """Build the :class:`RunConfig` named by ``ref`` (``path.py[:NAME]``) and apply ``overrides``."""
+    path, name = split_recipe_ref(ref)
+    module = load_recipe_module(path)
+    names = recipe_names(module)
+    fn = getattr(module, name, None)
+    if name not in names or fn is None:
+        raise ConfigError(f"recipe {path} has no config named {name!r}; available: {', '.join(names) or '(none)'}")
+    cfg = fn()
+    if not isinstance(cfg, RunConfig):
+        raise ConfigError(f"recipe {path}:{name} returned {type(cfg).__name__}, expected RunConfig")
+    apply_overrides(cfg, list(overrides or []))
+    return cfg.validate() if validate else cfg
