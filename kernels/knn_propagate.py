@@ -262,7 +262,7 @@ def knn_propagate_windowed(
     temperature: float,
     window: str = "disc",
     unrestricted: int = 1,
-    tile: int = 8,
+    tile: int = 16,
     frame_chunk: int = 5,
 ) -> torch.Tensor:
     """Memory-bounded PyTorch path. Shapes as :func:`knn_propagate`; -> (L, h, w) fp32.

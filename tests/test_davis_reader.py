@@ -81,7 +81,7 @@ def test_ground_truth_as_results_scores_exactly_one(davis, tmp_path):
     assert row["J-Decay"] == 0.0 and row["F-Decay"] == 0.0
 
 
-def _expect(match, **kw):
+def _expect(match):
     return pytest.raises(DavisFormatError, match=match)
 
 

@@ -302,7 +302,6 @@ def test_forward_terms_gradients_and_bn_passes():
     assert model_eval_bn.backbone.bn1.training  # restored to train mode
 
 
-@pytest.mark.slow  # the interpreter runs the fused backward kernels: ~10 s on an idle 2-core machine
 @pytest.mark.interpreter
 def test_forward_triton_kernels_match_torch_path(monkeypatch):
     """The whole DUL step with the Triton kernels (interpreter on CPU) equals the PyTorch path."""

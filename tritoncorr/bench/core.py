@@ -16,13 +16,10 @@ import dataclasses
 import gc
 import statistics
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 Factory = Callable[[], Callable[[], Any]]
 
@@ -66,43 +63,32 @@ class BenchResult:
     note: str = ""
 
 
-class PeakMemory(TorchDispatchMode):
-    """Peak bytes of tensor storage allocated by torch ops while active (CPU or CUDA tensors).
+def _cpu_peak_bytes(fn: Callable[[], Any]) -> int:
+    """Peak bytes allocated through torch's CPU allocator during one call of ``fn``.
 
-    Storages alive before entering are not counted; a storage counts from the op that created it
-    until its Python object is collected. This works on CPU, where torch has no allocator stats.
+    torch has no CPU allocator statistics, so this replays the profiler's memory events (every
+    allocation and free of the CPU allocator, including those inside opaque custom ops) in time
+    order and takes the maximum of the running sum. Memory alive before the call is not counted.
     """
+    from torch.profiler import ProfilerActivity, profile
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.current = 0
-        self.peak = 0
-        self._seen: set[int] = set()
-
-    def _release(self, key: int, nbytes: int) -> None:
-        self._seen.discard(key)
-        self.current -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and not t.is_meta:
-                storage = t.untyped_storage()
-                key = id(storage)
-                if key in self._seen or storage.nbytes() == 0:
-                    continue
-                inputs = {id(a.untyped_storage()) for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)}
-                if key in inputs:  # in-place op or view of an input
-                    continue
-                self._seen.add(key)
-                self.current += storage.nbytes()
-                self.peak = max(self.peak, self.current)
-                weakref.finalize(storage, self._release, key, storage.nbytes())
-        return out
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+        del result
+    events = [
+        e for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    ]
+    events.sort(key=lambda e: e.start_ns())
+    current = peak = 0
+    for event in events:
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak
 
 
 def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int:
-    """Peak extra memory of one call of ``fn`` (CUDA: allocator stats; CPU: :class:`PeakMemory`)."""
+    """Peak extra memory of one call of ``fn`` (CUDA: allocator statistics; CPU: profiler memory events)."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -114,11 +100,7 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device) -> int:
         peak = torch.cuda.max_memory_allocated() - base
         del result
         return peak
-    tracker = PeakMemory()
-    with tracker:
-        result = fn()
-        del result
-    return tracker.peak
+    return _cpu_peak_bytes(fn)
 
 
 def time_fn(fn: Callable[[], Any], device: torch.device, *, quick: bool) -> tuple[float, float, float]:

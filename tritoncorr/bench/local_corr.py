@@ -5,7 +5,7 @@ Shapes (CUDA: batch 64 frames; CPU: a small batch, named in the shape label, so 
   STT res4   32x32, r=6 (169 cells), C=1024 (R50), D=1, truncated border, scale 1/sqrt(C);
   MAST/LIIR  64x64, r=6 (169 cells), C=64, D=1 and D=3, zero border, scale 1;
   local_correlation at STT res4 (the entropy branch's zero-padded 13x13 correlation), C=1024.
-``quick``: one small shape (MAST-like 32x32, r=3, C=16, D=3, batch 2).
+``quick``: one small shape (MAST-like 24x24, r=3, C=16, D=3; batch 2 on CUDA, 1 on CPU).
 
 Providers:
   ``triton``  the fused Triton ops (CUDA only; SkipProvider elsewhere),
@@ -127,8 +127,8 @@ def cases(device: torch.device, quick: bool) -> list[BenchCase]:
     cuda = device.type == "cuda"
     # (label, B_cuda, B_cpu, C, D, H, W, radius, border, scale)
     if quick:
-        attn_shapes = [("quick 32x32 r3 C16 D3 zero", 2, 2, 16, 3, 32, 32, 3, "zero", 1.0)]
-        corr_shapes = [("quick 32x32 r3 C16", 2, 2, 16, 32, 32, 3)]
+        attn_shapes = [("quick 24x24 r3 C16 D3 zero", 2, 1, 16, 3, 24, 24, 3, "zero", 1.0)]
+        corr_shapes = [("quick 24x24 r3 C16", 2, 1, 16, 24, 24, 3)]
     else:
         attn_shapes = [
             ("STT res3 64x64 r12 C128", 64, 2, 128, 1, 64, 64, 12, "truncate", 1 / math.sqrt(128)),

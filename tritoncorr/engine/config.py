@@ -457,7 +457,7 @@ def apply_dict(cfg: Any, data: dict[str, Any], prefix: str = "") -> Any:
         if key not in _field_names(cfg):
             raise _unknown(cfg, key, prefix)
         current = getattr(cfg, key)
-        if isinstance(value, dict) and "__class__" in value or (isinstance(value, dict) and dataclasses.is_dataclass(current)):
+        if isinstance(value, dict) and ("__class__" in value or dataclasses.is_dataclass(current)):
             ref = value.get("__class__")
             if current is None or (ref and _class_ref(type(current)) != ref):
                 if not ref:
