@@ -5,27 +5,32 @@
 | :func:`knn_propagate` | ``knn_propagate.py`` | label propagation (inference, all methods) |
 | :func:`local_correlation`, :func:`local_attention` | ``local_corr.py`` | STT, LIIR/MAST reconstruction |
 | :func:`anchor_nll`, :func:`anchor_argmax` | ``anchor_softmax.py`` | DUL training |
+
+The functions are imported eagerly: a submodule and its public function share a name
+(``knn_propagate``), and importing the submodule would otherwise shadow the function.
 """
 
-from __future__ import annotations
+from tritoncorr.kernels.anchor_softmax import (
+    anchor_argmax,
+    anchor_argmax_reference,
+    anchor_lse,
+    anchor_nll,
+    anchor_nll_reference,
+    anchor_soft_assignment,
+)
+from tritoncorr.kernels.knn_propagate import knn_propagate as _knn_propagate_fn
+from tritoncorr.kernels.knn_propagate import knn_propagate_dense, knn_propagate_reference
+from tritoncorr.kernels.local_corr import (
+    local_attention,
+    local_attention_reference,
+    local_correlation,
+    local_correlation_reference,
+)
 
-import importlib
+knn_propagate = _knn_propagate_fn
 
-_EXPORTS = {
-    "knn_propagate": "knn_propagate",
-    "knn_propagate_reference": "knn_propagate",
-    "local_correlation": "local_corr",
-    "local_attention": "local_corr",
-    "anchor_nll": "anchor_softmax",
-    "anchor_argmax": "anchor_softmax",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    # Lazy: importing one kernel family does not import (and compile) the others.
-    if name in _EXPORTS:
-        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = [
+    "anchor_argmax", "anchor_argmax_reference", "anchor_lse", "anchor_nll", "anchor_nll_reference",
+    "anchor_soft_assignment", "knn_propagate", "knn_propagate_dense", "knn_propagate_reference",
+    "local_attention", "local_attention_reference", "local_correlation", "local_correlation_reference",
+]

@@ -66,7 +66,7 @@ def eval_davis(
     ] = None,
     preset: Annotated[str, typer.Option(help="Propagation preset: dul (CRW/DUL settings) or stt.")] = "dul",
     context: Annotated[Optional[int], typer.Option(help="Previous frames in the context (preset: 20).")] = None,
-    radius: Annotated[Optional[float], typer.Option(help="Spatial radius in feature cells (preset: 12).")] = None,
+    radius: Annotated[Optional[int], typer.Option(help="Spatial radius in feature cells (preset: 12).")] = None,
     topk: Annotated[Optional[int], typer.Option(help="Top-k neighbours (preset: 10).")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature (preset: 0.05).")] = None,
     overlays: Annotated[bool, typer.Option(help="Also write frames with coloured masks for viewing.")] = False,
