@@ -76,6 +76,12 @@ def _loss_fns(device: torch.device) -> dict[str, Callable[[], Callable]]:
 def _nll_factory(build: Callable[[], Callable], dense: bool, P: int, A: int, K: int, dtype: torch.dtype,
                  device: torch.device, mode: str) -> Callable[[], Callable[[], object]]:
     def factory():
+        # "bwd" times repeated backward passes of one graph (retain_graph=True); torch.compile's
+        # donated buffers forbid that, so they are switched off while the provider is built.
+        with torch._functorch.config.patch(donated_buffer=False):
+            return _build()
+
+    def _build():
         if dense and device.type == "cpu" and 3 * P * A * 4 > _CPU_DENSE_LIMIT_BYTES:
             raise SkipProvider(f"dense (P, A) logits need ~{3 * P * A * 4 / 2**30:.1f} GB on CPU")
         fn = build()
