@@ -248,6 +248,21 @@ def _torch_attn_bwd(query, key, value, out, lse, dout, dlse, radius, scale, bord
 
 
 @triton.jit
+def _dot_over_channels(a_ptr, sa, a_ok, b_ptr, sb, b_ok, C, cs, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per-pixel dot products (BLOCK_P,) fp32 of two (C, BLOCK_P) gathers, C read in blocks of BLOCK_C.
+
+    ``a_ptr``/``b_ptr`` point at channel 0 of each pixel (shape (1, BLOCK_P)), ``sa``/``sb`` are the channel
+    strides and ``a_ok``/``b_ok`` the pixel masks (masked pixels read 0)."""
+    s = tl.zeros([BLOCK_P], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        ch = c0 + cs
+        ac = tl.load(a_ptr + ch[:, None] * sa, mask=(ch[:, None] < C) & a_ok[None, :], other=0.0).to(tl.float32)
+        bc = tl.load(b_ptr + ch[:, None] * sb, mask=(ch[:, None] < C) & b_ok[None, :], other=0.0).to(tl.float32)
+        s += tl.sum(ac * bc, axis=0)
+    return s
+
+
+@triton.jit
 def _corr_fwd_kernel(
     Q, K, Out,
     C, H, W, radius, dilation,
@@ -279,12 +294,7 @@ def _corr_fwd_kernel(
                 k_tile = tl.load(k_ptr + cs[:, None] * skc, mask=(cs[:, None] < C) & k_ok[None, :], other=0.0).to(tl.float32)
                 s = tl.sum(q_tile * k_tile, axis=0)
             else:
-                s = tl.zeros([BLOCK_P], dtype=tl.float32)
-                for c0 in range(0, C, BLOCK_C):
-                    ch = c0 + cs
-                    qc = tl.load(q_ptr + ch[:, None] * sqc, mask=(ch[:, None] < C) & p_ok[None, :], other=0.0).to(tl.float32)
-                    kc = tl.load(k_ptr + ch[:, None] * skc, mask=(ch[:, None] < C) & k_ok[None, :], other=0.0).to(tl.float32)
-                    s += tl.sum(qc * kc, axis=0)
+                s = _dot_over_channels(q_ptr, sqc, p_ok, k_ptr, skc, k_ok, C, cs, BLOCK_P, BLOCK_C)
             tl.store(o_ptr + (a * P + c) * son, s.to(Out.dtype.element_ty), mask=p_ok)
 
 
@@ -374,12 +384,7 @@ def _attn_fwd_kernel(
                 k_tile = tl.load(k_ptr + cs[:, None] * skc, mask=(cs[:, None] < C) & k_ok[None, :], other=0.0).to(tl.float32)
                 s = tl.sum(q_tile * k_tile, axis=0)
             else:
-                s = tl.zeros([BLOCK_P], dtype=tl.float32)
-                for c0 in range(0, C, BLOCK_C):
-                    ch = c0 + cs
-                    qc = tl.load(q_ptr + ch[:, None] * sqc, mask=(ch[:, None] < C) & p_ok[None, :], other=0.0).to(tl.float32)
-                    kc = tl.load(k_ptr + ch[:, None] * skc, mask=(ch[:, None] < C) & k_ok[None, :], other=0.0).to(tl.float32)
-                    s += tl.sum(qc * kc, axis=0)
+                s = _dot_over_channels(q_ptr, sqc, p_ok, k_ptr, skc, k_ok, C, cs, BLOCK_P, BLOCK_C)
             s = s * scale2
             if not ZERO_BORDER:  # truncated window: out-of-image cells leave the softmax
                 s = tl.where(k_ok, s, float("-inf"))
@@ -449,12 +454,7 @@ def _attn_bwd_dq_kernel(
                 k_tile = tl.load(k_ptr + cs[:, None] * skc, mask=c_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
                 s = tl.sum(q_tile * k_tile, axis=0)
             else:
-                s = tl.zeros([BLOCK_P], dtype=tl.float32)
-                for c0 in range(0, C, BLOCK_C):
-                    ch = c0 + cs
-                    qc = tl.load(q_ptr + ch[:, None] * sqc, mask=(ch[:, None] < C) & p_ok[None, :], other=0.0).to(tl.float32)
-                    kc = tl.load(k_ptr + ch[:, None] * skc, mask=(ch[:, None] < C) & k_ok[None, :], other=0.0).to(tl.float32)
-                    s += tl.sum(qc * kc, axis=0)
+                s = _dot_over_channels(q_ptr, sqc, p_ok, k_ptr, skc, k_ok, C, cs, BLOCK_P, BLOCK_C)
             p = tl.where(k_ok, tl.exp2(s * scale2 - lse2), 0.0)
             v_tile = tl.load(v_base + dd[:, None] * svc + (yk * svh + xk * svw)[None, :],
                              mask=d_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
@@ -522,12 +522,7 @@ def _attn_bwd_dkdv_kernel(
                 q_tile = tl.load(q_ptr + cs[:, None] * sqc, mask=c_ok[:, None] & i_ok[None, :], other=0.0).to(tl.float32)
                 s = tl.sum(q_tile * k_tile, axis=0)
             else:
-                s = tl.zeros([BLOCK_P], dtype=tl.float32)
-                for c0 in range(0, C, BLOCK_C):
-                    ch = c0 + cs
-                    qc = tl.load(q_ptr + ch[:, None] * sqc, mask=(ch[:, None] < C) & i_ok[None, :], other=0.0).to(tl.float32)
-                    kc = tl.load(k_ptr + ch[:, None] * skc, mask=(ch[:, None] < C) & p_ok[None, :], other=0.0).to(tl.float32)
-                    s += tl.sum(qc * kc, axis=0)
+                s = _dot_over_channels(q_ptr, sqc, i_ok, k_ptr, skc, p_ok, C, cs, BLOCK_P, BLOCK_C)
             lse2 = tl.load(Lse + b * slb + yq * slh + xq * slw, mask=i_ok, other=0.0) * 1.4426950408889634
             delta = tl.load(Delta + b * slb + yq * slh + xq * slw, mask=i_ok, other=0.0)
             p = tl.where(i_ok, tl.exp2(s * scale2 - lse2), 0.0)
