@@ -143,6 +143,28 @@ def _nll_fwd_kernel(
     tl.store(loss_ptr + rows, loss, mask=row_ok)
 
 
+@triton.jit
+def _row_grads(lab_ptr, lse_ptr, gl_ptr, gs_ptr, rows, row_ok):
+    """Per-row inputs of the backward: labels (int32, -1 = ignored), saved lse, the loss gradient
+    ``g_loss`` (zero for ignored rows) and ``g_tot = g_loss + g_lse`` (fp32), all shaped (BLOCK_P,)."""
+    labels = tl.load(lab_ptr + rows, mask=row_ok, other=-1).to(tl.int32)
+    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+    g_loss = tl.load(gl_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+    g_loss = tl.where(labels >= 0, g_loss, 0.0)
+    g_tot = g_loss + tl.load(gs_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+    return labels, lse, g_loss, g_tot
+
+
+@triton.jit
+def _dlogits(z, cols, col_ok, labels, lse, g_loss, g_tot, scale):
+    """Gradient w.r.t. the unscaled dot products of a (BLOCK_P, BLOCK_A) tile of scaled logits ``z``:
+    ``(softmax(z) * g_tot - onehot(labels) * g_loss) * scale`` (columns past A contribute nothing)."""
+    z = tl.where(col_ok[None, :], z, float("-inf"))
+    prob = tl.exp(z - lse[:, None])
+    dz = prob * g_tot[:, None] - tl.where(cols[None, :] == labels[:, None], g_loss[:, None], 0.0)
+    return dz * scale
+
+
 @triton.jit(do_not_specialize=["P"])
 def _nll_bwd_features_kernel(
     f_ptr, q_ptr, lab_ptr, lse_ptr, gl_ptr, gs_ptr, df_ptr,
@@ -163,21 +185,14 @@ def _nll_bwd_features_kernel(
     kd = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     row_ok = rows < P
     kd_ok = kd < K
-    labels = tl.load(lab_ptr + rows, mask=row_ok, other=-1).to(tl.int32)
-    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
-    g_loss = tl.load(gl_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-    g_loss = tl.where(labels >= 0, g_loss, 0.0)
-    g_tot = g_loss + tl.load(gs_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+    labels, lse, g_loss, g_tot = _row_grads(lab_ptr, lse_ptr, gl_ptr, gs_ptr, rows, row_ok)
     acc = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
     for a0 in range(0, A, BLOCK_A):
         cols = a0 + tl.arange(0, BLOCK_A)
         col_ok = cols < A
         z = _logits_tile(f_ptr, q_ptr, rows, cols, P, A, K, stride_fp, stride_fk, stride_qa, stride_qk,
                          BLOCK_P, BLOCK_A, BLOCK_K, DOT_PRECISION, UPCAST) * scale
-        z = tl.where(col_ok[None, :], z, float("-inf"))
-        prob = tl.exp(z - lse[:, None])
-        dz = prob * g_tot[:, None] - tl.where(cols[None, :] == labels[:, None], g_loss[:, None], 0.0)
-        dz = dz * scale
+        dz = _dlogits(z, cols, col_ok, labels, lse, g_loss, g_tot, scale)
         q = tl.load(q_ptr + cols[:, None] * stride_qa + kd[None, :] * stride_qk,
                     mask=col_ok[:, None] & kd_ok[None, :], other=0.0)
         acc = _mma(dz.to(q.dtype), q, acc, DOT_PRECISION, UPCAST)
@@ -211,17 +226,10 @@ def _nll_bwd_anchors_kernel(
     for p0 in range(p_start, p_end, BLOCK_P):
         rows = p0 + tl.arange(0, BLOCK_P).to(tl.int64)
         row_ok = rows < p_end
-        labels = tl.load(lab_ptr + rows, mask=row_ok, other=-1).to(tl.int32)
-        lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
-        g_loss = tl.load(gl_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        g_loss = tl.where(labels >= 0, g_loss, 0.0)
-        g_tot = g_loss + tl.load(gs_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        labels, lse, g_loss, g_tot = _row_grads(lab_ptr, lse_ptr, gl_ptr, gs_ptr, rows, row_ok)
         z = _logits_tile(f_ptr, q_ptr, rows, cols, P, A, K, stride_fp, stride_fk, stride_qa, stride_qk,
                          BLOCK_P, BLOCK_A, BLOCK_K, DOT_PRECISION, UPCAST) * scale
-        z = tl.where(col_ok[None, :], z, float("-inf"))
-        prob = tl.exp(z - lse[:, None])
-        dz = prob * g_tot[:, None] - tl.where(cols[None, :] == labels[:, None], g_loss[:, None], 0.0)
-        dz = dz * scale
+        dz = _dlogits(z, cols, col_ok, labels, lse, g_loss, g_tot, scale)
         f = tl.load(f_ptr + rows[:, None] * stride_fp + kd[None, :] * stride_fk,
                     mask=row_ok[:, None] & kd_ok[None, :], other=0.0)
         acc = _mma(tl.trans(dz.to(f.dtype)), f, acc, DOT_PRECISION, UPCAST)
