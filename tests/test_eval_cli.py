@@ -237,3 +237,14 @@ def test_overlay_blends_and_outlines(tmp_path):
     assert p.is_file()
     with pytest.raises(ValueError, match="does not match"):
         overlay_masks(frame, ids[:3])
+
+
+def test_random_init_seed_option(tiny_davis, tmp_path):
+    for seed in (0, 5):
+        out = tmp_path / f"seed{seed}"
+        r = runner.invoke(app, ["eval", "davis", "--root", str(tiny_davis), "--out", str(out), "--device", "cpu",
+                                "--seed", str(seed), "--topk", "3", "--context", "2"])
+        assert r.exit_code == 0, r.output
+        assert f"random init (seed {seed})" in r.output
+    pred = {s: read_index_png(tmp_path / f"seed{s}" / "synth-000" / "00004.png") for s in (0, 5)}
+    assert pred[0].shape == pred[5].shape == (40, 56)

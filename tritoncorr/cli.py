@@ -58,6 +58,10 @@ def eval_davis(
     checkpoint: Annotated[
         Optional[Path], typer.Option(help="Backbone weights (.safetensors). Default: random init (seeded).")
     ] = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the random-init backbone (no --checkpoint). A training run's initial "
+                          "weights are those of its recipe seed (recipes/dul.py: 32).")
+    ] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Output folder for PNGs, CSVs and overlays.")] = None,
     split: Annotated[str, typer.Option(help="ImageSets/2017/<split>.txt")] = "val",
     resolution: Annotated[str, typer.Option(help="480p or Full-Resolution")] = "480p",
@@ -76,7 +80,7 @@ def eval_davis(
     from tritoncorr.evaluate import eval_davis_cli
 
     eval_davis_cli(
-        root=root, results=results, checkpoint=checkpoint, out=out, split=split, resolution=resolution,
+        root=root, results=results, checkpoint=checkpoint, seed=seed, out=out, split=split, resolution=resolution,
         sequences=sequences, preset=preset, context=context, radius=radius, topk=topk,
         temperature=temperature, overlays=overlays, device=device,
     )

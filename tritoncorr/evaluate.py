@@ -306,6 +306,7 @@ def eval_davis_cli(
     checkpoint: Path | None,
     out: Path | None,
     split: str,
+    seed: int = RANDOM_INIT_SEED,
     resolution: str,
     sequences: list[str] | None,
     preset: str,
@@ -367,7 +368,7 @@ def eval_davis_cli(
     dev = _resolve_device(device)
     from tritoncorr.models import dul_backbone
 
-    torch.manual_seed(RANDOM_INIT_SEED)
+    torch.manual_seed(seed)
     model = dul_backbone()
     if checkpoint is not None:
         from tritoncorr.models.loading import load_backbone_weights
@@ -379,7 +380,7 @@ def eval_davis_cli(
         console.print(f"checkpoint {checkpoint}: {report.summary()}")
         weights = str(checkpoint)
     else:
-        weights = f"random init (seed {RANDOM_INIT_SEED})"
+        weights = f"random init (seed {seed})"
     model.eval().to(dev)
 
     if out is None:
