@@ -52,22 +52,35 @@ def cpu() -> RunConfig:
     Choices (vs ``default``): 128x128 crops (16x16 features; short side resized to 128..159, the
     same shrink factor range as YouTube-VOS 720p -> 256..319), N = 4 (16 anchors per video, one per
     4x4 cell as in the paper's 32/8 grid), M = 2 (one 8x8 cell per point as with 32/4), B = 2 clips
-    (our sample folder has two videos) x T = 5 frames, frame gap 10 at the videos' native ~30 fps
-    (DUL's OxUvA/TrackingNet value for native-rate video), 600 steps (~1 s each on 2 idle cores,
-    measured; much slower on a loaded machine), lr 1e-3 (10x the paper's: the run is ~200x shorter)
-    with a constant schedule. Everything else (tau, lambda, head, Adam betas, weight decay, bias
-    groups, views) is the paper's.
+    (our sample folder has two videos) x T = 5 frames, 600 steps (~1 s each on 2 idle cores), Adam
+    lr 1e-3 (10x the paper's: the run is ~200x shorter) decayed to 0 by a cosine over the run.
+    Three departures, each measured on ``../shared/data/videos`` -> davis-mini (docs/DUL_CPU.md):
+
+    * ``reg_bn_eval=True``: the regularising (zoomed, no-grad) pass uses the running BatchNorm
+      statistics instead of updating them (the paper's wording; the official code updates them).
+      With the code's choice the zoomed views' statistics end up in the running averages used at
+      inference: with the learning rate at ~0 for 50 steps that alone moves davis-mini J&F from
+      0.634 to 0.515.
+    * frame gap 25 (window 125 frames) instead of 10: the two sample videos are 5-7.5 s long and
+      largely static, so a 10-frame gap shows almost no motion.
+    * cosine decay instead of a constant rate: Adam's noisy per-step updates (gradients of
+      consecutive 2-clip batches are uncorrelated) settle at the end of a short run.
+
+    Everything else (tau, lambda, head, Adam betas, weight decay, bias groups, views) is the paper's.
+    On the two sample videos this run does NOT clearly beat a random-init backbone on the one-sequence
+    davis-mini (see docs/DUL_CPU.md): it is a pipeline check, not a way to get DUL features.
     """
     return RunConfig(
         name="dul-cpu",
-        method=DULConfig(tau=0.05, cv_weight=0.1, anchor_grid=4, cross_view_grid=2, key_dim=128),
+        method=DULConfig(tau=0.05, cv_weight=0.1, anchor_grid=4, cross_view_grid=2, key_dim=128,
+                         reg_bn_eval=True),
         data=DataConfig(
             source="video", root="",
-            clip_len=5, frame_gap=10, order="shuffled", batch_size=2, num_workers=1,
+            clip_len=5, frame_gap=25, order="shuffled", batch_size=2, num_workers=1,
             crop_size=128, short_side=(128, 160), crop="random", hflip=True, color="rgb",
         ),
         optim=_optim(1e-3),
-        schedule=ScheduleConfig(name="constant"),
+        schedule=ScheduleConfig(name="cosine"),
         checkpoint=CheckpointConfig(every=100, keep_last=2),
         steps=600,
         seed=32,

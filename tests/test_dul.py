@@ -399,6 +399,8 @@ def test_recipes_load_with_paper_settings():
     cpu = load_recipe(f"{RECIPE}:cpu", ["data.root=/tmp/videos", "method.tau=0.07"])
     assert cpu.data.source == "video" and cpu.data.root == "/tmp/videos" and cpu.method.tau == 0.07
     assert cpu.data.crop_size // 8 >= cpu.method.anchor_grid  # the anchor grid fits the feature map
+    # the CPU recipe's measured departures (recipes/dul.py:cpu docstring, docs/DUL_CPU.md)
+    assert cpu.method.reg_bn_eval and cpu.schedule.name == "cosine" and cpu.data.frame_gap == 25
 
 
 def test_engine_initial_backbone_is_the_seeded_random_init():
