@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tests.kernel_harness import assert_close_verbose, fresh_generator, tolerance
-import importlib
-
-K = importlib.import_module("tritoncorr.kernels.knn_propagate")  # the module; the package attribute of that name is the function
 from tritoncorr.kernels.knn_propagate import (
     knn_propagate,
     knn_propagate_dense,
     knn_propagate_reference,
     knn_propagate_windowed,
 )
+
+K = importlib.import_module("tritoncorr.kernels.knn_propagate")  # the module; the package attribute of that name is the function
 
 
 def _inputs(c, h, w, n, lab, *, dtype=torch.float32, seed=None, normalize=True):

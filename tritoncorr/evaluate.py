@@ -39,7 +39,6 @@ from tritoncorr.evals.davis import (
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SYNTHETIC_DEFAULTS = dict(num_sequences=3, num_frames=12, height=240, width=432, seed=0)
-RANDOM_INIT_SEED = 0
 
 __all__ = [
     "DavisScores",
@@ -304,9 +303,9 @@ def eval_davis_cli(
     root: Path | None,
     results: Path | None,
     checkpoint: Path | None,
+    seed: int,
     out: Path | None,
     split: str,
-    seed: int = RANDOM_INIT_SEED,
     resolution: str,
     sequences: list[str] | None,
     preset: str,
