@@ -1,0 +1,193 @@
+"""Pieces shared by the reconstruction methods (MAST-style colour reconstruction: STT, LIIR).
+
+One place for each idea the methods share; every method imports these instead of re-writing them.
+
+* :func:`drop_chroma`: MAST/STT/LIIR "Lab with channel dropout" applied to a whole batch of clips:
+  the network input (one chroma channel zeroed, all channels x1.5) and the reconstruction target
+  (the dropped channel of the clean Lab).
+* :func:`decimate` / :func:`frame_pyramid`: the frame pyramid by decimation at offset 0
+  (``x[..., ::s, ::s]``, the top-left pixel of each ``s x s`` block; no blur, no averaging).
+* :func:`window_reconstruct`: the dropped channel of the target rebuilt from a reference through
+  the fused windowed attention :func:`tritoncorr.kernels.local_attention` (no correlation volume
+  is stored).
+* :func:`upsampled_huber`: the reconstruction loss of MAST/STT/LIIR: the low-resolution prediction
+  is bilinearly upsampled (``align_corners=False``) to the target's size and compared with
+  Smooth-L1 (beta 1) on values multiplied by ``scale`` (20), mean over all elements.
+* :func:`compactness_template` / :func:`compactness_mask`: LIIR's spatial compactness prior (M
+  peak-1 Gaussians at the top-M window cells, mixture weights softmax of their probabilities) and
+  its confident-pixel mask (max probability above a threshold); used by LIIR training and inference.
+
+The Lab conversion and the per-batch channel dropout themselves live in
+:mod:`tritoncorr.data.transforms` (``rgb_uint8_to_lab``, ``lab_normalize``, ``channel_dropout``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from tritoncorr.data.transforms import channel_dropout
+
+__all__ = [
+    "drop_chroma", "decimate", "frame_pyramid", "window_reconstruct", "upsampled_huber", "RECON_SCALE",
+    "compactness_template", "compactness_mask",
+]
+
+#: MAST/STT/LIIR multiply prediction and target by 20 inside the Smooth-L1 (knee at 1/20 unit).
+RECON_SCALE = 20.0
+
+
+def drop_chroma(lab: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Channel dropout of a batch of normalised Lab frames, the same channel for every frame.
+
+    Args:
+        lab: ``(..., 3, H, W)`` normalised Lab (``(L-50)/50, a/127, b/127``), e.g. ``(B, T, 3, H, W)``.
+        generator: CPU generator for the channel draw (``None``: the global torch RNG).
+
+    Returns:
+        ``(net_input, target, k)``: ``net_input`` ``(..., 3, H, W)`` with channel ``k`` zeroed and all
+        channels x1.5; ``target`` ``(..., 1, H, W)`` the clean channel ``k``; ``k`` in {1 (a), 2 (b)}.
+    """
+    net_input, k = channel_dropout(lab, generator)
+    target = lab.narrow(-3, k, 1)
+    return net_input, target, k
+
+
+def decimate(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """``(..., H, W) -> (..., ceil(H/s), ceil(W/s))``: every ``stride``-th pixel from offset 0."""
+    stride = int(stride)
+    if stride < 1:
+        raise ValueError(f"decimation stride must be >= 1, got {stride}")
+    return x[..., ::stride, ::stride]
+
+
+def frame_pyramid(x: torch.Tensor, strides: Sequence[int]) -> list[torch.Tensor]:
+    """One decimated copy of ``x`` ``(..., H, W)`` per stride (STT: ``(4, 8)``; LIIR: ``(4,)``)."""
+    return [decimate(x, s) for s in strides]
+
+
+def window_reconstruct(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    radius: int,
+    *,
+    scale: float = 1.0,
+    border: str = "zero",
+    return_lse: bool = False,
+):
+    """Rebuild ``value`` of the target from the reference's: ``out(i) = sum_j softmax_j(scale <q_i, k_j>) v_j``.
+
+    Args:
+        query: ``(B, C, h, w)`` target features; key: ``(B, C, h, w)`` reference features.
+        value: ``(B, D, h, w)`` reference values on the feature grid (e.g. the decimated dropped channel).
+        radius: window radius in feature cells (square ``(2r+1)^2`` window).
+        scale: logit multiplier (LIIR/MAST 1; STT ``1/sqrt(C)``).
+        border: ``"zero"`` (out-of-image cells count with logit 0 and value 0: MAST/LIIR) or
+            ``"truncate"`` (they leave the softmax: STT).
+        return_lse: also return the per-pixel log-sum-exp ``(B, h, w)`` float32 of the window logits.
+
+    Returns:
+        ``(B, D, h, w)`` (and the lse), differentiable w.r.t. query, key and value.
+    """
+    from tritoncorr.kernels import local_attention
+
+    return local_attention(query, key, value, radius, scale=scale, border=border, return_lse=return_lse)
+
+
+def upsampled_huber(pred: torch.Tensor, target: torch.Tensor, *, scale: float = RECON_SCALE, beta: float = 1.0) -> torch.Tensor:
+    """Smooth-L1 between ``pred`` upsampled to ``target``'s size and ``target``, values x ``scale``.
+
+    Args:
+        pred: ``(N, D, h, w)`` low-resolution reconstruction.
+        target: ``(N, D, H, W)`` full-resolution target (``H >= h``, ``W >= w``; equal sizes skip the resize).
+
+    Returns:
+        scalar (float32 or the inputs' float64): ``mean SmoothL1_beta(scale * up(pred) - scale * target)``.
+    """
+    if pred.dim() != 4 or target.dim() != 4 or pred.shape[:2] != target.shape[:2]:
+        raise ValueError(f"pred (N, D, h, w) and target (N, D, H, W) must agree in N and D, got "
+                         f"{tuple(pred.shape)} and {tuple(target.shape)}")
+    if pred.shape[-2:] != target.shape[-2:]:
+        pred = F.interpolate(pred, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    dtype = torch.float64 if pred.dtype == torch.float64 else torch.float32
+    return F.smooth_l1_loss(scale * pred.to(dtype), scale * target.to(dtype), beta=beta, reduction="mean")
+
+
+#: ``4 ln 2``: a Gaussian ``exp(-4 ln2 d^2 / sigma^2)`` has full width at half maximum ``sigma``.
+_FOUR_LN2 = 4.0 * math.log(2.0)
+
+
+def compactness_template(
+    prob: torch.Tensor,
+    window_side: int,
+    m: int = 2,
+    *,
+    sigma: float = 1.0,
+    dim: int = 1,
+) -> torch.Tensor:
+    """LIIR's spatial compactness template: M peak-1 Gaussians at the M strongest window cells.
+
+    For every query pixel, with ``a`` its window probabilities (``P*P`` cells, ``P = window_side``)
+    (LIIR spec §6, unofficial code ``colorizer_momen.py`` ``make_gaussian`` + compact branch):
+
+    1. ``v_1..v_M, n_1..n_M`` = top-M values of ``stop_grad(a)`` and their window indices;
+    2. mixture weights ``w = softmax(v_1..v_M)`` (a softmax OF the probabilities, not ``v / sum v``);
+    3. centres ``c_j = (x_j, y_j) = (n_j mod P, n_j div P)`` (integer window cells, no soft-argmax);
+    4. ``T(n) = sum_j w_j exp(-4 ln2 ((x_n - x_j)^2 + (y_n - y_j)^2) / sigma^2)`` with
+       ``(x_n, y_n) = (n mod P, n div P)``; peak 1 at each centre, not sum-normalised.
+
+    Window index order: ``n = y * P + x`` with ``y = dy + r`` the row (outer) and ``x = dx + r`` the
+    column (inner), i.e. dy outer, dx inner, the order of ``F.unfold`` and of
+    :func:`tritoncorr.kernels.local_correlation`.
+
+    Args:
+        prob: ``(N, P*P, ...)`` window probabilities (any trailing dims, e.g. ``(B, P*P, h, w)`` or
+            ``(B, P*P, h*w)``); the window axis is ``dim`` (default 1). Treated as detached.
+        window_side: ``P = 2r + 1``.
+        m: number of Gaussians M (1 <= M <= P*P; M = 2 is LIIR's setting).
+        sigma: full width at half maximum in window cells (1 in LIIR).
+        dim: the window axis of ``prob``.
+
+    Returns:
+        the template, same shape and dtype as ``prob``, no gradient.
+    """
+    side = int(window_side)
+    dim = dim % prob.dim()
+    if prob.shape[dim] != side * side:
+        raise ValueError(f"prob has {prob.shape[dim]} window cells on dim {dim}, expected P*P = {side * side}")
+    m = int(m)
+    if not 1 <= m <= side * side:
+        raise ValueError(f"m (number of Gaussians) must be in [1, {side * side}], got {m}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    with torch.no_grad():
+        a = prob.detach().movedim(dim, -1)  # (..., P*P)
+        values, index = torch.topk(a, m, dim=-1, largest=True, sorted=False)  # (..., M)
+        weights = torch.softmax(values, dim=-1)
+        cells = torch.arange(side * side, device=prob.device)
+        yn = (cells // side).to(a.dtype)
+        xn = (cells % side).to(a.dtype)
+        template = torch.zeros_like(a)
+        for j in range(m):
+            cy = (index[..., j : j + 1] // side).to(a.dtype)
+            cx = (index[..., j : j + 1] % side).to(a.dtype)
+            d2 = (xn - cx) ** 2 + (yn - cy) ** 2
+            template += weights[..., j : j + 1] * torch.exp(-_FOUR_LN2 * d2 / (sigma * sigma))
+        return template.movedim(-1, dim)
+
+
+def compactness_mask(prob: torch.Tensor, threshold: float, *, dim: int = 1) -> torch.Tensor:
+    """Confident query pixels of the compactness prior: ``max_n stop_grad(a)(n) > threshold``.
+
+    Args:
+        prob: ``(N, P*P, ...)`` window probabilities, window axis ``dim``.
+        threshold: 0.5 in LIIR training, 0.1 at inference (spec §6).
+
+    Returns:
+        bool, ``prob``'s shape with the window axis kept as size 1 (broadcasts against ``prob``).
+    """
+    return prob.detach().amax(dim=dim, keepdim=True) > float(threshold)
