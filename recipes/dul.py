@@ -1,13 +1,14 @@
 """DUL (Araslanov et al., NeurIPS 2021) recipes: ``tritoncorr train recipes/dul.py[:NAME]``.
 
-* ``default``: the paper's YouTube-VOS setting (design/methods/dul.md §1, §2.8). Set the frame folder
-  with ``--set data.root=/path/to/youtube-vos/train/JPEGImages``.
+* ``default``: the paper's YouTube-VOS setting (design/methods/dul.md §1, §2.8), reading the frame
+  folders from ``$TRITONCORR_DATA/YouTube-VOS/train/JPEGImages`` (default ``~/.cache/tritoncorr``);
+  elsewhere set ``--set data.root=/path/to/youtube-vos/train/JPEGImages``.
 * ``cpu``: the same method scaled down to train in about ten minutes on a 2-core CPU from a folder
   of video files: ``--set data.root=/work/shared/data/videos``.
 * ``smoke``: tiny synthetic clips, a few steps in seconds (checks the whole pipeline).
 """
 
-from tritoncorr.data.config import DataConfig
+from tritoncorr.data.config import DataConfig, dataset_path
 from tritoncorr.engine.config import CheckpointConfig, OptimConfig, RunConfig, ScheduleConfig
 from tritoncorr.methods.dul import DULConfig
 
@@ -32,7 +33,7 @@ def default() -> RunConfig:
         name="dul-ytvos",
         method=DULConfig(tau=0.05, cv_weight=0.1, anchor_grid=8, cross_view_grid=4, key_dim=128),
         data=DataConfig(
-            source="frames", root="path/to/youtube-vos/train/JPEGImages",
+            source="frames", root=dataset_path("YouTube-VOS", "train", "JPEGImages"),
             clip_len=5, frame_gap=2, order="shuffled", batch_size=16, num_workers=8, pin_memory=True,
             crop_size=256, short_side=(256, 320), crop="random", hflip=True, color="rgb",
         ),

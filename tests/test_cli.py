@@ -46,3 +46,16 @@ def test_bench_rejects_unknown_kernel():
     result = runner.invoke(app, ["bench", "--kernel", "nope", "--device", "cpu"])
     assert result.exit_code == 2
     assert "unknown kernel" in result.output
+
+
+def test_train_without_the_dataset_is_a_one_line_error(tmp_path, monkeypatch):
+    """The paper recipe before the data is set up: the path it looked at and what to do, no traceback."""
+    from pathlib import Path
+
+    monkeypatch.setenv("TRITONCORR_DATA", str(tmp_path / "data-home"))
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "dul.py"
+    r = runner.invoke(app, ["train", str(recipe), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output
+    assert str(tmp_path / "data-home" / "YouTube-VOS" / "train" / "JPEGImages") in r.output
+    assert "--set data.root=PATH" in r.output and "dul.py:cpu" in r.output

@@ -56,7 +56,9 @@ def eval_davis(
                      "running propagation. The two CSVs are written into this folder."),
     ] = None,
     checkpoint: Annotated[
-        Optional[Path], typer.Option(help="Backbone weights (.safetensors). Default: random init (seeded).")
+        Optional[Path], typer.Option(help="Weights: a training run's model.safetensors / init.safetensors (the method, "
+                                     "its features and its preset are read from it), a run folder, or a plain "
+                                     "ResNet-18 backbone .safetensors. Default: random init (seeded).")
     ] = None,
     seed: Annotated[
         int, typer.Option(help="Seed of the random-init backbone (no --checkpoint). A training run's initial "
@@ -68,7 +70,10 @@ def eval_davis(
     sequences: Annotated[
         Optional[list[str]], typer.Option("--sequence", "-s", help="Evaluate only these sequences (repeatable).")
     ] = None,
-    preset: Annotated[str, typer.Option(help="Propagation preset: dul (CRW/DUL settings) or stt.")] = "dul",
+    preset: Annotated[
+        Optional[str], typer.Option(help="Propagation preset (dul, crw, stt, liir, mast). Default: the checkpoint's "
+                                    "method preset (dul for plain backbones and random init).")
+    ] = None,
     context: Annotated[Optional[int], typer.Option(help="Previous frames in the context (preset: 20).")] = None,
     radius: Annotated[Optional[int], typer.Option(help="Spatial radius in feature cells (preset: 12).")] = None,
     topk: Annotated[Optional[int], typer.Option(help="Top-k neighbours (preset: 10).")] = None,

@@ -38,6 +38,7 @@ from tritoncorr.evals.davis import (
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_COLORS = ("rgb", "lab")
 SYNTHETIC_DEFAULTS = dict(num_sequences=3, num_frames=12, height=240, width=432, seed=0)
 
 __all__ = [
@@ -51,8 +52,19 @@ __all__ = [
 ]
 
 
-def frame_to_tensor(frame: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 RGB ``(H, W, 3)`` -> ImageNet-normalised float32 ``(1, 3, H, W)`` on ``device``."""
+def frame_to_tensor(frame: np.ndarray, device: torch.device | str = "cpu", color: str = "rgb") -> torch.Tensor:
+    """uint8 RGB ``(H, W, 3)`` -> float32 ``(1, 3, H, W)`` on ``device`` in the model's input colour space.
+
+    ``color="rgb"``: ImageNet-normalised RGB (DUL, CRW, MoCo); ``"lab"``: OpenCV-float Lab normalised as
+    ``((L - 50) / 50, a / 127, b / 127)`` (MAST, STT, LIIR).
+    """
+    if color not in INPUT_COLORS:
+        raise ValueError(f"color must be one of {INPUT_COLORS}, got {color!r}")
+    if color == "lab":
+        from tritoncorr.data.transforms import lab_normalize, rgb_uint8_to_lab
+
+        x = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1)
+        return lab_normalize(rgb_uint8_to_lab(x)).float().unsqueeze(0)
     x = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1).float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
@@ -85,17 +97,19 @@ def propagate_sequence(
     config,
     device: torch.device | str = "cpu",
     on_frame: Callable[[int], None] | None = None,
+    color: str = "rgb",
 ) -> Callable[[int], np.ndarray]:
     """Propagate the first-frame ids through a video.
 
     Args:
-        features_fn: ``(1, 3, H, W)`` ImageNet-normalised -> ``(1, C, h, w)`` features (not yet normalised).
+        features_fn: ``(1, 3, H, W)`` frame in the ``color`` space -> ``(1, C, h, w)`` features (not yet normalised).
         frames: frame ``t`` as uint8 ``(H, W, 3)``: a sequence or a loader ``t -> frame``.
         num_frames: T.
         first_ids: uint8 ``(H, W)`` object ids of frame 0 (255 = void, treated as background).
         config: a ``PropagationConfig`` (context, radius, topk, temperature, window).
         device: where features and propagation live.
         on_frame: called with ``t`` after the features of frame ``t`` are computed (progress).
+        color: the model's input colour space (:func:`frame_to_tensor`).
 
     Returns:
         ``ids_at(t) -> uint8 (H, W)``: the predicted ids of frame ``t`` (upsampled and argmaxed lazily,
@@ -112,7 +126,7 @@ def propagate_sequence(
         frame = load(t)
         if frame.shape[:2] != (H, W):
             raise DavisFormatError(f"frame {t} is {frame.shape[1]}x{frame.shape[0]}, the first mask is {W}x{H}")
-        f = features_fn(frame_to_tensor(frame, device))
+        f = features_fn(frame_to_tensor(frame, device, color))
         if f.dim() != 4 or f.shape[0] != 1:
             raise ValueError(f"features_fn must return (1, C, h, w) for one frame, got {tuple(f.shape)}")
         f = F.normalize(f.float(), dim=1)[0]
@@ -150,11 +164,12 @@ def evaluate_features_on_davis(
     device: torch.device | str = "cpu",
     overlays: bool = False,
     progress: bool = True,
+    color: str = "rgb",
 ) -> DavisScores:
     """Propagate the first-frame masks of every sequence with ``features_fn`` and score the result.
 
     Args:
-        features_fn: ``images (N, 3, H, W)`` ImageNet-normalised float32 on ``device`` -> ``(N, C, h, w)``;
+        features_fn: ``images (N, 3, H, W)`` float32 on ``device`` in the ``color`` space -> ``(N, C, h, w)``;
             called with N = 1 (one frame at a time) under ``torch.no_grad()``; put the model in eval
             mode first. The output is L2-normalised over channels here.
         root: DAVIS root (every frame annotated, as J&F scoring requires).
@@ -164,6 +179,7 @@ def evaluate_features_on_davis(
         device: where features and propagation run.
         overlays: also write ``<out>/overlays/<seq>/<frame>.jpg``.
         progress: rich progress bar (frames of all sequences).
+        color: the model's input colour space, ``"rgb"`` (ImageNet-normalised) or ``"lab"`` (:func:`frame_to_tensor`).
 
     Returns:
         :class:`DavisScores` (``jf_mean``, ``j_mean``, ``f_mean``, ... and per-object rows).
@@ -184,7 +200,8 @@ def evaluate_features_on_davis(
                 bar.update(task, seq=seq.name, seqs=f"{i + 1}/{len(ds)}")
                 on_frame = lambda t: bar.advance(task)  # noqa: E731
             ids_at = propagate_sequence(
-                features_fn, seq.load_frame, len(seq), seq.load_mask(0), config, device, on_frame=on_frame
+                features_fn, seq.load_frame, len(seq), seq.load_mask(0), config, device, on_frame=on_frame,
+                color=color,
             )
             for t, fid in enumerate(seq.frame_ids):
                 ids = ids_at(t)
@@ -224,8 +241,9 @@ def _progress(enabled: bool):
 
 
 def _data_home() -> Path:
-    env = os.environ.get("TRITONCORR_DATA")
-    return Path(env).expanduser() if env else Path("~/.cache/tritoncorr").expanduser()
+    from tritoncorr.data.config import data_home
+
+    return data_home()
 
 
 def default_davis_root() -> Path | None:
@@ -308,7 +326,7 @@ def eval_davis_cli(
     split: str,
     resolution: str,
     sequences: list[str] | None,
-    preset: str,
+    preset: str | None,
     context: int | None,
     radius: float | None,
     topk: int | None,
@@ -347,10 +365,18 @@ def eval_davis_cli(
     if not Path(root).is_dir():
         _fail(f"DAVIS root {root} does not exist")
 
+    dev = _resolve_device(device)
+    from tritoncorr.methods.inference import load_feature_model
+
     try:
-        from tritoncorr.propagation import PRESETS
-    except ImportError as err:  # pragma: no cover - the module ships with the package
-        _fail(f"label propagation is unavailable: {err}")
+        fmodel = load_feature_model(checkpoint, seed=seed, device=dev)
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        _fail(str(err))
+
+    from tritoncorr.propagation import PRESETS
+
+    if preset is None:
+        preset = fmodel.preset
     if preset not in PRESETS:
         _fail(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     if radius is not None:
@@ -364,41 +390,22 @@ def eval_davis_cli(
     except (TypeError, ValueError) as err:
         _fail(f"invalid propagation settings {overrides}: {err}")
 
-    dev = _resolve_device(device)
-    from tritoncorr.models import dul_backbone
-
-    torch.manual_seed(seed)
-    model = dul_backbone()
-    if checkpoint is not None:
-        from tritoncorr.models.loading import load_backbone_weights
-
-        try:
-            report = load_backbone_weights(model, checkpoint)
-        except (FileNotFoundError, ValueError, TypeError) as err:
-            _fail(str(err))
-        console.print(f"checkpoint {checkpoint}: {report.summary()}")
-        weights = str(checkpoint)
-    else:
-        weights = f"random init (seed {seed})"
-    model.eval().to(dev)
-
     if out is None:
         out = Path("eval-davis") / ("synthetic" if synthetic else split)
     if synthetic:
         console.print(f"[bold yellow]No DAVIS found: evaluating on the generated SYNTHETIC set at {root}. "
                       "These are NOT DAVIS numbers.[/]")
     fields = ", ".join(f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config))
-    console.print(f"DAVIS root {root} ({split}, {resolution}); backbone ResNet-18 stride 8, layer4, {weights}; "
-                  f"device {dev}")
-    console.print(f"propagation preset {preset!r}: {fields}")
-
-    def features_fn(x: torch.Tensor) -> torch.Tensor:
-        return model(x)["layer4"]
+    console.print(f"DAVIS root {root} ({split}, {resolution}); model: {fmodel.description}; device {dev}",
+                  soft_wrap=True)
+    origin = "from the checkpoint" if preset == fmodel.preset else "set by --preset"
+    console.print(f"propagation preset {preset!r} ({origin}): {fields}", soft_wrap=True)
+    features_fn = fmodel.features
 
     try:
         scores = evaluate_features_on_davis(
             features_fn, root=root, out=out, split=split, resolution=resolution, sequences=sequences,
-            config=config, device=dev, overlays=overlays, progress=True,
+            config=config, device=dev, overlays=overlays, progress=True, color=fmodel.color,
         )
     except DavisFormatError as err:
         _fail(str(err))

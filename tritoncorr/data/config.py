@@ -20,12 +20,25 @@ LIIR     ``clip_len=2, order="ordered", crop="full", hflip=False, color="lab"`` 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 SOURCES = ("frames", "video", "hf", "synthetic")
 ORDERS = ("shuffled", "ordered")
 CROPS = ("random", "center", "resized", "full")
 COLORS = ("rgb", "lab")
+
+
+def data_home() -> Path:
+    """Where datasets live: ``$TRITONCORR_DATA``, else ``~/.cache/tritoncorr``."""
+    env = os.environ.get("TRITONCORR_DATA")
+    return Path(env).expanduser() if env else Path("~/.cache/tritoncorr").expanduser()
+
+
+def dataset_path(*parts: str) -> str:
+    """``data_home() / parts`` as a string, for recipes' default data roots (e.g. ``"YouTube-VOS", "train"``)."""
+    return str(data_home().joinpath(*parts))
 
 
 @dataclass

@@ -123,7 +123,9 @@ class ClipLoader:
         self.dataset = ClipDataset(source, cfg, seed)
         root = source.root
         if len(source) == 0:
-            raise ValueError(f"no readable videos found under {root!r} (source={cfg.source!r}, "
+            from tritoncorr.data.sources import DataSourceError
+
+            raise DataSourceError(f"no readable videos found under {root!r} (source={cfg.source!r}, "
                              f"{len(source.skipped)} skipped)")
         if len(self.dataset) == 0:
             raise ValueError(f"all {len(source)} videos under {root!r} are too short for clip_len={cfg.clip_len}"

@@ -50,6 +50,11 @@ VIDEO_EXTS = (".mp4", ".webm", ".avi", ".mkv", ".mov")
 SEEK_GAP = 64  # wanted frames further apart than this (in frames) get their own seek
 
 
+class DataSourceError(ValueError):
+    """The configured data source cannot be used (missing folder, no readable video, bad dataset);
+    the message names the path. ``tritoncorr train`` reports it as a one-line error."""
+
+
 class SourceWarning(UserWarning):
     """A video or frame that could not be read and was skipped."""
 
@@ -125,7 +130,7 @@ class FrameFolderSource(ClipSource):
         super().__init__(root)
         base = frame_folder_root(root)
         if not base.is_dir():
-            raise ValueError(f"frame-folder root {root!r} is not a folder")
+            raise DataSourceError(f"frame-folder root {root!r} is not a folder (looked at {base})")
         self.frame_paths: list[list[str]] = []
         for d in sorted(p for p in base.iterdir() if p.is_dir()):
             files = sorted(str(f) for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
@@ -294,7 +299,7 @@ class VideoFileSource(ClipSource):
         elif r.is_dir():
             files = sorted(str(p) for p in r.rglob("*") if p.suffix.lower() in VIDEO_EXTS and p.is_file())
         else:
-            raise ValueError(f"video root {root!r} is neither a folder nor a video file")
+            raise DataSourceError(f"video root {root!r} is neither a folder nor a video file")
         cache = _ProbeCache(probe_cache)
 
         def probe(file: str):

@@ -93,11 +93,17 @@ def _tensor_dict_for_save(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def save_model_weights(path: Path, model: nn.Module) -> None:
-    """Write ``model.state_dict()`` (tensors only) to ``path`` as safetensors, atomically."""
+    """Write ``model.state_dict()`` (tensors only) to ``path`` as safetensors, atomically.
+
+    The metadata records the method, its input colour, its inference preset and its config
+    (:func:`tritoncorr.methods.inference.method_metadata`), so ``eval`` picks the right features.
+    """
+    from tritoncorr.methods.inference import method_metadata
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     sd = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
-    save_file(_tensor_dict_for_save(sd), str(tmp), metadata={"format": "pt"})
+    save_file(_tensor_dict_for_save(sd), str(tmp), metadata={"format": "pt", **method_metadata(model)})
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
@@ -113,6 +119,8 @@ def resolve_weights_path(path: Path) -> Path:
         ck = latest_checkpoint(path)
         if ck is not None:
             return ck / "model.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (expected a .safetensors file or a run/checkpoint folder)")
     raise FileNotFoundError(f"no model weights at {path} (expected a .safetensors file or a run/checkpoint folder)")
 
 

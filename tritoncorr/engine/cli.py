@@ -91,6 +91,21 @@ def print_config(cfg: RunConfig, run_dir: Path, stop_at: int, *, recipe: str) ->
     console.print(f"stop at step {stop_at} of {cfg.steps}", soft_wrap=True)
 
 
+def _data_hint(recipe: str) -> str:
+    """What to do about missing training data: set data.root, or use the recipe's CPU config if it has one."""
+    from tritoncorr.engine.recipe import load_recipe_module, split_recipe_ref
+
+    hint = "Point the run at your data with --set data.root=PATH"
+    path, name = split_recipe_ref(recipe)
+    try:
+        has_cpu = name != "cpu" and callable(getattr(load_recipe_module(path), "cpu", None))
+    except Exception:  # the recipe already loaded once; this is only a hint
+        has_cpu = False
+    if has_cpu:
+        hint += f", or try the CPU-scale config: tritoncorr train {path}:cpu --set data.root=PATH"
+    return hint + "."
+
+
 def train_cli(
     *,
     recipe: str,
@@ -119,12 +134,16 @@ def train_cli(
             print_config(cfg, run_dir, stop_at, recipe=recipe)
         return
 
+    from tritoncorr.data.sources import DataSourceError
     from tritoncorr.engine.loop import train
 
     try:
         result = train(cfg, run_dir, resume=resume is not None, stop_at=stop_at, recipe_ref=recipe)
     except ConfigError as e:
         Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(code=2) from None
+    except DataSourceError as e:
+        Console(stderr=True).print(f"[red]error:[/red] {e}\n{_data_hint(recipe)}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     if result.interrupted:
         raise typer.Exit(code=130)

@@ -111,14 +111,17 @@ class CheckpointConfig:
 
 @dataclass
 class EvalConfig:
-    """Periodic DAVIS validation (label propagation with ``method.features``); ``every`` 0 = off."""
+    """Periodic DAVIS validation (label propagation with ``method.features``); ``every`` 0 = off.
+
+    ``preset`` "" = the method's own ``inference_preset`` (DUL "dul", STT "stt", LIIR "liir").
+    """
 
     every: int = 0
     davis_root: str = ""
     sequences: tuple[str, ...] = ()
     split: str = "val"
     resolution: str = "480p"
-    preset: str = "dul"
+    preset: str = ""
 
 
 def _default_data() -> Any:
@@ -472,6 +475,29 @@ def apply_dict(cfg: Any, data: dict[str, Any], prefix: str = "") -> Any:
             tp = _hints(cfg).get(key, Any)
             setattr(cfg, key, coerce(value, tp, prefix + key))
     return cfg
+
+
+def dataclass_to_dict(obj: Any) -> dict[str, Any]:
+    """One config dataclass as JSON-ready dicts, always with its ``"__class__"`` (see :func:`dataclass_from_dict`)."""
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        raise ConfigError(f"expected a config dataclass instance, got {type(obj).__name__}")
+    return _jsonable(obj, None)
+
+
+def dataclass_from_dict(data: dict[str, Any], where: str = "config") -> Any:
+    """Rebuild one config dataclass (e.g. a method config) from its ``config_to_dict`` form.
+
+    ``data`` must carry ``"__class__": "module:QualName"``; the class is built with its defaults and
+    the recorded values are overlaid (type-checked) with :func:`apply_dict`.
+    """
+    ref = data.get("__class__") if isinstance(data, dict) else None
+    if not ref:
+        raise ConfigError(f"{where}: no '__class__' recorded, cannot rebuild it")
+    try:
+        obj = _import_class(ref)()
+    except Exception as e:
+        raise ConfigError(f"{where}: cannot import/construct {ref}: {e}") from e
+    return apply_dict(obj, data, where + ".")
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:

@@ -4,6 +4,10 @@ A method is an ``nn.Module`` whose ``forward(batch) -> dict[str, Tensor]`` retur
 weighted scalar loss terms (their sum is minimised, each is logged) and which has
 ``features(images (N, 3, H, W)) -> (N, C, h, w)`` for validation. Nothing else about it is known here.
 
+Run folder: ``config.json``, ``init.safetensors`` (the weights the run starts from: random init of
+the seed, or what ``init_from`` / the method's own initialisation loaded), ``model.safetensors``
+(the latest weights), ``ckpt-*/`` (resumable checkpoints), ``metrics.jsonl``, ``curves.png``.
+
 Per optimiser step ``it`` (0-based): ``optim.accumulate`` micro-batches (DDP gradient sync only on
 the last), bf16 autocast on CUDA when ``amp="bf16"``, optional gradient clipping, lr =
 ``optim.lr * group lr_mult * lr_factor(it)``, ``optimizer.step()``. Then (rank 0) one line in
@@ -191,13 +195,12 @@ def _truncate_metrics(path: Path, step: int) -> list[dict[str, Any]]:
 def _run_validation(cfg: RunConfig, model: nn.Module, out: Path, step: int, device: torch.device) -> dict[str, float]:
     from tritoncorr.evaluate import evaluate_features_on_davis
 
-    prop_config = None
-    if cfg.eval.preset:
-        from tritoncorr.propagation import PRESETS
+    from tritoncorr.propagation import PRESETS
 
-        if cfg.eval.preset not in PRESETS:
-            raise ConfigError(f"eval.preset {cfg.eval.preset!r} is not one of {sorted(PRESETS)}")
-        prop_config = PRESETS[cfg.eval.preset]
+    preset = cfg.eval.preset or getattr(model, "inference_preset", "dul")
+    if preset not in PRESETS:
+        raise ConfigError(f"eval.preset {preset!r} is not one of {sorted(PRESETS)}")
+    prop_config = PRESETS[preset]
 
     was_training = model.training
     model.eval()
@@ -212,7 +215,7 @@ def _run_validation(cfg: RunConfig, model: nn.Module, out: Path, step: int, devi
             scores = evaluate_features_on_davis(
                 features_fn, root=cfg.eval.davis_root, out=out / "eval" / f"step-{step:08d}", split=cfg.eval.split,
                 resolution=cfg.eval.resolution, sequences=list(cfg.eval.sequences) or None, config=prop_config,
-                device=str(device), overlays=False, progress=False,
+                device=str(device), overlays=False, progress=False, color=getattr(model, "input_color", "rgb"),
             )
     finally:
         model.train(was_training)
@@ -268,6 +271,10 @@ def train(
             if is_main and (missing or unexpected):
                 warnings.warn(f"init_from {cfg.init_from}: {len(missing)} missing keys (e.g. {missing[:3]}), "
                               f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})", stacklevel=2)
+        if is_main and resume_ckpt is None:
+            # the weights the run starts from, for comparing any checkpoint with where it began
+            out.mkdir(parents=True, exist_ok=True)
+            ckpt_io.save_model_weights(out / "init.safetensors", model)
         model.to(device)
         if cfg.sync_bn and info.distributed:
             if device.type == "cuda":

@@ -329,6 +329,10 @@ class DUL(nn.Module):
     private generator instead (tests, reproducible diagnostics).
     """
 
+    method_name = "dul"
+    input_color = "rgb"
+    inference_preset = "dul"
+
     def __init__(self, config: Optional[DULConfig] = None):
         super().__init__()
         self.config = config or DULConfig()

@@ -1,0 +1,139 @@
+"""Checkpoint metadata (method, input colour, preset), ``init.safetensors`` and the inference loader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tritoncorr.cli import app
+from tritoncorr.evals.synthetic import make_synthetic_davis
+from tritoncorr.methods.inference import load_feature_model, method_metadata, read_metadata
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def dul_run(tmp_path_factory) -> Path:
+    from tritoncorr.engine.loop import train
+    from tritoncorr.engine.recipe import load_recipe
+
+    out = tmp_path_factory.mktemp("dul") / "run"
+    cfg = load_recipe(f"{RECIPES / 'dul.py'}:smoke", ["steps=2"])
+    train(cfg, out, progress=False)
+    return out
+
+
+def test_metadata_records_method_color_preset_and_config():
+    from tritoncorr.methods.dul import DULConfig
+
+    model = DULConfig(key_dim=16, head_hidden=8).build()
+    meta = method_metadata(model)
+    assert meta["tritoncorr.method"] == "dul" and meta["tritoncorr.input_color"] == "rgb"
+    assert meta["tritoncorr.preset"] == "dul"
+    cfg = json.loads(meta["tritoncorr.method_config"])
+    assert cfg["__class__"] == "tritoncorr.methods.dul:DULConfig" and cfg["key_dim"] == 16
+    assert method_metadata(torch.nn.Linear(2, 2)) == {}  # a module that declares nothing
+
+
+def test_run_writes_init_and_model_weights_with_metadata(dul_run):
+    from safetensors.torch import load_file
+
+    from tritoncorr.engine.loop import seed_all
+    from tritoncorr.engine.recipe import load_recipe
+
+    for name in ("init.safetensors", "model.safetensors"):
+        meta = read_metadata(dul_run / name)
+        assert meta["tritoncorr.method"] == "dul" and meta["tritoncorr.preset"] == "dul"
+    init, final = load_file(str(dul_run / "init.safetensors")), load_file(str(dul_run / "model.safetensors"))
+    # init.safetensors is the recipe seed's random init; training moved the weights away from it
+    cfg = load_recipe(f"{RECIPES / 'dul.py'}:smoke", [])
+    seed_all(cfg.seed)
+    fresh = cfg.method.build().state_dict()
+    assert all(torch.equal(init[k], fresh[k]) for k in fresh)
+    assert not torch.equal(init["backbone.conv1.weight"], final["backbone.conv1.weight"])
+
+
+def test_load_feature_model_rebuilds_the_method(dul_run):
+    from safetensors.torch import load_file
+
+    from tritoncorr.engine.recipe import load_recipe
+
+    fm = load_feature_model(dul_run / "model.safetensors")
+    assert (fm.method, fm.color, fm.preset) == ("dul", "rgb", "dul")
+    model = load_recipe(f"{RECIPES / 'dul.py'}:smoke", []).method.build()
+    model.load_state_dict(load_file(str(dul_run / "model.safetensors")))
+    model.eval()
+    x = torch.randn(1, 3, 40, 48)
+    with torch.no_grad():
+        np.testing.assert_allclose(fm.features(x).numpy(), model.features(x).numpy(), rtol=1e-5, atol=1e-5)
+    # a run folder resolves to its model.safetensors
+    assert load_feature_model(dul_run).method == "dul"
+
+
+def test_load_feature_model_plain_backbone_and_random_init(tmp_path):
+    from tritoncorr.models import dul_backbone
+    from tritoncorr.models.loading import save_backbone_weights
+
+    torch.manual_seed(3)
+    bb = dul_backbone()
+    save_backbone_weights(bb, tmp_path / "bb.safetensors")
+    fm = load_feature_model(tmp_path / "bb.safetensors")
+    assert (fm.method, fm.color, fm.preset) == ("backbone", "rgb", "dul")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fm.features(x), bb.eval()(x)["layer4"])
+    r0, r1 = load_feature_model(None, seed=3), load_feature_model(None, seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(r0.features(x), bb(x)["layer4"])
+        assert not torch.allclose(r1.features(x), r0.features(x))
+
+
+def test_load_feature_model_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_feature_model(tmp_path / "missing.safetensors")
+    bad = tmp_path / "junk.safetensors"
+    bad.write_bytes(b"\x01" * 9)
+    with pytest.raises(ValueError, match="junk.safetensors"):
+        load_feature_model(bad)
+
+
+def test_metadata_that_names_an_unknown_method_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "odd.safetensors"
+    save_file({"w": torch.zeros(1)}, str(path),
+              metadata={"tritoncorr.method": "x", "tritoncorr.method_config": json.dumps({"__class__": "nope:Cfg"})})
+    with pytest.raises(ValueError, match="odd.safetensors"):
+        load_feature_model(path)
+
+
+def test_eval_davis_uses_the_checkpoint_preset(dul_run, tmp_path):
+    davis = make_synthetic_davis(tmp_path / "DAVIS", num_sequences=1, num_frames=4, height=40, width=56, seed=2)
+    r = runner.invoke(app, ["eval", "davis", "--root", str(davis), "--out", str(tmp_path / "o"), "--device", "cpu",
+                            "--checkpoint", str(dul_run / "model.safetensors"), "--context", "2"])
+    assert r.exit_code == 0, r.output
+    assert "preset 'dul' (from the checkpoint)" in r.output and "dul (DUL)" in r.output
+    r = runner.invoke(app, ["eval", "davis", "--root", str(davis), "--out", str(tmp_path / "o2"), "--device", "cpu",
+                            "--checkpoint", str(dul_run / "init.safetensors"), "--preset", "crw", "--context", "2"])
+    assert r.exit_code == 0, r.output
+    assert "preset 'crw' (set by --preset)" in r.output
+
+
+def test_lab_frames_match_the_training_pipeline():
+    from tritoncorr.data.transforms import lab_normalize, rgb_uint8_to_lab
+    from tritoncorr.evaluate import frame_to_tensor
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    lab = frame_to_tensor(frame, color="lab")
+    ref = lab_normalize(rgb_uint8_to_lab(torch.from_numpy(frame).permute(2, 0, 1)))
+    assert lab.shape == (1, 3, 7, 9)
+    torch.testing.assert_close(lab[0], ref.float())
+    with pytest.raises(ValueError, match="color"):
+        frame_to_tensor(frame, color="hsv")

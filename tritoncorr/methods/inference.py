@@ -1,0 +1,158 @@
+"""Which features a checkpoint gives at inference: checkpoint metadata and the feature-model loader.
+
+Every method module (DUL, STT, LIIR, MoCo) declares three things beside ``features(images)``:
+
+* ``method_name``: ``"dul"``, ``"stt"``, ``"liir"``, ``"moco"``;
+* ``input_color``: the colour space ``features`` expects: ``"rgb"`` (ImageNet-normalised) or
+  ``"lab"`` (normalised OpenCV Lab, :func:`tritoncorr.evaluate.frame_to_tensor`);
+* ``inference_preset``: a key of :data:`tritoncorr.propagation.PRESETS`.
+
+:func:`method_metadata` turns them, and the method's config dataclass (``module.config``), into the
+string metadata of a safetensors file; the engine writes it into every ``model.safetensors`` and
+``init.safetensors``. :func:`load_feature_model` reads a checkpoint back:
+
+* a tritoncorr training checkpoint (metadata ``tritoncorr.method_config``): the method is rebuilt
+  from its recorded config (:meth:`for_inference` of the config when it has one, so that e.g. STT
+  does not need its teacher file) and loaded strictly; features, colour and preset come from it;
+* any other ``.safetensors`` (a plain backbone, e.g. DUL/CRW weights saved by
+  :func:`tritoncorr.models.loading.save_backbone_weights`): the DUL/CRW ResNet-18 stride 8, ``layer4``,
+  ImageNet RGB, preset ``"dul"`` (the behaviour ``tritoncorr eval davis`` always had);
+* no checkpoint: that backbone with random weights of the given seed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["FeatureModel", "METADATA_KEYS", "method_metadata", "read_metadata", "load_feature_model"]
+
+METADATA_KEYS = ("tritoncorr.method", "tritoncorr.input_color", "tritoncorr.preset", "tritoncorr.method_config")
+INPUT_COLORS = ("rgb", "lab")
+
+
+def method_metadata(model: nn.Module) -> dict[str, str]:
+    """Safetensors metadata describing ``model``'s inference (empty for modules that declare nothing)."""
+    from tritoncorr.engine.config import dataclass_to_dict
+
+    meta: dict[str, str] = {}
+    name = getattr(model, "method_name", None)
+    if not name:
+        return meta
+    color = getattr(model, "input_color", "rgb")
+    if color not in INPUT_COLORS:
+        raise ValueError(f"{type(model).__name__}.input_color must be one of {INPUT_COLORS}, got {color!r}")
+    meta["tritoncorr.method"] = str(name)
+    meta["tritoncorr.input_color"] = str(color)
+    meta["tritoncorr.preset"] = str(getattr(model, "inference_preset", "dul"))
+    config = getattr(model, "config", None)
+    if config is not None:
+        meta["tritoncorr.method_config"] = json.dumps(dataclass_to_dict(config))
+    return meta
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a ``.safetensors`` file (``{}`` when it has none)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+
+
+@dataclass
+class FeatureModel:
+    """A model ready for label propagation.
+
+    Attributes:
+        module: the ``nn.Module`` (eval mode, on ``device``).
+        features: ``images (1, 3, H, W)`` in ``color`` space -> ``(1, C, h, w)`` float32 features.
+        color: ``"rgb"`` or ``"lab"``.
+        preset: the default propagation preset (a key of ``PRESETS``).
+        method: ``"dul"``, ``"stt"``, ``"liir"``, ``"moco"``, or ``"backbone"`` for a plain ResNet.
+        description: one line for the console (what was loaded and how).
+    """
+
+    module: nn.Module
+    features: Callable[[torch.Tensor], torch.Tensor]
+    color: str
+    preset: str
+    method: str
+    description: str
+
+
+def _plain_backbone(seed: int) -> nn.Module:
+    from tritoncorr.models import dul_backbone
+
+    torch.manual_seed(seed)
+    return dul_backbone()
+
+
+def _backbone_model(model: nn.Module, device: torch.device, description: str) -> FeatureModel:
+    model.eval().to(device)
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        return model(x)["layer4"].float()
+
+    return FeatureModel(model, features, "rgb", "dul", "backbone", description)
+
+
+def load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
+                       device: torch.device | str = "cpu") -> FeatureModel:
+    """Load ``checkpoint`` (a ``.safetensors`` file or a run / checkpoint folder) for inference.
+
+    Raises:
+        FileNotFoundError: no weights at ``checkpoint``.
+        ValueError: unreadable file, a method that cannot be rebuilt, or weights that do not fit it
+            (the message names the file).
+    """
+    device = torch.device(device)
+    if checkpoint is None:
+        return _backbone_model(_plain_backbone(seed), device,
+                               f"ResNet-18 stride 8 (DUL/CRW), layer4, random init (seed {seed})")
+    from tritoncorr.engine.checkpoint import resolve_weights_path
+
+    path = resolve_weights_path(Path(checkpoint))
+    meta = read_metadata(path)
+    if "tritoncorr.method_config" not in meta:
+        from tritoncorr.models.loading import load_backbone_weights
+
+        model = _plain_backbone(seed)
+        report = load_backbone_weights(model, path)
+        return _backbone_model(model, device, f"ResNet-18 stride 8 (DUL/CRW), layer4, {path}: {report.summary()}")
+
+    from safetensors.torch import load_file
+
+    from tritoncorr.engine.config import ConfigError, dataclass_from_dict
+
+    try:
+        config = dataclass_from_dict(json.loads(meta["tritoncorr.method_config"]), "method")
+    except (ConfigError, json.JSONDecodeError) as err:
+        raise ValueError(f"checkpoint {path}: cannot rebuild its method from the metadata: {err}") from err
+    if hasattr(config, "for_inference"):
+        config = config.for_inference()
+    torch.manual_seed(seed)
+    model = config.build()
+    state = load_file(str(path), device="cpu")
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys:
+        raise ValueError(f"checkpoint {path} lacks {len(result.missing_keys)} weights of its method "
+                         f"{type(model).__name__} (e.g. {result.missing_keys[:4]})")
+    model.eval().to(device)
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        return model.features(x).float()
+
+    method = meta.get("tritoncorr.method", getattr(model, "method_name", "?"))
+    color = meta.get("tritoncorr.input_color", getattr(model, "input_color", "rgb"))
+    preset = meta.get("tritoncorr.preset", getattr(model, "inference_preset", "dul"))
+    extra = f", ignored {len(result.unexpected_keys)} non-inference tensors" if result.unexpected_keys else ""
+    return FeatureModel(model, features, color, preset, method,
+                        f"{method} ({type(model).__name__}) from {path}{extra}; input {color}")
