@@ -4,6 +4,7 @@ Heavy imports (torch, triton) happen inside the commands, so ``tritoncorr --help
 Each command only parses its options and hands them to the module that does the work:
 
 * ``tritoncorr eval davis``  -> :func:`tritoncorr.evaluate.eval_davis_cli`
+* ``tritoncorr eval compare`` -> :func:`tritoncorr.compare.compare_cli`
 * ``tritoncorr train``       -> :func:`tritoncorr.engine.cli.train_cli`
 * ``tritoncorr bench``       -> :func:`tritoncorr.bench.cli.bench_cli`
 """
@@ -24,7 +25,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-eval_app = typer.Typer(help="Evaluate on a benchmark (DAVIS-2017 J&F).", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate on a benchmark (DAVIS-2017 J&F) and compare evaluations.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
 
@@ -89,6 +90,23 @@ def eval_davis(
         sequences=sequences, preset=preset, context=context, radius=radius, topk=topk,
         temperature=temperature, overlays=overlays, device=device,
     )
+
+
+@eval_app.command("compare")
+def eval_compare(
+    folders: Annotated[
+        list[Path], typer.Argument(help="Evaluation output folders of the same DAVIS set (tritoncorr eval davis --out); "
+                                   "the first is the baseline.")
+    ],
+    split: Annotated[Optional[str], typer.Option(help="Which per-sequence_results-<split>.csv (default: the only one).")] = None,
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Also write the table and statistics as CSV.")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Paired-bootstrap resamples.")] = 10000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+) -> None:
+    """Compare evaluations sequence by sequence: paired J&F differences, standard error, bootstrap 95% interval."""
+    from tritoncorr.compare import compare_cli
+
+    compare_cli(list(folders), split=split, csv_path=csv_path, n_boot=bootstrap, seed=seed)
 
 
 @app.command()
