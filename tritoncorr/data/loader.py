@@ -22,24 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tritoncorr.data.clips import clip_to_tensor, collate_clips
 from tritoncorr.data.config import DataConfig
 from tritoncorr.data.sampler import clip_indices, epoch_batches, sample_rng, sample_torch_generator
 from tritoncorr.data.sources import ClipSource, SourceWarning, build_source
-from tritoncorr.data.transforms import augment_clip, imagenet_normalize, lab_normalize, rgb_uint8_to_lab
-
-
-def clip_to_tensor(frames: np.ndarray, cfg: DataConfig, generator: torch.Generator) -> torch.Tensor:
-    """uint8 ``(T, H, W, 3)`` RGB -> augmented, normalised float32 ``(T, 3, S, S)``."""
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
-    # augment in uint8 (PIL-like resize, as DUL's PIL pipeline), convert the small crop to float
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-    x = augment_clip(x, crop_mode=cfg.crop, crop_size=cfg.crop_size, short_side=tuple(cfg.short_side),
-                     area_range=tuple(cfg.area_range), aspect_range=tuple(cfg.aspect_range), flip=cfg.hflip,
-                     generator=generator)
-    if cfg.color == "lab":
-        return lab_normalize(rgb_uint8_to_lab(x)).contiguous()
-    return imagenet_normalize(x.float().div_(255.0)).contiguous()
 
 
 class ClipDataset(Dataset):
@@ -85,16 +71,6 @@ class ClipDataset(Dataset):
                 alt = sample_rng(self.seed, epoch, video, attempt + 1)
                 video = self.videos[int(alt.integers(len(self.videos)))]
         raise RuntimeError(f"{len(skipped)} consecutive unreadable videos under {self.source.root!r}: {skipped}")
-
-
-def collate_clips(samples: list[dict]) -> dict:
-    """Stack samples into a batch; ``skipped`` becomes the concatenated list of skipped names."""
-    return {
-        "frames": torch.stack([s["frames"] for s in samples]),
-        "video": torch.tensor([s["video"] for s in samples], dtype=torch.int64),
-        "frame_index": torch.stack([s["frame_index"] for s in samples]),
-        "skipped": [name for s in samples for name in s["skipped"]],
-    }
 
 
 class _PlanSampler:
@@ -219,4 +195,4 @@ def build_clip_loader(cfg: DataConfig, *, seed: int, rank: int = 0, world_size: 
     return ClipLoader(cfg, source, seed=seed, rank=rank, world_size=world_size)
 
 
-__all__ = ["ClipDataset", "ClipLoader", "build_clip_loader", "clip_to_tensor", "collate_clips"]
+__all__ = ["ClipDataset", "ClipLoader", "build_clip_loader"]

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tritoncorr.data.config import DataConfig
-from tritoncorr.data.loader import clip_to_tensor, collate_clips
+from tritoncorr.data.clips import clip_to_tensor, collate_clips
 from tritoncorr.data.sampler import clip_indices, sample_rng, sample_torch_generator
 from tritoncorr.data.sources import SourceWarning, hf_column, load_hf_dataset, read_hf_example
 
