@@ -439,3 +439,47 @@ def test_shared_davis_frames(shared_data):
                      crop_size=64, short_side=(64, 80))
     b = next(iter(build_clip_loader(cfg, seed=0)))
     assert b["frames"].shape == (1, 5, 3, 64, 64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoded-frame cache
+# ----------------------------------------------------------------------------------------------
+
+def test_cached_source_serves_downscaled_frames_and_reuses_files(tmp_path):
+    from tritoncorr.data.cache import CachedSource
+    from tritoncorr.data.sources import SyntheticSource
+    from tritoncorr.data.transforms import resize_shorter_side
+
+    inner = SyntheticSource(3, 7, (48, 80), 0)
+    cached = CachedSource(inner, tmp_path / "cache", 24, chunk=3, progress=False)
+    assert cached.num_frames == inner.num_frames and len(list((tmp_path / "cache").glob("*.npy"))) == 3
+    idx = [6, 0, 3]
+    want = resize_shorter_side(torch.from_numpy(inner.read(1, idx)).permute(0, 3, 1, 2), 24).permute(0, 2, 3, 1)
+    got = cached.read(1, idx)
+    assert got.shape == (3, 24, 40, 3) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, want.numpy())
+    with pytest.raises(IndexError):
+        cached.read(0, [7])
+    # a second source finds the files and decodes nothing
+    class Boom(SyntheticSource):
+        def read(self, video, indices):
+            raise AssertionError("decoded again")
+    again = CachedSource(Boom(3, 7, (48, 80), 0), tmp_path / "cache", 24, progress=False)
+    np.testing.assert_array_equal(again.read(1, idx), got)
+    import pickle
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(again)).read(2, [1]), cached.read(2, [1]))
+    # another generator seed has the same names but other frames: its own cache files
+    other = CachedSource(SyntheticSource(3, 7, (48, 80), 5), tmp_path / "cache", 24, progress=False)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 6
+    assert not np.array_equal(other.read(1, idx), got)
+
+
+def test_cache_config_validation_and_loader(tmp_path):
+    base = dict(source="synthetic", num_workers=0, batch_size=2, clip_len=2, frame_gap=1, crop="full",
+                crop_size=16, synthetic_videos=4, synthetic_frames=5, synthetic_size=(40, 56))
+    with pytest.raises(ValueError, match="cache_short_side"):
+        DataConfig(cache_dir=str(tmp_path / "c"), cache_short_side=8, **base).validate()
+    cfg = DataConfig(cache_dir=str(tmp_path / "c"), cache_short_side=20, **base)
+    b = next(iter(build_clip_loader(cfg, seed=0)))
+    assert b["frames"].shape == (2, 2, 3, 16, 16)
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 4

@@ -72,6 +72,10 @@ class DataConfig:
     to ``crop_size`` squared (LIIR). Then a whole-clip horizontal flip with p = 0.5 when ``hflip``.
     ``color="rgb"``: ImageNet-normalised RGB; ``"lab"``: OpenCV-float Lab normalised as
     ``((L - 50) / 50, a / 127, b / 127)``.
+
+    Decoding cache (``cache_dir``, ``cache_short_side``): every video is decoded once, its frames
+    resized to that shorter side and kept as ``.npy`` files in ``cache_dir``, so that seeking and
+    decoding large videos does not dominate a CPU step (:mod:`tritoncorr.data.cache`).
     """
 
     source: str = "synthetic"
@@ -100,6 +104,8 @@ class DataConfig:
     synthetic_seed: int = 0
     probe_cache: str = ""  # JSON file caching per-video frame counts / timestamps ("" = in memory only)
     max_retries: int = 8  # a sample whose video cannot be read is replaced by another video, this many tries
+    cache_dir: str = ""  # decode every video once, downscaled, into this folder (tritoncorr.data.cache); "" = off
+    cache_short_side: int = 0  # shorter side of the cached frames (needs cache_dir)
 
     def validate(self) -> "DataConfig":
         """Check field values; returns ``self``. Raises ``ValueError`` naming the bad field."""
@@ -138,6 +144,12 @@ class DataConfig:
         r0, r1 = self.aspect_range
         if not (0 < r0 <= r1):
             raise bad("aspect_range", "must satisfy 0 < lo <= hi")
+        if self.cache_dir:
+            if self.source == "hf" and self.hf_streaming:
+                raise bad("cache_dir", "a streamed dataset cannot be cached (set hf_streaming=False)")
+            need = self.short_side[1] if self.crop in ("random", "center") else self.crop_size
+            if self.cache_short_side < need:
+                raise bad("cache_short_side", f"must be >= {need} (the largest size crop={self.crop!r} resizes to)")
         if self.synthetic_videos < 1 or self.synthetic_frames < 1:
             raise bad("synthetic_videos", "synthetic_videos and synthetic_frames must be >= 1")
         return self

@@ -192,6 +192,10 @@ def build_clip_loader(cfg: DataConfig, *, seed: int, rank: int = 0, world_size: 
 
         return StreamingClipLoader(cfg, seed=seed, rank=rank, world_size=world_size)  # type: ignore[return-value]
     source = build_source(cfg)
+    if cfg.cache_dir:
+        from tritoncorr.data.cache import CachedSource
+
+        source = CachedSource(source, cfg.cache_dir, cfg.cache_short_side, progress=rank == 0)
     return ClipLoader(cfg, source, seed=seed, rank=rank, world_size=world_size)
 
 

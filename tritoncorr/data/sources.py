@@ -78,6 +78,17 @@ class ClipSource:
         """Frames ``indices`` (native indices, any order) of video ``video``: uint8 ``(n, H, W, 3)``."""
         raise NotImplementedError
 
+    def identity(self, video: int) -> str:
+        """A string that changes whenever video ``video``'s frames may change (caches key on it):
+        the source kind, the name and, for files, their size and modification time."""
+        name = self.names[video]
+        p = Path(name)
+        stamp = ""
+        if p.exists():
+            st = p.stat()
+            stamp = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        return f"{self.kind}|{name}|{self.num_frames[video]}|{stamp}"
+
     def _skip(self, name: str, why: str) -> None:
         warnings.warn(f"skipping {name}: {why}", SourceWarning, stacklevel=3)
         self.skipped.append(name)
@@ -516,6 +527,9 @@ class SyntheticSource(ClipSource):
             self.names.append(f"synthetic[{i}]")
             self.num_frames.append(int(frames))
             self.fps.append(0.0)
+
+    def identity(self, video: int) -> str:
+        return f"{super().identity(video)}|{self.size}|{self.seed + video}"
 
     def read(self, video: int, indices: Sequence[int]) -> np.ndarray:
         idx = self._check_indices(video, indices)
