@@ -48,6 +48,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -69,10 +70,15 @@ __all__ = [
     "knn_propagate_dense",
     "knn_propagate_windowed",
     "window_mask",
+    "window_propagate",
+    "window_propagate_reference",
+    "window_propagate_windowed",
     "WINDOWS",
     "MAX_TOPK",
     "MAX_LABELS",
     "MAX_RADIUS",
+    "MAX_COMPACT",
+    "MAX_WINDOW_LABELS",
 ]
 
 WINDOWS = ("disc", "square")
@@ -664,3 +670,452 @@ def _aot_specs() -> list[AotSpec]:
 
 
 AOT_SPECS: list[AotSpec] = _aot_specs()
+
+
+# ==============================================================================================
+# full-window mode ("k = all"): MAST / LIIR propagation with a zero-border square window
+# ==============================================================================================
+#
+# For every query pixel p of the target frame and every reference n, the window cells
+# p + d, d in [-r, r]^2 (dy outer, dx inner: window index i = (dy + r) * P + (dx + r), P = 2r + 1):
+#
+#   logit_n(p, d) = <query(p), keys(n, p + d)> / temperature      (0 where p + d is outside the image)
+#   a_n(p, d)     = softmax over ALL references' windows together (N * P^2 entries per pixel)
+#   out(p)        = sum_n sum_d a'_n(p, d) * values(n, p + d)      (value 0 outside the image)
+#
+# Out-of-image window cells take part with logit 0 and value 0, exactly like MAST's
+# ``SpatialCorrelationSampler(patch_size=P)`` (0 outside the grid) followed by a zero-padded
+# ``F.unfold(values, P, padding=r)`` (LIIR spec §4.1, §8). ``a'`` is ``a`` unless the compactness
+# prior is on (``compact = M`` in 1..3, LIIR spec §6.6): per reference, on its slice of the joint
+# softmax, when the largest probability exceeds ``compact_threshold`` the slice is REPLACED by the
+# template ``T = sum_m w_m G_{c_m}`` (top-M cells c_m, w = softmax of their M probabilities,
+# G_c(u) = exp(-4 ln2 |u - c|^2) = 2^(-4 |u - c|^2), peak 1, truncated to the window, not
+# renormalised; :func:`tritoncorr.methods.common.compactness_template`). Ties among equal
+# probabilities (e.g. the logit-0 out-of-image cells) go to the lower window index.
+
+
+MAX_COMPACT = 3
+MAX_WINDOW_LABELS = 64
+#: Gaussian stamp radius (cells) of the compactness template in the Triton kernel: cells further
+#: than 3 from a centre (|u - c|^2 >= 16) have weight 2^-64 = 5e-20 and are left out.
+COMPACT_STAMP = 3
+_FOUR_LN2 = 4.0 * math.log(2.0)
+
+
+def _validate_window(query, keys, values, radius, temperature, compact, compact_threshold) -> None:
+    check_tensor("query", query, ndim=3, dtypes=FLOAT_DTYPES)
+    check_tensor("keys", keys, ndim=4, dtypes=FLOAT_DTYPES, device=query.device)
+    check_tensor("values", values, ndim=4, dtypes=FLOAT_DTYPES + (torch.float64,), device=query.device)
+    if keys.dtype != query.dtype:
+        raise TypeError(f"keys dtype {keys.dtype} differs from query dtype {query.dtype}; cast one of them")
+    c, h, w = query.shape
+    n = keys.shape[0]
+    if min(c, h, w) < 1:
+        raise ValueError(f"query must have C, h, w >= 1, got shape {tuple(query.shape)}")
+    if n < 1:
+        raise ValueError("keys must hold at least one reference frame (N >= 1)")
+    if tuple(keys.shape[1:]) != (c, h, w):
+        raise ValueError(f"keys shape {tuple(keys.shape)} must be (N, C, h, w) = (N, {c}, {h}, {w}) to match query")
+    if values.shape[0] != n or tuple(values.shape[2:]) != (h, w):
+        raise ValueError(f"values shape {tuple(values.shape)} must be (N, L, h, w) = ({n}, L, {h}, {w})")
+    if not 1 <= values.shape[1] <= MAX_WINDOW_LABELS:
+        raise ValueError(f"number of label channels L={values.shape[1]} must be in 1..{MAX_WINDOW_LABELS}")
+    if isinstance(radius, bool) or not isinstance(radius, int):
+        raise TypeError(f"radius must be an int, got {type(radius).__name__}")
+    if not 0 <= radius <= MAX_RADIUS:
+        raise ValueError(f"radius={radius} must be in 0..{MAX_RADIUS}")
+    if isinstance(compact, bool) or not isinstance(compact, int) or not 0 <= compact <= MAX_COMPACT:
+        raise ValueError(f"compact={compact!r} (number of Gaussians M) must be an int in 0..{MAX_COMPACT}")
+    if compact > (2 * radius + 1) ** 2:
+        raise ValueError(f"compact={compact} Gaussians need at least as many window cells, radius={radius} has {(2 * radius + 1) ** 2}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature={temperature!r} must be a finite number > 0")
+    if not (isinstance(compact_threshold, (int, float)) and math.isfinite(compact_threshold)):
+        raise ValueError(f"compact_threshold={compact_threshold!r} must be a finite number")
+
+
+def window_propagate_reference(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    *,
+    radius: int,
+    temperature: float = 1.0,
+    compact: int = 0,
+    compact_threshold: float = 0.1,
+) -> torch.Tensor:
+    """Dense float64 reference of the full-window mode, written like MAST/LIIR's code.
+
+    query (C, h, w), keys (N, C, h, w), values (N, L, h, w) -> (L, h, w) float32.
+
+    Per reference: zero-padded ``F.unfold`` of the keys (the correlation sampler's 0 outside the
+    grid), raw dot products / temperature -> (P*P, h*w); one softmax over the concatenation of all
+    references (N*P*P, h*w); with ``compact = M > 0`` each reference's slice is replaced by
+    :func:`tritoncorr.methods.common.compactness_template` where
+    :func:`~tritoncorr.methods.common.compactness_mask` (max > threshold) holds; values gathered by
+    zero-padded ``F.unfold``. Materialises (N*C*P*P, h*w): small inputs only. Exact ties in the
+    top-M selection go to the lower window index (a 1e-12 / P^2-per-index nudge of the selection
+    input; ``torch.topk`` alone leaves the choice among ties unspecified).
+    """
+    _validate_window(query, keys, values, radius, temperature, compact, compact_threshold)
+    c, h, w = query.shape
+    n, lab = keys.shape[0], values.shape[1]
+    side, hw = 2 * radius + 1, h * w
+    q = query.double().reshape(c, 1, hw)
+    logits = []
+    for i in range(n):
+        kcol = F.unfold(keys[i : i + 1].double(), side, padding=radius).reshape(c, side * side, hw)
+        logits.append((q * kcol).sum(0) / float(temperature))  # (P*P, hw); exactly 0 outside the image
+    a = torch.softmax(torch.cat(logits, 0), dim=0).reshape(n, side * side, hw)
+    if compact:
+        from tritoncorr.methods.common import compactness_mask, compactness_template
+
+        nudge = torch.arange(side * side, dtype=torch.float64, device=a.device).view(1, -1, 1) * (1e-12 / (side * side))
+        tmpl = compactness_template(a - nudge, side, compact, dim=1)
+        a = torch.where(compactness_mask(a, compact_threshold, dim=1), tmpl, a)
+    vcol = F.unfold(values.double(), side, padding=radius).reshape(n, lab, side * side, hw)
+    out = torch.einsum("npq,nlpq->lq", a, vcol)
+    return out.reshape(lab, h, w).float()
+
+
+def window_propagate_windowed(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    *,
+    radius: int,
+    temperature: float = 1.0,
+    compact: int = 0,
+    compact_threshold: float = 0.1,
+    tile: int = 16,
+) -> torch.Tensor:
+    """Memory-bounded PyTorch path of the full-window mode. Shapes as :func:`window_propagate`.
+
+    Query pixels in ``tile`` x ``tile`` tiles; per tile the (tile + 2r)^2 rectangle of every
+    reference (zeros outside the image), one GEMM, the window mask, the joint softmax over the
+    tile's N * P^2 window cells, the compactness replace rule, the weighted value sum. Peak extra
+    memory O(tile^2 * N * (tile + 2r)^2 + (C + L) * N * (tile + 2r)^2) floats: neither the dense
+    affinity nor the full (N*P^2, h*w) volume exists.
+    """
+    _validate_window(query, keys, values, radius, temperature, compact, compact_threshold)
+    c, h, w = query.shape
+    n, lab = keys.shape[0], values.shape[1]
+    r = radius
+    dev = query.device
+    inv_t = 1.0 / float(temperature)
+    out = torch.empty(lab, h, w, dtype=torch.float32, device=dev)
+    for ty0 in range(0, h, tile):
+        ty1 = min(ty0 + tile, h)
+        th = ty1 - ty0
+        rh = th + 2 * r
+        ya, yb = max(ty0 - r, 0), min(ty1 + r, h)  # in-image rows of the rectangle
+        for tx0 in range(0, w, tile):
+            tx1 = min(tx0 + tile, w)
+            tw = tx1 - tx0
+            rw = tw + 2 * r
+            xa, xb = max(tx0 - r, 0), min(tx1 + r, w)
+            p = rh * rw
+            nq = th * tw
+            rk = torch.zeros(c, n, rh, rw, dtype=torch.float32, device=dev)
+            rk[:, :, ya - ty0 + r : yb - ty0 + r, xa - tx0 + r : xb - tx0 + r] = keys[:, :, ya:yb, xa:xb].transpose(0, 1).float()
+            rv = torch.zeros(n, lab, rh, rw, dtype=torch.float32, device=dev)
+            rv[:, :, ya - ty0 + r : yb - ty0 + r, xa - tx0 + r : xb - tx0 + r] = values[:, :, ya:yb, xa:xb].float()
+            qt = query[:, ty0:ty1, tx0:tx1].reshape(c, nq).T.float() * inv_t
+            s = (qt @ rk.reshape(c, n * p)).view(nq, n, rh, rw)
+            del rk
+            # query (i, j) of the tile sees rectangle rows i .. i + 2r and columns j .. j + 2r
+            qi = torch.arange(th, device=dev).repeat_interleave(tw)
+            qj = torch.arange(tw, device=dev).repeat(th)
+            ra = torch.arange(rh, device=dev)
+            rb = torch.arange(rw, device=dev)
+            in_y = (ra[None, :] >= qi[:, None]) & (ra[None, :] <= qi[:, None] + 2 * r)  # (nq, rh)
+            in_x = (rb[None, :] >= qj[:, None]) & (rb[None, :] <= qj[:, None] + 2 * r)  # (nq, rw)
+            inside = (in_y[:, :, None] & in_x[:, None, :]).view(nq, 1, rh, rw)
+            s = s.masked_fill_(~inside, float("-inf")).view(nq, n, p)
+            a = torch.softmax(s.view(nq, n * p), dim=1).view(nq, n, p)
+            if compact:
+                top_s, top_i = _topk_lowest_index(s.reshape(nq * n, p), compact)  # rectangle order = window order
+                lse = torch.logsumexp(s.view(nq, n * p), dim=1)  # (nq,)
+                top_p = torch.exp(top_s.view(nq, n, compact) - lse[:, None, None])
+                conf = top_p.amax(dim=2) > float(compact_threshold)  # (nq, n)
+                wgt = torch.softmax(top_p, dim=2)
+                cy = (top_i // rw).view(nq, n, compact).float()
+                cx = (top_i % rw).view(nq, n, compact).float()
+                tmpl = torch.zeros(nq, n, rh, rw, dtype=torch.float32, device=dev)
+                yy = ra.float().view(1, 1, rh, 1)
+                xx = rb.float().view(1, 1, 1, rw)
+                for m in range(compact):
+                    d2 = (yy - cy[:, :, m, None, None]) ** 2 + (xx - cx[:, :, m, None, None]) ** 2
+                    tmpl += wgt[:, :, m, None, None] * torch.exp(-_FOUR_LN2 * d2)
+                tmpl = tmpl.masked_fill_(~inside, 0.0).view(nq, n, p)
+                a = torch.where(conf[:, :, None], tmpl, a)
+            res = torch.einsum("qnp,nlp->ql", a, rv.view(n, lab, p))
+            out[:, ty0:ty1, tx0:tx1] = res.T.reshape(lab, th, tw)
+    return out
+
+
+@triton.jit
+def _window_propagate_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr,
+    H, W, C, L, N, RADIUS, inv_t, threshold,
+    s_qc, s_qy, s_qx,
+    s_kn, s_kc, s_ky, s_kx,
+    s_vn, s_vl, s_vy, s_vx,
+    s_ol, s_oy, s_ox,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr, COMPACT: tl.constexpr, MP: tl.constexpr, STAMP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+):
+    """One program = one TILE_H x TILE_W tile of query pixels; writes out[:, tile] (L, TILE_H, TILE_W).
+
+    The candidates of the tile are the (TILE_H + 2r) x (TILE_W + 2r) rectangle around it, NOT
+    clipped to the image: out-of-image cells load zero features and zero values (logit 0, value 0),
+    which is the zero-border semantics. COMPACT == 0: one pass with an online softmax. COMPACT = M:
+    pass 1 the joint log-sum-exp over all references; pass 2 per reference the soft window sum,
+    a running top-M (visited in window-index order, lower index on ties) and, where its largest
+    probability exceeds ``threshold``, the Gaussian stamps replace the soft window sum.
+    """
+    BLOCK_Q: tl.constexpr = TILE_H * TILE_W
+    SS: tl.constexpr = 2 * STAMP + 1
+    pid = tl.program_id(0).to(tl.int64)
+    tiles_w = tl.cdiv(W, TILE_W)
+    ty0 = (pid // tiles_w).to(tl.int32) * TILE_H
+    tx0 = (pid % tiles_w).to(tl.int32) * TILE_W
+    inv_t = tl.cast(inv_t, tl.float32)
+
+    offs_q = tl.arange(0, BLOCK_Q)
+    qy = ty0 + offs_q // TILE_W
+    qx = tx0 + offs_q % TILE_W
+    qvalid = (qy < H) & (qx < W)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_l = tl.arange(0, BLOCK_L)
+    lmask = offs_l < L
+
+    RW = TILE_W + 2 * RADIUS
+    RN = (TILE_H + 2 * RADIUS) * RW
+    ry0 = ty0 - RADIUS
+    rx0 = tx0 - RADIUS
+
+    m_i = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_Q,), tl.float32)
+    acc = tl.zeros((BLOCK_Q, BLOCK_L), tl.float32)
+    # pass 1 (COMPACT == 0: the only pass, with the values)
+    for fr in range(0, N):
+        for j0 in range(0, RN, BLOCK_K):
+            j = j0 + offs_k
+            jv = j < RN
+            ky = ry0 + j // RW
+            kx = rx0 + j % RW
+            kin = jv & (ky >= 0) & (ky < H) & (kx >= 0) & (kx < W)
+            kyc = tl.minimum(tl.maximum(ky, 0), H - 1)
+            kxc = tl.minimum(tl.maximum(kx, 0), W - 1)
+            s = _block_scores(q_ptr, k_ptr, qy, qx, qvalid, kyc, kxc, kin, tl.cast(fr, tl.int64), C,
+                              s_qc, s_qy, s_qx, s_kn, s_kc, s_ky, s_kx, inv_t,
+                              BLOCK_Q, BLOCK_K, BLOCK_C, DOT_PRECISION, UPCAST_DOT)
+            dy = ky[None, :] - qy[:, None]
+            dx = kx[None, :] - qx[:, None]
+            ok = (tl.abs(dy) <= RADIUS) & (tl.abs(dx) <= RADIUS) & jv[None, :] & qvalid[:, None]
+            s = tl.where(ok, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m_i - m_safe)
+            pr = tl.exp(s - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(pr, 1)
+            if COMPACT == 0:
+                v_off = fr * s_vn + kyc.to(tl.int64) * s_vy + kxc.to(tl.int64) * s_vx
+                vb = tl.load(v_ptr + v_off[:, None] + offs_l[None, :].to(tl.int64) * s_vl,
+                             mask=kin[:, None] & lmask[None, :], other=0.0).to(tl.float32)
+                acc = tl.dot(pr, vb, acc * alpha[:, None], input_precision="tf32x3")
+            m_i = m_new
+
+    if COMPACT == 0:
+        res = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    else:
+        lse = tl.where(qvalid & (l_i > 0), m_i + tl.log(tl.where(l_i > 0, l_i, 1.0)), 0.0)
+        slot = tl.arange(0, MP)
+        used = (slot < COMPACT)[None, :]
+        res = tl.zeros((BLOCK_Q, BLOCK_L), tl.float32)
+        for fr in range(0, N):
+            tv = tl.where(slot < COMPACT, float("-inf"), float("inf"))[None, :] + tl.zeros((BLOCK_Q, MP), tl.float32)
+            ti = (-1 - slot)[None, :] + tl.zeros((BLOCK_Q, MP), tl.int32)
+            soft = tl.zeros((BLOCK_Q, BLOCK_L), tl.float32)
+            for j0 in range(0, RN, BLOCK_K):
+                j = j0 + offs_k
+                jv = j < RN
+                ky = ry0 + j // RW
+                kx = rx0 + j % RW
+                kin = jv & (ky >= 0) & (ky < H) & (kx >= 0) & (kx < W)
+                kyc = tl.minimum(tl.maximum(ky, 0), H - 1)
+                kxc = tl.minimum(tl.maximum(kx, 0), W - 1)
+                s = _block_scores(q_ptr, k_ptr, qy, qx, qvalid, kyc, kxc, kin, tl.cast(fr, tl.int64), C,
+                                  s_qc, s_qy, s_qx, s_kn, s_kc, s_ky, s_kx, inv_t,
+                                  BLOCK_Q, BLOCK_K, BLOCK_C, DOT_PRECISION, UPCAST_DOT)
+                dy = ky[None, :] - qy[:, None]
+                dx = kx[None, :] - qx[:, None]
+                ok = (tl.abs(dy) <= RADIUS) & (tl.abs(dx) <= RADIUS) & jv[None, :] & qvalid[:, None]
+                s = tl.where(ok, s, float("-inf"))
+                pr = tl.exp(s - lse[:, None])
+                v_off = fr * s_vn + kyc.to(tl.int64) * s_vy + kxc.to(tl.int64) * s_vx
+                vb = tl.load(v_ptr + v_off[:, None] + offs_l[None, :].to(tl.int64) * s_vl,
+                             mask=kin[:, None] & lmask[None, :], other=0.0).to(tl.float32)
+                soft = tl.dot(pr, vb, soft, input_precision="tf32x3")
+                cand = j[None, :] + tl.zeros((BLOCK_Q, BLOCK_K), tl.int32)
+                tv, ti = _merge_topk(s, cand, tv, ti)
+            # the reference's decision: largest probability of its slice of the joint softmax
+            tp = tl.where(used, tl.exp(tv - lse[:, None]), float("-inf"))
+            pmax = tl.max(tp, 1)
+            conf = (pmax > threshold) & qvalid
+            e = tl.where(used, tl.exp(tp - pmax[:, None]), 0.0)
+            wgt = e / tl.sum(e, 1)[:, None]
+            stamp = tl.zeros((BLOCK_Q, BLOCK_L), tl.float32)
+            for mm in tl.static_range(COMPACT):
+                pick = (slot == mm)[None, :]
+                w_m = tl.sum(tl.where(pick, wgt, 0.0), 1)
+                j_m = tl.sum(tl.where(pick, ti, 0), 1)
+                cy = ry0 + j_m // RW
+                cx = rx0 + j_m % RW
+                for st in range(0, SS * SS):
+                    ey = st // SS - STAMP
+                    ex = st % SS - STAMP
+                    yy = cy + ey
+                    xx = cx + ex
+                    g = tl.exp2(-4.0 * (ey * ey + ex * ex).to(tl.float32))
+                    ok = (conf & (tl.abs(yy - qy) <= RADIUS) & (tl.abs(xx - qx) <= RADIUS)
+                          & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W))
+                    yc = tl.minimum(tl.maximum(yy, 0), H - 1)
+                    xc = tl.minimum(tl.maximum(xx, 0), W - 1)
+                    v_off = fr * s_vn + yc.to(tl.int64) * s_vy + xc.to(tl.int64) * s_vx
+                    vals = tl.load(v_ptr + v_off[:, None] + offs_l[None, :].to(tl.int64) * s_vl,
+                                   mask=ok[:, None] & lmask[None, :], other=0.0).to(tl.float32)
+                    stamp += (w_m * g)[:, None] * vals
+            res += tl.where(conf[:, None], stamp, soft)
+
+    o_off = qy.to(tl.int64) * s_oy + qx.to(tl.int64) * s_ox
+    tl.store(o_ptr + o_off[:, None] + offs_l[None, :].to(tl.int64) * s_ol, res,
+             mask=qvalid[:, None] & lmask[None, :])
+
+
+# (BLOCK_K, num_warps, num_stages) per feature precision (fixed; no autotuning for this mode yet).
+# compile_report(): 0 spills on sm_80/sm_90 for M = 0, 2, 3 (fp32 with BLOCK_K 64 or 4 warps spills
+# in the compact pass; 16-bit with 4 warps spills at M = 3 on sm_80).
+_WINDOW_CONFIGS = {"fp32": (32, 8, 2), "16bit": (64, 8, 2)}
+
+
+def _window_block_l(lab: int) -> int:
+    return max(16, next_power_of_2(lab))
+
+
+def _window_launch(query, keys, values, radius, temperature, compact, compact_threshold, *, wrap) -> torch.Tensor:
+    c, h, w = query.shape
+    n, lab = keys.shape[0], values.shape[1]
+    values = values.float()
+    out = alloc_output((lab, h, w), dtype=torch.float32, device=query.device)
+    grid = (cdiv(h, _TILE_H) * cdiv(w, _TILE_W),)
+    bk, nw, ns = _WINDOW_CONFIGS[_family(query.dtype)]
+    args = (
+        query, keys, values, out,
+        h, w, c, lab, n, radius, 1.0 / float(temperature), float(compact_threshold),
+        *query.stride(), *keys.stride(), *values.stride(), *out.stride(),
+    )
+    kernel = _window_propagate_kernel
+    (wrap(kernel) if wrap else kernel)[grid](
+        *args, TILE_H=_TILE_H, TILE_W=_TILE_W, BLOCK_K=bk, BLOCK_C=_block_c(c, query.dtype),
+        BLOCK_L=_window_block_l(lab), COMPACT=compact, MP=max(2, next_power_of_2(compact)), STAMP=COMPACT_STAMP,
+        DOT_PRECISION=_dot_precision(query.dtype), UPCAST_DOT=interpreting() and query.dtype == torch.bfloat16,
+        num_warps=nw, num_stages=ns,
+    )
+    return out
+
+
+@torch.library.triton_op("tritoncorr::window_propagate", mutates_args=())
+def _window_propagate_triton_op(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+    radius: int, temperature: float, compact: int, compact_threshold: float,
+) -> torch.Tensor:
+    return _window_launch(query, keys, values, radius, temperature, compact, compact_threshold,
+                          wrap=torch.library.wrap_triton)
+
+
+@torch.library.custom_op("tritoncorr::window_propagate_windowed", mutates_args=())
+def _window_propagate_windowed_op(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+    radius: int, temperature: float, compact: int, compact_threshold: float,
+) -> torch.Tensor:
+    return window_propagate_windowed(query, keys, values, radius=radius, temperature=temperature,
+                                     compact=compact, compact_threshold=compact_threshold)
+
+
+@_window_propagate_windowed_op.register_fake
+def _(query, keys, values, radius, temperature, compact, compact_threshold):
+    return query.new_empty((values.shape[1], query.shape[1], query.shape[2]), dtype=torch.float32)
+
+
+def window_propagate(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    *,
+    radius: int,
+    temperature: float = 1.0,
+    compact: int = 0,
+    compact_threshold: float = 0.1,
+) -> torch.Tensor:
+    """Full-window ("k = all") propagation for one target frame, MAST/LIIR semantics (see above).
+
+    Args:
+        query: (C, h, w) target features (float32/bfloat16/float16; MAST/LIIR: raw, not normalised).
+        keys: (N, C, h, w) reference features, same dtype as ``query``.
+        values: (N, L, h, w) reference labels (one-hot or soft), any float dtype, L <= 64.
+        radius: square window radius r (P = 2r + 1; LIIR unofficial 14, MAST 12), 0..32.
+        temperature: logits are ``<q, k> / temperature`` (MAST/LIIR: 1).
+        compact: number M of Gaussians of the compactness prior (0 = off; LIIR 2), at most 3.
+        compact_threshold: a reference's slice is replaced where its max probability exceeds this (0.1).
+
+    Returns:
+        (L, h, w) float32. CUDA tensors run the Triton kernel, CPU tensors the tiled PyTorch path
+        (``TRITONCORR_BACKEND`` overrides).
+    """
+    _validate_window(query, keys, values, radius, temperature, compact, compact_threshold)
+    temperature, compact_threshold = float(temperature), float(compact_threshold)
+    if use_triton(query, keys, values):
+        if query.is_cuda:
+            return torch.ops.tritoncorr.window_propagate(query, keys, values, radius, temperature, compact, compact_threshold)
+        return _window_launch(query, keys, values, radius, temperature, compact, compact_threshold, wrap=None)
+    return torch.ops.tritoncorr.window_propagate_windowed(query, keys, values, radius, temperature, compact, compact_threshold)
+
+
+def _window_aot_signature(dtype: str) -> dict[str, str]:
+    sig = {"q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "v_ptr": "*fp32", "o_ptr": "*fp32"}
+    for name in ("H", "W", "C", "L", "N", "RADIUS"):
+        sig[name] = "i32"
+    sig["inv_t"] = "fp32"
+    sig["threshold"] = "fp32"
+    for name in ("s_qc", "s_qy", "s_qx", "s_kn", "s_kc", "s_ky", "s_kx",
+                 "s_vn", "s_vl", "s_vy", "s_vx", "s_ol", "s_oy", "s_ox"):
+        sig[name] = "i32"
+    for name in ("TILE_H", "TILE_W", "BLOCK_K", "BLOCK_C", "BLOCK_L", "COMPACT", "MP", "STAMP", "DOT_PRECISION", "UPCAST_DOT"):
+        sig[name] = "constexpr"
+    return sig
+
+
+def _window_aot_specs() -> list[AotSpec]:
+    """LIIR/MAST DAVIS configuration (C = 64, L <= 16 -> BLOCK_L 16): fp32 and bf16 features, the
+    compactness prior off (MAST) and with M = 2 (LIIR) and M = 3."""
+    specs = []
+    for dtype in ("fp32", "bf16"):
+        bk, nw, ns = _WINDOW_CONFIGS["fp32" if dtype == "fp32" else "16bit"]
+        for compact in (0, 2, 3):
+            specs.append(AotSpec(
+                name=f"window_propagate[{dtype},M{compact},BK{bk},w{nw},s{ns}]",
+                fn=_window_propagate_kernel,
+                signature=_window_aot_signature(dtype),
+                constexprs=dict(TILE_H=_TILE_H, TILE_W=_TILE_W, BLOCK_K=bk, BLOCK_C=32 if dtype == "fp32" else 64,
+                                BLOCK_L=16, COMPACT=compact, MP=max(2, next_power_of_2(compact)), STAMP=COMPACT_STAMP,
+                                DOT_PRECISION=_dot_precision(torch.float32 if dtype == "fp32" else torch.bfloat16),
+                                UPCAST_DOT=False),
+                num_warps=nw, num_stages=ns,
+            ))
+    return specs
+
+
+AOT_SPECS += _window_aot_specs()
