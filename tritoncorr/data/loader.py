@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tritoncorr.data.clips import clip_to_tensor, collate_clips
 from tritoncorr.data.config import DataConfig
-from tritoncorr.data.sampler import clip_indices, epoch_batches, sample_rng, sample_torch_generator
+from tritoncorr.data.sampler import clip_indices, epoch_batches, loader_generator, sample_rng, sample_torch_generator
 from tritoncorr.data.sources import ClipSource, SourceWarning, build_source
 
 
@@ -163,7 +163,8 @@ class ClipLoader:
             if nw > 0:
                 kwargs = {"prefetch_factor": self.cfg.prefetch_factor, "persistent_workers": True}
             self._dl = DataLoader(self.dataset, batch_sampler=self._sampler, num_workers=nw,
-                                  collate_fn=collate_clips, pin_memory=self.cfg.pin_memory, **kwargs)
+                                  collate_fn=collate_clips, pin_memory=self.cfg.pin_memory,
+                                  generator=loader_generator(self.seed), **kwargs)
         return self._dl
 
     def __iter__(self) -> Iterator[dict]:

@@ -32,6 +32,19 @@ def sample_torch_generator(rng: np.random.Generator) -> torch.Generator:
     return g
 
 
+def loader_generator(seed: int) -> torch.Generator:
+    """A private generator for ``torch.utils.data.DataLoader(generator=...)``.
+
+    Every new DataLoader iterator draws its workers' base seed from a generator; without one it takes
+    a number from the *global* torch RNG, which the method's own randomness shares. A run resumed
+    mid-epoch creates one iterator more than an uninterrupted run, so that draw would shift the
+    method's random stream (DUL's views, grid offsets) and resume would not be exact. Samples do not
+    use the worker seeds (their randomness comes from ``(seed, epoch, video)``), so a fixed private
+    generator changes no batch.
+    """
+    return torch.Generator().manual_seed(int(seed) & 0xFFFFFFFF)
+
+
 def timeline(num_frames: int, fps: float, target_fps: float) -> np.ndarray:
     """Native frame index of each step of the sampling timeline.
 

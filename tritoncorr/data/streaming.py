@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tritoncorr.data.config import DataConfig
 from tritoncorr.data.clips import clip_to_tensor, collate_clips
-from tritoncorr.data.sampler import clip_indices, sample_rng, sample_torch_generator
+from tritoncorr.data.sampler import clip_indices, loader_generator, sample_rng, sample_torch_generator
 from tritoncorr.data.sources import SourceWarning, hf_column, load_hf_dataset, read_hf_example
 
 
@@ -172,7 +172,7 @@ class StreamingClipLoader:
         nw = self.cfg.num_workers
         kwargs: dict[str, Any] = {"prefetch_factor": self.cfg.prefetch_factor} if nw > 0 else {}
         dl = DataLoader(_StreamClips(self, epoch, self.batch), batch_size=None, num_workers=nw,
-                        pin_memory=self.cfg.pin_memory, **kwargs)
+                        pin_memory=self.cfg.pin_memory, generator=loader_generator(self.seed), **kwargs)
         produced = False
         for batch in dl:
             produced = True
