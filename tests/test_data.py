@@ -483,3 +483,22 @@ def test_cache_config_validation_and_loader(tmp_path):
     b = next(iter(build_clip_loader(cfg, seed=0)))
     assert b["frames"].shape == (2, 2, 3, 16, 16)
     assert len(list((tmp_path / "c").glob("*.npy"))) == 4
+
+
+def test_cache_keeps_the_decodable_prefix(tmp_path):
+    from tritoncorr.data.cache import CachedSource
+    from tritoncorr.data.sources import SourceWarning, SyntheticSource
+
+    class TailBroken(SyntheticSource):
+        """Video 0's last two frames do not decode; video 1 decodes nothing (as pillow.mp4's tail)."""
+
+        def read(self, video, indices):
+            idx = list(indices)
+            if (video == 0 and max(idx) >= 5) or video == 1:
+                raise ValueError("frames could not be decoded")
+            return super().read(video, idx)
+
+    with pytest.warns(SourceWarning):
+        c = CachedSource(TailBroken(3, 7, (20, 30), 0), tmp_path / "c", 20, chunk=4, progress=False)
+    assert c.num_frames == [5, 7] and len(c) == 2 and len(c.skipped) == 1
+    np.testing.assert_array_equal(c.read(0, [4]), SyntheticSource(3, 7, (20, 30), 0).read(0, [4]))

@@ -25,10 +25,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import warnings
+
 import numpy as np
 import torch
 
-from tritoncorr.data.sources import ClipSource
+from tritoncorr.data.sources import ClipSource, SourceWarning
 
 __all__ = ["CachedSource", "cache_key"]
 
@@ -53,8 +55,10 @@ def _downscale(frames: np.ndarray, short_side: int) -> np.ndarray:
 class CachedSource(ClipSource):
     """``source`` with every video decoded once to ``short_side`` and served from ``cache_dir``.
 
-    ``names``, ``num_frames`` and ``fps`` are the wrapped source's; :meth:`read` returns uint8
-    ``(n, h, w, 3)`` at the cached size. ``progress`` shows a rich progress bar while filling.
+    ``names``, ``num_frames`` and ``fps`` are the wrapped source's, except that a video whose last
+    frames cannot be decoded keeps the decodable ones (``num_frames`` shrinks, with a
+    :class:`SourceWarning`) and one with none is dropped; :meth:`read` returns uint8 ``(n, h, w, 3)`` at
+    the cached size. ``progress`` shows a rich progress bar while filling.
     """
 
     def __init__(self, source: ClipSource, cache_dir: str | os.PathLike, short_side: int, *,
@@ -72,6 +76,7 @@ class CachedSource(ClipSource):
         self.paths = [self.dir / f"{cache_key(source, v, self.short_side)}.npy" for v in range(len(self.names))]
         self._maps: dict[int, np.ndarray] = {}
         self._fill(chunk, progress)
+        self._finish()
 
     def _fill(self, chunk: int, progress: bool) -> None:
         todo = [v for v, p in enumerate(self.paths) if not p.is_file()]
@@ -86,22 +91,57 @@ class CachedSource(ClipSource):
                 n = self.num_frames[v]
                 parts = []
                 for s in range(0, n, chunk):
-                    parts.append(_downscale(self.inner.read(v, range(s, min(n, s + chunk))), self.short_side))
-                    bar.advance(task, len(parts[-1]))
+                    part = self._read_prefix(v, list(range(s, min(n, s + chunk))))
+                    if len(part):
+                        parts.append(_downscale(part, self.short_side))
+                    bar.advance(task, min(n, s + chunk) - s)
+                    if len(part) < min(n, s + chunk) - s:
+                        break
+                got = sum(len(p) for p in parts)
+                if got < n:
+                    warnings.warn(f"{self.names[v]}: only the first {got} of {n} frames could be decoded; "
+                                  f"using those", SourceWarning, stacklevel=2)
+                if got == 0:
+                    continue
                 frames = np.concatenate(parts)
                 tmp = self.paths[v].with_name(f".{self.paths[v].name}.tmp-{os.getpid()}")
                 with open(tmp, "wb") as f:
                     np.save(f, frames)
                 os.replace(tmp, self.paths[v])
 
+    def _read_prefix(self, video: int, idx: list[int]) -> np.ndarray:
+        """Frames ``idx`` (consecutive), or the longest decodable prefix of them (a video whose last
+        frames do not decode, although its header counts them)."""
+        try:
+            return self.inner.read(video, idx)
+        except (ValueError, OSError):
+            frames = []
+            for i in idx:
+                try:
+                    frames.append(self.inner.read(video, [i])[0])
+                except (ValueError, OSError):
+                    break
+            if not frames:
+                return np.zeros((0, 1, 1, 3), np.uint8)
+            return np.stack(frames)
+
+    def _finish(self) -> None:
+        """Frame counts from the cache files; videos without any decodable frame are dropped."""
+        keep = [v for v, p in enumerate(self.paths) if p.is_file()]
+        for v, p in enumerate(self.paths):
+            if not p.is_file():
+                self._skip(self.names[v], "no frame could be decoded")
+        counts = {v: int(np.load(self.paths[v], mmap_mode="r").shape[0]) for v in keep}
+        self.names = [self.names[v] for v in keep]
+        self.fps = [self.fps[v] for v in keep]
+        self.paths = [self.paths[v] for v in keep]
+        self.num_frames = [counts[v] for v in keep]
+
     def read(self, video: int, indices: Sequence[int]) -> np.ndarray:
         idx = self._check_indices(video, indices)
         frames = self._maps.get(video)
         if frames is None:
             frames = np.load(self.paths[video], mmap_mode="r")
-            if frames.shape[0] != self.num_frames[video]:
-                raise ValueError(f"cache file {self.paths[video]} holds {frames.shape[0]} frames, "
-                                 f"{self.names[video]} has {self.num_frames[video]}: delete it to rebuild")
             self._maps[video] = frames
         return np.ascontiguousarray(frames[idx])
 
