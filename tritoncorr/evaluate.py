@@ -106,7 +106,10 @@ def propagate_sequence(
         frames: frame ``t`` as uint8 ``(H, W, 3)``: a sequence or a loader ``t -> frame``.
         num_frames: T.
         first_ids: uint8 ``(H, W)`` object ids of frame 0 (255 = void, treated as background).
-        config: a ``PropagationConfig`` (context, radius, topk, temperature, window).
+        config: a ``PropagationConfig``; besides the propagation itself its fields choose feature
+            L2-normalisation (``normalize``), frame padding (``pad``: right/bottom with 0 to a multiple),
+            the first-frame label encoding (``label_downsample``) and the output decoding
+            (``upsample_align_corners``, ``minmax``; upsampled to the padded size, then cropped).
         device: where features and propagation live.
         on_frame: called with ``t`` after the features of frame ``t`` are computed (progress).
         color: the model's input colour space (:func:`frame_to_tensor`).
@@ -115,38 +118,49 @@ def propagate_sequence(
         ``ids_at(t) -> uint8 (H, W)``: the predicted ids of frame ``t`` (upsampled and argmaxed lazily,
         so only the ``(T, L, h, w)`` soft labels are kept in memory).
     """
-    from tritoncorr.propagation import labels_to_feature_grid, labels_to_image, propagate
+    from tritoncorr.propagation import PropagationConfig, decode_labels, encode_labels, propagate
 
+    # the preset decides: feature normalisation, frame padding, label encoding/decoding, feedback
+    cfg = config if isinstance(config, PropagationConfig) else PropagationConfig(**_config_kwargs(config))
     load = frames if callable(frames) else (lambda t: frames[t])
     ids0 = np.where(first_ids == VOID, 0, first_ids).astype(np.int64)
     H, W = ids0.shape
+    Hp, Wp = -(-H // cfg.pad) * cfg.pad, -(-W // cfg.pad) * cfg.pad  # LIIR: right/bottom to a multiple of 4
     n_labels = int(ids0.max()) + 1
     feats = None
     for t in range(num_frames):
         frame = load(t)
         if frame.shape[:2] != (H, W):
             raise DavisFormatError(f"frame {t} is {frame.shape[1]}x{frame.shape[0]}, the first mask is {W}x{H}")
-        f = features_fn(frame_to_tensor(frame, device, color))
+        x = frame_to_tensor(frame, device, color)
+        if (Hp, Wp) != (H, W):
+            x = F.pad(x, (0, Wp - W, 0, Hp - H))  # 0 in the normalised input space (Lab: L* = 50 grey)
+        f = features_fn(x)
         if f.dim() != 4 or f.shape[0] != 1:
             raise ValueError(f"features_fn must return (1, C, h, w) for one frame, got {tuple(f.shape)}")
-        f = F.normalize(f.float(), dim=1)[0]
+        f = f.float()
+        if cfg.normalize:
+            f = F.normalize(f, dim=1)
+        f = f[0]
         if feats is None:
             feats = torch.empty((num_frames, *f.shape), dtype=torch.float32, device=f.device)
         feats[t] = f
         if on_frame is not None:
             on_frame(t)
     h, w = feats.shape[-2:]
-    onehot = F.one_hot(torch.from_numpy(ids0).to(feats.device), n_labels).permute(2, 0, 1).float()
-    first = labels_to_feature_grid(onehot, size=(h, w))
-    soft = propagate(feats, first, **_config_kwargs(config))
+    ids0_t = torch.from_numpy(ids0).to(feats.device)
+    if (Hp, Wp) != (H, W):
+        ids0_t = F.pad(ids0_t, (0, Wp - W, 0, Hp - H))  # padded annotation: background
+    first = encode_labels(ids0_t, n_labels, (h, w), cfg.label_downsample)
+    soft = propagate(feats, first, image_size=(Hp, Wp), **cfg.as_kwargs())
     if tuple(soft.shape) != (num_frames, n_labels, h, w):
         raise RuntimeError(f"propagate returned {tuple(soft.shape)}, expected {(num_frames, n_labels, h, w)}")
     soft = soft.clone()
     soft[0] = first  # DUL: the frame-0 output is the downsampled ground truth
 
     def ids_at(t: int) -> np.ndarray:
-        up = labels_to_image(soft[t], size=(H, W))
-        return up.argmax(0).to(torch.uint8).cpu().numpy()
+        up = decode_labels(soft[t], (Hp, Wp), align_corners=cfg.upsample_align_corners, minmax=cfg.minmax)
+        return up[:, :H, :W].argmax(0).to(torch.uint8).cpu().numpy()
 
     return ids_at
 

@@ -1,33 +1,80 @@
-"""Label propagation through a video by kNN-softmax over feature affinities (CRW / DUL / STT protocol).
+"""Label propagation through a video: kNN-softmax (CRW / DUL / STT) or full-window softmax (MAST / LIIR).
 
-Given per-frame features ``feats`` (T, C, h, w), L2-normalised over channels, and the first frame's
-soft labels (L, h, w) at feature resolution, every later frame t is predicted from a context of
-``1 + context`` frames:
+Given per-frame features ``feats`` (T, C, h, w) and the first frame's labels (L, h, w) at feature
+resolution, every later frame t is predicted from a set of reference frames and their labels.
 
-    context(t) = [0] + [max(u, 0) for u in t - context .. t - 1]
+Reference sets (``references``):
 
-i.e. the first frame (the long-term memory) plus the ``context`` previous frames, with frame 0
-duplicated into the slots before the start of the video (for ``t <= context`` frame 0 fills
-``context + 2 - t`` of the slots). The context values are the **soft** predictions of those frames,
-fed back unchanged. Entry 0 is searched over the whole image when ``unrestricted_first`` (CRW, DUL);
-the short-term slots, including the duplicated frame-0 copies, only inside the spatial window.
-STT's tracker restricts every entry, frame 0 included (``unrestricted_first=False``).
+* ``"crw"`` (CRW, DUL): ``[0] + [max(u, 0) for u in t - context .. t - 1]``: the first frame (the
+  long-term memory) plus the ``context`` previous frames, frame 0 duplicated into the slots before
+  the start of the video (for ``t <= context`` frame 0 fills ``context + 2 - t`` of the slots).
+* ``"stt"`` (STT's VanillaTracker, stt.md §4.2 VT:198-214): ``[0] + [max(0, t - context) .. t - 1]``:
+  frame 0 plus the available previous frames; frame 0 appears twice while ``t <= context`` and is
+  not padded into further slots.
+* ``"mast"`` (MAST benchmark.py:81-83, LIIR unofficial evaluate_davis.py:104-106, liir.md §8):
+  ``{0, 5 if 5 < t} | {t-1, t-3, t-5 those > 0}``, sorted and deduplicated, up to 5; ``context``
+  is ignored.
 
-Per frame the work is one :func:`tritoncorr.kernels.knn_propagate` call (Triton kernel on CUDA,
-windowed PyTorch path on CPU); the (h*w x N*h*w) affinity is never materialised.
+Affinity:
+
+* ``topk`` an int: :func:`tritoncorr.kernels.knn_propagate`: scores ``<q, k> / temperature`` over
+  the window (``"disc"`` or ``"square"``) of every reference, the first one searched over the
+  whole image when ``unrestricted_first``; the joint top-k over all references, softmax over it.
+* ``topk=None`` ("k = all", MAST/LIIR): :func:`tritoncorr.kernels.knn_propagate.window_propagate`:
+  the full square window of every reference with zero-border semantics (out-of-image window cells
+  take part with logit 0 and value 0, MAST's zero-padded correlation sampler + ``unfold``), one
+  softmax jointly over all references' windows, optionally LIIR's compactness prior (``compact = M``
+  Gaussians, liir.md §6.6: per reference, where its largest probability in the joint softmax
+  exceeds ``compact_threshold``, its window affinity is REPLACED by the template of M peak-1
+  Gaussians). Needs ``window="square"`` and ``unrestricted_first=False``.
+
+Feedback (``feedback``): ``"soft"``: each reference carries its own soft prediction unchanged (CRW,
+DUL, STT ``hard_prop=False``). ``"hard"`` (MAST/LIIR): each reference other than frame 0 carries the
+model's own earlier prediction as predicted ids re-encoded like the first frame: the prediction is
+decoded to the (padded) image size (bilinear, ``upsample_align_corners``), argmaxed, then encoded
+with ``label_downsample`` and one-hot; frame 0 carries the ground truth.
+
+Label encoding / decoding (used by :func:`tritoncorr.evaluate.propagate_sequence` and by hard feedback):
+
+* ``label_downsample``: ``"bilinear"`` (DUL INF:184): one-hot at full resolution, bilinear
+  ``align_corners=True`` point sampling to the grid; ``"strided"`` (MAST/LIIR, liir.md §8):
+  ``ids[::s, ::s]`` (top-left pixel of each s x s block) then one-hot; ``"nearest"`` (STT VT:160-169,
+  PIL nearest resize = ``F.interpolate(mode="nearest-exact")``) then one-hot.
+* output: bilinear upsampling to the (padded) image size with ``upsample_align_corners`` (True:
+  DUL; False: MAST, LIIR, STT), STT's per-channel min-max normalisation when ``minmax``, crop, argmax.
+* ``normalize``: L2-normalise features over channels (CRW, DUL, STT); MAST/LIIR use raw dot products
+  (tau = 1, liir.md §4.2, §11.2).
+* ``pad``: frames are zero-padded right and bottom (in the model's normalised input space) to a
+  multiple of ``pad`` before the features; the annotation is padded with background. The
+  unofficial LIIR code pads to a multiple of 4 (evaluate_davis.py:84-96; 0 in normalised Lab is
+  L* = 50 grey); MAST does not pad (``pad=1``).
+* ``foreground_boost``: LIIR's inference hack (colorizer_momen.py:204-206, liir.md §6.7): label
+  channels 1..L-1 (objects, not background) are multiplied by it before aggregation (equivalently
+  the prediction's channels, by linearity); 1.0 = off (default; the unofficial 72.2 run uses 1.05).
 
 Presets (``PRESETS``):
 
-=======  =======  ======  ====  ===========  ======  ===================  ==========================
-preset   context  radius  topk  temperature  window  unrestricted_first   source
-=======  =======  ======  ====  ===========  ======  ===================  ==========================
-dul      20       12      10    0.05         disc    True                 DUL CFG:65-68 / LPV
-crw      20       12      10    0.05         disc    True                 CRW README command
-stt      20       12      10    0.07         square  False                STT DAVIS d8 (nr 24 -> 12)
-=======  =======  ======  ====  ===========  ======  ===================  ==========================
+======  ==========  =======  ======  ====  =====  ======  =====  ========  =====  =======  ========  =========  ======  ===  ==================================
+preset  references  context  radius  topk  temp.  window  unre.  feedback  norm.  compact  labels    upsample   minmax  pad  source
+======  ==========  =======  ======  ====  =====  ======  =====  ========  =====  =======  ========  =========  ======  ===  ==================================
+dul     crw         20       12      10    0.05   disc    True   soft      True   0        bilinear  corners    False   1    DUL CFG:65-68 / LPV / INF:184
+crw     crw         20       12      10    0.05   disc    True   soft      True   0        bilinear  corners    False   1    CRW README command (DUL's labels)
+stt     stt         20       12      10    0.07   square  False  soft      True   0        nearest   half-pix.  True    1    stt.md §4.2-4.3 (DAVIS d8, nr 24)
+liir    mast        --       14      all   1      square  False  hard      False  2        strided   half-pix.  False   4    liir.md §6.6, §8 (unofficial code)
+mast    mast        --       12      all   1      square  False  hard      False  0        strided   half-pix.  False   1    liir.md §8 (MAST benchmark.py)
+======  ==========  =======  ======  ====  =====  ======  =====  ========  =====  =======  ========  =========  ======  ===  ==================================
+
+"corners" = bilinear ``align_corners=True``, "half-pix." = ``align_corners=False``. The ``crw``
+preset keeps DUL's label handling (CRW's own code resizes with OpenCV INTER_LINEAR). MAST's ROI
+localisation for references more than 15 frames away (liir.md §8) is not implemented: the
+``mast`` preset uses the plain local window for every reference, which is what LIIR's 72.2
+configuration (``--compact``) does (liir.md §6.8) but not what MAST's own numbers used.
 
 STT's ``neighbor_range`` nr gives ``radius = nr // 2``: DAVIS d8 24 -> 12, VIP d8 32 -> 16, JHMDB d8
 10 -> 5 (use ``dataclasses.replace(PRESETS["stt"], radius=...)`` for those).
+
+Per frame the work is one kernel call (Triton kernel on CUDA, tiled PyTorch path on CPU); the
+(h*w x N*h*w) affinity is never materialised.
 """
 
 from __future__ import annotations
@@ -38,30 +85,52 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tritoncorr.kernels.knn_propagate import WINDOWS, knn_propagate
+from tritoncorr.kernels.knn_propagate import WINDOWS, knn_propagate, window_propagate
 
 __all__ = [
     "PropagationConfig",
     "PRESETS",
+    "REFERENCE_POLICIES",
     "context_indices",
+    "mast_reference_indices",
+    "reference_indices",
     "propagate",
+    "encode_labels",
+    "decode_labels",
     "labels_to_feature_grid",
     "labels_to_image",
 ]
 
 _FLOAT = (torch.float32, torch.float16, torch.bfloat16)
+REFERENCE_POLICIES = ("crw", "stt", "mast")
+FEEDBACKS = ("soft", "hard")
+LABEL_DOWNSAMPLES = ("bilinear", "strided", "nearest")
 
 
 @dataclasses.dataclass(frozen=True)
 class PropagationConfig:
-    """Settings of :func:`propagate` (see the module table)."""
+    """Settings of :func:`propagate` and of the label encoding/decoding around it (see the module table).
+
+    Defaults are DUL's protocol. ``topk=None`` means "k = all" (the full-window MAST/LIIR mode).
+    ``pad`` acts on frames (in :func:`tritoncorr.evaluate.propagate_sequence`), not in :func:`propagate`.
+    """
 
     context: int = 20
     radius: int = 12
-    topk: int = 10
+    topk: int | None = 10
     temperature: float = 0.05
     window: str = "disc"
     unrestricted_first: bool = True
+    references: str = "crw"
+    feedback: str = "soft"
+    normalize: bool = True
+    compact: int = 0
+    compact_threshold: float = 0.1
+    foreground_boost: float = 1.0
+    label_downsample: str = "bilinear"
+    upsample_align_corners: bool = True
+    minmax: bool = False
+    pad: int = 1
 
     def __post_init__(self) -> None:
         if self.context < 0:
@@ -70,22 +139,65 @@ class PropagationConfig:
             raise ValueError(f"window={self.window!r} must be one of {WINDOWS}")
         if not self.temperature > 0:
             raise ValueError(f"temperature={self.temperature} must be > 0")
+        if self.references not in REFERENCE_POLICIES:
+            raise ValueError(f"references={self.references!r} must be one of {REFERENCE_POLICIES}")
+        if self.feedback not in FEEDBACKS:
+            raise ValueError(f"feedback={self.feedback!r} must be one of {FEEDBACKS}")
+        if self.label_downsample not in LABEL_DOWNSAMPLES:
+            raise ValueError(f"label_downsample={self.label_downsample!r} must be one of {LABEL_DOWNSAMPLES}")
+        if self.topk is None:
+            if self.window != "square" or self.unrestricted_first:
+                raise ValueError("topk=None (the full-window mode) needs window='square' and unrestricted_first=False")
+        elif self.compact:
+            raise ValueError(f"compact={self.compact} (the compactness prior) needs topk=None (the full-window mode)")
+        if isinstance(self.compact, bool) or not isinstance(self.compact, int) or not 0 <= self.compact <= 3:
+            raise ValueError(f"compact={self.compact!r} must be an int in 0..3")
+        if not self.foreground_boost > 0:
+            raise ValueError(f"foreground_boost={self.foreground_boost} must be > 0")
+        if isinstance(self.pad, bool) or not isinstance(self.pad, int) or self.pad < 1:
+            raise ValueError(f"pad={self.pad!r} must be an int >= 1 (1 = no padding)")
 
     def as_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`propagate`: ``propagate(feats, labels, **cfg.as_kwargs())``."""
-        return dataclasses.asdict(self)
+        """Keyword arguments for :func:`propagate` (every field but ``pad``): ``propagate(feats, labels, **cfg.as_kwargs())``."""
+        kw = dataclasses.asdict(self)
+        del kw["pad"]
+        return kw
 
 
 PRESETS: dict[str, PropagationConfig] = {
     "dul": PropagationConfig(context=20, radius=12, topk=10, temperature=0.05, window="disc", unrestricted_first=True),
     "crw": PropagationConfig(context=20, radius=12, topk=10, temperature=0.05, window="disc", unrestricted_first=True),
-    "stt": PropagationConfig(context=20, radius=12, topk=10, temperature=0.07, window="square", unrestricted_first=False),
+    "stt": PropagationConfig(context=20, radius=12, topk=10, temperature=0.07, window="square", unrestricted_first=False,
+                             references="stt", label_downsample="nearest", upsample_align_corners=False, minmax=True),
+    "liir": PropagationConfig(radius=14, topk=None, temperature=1.0, window="square", unrestricted_first=False,
+                              references="mast", feedback="hard", normalize=False, compact=2, label_downsample="strided",
+                              upsample_align_corners=False, pad=4),
+    "mast": PropagationConfig(radius=12, topk=None, temperature=1.0, window="square", unrestricted_first=False,
+                              references="mast", feedback="hard", normalize=False, compact=0, label_downsample="strided",
+                              upsample_align_corners=False, pad=1),
 }
 
 
 def context_indices(t: int, context: int) -> list[int]:
-    """Context frame indices for target frame ``t``: ``[0] + [max(u, 0) for u in t-context .. t-1]``."""
+    """CRW/DUL context frame indices for target frame ``t``: ``[0] + [max(u, 0) for u in t-context .. t-1]``."""
     return [0] + [max(u, 0) for u in range(t - context, t)]
+
+
+def mast_reference_indices(t: int) -> list[int]:
+    """MAST/LIIR references of target frame ``t >= 1``: ``sorted({0, 5 if 5 < t} | {t-1, t-3, t-5 if > 0})``."""
+    refs = {0} | ({5} if 5 < t else set()) | {u for u in (t - 1, t - 3, t - 5) if u > 0}
+    return sorted(refs)
+
+
+def reference_indices(t: int, policy: str, context: int = 20) -> list[int]:
+    """Reference frame indices of target frame ``t`` under ``policy`` (``REFERENCE_POLICIES``, module docstring)."""
+    if policy == "crw":
+        return context_indices(t, context)
+    if policy == "stt":
+        return [0] + list(range(max(0, t - context), t))
+    if policy == "mast":
+        return mast_reference_indices(t)
+    raise ValueError(f"policy={policy!r} must be one of {REFERENCE_POLICIES}")
 
 
 def _check_inputs(feats: torch.Tensor, first_labels: torch.Tensor, check_unit_norm: bool) -> None:
@@ -123,44 +235,128 @@ def propagate(
     *,
     context: int = 20,
     radius: int = 12,
-    topk: int = 10,
+    topk: int | None = 10,
     temperature: float = 0.05,
     window: str = "disc",
     unrestricted_first: bool = True,
+    references: str = "crw",
+    feedback: str = "soft",
+    normalize: bool = True,
+    compact: int = 0,
+    compact_threshold: float = 0.1,
+    foreground_boost: float = 1.0,
+    label_downsample: str = "bilinear",
+    upsample_align_corners: bool = True,
+    minmax: bool = False,
+    image_size: tuple[int, int] | None = None,
     check_unit_norm: bool = True,
 ) -> torch.Tensor:
     """Propagate first-frame labels through a video.
 
     Args:
-        feats: (T, C, h, w) features of every frame, L2-normalised over C (float32/bfloat16/float16).
-        first_labels: (L, h, w) soft labels of frame 0 at feature resolution (e.g. from
-            :func:`labels_to_feature_grid`), L <= 128.
-        context, radius, topk, temperature, window, unrestricted_first: see the module docstring
-            and :class:`PropagationConfig`.
-        check_unit_norm: raise when the first/last frame's features are not unit norm (|norm - 1| > 0.02).
+        feats: (T, C, h, w) features of every frame (float32/bfloat16/float16), L2-normalised over C
+            when ``normalize`` (CRW/DUL/STT), raw otherwise (MAST/LIIR).
+        first_labels: (L, h, w) labels of frame 0 at feature resolution (e.g. from
+            :func:`encode_labels`), L <= 128 (L <= 64 with ``topk=None``).
+        context .. minmax: see the module docstring and :class:`PropagationConfig`.
+        image_size: (H, W) the (padded) image the labels belong to; hard feedback decodes each
+            prediction to this size before the argmax and re-encodes it (default: the feature grid).
+        check_unit_norm: with ``normalize``, raise when the first/last frame's features are not
+            unit norm (|norm - 1| > 0.02).
 
     Returns:
-        (T, L, h, w) float32 soft labels; frame 0 is ``first_labels``.
+        (T, L, h, w) float32 predictions (soft, before any decoding); frame 0 is ``first_labels``.
     """
-    _check_inputs(feats, first_labels, check_unit_norm)
-    cfg = PropagationConfig(context, radius, topk, float(temperature), window, bool(unrestricted_first))
-    n_frames = feats.shape[0]
+    _check_inputs(feats, first_labels, check_unit_norm and normalize)
+    cfg = PropagationConfig(
+        context, radius, None if topk is None else int(topk), float(temperature), window, bool(unrestricted_first),
+        references, feedback, bool(normalize), int(compact), float(compact_threshold), float(foreground_boost),
+        label_downsample, bool(upsample_align_corners), bool(minmax),
+    )
+    n_frames, lab = feats.shape[0], first_labels.shape[0]
+    grid = tuple(feats.shape[2:])
+    size = grid if image_size is None else (int(image_size[0]), int(image_size[1]))
     out = torch.empty((n_frames,) + tuple(first_labels.shape), dtype=torch.float32, device=feats.device)
     out[0] = first_labels.float()
+    bank = out  # what each frame carries as a reference
+    if cfg.feedback == "hard":
+        bank = torch.empty_like(out)
+        bank[0] = out[0]
     for t in range(1, n_frames):
-        idx = context_indices(t, cfg.context)
-        sel = torch.tensor(idx, device=feats.device)
-        out[t] = knn_propagate(
-            feats[t],
-            feats.index_select(0, sel),
-            out.index_select(0, sel),
-            radius=cfg.radius,
-            topk=cfg.topk,
-            temperature=cfg.temperature,
-            window=cfg.window,
-            unrestricted=1 if cfg.unrestricted_first else 0,
-        )
+        sel = torch.tensor(reference_indices(t, cfg.references, cfg.context), device=feats.device)
+        if cfg.topk is None:
+            pred = window_propagate(
+                feats[t], feats.index_select(0, sel), bank.index_select(0, sel),
+                radius=cfg.radius, temperature=cfg.temperature, compact=cfg.compact,
+                compact_threshold=cfg.compact_threshold,
+            )
+        else:
+            pred = knn_propagate(
+                feats[t], feats.index_select(0, sel), bank.index_select(0, sel),
+                radius=cfg.radius, topk=cfg.topk, temperature=cfg.temperature, window=cfg.window,
+                unrestricted=1 if cfg.unrestricted_first else 0,
+            )
+        if cfg.foreground_boost != 1.0:
+            pred[1:] *= cfg.foreground_boost
+        out[t] = pred
+        if cfg.feedback == "hard":
+            ids = decode_labels(pred, size, align_corners=cfg.upsample_align_corners, minmax=cfg.minmax).argmax(0)
+            bank[t] = encode_labels(ids, lab, grid, cfg.label_downsample)
     return out
+
+
+def _label_stride(size: tuple[int, int], grid: tuple[int, int]) -> int:
+    """The subsampling step s of ``ids[::s, ::s]`` onto ``grid``: the smallest s with ``ceil(H / s) <= h``
+    and ``ceil(W / s) <= w``, which must give equality on both axes."""
+    (hh, ww), (h, w) = size, grid
+    s = max(-(-hh // h), -(-ww // w))
+    if -(-hh // s) != h or -(-ww // s) != w:
+        raise ValueError(f"labels of size {size} cannot be subsampled [::s, ::s] to the feature grid {grid}")
+    return s
+
+
+def encode_labels(ids: torch.Tensor, num_labels: int, size: tuple[int, int], method: str = "bilinear") -> torch.Tensor:
+    """(H, W) integer ids -> (L, h, w) float32 labels on the feature grid ``size = (h, w)``.
+
+    ``method``: ``"bilinear"`` (DUL): one-hot at full resolution, then :func:`labels_to_feature_grid`
+    (bilinear ``align_corners=True``); ``"strided"`` (MAST/LIIR): ``ids[::s, ::s]`` with
+    ``s`` such that ``ceil(H / s) = h`` and ``ceil(W / s) = w``, then one-hot; ``"nearest"`` (STT):
+    PIL-style nearest resize (``F.interpolate(mode="nearest-exact")``), then one-hot.
+    """
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.is_floating_point():
+        raise ValueError(f"ids must be an (H, W) integer tensor, got {getattr(ids, 'shape', type(ids))} {getattr(ids, 'dtype', '')}")
+    h, w = (int(s) for s in size)
+    ids = ids.long()
+    if method == "bilinear":
+        onehot = F.one_hot(ids, num_labels).permute(2, 0, 1).float()
+        return labels_to_feature_grid(onehot, (h, w))
+    if method == "strided":
+        s = _label_stride(tuple(ids.shape), (h, w))
+        small = ids[::s, ::s]
+    elif method == "nearest":
+        small = F.interpolate(ids[None, None].float(), size=(h, w), mode="nearest-exact")[0, 0].long()
+    else:
+        raise ValueError(f"method={method!r} must be one of {LABEL_DOWNSAMPLES}")
+    return F.one_hot(small, num_labels).permute(2, 0, 1).float().contiguous()
+
+
+def decode_labels(soft: torch.Tensor, size: tuple[int, int], *, align_corners: bool = True, minmax: bool = False) -> torch.Tensor:
+    """(L, h, w) predictions -> (L, H, W) float32 at ``size = (H, W)``: bilinear upsampling.
+
+    ``align_corners=True`` is DUL's decoding (:func:`labels_to_image`); ``False`` MAST/LIIR/STT's.
+    ``minmax`` (STT VT:234-252): every channel whose maximum over the image is above 0 is mapped
+    to ``(x - min) / (max - min + 1e-12)``. The argmax over channels gives the ids.
+    """
+    if not isinstance(soft, torch.Tensor) or soft.dim() != 3:
+        raise ValueError(f"soft must be an (L, h, w) tensor, got {getattr(soft, 'shape', type(soft))}")
+    hh, ww = (int(s) for s in size)
+    up = F.interpolate(soft[None].float(), size=(hh, ww), mode="bilinear", align_corners=bool(align_corners))[0]
+    if minmax:
+        flat = up.reshape(up.shape[0], -1)
+        lo = flat.min(dim=1).values.view(-1, 1, 1)
+        hi = flat.max(dim=1).values.view(-1, 1, 1)
+        up = torch.where(hi > 0, (up - lo) / (hi - lo + 1e-12), up)
+    return up
 
 
 def labels_to_feature_grid(onehot: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
