@@ -330,7 +330,10 @@ def moco_view(image: torch.Tensor, cfg: ImageDataConfig, generator: torch.Genera
 
 
 def _to_chw(arr: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # PIL / Arrow buffers are read-only; torch.from_numpy wants writable memory
+        arr = arr.copy()
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 def two_views(image: np.ndarray, cfg: ImageDataConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
