@@ -365,3 +365,90 @@ def test_dul_resume_mid_epoch_is_exact(tmp_path, workers):
     assert len(rows[0]) == 6 and rows[0] == rows[1]
     wa, wb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ---------------------------------------------------------------------------------- crash safety
+
+
+def test_damaged_checkpoint_is_reported_and_resume_from_an_older_one_is_exact(tmp_path):
+    from typer.testing import CliRunner
+
+    from tritoncorr.cli import app
+
+    common = ["steps=6", "checkpoint.every=2", "checkpoint.keep_last=3"]
+    train(load_recipe(TOY, common), tmp_path / "ref", progress=False)
+    run = tmp_path / "run"
+    train(load_recipe(TOY, common), run, progress=False, stop_at=4)
+    state = json.loads((run / "ckpt-00000004" / "state.json").read_text())
+    assert set(state["files"]) == {"model.safetensors", "optimizer.safetensors"}
+    ck.verify_checkpoint(run / "ckpt-00000004")
+    # damage the newest checkpoint without changing its size
+    f = run / "ckpt-00000004" / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-3] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(ck.CheckpointCorruptError, match="model.safetensors"):
+        ck.verify_checkpoint(run / "ckpt-00000004")
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", TOY, "--resume", str(run), "--steps", "6"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "ckpt-00000004/model.safetensors" in r.output and "--resume-from ckpt-00000002" in r.output
+    r = runner.invoke(app, ["train", TOY, "--resume", str(run), "--resume-from", "ckpt-00000002", "--steps", "6"])
+    assert r.exit_code == 0, r.output
+    assert _losses(run) == _losses(tmp_path / "ref")
+    assert (run / "superseded" / "ckpt-00000004").is_dir()  # kept, but not resumed from again
+    # truncation is caught by the size check
+    g = run / "ckpt-00000006" / "optimizer.safetensors"
+    g.write_bytes(g.read_bytes()[:-10])
+    with pytest.raises(ck.CheckpointCorruptError, match="optimizer.safetensors has"):
+        ck.verify_checkpoint(run / "ckpt-00000006")
+    r = runner.invoke(app, ["train", TOY, "--resume", str(run), "--resume-from", "9"])
+    assert r.exit_code == 2 and "no such checkpoint" in r.output
+
+
+_KILL_SCRIPT = r"""
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import torch
+torch.set_num_threads(1)  # as the in-process runs of this module (bit-equal sums)
+from tritoncorr.engine import checkpoint as ck
+from tritoncorr.engine.loop import train
+from tritoncorr.engine.recipe import load_recipe
+
+calls = {{"n": 0}}
+real = ck.save_file
+def dying_save_file(tensors, path, metadata=None):
+    calls["n"] += 1
+    if calls["n"] == {kill_at}:  # mid-checkpoint: half of this file is on disk, then SIGKILL
+        real(tensors, path, metadata=metadata)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(tensors, path, metadata=metadata)
+ck.save_file = dying_save_file
+train(load_recipe({toy!r}, ["steps=6", "checkpoint.every=2", "checkpoint.keep_last=3"]), {out!r}, progress=False)
+"""
+
+
+# save_file calls: 1 init.safetensors; ckpt-2: 2 model, 3 optimizer, 4 run-root model.safetensors;
+# ckpt-4: 5 model, 6 optimizer, then 7 the run-root model.safetensors after ckpt-4 is complete.
+@pytest.mark.parametrize("kill_at,survivor", [(5, "ckpt-00000002"), (6, "ckpt-00000002"), (7, "ckpt-00000004")])
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, kill_at, survivor):
+    """SIGKILL half-way through a file of a checkpoint write: the newest complete checkpoint is intact."""
+    ref = tmp_path / "ref"
+    train(load_recipe(TOY, ["steps=6", "checkpoint.every=2", "checkpoint.keep_last=3"]), ref, progress=False)
+    run = tmp_path / "run"
+    script = _KILL_SCRIPT.format(tests=str(TESTS), toy=TOY, out=str(run), kill_at=kill_at)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    latest = ck.latest_checkpoint(run)
+    assert latest is not None and latest.name == survivor
+    ck.verify_checkpoint(latest)
+    leftovers = [p.name for p in run.iterdir() if p.name.startswith(".")]
+    assert leftovers  # the half-written file or folder, never renamed into place
+    train(load_recipe(TOY, ["steps=6", "checkpoint.every=2", "checkpoint.keep_last=3"]), run, resume=True,
+          progress=False)
+    assert _losses(run) == _losses(ref)
+    assert not any(p.name.startswith(".") for p in run.iterdir())
+    wa, wb = load_file(str(ref / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -119,12 +119,17 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help="Random seed (overrides the recipe's).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (checkpoints, metrics.jsonl, curves).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Resume from this run folder's last checkpoint.")] = None,
+    resume_from: Annotated[
+        Optional[str], typer.Option(help="With --resume: continue from this older checkpoint (ckpt-N or N) instead of "
+                                    "the newest, e.g. when the newest is damaged.")
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
 ) -> None:
     """Train a method from a recipe (single process, or several under torchrun)."""
     from tritoncorr.engine.cli import train_cli
 
-    train_cli(recipe=recipe, overrides=set_ or [], steps=steps, seed=seed, out=out, resume=resume, dry_run=dry_run)
+    train_cli(recipe=recipe, overrides=set_ or [], steps=steps, seed=seed, out=out, resume=resume, dry_run=dry_run,
+              resume_from=resume_from)
 
 
 @app.command()

@@ -14,12 +14,19 @@ Layout of a run folder::
 A checkpoint is written into ``<run>/.tmp-ckpt-...`` and renamed to ``ckpt-<step:08d>`` when complete
 (``os.replace``), so a folder named ``ckpt-*`` with a ``state.json`` is always whole; single files are
 written to a temporary name and renamed the same way. ``latest`` = the highest complete step found by
-scanning the folder.
+scanning the folder. A process killed at any point of a write therefore leaves the previous
+checkpoint as the newest complete one.
+
+``state.json`` records the size and SHA-256 of each tensor file (``"files"``); :func:`verify_checkpoint`
+checks them before a resume, so a file truncated or damaged later (a full disk, a bad copy) is
+reported with its path (:class:`CheckpointCorruptError`) instead of loading garbage. An older
+checkpoint is then used only when the user names it (``tritoncorr train --resume DIR --resume-from ckpt-N``).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import random
@@ -39,6 +46,48 @@ FORMAT_VERSION = 1
 
 def ckpt_name(step: int) -> str:
     return f"ckpt-{step:08d}"
+
+
+class CheckpointCorruptError(ValueError):
+    """A checkpoint file whose size or SHA-256 differs from what its ``state.json`` recorded."""
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """``{"size": bytes, "sha256": hex}`` of a file (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"size": Path(path).stat().st_size, "sha256": h.hexdigest()}
+
+
+def verify_checkpoint(ckpt: Path) -> dict[str, Any]:
+    """Check every file ``state.json`` lists against its recorded size and hash; return the state.
+
+    Raises:
+        FileNotFoundError: no ``state.json`` (not a complete checkpoint).
+        CheckpointCorruptError: a listed file is missing, or its size or SHA-256 differs (names the file).
+    """
+    ckpt = Path(ckpt)
+    state_path = ckpt / "state.json"
+    if not state_path.is_file():
+        raise FileNotFoundError(f"{ckpt} is not a complete checkpoint (no state.json)")
+    try:
+        state = json.loads(state_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointCorruptError(f"{state_path} is not valid JSON: {err}") from err
+    for name, want in (state.get("files") or {}).items():
+        path = ckpt / name
+        if not path.is_file():
+            raise CheckpointCorruptError(f"checkpoint file {path} is missing")
+        size = path.stat().st_size
+        if size != want["size"]:
+            raise CheckpointCorruptError(f"checkpoint file {path} has {size} bytes, {want['size']} were written "
+                                         "(truncated or damaged)")
+        if file_digest(path)["sha256"] != want["sha256"]:
+            raise CheckpointCorruptError(f"checkpoint file {path} does not match the SHA-256 recorded when it was "
+                                         "written (damaged)")
+    return state
 
 
 # --------------------------------------------------------------------------------------- atomic IO
@@ -230,6 +279,8 @@ def clean_temporaries(run_dir: Path) -> None:
         for p in run_dir.iterdir():
             if p.name.startswith(".tmp-ckpt-") or p.name.startswith(".old-ckpt-"):
                 shutil.rmtree(p, ignore_errors=True)
+            elif p.is_file() and p.name.startswith(".") and ".tmp-" in p.name:  # a single file's atomic write
+                p.unlink(missing_ok=True)
 
 
 def save_checkpoint(
@@ -261,6 +312,7 @@ def save_checkpoint(
         tensors, meta = _split_optimizer_state(optimizer.state_dict())
         save_file(_tensor_dict_for_save(tensors), str(tmp / "optimizer.safetensors"))
         full_state["optimizer"] = meta
+    full_state["files"] = {p.name: file_digest(p) for p in sorted(tmp.glob("*.safetensors"))}
     atomic_write_json(tmp / "state.json", full_state)
     _fsync_dir(tmp)
     if final.exists():  # the same step saved twice (e.g. interrupt right after a periodic save)
@@ -279,12 +331,10 @@ def save_checkpoint(
 def load_checkpoint(
     ckpt: Path, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None
 ) -> dict[str, Any]:
-    """Load weights into ``model``, optimiser state into ``optimizer``; return the JSON state."""
+    """Verify (:func:`verify_checkpoint`), then load weights into ``model``, optimiser state into
+    ``optimizer``; return the JSON state."""
     ckpt = Path(ckpt)
-    state_path = ckpt / "state.json"
-    if not state_path.is_file():
-        raise FileNotFoundError(f"{ckpt} is not a complete checkpoint (no state.json)")
-    state = json.loads(state_path.read_text())
+    state = verify_checkpoint(ckpt)
     if model is not None:
         model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=True)
     if optimizer is not None:

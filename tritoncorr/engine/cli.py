@@ -6,7 +6,9 @@
 * ``--resume DIR``: the recipe only supplies the classes (method/data configs); every value comes
   from ``DIR/config.json``; ``--set`` overrides then apply on top (e.g. ``log_every``, ``eval.every``;
   changing the method/data/optimiser of a run breaks exact continuation and is the user's call);
-  ``--seed`` must match the saved seed; training continues from DIR's last checkpoint into DIR.
+  ``--seed`` must match the saved seed; training continues from DIR's last checkpoint into DIR, after
+  checking its files' sizes and hashes; ``--resume-from ckpt-N`` continues from an older checkpoint
+  (e.g. when the newest is damaged).
 * ``--steps N`` stops after N total optimiser steps. The schedule's horizon stays the config's
   ``steps`` (so ``--steps 3`` then ``--resume --steps 6`` equals one ``--steps 6`` run); when N is
   larger than ``steps``, ``steps`` is raised to N.
@@ -115,6 +117,7 @@ def train_cli(
     out: Path | None,
     resume: Path | None,
     dry_run: bool,
+    resume_from: str | None = None,
 ) -> None:
     """Entry point of ``tritoncorr train`` (see the module docstring)."""
     import typer
@@ -123,11 +126,14 @@ def train_cli(
     from tritoncorr.engine.distributed import env_world
 
     rank = env_world()[0]
+    if resume_from is not None and resume is None:
+        Console(stderr=True).print("[red]error:[/red] --resume-from needs --resume RUN_FOLDER", highlight=False)
+        raise typer.Exit(code=2)
     try:
         cfg, run_dir, stop_at = resolve_config(recipe=recipe, overrides=list(overrides or []), steps=steps, seed=seed,
                                                out=out, resume=resume)
     except (ConfigError, FileNotFoundError) as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     if dry_run:
         if rank == 0:
@@ -138,9 +144,10 @@ def train_cli(
     from tritoncorr.engine.loop import train
 
     try:
-        result = train(cfg, run_dir, resume=resume is not None, stop_at=stop_at, recipe_ref=recipe)
+        result = train(cfg, run_dir, resume=resume is not None, stop_at=stop_at, recipe_ref=recipe,
+                       resume_from=resume_from)
     except ConfigError as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     except DataSourceError as e:
         Console(stderr=True).print(f"[red]error:[/red] {e}\n{_data_hint(recipe)}", highlight=False, soft_wrap=True)

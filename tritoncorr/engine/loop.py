@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -222,6 +223,40 @@ def _run_validation(cfg: RunConfig, model: nn.Module, out: Path, step: int, devi
     return {"val/jf": float(scores.jf_mean), "val/j": float(scores.j_mean), "val/f": float(scores.f_mean)}
 
 
+def _resume_checkpoint(out: Path, resume_from: str | None, is_main: bool) -> Path:
+    """The checkpoint to resume from (verified), per ``resume_from`` (None = the newest)."""
+    ckpts = ckpt_io.list_checkpoints(out)
+    if not ckpts:
+        raise FileNotFoundError(f"--resume: no complete checkpoint (ckpt-*/state.json) in {out}")
+    names = ", ".join(p.name for _, p in ckpts)
+    if resume_from is None:
+        chosen = ckpts[-1][1]
+    else:
+        text = str(resume_from).strip()
+        step = int(text.removeprefix("ckpt-")) if text.removeprefix("ckpt-").isdigit() else None
+        match = [p for s, p in ckpts if s == step]
+        if not match:
+            raise ConfigError(f"--resume-from {resume_from}: no such checkpoint in {out} (complete ones: {names})")
+        chosen = match[0]
+    try:
+        ckpt_io.verify_checkpoint(chosen)
+    except ckpt_io.CheckpointCorruptError as err:
+        older = [p.name for _, p in ckpts if p != chosen and p.name < chosen.name]
+        hint = (f"; resume from an older one with --resume-from {older[-1]} (complete: {', '.join(older)})"
+                if older else "; no older checkpoint is left")
+        raise ConfigError(f"{err}{hint}") from None
+    if resume_from is not None and is_main:
+        newer = [p for _, p in ckpts if p.name > chosen.name]
+        if newer:
+            aside = out / "superseded"
+            aside.mkdir(exist_ok=True)
+            for p in newer:
+                os.replace(p, aside / p.name)
+            warnings.warn(f"resuming from {chosen.name}: moved the newer {', '.join(p.name for p in newer)} to {aside}",
+                          stacklevel=3)
+    return chosen
+
+
 def train(
     cfg: RunConfig,
     out: Path,
@@ -231,10 +266,15 @@ def train(
     progress: bool = True,
     recipe_ref: str = "",
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    resume_from: str | None = None,
 ) -> TrainResult:
     """Train ``cfg.method`` and write the run folder ``out``; returns at ``stop_at`` (default ``cfg.steps``).
 
-    ``resume``: continue from the highest complete checkpoint in ``out`` (exactly; see module doc).
+    ``resume``: continue from the highest complete checkpoint in ``out`` (exactly; see module doc), after
+    checking its files against the sizes and hashes recorded in its ``state.json``; a damaged one
+    stops with an error naming the file. ``resume_from`` (``"ckpt-00000400"`` or ``"400"``) picks an
+    older checkpoint instead; the newer ones are moved to ``out/superseded/`` so that they are kept
+    but not resumed from again.
     ``stop_at`` <= ``cfg.steps`` stops early without changing the schedule (its horizon is ``cfg.steps``).
     """
     cfg.validate()
@@ -254,9 +294,7 @@ def train(
     try:
         resume_ckpt = None
         if resume:
-            resume_ckpt = ckpt_io.latest_checkpoint(out)
-            if resume_ckpt is None:
-                raise FileNotFoundError(f"--resume: no complete checkpoint (ckpt-*/state.json) in {out}")
+            resume_ckpt = _resume_checkpoint(out, resume_from, is_main)
         elif ckpt_io.list_checkpoints(out):
             raise ConfigError(f"{out} already holds checkpoints; use --resume {out} or another --out")
 
