@@ -374,3 +374,36 @@ def to_normalised(pix: torch.Tensor, size: int) -> torch.Tensor:
 def to_pixels(norm: torch.Tensor, size: int) -> torch.Tensor:
     """Inverse of :func:`to_normalised`."""
     return ((norm + 1) * size - 1) / 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Lab -> RGB (STT's teacher sees ImageNet-normalised RGB of the same crop as the Lab student)
+# ----------------------------------------------------------------------------------------------
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_lab`: OpenCV-float Lab ``(..., 3, H, W)`` (L in [0, 100]) -> sRGB.
+
+    Each step of the forward conversion is inverted exactly (CIE ``f^-1`` with the same threshold and
+    slope, the inverse of the white-folded sRGB matrix, sRGB companding); out-of-gamut values are
+    clamped to [0, 1]. Round trip ``lab_to_rgb(rgb_to_lab(x))`` is ``x`` to ~1e-5 in float32.
+    Computed in fp32 (fp64 input stays fp64); returns the input's dtype.
+    """
+    _check_channels("lab", lab)
+    out_dtype = lab.dtype
+    x = lab.to(torch.float64 if lab.dtype == torch.float64 else torch.float32)
+    L, a, b = x.unbind(dim=-3)
+    thr = 0.008856
+    y = torch.where(L > 903.3 * thr, ((L + 16.0) / 116.0).clamp_min(0) ** 3, L / 903.3)
+    fy = torch.where(y > thr, y.clamp_min(thr) ** (1.0 / 3.0), 7.787 * y + 16.0 / 116.0)
+    f_thr = thr ** (1.0 / 3.0)
+
+    def f_inv(f: torch.Tensor) -> torch.Tensor:
+        return torch.where(f > f_thr, f.clamp_min(0) ** 3, (f - 16.0 / 116.0) / 7.787)
+
+    xyz = torch.stack((f_inv(fy + a / 500.0), y, f_inv(fy - b / 200.0)), dim=-3)
+    m = torch.tensor(_SRGB_TO_XYZ, dtype=torch.float64)
+    m = m / torch.tensor(_WHITE_D65, dtype=torch.float64).view(3, 1)
+    m_inv = torch.linalg.inv(m).to(dtype=x.dtype, device=x.device)
+    lin = torch.einsum("ij,...jhw->...ihw", m_inv, xyz).clamp(0.0, 1.0)
+    rgb = torch.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin.clamp_min(0.0031308) ** (1.0 / 2.4) - 0.055)
+    return rgb.clamp(0.0, 1.0).to(out_dtype)

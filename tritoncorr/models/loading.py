@@ -16,9 +16,12 @@ import torch
 from torch import nn
 
 # Longest first: "module.encoder_q." must win over "module.".
-KNOWN_PREFIXES = ("module.encoder_q.", "module.backbone.", "module.encoder.", "module.", "backbone.", "encoder.", "model.")
+KNOWN_PREFIXES = ("module.encoder_q.", "module.backbone.", "module.encoder.", "module.", "backbone.", "encoder.", "model.",
+                  "encoder_q.")
 # Keys of a torchvision-style ResNet checkpoint that are not backbone parameters.
 IGNORED_PREFIXES = ("fc.",)
+# PyTorch pickles read with ``torch.load(weights_only=True)`` (MoCo's ``moco_v2_800ep_pretrain.pth.tar``).
+TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar")
 
 
 @dataclass
@@ -65,8 +68,18 @@ def _read_source(source) -> dict[str, torch.Tensor]:
         path = Path(source).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} does not exist")
+        if path.name.endswith(TORCH_SUFFIXES):
+            # published PyTorch checkpoints (MoCo v2 / DetCo ``.pth.tar``): tensors and plain containers only
+            try:
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            except Exception as err:
+                raise ValueError(f"cannot read checkpoint {path} with torch.load(weights_only=True): {err}") from err
+            if not isinstance(obj, Mapping):
+                raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+            return _read_source(obj)
         if path.suffix != ".safetensors":
-            raise ValueError(f"checkpoint {path}: only .safetensors files are supported (got {path.suffix!r})")
+            raise ValueError(f"checkpoint {path}: only .safetensors and PyTorch {TORCH_SUFFIXES} files are supported "
+                             f"(got {path.suffix!r})")
         from safetensors.torch import load_file
 
         try:
@@ -100,7 +113,8 @@ def load_backbone_weights(model: nn.Module, source, *, strict: bool = False) -> 
 
     Args:
         model: the backbone (e.g. :func:`tritoncorr.models.dul_backbone`).
-        source: path to a ``.safetensors`` file, or a state dict (a ``{"state_dict": ...}`` wrapper is unwrapped).
+        source: path to a ``.safetensors`` file or a PyTorch ``.pth``/``.pth.tar``/``.pt`` checkpoint (read with
+            ``torch.load(weights_only=True)``), or a state dict (a ``{"state_dict": ...}`` wrapper is unwrapped).
         strict: raise when any model key is missing, any key is unexpected or a shape differs.
 
     Returns:
