@@ -1,4 +1,5 @@
-"""STT step 1 (spatial feature learning): MoCo v2 image pre-training, ``tritoncorr train recipes/stt_spatial.py[:NAME]``.
+"""STT step 1 (spatial feature learning), MoCo v2 image pre-training:
+``tritoncorr train recipes/stt_spatial.py[:NAME]``.
 
 The run's ``model.safetensors`` holds the query backbone under ``backbone.*`` (torchvision layout);
 STT step 2 (``recipes/stt.py``) loads it as teacher and student initialisation through
@@ -8,7 +9,8 @@ STT step 2 (``recipes/stt.py``) loads it as teacher and student initialisation t
   MoCo v2 hyper-parameters): ResNet-50 on ``$TRITONCORR_DATA/ImageNet/train`` (``~/.cache/tritoncorr``
   when ``TRITONCORR_DATA`` is unset, as ``tritoncorr.evaluate``); another folder with
   ``--set data.root=/path/to/imagenet/train``. One process with batch 256 (BN in 8 groups of 32 = the
-  paper's 8 GPUs x 32), or ``torchrun --nproc_per_node 8 ... --set data.batch_size=32`` (per rank).
+  paper's 8 GPUs x 32), or ``torchrun --nproc_per_node 8 ... --set data.batch_size=32`` (per rank;
+  ``optim.lr`` 0.03 is for the global batch of 256, scale it with ``--set optim.lr=`` otherwise).
 * ``cpu``: ResNet-18 on frames of a folder of videos, about 20 minutes on a 2-core CPU::
 
       tritoncorr train recipes/stt_spatial.py:cpu --set data.root=/work/shared/data/videos --out runs/stt-spatial-cpu

@@ -65,7 +65,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from tritoncorr.data.sampler import epoch_batches, sample_rng, sample_torch_generator
@@ -654,7 +653,9 @@ class ImageLoader:
     def _dataloader(self) -> DataLoader:
         if self._dl is None:
             nw = self.cfg.num_workers
-            kwargs: dict[str, Any] = {"prefetch_factor": self.cfg.prefetch_factor, "persistent_workers": True} if nw else {}
+            kwargs: dict[str, Any] = {}
+            if nw > 0:
+                kwargs = {"prefetch_factor": self.cfg.prefetch_factor, "persistent_workers": True}
             self._dl = DataLoader(self.dataset, batch_sampler=self._sampler, num_workers=nw, collate_fn=collate_views,
                                   pin_memory=self.cfg.pin_memory, **kwargs)
         return self._dl
