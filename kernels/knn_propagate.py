@@ -41,6 +41,19 @@ Paths:
 
 Ops: ``tritoncorr::knn_propagate`` (``triton_op``, CUDA) and ``tritoncorr::knn_propagate_windowed``
 (``custom_op`` running the windowed PyTorch path, with a fake implementation). Forward only.
+
+Full-window mode ("k = all", MAST / LIIR; :func:`window_propagate`, section at the end of the file):
+no top-k; every cell of a square window around ``p`` in every reference, with zero-border semantics
+(out-of-image cells take part with logit 0 and value 0, like MAST's zero-padded correlation sampler
+and ``unfold``; LIIR spec §4.1, §8), raw dot products / temperature, ONE softmax over all
+references' windows together, and optionally LIIR's compactness prior at inference (spec §6.6:
+per reference, where its largest probability exceeds a threshold, its window affinity is
+replaced by M peak-1 Gaussians at its top-M cells). Paths: :func:`window_propagate_reference`
+(dense float64, MAST's code structure), :func:`window_propagate_windowed` (tiled PyTorch, CPU
+default) and a Triton kernel (CUDA default) that streams the tile's unclipped window rectangle per
+reference with an online softmax (two passes when the prior is on: the joint log-sum-exp, then per
+reference the soft sum, a running top-M and the Gaussian stamps). Ops
+``tritoncorr::window_propagate`` / ``tritoncorr::window_propagate_windowed``. Forward only.
 """
 
 from __future__ import annotations
