@@ -187,6 +187,29 @@ def test_loss_terms_match_official_forward_train(torch_backend, select):
     assert 0 < mask.sum() < mask.numel()
 
 
+@pytest.mark.interpreter
+def test_loss_terms_triton_kernels_match_torch_path(monkeypatch):
+    """The whole step-2 objective with the Triton kernels (interpreter) vs the float64 PyTorch path."""
+    g = _gen(8)
+    b, s = 2, 32
+    model = _small_model(radii=(2, 1))
+    target = _lab_clips(b, s, g)[:, :, 1:2]
+    shapes = {"layer2": (b, 2, 6, 8, 8), "layer3": (b, 2, 10, 4, 4), "layer4": (b, 2, 12, 2, 2)}
+    feats = {k: torch.randn(*v, generator=g, dtype=torch.float64) for k, v in shapes.items()}
+    teacher = torch.randn(b, 2, 7, 2, 2, generator=g, dtype=torch.float64) * 0.3
+    results = {}
+    for backend, dtype in (("torch", torch.float64), ("triton", torch.float32)):
+        monkeypatch.setenv("TRITONCORR_BACKEND", backend)
+        leaves = {k: v.to(dtype).requires_grad_(True) for k, v in feats.items()}
+        terms = model.loss_terms(leaves, target.to(dtype), teacher.to(dtype))
+        grads = torch.autograd.grad(sum(terms.values()), list(leaves.values()))
+        results[backend] = ({k: v.double() for k, v in terms.items()}, [x.double() for x in grads])
+    for name in results["torch"][0]:
+        torch.testing.assert_close(results["triton"][0][name], results["torch"][0][name], rtol=1e-4, atol=1e-5, msg=name)
+    for a, r in zip(results["triton"][1], results["torch"][1]):
+        torch.testing.assert_close(a, r, rtol=1e-3, atol=1e-5)
+
+
 def test_pooled_label_equals_dense_avg_pool_chain(torch_backend):
     """The window-layout pseudo label equals FW:175-177 on dense masked softmaxes; rows sum to 1/4,
     its support is the coarse window, rim entries are partial sums."""

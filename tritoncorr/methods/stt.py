@@ -537,7 +537,7 @@ class STT(nn.Module):
     @torch.no_grad()
     def teacher_features(self, frames_lab: torch.Tensor) -> torch.Tensor:
         """Teacher res5 of the ImageNet-normalised RGB version of the clips: ``(B, T, 3, S, S)`` Lab ->
-        ``(B, T, C5, h5, w5)``, BatchNorm in eval mode, no gradient."""
+        ``(B, T, C5, h5, w5)`` float32, BatchNorm in eval mode, no gradient."""
         from tritoncorr.data.transforms import imagenet_normalize, lab_denormalize, lab_to_rgb
 
         if self.teacher is None:
@@ -545,7 +545,9 @@ class STT(nn.Module):
         self.teacher.eval()
         b, t = frames_lab.shape[:2]
         rgb = imagenet_normalize(lab_to_rgb(lab_denormalize(frames_lab.float())))
-        return self.teacher(rgb.flatten(0, 1))[GLOBAL_LEVEL].unflatten(0, (b, t))
+        # fp32 even under bf16 autocast: the teacher's logits are raw dot products / 0.07
+        with torch.autocast(device_type=frames_lab.device.type, enabled=False):
+            return self.teacher(rgb.flatten(0, 1))[GLOBAL_LEVEL].unflatten(0, (b, t))
 
     def loss_terms(self, pyramid: dict[str, torch.Tensor], target: torch.Tensor,
                    teacher_res5: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
