@@ -74,7 +74,9 @@ def default() -> RunConfig:
 
 
 def r18() -> RunConfig:
-    """``default`` with a ResNet-18 student and teacher (step 1: ``recipes/stt_spatial.py`` with depth 18)."""
+    """``default`` with a ResNet-18 student and teacher. Step 1 for it: ``tritoncorr train
+    recipes/stt_spatial.py --set method.depth=18 --out runs/stt-spatial-r18`` (or a published R18 MoCo
+    checkpoint through ``--set method.teacher_weights=...``)."""
     cfg = default()
     cfg.name = "stt-r18"
     cfg.method.depth = 18
