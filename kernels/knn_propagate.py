@@ -806,9 +806,10 @@ def window_propagate_windowed(
 
     Query pixels in ``tile`` x ``tile`` tiles; per tile the (tile + 2r)^2 rectangle of every
     reference (zeros outside the image), one GEMM, the window mask, the joint softmax over the
-    tile's N * P^2 window cells, the compactness replace rule, the weighted value sum. Peak extra
-    memory O(tile^2 * N * (tile + 2r)^2 + (C + L) * N * (tile + 2r)^2) floats: neither the dense
-    affinity nor the full (N*P^2, h*w) volume exists.
+    tile's N * P^2 window cells, the weighted value sum per reference and, with the compactness
+    prior, the replace rule (Gaussian stamps of radius ``COMPACT_STAMP`` gathered around the top-M
+    cells). Peak extra memory O(tile^2 * N * (tile + 2r)^2 + (C + L) * N * (tile + 2r)^2) floats:
+    neither the dense affinity nor the full (N*P^2, h*w) volume exists.
     """
     _validate_window(query, keys, values, radius, temperature, compact, compact_threshold)
     c, h, w = query.shape
@@ -817,6 +818,11 @@ def window_propagate_windowed(
     dev = query.device
     inv_t = 1.0 / float(temperature)
     out = torch.empty(lab, h, w, dtype=torch.float32, device=dev)
+    st = torch.arange(-COMPACT_STAMP, COMPACT_STAMP + 1, device=dev)
+    ey = st.repeat_interleave(2 * COMPACT_STAMP + 1)  # (S*S,) stamp offsets, dy outer
+    ex = st.repeat(2 * COMPACT_STAMP + 1)
+    stamp_g = torch.exp2(-4.0 * (ey * ey + ex * ex).float())  # exp(-4 ln2 d^2), peak 1
+    ref_ids = torch.arange(n, device=dev).view(1, n, 1, 1)
     for ty0 in range(0, h, tile):
         ty1 = min(ty0 + tile, h)
         th = ty1 - ty0
@@ -833,6 +839,7 @@ def window_propagate_windowed(
             rk[:, :, ya - ty0 + r : yb - ty0 + r, xa - tx0 + r : xb - tx0 + r] = keys[:, :, ya:yb, xa:xb].transpose(0, 1).float()
             rv = torch.zeros(n, lab, rh, rw, dtype=torch.float32, device=dev)
             rv[:, :, ya - ty0 + r : yb - ty0 + r, xa - tx0 + r : xb - tx0 + r] = values[:, :, ya:yb, xa:xb].float()
+            rv_cl = rv.permute(0, 2, 3, 1)  # (n, rh, rw, L) for the stamp gathers
             qt = query[:, ty0:ty1, tx0:tx1].reshape(c, nq).T.float() * inv_t
             s = (qt @ rk.reshape(c, n * p)).view(nq, n, rh, rw)
             del rk
@@ -846,23 +853,22 @@ def window_propagate_windowed(
             inside = (in_y[:, :, None] & in_x[:, None, :]).view(nq, 1, rh, rw)
             s = s.masked_fill_(~inside, float("-inf")).view(nq, n, p)
             a = torch.softmax(s.view(nq, n * p), dim=1).view(nq, n, p)
+            per_ref = torch.einsum("qnp,nlp->qnl", a, rv.view(n, lab, p))  # (nq, n, L) soft window sums
             if compact:
                 top_s, top_i = _topk_lowest_index(s.reshape(nq * n, p), compact)  # rectangle order = window order
                 lse = torch.logsumexp(s.view(nq, n * p), dim=1)  # (nq,)
                 top_p = torch.exp(top_s.view(nq, n, compact) - lse[:, None, None])
                 conf = top_p.amax(dim=2) > float(compact_threshold)  # (nq, n)
-                wgt = torch.softmax(top_p, dim=2)
-                cy = (top_i // rw).view(nq, n, compact).float()
-                cx = (top_i % rw).view(nq, n, compact).float()
-                tmpl = torch.zeros(nq, n, rh, rw, dtype=torch.float32, device=dev)
-                yy = ra.float().view(1, 1, rh, 1)
-                xx = rb.float().view(1, 1, 1, rw)
-                for m in range(compact):
-                    d2 = (yy - cy[:, :, m, None, None]) ** 2 + (xx - cx[:, :, m, None, None]) ** 2
-                    tmpl += wgt[:, :, m, None, None] * torch.exp(-_FOUR_LN2 * d2)
-                tmpl = tmpl.masked_fill_(~inside, 0.0).view(nq, n, p)
-                a = torch.where(conf[:, :, None], tmpl, a)
-            res = torch.einsum("qnp,nlp->ql", a, rv.view(n, lab, p))
+                wgt = torch.softmax(top_p, dim=2)  # (nq, n, M)
+                # Gaussian stamps around the centres (cells beyond COMPACT_STAMP weigh < 2^-64), on the window
+                yy = (top_i // rw).view(nq, n, compact, 1) + ey  # (nq, n, M, S*S) rectangle coordinates
+                xx = (top_i % rw).view(nq, n, compact, 1) + ex
+                ok = ((yy - (qi + r).view(nq, 1, 1, 1)).abs() <= r) & ((xx - (qj + r).view(nq, 1, 1, 1)).abs() <= r)
+                gathered = rv_cl[ref_ids, yy.clamp(0, rh - 1), xx.clamp(0, rw - 1)]  # (nq, n, M, S*S, L)
+                coef = wgt[..., None] * stamp_g * ok  # (nq, n, M, S*S)
+                stamp = torch.einsum("qnme,qnmel->qnl", coef, gathered)
+                per_ref = torch.where(conf[:, :, None], stamp, per_ref)
+            res = per_ref.sum(1)
             out[:, ty0:ty1, tx0:tx1] = res.T.reshape(lab, th, tw)
     return out
 
