@@ -292,7 +292,8 @@ def test_bench_cases_cpu():
     assert window_candidates(200, 200, 12) > 437 * 150 * 150  # interior queries see the full 437-cell disc
     quick = cases(torch.device("cpu"), quick=True)
     assert len(quick) == 1 and set(quick[0].providers) == {"triton", "torch", "dense"}
-    assert len(cases(torch.device("cpu"), quick=False)) == 5
+    full = cases(torch.device("cpu"), quick=False)
+    assert len(full) == 7 and [c.kernel for c in full[-2:]] == ["window_propagate"] * 2
     with pytest.raises(SkipProvider):
         quick[0].providers["triton"]()
 
