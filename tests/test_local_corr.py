@@ -133,6 +133,25 @@ def test_torch_path_matches_reference(torch_backend, B, C, D, H, W, r, dil):
         assert_close_verbose(lse, rlse, atol=1e-10, rtol=1e-10, name=f"lse {border}")
 
 
+@pytest.mark.parametrize("B,C,D,H,W,r", [(2, 5, 3, 19, 13, 3), (1, 4, 2, 17, 35, 9), (1, 3, 1, 8, 8, 6), (2, 2, 1, 1, 9, 1)])
+def test_torch_path_tiles_forward_and_backward(torch_backend, B, C, D, H, W, r):
+    """The tiled CPU path (8x8 tiles up to radius 8, 16x16 beyond) across several tiles, partial tiles
+    and both borders: out, lse and the gradients of a loss on both against the reference, in fp64."""
+    for border in ("truncate", "zero"):
+        q, k, v = (t.double().requires_grad_() for t in _inputs(B, C, D, H, W))
+        out, lse = lc.local_attention(q, k, v, r, scale=0.45, border=border, return_lse=True)
+        rq, rk, rv = (t.detach().clone().requires_grad_() for t in (q, k, v))
+        rout, rlse = lc.local_attention_reference(rq, rk, rv, r, scale=0.45, border=border, return_lse=True)
+        assert_close_verbose(out, rout, atol=1e-10, rtol=1e-10, name=f"out {border}")
+        assert_close_verbose(lse, rlse, atol=1e-10, rtol=1e-10, name=f"lse {border}")
+        w_out, w_lse = torch.randn_like(out), torch.randn_like(lse)
+        grads = torch.autograd.grad((out * w_out).sum() + (lse * w_lse).sum(), (q, k, v))
+        rgrads = torch.autograd.grad((rout * w_out).sum() + (rlse * w_lse).sum(), (rq, rk, rv))
+        for name, g, rg in zip("qkv", grads, rgrads):
+            assert g.is_contiguous()
+            assert_close_verbose(g, rg, atol=1e-9, rtol=1e-9, name=f"d{name} {border}")
+
+
 def test_torch_path_gradcheck_fp64(torch_backend):
     q, k, v = (t.double().requires_grad_() for t in _inputs(1, 2, 1, 3, 4))
     assert torch.autograd.gradcheck(lambda a, b: lc.local_correlation(a, b, 2, dilation=2), (q, k))
