@@ -25,6 +25,7 @@ path and the option to set (``data.root``, ``method.teacher_weights``).
 import os
 from pathlib import Path
 
+from tritoncorr.data.config import dataset_path
 from tritoncorr.engine.config import CheckpointConfig, EvalConfig, OptimConfig, RunConfig, ScheduleConfig
 from tritoncorr.methods.stt import STTConfig, STTDataConfig
 
@@ -108,9 +109,10 @@ def cpu() -> RunConfig:
       and ``frame_gap=2`` takes frames 2 list entries apart (10 raw frames): at 128 px a 720p frame is
       shrunk about twice as much as YouTube-VOS at 256 px, so twice the gap gives a similar motion in pixels.
     * batch 4 clips (8 images for BatchNorm), 600 steps, 1 loader worker: measured here, forward +
-      backward of a batch takes ~1 s and decoding one 2-frame clip 0.1-1.5 s (a seek into 720p H.264),
-      so the loader sets the pace at ~2.5 s per step, ~25 minutes; 600 x 4 = 2,400 clips = ~120 per
-      video of the 20-video sample folder (batch 8 measured at 8-30 s per step on the shared machine).
+      backward of a batch takes ~1 s; decoding one 2-frame clip by seeking into 720p H.264 takes
+      0.1-1.5 s, so the frames come from the decoded-frame cache (``cache_dir``, short side 160, built
+      once in ~40 s for the 20 sample videos; a cached clip reads in ~1 ms); 600 x 4 = 2,400 clips =
+      ~120 per video of the 20-video sample folder.
     * Adam 2e-4 (4x the official 5e-5: the run is ~70x shorter), warm-up 30 steps (5 %, the official
       1,100 / 44,000 is 2.5 %, a few more steps because early Adam steps are noisy at batch 4),
       cosine to 0.001 x lr.
@@ -123,7 +125,7 @@ def cpu() -> RunConfig:
         method=STTConfig(depth=18, radii=(6, 3), teacher_weights="runs/stt-spatial-cpu/model.safetensors",
                          student_init="teacher"),
         data=STTDataConfig(source="video", root="", target_fps=6.0, frame_gap=2, batch_size=4, num_workers=1,
-                           crop_size=128),
+                           crop_size=128, cache_dir=dataset_path("frame-cache"), cache_short_side=160),
         optim=_adam(2e-4),
         schedule=_official_schedule(warmup=30),
         checkpoint=CheckpointConfig(every=100, keep_last=2),

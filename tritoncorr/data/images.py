@@ -67,7 +67,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from tritoncorr.data.sampler import epoch_batches, sample_rng, sample_torch_generator
+from tritoncorr.data.sampler import epoch_batches, loader_generator, sample_rng, sample_torch_generator
 from tritoncorr.data.sources import IMAGE_EXTS, SourceWarning, _decode_image, _hf_payload
 from tritoncorr.data.transforms import imagenet_normalize, resize
 from tritoncorr.engine.config import ConfigError
@@ -657,7 +657,7 @@ class ImageLoader:
             if nw > 0:
                 kwargs = {"prefetch_factor": self.cfg.prefetch_factor, "persistent_workers": True}
             self._dl = DataLoader(self.dataset, batch_sampler=self._sampler, num_workers=nw, collate_fn=collate_views,
-                                  pin_memory=self.cfg.pin_memory, **kwargs)
+                                  pin_memory=self.cfg.pin_memory, generator=loader_generator(self.seed), **kwargs)
         return self._dl
 
     def __iter__(self) -> Iterator[dict]:
@@ -800,7 +800,7 @@ class StreamingImageLoader:
         nw = self.cfg.num_workers
         kwargs: dict[str, Any] = {"prefetch_factor": self.cfg.prefetch_factor} if nw > 0 else {}
         dl = DataLoader(_StreamImages(self, epoch, self.batch), batch_size=None, num_workers=nw,
-                        pin_memory=self.cfg.pin_memory, **kwargs)
+                        pin_memory=self.cfg.pin_memory, generator=loader_generator(self.seed), **kwargs)
         produced = False
         for batch in dl:
             produced = True
