@@ -2,9 +2,11 @@
 
 | function | module | used by |
 |---|---|---|
-| :func:`knn_propagate` | ``knn_propagate.py`` | label propagation (inference, all methods) |
+| :func:`knn_propagate` | ``knn_propagate.py`` | label propagation, top-k (CRW / DUL / STT inference) |
+| :func:`window_propagate` | ``knn_propagate.py`` | label propagation, full window + compactness prior (MAST / LIIR inference) |
 | :func:`local_correlation`, :func:`local_attention` | ``local_corr.py`` | STT, LIIR/MAST reconstruction |
 | :func:`anchor_nll`, :func:`anchor_argmax` | ``anchor_softmax.py`` | DUL training |
+| :func:`anchor_lse` | ``anchor_softmax.py`` | LIIR's inter-video bank (log-sum-exp over banked points) |
 
 The functions are imported eagerly: a submodule and its public function share a name
 (``knn_propagate``), and importing the submodule would otherwise shadow the function.
@@ -19,7 +21,12 @@ from tritoncorr.kernels.anchor_softmax import (
     anchor_soft_assignment,
 )
 from tritoncorr.kernels.knn_propagate import knn_propagate as _knn_propagate_fn
-from tritoncorr.kernels.knn_propagate import knn_propagate_dense, knn_propagate_reference
+from tritoncorr.kernels.knn_propagate import (
+    knn_propagate_dense,
+    knn_propagate_reference,
+    window_propagate,
+    window_propagate_reference,
+)
 from tritoncorr.kernels.local_corr import (
     local_attention,
     local_attention_reference,
@@ -33,4 +40,5 @@ __all__ = [
     "anchor_argmax", "anchor_argmax_reference", "anchor_lse", "anchor_nll", "anchor_nll_reference",
     "anchor_soft_assignment", "knn_propagate", "knn_propagate_dense", "knn_propagate_reference",
     "local_attention", "local_attention_reference", "local_correlation", "local_correlation_reference",
+    "window_propagate", "window_propagate_reference",
 ]
