@@ -106,7 +106,8 @@ CRW_MASK = -1e10  # CRW's additive mask value (added before the division by the 
 # ----------------------------------------------------------------------------------------------
 
 
-def _validate(query, keys, values, radius, topk, temperature, window, unrestricted) -> None:
+def _validate_frames(query, keys, values, max_labels: int) -> None:
+    """Shapes, dtypes and devices of (query (C, h, w), keys (N, C, h, w), values (N, L, h, w))."""
     check_tensor("query", query, ndim=3, dtypes=FLOAT_DTYPES)
     check_tensor("keys", keys, ndim=4, dtypes=FLOAT_DTYPES, device=query.device)
     check_tensor("values", values, ndim=4, dtypes=FLOAT_DTYPES + (torch.float64,), device=query.device)
@@ -122,9 +123,18 @@ def _validate(query, keys, values, radius, topk, temperature, window, unrestrict
         raise ValueError(f"keys shape {tuple(keys.shape)} must be (N, C, h, w) = (N, {c}, {h}, {w}) to match query")
     if values.shape[0] != n or tuple(values.shape[2:]) != (h, w):
         raise ValueError(f"values shape {tuple(values.shape)} must be (N, L, h, w) = ({n}, L, {h}, {w})")
-    lab = values.shape[1]
-    if not 1 <= lab <= MAX_LABELS:
-        raise ValueError(f"number of label channels L={lab} must be in 1..{MAX_LABELS}")
+    if not 1 <= values.shape[1] <= max_labels:
+        raise ValueError(f"number of label channels L={values.shape[1]} must be in 1..{max_labels}")
+
+
+def _check_temperature(temperature) -> None:
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature={temperature!r} must be a finite number > 0")
+
+
+def _validate(query, keys, values, radius, topk, temperature, window, unrestricted) -> None:
+    _validate_frames(query, keys, values, MAX_LABELS)
+    n = keys.shape[0]
     if window not in WINDOWS:
         raise ValueError(f"window={window!r} must be one of {WINDOWS}")
     if isinstance(radius, bool) or not isinstance(radius, int):
@@ -136,8 +146,7 @@ def _validate(query, keys, values, radius, topk, temperature, window, unrestrict
         raise ValueError(f"topk={topk!r} must be an int in 1..{MAX_TOPK}")
     if isinstance(unrestricted, bool) or not isinstance(unrestricted, int) or not 0 <= unrestricted <= n:
         raise ValueError(f"unrestricted={unrestricted!r} must be an int in 0..N={n}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature={temperature!r} must be a finite number > 0")
+    _check_temperature(temperature)
 
 
 def _reach(radius: int, window: str) -> int:
@@ -716,23 +725,7 @@ _FOUR_LN2 = 4.0 * math.log(2.0)
 
 
 def _validate_window(query, keys, values, radius, temperature, compact, compact_threshold) -> None:
-    check_tensor("query", query, ndim=3, dtypes=FLOAT_DTYPES)
-    check_tensor("keys", keys, ndim=4, dtypes=FLOAT_DTYPES, device=query.device)
-    check_tensor("values", values, ndim=4, dtypes=FLOAT_DTYPES + (torch.float64,), device=query.device)
-    if keys.dtype != query.dtype:
-        raise TypeError(f"keys dtype {keys.dtype} differs from query dtype {query.dtype}; cast one of them")
-    c, h, w = query.shape
-    n = keys.shape[0]
-    if min(c, h, w) < 1:
-        raise ValueError(f"query must have C, h, w >= 1, got shape {tuple(query.shape)}")
-    if n < 1:
-        raise ValueError("keys must hold at least one reference frame (N >= 1)")
-    if tuple(keys.shape[1:]) != (c, h, w):
-        raise ValueError(f"keys shape {tuple(keys.shape)} must be (N, C, h, w) = (N, {c}, {h}, {w}) to match query")
-    if values.shape[0] != n or tuple(values.shape[2:]) != (h, w):
-        raise ValueError(f"values shape {tuple(values.shape)} must be (N, L, h, w) = ({n}, L, {h}, {w})")
-    if not 1 <= values.shape[1] <= MAX_WINDOW_LABELS:
-        raise ValueError(f"number of label channels L={values.shape[1]} must be in 1..{MAX_WINDOW_LABELS}")
+    _validate_frames(query, keys, values, MAX_WINDOW_LABELS)
     if isinstance(radius, bool) or not isinstance(radius, int):
         raise TypeError(f"radius must be an int, got {type(radius).__name__}")
     if not 0 <= radius <= MAX_RADIUS:
@@ -741,8 +734,7 @@ def _validate_window(query, keys, values, radius, temperature, compact, compact_
         raise ValueError(f"compact={compact!r} (number of Gaussians M) must be an int in 0..{MAX_COMPACT}")
     if compact > (2 * radius + 1) ** 2:
         raise ValueError(f"compact={compact} Gaussians need at least as many window cells, radius={radius} has {(2 * radius + 1) ** 2}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature={temperature!r} must be a finite number > 0")
+    _check_temperature(temperature)
     if not (isinstance(compact_threshold, (int, float)) and math.isfinite(compact_threshold)):
         raise ValueError(f"compact_threshold={compact_threshold!r} must be a finite number")
 
