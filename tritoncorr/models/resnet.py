@@ -94,6 +94,9 @@ class ResNet(nn.Module):
         out_stages: stage names to return, e.g. ``("layer4",)`` or ``("layer2", "layer3", "layer4")``.
             Stages after the last requested one are not built.
         widths: channels of layer1..layer4 (before expansion); LIIR uses (64, 128, 256, 256).
+        zero_gamma: start the last BatchNorm of every residual block (``bn2`` of a BasicBlock, ``bn3``
+            of a Bottleneck) with weight 0 ("bag of tricks"; the unofficial LIIR code). The conv init
+            (Kaiming-normal fan_out, i.e. ``N(0, sqrt(2 / (k*k*C_out)))``) is the same either way.
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class ResNet(nn.Module):
         padding_mode: str = "zeros",
         out_stages: Sequence[str] = ("layer4",),
         widths: Sequence[int] = (64, 128, 256, 512),
+        zero_gamma: bool = False,
     ):
         super().__init__()
         if depth not in DEPTHS:
@@ -142,6 +146,12 @@ class ResNet(nn.Module):
             setattr(self, STAGES[i], nn.Sequential(*layers))
             self.channels[STAGES[i]] = cin
         self._init_weights()
+        if zero_gamma:
+            for m in self.modules():
+                if isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
+                elif isinstance(m, Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
 
     def _init_weights(self) -> None:
         # torchvision's default ResNet init: Kaiming-normal fan_out for convs, BN gamma 1, beta 0.
@@ -161,11 +171,18 @@ class ResNet(nn.Module):
                 return s
         raise ValueError(f"unknown stage {stage!r}")
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``x`` (N, 3, H, W) -> {stage: (N, C_stage, H_stage, W_stage)} for ``out_stages``."""
+    def forward(self, x: torch.Tensor, stem_hook=None) -> dict[str, torch.Tensor]:
+        """``x`` (N, 3, H, W) -> {stage: (N, C_stage, H_stage, W_stage)} for ``out_stages``.
+
+        ``stem_hook``: optional callable applied to the stem output ``(N, 64, H/2, W/2)`` (after
+        conv1/bn1/relu, before the pooling), e.g. LIIR's learned position embedding ``x + E``.
+        """
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"ResNet input must be (N, 3, H, W), got {tuple(x.shape)}")
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.relu(self.bn1(self.conv1(x)))
+        if stem_hook is not None:
+            x = stem_hook(x)
+        x = self.maxpool(x)
         out: dict[str, torch.Tensor] = {}
         for name in STAGES:
             if not hasattr(self, name):
