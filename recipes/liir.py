@@ -148,26 +148,30 @@ def unofficial() -> RunConfig:
 def cpu() -> RunConfig:
     """The whole paper-shaped method (S1 position code with shifting, inter-video bank, compactness
     M = 2) scaled down to train within 30 minutes on a 2-core CPU from a folder of videos
-    (``--set data.root=/work/shared/data/videos``: two 30-fps 720p clips).
+    (``--set data.root=/work/shared/data/videos``: twenty 30-fps clips).
 
-    Choices (vs ``default`` + ``stage2``): 128x128 whole frames (32x32 stride-4 features; the
-    training window stays R = 6 cells, MAST's), 4 pairs per batch (about 1-3 s per step here; 450
-    steps), one stage instead of two: the bank is small (64 frames x 4 points, full after 16 steps)
-    so that the inter-video term takes part in most of the run; frame gap 8 (the spec's largest
+    Choices (vs ``default`` + ``stage2``): 96x96 whole frames (24x24 stride-4 features; the training
+    window stays R = 6 cells, MAST's, so the compactness thresholds keep their meaning), 4 pairs per
+    batch, 160 steps. The stride-4 ResNet-18 (no max-pool, 256 channels at 1/4 resolution) is the
+    cost: 96x96 x 4 pairs measured 8.4 s per model step (forward + backward; convolutions ~55 %, BN
+    ~15 %, the LIIR losses ~15 %) and ~10 s per engine step with video decoding, on this machine
+    while other jobs shared it (load 3-4); 128x128 about twice that. 160 steps therefore take ~27
+    minutes under that load, less on idle cores (raise ``steps`` then). One stage instead of two: the bank is small (64 frames x 4 points, full after 16
+    steps) so that the inter-video term takes part in most of the run; frame gap 8 (the spec's largest
     stride at 30 fps: the sample videos are largely static, DUL's CPU runs found small gaps show
     little motion); Adam 1e-3 (stage 1's rate), halved at 50 %, 75 % and 90 % of the run; position
-    grid 32 (the feature size). Everything else is the paper profile. It checks the pipeline end to
+    grid 24 (the feature size). Everything else is the paper profile. It checks the pipeline end to
     end; it is not expected to give LIIR-quality features.
     """
-    steps = 450
+    steps = 160
     return RunConfig(
         name="liir-cpu",
-        method=LIIRConfig(position="feature", position_grid=32, position_shift=True, inter="points",
+        method=LIIRConfig(position="feature", position_grid=24, position_shift=True, inter="points",
                           bank_frames=64, bank_points=4, compact_m=2),
         data=DataConfig(
             source="video", root="",
             clip_len=2, frame_gap=8, order="ordered", batch_size=4, num_workers=1,
-            crop_size=128, crop="full", hflip=False, color="lab",
+            crop_size=96, crop="full", hflip=False, color="lab",
         ),
         optim=_optim(1e-3),
         schedule=ScheduleConfig(name="multistep", unit="steps", milestones=(steps // 2, 3 * steps // 4, 9 * steps // 10),
