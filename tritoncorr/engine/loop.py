@@ -309,10 +309,6 @@ def train(
             if is_main and (missing or unexpected):
                 warnings.warn(f"init_from {cfg.init_from}: {len(missing)} missing keys (e.g. {missing[:3]}), "
                               f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})", stacklevel=2)
-        if is_main and resume_ckpt is None:
-            # the weights the run starts from, for comparing any checkpoint with where it began
-            out.mkdir(parents=True, exist_ok=True)
-            ckpt_io.save_model_weights(out / "init.safetensors", model)
         model.to(device)
         if cfg.sync_bn and info.distributed:
             if device.type == "cuda":
@@ -322,6 +318,10 @@ def train(
                               stacklevel=2)
         optimizer = build_optimizer(model, cfg.optim)
         loader = build_loader(cfg, info)
+        if is_main and resume_ckpt is None:
+            # the weights the run starts from, for comparing any checkpoint with where it began
+            out.mkdir(parents=True, exist_ok=True)
+            ckpt_io.save_model_weights(out / "init.safetensors", model)
         batches_per_epoch = len(loader)
         if batches_per_epoch < 1:
             raise ValueError("the data loader yields no batch per epoch (fewer clips than batch_size x world_size?)")
