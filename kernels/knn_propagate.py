@@ -792,77 +792,65 @@ def window_propagate_windowed(
     temperature: float = 1.0,
     compact: int = 0,
     compact_threshold: float = 0.1,
-    tile: int = 16,
+    tile: int = 8,
 ) -> torch.Tensor:
     """Memory-bounded PyTorch path of the full-window mode. Shapes as :func:`window_propagate`.
 
-    Query pixels in ``tile`` x ``tile`` tiles; per tile the (tile + 2r)^2 rectangle of every
-    reference (zeros outside the image), one GEMM, the window mask, the joint softmax over the
-    tile's N * P^2 window cells, the weighted value sum per reference and, with the compactness
-    prior, the replace rule (Gaussian stamps of radius ``COMPACT_STAMP`` gathered around the top-M
-    cells). Peak extra memory O(tile^2 * N * (tile + 2r)^2 + (C + L) * N * (tile + 2r)^2) floats:
-    neither the dense affinity nor the full (N*P^2, h*w) volume exists.
+    GEMMs on query tiles (:mod:`tritoncorr.kernels._tiles`): one row of ``tile x tile`` query tiles
+    at a time, every reference at once, scores against each tile's ``(tile + 2r)^2`` rectangle
+    (zero-padded maps: out-of-image cells have logit 0 and value 0), the window mask, the joint
+    log-sum-exp over all references, the soft window sums as a GEMM with the rectangle's values and,
+    with the compactness prior, the per-reference top-M, the replace test and the template (Gaussians
+    on the rectangle, masked to the window) as a second GEMM. Peak extra memory
+    O(N * (W / tile) * tile^2 * (tile + 2r)^2) floats for one row of tiles: neither the dense affinity
+    nor the full (N*P^2, h*w) volume exists.
     """
+    import torch.nn.functional as F
+
+    from ._tiles import block_geometry, query_blocks, regions, window_in_region
+
     _validate_window(query, keys, values, radius, temperature, compact, compact_threshold)
     c, h, w = query.shape
     n, lab = keys.shape[0], values.shape[1]
     r = radius
     dev = query.device
-    inv_t = 1.0 / float(temperature)
-    out = torch.empty(lab, h, w, dtype=torch.float32, device=dev)
-    st = torch.arange(-COMPACT_STAMP, COMPACT_STAMP + 1, device=dev)
-    ey = st.repeat_interleave(2 * COMPACT_STAMP + 1)  # (S*S,) stamp offsets, dy outer
-    ex = st.repeat(2 * COMPACT_STAMP + 1)
-    stamp_g = torch.exp2(-4.0 * (ey * ey + ex * ex).float())  # exp(-4 ln2 d^2), peak 1
-    ref_ids = torch.arange(n, device=dev).view(1, n, 1, 1)
-    for ty0 in range(0, h, tile):
-        ty1 = min(ty0 + tile, h)
-        th = ty1 - ty0
-        rh = th + 2 * r
-        ya, yb = max(ty0 - r, 0), min(ty1 + r, h)  # in-image rows of the rectangle
-        for tx0 in range(0, w, tile):
-            tx1 = min(tx0 + tile, w)
-            tw = tx1 - tx0
-            rw = tw + 2 * r
-            xa, xb = max(tx0 - r, 0), min(tx1 + r, w)
-            p = rh * rw
-            nq = th * tw
-            rk = torch.zeros(c, n, rh, rw, dtype=torch.float32, device=dev)
-            rk[:, :, ya - ty0 + r : yb - ty0 + r, xa - tx0 + r : xb - tx0 + r] = keys[:, :, ya:yb, xa:xb].transpose(0, 1).float()
-            rv = torch.zeros(n, lab, rh, rw, dtype=torch.float32, device=dev)
-            rv[:, :, ya - ty0 + r : yb - ty0 + r, xa - tx0 + r : xb - tx0 + r] = values[:, :, ya:yb, xa:xb].float()
-            rv_cl = rv.permute(0, 2, 3, 1)  # (n, rh, rw, L) for the stamp gathers
-            qt = query[:, ty0:ty1, tx0:tx1].reshape(c, nq).T.float() * inv_t
-            s = (qt @ rk.reshape(c, n * p)).view(nq, n, rh, rw)
-            del rk
-            # query (i, j) of the tile sees rectangle rows i .. i + 2r and columns j .. j + 2r
-            qi = torch.arange(th, device=dev).repeat_interleave(tw)
-            qj = torch.arange(tw, device=dev).repeat(th)
-            ra = torch.arange(rh, device=dev)
-            rb = torch.arange(rw, device=dev)
-            in_y = (ra[None, :] >= qi[:, None]) & (ra[None, :] <= qi[:, None] + 2 * r)  # (nq, rh)
-            in_x = (rb[None, :] >= qj[:, None]) & (rb[None, :] <= qj[:, None] + 2 * r)  # (nq, rw)
-            inside = (in_y[:, :, None] & in_x[:, None, :]).view(nq, 1, rh, rw)
-            s = s.masked_fill_(~inside, float("-inf")).view(nq, n, p)
-            a = torch.softmax(s.view(nq, n * p), dim=1).view(nq, n, p)
-            per_ref = torch.einsum("qnp,nlp->qnl", a, rv.view(n, lab, p))  # (nq, n, L) soft window sums
-            if compact:
-                top_s, top_i = _topk_lowest_index(s.reshape(nq * n, p), compact)  # rectangle order = window order
-                lse = torch.logsumexp(s.view(nq, n * p), dim=1)  # (nq,)
-                top_p = torch.exp(top_s.view(nq, n, compact) - lse[:, None, None])
-                conf = top_p.amax(dim=2) > float(compact_threshold)  # (nq, n)
-                wgt = torch.softmax(top_p, dim=2)  # (nq, n, M)
-                # Gaussian stamps around the centres (cells beyond COMPACT_STAMP weigh < 2^-64), on the window
-                yy = (top_i // rw).view(nq, n, compact, 1) + ey  # (nq, n, M, S*S) rectangle coordinates
-                xx = (top_i % rw).view(nq, n, compact, 1) + ex
-                ok = ((yy - (qi + r).view(nq, 1, 1, 1)).abs() <= r) & ((xx - (qj + r).view(nq, 1, 1, 1)).abs() <= r)
-                gathered = rv_cl[ref_ids, yy.clamp(0, rh - 1), xx.clamp(0, rw - 1)]  # (nq, n, M, S*S, L)
-                coef = wgt[..., None] * stamp_g * ok  # (nq, n, M, S*S)
-                stamp = torch.einsum("qnme,qnmel->qnl", coef, gathered)
-                per_ref = torch.where(conf[:, :, None], stamp, per_ref)
-            res = per_ref.sum(1)
-            out[:, ty0:ty1, tx0:tx1] = res.T.reshape(lab, th, tw)
-    return out
+    T, R, nby, nbx = block_geometry(h, w, r, tile)
+    hq, wq = nby * T, nbx * T
+    qp = F.pad(query.float() / float(temperature), (0, wq - w, 0, hq - h))[None]   # (1, C, hq, wq)
+    kp = F.pad(keys.float(), (r, r + wq - w, r, r + hq - h))                         # (N, C, hq+2r, wq+2r)
+    vp = F.pad(values.float(), (r, r + wq - w, r, r + hq - h))                       # (N, L, ...)
+    win = window_in_region(T, R, r, dev)                                             # (T2, R2)
+    out = torch.empty(lab, hq, wq, dtype=torch.float32, device=dev)
+    if compact:
+        ry = torch.arange(R, device=dev, dtype=torch.float32)
+    for by in range(nby):
+        y0 = by * T
+        q = query_blocks(qp, y0, T, nbx)                      # (1, nbx, T2, C)
+        k = regions(kp, y0, R, T, nbx)                        # (N, nbx, C, R2)
+        v = regions(vp, y0, R, T, nbx).transpose(-1, -2)      # (N, nbx, R2, L)
+        s = torch.matmul(q, k).masked_fill_(~win, float("-inf"))  # (N, nbx, T2, R2)
+        lse = torch.logsumexp(torch.logsumexp(s, dim=-1), dim=0)   # (nbx, T2) joint over references
+        if compact:
+            top_s, top_i = _topk_lowest_index(s.reshape(-1, R * R), compact)
+            top_s = top_s.view(n, nbx, T * T, compact)
+            top_i = top_i.view(n, nbx, T * T, compact)
+        p = torch.exp(s - lse[..., None])                     # joint softmax probabilities (0 off-window)
+        del s
+        res = torch.matmul(p, v)                              # (N, nbx, T2, L) soft window sums
+        if compact:
+            top_p = torch.exp(top_s - lse[..., None])         # (N, nbx, T2, M)
+            conf = top_p.amax(dim=-1) > float(compact_threshold)
+            wgt = torch.softmax(top_p, dim=-1)
+            cy = (top_i // R).float()[..., None]              # rectangle coordinates of the centres
+            cx = (top_i % R).float()[..., None]
+            gy = torch.exp2(-4.0 * (ry - cy) ** 2) * wgt[..., None]   # (N, nbx, T2, M, R), exp(-4 ln2 d^2)
+            gx = torch.exp2(-4.0 * (ry - cx) ** 2)
+            tmpl = torch.matmul(gy.transpose(-1, -2), gx)     # (N, nbx, T2, R, R): sum_m w_m G_m(y) G_m(x)
+            tmpl = tmpl.reshape(p.shape).mul_(win)
+            res = torch.where(conf[..., None], torch.matmul(tmpl, v), res)
+        o = res.sum(0)                                        # (nbx, T2, L)
+        out[:, y0:y0 + T] = o.reshape(nbx, T, T, lab).permute(3, 1, 0, 2).reshape(lab, T, wq)
+    return out[:, :h, :w].contiguous()
 
 
 @triton.jit

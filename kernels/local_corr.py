@@ -63,6 +63,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from ._tiles import attention_tile, block_geometry, query_blocks, regions, region_in_image, scatter_regions, window_in_region
 from ._utils import FLOAT_DTYPES, alloc_output, check_tensor, interpreting, next_power_of_2, use_triton
 
 __all__ = [
@@ -193,72 +194,28 @@ def _torch_corr_bwd(grad, query, key, radius, dilation):
     return dq.to(query.dtype), dk.to(key.dtype)
 
 
-def _cpu_tile(radius: int) -> int:
-    """Query tile side of the CPU path: 8 up to radius 8 (window 17), else 16 (keeps the region
-    ``(T + 2r)^2`` within ~2.6x the window ``(2r + 1)^2`` and the GEMMs large enough)."""
-    return 8 if radius <= 8 else 16
-
-
-def _block_geometry(H, W, radius, tile):
-    """``(T, R, nby, nbx)``: tile side, region side ``T + 2r``, tiles per column and per row."""
-    T = tile
-    R = T + 2 * radius
-    nby, nbx = -(-H // T), -(-W // T)
-    return T, R, nby, nbx
-
-def _window_mask(T, R, radius, device):
-    """(T*T, R*R) bool: region cell inside the query's window."""
-    iy = torch.arange(T, device=device)
-    ry = torch.arange(R, device=device)
-    dy = ry.view(1, R) - iy.view(T, 1) - radius  # (T, R)
-    oky = dy.abs() <= radius
-    m = oky.view(T, 1, R, 1) & oky.view(1, T, 1, R)
-    return m.reshape(T * T, R * R)
-
-def _regions(xpad, y0, R, T, nbx):
-    """xpad (B, C, Hp, Wp) -> (B, nbx, C, R*R): the key regions of block-row starting at padded row y0."""
-    B, C = xpad.shape[:2]
-    rows = xpad[:, :, y0:y0 + R]                          # (B, C, R, Wp)
-    reg = rows.unfold(3, R, T)                            # (B, C, R, nbx, R)
-    return reg.permute(0, 3, 1, 2, 4).reshape(B, nbx, C, R * R)
-
-def _qblocks(qp, y0, T, nbx):
-    """qp (B, C, Hq, Wq) padded to block multiples -> (B, nbx, T*T, C) queries of block-row y0."""
-    B, C = qp.shape[:2]
-    rows = qp[:, :, y0:y0 + T]                            # (B, C, T, nbx*T)
-    blk = rows.reshape(B, C, T, nbx, T).permute(0, 3, 2, 4, 1)  # (B, nbx, T, T, C)
-    return blk.reshape(B, nbx, T * T, C)
-
-def _valid_region(H, W, y0q, T, R, radius, nbx, device):
-    """(nbx, 1, R*R) bool: region cell inside the image (for truncate mode)."""
-    ys = y0q - radius + torch.arange(R, device=device)
-    xs = (torch.arange(nbx, device=device) * T).view(nbx, 1) - radius + torch.arange(R, device=device).view(1, R)
-    oky = (ys >= 0) & (ys < H)
-    okx = (xs >= 0) & (xs < W)
-    return (oky.view(1, R, 1) & okx.view(nbx, 1, R)).reshape(nbx, 1, R * R)
-
 def _torch_attn_fwd(query, key, value, radius, scale, border, tile=None):
     B, C, H, W = query.shape
     D = value.shape[1]
     acc = _acc_dtype(query.dtype)
-    T, R, nby, nbx = _block_geometry(H, W, radius, tile or _cpu_tile(radius))
+    T, R, nby, nbx = block_geometry(H, W, radius, tile or attention_tile(radius))
     Hq, Wq = nby * T, nbx * T
     qp = F.pad(query.to(acc), (0, Wq - W, 0, Hq - H))
     kp = F.pad(key.to(acc), (radius, radius + Wq - W, radius, radius + Hq - H))
     vp = F.pad(value.to(acc), (radius, radius + Wq - W, radius, radius + Hq - H))
-    win = _window_mask(T, R, radius, query.device)
+    win = window_in_region(T, R, radius, query.device)
     out = torch.empty((B, D, Hq, Wq), dtype=acc, device=query.device)
     lse = torch.empty((B, Hq, Wq), dtype=acc, device=query.device)
     neg = float("-inf")
     for by in range(nby):
         y0 = by * T
-        q = _qblocks(qp, y0, T, nbx)                      # (B, nbx, T2, C)
-        k = _regions(kp, y0, R, T, nbx)                   # (B, nbx, C, R2)
-        v = _regions(vp, y0, R, T, nbx)                   # (B, nbx, D, R2)
+        q = query_blocks(qp, y0, T, nbx)                      # (B, nbx, T2, C)
+        k = regions(kp, y0, R, T, nbx)                   # (B, nbx, C, R2)
+        v = regions(vp, y0, R, T, nbx)                   # (B, nbx, D, R2)
         s = torch.matmul(q, k) * scale                    # (B, nbx, T2, R2)
         mask = win
         if border == "truncate":
-            mask = win & _valid_region(H, W, y0, T, R, radius, nbx, query.device)
+            mask = win & region_in_image(H, W, y0, T, R, radius, nbx, query.device)
         s = s.masked_fill(~mask, neg)
         l = torch.logsumexp(s, dim=-1)                    # (B, nbx, T2)
         p = torch.exp(s - l.unsqueeze(-1))
@@ -267,18 +224,11 @@ def _torch_attn_fwd(query, key, value, radius, scale, border, tile=None):
         lse[:, y0:y0 + T] = l.reshape(B, nbx, T, T).permute(0, 2, 1, 3).reshape(B, T, Wq)
     return out[:, :, :H, :W].to(value.dtype).contiguous(), lse[:, :H, :W].contiguous()
 
-def _scatter_regions(dpad, reg, y0, R, T, nbx):
-    """Add (B, nbx, C, R*R) region gradients into dpad (B, C, Hp, Wp) (overlapping regions sum)."""
-    B, _, C, _ = reg.shape
-    r5 = reg.reshape(B, nbx, C, R, R)
-    for j in range(nbx):  # neighbouring regions overlap by R - T columns
-        dpad[:, :, y0:y0 + R, j * T:j * T + R] += r5[:, j]
-
 def _torch_attn_bwd(query, key, value, out, lse, dout, dlse, radius, scale, border, tile=None):
     B, C, H, W = query.shape
     D = value.shape[1]
     acc = _acc_dtype(query.dtype)
-    T, R, nby, nbx = _block_geometry(H, W, radius, tile or _cpu_tile(radius))
+    T, R, nby, nbx = block_geometry(H, W, radius, tile or attention_tile(radius))
     Hq, Wq = nby * T, nbx * T
     padq = (0, Wq - W, 0, Hq - H)
     padk = (radius, radius + Wq - W, radius, radius + Hq - H)
@@ -288,22 +238,22 @@ def _torch_attn_bwd(query, key, value, out, lse, dout, dlse, radius, scale, bord
     dop = F.pad(dout.to(acc), padq)
     lsep = F.pad(lse.to(acc), padq)
     delta = F.pad((dout.to(acc) * out.to(acc)).sum(1) - dlse.to(acc), padq)
-    win = _window_mask(T, R, radius, query.device)
+    win = window_in_region(T, R, radius, query.device)
     dq = torch.empty_like(qp)
     dkp = torch.zeros_like(kp)
     dvp = torch.zeros_like(vp)
     for by in range(nby):
         y0 = by * T
-        q = _qblocks(qp, y0, T, nbx)                      # (B, nbx, T2, C)
-        do = _qblocks(dop, y0, T, nbx)                    # (B, nbx, T2, D)
+        q = query_blocks(qp, y0, T, nbx)                      # (B, nbx, T2, C)
+        do = query_blocks(dop, y0, T, nbx)                    # (B, nbx, T2, D)
         l = lsep[:, y0:y0 + T].reshape(B, T, nbx, T).permute(0, 2, 1, 3).reshape(B, nbx, T * T, 1)
         dl = delta[:, y0:y0 + T].reshape(B, T, nbx, T).permute(0, 2, 1, 3).reshape(B, nbx, T * T, 1)
-        k = _regions(kp, y0, R, T, nbx)
-        v = _regions(vp, y0, R, T, nbx)
+        k = regions(kp, y0, R, T, nbx)
+        v = regions(vp, y0, R, T, nbx)
         s = torch.matmul(q, k) * scale
         mask = win
         if border == "truncate":
-            mask = win & _valid_region(H, W, y0, T, R, radius, nbx, query.device)
+            mask = win & region_in_image(H, W, y0, T, R, radius, nbx, query.device)
         p = torch.exp(s - l).masked_fill(~mask, 0.0)      # (B, nbx, T2, R2)
         dp = torch.matmul(do, v)                          # (B, nbx, T2, R2)
         ds = p * (dp - dl) * scale
@@ -311,8 +261,8 @@ def _torch_attn_bwd(query, key, value, out, lse, dout, dlse, radius, scale, bord
         dq[:, :, y0:y0 + T] = dqb.reshape(B, nbx, T, T, C).permute(0, 4, 2, 1, 3).reshape(B, C, T, Wq)
         dkr = torch.matmul(q.transpose(-1, -2), ds)       # (B, nbx, C, R2)
         dvr = torch.matmul(do.transpose(-1, -2), p)       # (B, nbx, D, R2)
-        _scatter_regions(dkp, dkr, y0, R, T, nbx)
-        _scatter_regions(dvp, dvr, y0, R, T, nbx)
+        scatter_regions(dkp, dkr, y0, R, T, nbx)
+        scatter_regions(dvp, dvr, y0, R, T, nbx)
     crop = (slice(None), slice(None), slice(radius, radius + H), slice(radius, radius + W))
     return (dq[:, :, :H, :W].to(query.dtype).contiguous(), dkp[crop].to(key.dtype).contiguous(),
             dvp[crop].to(value.dtype).contiguous())
