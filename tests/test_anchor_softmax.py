@@ -143,6 +143,7 @@ def test_argmax_triton_groups_and_ties(triton_backend, dtype):
     g = fresh_generator()
     P, A, K = 53, 38, 9
     f, q = _integer_inputs(P, A, K, g)
+    q[3] = 3.0  # outside the inputs' range -2..2: <q3, q3> = 81 beats every other anchor's <q3, q_a> <= 54
     q[20] = q[3]  # duplicate anchors in the same group -> ties, the lower index must win
     q[30] = q[3]
     # groups of unequal sizes (0: 14 anchors, 1: 23 anchors, 3: 1 anchor) and group 2 without anchors
