@@ -67,3 +67,13 @@ def test_cli_table_csv_and_errors(tmp_path):
     assert r.exit_code == 2 and "--split" in r.output
     r = runner.invoke(app, ["eval", "compare", str(a), str(b), "--split", "val"])
     assert r.exit_code == 0, r.output
+
+
+def test_sharded_evaluations_are_merged(tmp_path):
+    _write(tmp_path / "run" / "bear", [("bear_1", 0.8, 0.6)])
+    _write(tmp_path / "run" / "boat", [("boat_1", 0.4, 0.2)])
+    (tmp_path / "run" / "overlays").mkdir()  # not an evaluation: ignored
+    assert read_sequence_scores(tmp_path / "run") == pytest.approx({"bear": 0.7, "boat": 0.3})
+    _write(tmp_path / "run" / "again", [("boat_1", 0.5, 0.5)])
+    with pytest.raises(ComparisonError, match="two shards"):
+        read_sequence_scores(tmp_path / "run")

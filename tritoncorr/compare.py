@@ -50,9 +50,26 @@ def _per_sequence_csv(folder: Path, split: str | None) -> Path:
 def read_sequence_scores(folder: str | Path, split: str | None = None) -> dict[str, float]:
     """``{sequence: J&F}`` from an evaluation folder (or its per-sequence CSV).
 
-    J&F of a sequence is the mean over its objects of ``(J-Mean + F-Mean) / 2``.
+    J&F of a sequence is the mean over its objects of ``(J-Mean + F-Mean) / 2``. A folder without a
+    CSV of its own whose sub-folders are evaluations (a set evaluated in shards, e.g. one
+    ``eval davis -s SEQ --out DIR/SEQ`` per sequence) gives the union of theirs; a sequence scored
+    in two shards is an error.
     """
-    path = _per_sequence_csv(Path(folder), split)
+    folder = Path(folder)
+    if folder.is_dir() and not list(folder.glob("per-sequence_results-*.csv")):
+        shards = sorted(p for p in folder.iterdir() if p.is_dir() and list(p.glob("per-sequence_results-*.csv")))
+        if shards:
+            merged: dict[str, float] = {}
+            for shard in shards:
+                for seq, jf in read_sequence_scores(shard, split).items():
+                    if seq in merged:
+                        raise ComparisonError(f"{folder}: sequence {seq!r} is scored in two shards (one is {shard})")
+                    merged[seq] = jf
+            return merged
+    return _read_csv(_per_sequence_csv(folder, split))
+
+
+def _read_csv(path: Path) -> dict[str, float]:
     per_seq: dict[str, list[float]] = {}
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
