@@ -67,7 +67,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from tritoncorr.data.sampler import epoch_batches, loader_generator, sample_rng, sample_torch_generator
+from tritoncorr.data.sampler import EpochCursor, epoch_batches, loader_generator, sample_rng, sample_torch_generator
 from tritoncorr.data.sources import IMAGE_EXTS, SourceWarning, _decode_image, _hf_payload
 from tritoncorr.data.transforms import imagenet_normalize, resize
 from tritoncorr.engine.config import ConfigError
@@ -596,7 +596,7 @@ class _PlanSampler:
         return len(self.plan)
 
 
-class ImageLoader:
+class ImageLoader(EpochCursor):
     """Iterable over an epoch's batches (module docstring); build with :func:`build_image_loader`."""
 
     def __init__(self, cfg: ImageDataConfig, source: ImageSource, *, seed: int, rank: int = 0,
@@ -627,24 +627,8 @@ class ImageLoader:
     def skipped(self) -> int:
         return len(self.skipped_files)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch to iterate; a no-op (keeps the resume position) if it is the current one."""
-        if int(epoch) != self.epoch:
-            self.epoch, self.batch = int(epoch), 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch": self.batch, "seed": self.seed, "world_size": self.world_size,
-                "num_images": len(self.source), "batch_size": self.cfg.batch_size}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, mine in (("seed", self.seed), ("world_size", self.world_size), ("num_images", len(self.source)),
-                          ("batch_size", self.cfg.batch_size)):
-            if key in state and int(state[key]) != mine:
-                warnings.warn(f"loader state has {key}={state[key]} but this loader has {mine}: "
-                              "the resumed batches will differ from the original run", stacklevel=2)
-        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
-        if not 0 <= self.batch <= len(self):
-            raise ValueError(f"loader state batch={self.batch} out of range for {len(self)} batches per epoch")
+    def _resume_checks(self) -> dict[str, int]:
+        return {**super()._resume_checks(), "num_images": len(self.source)}
 
     def epoch_plan(self, epoch: int) -> list[list[int]]:
         """This rank's batches of image indices for ``epoch`` (before read-time replacements)."""
@@ -723,7 +707,7 @@ class _StreamImages(IterableDataset):
         return batch
 
 
-class StreamingImageLoader:
+class StreamingImageLoader(EpochCursor):
     """:class:`ImageLoader`'s contract over a streaming HF dataset: an epoch is one pass over the stream,
     shuffled per epoch (``ds.shuffle(seed, buffer)``), split by rank (``split_dataset_by_node``),
     drop_last; ``index`` is the position in this rank's stream. ``len`` needs the split size in the
@@ -783,17 +767,6 @@ class StreamingImageLoader:
             ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world_size)
         for batch in ds.iter(batch_size=1):
             yield {k: v[0] for k, v in batch.items()}
-
-    def set_epoch(self, epoch: int) -> None:
-        if int(epoch) != self.epoch:
-            self.epoch, self.batch = int(epoch), 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch": self.batch, "seed": self.seed, "world_size": self.world_size,
-                "batch_size": self.cfg.batch_size}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
 
     def __iter__(self) -> Iterator[dict]:
         epoch = self.epoch

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tritoncorr.data.clips import clip_to_tensor, collate_clips
 from tritoncorr.data.config import DataConfig
-from tritoncorr.data.sampler import clip_indices, epoch_batches, loader_generator, sample_rng, sample_torch_generator
+from tritoncorr.data.sampler import EpochCursor, clip_indices, epoch_batches, loader_generator, sample_rng, sample_torch_generator
 from tritoncorr.data.sources import ClipSource, SourceWarning, build_source
 
 
@@ -86,7 +86,7 @@ class _PlanSampler:
         return len(self.plan)
 
 
-class ClipLoader:
+class ClipLoader(EpochCursor):
     """Iterable over an epoch's batches; see the module docstring. Build with :func:`build_clip_loader`."""
 
     def __init__(self, cfg: DataConfig, source: ClipSource, *, seed: int, rank: int = 0, world_size: int = 1) -> None:
@@ -129,26 +129,9 @@ class ClipLoader:
     def video_names(self) -> list[str]:
         return list(self.source.names)
 
-    # -- epoch / resume -----------------------------------------------------------------------
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch to iterate; a no-op (keeps the resume position) if it is the current one."""
-        if int(epoch) != self.epoch:
-            self.epoch, self.batch = int(epoch), 0
-
-    def state_dict(self) -> dict[str, Any]:
-        """``{"epoch", "batch"}`` (batches already yielded in this epoch) plus what must match on resume."""
-        return {"epoch": self.epoch, "batch": self.batch, "seed": self.seed, "world_size": self.world_size,
-                "num_videos": len(self.dataset), "batch_size": self.cfg.batch_size}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, mine in (("seed", self.seed), ("world_size", self.world_size), ("num_videos", len(self.dataset)),
-                          ("batch_size", self.cfg.batch_size)):
-            if key in state and int(state[key]) != mine:
-                warnings.warn(f"loader state has {key}={state[key]} but this loader has {mine}: "
-                              "the resumed batches will differ from the original run", stacklevel=2)
-        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
-        if not (0 <= self.batch <= len(self)):
-            raise ValueError(f"loader state batch={self.batch} out of range for {len(self)} batches per epoch")
+    # -- epoch / resume (EpochCursor: set_epoch, state_dict, load_state_dict) ------------------
+    def _resume_checks(self) -> dict[str, int]:
+        return {**super()._resume_checks(), "num_videos": len(self.dataset)}
 
     def epoch_plan(self, epoch: int) -> list[list[int]]:
         """This rank's batches of source video indices for ``epoch`` (before any read-time replacement)."""

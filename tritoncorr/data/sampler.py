@@ -12,6 +12,9 @@ whatever the world size.
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -105,3 +108,45 @@ def epoch_batches(num_videos: int, batch_size: int, seed: int, epoch: int, rank:
     mine = rank_slice(epoch_permutation(num_videos, seed, epoch), rank, world_size)
     nb = len(mine) // batch_size
     return [mine[b * batch_size:(b + 1) * batch_size].tolist() for b in range(nb)]
+
+
+class EpochCursor:
+    """Where an epoch-based loader stands: ``epoch`` and ``batch`` (batches already yielded in it).
+
+    Shared by the clip and image loaders (map-style and streaming). ``state_dict()`` is the cursor
+    plus the settings that must match for a resume to reproduce the same batches
+    (:meth:`_resume_checks`); ``load_state_dict`` warns once per mismatch (the run continues, not
+    exactly) and rejects a position outside the epoch.
+    """
+
+    epoch: int = 0
+    batch: int = 0
+
+    def _resume_checks(self) -> dict[str, int]:
+        """Settings a resumed loader must share with the saved one (subclasses extend it)."""
+        return {"seed": self.seed, "world_size": self.world_size, "batch_size": self.cfg.batch_size}
+
+    def _batches_per_epoch(self) -> int | None:
+        """Batches per epoch on this rank, or None when unknown (a stream without a size)."""
+        try:
+            return len(self)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch to iterate; a no-op (keeps the resume position) if it is the current one."""
+        if int(epoch) != self.epoch:
+            self.epoch, self.batch = int(epoch), 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch": self.batch, **self._resume_checks()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, mine in self._resume_checks().items():
+            if key in state and int(state[key]) != int(mine):
+                warnings.warn(f"loader state has {key}={state[key]} but this loader has {mine}: "
+                              "the resumed batches will differ from the original run", stacklevel=2)
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        total = self._batches_per_epoch()
+        if self.batch < 0 or (total is not None and self.batch > total):
+            raise ValueError(f"loader state batch={self.batch} out of range for {total} batches per epoch")

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tritoncorr.data.config import DataConfig
 from tritoncorr.data.clips import clip_to_tensor, collate_clips
-from tritoncorr.data.sampler import clip_indices, loader_generator, sample_rng, sample_torch_generator
+from tritoncorr.data.sampler import EpochCursor, clip_indices, loader_generator, sample_rng, sample_torch_generator
 from tritoncorr.data.sources import SourceWarning, hf_column, load_hf_dataset, read_hf_example
 
 
@@ -97,7 +97,7 @@ class _StreamClips(IterableDataset):
         return batch
 
 
-class StreamingClipLoader:
+class StreamingClipLoader(EpochCursor):
     """Like :class:`tritoncorr.data.loader.ClipLoader` for ``hf_streaming`` (same batch format and
     ``state_dict``/``load_state_dict``/``set_epoch``); ``video`` holds the stream position."""
 
@@ -155,17 +155,6 @@ class StreamingClipLoader:
             ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world_size)
         for batch in ds.iter(batch_size=1):  # .iter() reads the whole stream even inside a torch worker
             yield {k: v[0] for k, v in batch.items()}
-
-    def set_epoch(self, epoch: int) -> None:
-        if int(epoch) != self.epoch:
-            self.epoch, self.batch = int(epoch), 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch": self.batch, "seed": self.seed, "world_size": self.world_size,
-                "batch_size": self.cfg.batch_size}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
 
     def __iter__(self) -> Iterator[dict]:
         epoch = self.epoch
