@@ -226,7 +226,6 @@ def _torch_attn_fwd(query, key, value, radius, scale, border, tile=None):
 
 def _torch_attn_bwd(query, key, value, out, lse, dout, dlse, radius, scale, border, tile=None):
     B, C, H, W = query.shape
-    D = value.shape[1]
     acc = _acc_dtype(query.dtype)
     T, R, nby, nbx = block_geometry(H, W, radius, tile or attention_tile(radius))
     Hq, Wq = nby * T, nbx * T

@@ -68,6 +68,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from tritoncorr.data.sampler import EpochCursor, epoch_batches, loader_generator, sample_rng, sample_torch_generator
+from tritoncorr.data.streaming import StreamCursor
 from tritoncorr.data.sources import IMAGE_EXTS, SourceWarning, _decode_image, _hf_payload
 from tritoncorr.data.transforms import imagenet_normalize, resize
 from tritoncorr.engine.config import ConfigError
@@ -707,12 +708,14 @@ class _StreamImages(IterableDataset):
         return batch
 
 
-class StreamingImageLoader(EpochCursor):
+class StreamingImageLoader(StreamCursor):
     """:class:`ImageLoader`'s contract over a streaming HF dataset: an epoch is one pass over the stream,
     shuffled per epoch (``ds.shuffle(seed, buffer)``), split by rank (``split_dataset_by_node``),
     drop_last; ``index`` is the position in this rank's stream. ``len`` needs the split size in the
     dataset info (else ``TypeError``). Resume skips the consumed batches of the epoch's stream (read,
     not decoded)."""
+
+    stream_tag = 0x1A6
 
     def __init__(self, cfg: ImageDataConfig, *, seed: int, rank: int = 0, world_size: int = 1, dataset=None) -> None:
         cfg.validate()
@@ -758,35 +761,8 @@ class StreamingImageLoader(EpochCursor):
     def skipped(self) -> int:
         return len(self.skipped_files)
 
-    def epoch_stream(self, epoch: int) -> Iterator[dict]:
-        from datasets.distributed import split_dataset_by_node
-
-        seed = int(np.random.default_rng([0x1A6, self.seed & 0xFFFFFFFF, epoch]).integers(0, 2**31))
-        ds = self.ds.shuffle(seed=seed, buffer_size=self.shuffle_buffer)
-        if self.world_size > 1:
-            ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world_size)
-        for batch in ds.iter(batch_size=1):
-            yield {k: v[0] for k, v in batch.items()}
-
     def __iter__(self) -> Iterator[dict]:
-        epoch = self.epoch
-        nw = self.cfg.num_workers
-        kwargs: dict[str, Any] = {"prefetch_factor": self.cfg.prefetch_factor} if nw > 0 else {}
-        dl = DataLoader(_StreamImages(self, epoch, self.batch), batch_size=None, num_workers=nw,
-                        pin_memory=self.cfg.pin_memory, generator=loader_generator(self.seed), **kwargs)
-        produced = False
-        for batch in dl:
-            produced = True
-            for name in batch.pop("skipped"):
-                self.skipped_files.append(name)
-                warnings.warn(f"skipping unreadable image {name}", SourceWarning, stacklevel=2)
-            self.batch += 1
-            yield batch
-        if not produced and self.batch == 0:
-            raise ConfigError(f"HF stream {self.root!r} (split {self.cfg.hf_split!r}) gave no full batch of "
-                              f"{self.cfg.batch_size} images on rank {self.rank}")
-        self.epoch, self.batch = epoch + 1, 0
-
+        yield from self._iterate(_StreamImages(self, self.epoch, self.batch), "image", ConfigError)
 
 def build_image_loader(cfg: ImageDataConfig, *, seed: int, rank: int = 0, world_size: int = 1):
     """The loader of ``cfg``: :class:`ImageLoader`, or :class:`StreamingImageLoader` for ``hf_streaming``."""

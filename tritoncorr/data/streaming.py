@@ -45,6 +45,47 @@ def no_decode_features(feature: Any) -> Any:
     return feature
 
 
+class StreamCursor(EpochCursor):
+    """The epoch stream and batch iteration shared by the streaming loaders (clips and images).
+
+    Subclasses set ``ds`` (a streaming ``datasets`` dataset), ``shuffle_buffer``, ``stream_tag`` (mixed
+    into the per-epoch shuffle seed), ``skipped_files``, ``root``, ``cfg``, ``rank``.
+    """
+
+    stream_tag = 0x5B
+
+    def epoch_stream(self, epoch: int) -> Iterator[dict]:
+        """Raw examples of this rank for ``epoch`` (shuffled per epoch), read in the calling process."""
+        from datasets.distributed import split_dataset_by_node
+
+        seed = int(np.random.default_rng([self.stream_tag, self.seed & 0xFFFFFFFF, epoch]).integers(0, 2**31))
+        ds = self.ds.shuffle(seed=seed, buffer_size=self.shuffle_buffer)
+        if self.world_size > 1:
+            ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world_size)
+        for batch in ds.iter(batch_size=1):  # .iter() reads the whole stream even inside a torch worker
+            yield {k: v[0] for k, v in batch.items()}
+
+    def _iterate(self, dataset: IterableDataset, what: str, error: type[Exception]) -> Iterator[dict]:
+        """Batches of ``dataset`` (built for the current epoch and position); advances the cursor."""
+        epoch = self.epoch
+        nw = self.cfg.num_workers
+        kwargs: dict[str, Any] = {"prefetch_factor": self.cfg.prefetch_factor} if nw > 0 else {}
+        dl = DataLoader(dataset, batch_size=None, num_workers=nw, pin_memory=self.cfg.pin_memory,
+                        generator=loader_generator(self.seed), **kwargs)
+        produced = False
+        for batch in dl:
+            produced = True
+            for name in batch.pop("skipped"):
+                self.skipped_files.append(name)
+                warnings.warn(f"skipping unreadable {what} {name}", SourceWarning, stacklevel=3)
+            self.batch += 1
+            yield batch
+        if not produced and self.batch == 0:
+            raise error(f"HF stream {self.root!r} (split {self.cfg.hf_split!r}) gave no full batch of "
+                        f"{self.cfg.batch_size} usable {what}s on rank {self.rank}")
+        self.epoch, self.batch = epoch + 1, 0
+
+
 class _StreamClips(IterableDataset):
     def __init__(self, owner: "StreamingClipLoader", epoch: int, start_batch: int) -> None:
         self.owner, self.epoch, self.start_batch = owner, epoch, start_batch
@@ -97,7 +138,7 @@ class _StreamClips(IterableDataset):
         return batch
 
 
-class StreamingClipLoader(EpochCursor):
+class StreamingClipLoader(StreamCursor):
     """Like :class:`tritoncorr.data.loader.ClipLoader` for ``hf_streaming`` (same batch format and
     ``state_dict``/``load_state_dict``/``set_epoch``); ``video`` holds the stream position."""
 
@@ -145,32 +186,5 @@ class StreamingClipLoader(EpochCursor):
             return len(example[self.column]) >= self.cfg.clip_len
         return example[self.column] is not None
 
-    def epoch_stream(self, epoch: int) -> Iterator[dict]:
-        """Raw examples of this rank for ``epoch`` (shuffled per epoch), read in the calling process."""
-        from datasets.distributed import split_dataset_by_node
-
-        seed = int(np.random.default_rng([0x5B, self.seed & 0xFFFFFFFF, epoch]).integers(0, 2**31))
-        ds = self.ds.shuffle(seed=seed, buffer_size=self.shuffle_buffer)
-        if self.world_size > 1:
-            ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world_size)
-        for batch in ds.iter(batch_size=1):  # .iter() reads the whole stream even inside a torch worker
-            yield {k: v[0] for k, v in batch.items()}
-
     def __iter__(self) -> Iterator[dict]:
-        epoch = self.epoch
-        nw = self.cfg.num_workers
-        kwargs: dict[str, Any] = {"prefetch_factor": self.cfg.prefetch_factor} if nw > 0 else {}
-        dl = DataLoader(_StreamClips(self, epoch, self.batch), batch_size=None, num_workers=nw,
-                        pin_memory=self.cfg.pin_memory, generator=loader_generator(self.seed), **kwargs)
-        produced = False
-        for batch in dl:
-            produced = True
-            for name in batch.pop("skipped"):
-                self.skipped_files.append(name)
-                warnings.warn(f"skipping unreadable example {name}", SourceWarning, stacklevel=2)
-            self.batch += 1
-            yield batch
-        if not produced and self.batch == 0:
-            raise ValueError(f"HF stream {self.root!r} (split {self.cfg.hf_split!r}) gave no full batch of "
-                             f"{self.cfg.batch_size} usable examples on rank {self.rank}")
-        self.epoch, self.batch = epoch + 1, 0
+        yield from self._iterate(_StreamClips(self, self.epoch, self.batch), "example", ValueError)
