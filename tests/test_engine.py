@@ -393,7 +393,8 @@ def test_damaged_checkpoint_is_reported_and_resume_from_an_older_one_is_exact(tm
     r = runner.invoke(app, ["train", TOY, "--resume", str(run), "--steps", "6"])
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert "ckpt-00000004/model.safetensors" in r.output and "--resume-from ckpt-00000002" in r.output
-    r = runner.invoke(app, ["train", TOY, "--resume", str(run), "--resume-from", "ckpt-00000002", "--steps", "6"])
+    with pytest.warns(UserWarning, match="moved the newer ckpt-00000004"):
+        r = runner.invoke(app, ["train", TOY, "--resume", str(run), "--resume-from", "ckpt-00000002", "--steps", "6"])
     assert r.exit_code == 0, r.output
     assert _losses(run) == _losses(tmp_path / "ref")
     assert (run / "superseded" / "ckpt-00000004").is_dir()  # kept, but not resumed from again
