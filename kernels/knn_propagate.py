@@ -854,6 +854,29 @@ def window_propagate_windowed(
 
 
 @triton.jit
+def _window_block_scores(q_ptr, k_ptr, qy, qx, qvalid, j, RN, RW, ry0, rx0, H, W, RADIUS, fr, C,
+                         s_qc, s_qy, s_qx, s_kn, s_kc, s_ky, s_kx, inv_t,
+                         BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+                         DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """Scores of the tile's queries against rectangle cells ``j`` of reference ``fr``, -inf outside
+    each query's window; also which cells are in the image and their clamped coordinates (for the
+    value loads; out-of-image cells load zeros, the zero border)."""
+    jv = j < RN
+    ky = ry0 + j // RW
+    kx = rx0 + j % RW
+    kin = jv & (ky >= 0) & (ky < H) & (kx >= 0) & (kx < W)
+    kyc = tl.minimum(tl.maximum(ky, 0), H - 1)
+    kxc = tl.minimum(tl.maximum(kx, 0), W - 1)
+    s = _block_scores(q_ptr, k_ptr, qy, qx, qvalid, kyc, kxc, kin, tl.cast(fr, tl.int64), C,
+                      s_qc, s_qy, s_qx, s_kn, s_kc, s_ky, s_kx, inv_t,
+                      BLOCK_Q, BLOCK_K, BLOCK_C, DOT_PRECISION, UPCAST_DOT)
+    dy = ky[None, :] - qy[:, None]
+    dx = kx[None, :] - qx[:, None]
+    ok = (tl.abs(dy) <= RADIUS) & (tl.abs(dx) <= RADIUS) & jv[None, :] & qvalid[:, None]
+    return tl.where(ok, s, float("-inf")), kin, kyc, kxc
+
+
+@triton.jit
 def _window_propagate_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr,
     H, W, C, L, N, RADIUS, inv_t, threshold,
@@ -901,20 +924,9 @@ def _window_propagate_kernel(
     # pass 1 (COMPACT == 0: the only pass, with the values)
     for fr in range(0, N):
         for j0 in range(0, RN, BLOCK_K):
-            j = j0 + offs_k
-            jv = j < RN
-            ky = ry0 + j // RW
-            kx = rx0 + j % RW
-            kin = jv & (ky >= 0) & (ky < H) & (kx >= 0) & (kx < W)
-            kyc = tl.minimum(tl.maximum(ky, 0), H - 1)
-            kxc = tl.minimum(tl.maximum(kx, 0), W - 1)
-            s = _block_scores(q_ptr, k_ptr, qy, qx, qvalid, kyc, kxc, kin, tl.cast(fr, tl.int64), C,
-                              s_qc, s_qy, s_qx, s_kn, s_kc, s_ky, s_kx, inv_t,
-                              BLOCK_Q, BLOCK_K, BLOCK_C, DOT_PRECISION, UPCAST_DOT)
-            dy = ky[None, :] - qy[:, None]
-            dx = kx[None, :] - qx[:, None]
-            ok = (tl.abs(dy) <= RADIUS) & (tl.abs(dx) <= RADIUS) & jv[None, :] & qvalid[:, None]
-            s = tl.where(ok, s, float("-inf"))
+            s, kin, kyc, kxc = _window_block_scores(
+                q_ptr, k_ptr, qy, qx, qvalid, j0 + offs_k, RN, RW, ry0, rx0, H, W, RADIUS, fr, C,
+                s_qc, s_qy, s_qx, s_kn, s_kc, s_ky, s_kx, inv_t, BLOCK_Q, BLOCK_K, BLOCK_C, DOT_PRECISION, UPCAST_DOT)
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             alpha = tl.exp(m_i - m_safe)
@@ -940,19 +952,9 @@ def _window_propagate_kernel(
             soft = tl.zeros((BLOCK_Q, BLOCK_L), tl.float32)
             for j0 in range(0, RN, BLOCK_K):
                 j = j0 + offs_k
-                jv = j < RN
-                ky = ry0 + j // RW
-                kx = rx0 + j % RW
-                kin = jv & (ky >= 0) & (ky < H) & (kx >= 0) & (kx < W)
-                kyc = tl.minimum(tl.maximum(ky, 0), H - 1)
-                kxc = tl.minimum(tl.maximum(kx, 0), W - 1)
-                s = _block_scores(q_ptr, k_ptr, qy, qx, qvalid, kyc, kxc, kin, tl.cast(fr, tl.int64), C,
-                                  s_qc, s_qy, s_qx, s_kn, s_kc, s_ky, s_kx, inv_t,
-                                  BLOCK_Q, BLOCK_K, BLOCK_C, DOT_PRECISION, UPCAST_DOT)
-                dy = ky[None, :] - qy[:, None]
-                dx = kx[None, :] - qx[:, None]
-                ok = (tl.abs(dy) <= RADIUS) & (tl.abs(dx) <= RADIUS) & jv[None, :] & qvalid[:, None]
-                s = tl.where(ok, s, float("-inf"))
+                s, kin, kyc, kxc = _window_block_scores(
+                    q_ptr, k_ptr, qy, qx, qvalid, j, RN, RW, ry0, rx0, H, W, RADIUS, fr, C,
+                    s_qc, s_qy, s_qx, s_kn, s_kc, s_ky, s_kx, inv_t, BLOCK_Q, BLOCK_K, BLOCK_C, DOT_PRECISION, UPCAST_DOT)
                 pr = tl.exp(s - lse[:, None])
                 v_off = fr * s_vn + kyc.to(tl.int64) * s_vy + kxc.to(tl.int64) * s_vx
                 vb = tl.load(v_ptr + v_off[:, None] + offs_l[None, :].to(tl.int64) * s_vl,
