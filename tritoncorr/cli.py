@@ -151,5 +151,23 @@ def bench(
     bench_cli(kernels=kernels or [], aot=aot, json_path=json_path, csv_path=csv_path, quick=quick, device=device)
 
 
+@app.command()
+def convert(
+    src: Annotated[Path, typer.Argument(help="Published checkpoint (.pth / .pth.tar / .pt / .tar / .safetensors), "
+                                        "read with torch.load(weights_only=True): no pickled code runs.")],
+    to: Annotated[Path, typer.Option("--to", help="Output .safetensors (weights + method, input colour, preset).")],
+    fmt: Annotated[str, typer.Option("--format", help="auto, crw, dul, stt, mast, liir, moco or torchvision.")] = "auto",
+    variant: Annotated[
+        Optional[str], typer.Option(help="Variant of the format: stt d8 (default, stride 8) or d4 (stride 4).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every key of the report.")] = False,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Also write the full report as JSON.")] = None,
+) -> None:
+    """Convert a published checkpoint (CRW, DUL, STT, MAST, LIIR, MoCo v2, torchvision ResNet) to tritoncorr."""
+    from tritoncorr.models.convert import convert_cli
+
+    convert_cli(src=src, to=to, fmt=fmt, variant=variant, verbose=verbose, report_path=report)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
