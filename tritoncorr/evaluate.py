@@ -1,15 +1,40 @@
-"""DAVIS-2017 semi-supervised evaluation of a feature extractor by label propagation.
+"""The task-generic label-propagation runner, and the DAVIS-2017 evaluation built on it.
 
-* :func:`evaluate_features_on_davis` is the reusable core (the CLI and the training engine's periodic
-  validation call it): features of every frame -> first-frame labels propagated through the video ->
-  indexed PNGs -> J&F exactly as the official toolkit, CSVs.
-* :func:`eval_davis_cli` is ``tritoncorr eval davis``.
+Every evaluation (``tritoncorr eval davis|vip|jhmdb|ytvos``, the engine's periodic validation) runs
+the same path, generic over the kind of label through a *label codec*:
 
-Inference follows DUL (``methods/dul.md`` section 3): frames at native resolution, ImageNet
-normalisation, features L2-normalised over channels, one frame at a time; first-frame one-hot labels
-(channel 0 background, channel k = object id k) bilinearly (align_corners=True) point-sampled to the
-feature grid; propagated soft labels bilinearly upsampled to the annotation size, argmax over all
-channels -> ids. The frame-0 output is the downsampled-then-upsampled ground truth.
+    frames -> features -> first-frame labels -> propagate -> decode -> score
+
+* :func:`compute_features`: frames (uint8 RGB, loaded lazily) -> optional resize to the task's
+  network input (bilinear, ``align_corners=False``, aspect ratio not kept: CRW's ``cv2.resize``),
+  the model's colour space, right/bottom zero padding to a multiple of ``config.pad``, the
+  features, L2-normalised over channels when ``config.normalize``: a :class:`VideoFeatures` with the
+  :class:`FrameGeometry` (original size, input size, padded size, feature grid).
+* a codec turns the first frame's annotation into ``(L, h, w)`` labels on the feature grid
+  (``encode(geometry, config, device)``) and a propagated ``(L, h, w)`` map back into a prediction
+  (``decode(soft, geometry, config)``):
+
+  - :class:`MaskCodec` (here): index maps: DAVIS / YouTube-VOS objects, VIP parts. Channel ``c``
+    is label id ``labels[c]`` (DAVIS: ``0 .. max id``; VIP and YouTube-VOS: the ids present, as
+    CRW's label set). Encoding: void (255) -> background; when the frames are resized, the id map
+    is resized to the input size (PIL-style nearest, ``nearest-exact``); padded with channel 0;
+    then the preset's ``label_downsample``. Decoding: the preset's upsampling to the padded input
+    size (``upsample_align_corners``, STT's ``minmax``), crop, argmax, ids; back to the original
+    size with nearest when resized (what VIP's ``eval_vip.py`` does to predictions of another size).
+  - :class:`tritoncorr.evals.jhmdb.JointsCodec`: keypoints as CRW's Gaussian heat maps, decoded by
+    the top-3 cells.
+* :func:`propagate_labels`: ``tritoncorr.propagation.propagate`` from frame ``start`` (YouTube-VOS
+  objects start at their own first frame), frame ``start``'s output is the encoded annotation:
+  a :class:`PropagatedVideo` (soft ``(T, L, h, w)`` and ``decode(t)``).
+* benchmarks (``tritoncorr/evals/<benchmark>.py``: readers, codecs, metrics, writers) compose these;
+  a new benchmark is one such file plus one CLI command.
+
+DAVIS follows DUL (``methods/dul.md`` section 3) under the default preset: frames at native
+resolution, ImageNet normalisation, one frame at a time, first-frame one-hot labels (channel 0
+background, channel k = object id k) bilinearly (align_corners=True) point-sampled to the grid,
+propagated soft labels bilinearly upsampled to the annotation size, argmax over all channels; the
+frame-0 output is the downsampled-then-upsampled ground truth. :func:`evaluate_features_on_davis`
+(CLI and engine) and :func:`propagate_sequence` keep their interface and results.
 """
 
 from __future__ import annotations
@@ -20,7 +45,9 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -43,32 +70,75 @@ SYNTHETIC_DEFAULTS = dict(num_sequences=3, num_frames=12, height=240, width=432,
 
 __all__ = [
     "DavisScores",
+    "FrameGeometry",
+    "LabelCodec",
+    "MaskCodec",
+    "PropagatedVideo",
+    "VideoFeatures",
+    "VideoFormatError",
+    "VideoProgress",
+    "compute_features",
     "default_davis_root",
+    "default_root",
     "eval_davis_cli",
+    "eval_jhmdb_cli",
+    "eval_vip_cli",
+    "eval_ytvos_cli",
     "evaluate_features_on_davis",
     "frame_to_tensor",
+    "propagate_labels",
     "propagate_sequence",
+    "propagate_video",
+    "resize_nearest",
     "synthetic_davis_root",
 ]
 
 
-def frame_to_tensor(frame: np.ndarray, device: torch.device | str = "cpu", color: str = "rgb") -> torch.Tensor:
+class VideoFormatError(ValueError):
+    """A video whose frames do not fit together (sizes differ) or do not fit its annotation."""
+
+
+def frame_to_tensor(frame: np.ndarray, device: torch.device | str = "cpu", color: str = "rgb",
+                    size: tuple[int, int] | None = None) -> torch.Tensor:
     """uint8 RGB ``(H, W, 3)`` -> float32 ``(1, 3, H, W)`` on ``device`` in the model's input colour space.
 
     ``color="rgb"``: ImageNet-normalised RGB (DUL, CRW, MoCo); ``"lab"``: OpenCV-float Lab normalised as
     ``((L - 50) / 50, a / 127, b / 127)`` (MAST, STT, LIIR).
+    ``size = (H', W')``: first resize the frame, bilinear with ``align_corners=False`` and no
+    antialiasing (``cv2.resize`` INTER_LINEAR, as CRW resizes its float frames; aspect ratio not
+    kept); for Lab the resized frame is rounded back to uint8 before the conversion (STT resizes the
+    uint8 image).
     """
     if color not in INPUT_COLORS:
         raise ValueError(f"color must be one of {INPUT_COLORS}, got {color!r}")
+    x = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1)
+    if size is not None and tuple(size) != tuple(x.shape[1:]):
+        y = F.interpolate(x[None].float(), size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)[0]
+        if color == "lab":
+            x = y.round_().clamp_(0, 255).to(torch.uint8)
+        else:
+            x = y.div_(255.0)
     if color == "lab":
         from tritoncorr.data.transforms import lab_normalize, rgb_uint8_to_lab
 
-        x = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1)
         return lab_normalize(rgb_uint8_to_lab(x)).float().unsqueeze(0)
-    x = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1).float().div_(255.0)
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
     return ((x - mean) / std).unsqueeze(0)
+
+
+def resize_nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(H, W)`` or ``(L, H, W)`` tensor -> ``size``, nearest with PIL's pixel-centre rule
+    (``nearest-exact``: source ``floor((i + 0.5) * in / out)``); integer tensors stay integer."""
+    size = tuple(int(s) for s in size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    y = x[None, None] if x.dim() == 2 else x[None]
+    out = F.interpolate(y.float(), size=size, mode="nearest-exact")
+    out = out[0, 0] if x.dim() == 2 else out[0]
+    return out if x.is_floating_point() else out.round_().to(x.dtype)
 
 
 def _resolve_config(config):
@@ -88,6 +158,257 @@ def _config_kwargs(config) -> dict:
     raise TypeError(f"config must be a PropagationConfig, got {type(config).__name__}")
 
 
+def _as_config(config):
+    """A ``PropagationConfig`` from ``config`` (None: the ``dul`` preset; another dataclass: by its fields)."""
+    from tritoncorr.propagation import PropagationConfig
+
+    config = _resolve_config(config)
+    return config if isinstance(config, PropagationConfig) else PropagationConfig(**_config_kwargs(config))
+
+
+# ----------------------------------------------------------------------------------------------
+# The runner
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """Sizes along the path, all ``(H, W)``.
+
+    Attributes:
+        size: the original frames and annotations.
+        input_size: the network input after the task's resize (``size`` when native).
+        padded_size: ``input_size`` padded right/bottom to a multiple of ``config.pad``.
+        grid: the feature grid.
+    """
+
+    size: tuple[int, int]
+    input_size: tuple[int, int]
+    padded_size: tuple[int, int]
+    grid: tuple[int, int]
+
+    @property
+    def resized(self) -> bool:
+        return self.input_size != self.size
+
+
+@dataclass
+class VideoFeatures:
+    """Features of every frame of a video: ``feats`` float32 ``(T, C, h, w)`` and the geometry."""
+
+    feats: torch.Tensor
+    geometry: FrameGeometry
+
+    def __len__(self) -> int:
+        return self.feats.shape[0]
+
+
+class LabelCodec(Protocol):
+    """A label kind: first-frame annotation -> ``(L, h, w)`` float labels, propagated labels -> prediction."""
+
+    num_labels: int
+
+    def encode(self, geometry: FrameGeometry, config, device=None) -> torch.Tensor: ...
+
+    def decode(self, soft: torch.Tensor, geometry: FrameGeometry, config) -> Any: ...
+
+
+@torch.no_grad()
+def compute_features(
+    features_fn: Callable[[torch.Tensor], torch.Tensor],
+    frames: Sequence[np.ndarray] | Callable[[int], np.ndarray],
+    num_frames: int,
+    *,
+    config=None,
+    input_size: tuple[int, int] | None = None,
+    size: tuple[int, int] | None = None,
+    device: torch.device | str = "cpu",
+    color: str = "rgb",
+    on_frame: Callable[[int], None] | None = None,
+) -> VideoFeatures:
+    """Features of every frame, one frame at a time.
+
+    Args:
+        features_fn: ``(1, 3, H', W')`` frame in the ``color`` space -> ``(1, C, h, w)`` features.
+        frames: frame ``t`` as uint8 ``(H, W, 3)``: a sequence or a loader ``t -> frame``.
+        num_frames: T >= 1.
+        config: ``PropagationConfig`` (its ``pad`` and ``normalize`` act here); default ``dul``.
+        input_size: ``(H', W')`` network input (frames resized, :func:`frame_to_tensor`); None: native.
+        size: the ``(H, W)`` every frame must have (default: frame 0's).
+        device, color: where and in which colour space (:func:`frame_to_tensor`).
+        on_frame: called with ``t`` after frame ``t``'s features (progress).
+
+    Raises:
+        VideoFormatError: a frame of another size.
+    """
+    cfg = _as_config(config)
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    load = frames if callable(frames) else (lambda t: frames[t])
+    ref = "the first mask" if size is not None else "frame 0"
+    feats = None
+    geometry = None
+    for t in range(num_frames):
+        frame = load(t)
+        if size is None:
+            size = tuple(frame.shape[:2])
+        H, W = size
+        if tuple(frame.shape[:2]) != (H, W):
+            raise VideoFormatError(f"frame {t} is {frame.shape[1]}x{frame.shape[0]}, {ref} is {W}x{H}")
+        if geometry is None:
+            hi, wi = (H, W) if input_size is None else (int(input_size[0]), int(input_size[1]))
+            hp, wp = -(-hi // cfg.pad) * cfg.pad, -(-wi // cfg.pad) * cfg.pad  # LIIR: right/bottom to a multiple of 4
+        x = frame_to_tensor(frame, device, color, size=None if (hi, wi) == (H, W) else (hi, wi))
+        if (hp, wp) != (hi, wi):
+            x = F.pad(x, (0, wp - wi, 0, hp - hi))  # 0 in the normalised input space (Lab: L* = 50 grey)
+        f = features_fn(x)
+        if f.dim() != 4 or f.shape[0] != 1:
+            raise ValueError(f"features_fn must return (1, C, h, w) for one frame, got {tuple(f.shape)}")
+        f = f.float()
+        if cfg.normalize:
+            f = F.normalize(f, dim=1)
+        f = f[0]
+        if feats is None:
+            feats = torch.empty((num_frames, *f.shape), dtype=torch.float32, device=f.device)
+            geometry = FrameGeometry((H, W), (hi, wi), (hp, wp), tuple(f.shape[-2:]))
+        elif tuple(f.shape) != tuple(feats.shape[1:]):
+            raise ValueError(f"features_fn returned {tuple(f.shape)} for frame {t}, {tuple(feats.shape[1:])} for frame 0")
+        feats[t] = f
+        if on_frame is not None:
+            on_frame(t)
+    return VideoFeatures(feats, geometry)
+
+
+@dataclass
+class PropagatedVideo:
+    """Propagated labels of frames ``start .. T-1``: ``soft`` float32 ``(T - start, L, h, w)``
+    (``soft[0]`` = the encoded annotation) and ``decode(i)`` -> the codec's prediction of frame ``start + i``."""
+
+    soft: torch.Tensor
+    geometry: FrameGeometry
+    codec: Any
+    config: Any
+    start: int = 0
+
+    def __len__(self) -> int:
+        return self.soft.shape[0]
+
+    def decode(self, i: int) -> Any:
+        return self.codec.decode(self.soft[i], self.geometry, self.config)
+
+
+@torch.no_grad()
+def propagate_labels(video: VideoFeatures, codec: LabelCodec, config=None, *, start: int = 0) -> PropagatedVideo:
+    """Encode the annotation of frame ``start`` with ``codec`` and propagate it through frames ``start ..``.
+
+    The propagation itself is :func:`tritoncorr.propagation.propagate` with every field of ``config``
+    (hard feedback decodes at the padded input size).
+    """
+    from tritoncorr.propagation import propagate
+
+    cfg = _as_config(config)
+    if not 0 <= start < len(video):
+        raise ValueError(f"start={start} must index one of the {len(video)} frames")
+    feats = video.feats[start:]
+    g = video.geometry
+    first = codec.encode(g, cfg, device=feats.device).to(device=feats.device, dtype=torch.float32)
+    if first.dim() != 3 or tuple(first.shape[1:]) != tuple(g.grid):
+        raise RuntimeError(f"{type(codec).__name__}.encode returned {tuple(first.shape)}, expected (L, {g.grid[0]}, {g.grid[1]})")
+    soft = propagate(feats, first, image_size=g.padded_size, **cfg.as_kwargs())
+    if tuple(soft.shape) != (feats.shape[0], *first.shape):
+        raise RuntimeError(f"propagate returned {tuple(soft.shape)}, expected {(feats.shape[0], *first.shape)}")
+    soft = soft.clone()
+    soft[0] = first  # DUL: the frame-0 output is the downsampled ground truth
+    return PropagatedVideo(soft, g, codec, cfg, start)
+
+
+def propagate_video(features_fn, frames, num_frames: int, codec: LabelCodec, config=None, *,
+                    input_size: tuple[int, int] | None = None, device: torch.device | str = "cpu",
+                    color: str = "rgb", on_frame: Callable[[int], None] | None = None) -> PropagatedVideo:
+    """:func:`compute_features` then :func:`propagate_labels` from frame 0."""
+    vf = compute_features(features_fn, frames, num_frames, config=config, input_size=input_size,
+                          device=device, color=color, on_frame=on_frame)
+    return propagate_labels(vf, codec, config)
+
+
+class MaskCodec:
+    """Index-map labels (object masks, part maps) <-> one channel per label id (see the module docstring).
+
+    Args:
+        ids: integer ``(H, W)`` ids of the annotated frame.
+        labels: the label ids, channel ``c`` <-> ``labels[c]``, sorted; default ``0 .. max id``
+            (DAVIS); :meth:`present` takes the ids present (CRW's label set, VIP, YouTube-VOS).
+        void: this id counts as background (0) (DAVIS 255); None: no void id.
+
+    ``decode`` gives uint8 ``(H, W)`` ids; ``probabilities`` the decoded ``(L, H, W)`` scores.
+    """
+
+    def __init__(self, ids: np.ndarray, labels: Sequence[int] | None = None, *, void: int | None = VOID):
+        ids = np.asarray(ids)
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"ids must be an integer (H, W) array, got {ids.dtype} {ids.shape}")
+        ids = ids.astype(np.int64)
+        if void is not None:
+            ids = np.where(ids == void, 0, ids)
+        if ids.size and ids.min() < 0:
+            raise ValueError(f"ids must be >= 0, got {ids.min()}")
+        top = int(ids.max()) if ids.size else 0
+        lab = np.arange(top + 1) if labels is None else np.asarray(list(labels), dtype=np.int64)
+        if lab.ndim != 1 or lab.size == 0 or (np.diff(lab) <= 0).any() or lab.min() < 0 or lab.max() > 255:
+            raise ValueError(f"labels must be sorted distinct ids in 0..255, got {lab.tolist()}")
+        lut = np.full(max(top, int(lab.max())) + 1, -1, dtype=np.int64)
+        lut[lab] = np.arange(lab.size)
+        ch = lut[ids]
+        if (ch < 0).any():
+            raise ValueError(f"ids {sorted(set(np.unique(ids[ch < 0]).tolist()))} are not among the labels {lab.tolist()}")
+        self.size = tuple(ids.shape)
+        self.labels = lab
+        self.channels = ch
+        self.num_labels = int(lab.size)
+
+    @classmethod
+    def present(cls, ids: np.ndarray, *, void: int | None = VOID) -> "MaskCodec":
+        """Channels for the ids present in ``ids`` only (sorted; CRW's label set from the first frame)."""
+        ids = np.asarray(ids)
+        clean = ids if void is None else np.where(ids == void, 0, ids)
+        return cls(ids, np.unique(clean).tolist(), void=void)
+
+    def encode(self, geometry: FrameGeometry, config, device=None) -> torch.Tensor:
+        from tritoncorr.propagation import encode_labels
+
+        cfg = _as_config(config)
+        if tuple(geometry.size) != self.size:
+            raise VideoFormatError(f"the annotation is {self.size[1]}x{self.size[0]} but the frames are "
+                                   f"{geometry.size[1]}x{geometry.size[0]}")
+        ch = torch.from_numpy(self.channels).to(device if device is not None else "cpu")
+        (hi, wi), (hp, wp) = geometry.input_size, geometry.padded_size
+        if geometry.resized:
+            ch = resize_nearest(ch, (hi, wi))
+        if (hp, wp) != (hi, wi):
+            ch = F.pad(ch, (0, wp - wi, 0, hp - hi))  # padded annotation: channel 0 (background)
+        return encode_labels(ch, self.num_labels, geometry.grid, cfg.label_downsample)
+
+    def _upsampled(self, soft: torch.Tensor, geometry: FrameGeometry, config) -> torch.Tensor:
+        from tritoncorr.propagation import decode_labels
+
+        cfg = _as_config(config)
+        (hi, wi) = geometry.input_size
+        up = decode_labels(soft, geometry.padded_size, align_corners=cfg.upsample_align_corners, minmax=cfg.minmax)
+        return up[:, :hi, :wi]
+
+    def probabilities(self, soft: torch.Tensor, geometry: FrameGeometry, config) -> torch.Tensor:
+        """float32 ``(L, H, W)``: the decoded scores per channel at the original size (argmax -> channel)."""
+        up = self._upsampled(soft, geometry, config)
+        return resize_nearest(up, geometry.size) if geometry.resized else up
+
+    def decode(self, soft: torch.Tensor, geometry: FrameGeometry, config) -> np.ndarray:
+        ch = self._upsampled(soft, geometry, config).argmax(0)
+        if geometry.resized:
+            ch = resize_nearest(ch, geometry.size)
+        lab = torch.from_numpy(self.labels).to(ch.device)
+        return lab[ch].to(torch.uint8).cpu().numpy()
+
+
 @torch.no_grad()
 def propagate_sequence(
     features_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -98,8 +419,9 @@ def propagate_sequence(
     device: torch.device | str = "cpu",
     on_frame: Callable[[int], None] | None = None,
     color: str = "rgb",
+    input_size: tuple[int, int] | None = None,
 ) -> Callable[[int], np.ndarray]:
-    """Propagate the first-frame ids through a video.
+    """Propagate the first-frame ids through a video (DAVIS objects: :class:`MaskCodec`, channels ``0 .. max id``).
 
     Args:
         features_fn: ``(1, 3, H, W)`` frame in the ``color`` space -> ``(1, C, h, w)`` features (not yet normalised).
@@ -113,56 +435,20 @@ def propagate_sequence(
         device: where features and propagation live.
         on_frame: called with ``t`` after the features of frame ``t`` are computed (progress).
         color: the model's input colour space (:func:`frame_to_tensor`).
+        input_size: ``(H', W')`` network input (None: native, DAVIS).
 
     Returns:
         ``ids_at(t) -> uint8 (H, W)``: the predicted ids of frame ``t`` (upsampled and argmaxed lazily,
         so only the ``(T, L, h, w)`` soft labels are kept in memory).
     """
-    from tritoncorr.propagation import PropagationConfig, decode_labels, encode_labels, propagate
-
-    # the preset decides: feature normalisation, frame padding, label encoding/decoding, feedback
-    cfg = config if isinstance(config, PropagationConfig) else PropagationConfig(**_config_kwargs(config))
-    load = frames if callable(frames) else (lambda t: frames[t])
-    ids0 = np.where(first_ids == VOID, 0, first_ids).astype(np.int64)
-    H, W = ids0.shape
-    Hp, Wp = -(-H // cfg.pad) * cfg.pad, -(-W // cfg.pad) * cfg.pad  # LIIR: right/bottom to a multiple of 4
-    n_labels = int(ids0.max()) + 1
-    feats = None
-    for t in range(num_frames):
-        frame = load(t)
-        if frame.shape[:2] != (H, W):
-            raise DavisFormatError(f"frame {t} is {frame.shape[1]}x{frame.shape[0]}, the first mask is {W}x{H}")
-        x = frame_to_tensor(frame, device, color)
-        if (Hp, Wp) != (H, W):
-            x = F.pad(x, (0, Wp - W, 0, Hp - H))  # 0 in the normalised input space (Lab: L* = 50 grey)
-        f = features_fn(x)
-        if f.dim() != 4 or f.shape[0] != 1:
-            raise ValueError(f"features_fn must return (1, C, h, w) for one frame, got {tuple(f.shape)}")
-        f = f.float()
-        if cfg.normalize:
-            f = F.normalize(f, dim=1)
-        f = f[0]
-        if feats is None:
-            feats = torch.empty((num_frames, *f.shape), dtype=torch.float32, device=f.device)
-        feats[t] = f
-        if on_frame is not None:
-            on_frame(t)
-    h, w = feats.shape[-2:]
-    ids0_t = torch.from_numpy(ids0).to(feats.device)
-    if (Hp, Wp) != (H, W):
-        ids0_t = F.pad(ids0_t, (0, Wp - W, 0, Hp - H))  # padded annotation: background
-    first = encode_labels(ids0_t, n_labels, (h, w), cfg.label_downsample)
-    soft = propagate(feats, first, image_size=(Hp, Wp), **cfg.as_kwargs())
-    if tuple(soft.shape) != (num_frames, n_labels, h, w):
-        raise RuntimeError(f"propagate returned {tuple(soft.shape)}, expected {(num_frames, n_labels, h, w)}")
-    soft = soft.clone()
-    soft[0] = first  # DUL: the frame-0 output is the downsampled ground truth
-
-    def ids_at(t: int) -> np.ndarray:
-        up = decode_labels(soft[t], (Hp, Wp), align_corners=cfg.upsample_align_corners, minmax=cfg.minmax)
-        return up[:, :H, :W].argmax(0).to(torch.uint8).cpu().numpy()
-
-    return ids_at
+    cfg = _as_config(config)
+    codec = MaskCodec(first_ids)
+    try:
+        vf = compute_features(features_fn, frames, num_frames, config=cfg, input_size=input_size, size=codec.size,
+                              device=device, color=color, on_frame=on_frame)
+    except VideoFormatError as err:
+        raise DavisFormatError(str(err)) from None
+    return propagate_labels(vf, codec, cfg).decode
 
 
 @torch.no_grad()
@@ -203,18 +489,11 @@ def evaluate_features_on_davis(
     ds = DavisDataset(root, split, resolution, sequences, require_all_masks=True)
     _config_kwargs(config)  # a bad config fails before any feature is computed
     device = torch.device(device)
-    bar = _progress(progress)
-    with bar:
-        task = None
-        if bar is not _NULL:
-            task = bar.add_task("propagating", total=sum(len(s) for s in ds), seq="", seqs=f"0/{len(ds)}")
-        for i, seq in enumerate(ds):
-            on_frame = None
-            if task is not None:
-                bar.update(task, seq=seq.name, seqs=f"{i + 1}/{len(ds)}")
-                on_frame = lambda t: bar.advance(task)  # noqa: E731
+    with VideoProgress(progress, [len(s) for s in ds]) as bar:
+        for seq in ds:
+            bar.start(seq.name)
             ids_at = propagate_sequence(
-                features_fn, seq.load_frame, len(seq), seq.load_mask(0), config, device, on_frame=on_frame,
+                features_fn, seq.load_frame, len(seq), seq.load_mask(0), config, device, on_frame=bar.frame,
                 color=color,
             )
             for t, fid in enumerate(seq.frame_ids):
@@ -229,24 +508,45 @@ def evaluate_features_on_davis(
     return scores
 
 
-class _NullProgress:
-    def __enter__(self):
+class VideoProgress:
+    """A rich progress bar over the frames of several videos (``start(name)`` per video, ``frame(t)`` per
+    frame); a no-op when ``enabled`` is False. Use as a context manager."""
+
+    def __init__(self, enabled: bool, lengths: Sequence[int], label: str = "propagating", unit: str = "sequence"):
+        self.enabled, self.lengths, self.label, self.unit = bool(enabled), list(lengths), label, unit
+        self.bar = None
+        self.task = None
+        self.i = 0
+
+    def __enter__(self) -> "VideoProgress":
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn(f"{{task.description}} {self.unit} {{task.fields[seqs]}} {{task.fields[seq]}}"),
+                                BarColumn(), MofNCompleteColumn(), TextColumn("frames"), TimeElapsedColumn())
+            self.bar.__enter__()
+            self.task = self.bar.add_task(self.label, total=sum(self.lengths), seq="", seqs=f"0/{len(self.lengths)}")
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> bool:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
         return False
 
+    def start(self, name: str) -> None:
+        self.i += 1
+        if self.bar is not None:
+            self.bar.update(self.task, seq=name, seqs=f"{self.i}/{len(self.lengths)}")
 
-_NULL = _NullProgress()
+    def frame(self, t: int = 0) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task)
 
-
-def _progress(enabled: bool):
-    if not enabled:
-        return _NULL
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description} sequence {task.fields[seqs]} {task.fields[seq]}"), BarColumn(),
-                    MofNCompleteColumn(), TextColumn("frames"), TimeElapsedColumn())
+    def add_total(self, n: int) -> None:
+        """More frames than announced (e.g. several passes over a video)."""
+        if self.bar is not None:
+            task = next(t for t in self.bar.tasks if t.id == self.task)
+            self.bar.update(self.task, total=(task.total or 0) + n)
 
 
 # ----------------------------------------------------------------------------------------------
