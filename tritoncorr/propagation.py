@@ -376,3 +376,74 @@ def labels_to_image(soft: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         raise ValueError(f"soft must be an (L, h, w) tensor, got {getattr(soft, 'shape', type(soft))}")
     hh, ww = (int(s) for s in size)
     return F.interpolate(soft[None].float(), size=(hh, ww), mode="bilinear", align_corners=True)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-task presets: each method's settings for each benchmark
+# ----------------------------------------------------------------------------------------------
+
+TASKS = ("davis", "vip", "jhmdb", "ytvos")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskPreset:
+    """A method's propagation settings on one benchmark.
+
+    Attributes:
+        config: the :class:`PropagationConfig`.
+        input_size: ``(H, W)`` the frames are resized to before the network (aspect ratio not kept),
+            None for the native resolution.
+        source: where the settings come from.
+    """
+
+    config: PropagationConfig
+    input_size: tuple[int, int] | None = None
+    source: str = ""
+
+
+# STT's ``neighbor_range`` nr per task gives ``radius = nr // 2`` (stt.md §4.3, d8 configs; the d4
+# (stride-4) configs use nr 70 / 24 / 70, i.e. radius 35 for DAVIS and VIP and 12 for JHMDB: pass --radius).
+_STT_RADIUS = {"davis": 12, "vip": 16, "jhmdb": 5, "ytvos": 12}
+_TASK_SIZES = {"davis": None, "vip": (560, 560), "jhmdb": (320, 320), "ytvos": None}
+_TASK_SOURCES = {
+    "davis": "native resolution (dul.md §3.2, §3.7)",
+    "vip": "560 x 560 (CRW paper protocol; STT T18d8:38-49)",
+    "jhmdb": "320 x 320 (CRW data/jhmdb.py, cropSize 320; STT T18d8:25-36)",
+    "ytvos": "native resolution (DUL infer_vos.py)",
+}
+
+
+def task_preset(preset: str, task: str) -> TaskPreset:
+    """The settings of method preset ``preset`` (a key of :data:`PRESETS`) on benchmark ``task`` (:data:`TASKS`).
+
+    ======  =============  =================================================================================
+    task    input          changes to ``PRESETS[preset]``
+    ======  =============  =================================================================================
+    davis   native         none
+    ytvos   native         none
+    vip     560 x 560      ``stt``: radius 16 (nr 32)
+    jhmdb   320 x 320      ``stt``: radius 5 (nr 10); every preset: ``feedback="soft"`` (heat maps cannot be
+                           argmaxed and fed back; MAST/LIIR's hard feedback is for index maps)
+    ======  =============  =================================================================================
+
+    DUL reports no VIP / JHMDB numbers and LIIR's code has no VIP / JHMDB / YouTube-VOS evaluation
+    (liir.md §8: settings UNKNOWN): those use their DAVIS propagation settings with the shared
+    protocol's input size (CRW's, which is also STT's). Top-k, context and temperature are the
+    DAVIS ones for every task (CRW's VIP/JHMDB commands are not published; STT uses its DAVIS
+    top-k 10 / temperature 0.07 everywhere).
+    """
+    if task not in TASKS:
+        raise ValueError(f"task={task!r} must be one of {TASKS}")
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r} must be one of {sorted(PRESETS)}")
+    cfg = PRESETS[preset]
+    if preset == "stt":
+        cfg = dataclasses.replace(cfg, radius=_STT_RADIUS[task])
+    if task == "jhmdb" and cfg.feedback != "soft":
+        cfg = dataclasses.replace(cfg, feedback="soft")
+    return TaskPreset(cfg, _TASK_SIZES[task], f"{preset} preset; {_TASK_SOURCES[task]}")
+
+
+TASK_PRESETS: dict[str, dict[str, TaskPreset]] = {p: {t: task_preset(p, t) for t in TASKS} for p in PRESETS}
+
+__all__ += ["TASKS", "TASK_PRESETS", "TaskPreset", "task_preset"]
