@@ -24,6 +24,10 @@ Conventions shared by every path (reference, windowed PyTorch, Triton):
 * Ties: among equal scores the lower candidate index wins, the index being
   ``frame * h * w + y * w + x`` (frame first, then row-major position). With duplicated context
   frames (CRW/DUL at ``t < 20``) the same best match then fills several of the top-k slots.
+* Repeated frames: ``counts[i]`` says that ``keys[i]`` / ``values[i]`` stand for ``counts[i]``
+  consecutive context slots (CRW/DUL fill the context with copies of frame 0 early in a video).
+  The result equals passing the frames repeated (``repeat_interleave(counts)``), ties included; the
+  CPU path scores each distinct frame once and repeats its candidates, the other paths expand.
 * Features may be float32, bfloat16 or float16 (query and keys of one dtype); scores, softmax and
   the label sum are accumulated in float32. Labels may be any float dtype. Output: float32.
 
@@ -130,6 +134,16 @@ def _validate_frames(query, keys, values, max_labels: int) -> None:
 def _check_temperature(temperature) -> None:
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature={temperature!r} must be a finite number > 0")
+
+
+def _check_counts(counts, n: int) -> list[int] | None:
+    """``counts`` (N ints >= 1, or None) -> a list of ints (or None when every count is 1)."""
+    if counts is None:
+        return None
+    counts = [int(c) for c in counts]
+    if len(counts) != n or min(counts) < 1:
+        raise ValueError(f"counts={counts} must hold N={n} ints >= 1 (one per context frame)")
+    return None if max(counts) == 1 else counts
 
 
 def _validate(query, keys, values, radius, topk, temperature, window, unrestricted) -> None:
@@ -290,10 +304,16 @@ def knn_propagate_windowed(
     temperature: float,
     window: str = "disc",
     unrestricted: int = 1,
+    counts: list[int] | None = None,
     tile: int = 16,
     frame_chunk: int = 5,
 ) -> torch.Tensor:
     """Memory-bounded PyTorch path. Shapes as :func:`knn_propagate`; -> (L, h, w) fp32.
+
+    ``counts`` (see :func:`knn_propagate`): frame ``i`` occupies ``counts[i]`` consecutive context
+    slots; its top-k candidates are computed once and repeated once per slot (a candidate repeated
+    m times can fill m of the k places, exactly as the repeated frames would), so the cost is that
+    of the distinct frames.
 
     Query pixels are processed in ``tile`` x ``tile`` tiles. For a tile: one GEMM against every
     position of each unrestricted frame, and one GEMM per ``frame_chunk`` restricted frames against
@@ -305,6 +325,7 @@ def knn_propagate_windowed(
     _validate(query, keys, values, radius, topk, temperature, window, unrestricted)
     c, h, w = query.shape
     n, lab = keys.shape[0], values.shape[1]
+    counts = _check_counts(counts, n)
     hw = h * w
     nu, nw = unrestricted, n - unrestricted
     reach = _reach(radius, window)
@@ -313,6 +334,10 @@ def knn_propagate_windowed(
     vals_cl = values.permute(0, 2, 3, 1)  # (N, h, w, L) view, gathered per tile
     inv_t = 1.0 / float(temperature)
     k_unres = [keys[u].reshape(c, hw).float() for u in range(nu)]  # views for fp32 features
+    if counts is not None:  # slot of the first copy of each frame, and each frame's copies
+        count_t = torch.tensor(counts, device=dev)
+        first_slot = torch.cumsum(count_t, 0) - count_t
+        copies = torch.arange(max(counts), device=dev)
     for ty0 in range(0, h, tile):
         ty1 = min(ty0 + tile, h)
         ry0, ry1 = max(ty0 - reach, 0), min(ty1 - 1 + reach, h - 1) + 1
@@ -328,10 +353,8 @@ def knn_propagate_windowed(
                 su = qt @ k_unres[u]  # (nq, h*w)
                 v_u, i_u = _topk_lowest_index(su, topk)
                 del su
-                cand_v.append(v_u)
-                cand_f.append(torch.full_like(i_u, u))
-                cand_y.append(i_u // w)
-                cand_x.append(i_u % w)
+                _add_candidates(cand_v, cand_f, cand_y, cand_x, v_u, torch.full_like(i_u, u), i_u // w, i_u % w,
+                                None if counts is None else (count_t, first_slot, copies))
             if nw:
                 qy = torch.arange(ty0, ty1, device=dev).repeat_interleave(tw)
                 qx = torch.arange(tx0, tx1, device=dev).repeat(th)
@@ -348,11 +371,9 @@ def knn_propagate_windowed(
                 v_w, i_w = _topk_lowest_index(sw.view(nq, nf * p), topk)
                 del sw
                 r = i_w % p
-                cand_v.append(v_w)
-                cand_f.append(f0 + i_w // p)
-                cand_y.append(ry0 + r // rw)
-                cand_x.append(rx0 + r % rw)
-            if len(cand_v) == 1:
+                _add_candidates(cand_v, cand_f, cand_y, cand_x, v_w, f0 + i_w // p, ry0 + r // rw, rx0 + r % rw,
+                                None if counts is None else (count_t, first_slot, copies))
+            if len(cand_v) == 1 and counts is None:
                 top_v, fr, cy, cx = cand_v[0], cand_f[0], cand_y[0], cand_x[0]
             else:
                 # joint top-k of the parts: order by global index, then a stable sort by score
@@ -364,11 +385,34 @@ def knn_propagate_windowed(
                 sel = o1.gather(1, o2)
                 top_v = allv.gather(1, o2)
                 fr, cy, cx = allf.gather(1, sel), ally.gather(1, sel), allx.gather(1, sel)
+                if counts is not None:  # context slot -> the distinct frame that fills it
+                    fr = torch.searchsorted(first_slot, fr, right=True) - 1
             weights = torch.softmax(top_v, dim=1)  # (nq, k); -inf entries weigh 0
             gathered = vals_cl[fr, cy, cx].float()  # (nq, k, L)
             res = torch.einsum("qk,qkl->ql", weights, gathered)
             out[:, ty0:ty1, tx0:tx1] = res.T.reshape(lab, th, tw)
     return out
+
+
+def _add_candidates(cand_v, cand_f, cand_y, cand_x, v, f, y, x, repeat) -> None:
+    """Append one part's candidates (Q, k) -- scores ``v``, distinct frame ``f``, cell ``y, x`` --
+    to the lists. With ``repeat = (counts, first_slot, copies)`` each candidate becomes one entry
+    per context slot of its frame (frames are then named by slot; unused copies score -inf and
+    weigh 0), so the joint top-k sees what the repeated frames would give."""
+    if repeat is None:
+        cand_v.append(v)
+        cand_f.append(f)
+        cand_y.append(y)
+        cand_x.append(x)
+        return
+    count_t, first_slot, copies = repeat
+    q, k = v.shape
+    m = copies.numel()
+    used = copies[None, None, :] < count_t[f][:, :, None]  # (Q, k, m)
+    cand_v.append(v[:, :, None].expand(q, k, m).masked_fill(~used, float("-inf")).reshape(q, k * m))
+    cand_f.append((first_slot[f][:, :, None] + copies).reshape(q, k * m))
+    cand_y.append(y[:, :, None].expand(q, k, m).reshape(q, k * m))
+    cand_x.append(x[:, :, None].expand(q, k, m).reshape(q, k * m))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -605,14 +649,14 @@ def _knn_propagate_triton_op(
 @torch.library.custom_op("tritoncorr::knn_propagate_windowed", mutates_args=())
 def _knn_propagate_windowed_op(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-    radius: int, topk: int, temperature: float, window: str, unrestricted: int,
+    radius: int, topk: int, temperature: float, window: str, unrestricted: int, counts: list[int] | None = None,
 ) -> torch.Tensor:
     return knn_propagate_windowed(query, keys, values, radius=radius, topk=topk, temperature=temperature,
-                                  window=window, unrestricted=unrestricted)
+                                  window=window, unrestricted=unrestricted, counts=counts)
 
 
 @_knn_propagate_windowed_op.register_fake
-def _(query, keys, values, radius, topk, temperature, window, unrestricted):
+def _(query, keys, values, radius, topk, temperature, window, unrestricted, counts=None):
     return query.new_empty((values.shape[1], query.shape[1], query.shape[2]), dtype=torch.float32)
 
 
@@ -626,6 +670,7 @@ def knn_propagate(
     temperature: float,
     window: str = "disc",
     unrestricted: int = 1,
+    counts: list[int] | None = None,
 ) -> torch.Tensor:
     """kNN-softmax label propagation for one target frame (see the module docstring).
 
@@ -638,6 +683,10 @@ def knn_propagate(
         temperature: scores are ``<q, k> / temperature``.
         window: ``"disc"`` (CRW/DUL) or ``"square"`` (STT).
         unrestricted: the first ``unrestricted`` context frames are searched over the whole image.
+        counts: optional N ints >= 1: frame ``i`` stands for ``counts[i]`` consecutive context slots
+            (the result equals passing ``keys.repeat_interleave(counts, 0)`` and the same for
+            ``values``, with ``unrestricted`` counting distinct frames); the CPU path then scores each
+            distinct frame once.
 
     Returns:
         (L, h, w) float32 propagated labels. CUDA tensors run the Triton kernel, CPU tensors the
@@ -645,11 +694,18 @@ def knn_propagate(
     """
     _validate(query, keys, values, radius, topk, temperature, window, unrestricted)
     temperature = float(temperature)
+    counts = _check_counts(counts, keys.shape[0])
+    if counts is not None and use_triton(query, keys, values):  # the kernel takes the slots as they are
+        reps = torch.tensor(counts, device=keys.device)
+        unrestricted = sum(counts[:unrestricted])
+        keys, values = keys.repeat_interleave(reps, 0), values.repeat_interleave(reps, 0)
+        counts = None
     if use_triton(query, keys, values):
         if query.is_cuda:
             return torch.ops.tritoncorr.knn_propagate(query, keys, values, radius, topk, temperature, window, unrestricted)
         return _launch(query, keys, values, radius, topk, temperature, window, unrestricted, wrap=None)
-    return torch.ops.tritoncorr.knn_propagate_windowed(query, keys, values, radius, topk, temperature, window, unrestricted)
+    return torch.ops.tritoncorr.knn_propagate_windowed(query, keys, values, radius, topk, temperature, window,
+                                                       unrestricted, counts)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -142,6 +142,46 @@ def test_duplicated_frames_all_paths_agree_exactly():
     assert_close_verbose(knn_propagate_windowed(q, k, v, tile=4, frame_chunk=2, **kw), ref, atol=1e-6, rtol=1e-6, name="windowed")
 
 
+@pytest.mark.parametrize("window, unrestricted, counts, topk", [
+    ("disc", 1, [1, 4, 1, 2], 10),  # CRW/DUL early in a video: frame 0 once unrestricted, then repeated
+    ("square", 0, [3, 1, 2], 5),  # STT: frame 0 twice and more
+    ("disc", 2, [2, 3, 1], 32),  # repeated unrestricted frames, top-k above the candidate count
+    ("disc", 0, [5], 4),  # one frame standing for the whole context
+])
+@pytest.mark.parametrize("exact", [True, False])
+def test_counts_equal_repeated_frames(window, unrestricted, counts, topk, exact):
+    """Scoring each distinct frame once and repeating its candidates gives exactly what the repeated
+    frames give (ties included: exact features make the copies tie with each other and with others)."""
+    n = len(counts)
+    q, k, v = _exact_inputs(6, 7, 9, n, 3) if exact else _inputs(6, 7, 9, n, 3)
+    reps = torch.tensor(counts)
+    kw = dict(radius=3, topk=topk, temperature=0.25, window=window)
+    expanded_unres = sum(counts[:unrestricted])
+    ref = knn_propagate_reference(q, k.repeat_interleave(reps, 0), v.repeat_interleave(reps, 0),
+                                  unrestricted=expanded_unres, **kw)
+    got = knn_propagate_windowed(q, k, v, unrestricted=unrestricted, counts=counts, tile=4, frame_chunk=2, **kw)
+    assert_close_verbose(got, ref, atol=1e-6, rtol=1e-6, name="windowed counts")
+    assert_close_verbose(knn_propagate(q, k, v, unrestricted=unrestricted, counts=counts, **kw), ref,
+                         atol=1e-6, rtol=1e-6, name="public counts")
+
+
+@pytest.mark.interpreter
+def test_counts_triton_expands(triton_backend):
+    q, k, v = _exact_inputs(5, 6, 7, 3, 2)
+    counts = [1, 3, 2]
+    reps = torch.tensor(counts)
+    kw = dict(radius=2, topk=6, temperature=0.25, window="disc")
+    ref = knn_propagate_reference(q, k.repeat_interleave(reps, 0), v.repeat_interleave(reps, 0), unrestricted=1, **kw)
+    assert_close_verbose(knn_propagate(q, k, v, unrestricted=1, counts=counts, **kw), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_counts_bad():
+    q, k, v = _inputs(4, 5, 5, 3, 2)
+    for counts in ([1, 2], [1, 0, 1]):
+        with pytest.raises(ValueError, match="counts"):
+            knn_propagate(q, k, v, radius=2, topk=3, temperature=0.1, counts=counts)
+
+
 def test_non_contiguous_inputs_cpu():
     q, k, v = _inputs(6, 8, 7, 3, 2)
     qn = q.transpose(1, 2).contiguous().transpose(1, 2)

@@ -376,3 +376,13 @@ def test_propagate_sequence_liir_pads_and_follows_the_preset():
     with pytest.raises(ValueError, match="subsampled"):
         propagate_sequence(_toy_features(4, ceil_mode=False), frames[:2], 2, ids0, dataclasses.replace(cfg, pad=1),
                            color="lab")
+
+
+def test_distinct_slots_merges_repeats_but_not_unrestricted_slots():
+    from tritoncorr.propagation import context_indices, distinct_slots
+
+    assert distinct_slots(context_indices(3, 20), 1) == ([0, 0, 1, 2], [1, 18, 1, 1])
+    assert distinct_slots(context_indices(25, 20), 1) == ([0] + list(range(5, 25)), [1] * 21)
+    assert distinct_slots([0, 0, 1], 0) == ([0, 1], [2, 1])
+    assert distinct_slots([0, 0, 0], 2) == ([0, 0, 0], [1, 1, 1])
+    assert distinct_slots([0, 1, 1, 0], 0) == ([0, 1, 0], [1, 2, 1])  # only consecutive repeats merge

@@ -291,10 +291,12 @@ def propagate(
                 compact_threshold=cfg.compact_threshold,
             )
         else:
+            frames, counts = distinct_slots(sel.tolist(), 1 if cfg.unrestricted_first else 0)
+            idx = torch.tensor(frames, device=feats.device)
             pred = knn_propagate(
-                feats[t], feats.index_select(0, sel), bank.index_select(0, sel),
+                feats[t], feats.index_select(0, idx), bank.index_select(0, idx),
                 radius=cfg.radius, topk=cfg.topk, temperature=cfg.temperature, window=cfg.window,
-                unrestricted=1 if cfg.unrestricted_first else 0,
+                unrestricted=1 if cfg.unrestricted_first else 0, counts=counts,
             )
         if cfg.foreground_boost != 1.0:
             pred[1:] *= cfg.foreground_boost
@@ -303,6 +305,22 @@ def propagate(
             ids = decode_labels(pred, size, align_corners=cfg.upsample_align_corners, minmax=cfg.minmax).argmax(0)
             bank[t] = encode_labels(ids, lab, grid, cfg.label_downsample)
     return out
+
+
+def distinct_slots(slots: list[int], unrestricted: int) -> tuple[list[int], list[int]]:
+    """Context slots (frame indices, e.g. CRW's ``[0, 0, 0, 1, 2]``) -> the distinct frames and how
+    many consecutive slots each fills (``[0, 0, 1, 2]``, ``[1, 2, 1, 1]`` with one unrestricted slot:
+    the first ``unrestricted`` slots are searched differently, so they are never merged with the
+    others). :func:`tritoncorr.kernels.knn_propagate` with these ``counts`` gives the same result
+    as the repeated frames while scoring each distinct frame once."""
+    frames, counts = [], []
+    for i, f in enumerate(slots):
+        if i > unrestricted and frames[-1] == f:
+            counts[-1] += 1
+        else:
+            frames.append(f)
+            counts.append(1)
+    return frames, counts
 
 
 def _label_stride(size: tuple[int, int], grid: tuple[int, int]) -> int:
