@@ -17,7 +17,7 @@ the same path, generic over the kind of label through a *label codec*:
   - :class:`MaskCodec` (here): index maps: DAVIS / YouTube-VOS objects, VIP parts. Channel ``c``
     is label id ``labels[c]`` (DAVIS: ``0 .. max id``; VIP and YouTube-VOS: the ids present, as
     CRW's label set). Encoding: void (255) -> background; when the frames are resized, the id map
-    is resized to the input size (PIL-style nearest, ``nearest-exact``); padded with channel 0;
+    is resized to the input size (PIL's NEAREST, :func:`resize_nearest`); padded with channel 0;
     then the preset's ``label_downsample``. Decoding: the preset's upsampling to the padded input
     size (``upsample_align_corners``, STT's ``minmax``), crop, argmax, ids; back to the original
     size with nearest when resized (what VIP's ``eval_vip.py`` does to predictions of another size).
@@ -88,6 +88,7 @@ __all__ = [
     "frame_to_tensor",
     "propagate_labels",
     "propagate_sequence",
+    "pil_nearest_indices",
     "propagate_video",
     "resize_nearest",
     "synthetic_davis_root",
@@ -129,16 +130,29 @@ def frame_to_tensor(frame: np.ndarray, device: torch.device | str = "cpu", color
     return ((x - mean) / std).unsqueeze(0)
 
 
+def pil_nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each of ``n_out`` outputs under PIL's NEAREST resize of ``n_in`` samples.
+
+    PIL steps through the source by accumulating the scale in double precision from half a step
+    (``x = s / 2; x += s`` with ``s = n_in / n_out``) and truncates: ``floor((i + 0.5) * s)`` except
+    where rounding of the running sum lands just below an integer (e.g. 320 -> 240 columns: 26 of
+    240 differ from the closed form, and from ``F.interpolate(mode="nearest-exact")``).
+    """
+    s = n_in / n_out
+    steps = np.full(n_out, s, dtype=np.float64)
+    steps[0] = s * 0.5
+    return np.minimum(np.cumsum(steps).astype(np.int64), n_in - 1)
+
+
 def resize_nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``(H, W)`` or ``(L, H, W)`` tensor -> ``size``, nearest with PIL's pixel-centre rule
-    (``nearest-exact``: source ``floor((i + 0.5) * in / out)``); integer tensors stay integer."""
+    """``(H, W)`` or ``(L, H, W)`` tensor -> ``size = (H', W')`` by PIL's NEAREST rule (:func:`pil_nearest_indices`),
+    bit-exact with ``Image.resize((W', H'), Image.NEAREST)``; any dtype and device."""
     size = tuple(int(s) for s in size)
     if tuple(x.shape[-2:]) == size:
         return x
-    y = x[None, None] if x.dim() == 2 else x[None]
-    out = F.interpolate(y.float(), size=size, mode="nearest-exact")
-    out = out[0, 0] if x.dim() == 2 else out[0]
-    return out if x.is_floating_point() else out.round_().to(x.dtype)
+    rows = torch.from_numpy(pil_nearest_indices(x.shape[-2], size[0])).to(x.device)
+    cols = torch.from_numpy(pil_nearest_indices(x.shape[-1], size[1])).to(x.device)
+    return x.index_select(-2, rows).index_select(-1, cols)
 
 
 def _resolve_config(config):
@@ -728,3 +742,249 @@ def eval_davis_cli(
     g_path, s_path = scores.csv_paths(out)
     console.print(f"results in {out} (CSVs {g_path.name}, {s_path.name}); wall time {time.perf_counter() - t0:.1f} s")
     return scores
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI: shared pieces of the jhmdb / vip / ytvos commands
+# ----------------------------------------------------------------------------------------------
+
+
+def default_root(*names: str) -> Path | None:
+    """The first existing ``$TRITONCORR_DATA/<name>`` or ``~/.cache/tritoncorr/<name>`` over ``names``, else None."""
+    bases = []
+    if os.environ.get("TRITONCORR_DATA"):
+        bases.append(Path(os.environ["TRITONCORR_DATA"]).expanduser())
+    bases.append(Path("~/.cache/tritoncorr").expanduser())
+    for base in bases:
+        for name in names:
+            if (base / name).is_dir():
+                return base / name
+    return None
+
+
+def _root_or_fail(root: Path | None, what: str, *names: str) -> Path:
+    if root is None:
+        root = default_root(*names)
+        if root is None:
+            _fail(f"no {what} found under $TRITONCORR_DATA or ~/.cache/tritoncorr (looked for {', '.join(names)}): "
+                  "pass --root")
+    if not Path(root).is_dir():
+        _fail(f"{what} root {root} does not exist")
+    return Path(root)
+
+
+def _size_text(size: tuple[int, int] | None) -> str:
+    return "native" if size is None else f"{size[1]}x{size[0]}"
+
+
+def _task_settings(console, *, task: str, checkpoint, seed: int, device: str, preset: str | None,
+                   context, radius, topk, temperature, size: int | None):
+    """Load the model and resolve the task preset with the overrides; print both. Exits 2 on bad input.
+
+    Returns ``(feature model, PropagationConfig, input_size, device)``.
+    """
+    dev = _resolve_device(device)
+    from tritoncorr.methods.inference import load_feature_model
+    from tritoncorr.propagation import PRESETS, task_preset
+
+    try:
+        fmodel = load_feature_model(checkpoint, seed=seed, device=dev)
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        _fail(str(err))
+    name = preset if preset is not None else fmodel.preset
+    if name not in PRESETS:
+        _fail(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    if radius is not None:
+        if float(radius) != int(radius):
+            _fail(f"--radius must be a whole number of feature cells, got {radius}")
+        radius = int(radius)
+    if size is not None and size < 0:
+        _fail(f"--size must be >= 0 (0 = native resolution), got {size}")
+    tp = task_preset(name, task)
+    overrides = {k: v for k, v in dict(context=context, radius=radius, topk=topk, temperature=temperature).items()
+                 if v is not None}
+    try:
+        config = dataclasses.replace(tp.config, **overrides)
+    except (TypeError, ValueError) as err:
+        _fail(f"invalid propagation settings {overrides}: {err}")
+    input_size = tp.input_size if size is None else (None if size == 0 else (int(size), int(size)))
+    fields = ", ".join(f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config))
+    console.print(f"model: {fmodel.description}; device {dev}", soft_wrap=True)
+    origin = "from the checkpoint" if preset is None else "set by --preset"
+    console.print(f"propagation preset {name!r} ({origin}) for {task}, input {_size_text(input_size)}: {fields}",
+                  soft_wrap=True)
+    return fmodel, config, input_size, dev
+
+
+def _catch_format_errors(fn, *errors):
+    """Run ``fn()``; the benchmark's format errors (and frame-size errors) exit with code 2 and the message."""
+    try:
+        return fn()
+    except (VideoFormatError, DavisFormatError, *errors) as err:
+        _fail(str(err))
+
+
+def eval_jhmdb_cli(
+    *,
+    root: Path | None,
+    checkpoint: Path | None,
+    seed: int,
+    out: Path | None,
+    split: int,
+    list_file: Path | None,
+    clips: list[str] | None,
+    preset: str | None,
+    context: int | None,
+    radius: float | None,
+    topk: int | None,
+    temperature: float | None,
+    size: int | None,
+    overlays: bool,
+    device: str,
+):
+    """``tritoncorr eval jhmdb``: propagate the first-frame joints of every test clip, PCK@0.1..0.5, table and CSVs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tritoncorr.evals.jhmdb import JOINT_NAMES, JhmdbDataset, JhmdbFormatError, evaluate_features_on_jhmdb
+
+    console = Console()
+    t0 = time.perf_counter()
+    root = _root_or_fail(root, "JHMDB", "JHMDB", "jhmdb")
+    ds = _catch_format_errors(lambda: JhmdbDataset(root, split=split, list_file=list_file, clips=clips or None),
+                              JhmdbFormatError)
+    fmodel, config, input_size, dev = _task_settings(
+        console, task="jhmdb", checkpoint=checkpoint, seed=seed, device=device, preset=preset, context=context,
+        radius=radius, topk=topk, temperature=temperature, size=size)
+    console.print(f"JHMDB root {root}: {len(ds)} clip(s), {ds.note}", soft_wrap=True)
+    out = Path(out) if out is not None else Path("eval-jhmdb") / f"split{split}"
+    res = _catch_format_errors(lambda: evaluate_features_on_jhmdb(
+        fmodel.features, dataset=ds, out=out, config=config, input_size=input_size, device=dev, overlays=overlays,
+        progress=True, color=fmodel.color), JhmdbFormatError)
+    g = Table(title=f"JHMDB PCK ({res.clips} clips, {int(res.counts.sum())} joint-frames), %")
+    for a in res.thresholds:
+        g.add_column(f"PCK@{a:g}", justify="right")
+    g.add_row(*(f"{v:.2f}" for v in res.mean))
+    console.print(g)
+    s = Table(title="per joint, %")
+    s.add_column("Joint")
+    for a in res.thresholds:
+        s.add_column(f"@{a:g}", justify="right")
+    for j, name in enumerate(JOINT_NAMES):
+        s.add_row(name, *(f"{v:.2f}" for v in res.per_joint[j]))
+    console.print(s)
+    console.print(f"results in {out} (pck.csv, per-clip.csv, keypoints/); wall time {time.perf_counter() - t0:.1f} s",
+                  soft_wrap=True)
+    return res
+
+
+def eval_vip_cli(
+    *,
+    root: Path | None,
+    results: Path | None,
+    checkpoint: Path | None,
+    seed: int,
+    out: Path | None,
+    split: str,
+    videos: list[str] | None,
+    preset: str | None,
+    context: int | None,
+    radius: float | None,
+    topk: int | None,
+    temperature: float | None,
+    size: int | None,
+    overlays: bool,
+    device: str,
+):
+    """``tritoncorr eval vip``: score existing results (``--results``) or propagate and score; mIoU table and CSVs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tritoncorr.evals.vip import GLOBAL_COLUMNS as VIP_COLUMNS
+    from tritoncorr.evals.vip import VIP_CLASSES, VipDataset, VipFormatError, evaluate_features_on_vip
+    from tritoncorr.evals.vip import evaluate_results as vip_results
+
+    console = Console()
+    t0 = time.perf_counter()
+    root = _root_or_fail(root, "VIP", "VIP_Fine", "VIP")
+    ds = _catch_format_errors(lambda: VipDataset(root, split, videos or None), VipFormatError)
+    if results is not None:
+        scores = _catch_format_errors(lambda: vip_results(results_dir=results, dataset=ds), VipFormatError)
+        out = Path(results)
+    else:
+        fmodel, config, input_size, dev = _task_settings(
+            console, task="vip", checkpoint=checkpoint, seed=seed, device=device, preset=preset, context=context,
+            radius=radius, topk=topk, temperature=temperature, size=size)
+        console.print(f"VIP root {root}: {len(ds)} video(s) of {split}", soft_wrap=True)
+        out = Path(out) if out is not None else Path("eval-vip") / split
+        scores = _catch_format_errors(lambda: evaluate_features_on_vip(
+            fmodel.features, dataset=ds, out=out, config=config, input_size=input_size, device=dev,
+            overlays=overlays, progress=True, color=fmodel.color), VipFormatError)
+    g_path, c_path = scores.write_csvs(out)
+    g = Table(title=f"VIP {split}: {len(ds)} videos, {scores.frames} frames")
+    for c in VIP_COLUMNS:
+        g.add_column(c, justify="right")
+    row = scores.global_row()
+    g.add_row(*(f"{row[c]:.4f}" for c in VIP_COLUMNS))
+    console.print(g)
+    s = Table(title="per class")
+    for c, j in (("Class", "left"), ("IoU", "right"), ("Acc", "right")):
+        s.add_column(c, justify=j)
+    for i, name in enumerate(VIP_CLASSES):
+        s.add_row(name, f"{scores.class_iou[i]:.4f}", f"{scores.class_accuracy[i]:.4f}")
+    console.print(s)
+    console.print(f"results in {out} (CSVs {g_path.name}, {c_path.name}); wall time {time.perf_counter() - t0:.1f} s",
+                  soft_wrap=True)
+    return scores
+
+
+def eval_ytvos_cli(
+    *,
+    root: Path | None,
+    year: str,
+    checkpoint: Path | None,
+    seed: int,
+    out: Path | None,
+    videos: list[str] | None,
+    preset: str | None,
+    context: int | None,
+    radius: float | None,
+    topk: int | None,
+    temperature: float | None,
+    size: int | None,
+    overlays: bool,
+    make_zip: bool,
+    device: str,
+):
+    """``tritoncorr eval ytvos``: export ``Annotations/`` and the server zip; there is no local score."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tritoncorr.evals.ytvos import YEARS, YtvosDataset, YtvosFormatError, export_features_on_ytvos
+
+    console = Console()
+    t0 = time.perf_counter()
+    if str(year) not in YEARS:
+        _fail(f"--year must be one of {', '.join(YEARS)}, got {year!r}")
+    root = _root_or_fail(root, f"YouTube-VOS {year} valid", f"YouTube-VOS/{year}/valid", f"YouTube-VOS-{year}/valid")
+    ds = _catch_format_errors(lambda: YtvosDataset(root, videos or None), YtvosFormatError)
+    fmodel, config, input_size, dev = _task_settings(
+        console, task="ytvos", checkpoint=checkpoint, seed=seed, device=device, preset=preset, context=context,
+        radius=radius, topk=topk, temperature=temperature, size=size)
+    console.print(f"YouTube-VOS {year} root {root}: {len(ds)} video(s)", soft_wrap=True)
+    for note in ds.notes:
+        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+    out = Path(out) if out is not None else Path("eval-ytvos") / f"{year}-valid"
+    res = _catch_format_errors(lambda: export_features_on_ytvos(
+        fmodel.features, dataset=ds, out=out, year=str(year), config=config, input_size=input_size, device=dev,
+        overlays=overlays, progress=True, color=fmodel.color, make_zip=make_zip), YtvosFormatError)
+    t = Table(title=f"YouTube-VOS {year} valid export")
+    for c in ("Videos", "Frames", "Objects", "Annotations", "Zip"):
+        t.add_column(c)
+    t.add_row(str(res.videos), str(res.frames), str(res.objects), str(res.annotations),
+              str(res.zip_path) if res.zip_path else "-")
+    console.print(t)
+    console.print(f"[bold]No local score[/]: the YouTube-VOS {year} valid ground truth is held by the evaluation "
+                  f"server; upload {res.zip_path or res.annotations} to the YouTube-VOS {year} CodaLab competition. "
+                  f"Wall time {time.perf_counter() - t0:.1f} s", soft_wrap=True)
+    return res

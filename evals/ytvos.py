@@ -1,0 +1,369 @@
+"""YouTube-VOS (2018 / 2019 ``valid``): reader and the export the evaluation server expects.
+
+There is no local score: the ground truth of ``valid`` is held by the CodaLab server. The export
+writes ``<out>/Annotations/<video>/<frame>.png`` (indexed PNGs, the annotations' palette) for every
+frame of ``JPEGImages/<video>/`` and zips them as ``Annotations/<video>/<frame>.png`` entries, the
+layout the server takes.
+
+Objects first appear mid-video: ``Annotations/<video>/<frame>.png`` exists only for the frames where
+new objects appear. Each object starts at the first annotation PNG that contains it; the objects
+starting at the same frame form a group, propagated from that frame with its own context
+(:func:`tritoncorr.evaluate.propagate_labels` with ``start``, labels = background + the group's
+objects, the other ids of that PNG as background). Outputs are merged per pixel by an argmax over
+the objects (:func:`merge_groups`): each object scores its group's decoded probability, the
+background scores the smallest background probability among the groups already started, ties go
+to the lower id (background first). This is the rule the issue gives ("each object propagated from
+its own first annotated frame, merged by argmax"); DUL's ``infer_vos.py`` instead pastes a new
+object's ground truth into the running prediction and propagates all groups with the merged
+masks (``dul.md`` section 3.7), not reproduced.
+
+``meta.json`` (``{"videos": {video: {"objects": {id: {"category": ..., "frames": [...]}}}}}``) names
+the videos to export and their objects; its frame lists need not be complete (frames it leaves out
+are exported all the same, frames it lists without a JPEG are reported and ignored). A listed
+object that no annotation PNG contains is an error; objects found only in the PNGs are exported and
+reported.
+
+Layout read: ``<root>/JPEGImages/<video>/<frame>.jpg``, ``<root>/Annotations/<video>/<frame>.png``,
+``<root>/meta.json`` (``<root>`` = the ``valid`` folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+YEARS = ("2018", "2019")
+
+
+class YtvosFormatError(ValueError):
+    """A YouTube-VOS folder or ``meta.json`` that does not follow the expected layout."""
+
+
+@dataclass
+class YtvosVideo:
+    """One video: frames (sorted by name), annotation PNGs by frame index, objects and their first frames."""
+
+    name: str
+    frames: list[Path]
+    annotations: dict[int, Path]
+    starts: dict[int, int]  # object id -> index of its first annotated frame
+    categories: dict[int, str]
+    size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def frame_ids(self) -> list[str]:
+        return [p.stem for p in self.frames]
+
+    def load_frame(self, t: int) -> np.ndarray:
+        from tritoncorr.evals.davis import DavisFormatError, read_rgb
+
+        try:
+            img = read_rgb(self.frames[t])
+        except DavisFormatError as err:
+            raise YtvosFormatError(str(err)) from err
+        if img.shape[:2] != self.size:
+            raise YtvosFormatError(f"{self.frames[t]}: size {img.shape[1]}x{img.shape[0]} differs from the video's "
+                                   f"{self.size[1]}x{self.size[0]}")
+        return img
+
+    def load_annotation(self, t: int) -> np.ndarray:
+        """uint8 ``(H, W)`` object ids of annotated frame ``t``."""
+        return _read_annotation(self.annotations[t], self.size)
+
+    def groups(self) -> dict[int, list[int]]:
+        """First frame -> the object ids that start there (sorted)."""
+        out: dict[int, list[int]] = {}
+        for oid, t in sorted(self.starts.items()):
+            out.setdefault(t, []).append(oid)
+        return dict(sorted(out.items()))
+
+    def palette(self) -> list[int] | None:
+        """The palette of the first annotation PNG (None when it has none)."""
+        with Image.open(self.annotations[min(self.annotations)]) as im:
+            pal = im.getpalette() if im.mode == "P" else None
+        return None if pal is None else (list(pal) + [0] * 768)[:768]
+
+
+def _read_annotation(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    from tritoncorr.evals.davis import DavisFormatError, read_index_png
+
+    try:
+        ids = read_index_png(path)
+    except DavisFormatError as err:
+        raise YtvosFormatError(str(err)) from err
+    if size is not None and ids.shape != tuple(size):
+        raise YtvosFormatError(f"{path}: annotation size {ids.shape[1]}x{ids.shape[0]} differs from the frame size "
+                               f"{size[1]}x{size[0]}")
+    return ids
+
+
+class YtvosDataset:
+    """The YouTube-VOS ``valid`` layout under ``root`` (see the module docstring).
+
+    Attributes:
+        videos: the :class:`YtvosVideo` of every video in ``meta.json`` (or of ``videos``).
+        notes: what did not match between ``meta.json``, the frames and the annotations.
+
+    Raises:
+        YtvosFormatError: naming the folder or file and the problem.
+    """
+
+    def __init__(self, root: str | Path, videos: Sequence[str] | None = None):
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise YtvosFormatError(f"YouTube-VOS root {root} does not exist or is not a folder")
+        img_dir, ann_dir, meta_path = root / "JPEGImages", root / "Annotations", root / "meta.json"
+        for d in (img_dir, ann_dir):
+            if not d.is_dir():
+                raise YtvosFormatError(f"YouTube-VOS root {root}: missing folder {d}")
+        if not meta_path.is_file():
+            raise YtvosFormatError(f"YouTube-VOS root {root}: missing {meta_path}")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise YtvosFormatError(f"{meta_path}: not valid JSON: {err}") from err
+        if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
+            raise YtvosFormatError(f"{meta_path}: expected {{\"videos\": {{<video>: {{\"objects\": ...}}}}}}")
+        listed = sorted(meta["videos"])
+        self.notes: list[str] = []
+        if videos:
+            unknown = [v for v in videos if v not in meta["videos"]]
+            if unknown:
+                raise YtvosFormatError(f"video(s) {unknown} not in {meta_path}")
+            listed = [v for v in listed if v in set(videos)]
+        else:
+            extra = sorted(p.name for p in img_dir.iterdir() if p.is_dir() and p.name not in meta["videos"])
+            if extra:
+                self.notes.append(f"{len(extra)} folder(s) in {img_dir} not in meta.json, skipped (e.g. {extra[:3]})")
+        if not listed:
+            raise YtvosFormatError(f"{meta_path} lists no video")
+        self.root, self.meta_path = root, meta_path
+        self.videos = [self._scan(v, meta["videos"][v], img_dir / v, ann_dir / v) for v in listed]
+
+    def _scan(self, name: str, entry, img: Path, ann: Path) -> YtvosVideo:
+        from tritoncorr.evals.davis import DavisFormatError, _image_size
+
+        where = f"{self.meta_path} video {name!r}"
+        objects = entry.get("objects") if isinstance(entry, dict) else None
+        if not isinstance(objects, dict):
+            raise YtvosFormatError(f"{where}: expected an 'objects' mapping")
+        if not img.is_dir():
+            raise YtvosFormatError(f"video {name!r} is in meta.json but {img} does not exist")
+        frames = sorted(img.glob("*.jpg"))
+        if not frames:
+            raise YtvosFormatError(f"video {name!r}: no .jpg frames in {img}")
+        if not ann.is_dir():
+            raise YtvosFormatError(f"video {name!r}: missing annotation folder {ann}")
+        index = {p.stem: t for t, p in enumerate(frames)}
+        annotations = {}
+        for p in sorted(ann.glob("*.png")):
+            if p.stem not in index:
+                raise YtvosFormatError(f"video {name!r}: annotation {p} has no frame {img / (p.stem + '.jpg')}")
+            annotations[index[p.stem]] = p
+        if not annotations:
+            raise YtvosFormatError(f"video {name!r}: no .png annotation in {ann}")
+        try:
+            size = _image_size(frames[0])
+        except DavisFormatError as err:
+            raise YtvosFormatError(str(err)) from err
+        starts: dict[int, int] = {}
+        for t, p in sorted(annotations.items()):
+            ids = _read_annotation(p, size)
+            for oid in np.unique(ids).tolist():
+                if oid not in (0, 255) and oid not in starts:
+                    starts[oid] = t
+        categories: dict[int, str] = {}
+        missing_frames = 0
+        for key, obj in objects.items():
+            try:
+                oid = int(key)
+            except (TypeError, ValueError):
+                raise YtvosFormatError(f"{where}: object id {key!r} is not an integer") from None
+            obj = obj if isinstance(obj, dict) else {}
+            categories[oid] = str(obj.get("category", ""))
+            listed = [f for f in obj.get("frames", []) if isinstance(f, str)]
+            known = [index[f] for f in listed if f in index]
+            missing_frames += len(listed) - len(known)
+            if oid not in starts:
+                raise YtvosFormatError(f"video {name!r}: object {oid} (meta.json) appears in no annotation PNG in {ann}")
+            if known and min(known) != starts[oid]:
+                self.notes.append(f"video {name!r}: object {oid} is first annotated in {frames[starts[oid]].name}, "
+                                  f"meta.json lists it from {frames[min(known)].stem}")
+        if missing_frames:
+            self.notes.append(f"video {name!r}: meta.json lists {missing_frames} frame(s) without a JPEG in {img} (ignored)")
+        extra = sorted(set(starts) - set(categories))
+        if extra:
+            self.notes.append(f"video {name!r}: object(s) {extra} in the annotations but not in meta.json (exported)")
+        return YtvosVideo(name=name, frames=frames, annotations=annotations, starts=starts, categories=categories,
+                          size=size)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __iter__(self):
+        return iter(self.videos)
+
+
+# ----------------------------------------------------------------------------------------------
+# Merging and writing
+# ----------------------------------------------------------------------------------------------
+
+
+def merge_groups(groups: Sequence[tuple[Sequence[int], "object"]]) -> np.ndarray:
+    """Merge decoded groups into one id map.
+
+    Args:
+        groups: ``(labels, probs)`` per started group: ``labels`` the group's ids (``labels[0] == 0``,
+            the background), ``probs`` a float ``(L, H, W)`` tensor or array of decoded scores.
+
+    Returns:
+        uint8 ``(H, W)``: per pixel the argmax over [background = min of the groups' background
+        scores] + every group's objects, ids in increasing order (ties: the lower id).
+    """
+    import torch
+
+    if not groups:
+        raise ValueError("merge_groups needs at least one group")
+    bg, scores, ids = None, [], []
+    for labels, probs in groups:
+        probs = torch.as_tensor(probs)
+        if list(labels)[0] != 0 or probs.shape[0] != len(labels):
+            raise ValueError(f"each group needs labels [0, ...] matching its channels, got {list(labels)} for {probs.shape[0]}")
+        bg = probs[0] if bg is None else torch.minimum(bg, probs[0])
+        for c, oid in enumerate(list(labels)[1:], 1):
+            scores.append(probs[c])
+            ids.append(int(oid))
+    order = np.argsort(ids, kind="stable")
+    stack = torch.stack([bg] + [scores[i] for i in order])
+    lut = torch.tensor([0] + [ids[i] for i in order], dtype=torch.uint8, device=stack.device)
+    return lut[stack.argmax(0)].cpu().numpy()
+
+
+def write_indexed_png(path: Path, ids: np.ndarray, palette: list[int] | None = None) -> Path:
+    """uint8 ids as an indexed PNG with ``palette`` (default the DAVIS / YouTube-VOS palette)."""
+    from tritoncorr.evals.davis import davis_palette
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(np.ascontiguousarray(ids, dtype=np.uint8))
+    im.putpalette(palette if palette is not None else davis_palette())
+    im.save(path)
+    return path
+
+
+def zip_annotations(out: Path, zip_path: Path, videos: Sequence[str] | None = None) -> Path:
+    """Zip ``<out>/Annotations/<video>/*.png`` (of ``videos``, default all) as ``Annotations/<video>/<frame>.png``
+    entries (atomic write)."""
+    tmp = zip_path.with_name(zip_path.name + ".partial")
+    folders = [out / "Annotations" / v for v in videos] if videos is not None else \
+        sorted(p for p in (out / "Annotations").iterdir() if p.is_dir())
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for folder in sorted(folders):
+            for p in sorted(folder.glob("*.png")):
+                zf.write(p, p.relative_to(out).as_posix())
+    os.replace(tmp, zip_path)
+    return zip_path
+
+
+@dataclass
+class YtvosExport:
+    """What was written."""
+
+    annotations: Path
+    zip_path: Path | None
+    videos: int
+    frames: int
+    objects: int
+    notes: list[str] = field(default_factory=list)
+
+
+def export_features_on_ytvos(
+    features_fn: Callable,
+    *,
+    root: str | Path | None = None,
+    dataset: YtvosDataset | None = None,
+    out: str | Path,
+    year: str = "2018",
+    config=None,
+    input_size: tuple[int, int] | None = None,
+    device="cpu",
+    overlays: bool = False,
+    progress: bool = True,
+    color: str = "rgb",
+    videos: Sequence[str] | None = None,
+    make_zip: bool = True,
+) -> YtvosExport:
+    """Propagate every object from its first annotated frame, merge, write the PNGs and the zip.
+
+    Args:
+        features_fn: ``(1, 3, H, W)`` -> ``(1, C, h, w)`` (:func:`tritoncorr.evaluate.compute_features`);
+            every frame's features are computed once and shared by the groups.
+        root / dataset: the ``valid`` folder (with ``videos``) or a built dataset.
+        out: ``<out>/Annotations/<video>/<frame>.png``, ``<out>/ytvos<year>-valid-submission.zip``,
+            overlays in ``<out>/overlays/<video>/``.
+        year: "2018" or "2019" (names the zip).
+        config: a ``PropagationConfig`` (default: the ``dul`` preset's YouTube-VOS task preset).
+        input_size: ``(H, W)`` network input, None for native.
+    """
+    from tritoncorr.evaluate import MaskCodec, VideoFormatError, VideoProgress, compute_features, propagate_labels
+
+    if str(year) not in YEARS:
+        raise ValueError(f"year must be one of {YEARS}, got {year!r}")
+    if config is None:
+        from tritoncorr.propagation import task_preset
+
+        config = task_preset("dul", "ytvos").config
+    ds = dataset if dataset is not None else YtvosDataset(root, videos)
+    out = Path(out)
+    n_frames = n_objects = 0
+    with VideoProgress(progress, [len(v) for v in ds], unit="video") as bar:
+        for v in ds:
+            bar.start(v.name)
+            try:
+                vf = compute_features(features_fn, v.load_frame, len(v), config=config, input_size=input_size,
+                                      size=v.size, device=device, color=color, on_frame=bar.frame)
+            except VideoFormatError as err:
+                raise YtvosFormatError(f"video {v.name!r}: {err}") from err
+            props = []
+            for t0, objs in v.groups().items():
+                ann = v.load_annotation(t0)
+                codec = MaskCodec(np.where(np.isin(ann, objs), ann, 0), [0] + objs)
+                props.append((t0, codec, propagate_labels(vf, codec, config, start=t0)))
+            palette = v.palette()
+            for t in range(len(v)):
+                active = [(c.labels.tolist(), c.probabilities(p.soft[t - t0], p.geometry, p.config))
+                          for t0, c, p in props if t0 <= t]
+                ids = merge_groups(active) if active else np.zeros(v.size, np.uint8)
+                write_indexed_png(out / "Annotations" / v.name / f"{v.frames[t].stem}.png", ids, palette)
+                if overlays:
+                    from tritoncorr.visualize import save_overlay
+
+                    save_overlay(out / "overlays" / v.name / f"{v.frames[t].stem}.jpg", v.load_frame(t), ids)
+            n_frames += len(v)
+            n_objects += len(v.starts)
+    zip_path = None
+    if make_zip:
+        zip_path = zip_annotations(out, out / f"ytvos{year}-valid-submission.zip", [v.name for v in ds])
+    return YtvosExport(out / "Annotations", zip_path, len(ds), n_frames, n_objects, list(ds.notes))
+
+
+__all__ = [
+    "YEARS",
+    "YtvosDataset",
+    "YtvosExport",
+    "YtvosFormatError",
+    "YtvosVideo",
+    "export_features_on_ytvos",
+    "merge_groups",
+    "write_indexed_png",
+    "zip_annotations",
+]
