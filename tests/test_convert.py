@@ -516,7 +516,7 @@ def test_every_unmapped_key_is_reported(tmp_path):
     extra = ["module.fast_net.new_head.weight", "module.fast_net.backbone.layer2.0.se.fc.weight", "module.temperature"]
     for k in extra:
         sd[k] = torch.zeros(3)
-    model, report = convert_state_dict({"model": sd})
+    _, report = convert_state_dict({"model": sd})
     assert sorted(report.unmapped) == sorted(extra)
     assert "3 UNMAPPED" in report.summary()
     n = len(report.mapped) + len(report.renamed) + len(report.dropped) + len(report.unmapped)

@@ -169,5 +169,39 @@ def convert(
     convert_cli(src=src, to=to, fmt=fmt, variant=variant, verbose=verbose, report_path=report)
 
 
+@app.command()
+def propagate(
+    video: Annotated[Path, typer.Argument(help="A video file (.mp4, .webm, .mov, .avi, ...) or a folder of frames.")],
+    mask: Annotated[
+        list[str], typer.Option("--mask", "-m", help="FIRST.png: palette or binary PNG of frame 0 (several object ids "
+                                "allowed). Later masks as FRAME:PATH (e.g. 120:later.png) restart the objects they "
+                                "contain and add new ones from that frame on. Repeatable.")
+    ],
+    checkpoint: Annotated[
+        Optional[Path], typer.Option(help="Weights: a training run's model.safetensors, a run folder, or a converted "
+                                     "checkpoint (tritoncorr convert); its method picks features and preset. "
+                                     "Default: random init (with a warning).")
+    ] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Propagation preset (dul, crw, stt, liir, mast); default: "
+                                                  "the checkpoint's.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (masks/*.png, overlay.mp4). "
+                                                "Default: propagate/<video name>.")] = None,
+    short_side: Annotated[int, typer.Option(help="Downscale frames whose shorter side is larger than this "
+                                            "(0 = native resolution).")] = 480,
+    max_frames: Annotated[Optional[int], typer.Option(help="Stop after this many frames.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the random-init weights (no --checkpoint).")] = 0,
+    overlay: Annotated[bool, typer.Option(help="Write overlay.mp4 (masks blended over the frames).")] = True,
+    fps: Annotated[Optional[float], typer.Option(help="Frame rate of a frame folder / override the video's.")] = None,
+    alpha: Annotated[float, typer.Option(help="Mask opacity in the overlay.")] = 0.5,
+) -> None:
+    """Propagate masks drawn on frame 0 (and optional later frames) through a video; write masks and an overlay."""
+    from tritoncorr.video import propagate_cli
+
+    propagate_cli(video=video, mask_specs=list(mask), checkpoint=checkpoint, preset=preset, out=out,
+                  short_side=short_side, max_frames=max_frames, device=device, seed=seed, overlay=overlay, fps=fps,
+                  alpha=alpha)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -75,16 +75,16 @@ from tritoncorr.models.resnet import DEPTHS, STAGES, ResNet
 __all__ = [
     "FORMATS",
     "VARIANTS",
+    "ConvertError",
+    "ConvertReport",
     "ConvertedConfig",
     "ConvertedModel",
-    "ConvertReport",
-    "ConvertError",
-    "read_checkpoint",
-    "find_state_dict",
-    "detect_format",
-    "convert_state_dict",
     "convert_checkpoint",
+    "convert_state_dict",
     "default_config",
+    "detect_format",
+    "find_state_dict",
+    "read_checkpoint",
 ]
 
 FORMATS = ("crw", "dul", "stt", "mast", "liir", "moco", "torchvision")
@@ -143,7 +143,7 @@ class ConvertedConfig:
         if self.stem_embedding < 0 or self.head_channels < 0 or self.head_kernel < 1 or self.head_kernel % 2 == 0:
             raise ValueError("ConvertedConfig: stem_embedding/head_channels must be >= 0 and head_kernel odd >= 1")
 
-    def build(self) -> "ConvertedModel":
+    def build(self) -> ConvertedModel:
         return ConvertedModel(self)
 
     def describe(self) -> str:
@@ -357,8 +357,8 @@ def detect_format(keys: list[str]) -> tuple[str, str]:
     Raises:
         ConvertError: no format matches; the message shows some keys.
     """
-    ks = [k[len("module."):] if k.startswith("module.") else k for k in keys]
-    has = lambda pat: next((k for k in ks if re.search(pat, k)), None)  # noqa: E731
+    ks = [k.removeprefix("module.") for k in keys]
+    has = lambda pat: next((k for k in ks if re.search(pat, k)), None)
     rules = (
         ("mast", r"^feature_extraction\.layer\d\.\d+\.left\.0\.weight$", "MAST's ResidualBlock keys ('left.0')"),
         ("liir", r"^feature_extraction\.(pos_embed1|layer\d\.\d+\.conv1\.weight)$",

@@ -1,0 +1,615 @@
+"""Propagate a user's masks through a user's video (``tritoncorr propagate``).
+
+* :func:`open_frames`: a video file (.mp4 / .webm / .mov / .avi / .mkv / .gif, decoded with PyAV one
+  frame at a time) or a folder of frames (.jpg / .png / ..., natural sort order), as a
+  :class:`FrameSource` that yields uint8 RGB ``(H, W, 3)`` frames without holding the video.
+* :func:`read_mask`: a palette PNG (indices = object ids, 255 = void -> background), a binary or
+  greyscale PNG (0 / non-zero -> 0 / 1, or small integer ids), or an RGB mask (DAVIS colours ->
+  their ids, other colours -> 1, 2, ... in order).
+* :func:`propagate_video`: frames -> features (one frame at a time) -> :class:`StreamingPropagator`
+  -> one palette PNG per frame and an overlay video; memory is bounded by the preset's reference
+  window, not by the number of frames.
+
+Masks. The first mask belongs to frame 0. Later masks (``--mask 120:later.png``) restart the objects
+they contain from that frame on and add new ones: at that frame the output is the prediction with
+the re-annotated ids removed and the new mask pasted over it (exactly the given mask where it has
+objects); the merged frame becomes a new anchor whose references (the preset's policy counted from
+it) predict its objects from then on, while the other objects keep their earlier anchor (DUL's
+YouTube-VOS scheme). Object ids are remapped to consecutive label channels internally and back on
+output, so any ids 1..254 work.
+
+Resolution. ``short_side`` (default 480, as DAVIS) downscales frames whose shorter side is larger
+(never upscales; 0 = native). Features and propagation run at that working size; masks are written
+at the video's own size (soft labels bilinearly upsampled, then argmax). A mask must have the
+video's size; one with the same aspect ratio but another scale is resized (nearest) with a warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+__all__ = [
+    "FrameSource",
+    "PropagationResult",
+    "VideoError",
+    "fit_mask",
+    "open_frames",
+    "parse_mask_spec",
+    "propagate_video",
+    "read_mask",
+    "resize_frame",
+    "synthetic_video_frame",
+    "working_size",
+    "write_synthetic_video",
+]
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".m4v", ".gif", ".mpg", ".mpeg")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+VOID = 255
+
+
+class VideoError(ValueError):
+    """An input that cannot be used: unreadable or empty video, bad mask, mask/frame size mismatch."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Frames
+# ----------------------------------------------------------------------------------------------
+
+
+def _natural_key(name: str):
+    return [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", name)]
+
+
+@dataclass
+class FrameSource:
+    """Frames of a video file or folder, decoded lazily.
+
+    Attributes:
+        path: the video file or folder.
+        size: ``(H, W)`` of the frames (of the first frame; every frame must match).
+        fps: frames per second (a folder: 24 unless given).
+        num_frames: the frame count when the container states it (None otherwise).
+        names: per-frame output names (folder: the file stems; video: zero-padded indices).
+    """
+
+    path: Path
+    size: tuple[int, int]
+    fps: float
+    num_frames: int | None
+    _iter: Callable[[], Iterator[np.ndarray]]
+    _names: list[str] | None = None
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """uint8 RGB ``(H, W, 3)`` frames in order (a new decoding pass each call)."""
+        return self._iter()
+
+    def name(self, t: int) -> str:
+        if self._names is not None and t < len(self._names):
+            return self._names[t]
+        return f"{t:05d}"
+
+
+def _image_rgb(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            return np.array(img.convert("RGB"))
+    except Exception as err:
+        raise VideoError(f"cannot read frame {path}: {err}") from err
+
+
+def _open_folder(path: Path, fps: float | None) -> FrameSource:
+    files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                   key=lambda p: _natural_key(p.name))
+    if not files:
+        raise VideoError(f"frame folder {path} has no images ({', '.join(IMAGE_SUFFIXES)})")
+    first = _image_rgb(files[0])
+
+    def frames():
+        for f in files:
+            img = _image_rgb(f)
+            if img.shape != first.shape:
+                raise VideoError(f"frame {f.name} is {img.shape[1]}x{img.shape[0]}, the first frame "
+                                 f"{first.shape[1]}x{first.shape[0]}")
+            yield img
+
+    return FrameSource(path, first.shape[:2], float(fps or 24.0), len(files), frames, [f.stem for f in files])
+
+
+def _open_video(path: Path, fps: float | None) -> FrameSource:
+    import av
+
+    try:
+        container = av.open(str(path))
+    except Exception as err:  # av.error.* (InvalidDataError, FileNotFoundError, ...)
+        raise VideoError(f"cannot read video {path}: {err}") from err
+    try:
+        if not container.streams.video:
+            raise VideoError(f"{path} has no video stream")
+        vs = container.streams.video[0]
+        rate = vs.average_rate or vs.guessed_rate or 24
+        n = int(vs.frames) if vs.frames else None
+        try:
+            first = next(container.decode(vs))
+        except StopIteration:
+            raise VideoError(f"video {path} has no frames") from None
+        except Exception as err:
+            raise VideoError(f"cannot decode video {path}: {err}") from err
+        size = (first.height, first.width)
+    finally:
+        container.close()
+
+    def frames():
+        c = av.open(str(path))
+        try:
+            s = c.streams.video[0]
+            s.thread_type = "AUTO"
+            for fr in c.decode(s):
+                yield fr.to_ndarray(format="rgb24")
+        except VideoError:
+            raise
+        except Exception as err:
+            raise VideoError(f"error while decoding {path}: {err}") from err
+        finally:
+            c.close()
+
+    return FrameSource(path, size, float(fps or float(rate)), n, frames)
+
+
+def open_frames(path: str | Path, fps: float | None = None) -> FrameSource:
+    """A :class:`FrameSource` for a video file or a folder of frames.
+
+    Raises:
+        VideoError: missing, unreadable or empty.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise VideoError(f"{path} does not exist")
+    if path.is_dir():
+        return _open_folder(path, fps)
+    return _open_video(path, fps)
+
+
+def working_size(size: tuple[int, int], short_side: int | None) -> tuple[int, int]:
+    """``(H, W)`` scaled so that the shorter side is ``short_side`` when it is larger (never upscaled)."""
+    h, w = size
+    if not short_side or min(h, w) <= short_side:
+        return (h, w)
+    s = short_side / min(h, w)
+    return (max(1, round(h * s)), max(1, round(w * s)))
+
+
+def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` -> ``size`` (bilinear with PIL's antialiasing when downscaling)."""
+    if frame.shape[:2] == tuple(size):
+        return frame
+    return np.array(Image.fromarray(frame).resize((size[1], size[0]), Image.BILINEAR))
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks
+# ----------------------------------------------------------------------------------------------
+
+
+def parse_mask_spec(spec: str) -> tuple[int, Path]:
+    """``"later.png"`` -> ``(0, later.png)``; ``"120:later.png"`` -> ``(120, later.png)``."""
+    m = re.match(r"^(\d+):(.+)$", spec)
+    if m and not Path(spec).exists():
+        return int(m.group(1)), Path(m.group(2))
+    return 0, Path(spec)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Object ids ``(H, W)`` uint8 of a mask image (see the module docstring); 255 (void) -> 0.
+
+    Raises:
+        VideoError: unreadable, or no object in it.
+    """
+    from tritoncorr.evals.davis import davis_palette
+
+    path = Path(path).expanduser()
+    try:
+        img = Image.open(path)
+        img.load()
+    except Exception as err:
+        raise VideoError(f"cannot read mask {path}: {err}") from err
+    if img.mode == "P" or img.mode == "1":
+        ids = np.asarray(img).astype(np.uint8)
+    elif img.mode in ("L", "I", "I;16", "F", "LA"):
+        a = np.asarray(img.convert("I") if img.mode != "LA" else img.getchannel(0)).astype(np.int64)
+        vals = np.unique(a)
+        if vals.max() <= 50:
+            ids = a.astype(np.uint8)  # small integer ids (0/1 binary included)
+        elif len(vals) == 2 and vals[0] == 0:
+            ids = (a > 0).astype(np.uint8)  # binary 0/255 (or 0/k)
+        else:
+            ids = (a > 127).astype(np.uint8)  # an anti-aliased binary mask
+    else:  # RGB(A): DAVIS colours -> ids, other colours -> 1, 2, ...
+        rgb = np.asarray(img.convert("RGB")).astype(np.int64)
+        code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        pal = np.asarray(davis_palette(), dtype=np.int64).reshape(256, 3)
+        pal_code = {int((r << 16) | (g << 8) | b): i for i, (r, g, b) in enumerate(pal)}
+        colours = [int(c) for c in np.unique(code) if c != 0]
+        if all(c in pal_code for c in colours):
+            lut = {c: pal_code[c] for c in colours}
+        else:
+            lut = {c: i + 1 for i, c in enumerate(colours)}
+            if len(lut) > 254:
+                raise VideoError(f"mask {path} has {len(lut)} colours: not a mask (use a palette or binary PNG)")
+        ids = np.zeros(code.shape, np.uint8)
+        for c, i in lut.items():
+            ids[code == c] = i
+    ids = np.where(ids == VOID, 0, ids).astype(np.uint8)
+    if ids.ndim != 2:
+        raise VideoError(f"mask {path} has shape {ids.shape}, expected (H, W)")
+    if not ids.any():
+        raise VideoError(f"mask {path} contains no object (every pixel is background 0 or void 255)")
+    return ids
+
+
+def _resize_ids(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if ids.shape == tuple(size):
+        return ids
+    return np.asarray(Image.fromarray(ids).resize((size[1], size[0]), Image.NEAREST))
+
+
+def fit_mask(ids: np.ndarray, frame_size: tuple[int, int], name: str) -> np.ndarray:
+    """The mask at the video's frame size: unchanged when equal, resized (nearest) with a warning when
+    only the scale differs (same aspect ratio within 1%); otherwise a :class:`VideoError`."""
+    h, w = ids.shape
+    H, W = frame_size
+    if (h, w) == (H, W):
+        return ids
+    if abs((w / h) / (W / H) - 1) <= 0.01:
+        warnings.warn(f"mask {name} is {w}x{h} but the frames are {W}x{H}: resizing the mask (nearest)",
+                      stacklevel=2)
+        return _resize_ids(ids, (H, W))
+    raise VideoError(f"mask {name} is {w}x{h} but the video frames are {W}x{H} (another aspect ratio): "
+                     "draw the mask on a frame of this video")
+
+
+# ----------------------------------------------------------------------------------------------
+# The runner
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PropagationResult:
+    """What :func:`propagate_video` wrote and measured."""
+
+    num_frames: int
+    seconds: float
+    mask_dir: Path
+    overlay: Path | None
+    objects: list[int]
+    size: tuple[int, int]
+    work_size: tuple[int, int]
+    feature_grid: tuple[int, int]
+    unused_masks: list[int] = dataclasses.field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.num_frames / self.seconds if self.seconds > 0 else float("nan")
+
+
+@torch.no_grad()
+def propagate_video(
+    source: FrameSource,
+    masks: dict[int, np.ndarray],
+    features_fn: Callable[[torch.Tensor], torch.Tensor],
+    config,
+    out: str | Path,
+    *,
+    color: str = "rgb",
+    short_side: int | None = 480,
+    max_frames: int | None = None,
+    device: torch.device | str = "cpu",
+    overlay: bool = True,
+    overlay_name: str = "overlay.mp4",
+    alpha: float = 0.5,
+    on_frame: Callable[[int], None] | None = None,
+) -> PropagationResult:
+    """Propagate ``masks`` (``{frame: uint8 ids at the video's size}``, frame 0 required) through ``source``.
+
+    Args:
+        features_fn: ``(1, 3, h, w)`` frame in ``color`` space on ``device`` -> ``(1, C, h', w')``.
+        config: a :class:`~tritoncorr.propagation.PropagationConfig` (its ``normalize``, ``pad``,
+            label encoding and decoding are applied here).
+        out: output folder: ``masks/<name>.png`` (DAVIS palette) and ``overlay_name``.
+        short_side, max_frames: working resolution and an optional frame limit.
+        on_frame: called with ``t`` after frame ``t`` is written (progress).
+
+    Returns:
+        :class:`PropagationResult`.
+    """
+    from tritoncorr.evals.davis import write_palette_png
+    from tritoncorr.evaluate import frame_to_tensor
+    from tritoncorr.propagation import decode_labels, encode_labels
+    from tritoncorr.streaming import StreamingPropagator
+
+    if 0 not in masks:
+        raise VideoError("a mask for frame 0 is required")
+    cfg = config
+    device = torch.device(device)
+    out = Path(out)
+    mask_dir = out / "masks"
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    H0, W0 = source.size
+    H, W = working_size(source.size, short_side)
+    Hp, Wp = -(-H // cfg.pad) * cfg.pad, -(-W // cfg.pad) * cfg.pad
+    # object ids -> consecutive label channels (and back on output)
+    ids_all = sorted({int(i) for m in masks.values() for i in np.unique(m) if i != 0})
+    channel_of = np.zeros(256, np.int64)
+    channel_of[ids_all] = np.arange(1, len(ids_all) + 1)
+    id_of = torch.tensor([0] + ids_all, dtype=torch.uint8, device=device)
+    L = len(ids_all) + 1
+    limit = 64 if cfg.topk is None else 128
+    if L > limit:
+        raise VideoError(f"{L - 1} objects: this preset propagates at most {limit - 1}")
+
+    def work_channels(ids_video: np.ndarray) -> torch.Tensor:
+        small = _resize_ids(ids_video, (H, W))
+        ch = torch.from_numpy(channel_of[small]).to(device)
+        return F.pad(ch, (0, Wp - W, 0, Hp - H)) if (Hp, Wp) != (H, W) else ch
+
+    def to_video_ids(soft: torch.Tensor) -> np.ndarray:
+        up = decode_labels(soft, (Hp, Wp), align_corners=cfg.upsample_align_corners, minmax=cfg.minmax)[:, :H, :W]
+        if (H, W) != (H0, W0):
+            up = F.interpolate(up[None], size=(H0, W0), mode="bilinear", align_corners=False)[0]
+        return id_of[up.argmax(0)].cpu().numpy()
+
+    writer = None
+    if overlay:
+        from tritoncorr.visualize import OverlayVideoWriter
+
+        writer = OverlayVideoWriter(out / overlay_name, source.fps, (H0, W0), alpha=alpha)
+    prop = StreamingPropagator(cfg, image_size=(Hp, Wp))
+    grid = None
+    t = -1
+    t0 = time.perf_counter()
+    frames = source.frames()
+    try:
+        for t, frame in enumerate(frames):
+            if max_frames is not None and t >= max_frames:
+                t -= 1
+                break
+            x = frame_to_tensor(resize_frame(frame, (H, W)), device, color)
+            if (Hp, Wp) != (H, W):
+                x = F.pad(x, (0, Wp - W, 0, Hp - H))
+            f = features_fn(x)
+            if f.dim() != 4 or f.shape[0] != 1:
+                raise ValueError(f"features_fn must return (1, C, h, w) for one frame, got {tuple(f.shape)}")
+            f = f.float()
+            if cfg.normalize:
+                f = F.normalize(f, dim=1)
+            f = f[0]
+            if grid is None:
+                grid = tuple(f.shape[1:])
+            if t == 0:
+                ids_out = masks[0]
+                prop.start(f, encode_labels(work_channels(masks[0]), L, grid, cfg.label_downsample))
+            else:
+                soft = prop.step(f)
+                if t in masks:
+                    new = masks[t]
+                    new_ch = work_channels(new)
+                    restarted = torch.zeros(L, dtype=torch.bool, device=device)
+                    restarted[torch.unique(new_ch)] = True
+                    restarted[0] = False
+                    up = decode_labels(soft, (Hp, Wp), align_corners=cfg.upsample_align_corners, minmax=cfg.minmax)
+                    merged = up.argmax(0)
+                    merged = torch.where(restarted[merged], torch.zeros_like(merged), merged)
+                    merged = torch.where(new_ch > 0, new_ch, merged)
+                    prop.annotate(encode_labels(merged, L, grid, cfg.label_downsample), restarted)
+                    pred_video = to_video_ids(soft)
+                    restarted_ids = {int(i) for i in np.unique(new) if i}
+                    ids_out = np.where(np.isin(pred_video, list(restarted_ids)), 0, pred_video).astype(np.uint8)
+                    ids_out = np.where(new > 0, new, ids_out).astype(np.uint8)
+                else:
+                    ids_out = to_video_ids(soft)
+            write_palette_png(mask_dir / f"{source.name(t)}.png", ids_out)
+            if writer is not None:
+                writer.write(frame, ids_out)
+            if on_frame is not None:
+                on_frame(t)
+    finally:
+        frames.close()
+        if writer is not None:
+            writer.close()
+    n = t + 1
+    if n == 0:
+        raise VideoError(f"{source.path}: no frames were decoded")
+    return PropagationResult(n, time.perf_counter() - t0, mask_dir, writer.path if writer is not None else None,
+                             ids_all, (H0, W0), (H, W), grid, sorted(k for k in masks if k >= n))
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def _fps_column():
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class FramesPerSecond(ProgressColumn):
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.2f} frames/s" if speed else "-- frames/s")
+
+    return FramesPerSecond()
+
+
+def propagate_cli(
+    *,
+    video: Path,
+    mask_specs: list[str],
+    checkpoint: Path | None,
+    preset: str | None,
+    out: Path | None,
+    short_side: int,
+    max_frames: int | None,
+    device: str,
+    seed: int,
+    overlay: bool,
+    fps: float | None,
+    alpha: float,
+) -> PropagationResult:
+    """``tritoncorr propagate``."""
+    import typer
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from tritoncorr.evaluate import _resolve_device
+
+    console = Console()
+
+    def fail(msg: str):
+        typer.echo(f"error: {msg}", err=True)
+        raise typer.Exit(code=2)
+
+    if not mask_specs:
+        fail("--mask FIRST.png (the objects of frame 0) is required")
+    if not 0 <= alpha <= 1:
+        fail(f"--alpha must be in [0, 1], got {alpha}")
+    try:
+        source = open_frames(video, fps)
+    except VideoError as err:
+        fail(str(err))
+    masks: dict[int, np.ndarray] = {}
+    try:
+        for spec in mask_specs:
+            t, path = parse_mask_spec(spec)
+            if t in masks:
+                fail(f"two masks for frame {t}")
+            if not path.is_file():
+                fail(f"mask {path} does not exist")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                masks[t] = fit_mask(read_mask(path), source.size, str(path))
+            for w in caught:
+                console.print(f"[yellow]warning:[/] {w.message}")
+    except VideoError as err:
+        fail(str(err))
+    if 0 not in masks:
+        fail("the first --mask must be for frame 0 (PATH or 0:PATH); later ones are FRAME:PATH")
+
+    dev = _resolve_device(device)
+    from tritoncorr.methods.inference import load_feature_model
+    from tritoncorr.propagation import PRESETS
+
+    try:
+        fmodel = load_feature_model(checkpoint, seed=seed, device=dev)
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        fail(str(err))
+    if checkpoint is None:
+        console.print("[bold yellow]warning: no --checkpoint: using RANDOM-INIT weights (ResNet-18, seed "
+                      f"{seed}). The masks will not follow the objects well; pass a trained or converted "
+                      "checkpoint (tritoncorr convert).[/]")
+    preset = preset or fmodel.preset
+    if preset not in PRESETS:
+        fail(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    config = PRESETS[preset]
+    if out is None:
+        out = Path("propagate") / (video.stem or "video")
+    H, W = working_size(source.size, short_side)
+    n_txt = f"{source.num_frames} frames" if source.num_frames else "frame count unknown"
+    console.print(f"video {video} ({source.size[1]}x{source.size[0]}, {source.fps:.2f} fps, {n_txt}); working size "
+                  f"{W}x{H}; objects {sorted({int(i) for m in masks.values() for i in np.unique(m) if i})} "
+                  f"(masks at frames {sorted(masks)})", soft_wrap=True)
+    origin = "from the checkpoint" if preset == fmodel.preset else "set by --preset"
+    console.print(f"model: {fmodel.description}; device {dev}; preset {preset!r} ({origin})", soft_wrap=True)
+    total = source.num_frames
+    if max_frames is not None:
+        total = min(total, max_frames) if total else max_frames
+    with Progress(TextColumn("propagating"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
+                  _fps_column(), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("frames", total=total)
+        try:
+            result = propagate_video(source, masks, fmodel.features, config, out, color=fmodel.color,
+                                     short_side=short_side, max_frames=max_frames, device=dev, overlay=overlay,
+                                     alpha=alpha, on_frame=lambda t: bar.advance(task))
+        except VideoError as err:
+            fail(str(err))
+    for t in result.unused_masks:
+        console.print(f"[yellow]warning:[/] the mask for frame {t} was not used: the video has {result.num_frames} "
+                      "frames")
+    console.print(f"{result.num_frames} frames in {result.seconds:.1f} s ({result.fps:.2f} frames/s); "
+                  f"feature grid {result.feature_grid[1]}x{result.feature_grid[0]}")
+    console.print(f"masks:   {result.mask_dir}/ ({result.num_frames} palette PNGs)")
+    if result.overlay is not None:
+        console.print(f"overlay: {result.overlay}")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# A generated test video (tests, benchmarks/propagate_memory.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def synthetic_video_frame(t: int, size: tuple[int, int] = (96, 128), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Frame ``t`` of a generated clip and its true ids: a textured background (fixed noise) with a
+    red disc (id 1) moving on a circle and a blue square (id 2) sliding left-right. uint8 ``(H, W, 3)``, ``(H, W)``."""
+    h, w = size
+    rng = np.random.default_rng(seed)
+    bg = (rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3)).astype(np.uint8)).repeat(8, 0).repeat(8, 1)[:h, :w]
+    frame = (bg * 0.6 + 50).astype(np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    ids = np.zeros((h, w), np.uint8)
+    a = 2 * np.pi * t / 60.0
+    cy, cx, r = h / 2 + h / 5 * np.sin(a), w / 2 + w / 4 * np.cos(a), max(3, min(h, w) // 8)
+    disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    frame[disc] = (220, 40, 40)
+    ids[disc] = 1
+    s = max(3, min(h, w) // 5)
+    x0 = int((w - s - 1) * (0.5 + 0.5 * np.sin(2 * np.pi * t / 90.0)))
+    y0 = h - s - max(1, h // 16)
+    frame[y0:y0 + s, x0:x0 + s] = (40, 60, 220)
+    ids[y0:y0 + s, x0:x0 + s] = 2
+    return frame, ids
+
+
+def write_synthetic_video(path: str | Path, num_frames: int, size: tuple[int, int] = (96, 128), fps: float = 25,
+                          seed: int = 0) -> Path:
+    """Write :func:`synthetic_video_frame` 0..num_frames-1 as a video (H.264 / MPEG-4) or, when ``path``
+    has no video suffix, as a folder of PNG frames. Returns ``path``."""
+    path = Path(path)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        path.mkdir(parents=True, exist_ok=True)
+        for t in range(num_frames):
+            Image.fromarray(synthetic_video_frame(t, size, seed)[0]).save(path / f"{t:05d}.png")
+        return path
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as c:
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        s = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        s.width, s.height, s.pix_fmt = size[1], size[0], "yuv420p"
+        if codec == "libx264":
+            s.options = {"crf": "18", "preset": "veryfast"}
+        for t in range(num_frames):
+            vf = av.VideoFrame.from_ndarray(synthetic_video_frame(t, size, seed)[0], format="rgb24")
+            for p in s.encode(vf):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
