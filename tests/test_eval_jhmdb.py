@@ -394,3 +394,21 @@ def test_jhmdb_mini_random_init(shared_data, tmp_path):
     assert r.exit_code == 0, r.output
     mean = (tmp_path / "pck.csv").read_text().splitlines()[-1].split(",")
     assert 5.0 < float(mean[2]) < 100.0
+
+
+def test_draw_joints(tmp_path):
+    from tritoncorr.visualize import draw_joints, palette_colors, save_joints_overlay
+
+    frame = np.zeros((40, 50, 3), np.uint8)
+    joints = np.full((2, 15), -1.0)
+    joints[:, 0] = (10, 20)  # neck
+    joints[:, 1] = (30, 20)  # belly: the neck's bone
+    out = draw_joints(frame, joints, radius=2, width=1)
+    assert (frame == 0).all()  # a copy
+    np.testing.assert_array_equal(out[20, 20], palette_colors()[1])  # the neck -> belly bone in the neck's colour
+    np.testing.assert_array_equal(out[20, 30], palette_colors()[2])  # the belly's dot
+    assert out[:, :5].max() == 0 and out[30:].max() == 0  # missing joints draw nothing
+    p = save_joints_overlay(tmp_path / "o.png", frame, joints, joints)
+    assert p.is_file()
+    with pytest.raises(ValueError, match=r"\(2, J\)"):
+        draw_joints(frame, np.zeros((3, 15)))

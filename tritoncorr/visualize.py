@@ -132,4 +132,70 @@ class OverlayVideoWriter:
         return False
 
 
-__all__ = ["OverlayVideoWriter", "overlay_masks", "palette_colors", "save_overlay"]
+def draw_joints(frame: np.ndarray, joints: np.ndarray, *, parents=None, color=None, radius: int = 3,
+                width: int = 2) -> np.ndarray:
+    """Draw keypoints (and their skeleton) on a copy of a frame.
+
+    Args:
+        frame: uint8 ``(H, W, 3)`` RGB.
+        joints: ``(2, J)`` pixel x, y; joints with a negative coordinate are missing and not drawn.
+        parents: parent index per joint (a bone joins a joint to its parent); default JHMDB's 15-joint
+            skeleton when J == 15, none otherwise.
+        color: one RGB colour for everything; default one palette colour per joint.
+        radius: dot radius in pixels; width: bone width.
+
+    Returns:
+        uint8 ``(H, W, 3)``.
+    """
+    from PIL import ImageDraw
+
+    frame = np.asarray(frame)
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"frame must be uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
+    joints = np.asarray(joints, dtype=np.float64)
+    if joints.ndim != 2 or joints.shape[0] != 2:
+        raise ValueError(f"joints must be (2, J), got {joints.shape}")
+    n = joints.shape[1]
+    if parents is None and n == 15:
+        from tritoncorr.evals.jhmdb import SKELETON_PARENTS
+
+        parents = SKELETON_PARENTS
+    colors = palette_colors()
+    img = Image.fromarray(frame.copy())
+    draw = ImageDraw.Draw(img)
+    ok = (joints >= 0).all(axis=0) & np.isfinite(joints).all(axis=0)
+
+    def col(j: int):
+        return tuple(int(c) for c in (color if color is not None else colors[1 + j % 255]))
+
+    if parents is not None:
+        bones = set()
+        for j, p in enumerate(parents):
+            if p != j and ok[j] and ok[p] and frozenset((j, p)) not in bones:  # each bone once (neck <-> belly)
+                bones.add(frozenset((j, p)))
+                draw.line([tuple(joints[:, j]), tuple(joints[:, p])], fill=col(j), width=width)
+    for j in range(n):
+        if ok[j]:
+            x, y = joints[:, j]
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=col(j), outline=(255, 255, 255))
+    return np.asarray(img)
+
+
+def save_joints_overlay(path: str | Path, frame: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = None,
+                        *, quality: int = 90) -> Path:
+    """Write ``frame`` with the true joints (white, when given) and the predicted ones (coloured) as a JPEG/PNG."""
+    img = frame
+    if gt is not None:
+        img = draw_joints(img, gt, color=(255, 255, 255), radius=2, width=1)
+    img = draw_joints(img, pred)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = Image.fromarray(img)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        out.save(path, quality=quality)
+    else:
+        out.save(path)
+    return path
+
+
+__all__ = ["OverlayVideoWriter", "draw_joints", "overlay_masks", "palette_colors", "save_joints_overlay", "save_overlay"]
