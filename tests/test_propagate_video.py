@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tritoncorr.evals.davis import read_index_png, write_palette_png
 
-from tritoncorr.propagation import PRESETS, encode_labels, propagate
-from tritoncorr.streaming import StreamingPropagator
+from tritoncorr.propagation import PRESETS, StreamingPropagator, encode_labels, propagate
 from tritoncorr.video import (
     VideoError,
     fit_mask,
@@ -65,6 +64,31 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
+def _whole_video_loop(feats, first, cfg, image_size):
+    """The whole-video loop as it was before streaming: every frame's features and labels in memory,
+    references gathered with index_select (repeated slots as repeated frames)."""
+    from tritoncorr.kernels.knn_propagate import knn_propagate, window_propagate
+    from tritoncorr.propagation import decode_labels, reference_indices
+
+    out = torch.empty((feats.shape[0], *first.shape))
+    out[0] = first
+    bank = out.clone() if cfg.feedback == "hard" else out
+    for t in range(1, feats.shape[0]):
+        sel = torch.tensor(reference_indices(t, cfg.references, cfg.context))
+        if cfg.topk is None:
+            pred = window_propagate(feats[t], feats[sel], bank[sel], radius=cfg.radius, temperature=cfg.temperature,
+                                    compact=cfg.compact, compact_threshold=cfg.compact_threshold)
+        else:
+            pred = knn_propagate(feats[t], feats[sel], bank[sel], radius=cfg.radius, topk=cfg.topk,
+                                 temperature=cfg.temperature, window=cfg.window,
+                                 unrestricted=1 if cfg.unrestricted_first else 0)
+        out[t] = pred
+        if cfg.feedback == "hard":
+            ids = decode_labels(pred, image_size, align_corners=cfg.upsample_align_corners).argmax(0)
+            bank[t] = encode_labels(ids, first.shape[0], first.shape[1:], cfg.label_downsample)
+    return out
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_streaming_equals_whole_video_propagation(preset):
     cfg = PRESETS[preset]
@@ -76,14 +100,16 @@ def test_streaming_equals_whole_video_propagation(preset):
     s = 4 if cfg.label_downsample == "strided" else 8
     ids = torch.randint(0, 3, (h * s, w * s), generator=g)
     first = encode_labels(ids, 3, (h, w), cfg.label_downsample)
-    ref = propagate(feats, first, image_size=(h * s, w * s), **cfg.as_kwargs())
+    ref = _whole_video_loop(feats, first, cfg, (h * s, w * s))
     prop = StreamingPropagator(cfg, image_size=(h * s, w * s))
-    outs = [prop.start(feats[0], first)]
+    outs = [prop.start(feats[0].clone(), first)]  # clones: the propagator sees one frame at a time
     most = 0
     for t in range(1, T):
-        outs.append(prop.step(feats[t]))
+        outs.append(prop.step(feats[t].clone()))
         most = max(most, len(prop.stored_frames))
-    torch.testing.assert_close(torch.stack(outs), ref, rtol=0, atol=0)
+    torch.testing.assert_close(torch.stack(outs), ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(propagate(feats, first, image_size=(h * s, w * s), **cfg.as_kwargs()), torch.stack(outs),
+                               rtol=0, atol=0)
     # bounded memory: the anchor + the previous-frame window (crw/stt: 20, mast: 5 (+ frame 5))
     assert most <= (cfg.context + 1 if cfg.references != "mast" else 7)
     assert prop.stored_frames[0] == 0

@@ -337,7 +337,7 @@ def propagate_video(
     from tritoncorr.evals.davis import write_palette_png
     from tritoncorr.evaluate import frame_to_tensor
     from tritoncorr.propagation import decode_labels, encode_labels
-    from tritoncorr.streaming import StreamingPropagator
+    from tritoncorr.propagation import StreamingPropagator
 
     if 0 not in masks:
         raise VideoError("a mask for frame 0 is required")
