@@ -94,6 +94,23 @@ def test_load_feature_model_plain_backbone_and_random_init(tmp_path):
         assert not torch.allclose(r1.features(x), r0.features(x))
 
 
+def test_bf16_precision_features_are_close_to_fp32_and_float32(dul_run):
+    """``precision="bf16"``: the same model under bfloat16 autocast, float32 out, close to fp32 (a
+    cosine near 1 per feature vector), for plain backbones and rebuilt methods alike."""
+    x = torch.randn(1, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    for source in (None, dul_run / "model.safetensors"):
+        f32, b16 = load_feature_model(source, seed=1), load_feature_model(source, seed=1, precision="bf16")
+        with torch.no_grad():
+            a, b = f32.features(x), b16.features(x)
+        assert b.dtype == torch.float32 and b.shape == a.shape
+        assert not torch.equal(a, b)  # autocast really ran in bfloat16
+        cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
+        assert cos.min() > 0.99, cos.min()
+        assert "bf16" in b16.description
+    with pytest.raises(ValueError, match="precision"):
+        load_feature_model(None, precision="fp8")
+
+
 def test_load_feature_model_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_feature_model(tmp_path / "missing.safetensors")
