@@ -661,6 +661,7 @@ def eval_davis_cli(
     temperature: float | None,
     overlays: bool,
     device: str,
+    precision: str = "fp32",
 ) -> DavisScores:
     """``tritoncorr eval davis``: score existing results (``--results``) or propagate with a backbone and score."""
     from rich.console import Console
@@ -697,7 +698,7 @@ def eval_davis_cli(
     from tritoncorr.methods.inference import load_feature_model
 
     try:
-        fmodel = load_feature_model(checkpoint, seed=seed, device=dev)
+        fmodel = load_feature_model(checkpoint, seed=seed, device=dev, precision=precision)
     except (FileNotFoundError, ValueError, TypeError) as err:
         _fail(str(err))
 
