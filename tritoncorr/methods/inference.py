@@ -98,27 +98,30 @@ def _plain_backbone(seed: int) -> nn.Module:
 PRECISIONS = ("fp32", "bf16")
 
 
-def _with_precision(forward: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+def _with_precision(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
                     precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``forward`` as is (``"fp32"``), or under ``torch.autocast(bfloat16)`` (``"bf16"``: convolutions
-    and matmuls in bfloat16 with float32 accumulation; on CPUs with AMX/AVX-512 BF16 about 4x faster
-    than float32). The features come back as float32 either way; propagation is unchanged."""
+    """``forward`` as is (``"fp32"``), or under ``torch.autocast(bfloat16)`` in channels-last layout
+    (``"bf16"``: convolutions and matmuls in bfloat16 with float32 accumulation; measured here, a
+    ResNet-18 stride-8 forward at 480x854 on one CPU thread with AMX: 6.1 s fp32, 1.5 s bf16
+    channels-last, 3.0 s bf16 contiguous). The features come back as float32 either way;
+    propagation is unchanged."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} must be one of {PRECISIONS}")
     if precision == "fp32":
         return lambda x: forward(x).float()
+    module.to(memory_format=torch.channels_last)
 
     def features(x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            out = forward(x)
-        return out.float()
+            out = forward(x.contiguous(memory_format=torch.channels_last))
+        return out.float().contiguous()
 
     return features
 
 
 def _backbone_model(model: nn.Module, device: torch.device, description: str, precision: str) -> FeatureModel:
     model.eval().to(device)
-    features = _with_precision(lambda x: model(x)["layer4"], device, precision)
+    features = _with_precision(model, lambda x: model(x)["layer4"], device, precision)
     return FeatureModel(model, features, "rgb", "dul", "backbone", description)
 
 
@@ -171,7 +174,7 @@ def load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
         raise ValueError(f"checkpoint {path} lacks {len(result.missing_keys)} weights of its method "
                          f"{type(model).__name__} (e.g. {result.missing_keys[:4]})")
     model.eval().to(device)
-    features = _with_precision(model.features, device, precision)
+    features = _with_precision(model, model.features, device, precision)
 
     method = meta.get("tritoncorr.method", getattr(model, "method_name", "?"))
     color = meta.get("tritoncorr.input_color", getattr(model, "input_color", "rgb"))
