@@ -8,8 +8,10 @@ Layout of a run folder::
     <run>/model.safetensors           the latest weights (method state dict, e.g. ``backbone.*``)
     <run>/ckpt-00001000/model.safetensors      method state dict
     <run>/ckpt-00001000/optimizer.safetensors  optimiser tensors, keys ``state.<param index>.<name>``
-    <run>/ckpt-00001000/state.json             step, epoch, schedule, data position, RNG states,
-                                               optimiser param groups and non-tensor state
+    <run>/ckpt-00001000/state.json             the run's TrainState (step, epoch, data position,
+                                               every rank's RNG states, layout, schedule), the
+                                               optimiser's param groups and non-tensor state, and
+                                               the size + SHA-256 of each tensor file
 
 A checkpoint is written into ``<run>/.tmp-ckpt-...`` and renamed to ``ckpt-<step:08d>`` when complete
 (``os.replace``), so a folder named ``ckpt-*`` with a ``state.json`` is always whole; single files are
@@ -21,6 +23,14 @@ checkpoint as the newest complete one.
 checks them before a resume, so a file truncated or damaged later (a full disk, a bad copy) is
 reported with its path (:class:`CheckpointCorruptError`) instead of loading garbage. An older
 checkpoint is then used only when the user names it (``tritoncorr train --resume DIR --resume-from ckpt-N``).
+
+The non-tensor state of a run is one :class:`TrainState`; ``save_checkpoint`` writes it whole and
+:func:`load_train_state` restores it whole (weights and optimiser included). State format 2 adds
+the run layout (``batch_size``, ``accumulate``, ``steps_per_epoch``), ``elapsed`` and ``method`` to
+format 1's keys (``step``, ``epoch``, ``loader``, ``rng``, ``world_size``, ``schedule``); a format-1
+checkpoint loads with those fields unknown (``None``: not compared on resume). A checkpoint whose
+weights do not fit the model (another method or architecture) raises :class:`CheckpointMismatchError`
+naming the file, both methods and the first differing keys, instead of torch's key listing.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import os
 import random
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +52,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 CKPT_RE = re.compile(r"^ckpt-(\d{8,})$")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def ckpt_name(step: int) -> str:
@@ -50,6 +61,65 @@ def ckpt_name(step: int) -> str:
 
 class CheckpointCorruptError(ValueError):
     """A checkpoint file whose size or SHA-256 differs from what its ``state.json`` recorded."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint (or ``init_from`` weights) of another method or architecture than the model."""
+
+
+@dataclass
+class TrainState:
+    """Everything a run needs to continue besides its tensors (weights, optimiser state).
+
+    ``Trainer`` keeps one; a checkpoint's ``state.json`` is :meth:`to_dict` plus the optimiser's
+    non-tensor state and the file digests.
+
+    * ``step``: optimiser steps done (the learning rate is a function of it).
+    * ``epoch``: the data epoch the next batch comes from.
+    * ``loader``: ``loader.state_dict()`` (epoch, batches already yielded in it, and the settings the
+      loader checks on resume: seed, world_size, batch_size, ...).
+    * ``rng``: every rank's Python / NumPy / torch / CUDA RNG states, indexed by rank.
+    * ``world_size``, ``batch_size`` (clips per rank and micro-batch), ``accumulate``,
+      ``steps_per_epoch``: the run's layout; resuming with another one cannot be exact (``None``:
+      unknown, format 1).
+    * ``schedule``: ``{"name", "factor"}`` of the last step's learning rate (for reading; the lr is
+      recomputed from ``step``).
+    * ``elapsed``: training wall time in seconds so far (the metrics' ``time`` continues).
+    * ``method``: the model's ``method_name`` (or class name), to recognise another method's checkpoint.
+    * ``rows``: the metrics rows so far (rank 0); not in ``state.json``: their home is
+      ``metrics.jsonl``, which a resume cuts back to ``step``.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    loader: dict[str, Any] | None = None
+    rng: list[dict[str, Any]] = field(default_factory=list)
+    world_size: int = 1
+    batch_size: int | None = None
+    accumulate: int | None = None
+    steps_per_epoch: int | None = None
+    schedule: dict[str, Any] = field(default_factory=dict)
+    elapsed: float | None = None
+    method: str | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    _PERSISTED = ("step", "epoch", "loader", "rng", "world_size", "batch_size", "accumulate", "steps_per_epoch",
+                  "schedule", "elapsed", "method")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready part written into ``state.json`` (everything but ``rows``)."""
+        return {k: getattr(self, k) for k in self._PERSISTED}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainState:
+        """Rebuild from a ``state.json`` dict (format 1 or 2; other keys are ignored)."""
+        kw = {k: data[k] for k in cls._PERSISTED if k in data}
+        state = cls(**kw)
+        state.step, state.epoch = int(state.step), int(state.epoch)
+        state.world_size = int(state.world_size or 1)
+        state.rng = list(state.rng or [])
+        state.schedule = dict(state.schedule or {})
+        return state
 
 
 def file_digest(path: Path) -> dict[str, Any]:
@@ -174,8 +244,17 @@ def resolve_weights_path(path: Path) -> Path:
 
 
 def load_model_weights(model: nn.Module, path: Path, *, strict: bool = True) -> tuple[list[str], list[str]]:
-    """Load safetensors weights into ``model``; returns (missing, unexpected) keys (empty when strict)."""
-    sd = load_file(str(resolve_weights_path(path)))
+    """Load safetensors weights into ``model``; returns (missing, unexpected) keys (empty when strict).
+
+    Raises :class:`CheckpointMismatchError` (naming the file) when a tensor has another shape, when
+    ``strict`` and keys differ, or when no key at all matches (weights of another method).
+    """
+    file = resolve_weights_path(path)
+    sd = load_file(str(file))
+    problem = weights_mismatch(model, sd, strict=strict)
+    if problem:
+        raise CheckpointMismatchError(f"weights {file} do not fit {type(model).__name__}: "
+                                      f"{_describe_origin(file, model)}{problem}")
     result = model.load_state_dict(sd, strict=strict)
     return list(result.missing_keys), list(result.unexpected_keys)
 
@@ -288,13 +367,13 @@ def save_checkpoint(
     step: int,
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None,
-    state: dict[str, Any],
+    state: TrainState | dict[str, Any],
     *,
     keep_last: int = 3,
 ) -> Path:
     """Write ``<run_dir>/ckpt-<step:08d>/`` atomically and prune to the last ``keep_last`` checkpoints.
 
-    ``state`` is JSON-ready data (step, data position, RNG states, ...); it is stored with the
+    ``state``: the run's :class:`TrainState` (or any JSON-ready dict); it is stored with the
     optimiser's param groups and non-tensor state in ``state.json``.
     """
     run_dir = Path(run_dir)
@@ -305,7 +384,7 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_model_weights(tmp / "model.safetensors", model)
-    full_state = dict(state)
+    full_state = state.to_dict() if isinstance(state, TrainState) else dict(state)
     full_state["step"] = int(step)
     full_state["format"] = FORMAT_VERSION
     if optimizer is not None:
@@ -336,10 +415,76 @@ def load_checkpoint(
     ckpt = Path(ckpt)
     state = verify_checkpoint(ckpt)
     if model is not None:
-        model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=True)
+        path = ckpt / "model.safetensors"
+        sd = load_file(str(path))
+        problem = weights_mismatch(model, sd)
+        if problem:
+            raise CheckpointMismatchError(f"checkpoint {path} does not fit this run's model: "
+                                          f"{_describe_origin(path, model)}{problem}")
+        model.load_state_dict(sd, strict=True)
     if optimizer is not None:
         if "optimizer" not in state:
             raise ValueError(f"{ckpt} holds no optimiser state")
         tensors = load_file(str(ckpt / "optimizer.safetensors"))
-        optimizer.load_state_dict(_join_optimizer_state(tensors, state["optimizer"]))
+        try:
+            optimizer.load_state_dict(_join_optimizer_state(tensors, state["optimizer"]))
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointMismatchError(f"checkpoint {ckpt / 'optimizer.safetensors'} does not fit this run's "
+                                          f"optimiser ({type(optimizer).__name__}): {err}") from None
     return state
+
+
+def load_train_state(
+    ckpt: Path, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None
+) -> TrainState:
+    """:func:`load_checkpoint` (verified weights and optimiser state) returning the :class:`TrainState`.
+
+    Raises :class:`CheckpointMismatchError` when the checkpoint records another method than
+    ``model``'s (``method_name``), before touching the model.
+    """
+    ckpt = Path(ckpt)
+    state = TrainState.from_dict(verify_checkpoint(ckpt))
+    if model is not None and state.method and state.method != model_method(model):
+        raise CheckpointMismatchError(f"checkpoint {ckpt} was written by method {state.method!r}, this run trains "
+                                      f"{model_method(model)!r} ({type(model).__name__}); resume it with its own "
+                                      "recipe, or start this one in another --out")
+    load_checkpoint(ckpt, model, optimizer)
+    return state
+
+
+def model_method(model: nn.Module) -> str:
+    """``model.method_name`` ("dul", "stt", ...) or, for modules that declare none, the class name."""
+    return str(getattr(model, "method_name", None) or type(model).__name__)
+
+
+def weights_mismatch(model: nn.Module, sd: dict[str, torch.Tensor], *, strict: bool = True) -> str:
+    """"" when ``sd`` loads into ``model``; else a one-line summary (missing, unexpected and
+    wrong-shape keys with examples). ``strict=False`` only requires matching shapes and one common key."""
+    own = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} tensors of another shape (e.g. {', '.join(shapes[:2])})")
+    if strict or len(missing) == len(own):
+        if missing:
+            parts.append(f"{len(missing)} of the model's {len(own)} keys missing (e.g. {', '.join(missing[:3])})")
+        if unexpected and strict:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    return "; ".join(parts)
+
+
+def _describe_origin(path: Path, model: nn.Module) -> str:
+    """"it holds a 'dul' model, this run trains 'stt': " when the file records its method."""
+    try:
+        from tritoncorr.methods.inference import read_metadata
+
+        theirs = read_metadata(path).get("tritoncorr.method")
+    except Exception:  # noqa: BLE001 - only a better message
+        theirs = None
+    mine = model_method(model)
+    if theirs and theirs != mine:
+        return f"it holds a {theirs!r} model, this run trains {mine!r}; "
+    return f"another architecture than this run's {type(model).__name__}; "

@@ -16,9 +16,15 @@ the last), bf16 autocast on CUDA when ``amp="bf16"``, optional gradient clipping
 curves and DAVIS validation. SIGINT/SIGTERM (Ctrl-C; torchrun forwards SIGTERM) finish the current
 step, save a checkpoint and return (a second Ctrl-C aborts at once).
 
+The run is a :class:`Trainer` (setup in ``__init__``, ``train_step``, ``validate``, ``save``,
+``load_state``, ``run``); :func:`train` is ``Trainer(...).run()``. Its resumable state is the model,
+the optimiser and one :class:`~tritoncorr.engine.checkpoint.TrainState`.
+
 Resume is exact: weights, optimiser state, the step (the schedule is a function of it), the data
 position (``loader.state_dict()``) and every rank's Python/NumPy/torch/CUDA RNG states are restored,
-and ``metrics.jsonl`` is cut back to the checkpoint's step.
+and ``metrics.jsonl`` is cut back to the checkpoint's step. That needs the same run layout (world
+size, per-rank batch size, accumulation, data); with another one the resume warns once, listing the
+differences, and continues at the same step and place in the epoch (docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
@@ -227,7 +233,8 @@ def _resume_checkpoint(out: Path, resume_from: str | None, is_main: bool) -> Pat
     """The checkpoint to resume from (verified), per ``resume_from`` (None = the newest)."""
     ckpts = ckpt_io.list_checkpoints(out)
     if not ckpts:
-        raise FileNotFoundError(f"--resume: no complete checkpoint (ckpt-*/state.json) in {out}")
+        where = "does not exist" if not out.exists() else "holds no complete checkpoint (ckpt-*/state.json)"
+        raise ConfigError(f"--resume {out}: the folder {where}; start a new run with --out instead")
     names = ", ".join(p.name for _, p in ckpts)
     if resume_from is None:
         chosen = ckpts[-1][1]
@@ -253,8 +260,447 @@ def _resume_checkpoint(out: Path, resume_from: str | None, is_main: bool) -> Pat
             for p in newer:
                 os.replace(p, aside / p.name)
             warnings.warn(f"resuming from {chosen.name}: moved the newer {', '.join(p.name for p in newer)} to {aside}",
-                          stacklevel=3)
+                          stacklevel=4)
     return chosen
+
+
+_LOADER_POSITION = ("epoch", "batch")
+
+
+class _NoStop:
+    requested = False
+
+
+class Trainer:
+    """One training run, in the shape of torchtitan's ``Trainer``.
+
+    ``__init__`` sets everything up: the process group, the model (seeded init, ``init_from``), the
+    optimiser, the data loader, the run folder and, with ``resume``, the state of a checkpoint
+    (:meth:`load_state`). :meth:`train_step` does one optimiser step, :meth:`validate` the periodic
+    DAVIS validation, :meth:`save` one checkpoint, :meth:`run` the loop to ``stop_at`` (then the
+    final checkpoint; it releases the process group). :func:`train` is ``Trainer(...).run()``.
+
+    The resumable state is three objects: ``model`` and ``optimizer`` (tensors) and ``state``, a
+    :class:`~tritoncorr.engine.checkpoint.TrainState` (step, epoch, data position, every rank's RNG
+    states, the run layout, schedule, elapsed time, metrics rows). :meth:`state_dict` brings
+    ``state`` up to date (collective under DDP), :meth:`save` writes all three as one checkpoint and
+    :meth:`load_state` restores all three from one. A checkpoint is always at an optimiser-step
+    boundary: an interrupt during gradient accumulation finishes the step (or, when it killed the
+    data workers, rolls the step back), so no half-accumulated gradient is ever needed.
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out: Path,
+        *,
+        resume: bool = False,
+        resume_from: str | None = None,
+        stop_at: int | None = None,
+        progress: bool = True,
+        recipe_ref: str = "",
+        on_step: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.out = out = Path(out)
+        self.stop_at = cfg.steps if stop_at is None else int(stop_at)
+        if not 1 <= self.stop_at <= cfg.steps:
+            raise ConfigError(f"stop step {self.stop_at} must be in [1, steps={cfg.steps}] "
+                              "(raise steps with --set steps=N)")
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"run folder {out} is an existing file, not a folder (choose another --out)")
+        if cfg.eval.every > 0:
+            if not Path(cfg.eval.davis_root).is_dir():
+                raise ConfigError(f"eval.davis_root {cfg.eval.davis_root!r} is not a folder (set eval.every=0 to disable)")
+            import tritoncorr.evaluate  # noqa: F401  (fail now rather than at the first validation)
+        self.progress, self.recipe_ref, self.on_step = progress, recipe_ref, on_step
+        self.info = init_distributed(cfg.device)
+        self.device = self.info.device
+        self.is_main = self.info.is_main
+        self.resumed_from: Path | None = None
+        self._bar: _Progress | None = None
+        self._stop: Any = _NoStop()
+        self._stop_agreed = False
+        self._data_iter: Any = None
+        self._term_names: list[str] | None = None
+        self._step_time_ema: float | None = None
+        self._session_start = time.perf_counter()
+        try:
+            self._setup(resume, resume_from)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------------------------ setup
+
+    def _setup(self, resume: bool, resume_from: str | None) -> None:
+        cfg, info, out = self.cfg, self.info, self.out
+        if resume:
+            self.resumed_from = _resume_checkpoint(out, resume_from, self.is_main)
+        elif ckpt_io.list_checkpoints(out):
+            raise ConfigError(f"{out} already holds checkpoints; use --resume {out} or another --out")
+
+        seed_all(cfg.seed)  # identical initial weights on every rank
+        model = cfg.method.build()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{type(cfg.method).__name__}.build() must return an nn.Module, got {type(model).__name__}")
+        if cfg.eval.every > 0 and not hasattr(model, "features"):
+            raise ConfigError(f"eval.every > 0 but {type(model).__name__} has no features(images) method")
+        if cfg.init_from and self.resumed_from is None:
+            try:
+                missing, unexpected = ckpt_io.load_model_weights(model, Path(cfg.init_from), strict=False)
+            except FileNotFoundError as err:
+                raise ConfigError(f"init_from: {err}") from None
+            except ckpt_io.CheckpointMismatchError as err:
+                raise ConfigError(f"init_from: {err}") from None
+            if self.is_main and (missing or unexpected):
+                warnings.warn(f"init_from {cfg.init_from}: {len(missing)} missing keys (e.g. {missing[:3]}), "
+                              f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})", stacklevel=3)
+        model.to(self.device)
+        if cfg.sync_bn and info.distributed:
+            if self.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            elif self.is_main:
+                warnings.warn("sync_bn needs CUDA (torch's SyncBatchNorm has no CPU path); using per-process BN",
+                              stacklevel=3)
+        self.model: nn.Module = model
+        self.optimizer = build_optimizer(model, cfg.optim)
+        self.loader = self._build_loader()
+        if self.is_main and self.resumed_from is None:
+            # the weights the run starts from, for comparing any checkpoint with where it began
+            self._make_run_folder()
+            ckpt_io.save_model_weights(out / "init.safetensors", model)
+        batches_per_epoch = len(self.loader)
+        if batches_per_epoch < 1:
+            raise ConfigError("the data loader yields no batch per epoch (fewer clips than batch_size x world_size?)")
+        self.steps_per_epoch = max(batches_per_epoch // cfg.optim.accumulate, 1)
+        self.state = ckpt_io.TrainState(
+            world_size=info.world_size, batch_size=_int_or_none(getattr(cfg.data, "batch_size", None)),
+            accumulate=cfg.optim.accumulate, steps_per_epoch=self.steps_per_epoch, method=ckpt_io.model_method(model),
+            schedule={"name": cfg.schedule.name, "factor": None}, elapsed=0.0,
+        )
+        if self.resumed_from is not None:
+            self.load_state(self.resumed_from)
+        else:
+            self.loader.set_epoch(0)
+            seed_all(cfg.seed + 10007 * (info.rank + 1))  # per-rank streams for the method's randomness
+
+        self.fwd_module: nn.Module = model
+        if info.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.fwd_module = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                  find_unused_parameters=cfg.ddp_find_unused)
+        self.fwd: Callable = (torch.compile(self.fwd_module, backend=cfg.compile_backend) if cfg.compile
+                              else self.fwd_module)
+        self.amp_ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (
+            cfg.amp == "bf16" and self.device.type == "cuda") else contextlib.nullcontext
+
+        self.metrics_path = out / "metrics.jsonl"
+        if self.is_main:
+            self._make_run_folder()
+            ckpt_io.clean_temporaries(out)
+            conf = config_to_dict(cfg)
+            if self.recipe_ref:
+                conf["__recipe__"] = self.recipe_ref
+            ckpt_io.atomic_write_json(out / "config.json", conf)
+            if self.resumed_from is not None:
+                self.state.rows = _truncate_metrics(self.metrics_path, self.state.step)
+            elif self.metrics_path.exists():
+                self.metrics_path.unlink()
+        if self.state.elapsed is None:  # format-1 checkpoint: the wall time of its last logged step
+            self.state.elapsed = float(self.state.rows[-1].get("time", 0.0)) if self.state.rows else 0.0
+        # wall time continues across resumes
+        self._session_start = time.perf_counter() - self.state.elapsed
+        barrier(info)
+
+    def _make_run_folder(self) -> None:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"cannot create the run folder {self.out}: {err.strerror or err} "
+                              "(choose another --out)") from None
+
+    def _build_loader(self) -> Any:
+        """:func:`build_loader`; a data set that cannot fill a batch is a :class:`ConfigError` naming the data."""
+        from tritoncorr.data.sources import DataSourceError
+
+        try:
+            return build_loader(self.cfg, self.info)
+        except (ConfigError, DataSourceError):
+            raise
+        except ValueError as err:  # e.g. too few / too short videos for batch_size, clip_len
+            data = self.cfg.data
+            sizes = ", ".join(f"data.{k}={getattr(data, k)}" for k in ("batch_size", "clip_len") if hasattr(data, k))
+            raise ConfigError(f"data: {err} ({sizes}; change them with --set)") from err
+
+    # ---------------------------------------------------------------------------- state / resume
+
+    def state_dict(self) -> ckpt_io.TrainState:
+        """``state`` brought up to date: data position, every rank's RNG states (a collective under
+        DDP: every rank must call it), the last step's schedule factor."""
+        st = self.state
+        st.loader = self.loader.state_dict()
+        st.rng = gather_objects(ckpt_io.get_rng_state(), self.info)
+        st.world_size = self.info.world_size
+        st.schedule = {"name": self.cfg.schedule.name, "factor": lr_factor(
+            max(st.step - 1, 0), self.cfg.schedule, total_steps=self.cfg.steps, steps_per_epoch=self.steps_per_epoch)}
+        return st
+
+    def load_state(self, ckpt: Path) -> ckpt_io.TrainState:
+        """Restore weights, optimiser state and :class:`TrainState` from checkpoint ``ckpt``.
+
+        Exact when the run layout matches the checkpoint's (world size, per-rank batch size,
+        accumulation, the loader's own checks such as the number of videos). Otherwise one warning
+        lists every difference and the run continues: the data position is carried over as the
+        number of clips already seen in the epoch, and with another world size the random streams
+        are re-seeded.
+        """
+        cfg, info = self.cfg, self.info
+        try:
+            saved = ckpt_io.load_train_state(ckpt, self.model, self.optimizer)
+        except ckpt_io.CheckpointMismatchError as err:
+            raise ConfigError(str(err)) from None
+        mine = self.state
+        diffs = self._layout_differences(saved)
+        loader_state = saved.loader
+        if loader_state is not None:
+            if diffs:
+                loader_state = self._carry_position(loader_state, saved)
+            with warnings.catch_warnings():
+                # the differences the loader would warn about are in the one warning below
+                warnings.filterwarnings("ignore", message="loader state has", category=UserWarning)
+                self.loader.load_state_dict(loader_state)
+        same_ranks = len(saved.rng) == info.world_size and saved.world_size == info.world_size
+        if same_ranks:
+            ckpt_io.set_rng_state(saved.rng[info.rank])
+        else:
+            diffs.append(f"RNG states of {len(saved.rng)} ranks for {info.world_size}: the method's random "
+                         "streams are re-seeded")
+            seed_all(cfg.seed + 7919 * (saved.step + 1) + info.rank)
+        if diffs and self.is_main:
+            warnings.warn(f"resuming {ckpt.name} cannot be exact: " + "; ".join(diffs)
+                          + ". The run continues from the same step and place in the epoch, "
+                          "but its batches and losses will differ from an uninterrupted run", stacklevel=4)
+        mine.step, mine.epoch, mine.elapsed = saved.step, saved.epoch, saved.elapsed
+        mine.loader, mine.rng, mine.schedule = loader_state, saved.rng, saved.schedule
+        if mine.step >= self.stop_at and self.is_main:
+            warnings.warn(f"checkpoint is at step {mine.step} >= stop step {self.stop_at}: nothing to do", stacklevel=4)
+        return mine
+
+    def _layout_differences(self, saved: ckpt_io.TrainState) -> list[str]:
+        """What differs between the checkpoint's run layout and this one's (empty: resume is exact)."""
+        now = self.state
+        diffs = []
+        for name, before, after in (("world_size", saved.world_size, now.world_size),
+                                    ("batch_size (per rank)", saved.batch_size, now.batch_size),
+                                    ("optim.accumulate", saved.accumulate, now.accumulate),
+                                    ("steps per epoch", saved.steps_per_epoch, now.steps_per_epoch)):
+            if before is not None and after is not None and before != after:
+                diffs.append(f"{name} {before} -> {after}")
+        if saved.loader:
+            current = self.loader.state_dict()
+            for key, before in saved.loader.items():
+                if key in _LOADER_POSITION or key not in current or current[key] == before:
+                    continue
+                if key in ("world_size", "batch_size") and any(d.startswith(key) for d in diffs):
+                    continue
+                diffs.append(f"data {key} {before} -> {current[key]}")
+        return diffs
+
+    def _carry_position(self, loader_state: dict[str, Any], saved: ckpt_io.TrainState) -> dict[str, Any]:
+        """The loader position converted to this layout: the same number of clips seen in the epoch."""
+        state = dict(loader_state)
+        before = _int_or_none(state.get("batch_size", saved.batch_size))
+        after = self.state.batch_size
+        ws_before = int(state.get("world_size", saved.world_size) or 1)
+        if "batch" in state and before and after:
+            clips = int(state["batch"]) * before * ws_before
+            batch = clips // (after * self.info.world_size)
+            try:
+                batch = min(batch, len(self.loader))
+            except TypeError:
+                pass
+            state["batch"] = batch
+        return state
+
+    # ------------------------------------------------------------------------------- the steps
+
+    def _next_batch(self) -> Any:
+        if self._data_iter is None:
+            self._data_iter = iter(self.loader)
+        for _ in range(3):
+            try:
+                return next(self._data_iter)
+            except StopIteration:
+                self.state.epoch += 1
+                self.loader.set_epoch(self.state.epoch)
+                self._data_iter = iter(self.loader)
+        raise RuntimeError("the data loader produced no batch in a new epoch")
+
+    def train_step(self) -> dict[str, Any] | None:
+        """One optimiser step (``optim.accumulate`` micro-batches); returns its metrics row.
+
+        Returns None when an interrupt killed the data workers during the step (one process): the
+        step is rolled back (data position, epoch, RNG states; gradients dropped) so the checkpoint
+        saved next replays it.
+        """
+        cfg, info, st = self.cfg, self.info, self.state
+        acc = cfg.optim.accumulate
+        t0 = time.perf_counter()
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        acc_vals: torch.Tensor | None = None
+        clips = 0
+        # one process: remember where this step started, in case Ctrl-C kills the data workers
+        # while it runs (they get SIGINT too and the next fetch fails): we then roll back and save
+        snap = None if info.distributed else (self.loader.state_dict(), st.epoch, ckpt_io.get_rng_state())
+        try:
+            for micro in range(acc):
+                batch = _to_device(self._next_batch(), self.device)
+                clips += _batch_size(batch)
+                sync = (self.fwd_module.no_sync() if (info.distributed and micro < acc - 1)
+                        else contextlib.nullcontext())
+                with sync:
+                    with self.amp_ctx():
+                        terms = self.fwd(batch)
+                    if self._term_names is None:
+                        _check_terms(terms, self.model)
+                        self._term_names = list(terms)
+                    elif list(terms) != self._term_names:
+                        raise RuntimeError(f"loss terms changed from {self._term_names} to {list(terms)}")
+                    loss = sum(t.float() for t in terms.values())
+                    (loss / acc).backward()
+                vals = torch.stack([loss.detach().float()] + [t.detach().float().reshape(()) for t in terms.values()])
+                acc_vals = vals if acc_vals is None else acc_vals + vals
+        except Exception:
+            if snap is None or not self._stop.requested:
+                raise
+            self.loader.load_state_dict(snap[0])
+            st.epoch = snap[1]
+            ckpt_io.set_rng_state(snap[2])
+            self._data_iter = None
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        assert acc_vals is not None and self._term_names is not None
+        names = self._term_names
+        flag = torch.tensor([1.0 if self._stop.requested else 0.0], device=acc_vals.device)
+        vec = all_reduce_mean(torch.cat([acc_vals / acc, flag]), info).cpu()
+        values = vec[:-1].tolist()
+        self._stop_agreed = bool(vec[-1].item() > 0)  # every rank stops after the same step
+        if not math.isfinite(values[0]):
+            detail = ", ".join(f"{n}={v}" for n, v in zip(names, values[1:]))
+            raise FloatingPointError(f"non-finite loss at step {st.step + 1}: loss={values[0]} ({detail})")
+        grad_norm = None
+        if cfg.optim.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip))
+        lr = set_lr(self.optimizer, cfg.optim.lr,
+                    lr_factor(st.step, cfg.schedule, total_steps=cfg.steps, steps_per_epoch=self.steps_per_epoch))
+        self.optimizer.step()
+        st.step += 1
+        step = st.step
+        dt = time.perf_counter() - t0
+        self._step_time_ema = dt if self._step_time_ema is None else 0.9 * self._step_time_ema + 0.1 * dt
+        st.elapsed = time.perf_counter() - self._session_start
+        row: dict[str, Any] = {"step": step, "epoch": st.epoch, "loss": values[0]}
+        row.update({n: v for n, v in zip(names, values[1:])})
+        row["lr"] = lr
+        if grad_norm is not None:
+            row["grad_norm"] = grad_norm
+        row["time"] = round(st.elapsed, 4)
+        row["step_time"] = round(dt, 4)
+        if cfg.eval.every > 0 and (step % cfg.eval.every == 0 or step == self.stop_at):
+            row.update(self.validate())
+        if self.is_main:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            st.rows.append(row)
+            if self._bar is not None:
+                ema = self._step_time_ema
+                self._bar.update(row, names, 1.0 / ema, clips * info.world_size / max(ema, 1e-9))
+            if cfg.curves_every and step % cfg.curves_every == 0:
+                plot_curves(st.rows, self.out / "curves.png", title=cfg.name)
+            if self.on_step is not None:
+                self.on_step(row)
+        return row
+
+    def validate(self) -> dict[str, float]:
+        """DAVIS validation of the current weights on rank 0 (``val/jf``, ``val/j``, ``val/f``; ``{}``
+        on the other ranks); a collective barrier. Leaves the training RNG streams untouched."""
+        scores: dict[str, float] = {}
+        if self.is_main:
+            scores = _run_validation(self.cfg, self.model, self.out, self.state.step, self.device)
+        barrier(self.info)
+        return scores
+
+    def save(self) -> Path | None:
+        """Write ``ckpt-<step>`` (weights, optimiser, :class:`TrainState`) and ``model.safetensors``;
+        a collective under DDP (rank 0 writes). Returns the checkpoint folder on rank 0."""
+        state = self.state_dict()
+        path = None
+        if self.is_main:
+            path = ckpt_io.save_checkpoint(self.out, state.step, self.model, self.optimizer, state,
+                                           keep_last=self.cfg.checkpoint.keep_last)
+            ckpt_io.save_model_weights(self.out / "model.safetensors", self.model)
+        barrier(self.info)
+        return path
+
+    def run(self) -> TrainResult:
+        """Train to ``stop_at`` (periodic checkpoints, SIGINT/SIGTERM -> checkpoint and return), save
+        the final checkpoint, and release the process group."""
+        cfg, st = self.cfg, self.state
+        try:
+            start_step = st.step
+            last_ckpt: Path | None = None
+            interrupted = False
+            if self.is_main:
+                self._bar = _Progress(self.progress, self.stop_at, st.step, cfg.log_every, cfg.name)
+            with _StopFlag() as stop:
+                self._stop = stop
+                while st.step < self.stop_at:
+                    row = self.train_step()
+                    if row is None:
+                        interrupted = True
+                        break
+                    # one process: no need to agree with other ranks (a signal during on_step counts)
+                    stop_now = self._stop_agreed or (not self.info.distributed and stop.requested)
+                    if stop_now and st.step < self.stop_at:
+                        interrupted = True
+                        break
+                    if cfg.checkpoint.every and st.step % cfg.checkpoint.every == 0 and st.step < self.stop_at:
+                        last_ckpt = self.save()
+                self._stop = _NoStop()
+            if st.step > start_step or self.resumed_from is None:
+                last_ckpt = self.save()
+            else:
+                last_ckpt = self.resumed_from
+            if self.is_main:
+                plot_curves(st.rows, self.out / "curves.png", title=cfg.name)
+                if self._bar is not None:
+                    if interrupted:
+                        self._bar.log(f"interrupted: saved {last_ckpt}; continue with --resume {self.out}")
+                    else:
+                        self._bar.log(f"done: step {st.step}, checkpoint {last_ckpt}, "
+                                      f"weights {self.out / 'model.safetensors'}")
+            return TrainResult(out=self.out, step=st.step, interrupted=interrupted, rows=st.rows,
+                               last_checkpoint=last_ckpt)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the progress bar and release the process group (idempotent)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        shutdown(self.info)  # idempotent
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def train(
@@ -270,243 +716,13 @@ def train(
 ) -> TrainResult:
     """Train ``cfg.method`` and write the run folder ``out``; returns at ``stop_at`` (default ``cfg.steps``).
 
-    ``resume``: continue from the highest complete checkpoint in ``out`` (exactly; see module doc), after
-    checking its files against the sizes and hashes recorded in its ``state.json``; a damaged one
-    stops with an error naming the file. ``resume_from`` (``"ckpt-00000400"`` or ``"400"``) picks an
-    older checkpoint instead; the newer ones are moved to ``out/superseded/`` so that they are kept
-    but not resumed from again.
+    ``Trainer(cfg, out, ...).run()``. ``resume``: continue from the highest complete checkpoint in
+    ``out`` (exactly; see the module doc), after checking its files against the sizes and hashes
+    recorded in its ``state.json``; a damaged one stops with an error naming the file.
+    ``resume_from`` (``"ckpt-00000400"`` or ``"400"``) picks an older checkpoint instead; the newer
+    ones are moved to ``out/superseded/`` so that they are kept but not resumed from again.
     ``stop_at`` <= ``cfg.steps`` stops early without changing the schedule (its horizon is ``cfg.steps``).
     """
-    cfg.validate()
-    out = Path(out)
-    stop_at = cfg.steps if stop_at is None else int(stop_at)
-    if not 1 <= stop_at <= cfg.steps:
-        raise ConfigError(f"stop step {stop_at} must be in [1, steps={cfg.steps}] (raise steps with --set steps=N)")
-    if cfg.eval.every > 0:
-        if not Path(cfg.eval.davis_root).is_dir():
-            raise ConfigError(f"eval.davis_root {cfg.eval.davis_root!r} is not a folder (set eval.every=0 to disable)")
-        import tritoncorr.evaluate  # noqa: F401  (fail now rather than at the first validation)
-
-    info = init_distributed(cfg.device)
-    device = info.device
-    is_main = info.is_main
-    bar: _Progress | None = None
-    try:
-        resume_ckpt = None
-        if resume:
-            resume_ckpt = _resume_checkpoint(out, resume_from, is_main)
-        elif ckpt_io.list_checkpoints(out):
-            raise ConfigError(f"{out} already holds checkpoints; use --resume {out} or another --out")
-
-        seed_all(cfg.seed)  # identical initial weights on every rank
-        model = cfg.method.build()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"{type(cfg.method).__name__}.build() must return an nn.Module, got {type(model).__name__}")
-        if cfg.eval.every > 0 and not hasattr(model, "features"):
-            raise ConfigError(f"eval.every > 0 but {type(model).__name__} has no features(images) method")
-        if cfg.init_from and resume_ckpt is None:
-            missing, unexpected = ckpt_io.load_model_weights(model, Path(cfg.init_from), strict=False)
-            if is_main and (missing or unexpected):
-                warnings.warn(f"init_from {cfg.init_from}: {len(missing)} missing keys (e.g. {missing[:3]}), "
-                              f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})", stacklevel=2)
-        model.to(device)
-        if cfg.sync_bn and info.distributed:
-            if device.type == "cuda":
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            elif is_main:
-                warnings.warn("sync_bn needs CUDA (torch's SyncBatchNorm has no CPU path); using per-process BN",
-                              stacklevel=2)
-        optimizer = build_optimizer(model, cfg.optim)
-        loader = build_loader(cfg, info)
-        if is_main and resume_ckpt is None:
-            # the weights the run starts from, for comparing any checkpoint with where it began
-            out.mkdir(parents=True, exist_ok=True)
-            ckpt_io.save_model_weights(out / "init.safetensors", model)
-        batches_per_epoch = len(loader)
-        if batches_per_epoch < 1:
-            raise ValueError("the data loader yields no batch per epoch (fewer clips than batch_size x world_size?)")
-        acc = cfg.optim.accumulate
-        steps_per_epoch = max(batches_per_epoch // acc, 1)
-
-        step, epoch = 0, 0
-        if resume_ckpt is not None:
-            state = ckpt_io.load_checkpoint(resume_ckpt, model, optimizer)
-            step = int(state["step"])
-            if "loader" in state and state["loader"] is not None:
-                loader.load_state_dict(state["loader"])
-            epoch = int(state.get("epoch", 0))
-            rngs = state.get("rng") or []
-            if len(rngs) == info.world_size:
-                ckpt_io.set_rng_state(rngs[info.rank])
-            else:
-                if is_main:
-                    warnings.warn(f"checkpoint has RNG states for {len(rngs)} ranks, running {info.world_size}: "
-                                  "re-seeding (the run continues, but not bit-exactly)", stacklevel=2)
-                seed_all(cfg.seed + 7919 * (step + 1) + info.rank)
-            if step >= stop_at and is_main:
-                warnings.warn(f"checkpoint is at step {step} >= stop step {stop_at}: nothing to do", stacklevel=2)
-        else:
-            loader.set_epoch(0)
-            seed_all(cfg.seed + 10007 * (info.rank + 1))  # per-rank streams for the method's randomness
-
-        fwd_module: nn.Module = model
-        if info.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            fwd_module = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                             find_unused_parameters=cfg.ddp_find_unused)
-        fwd: Callable = torch.compile(fwd_module, backend=cfg.compile_backend) if cfg.compile else fwd_module
-        amp_ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (
-            cfg.amp == "bf16" and device.type == "cuda") else contextlib.nullcontext
-
-        metrics_path = out / "metrics.jsonl"
-        rows: list[dict[str, Any]] = []
-        if is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            ckpt_io.clean_temporaries(out)
-            conf = config_to_dict(cfg)
-            if recipe_ref:
-                conf["__recipe__"] = recipe_ref
-            ckpt_io.atomic_write_json(out / "config.json", conf)
-            if resume_ckpt is not None:
-                rows = _truncate_metrics(metrics_path, step)
-            elif metrics_path.exists():
-                metrics_path.unlink()
-        barrier(info)
-
-        def save(at: int) -> Path | None:
-            rng_all = gather_objects(ckpt_io.get_rng_state(), info)  # collective: every rank calls it
-            path = None
-            if is_main:
-                path = ckpt_io.save_checkpoint(
-                    out, at, model, optimizer,
-                    {"epoch": epoch, "loader": loader.state_dict(), "rng": rng_all, "world_size": info.world_size,
-                     "schedule": {"name": cfg.schedule.name, "factor": lr_factor(max(at - 1, 0), cfg.schedule,
-                                  total_steps=cfg.steps, steps_per_epoch=steps_per_epoch)}},
-                    keep_last=cfg.checkpoint.keep_last)
-                ckpt_io.save_model_weights(out / "model.safetensors", model)
-            barrier(info)
-            return path
-
-        if is_main:
-            bar = _Progress(progress, stop_at, step, cfg.log_every, cfg.name)
-        data_iter = iter(loader)
-
-        def next_batch() -> Any:
-            nonlocal data_iter, epoch
-            for _ in range(3):
-                try:
-                    return next(data_iter)
-                except StopIteration:
-                    epoch += 1
-                    loader.set_epoch(epoch)
-                    data_iter = iter(loader)
-            raise RuntimeError("the data loader produced no batch in a new epoch")
-
-        start_step = step
-        time_offset = float(rows[-1].get("time", 0.0)) if rows else 0.0  # wall time continues across resumes
-        session_start = time.perf_counter() - time_offset
-        last_ckpt: Path | None = None
-        interrupted = False
-        step_time_ema = None
-        term_names: list[str] | None = None
-        with _StopFlag() as stop:
-            while step < stop_at:
-                t0 = time.perf_counter()
-                model.train()
-                optimizer.zero_grad(set_to_none=True)
-                acc_vals: torch.Tensor | None = None
-                clips = 0
-                # one process: remember where this step started, in case Ctrl-C kills the data workers
-                # while it runs (they get SIGINT too and the next fetch fails): we then roll back and save
-                snap = None if info.distributed else (loader.state_dict(), epoch, ckpt_io.get_rng_state())
-                try:
-                    for micro in range(acc):
-                        batch = _to_device(next_batch(), device)
-                        clips += _batch_size(batch)
-                        sync = fwd_module.no_sync() if (info.distributed and micro < acc - 1) else contextlib.nullcontext()
-                        with sync:
-                            with amp_ctx():
-                                terms = fwd(batch)
-                            if term_names is None:
-                                _check_terms(terms, model)
-                                term_names = list(terms)
-                            elif list(terms) != term_names:
-                                raise RuntimeError(f"loss terms changed from {term_names} to {list(terms)}")
-                            loss = sum(t.float() for t in terms.values())
-                            (loss / acc).backward()
-                        vals = torch.stack([loss.detach().float()] + [t.detach().float().reshape(()) for t in terms.values()])
-                        acc_vals = vals if acc_vals is None else acc_vals + vals
-                except Exception:
-                    if snap is None or not stop.requested:
-                        raise
-                    loader.load_state_dict(snap[0])
-                    epoch = snap[1]
-                    ckpt_io.set_rng_state(snap[2])
-                    optimizer.zero_grad(set_to_none=True)
-                    interrupted = True
-                    break
-                assert acc_vals is not None
-                vec = torch.cat([acc_vals / acc, torch.tensor([1.0 if stop.requested else 0.0], device=acc_vals.device)])
-                vec = all_reduce_mean(vec, info).cpu()
-                values = vec[:-1].tolist()
-                stop_requested = bool(vec[-1].item() > 0)
-                if not math.isfinite(values[0]):
-                    detail = ", ".join(f"{n}={v}" for n, v in zip(term_names, values[1:]))
-                    raise FloatingPointError(f"non-finite loss at step {step + 1}: loss={values[0]} ({detail})")
-                grad_norm = None
-                if cfg.optim.grad_clip > 0:
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
-                lr = set_lr(optimizer, cfg.optim.lr,
-                            lr_factor(step, cfg.schedule, total_steps=cfg.steps, steps_per_epoch=steps_per_epoch))
-                optimizer.step()
-                step += 1
-                dt = time.perf_counter() - t0
-                step_time_ema = dt if step_time_ema is None else 0.9 * step_time_ema + 0.1 * dt
-                row: dict[str, Any] = {"step": step, "epoch": epoch, "loss": values[0]}
-                row.update({n: v for n, v in zip(term_names, values[1:])})
-                row["lr"] = lr
-                if grad_norm is not None:
-                    row["grad_norm"] = grad_norm
-                row["time"] = round(time.perf_counter() - session_start, 4)
-                row["step_time"] = round(dt, 4)
-                if cfg.eval.every > 0 and (step % cfg.eval.every == 0 or step == stop_at):
-                    if is_main:
-                        row.update(_run_validation(cfg, model, out, step, device))
-                    barrier(info)
-                if is_main:
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    rows.append(row)
-                    if bar is not None:
-                        bar.update(row, term_names, 1.0 / step_time_ema,
-                                   clips * info.world_size / max(step_time_ema, 1e-9))
-                    if cfg.curves_every and step % cfg.curves_every == 0:
-                        plot_curves(rows, out / "curves.png", title=cfg.name)
-                    if on_step is not None:
-                        on_step(row)
-                if not info.distributed:  # one process: no need to agree with other ranks
-                    stop_requested = stop_requested or stop.requested
-                if stop_requested and step < stop_at:
-                    interrupted = True
-                    break
-                if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < stop_at:
-                    last_ckpt = save(step)
-
-        ran = step > start_step
-        if ran or resume_ckpt is None:
-            last_ckpt = save(step)
-        else:
-            last_ckpt = resume_ckpt
-        if is_main:
-            plot_curves(rows, out / "curves.png", title=cfg.name)
-            if bar is not None:
-                if interrupted:
-                    bar.log(f"interrupted: saved {last_ckpt}; continue with --resume {out}")
-                else:
-                    bar.log(f"done: step {step}, checkpoint {last_ckpt}, weights {out / 'model.safetensors'}")
-        return TrainResult(out=out, step=step, interrupted=interrupted, rows=rows, last_checkpoint=last_ckpt)
-    finally:
-        if bar is not None:
-            bar.close()
-        shutdown(info)
+    trainer = Trainer(cfg, out, resume=resume, resume_from=resume_from, stop_at=stop_at, progress=progress,
+                      recipe_ref=recipe_ref, on_step=on_step)
+    return trainer.run()
