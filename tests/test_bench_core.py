@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
+
 import torch
 
 from tritoncorr.bench.core import BenchCase, SkipProvider, peak_memory_bytes, time_fn
@@ -62,3 +64,25 @@ def test_run_case_and_csv(tmp_path):
     append_csv(path, results)
     rows = list(csv.DictReader(path.open()))
     assert len(rows) == 4 and {"device", "torch", "triton", "date", "p50_ms"} <= set(rows[0])
+
+
+def test_eval_davis_bench_providers_give_crw_masks():
+    """The end-to-end benchmark's providers on a tiny generated video: ours (float32) gives the masks
+    of CRW's dense propagation over every repeated context slot (up to argmax flips of near-tied
+    pixels: the two compute the same float32 scores in different summation orders, and soft
+    feedback carries a flip on); bf16 features nearly so."""
+    from tritoncorr.bench.eval_davis import _crw_factory, _ours_factory, cases
+
+    dev = torch.device("cpu")
+    t, h, w = 23, 64, 96  # 23 frames: frame 0 repeated early on, then a full 21-frame context
+    ours = _ours_factory(dev, t, h, w, "fp32")()()
+    crw = _crw_factory(dev, t, h, w)()()
+    bf16 = _ours_factory(dev, t, h, w, "bf16")()()
+    assert len(ours) == len(crw) == t
+    for i, (a, b) in enumerate(zip(ours, crw)):
+        assert (a != b).sum() <= 3, f"frame {i}: {(a != b).sum()} of {a.size} pixels differ from CRW's propagation"
+    assert np.mean([np.mean(a == b) for a, b in zip(ours, crw)]) > 0.9995
+    agree = np.mean([np.mean(a == b) for a, b in zip(ours, bf16)])
+    assert agree > 0.97, agree
+    (case,) = cases(dev, quick=True)
+    assert case.kernel == "eval_davis" and set(case.providers) == {"tritoncorr", "tritoncorr-bf16", "crw"}

@@ -20,7 +20,7 @@ import torch
 
 from tritoncorr.bench.core import BenchCase, BenchResult, SkipProvider, peak_memory_bytes, time_fn
 
-FAMILIES = ("knn_propagate", "local_corr", "anchor_softmax")
+FAMILIES = ("knn_propagate", "local_corr", "anchor_softmax", "eval_davis")
 
 # Peak dense throughput (TFLOP/s, no sparsity) and memory bandwidth (TB/s) of known GPUs, from the
 # vendors' data sheets. Used for "% of roofline"; unknown devices get no roofline column.
