@@ -694,41 +694,15 @@ def eval_davis_cli(
     if not Path(root).is_dir():
         _fail(f"DAVIS root {root} does not exist")
 
-    dev = _resolve_device(device)
-    from tritoncorr.methods.inference import load_feature_model
-
-    try:
-        fmodel = load_feature_model(checkpoint, seed=seed, device=dev, precision=precision)
-    except (FileNotFoundError, ValueError, TypeError) as err:
-        _fail(str(err))
-
-    from tritoncorr.propagation import PRESETS
-
-    if preset is None:
-        preset = fmodel.preset
-    if preset not in PRESETS:
-        _fail(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    if radius is not None:
-        if float(radius) != int(radius):
-            _fail(f"--radius must be a whole number of feature cells, got {radius}")
-        radius = int(radius)
-    overrides = {k: v for k, v in dict(context=context, radius=radius, topk=topk, temperature=temperature).items()
-                 if v is not None}
-    try:
-        config = dataclasses.replace(PRESETS[preset], **overrides)
-    except (TypeError, ValueError) as err:
-        _fail(f"invalid propagation settings {overrides}: {err}")
-
     if out is None:
         out = Path("eval-davis") / ("synthetic" if synthetic else split)
     if synthetic:
         console.print(f"[bold yellow]No DAVIS found: evaluating on the generated SYNTHETIC set at {root}. "
                       "These are NOT DAVIS numbers.[/]")
-    fields = ", ".join(f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config))
-    console.print(f"DAVIS root {root} ({split}, {resolution}); model: {fmodel.description}; device {dev}",
-                  soft_wrap=True)
-    origin = "from the checkpoint" if preset == fmodel.preset else "set by --preset"
-    console.print(f"propagation preset {preset!r} ({origin}): {fields}", soft_wrap=True)
+    console.print(f"DAVIS root {root} ({split}, {resolution})", soft_wrap=True)
+    fmodel, config, _, dev = _task_settings(
+        console, task="davis", checkpoint=checkpoint, seed=seed, device=device, preset=preset, context=context,
+        radius=radius, topk=topk, temperature=temperature, size=None, precision=precision)
     features_fn = fmodel.features
 
     try:
@@ -779,8 +753,9 @@ def _size_text(size: tuple[int, int] | None) -> str:
 
 
 def _task_settings(console, *, task: str, checkpoint, seed: int, device: str, preset: str | None,
-                   context, radius, topk, temperature, size: int | None):
-    """Load the model and resolve the task preset with the overrides; print both. Exits 2 on bad input.
+                   context, radius, topk, temperature, size: int | None, precision: str = "fp32"):
+    """Load the model (``precision``: its feature extractor in fp32 or bf16) and resolve the task
+    preset with the overrides; print both. Exits 2 on bad input.
 
     Returns ``(feature model, PropagationConfig, input_size, device)``.
     """
@@ -789,7 +764,7 @@ def _task_settings(console, *, task: str, checkpoint, seed: int, device: str, pr
     from tritoncorr.propagation import PRESETS, task_preset
 
     try:
-        fmodel = load_feature_model(checkpoint, seed=seed, device=dev)
+        fmodel = load_feature_model(checkpoint, seed=seed, device=dev, precision=precision)
     except (FileNotFoundError, ValueError, TypeError) as err:
         _fail(str(err))
     name = preset if preset is not None else fmodel.preset
@@ -842,6 +817,7 @@ def eval_jhmdb_cli(
     size: int | None,
     overlays: bool,
     device: str,
+    precision: str = "fp32",
 ):
     """``tritoncorr eval jhmdb``: propagate the first-frame joints of every test clip, PCK@0.1..0.5, table and CSVs."""
     from rich.console import Console
@@ -856,7 +832,8 @@ def eval_jhmdb_cli(
                               JhmdbFormatError)
     fmodel, config, input_size, dev = _task_settings(
         console, task="jhmdb", checkpoint=checkpoint, seed=seed, device=device, preset=preset, context=context,
-        radius=radius, topk=topk, temperature=temperature, size=size)
+        radius=radius, topk=topk, temperature=temperature, size=size,
+        precision=precision)
     console.print(f"JHMDB root {root}: {len(ds)} clip(s), {ds.note}", soft_wrap=True)
     out = Path(out) if out is not None else Path("eval-jhmdb") / f"split{split}"
     res = _catch_format_errors(lambda: evaluate_features_on_jhmdb(
@@ -896,6 +873,7 @@ def eval_vip_cli(
     size: int | None,
     overlays: bool,
     device: str,
+    precision: str = "fp32",
 ):
     """``tritoncorr eval vip``: score existing results (``--results``) or propagate and score; mIoU table and CSVs."""
     from rich.console import Console
@@ -915,7 +893,8 @@ def eval_vip_cli(
     else:
         fmodel, config, input_size, dev = _task_settings(
             console, task="vip", checkpoint=checkpoint, seed=seed, device=device, preset=preset, context=context,
-            radius=radius, topk=topk, temperature=temperature, size=size)
+            radius=radius, topk=topk, temperature=temperature, size=size,
+        precision=precision)
         console.print(f"VIP root {root}: {len(ds)} video(s) of {split}", soft_wrap=True)
         out = Path(out) if out is not None else Path("eval-vip") / split
         scores = _catch_format_errors(lambda: evaluate_features_on_vip(
@@ -956,6 +935,7 @@ def eval_ytvos_cli(
     overlays: bool,
     make_zip: bool,
     device: str,
+    precision: str = "fp32",
 ):
     """``tritoncorr eval ytvos``: export ``Annotations/`` and the server zip; there is no local score."""
     from rich.console import Console
@@ -971,7 +951,8 @@ def eval_ytvos_cli(
     ds = _catch_format_errors(lambda: YtvosDataset(root, videos or None), YtvosFormatError)
     fmodel, config, input_size, dev = _task_settings(
         console, task="ytvos", checkpoint=checkpoint, seed=seed, device=device, preset=preset, context=context,
-        radius=radius, topk=topk, temperature=temperature, size=size)
+        radius=radius, topk=topk, temperature=temperature, size=size,
+        precision=precision)
     console.print(f"YouTube-VOS {year} root {root}: {len(ds)} video(s)", soft_wrap=True)
     for note in ds.notes:
         console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
