@@ -446,8 +446,8 @@ def load_train_state(
     state = TrainState.from_dict(verify_checkpoint(ckpt))
     if model is not None and state.method and state.method != model_method(model):
         raise CheckpointMismatchError(f"checkpoint {ckpt} was written by method {state.method!r}, this run trains "
-                                      f"{model_method(model)!r} ({type(model).__name__}); resume it with its own "
-                                      "recipe, or start this one in another --out")
+                                      f"{model_method(model)!r}; resume it with its own recipe, or start this one "
+                                      "in another --out")
     load_checkpoint(ckpt, model, optimizer)
     return state
 

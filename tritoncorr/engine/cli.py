@@ -13,16 +13,30 @@
   ``steps`` (so ``--steps 3`` then ``--resume --steps 6`` equals one ``--steps 6`` run); when N is
   larger than ``steps``, ``steps`` is raised to N.
 * ``--dry-run`` prints the resolved config and the stop step, and exits.
+
+Bad input (a recipe that is missing or does not import, an unknown ``:NAME`` or ``--set`` key, a
+value of the wrong type, missing or unusable data, a run folder that is a file, ``--resume`` on a
+folder without checkpoints, a damaged checkpoint or one of another method) ends with one
+``error: ...`` line naming the problem and the file or option, exit status 2; warnings print as
+``warning: ...`` lines. ``TRITONCORR_DEBUG=1`` re-raises instead, with the traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
-from tritoncorr.engine.config import ConfigError, RunConfig, apply_dict, apply_overrides, config_to_dict
+from tritoncorr.engine.config import (
+    ConfigError,
+    RunConfig,
+    apply_dict,
+    apply_overrides,
+    config_to_dict,
+)
 from tritoncorr.engine.recipe import load_recipe
 
 
@@ -32,14 +46,26 @@ def resolve_config(
     """(config, run folder, stop step) for the CLI arguments; raises ConfigError on bad input."""
     if resume is not None:
         resume = Path(resume)
+        if not resume.is_dir():
+            what = "is a file, not a run folder" if resume.exists() else "does not exist"
+            raise ConfigError(f"--resume {resume}: {what}")
         saved_path = resume / "config.json"
         if not saved_path.is_file():
             raise ConfigError(f"--resume {resume}: no config.json there (is it a run folder?)")
         if out is not None and Path(out).resolve() != resume.resolve():
             raise ConfigError(f"--out {out} differs from --resume {resume}; a resumed run continues in its own folder")
-        saved = json.loads(saved_path.read_text())
+        try:
+            saved = json.loads(saved_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"--resume {resume}: {saved_path} is not valid JSON ({err})") from None
         saved_recipe = saved.get("__recipe__")
         cfg = load_recipe(recipe, [], validate=False)
+        saved_method = (saved.get("method") or {}).get("__class__")
+        recipe_method = f"{type(cfg.method).__module__}:{type(cfg.method).__qualname__}"
+        if saved_method and cfg.method is not None and saved_method != recipe_method:
+            raise ConfigError(f"--resume {resume}: the run trains {saved_method.rpartition(':')[2]} "
+                              f"(recipe {saved_recipe or '?'}) but {recipe} builds "
+                              f"{type(cfg.method).__name__}; resume it with its own recipe, or use another --out")
         if saved_recipe and saved_recipe != recipe:
             warnings.warn(f"resuming a run made from {saved_recipe!r} with recipe {recipe!r}: the saved values are used",
                           stacklevel=2)
@@ -53,6 +79,8 @@ def resolve_config(
         if seed is not None:
             cfg.seed = seed
         run_dir = Path(out) if out is not None else Path("runs") / cfg.name
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"--out {run_dir} is an existing file, not a folder")
     if steps is not None:
         if steps < 1:
             raise ConfigError(f"--steps must be >= 1, got {steps}")
@@ -108,6 +136,41 @@ def _data_hint(recipe: str) -> str:
     return hint + "."
 
 
+def _one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line. An error re-raised from a DataLoader worker carries the
+    worker's traceback in its message: keep the original message (its last line)."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1].strip()
+        name, sep, rest = last.partition(": ")
+        text = rest if sep and name.replace(".", "").isidentifier() else last
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Print warnings as ``warning: message`` (no source line); recording (pytest.warns) still works."""
+    old = warnings.formatwarning
+
+    def fmt(message, category, filename, lineno, line=None):
+        return f"warning: {message}\n"
+
+    warnings.formatwarning = fmt
+    try:
+        yield
+    finally:
+        warnings.formatwarning = old
+
+
+def _fail(message: str) -> None:
+    import typer
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True,
+                               emoji=False)
+    raise typer.Exit(code=2)
+
+
 def train_cli(
     *,
     recipe: str,
@@ -121,36 +184,49 @@ def train_cli(
 ) -> None:
     """Entry point of ``tritoncorr train`` (see the module docstring)."""
     import typer
-    from rich.console import Console
 
     from tritoncorr.engine.distributed import env_world
 
     rank = env_world()[0]
+    debug = bool(os.environ.get("TRITONCORR_DEBUG"))
     if resume_from is not None and resume is None:
-        Console(stderr=True).print("[red]error:[/red] --resume-from needs --resume RUN_FOLDER", highlight=False)
-        raise typer.Exit(code=2)
-    try:
-        cfg, run_dir, stop_at = resolve_config(recipe=recipe, overrides=list(overrides or []), steps=steps, seed=seed,
-                                               out=out, resume=resume)
-    except (ConfigError, FileNotFoundError) as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
-    if dry_run:
-        if rank == 0:
-            print_config(cfg, run_dir, stop_at, recipe=recipe)
-        return
+        _fail("--resume-from needs --resume RUN_FOLDER")
+    with _one_line_warnings():
+        try:
+            cfg, run_dir, stop_at = resolve_config(recipe=recipe, overrides=list(overrides or []), steps=steps,
+                                                   seed=seed, out=out, resume=resume)
+        except (ConfigError, FileNotFoundError) as e:
+            if debug:
+                raise
+            _fail(_escape(_one_line(e)))
+        if dry_run:
+            if rank == 0:
+                print_config(cfg, run_dir, stop_at, recipe=recipe)
+            return
 
-    from tritoncorr.data.sources import DataSourceError
-    from tritoncorr.engine.loop import train
+        from tritoncorr.data.sources import DataSourceError
+        from tritoncorr.engine.checkpoint import (
+            CheckpointCorruptError,
+            CheckpointMismatchError,
+        )
+        from tritoncorr.engine.loop import train
 
-    try:
-        result = train(cfg, run_dir, resume=resume is not None, stop_at=stop_at, recipe_ref=recipe,
-                       resume_from=resume_from)
-    except ConfigError as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
-    except DataSourceError as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}\n{_data_hint(recipe)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
+        try:
+            result = train(cfg, run_dir, resume=resume is not None, stop_at=stop_at, recipe_ref=recipe,
+                           resume_from=resume_from)
+        except (ConfigError, CheckpointCorruptError, CheckpointMismatchError) as e:
+            if debug:
+                raise
+            _fail(_escape(_one_line(e)))
+        except DataSourceError as e:
+            if debug:
+                raise
+            _fail(_escape(_one_line(e)) + "\n" + _escape(_data_hint(recipe)))
     if result.interrupted:
         raise typer.Exit(code=130)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

@@ -209,7 +209,7 @@ class RunConfig:
         if self.eval.every > 0 and not self.eval.davis_root:
             errs.append("eval.every > 0 needs eval.davis_root (a DAVIS-2017 folder)")
         if errs:
-            raise ConfigError("invalid run config:\n  " + "\n  ".join(errs))
+            raise ConfigError("invalid run config: " + "; ".join(errs))
         return self
 
 

@@ -3,6 +3,10 @@
 ``load_recipe("recipes/dul.py:cpu", overrides=["optim.lr=3e-4"])`` imports the file by path
 (``importlib.util.spec_from_file_location``), calls ``cpu()`` (``default()`` when no name is given),
 applies the overrides and validates the result. A recipe function takes no arguments.
+
+A recipe file that is missing, does not parse, fails to import or whose function raises gives a
+one-line :class:`ConfigError` naming the file and line (``recipes/x.py:12: ...``); set
+``TRITONCORR_DEBUG=1`` to see the traceback from ``tritoncorr train``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import hashlib
 import importlib.util
 import inspect
 import sys
+import traceback
 from pathlib import Path
 from types import ModuleType
 
@@ -40,10 +45,23 @@ def load_recipe_module(path: Path) -> ModuleType:
     sys.modules[mod_name] = module  # dataclasses / get_type_hints look classes' modules up here
     try:
         spec.loader.exec_module(module)
-    except Exception:
+    except SyntaxError as err:
         sys.modules.pop(mod_name, None)
-        raise
+        raise ConfigError(f"recipe {path}:{err.lineno}: syntax error: {err.msg}") from err
+    except Exception as err:
+        sys.modules.pop(mod_name, None)
+        raise ConfigError(f"recipe {path}{_line_in(err, resolved)}: importing it failed: "
+                          f"{type(err).__name__}: {err}") from err
     return module
+
+
+def _line_in(err: BaseException, file: Path) -> str:
+    """``":LINE"`` of the innermost frame of ``err``'s traceback inside ``file`` ("" if none)."""
+    line = ""
+    for frame in traceback.extract_tb(err.__traceback__):
+        if Path(frame.filename).resolve() == file:
+            line = f":{frame.lineno}"
+    return line
 
 
 def recipe_names(module: ModuleType) -> list[str]:
@@ -67,7 +85,13 @@ def load_recipe(ref: str, overrides: list[str] | None = None, *, validate: bool 
     fn = getattr(module, name, None)
     if name not in names or fn is None:
         raise ConfigError(f"recipe {path} has no config named {name!r}; available: {', '.join(names) or '(none)'}")
-    cfg = fn()
+    try:
+        cfg = fn()
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(f"recipe {path}{_line_in(err, path.resolve())}: {name}() failed: "
+                          f"{type(err).__name__}: {err}") from err
     if not isinstance(cfg, RunConfig):
         raise ConfigError(f"recipe {path}:{name} returned {type(cfg).__name__}, expected RunConfig")
     apply_overrides(cfg, list(overrides or []))
