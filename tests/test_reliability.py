@@ -340,6 +340,21 @@ def test_data_root_errors(tmp_path):
     assert not (tmp_path / "run" / "ckpt-00000001").exists()
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_videos_that_fail_only_when_read_are_one_error_line(tmp_path, workers):
+    """Truncated files whose index is intact (faststart): they probe fine, decoding fails at the first
+    batch, in the main process or in a DataLoader worker (whose traceback must not leak)."""
+    root = tmp_path / "cut"
+    root.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        video = _write_video(root / name, frames=40, faststart=True)
+        video.write_bytes(video.read_bytes()[: video.stat().st_size // 4])
+    line = _error([f"{RECIPES / 'dul.py'}:smoke", "--set", "data.source=video", "--set", f"data.root={root}",
+                   "--set", f"data.num_workers={workers}", "--steps", "1", "--out", str(tmp_path / "run")])
+    assert f"consecutive unreadable videos under '{root}'" in line and str(root / "a.mp4") in line
+    assert "Original Traceback" not in line and "DataLoader worker" not in line
+
+
 def test_cli_output_of_a_corrupt_video_is_a_warning_line_and_an_error_line(tmp_path):
     """In a real process (pytest records warnings instead of printing them): the skipped file on one
     ``warning:`` line, the folder on one ``error:`` line, then the hint; nothing else."""

@@ -69,7 +69,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from tritoncorr.data.sampler import EpochCursor, epoch_batches, loader_generator, sample_rng, sample_torch_generator
 from tritoncorr.data.streaming import StreamCursor
-from tritoncorr.data.sources import IMAGE_EXTS, SourceWarning, _decode_image, _hf_payload
+from tritoncorr.data.sources import IMAGE_EXTS, DataSourceError, SourceWarning, _decode_image, _hf_payload
 from tritoncorr.data.transforms import imagenet_normalize, resize
 from tritoncorr.engine.config import ConfigError
 
@@ -574,7 +574,8 @@ class ImageDataset(Dataset):
                 continue
             v1, v2 = two_views(image, self.cfg, sample_torch_generator(rng))
             return {"view1": v1, "view2": v2, "index": index, "skipped": skipped}
-        raise RuntimeError(f"{len(skipped)} consecutive unreadable images under {self.source.root!r}: {skipped}")
+        raise DataSourceError(f"{len(skipped)} consecutive unreadable images under {self.source.root!r}: "
+                              + "; ".join(dict.fromkeys(skipped)))
 
 
 def collate_views(samples: list[dict]) -> dict:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tritoncorr.data.clips import clip_to_tensor, collate_clips
 from tritoncorr.data.config import DataConfig
 from tritoncorr.data.sampler import EpochCursor, clip_indices, epoch_batches, loader_generator, sample_rng, sample_torch_generator
-from tritoncorr.data.sources import ClipSource, SourceWarning, build_source
+from tritoncorr.data.sources import ClipSource, DataSourceError, SourceWarning, build_source
 
 
 class ClipDataset(Dataset):
@@ -70,7 +70,8 @@ class ClipDataset(Dataset):
                 skipped.append(f"{self.source.names[video]} ({type(e).__name__}: {e})")
                 alt = sample_rng(self.seed, epoch, video, attempt + 1)
                 video = self.videos[int(alt.integers(len(self.videos)))]
-        raise RuntimeError(f"{len(skipped)} consecutive unreadable videos under {self.source.root!r}: {skipped}")
+        raise DataSourceError(f"{len(skipped)} consecutive unreadable videos under {self.source.root!r}: "
+                              + "; ".join(dict.fromkeys(skipped)))
 
 
 class _PlanSampler:
