@@ -434,6 +434,13 @@ def test_checkpoint_of_another_method_or_architecture(tmp_path, dul_run):
     assert "init_from: checkpoint" in line and "does not exist" in line
 
 
+def test_a_diverging_run_is_one_error_line(tmp_path):
+    r = runner.invoke(app, ["train", TOY, "--set", "method.temperature=0", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 1 and "Traceback" not in r.output and not isinstance(r.exception, FloatingPointError)
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "non-finite loss at step 1: loss=nan" in errors[0] and "optim.lr" in errors[0]
+
+
 def test_checkpoint_errors_name_the_file(tmp_path):
     run = tmp_path / "run"
     assert runner.invoke(app, ["train", TOY, "--steps", "2", "--out", str(run)]).exit_code == 0

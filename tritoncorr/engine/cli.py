@@ -162,13 +162,13 @@ def _one_line_warnings():
         warnings.formatwarning = old
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     import typer
     from rich.console import Console
 
     Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True,
                                emoji=False)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=code)
 
 
 def train_cli(
@@ -222,6 +222,11 @@ def train_cli(
             if debug:
                 raise
             _fail(_escape(_one_line(e)) + "\n" + _escape(_data_hint(recipe)))
+        except FloatingPointError as e:  # the run diverged: the checkpoints written so far are kept
+            if debug:
+                raise
+            _fail(_escape(_one_line(e)) + " (lower optim.lr, check the method's settings or the data; the "
+                  f"checkpoints in {run_dir} are kept)", code=1)
     if result.interrupted:
         raise typer.Exit(code=130)
 
