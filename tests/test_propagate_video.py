@@ -283,8 +283,27 @@ def test_a_later_mask_adds_and_restarts_objects(tmp_path):
     assert not (before == 7).any()
     at = read_index_png(res.mask_dir / "00006.png")
     assert (at[later > 0] == later[later > 0]).all()
+    # id 1 is restarted: exactly the given region, its predicted extent elsewhere is removed
+    assert ((at == 1) == (later == 1)).all()
     after = read_index_png(res.mask_dir / "00011.png")
     assert _iou(after == 7, _true_ids(11) == 2) > 0.4 and _iou(after == 1, _true_ids(11) == 1) > 0.4
+
+
+@pytest.mark.parametrize("preset", ["crw", "stt", "liir"])
+def test_streamed_video_equals_the_evaluation_path(tmp_path, preset):
+    # the same frames through tritoncorr.evaluate.propagate_sequence (whole-video features) give the same ids
+    from tritoncorr.evaluate import propagate_sequence
+
+    size = (62, 90)  # not a multiple of 4: LIIR's padding to a multiple of 4 is exercised
+    folder = write_synthetic_video(tmp_path / "frames", 6, size)
+    frames = list(open_frames(folder).frames())
+    cfg = PRESETS[preset]
+    first = _true_ids(0, size)
+    res = propagate_video(open_frames(folder), {0: first}, colour_features, cfg, tmp_path / "o",
+                          color="lab", short_side=0, overlay=False)
+    ids_at = propagate_sequence(colour_features, frames, 6, first, cfg, color="lab")
+    for t in range(1, 6):
+        assert (read_index_png(res.mask_dir / f"{t:05d}.png") == ids_at(t)).all(), t
 
 
 def test_frame_folder_keeps_its_frame_names(tmp_path):
