@@ -71,18 +71,20 @@ def test_eval_davis_bench_providers_give_crw_masks():
     of CRW's dense propagation over every repeated context slot (up to argmax flips of near-tied
     pixels: the two compute the same float32 scores in different summation orders, and soft
     feedback carries a flip on); bf16 features nearly so."""
-    from tritoncorr.bench.eval_davis import _crw_factory, _ours_factory, cases
+    from tritoncorr.bench.eval_davis import _ours_factory, _slots_factory, cases
 
     dev = torch.device("cpu")
     t, h, w = 23, 64, 96  # 23 frames: frame 0 repeated early on, then a full 21-frame context
     ours = _ours_factory(dev, t, h, w, "fp32")()()
-    crw = _crw_factory(dev, t, h, w)()()
+    crw = _slots_factory(dev, t, h, w, dense=True)()()
+    slots = _slots_factory(dev, t, h, w, dense=False)()()
     bf16 = _ours_factory(dev, t, h, w, "bf16")()()
     assert len(ours) == len(crw) == t
     for i, (a, b) in enumerate(zip(ours, crw)):
         assert (a != b).sum() <= 3, f"frame {i}: {(a != b).sum()} of {a.size} pixels differ from CRW's propagation"
     assert np.mean([np.mean(a == b) for a, b in zip(ours, crw)]) > 0.9995
+    assert np.mean([np.mean(a == b) for a, b in zip(slots, crw)]) > 0.9995
     agree = np.mean([np.mean(a == b) for a, b in zip(ours, bf16)])
     assert agree > 0.97, agree
     (case,) = cases(dev, quick=True)
-    assert case.kernel == "eval_davis" and set(case.providers) == {"tritoncorr", "tritoncorr-bf16", "crw"}
+    assert case.kernel == "eval_davis" and set(case.providers) == {"tritoncorr", "tritoncorr-bf16", "repeated-slots", "crw"}

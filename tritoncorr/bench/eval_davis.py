@@ -10,8 +10,10 @@ frame 0 + 20 previous frames, disc radius 12, top-10, tau 0.05). Providers:
   kernel on CUDA);
 * ``"tritoncorr-bf16"``: the same with the feature extractor under bfloat16 autocast
   (``--precision bf16``);
-* ``"crw"``: the same float32 features, then CRW's propagation: every context slot (frame 0
-  repeated while ``t < 20``) in a dense affinity of chunks of 100 queries with the -1e10 mask
+* ``"repeated-slots"``: the same float32 features and the same kernel path, but every context
+  slot scored (frame 0 repeated while ``t < 20``), as before distinct frames were scored once;
+* ``"crw"``: the same float32 features, then CRW's propagation: every context slot in a dense
+  affinity of chunks of 100 queries with the -1e10 mask
   (:func:`~tritoncorr.kernels.knn_propagate.knn_propagate_dense`), the reference provider.
 
 The time is of the whole video (``T`` frames): frames/s = ``T / time``; the row's ``shape`` names
@@ -61,10 +63,11 @@ def _ours_factory(device: torch.device, t: int, h: int, w: int, precision: str):
     return factory
 
 
-def _crw_factory(device: torch.device, t: int, h: int, w: int):
+def _slots_factory(device: torch.device, t: int, h: int, w: int, dense: bool):
+    """Propagation over every context slot: CRW's dense affinity (``dense``) or our kernel path."""
     def factory():
         from tritoncorr.evaluate import frame_to_tensor
-        from tritoncorr.kernels.knn_propagate import knn_propagate_dense
+        from tritoncorr.kernels.knn_propagate import knn_propagate, knn_propagate_dense
         from tritoncorr.methods.inference import load_feature_model
         from tritoncorr.propagation import PRESETS, context_indices, decode_labels, encode_labels
 
@@ -78,7 +81,7 @@ def _crw_factory(device: torch.device, t: int, h: int, w: int):
             labels = [encode_labels(torch.from_numpy(mask).to(device), 2, tuple(feats.shape[-2:]))]
             for i in range(1, t):
                 sel = context_indices(i, cfg.context)
-                labels.append(knn_propagate_dense(
+                labels.append((knn_propagate_dense if dense else knn_propagate)(
                     feats[i], feats[sel], torch.stack([labels[s] for s in sel]),
                     radius=cfg.radius, topk=cfg.topk, temperature=cfg.temperature, window=cfg.window, unrestricted=1))
             return [decode_labels(lab, (h, w), align_corners=True).argmax(0).to(torch.uint8).cpu().numpy() for lab in labels]
@@ -95,6 +98,7 @@ def cases(device: torch.device, quick: bool) -> list[BenchCase]:
     providers = {
         "tritoncorr": _ours_factory(device, FRAMES, h, w, "fp32"),
         "tritoncorr-bf16": _ours_factory(device, FRAMES, h, w, "bf16"),
-        "crw": _crw_factory(device, FRAMES, h, w),
+        "repeated-slots": _slots_factory(device, FRAMES, h, w, dense=False),
+        "crw": _slots_factory(device, FRAMES, h, w, dense=True),
     }
     return [BenchCase("eval_davis", shape, "fwd", providers)]
