@@ -2,11 +2,12 @@
 
 * :mod:`tritoncorr.engine.config`: ``RunConfig`` and its sections, ``--set`` overrides, JSON.
 * :mod:`tritoncorr.engine.recipe`: ``load_recipe("recipes/x.py:NAME", overrides)``.
-* :mod:`tritoncorr.engine.loop`: ``train(cfg, out, resume=..., stop_at=...)`` (imports torch).
+* :mod:`tritoncorr.engine.loop`: ``train(cfg, out, resume=..., stop_at=...)`` = ``Trainer(...).run()``
+  (imports torch); the ``Trainer``'s resumable state is one ``TrainState``.
 * :mod:`tritoncorr.engine.checkpoint`, :mod:`~tritoncorr.engine.optim`,
   :mod:`~tritoncorr.engine.distributed`, :mod:`~tritoncorr.engine.curves`, :mod:`~tritoncorr.engine.cli`.
 
-Importing this package is cheap (no torch); ``train`` is imported on first use.
+Importing this package is cheap (no torch); ``train`` and ``Trainer`` are imported on first use.
 """
 
 from tritoncorr.engine.config import (
@@ -21,13 +22,13 @@ from tritoncorr.engine.recipe import load_recipe
 
 __all__ = [
     "CheckpointConfig", "ConfigError", "EvalConfig", "OptimConfig", "RunConfig", "ScheduleConfig", "load_recipe",
-    "train",
+    "train", "Trainer",
 ]
 
 
 def __getattr__(name: str):
-    if name == "train":
-        from tritoncorr.engine.loop import train
+    if name in ("train", "Trainer"):
+        from tritoncorr.engine import loop
 
-        return train
+        return getattr(loop, name)
     raise AttributeError(f"module 'tritoncorr.engine' has no attribute {name!r}")
