@@ -90,6 +90,18 @@ def read_rgb(path: str | Path) -> np.ndarray:
         raise DavisFormatError(f"cannot read image {path}: {err}") from err
 
 
+def read_video_frame(path: str | Path, size: tuple[int, int], error: type[Exception]) -> np.ndarray:
+    """:func:`read_rgb` of one frame of a video whose frames are all ``size = (H, W)``; an unreadable
+    file or another size raises ``error`` (the benchmark's format error) naming the file."""
+    try:
+        img = read_rgb(path)
+    except DavisFormatError as err:
+        raise error(str(err)) from err
+    if img.shape[:2] != tuple(size):
+        raise error(f"{path}: size {img.shape[1]}x{img.shape[0]} differs from the video's {size[1]}x{size[0]}")
+    return img
+
+
 def read_index_png(path: str | Path) -> np.ndarray:
     """Read an indexed ("P") or grayscale ("L") PNG as uint8 ``(H, W)`` raw values."""
     try:
@@ -695,6 +707,7 @@ __all__ = [
     "read_index_png",
     "read_results",
     "read_rgb",
+    "read_video_frame",
     "score_sequence",
     "seg2bmap",
     "write_palette_png",

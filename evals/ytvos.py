@@ -65,16 +65,9 @@ class YtvosVideo:
         return [p.stem for p in self.frames]
 
     def load_frame(self, t: int) -> np.ndarray:
-        from tritoncorr.evals.davis import DavisFormatError, read_rgb
+        from tritoncorr.evals.davis import read_video_frame
 
-        try:
-            img = read_rgb(self.frames[t])
-        except DavisFormatError as err:
-            raise YtvosFormatError(str(err)) from err
-        if img.shape[:2] != self.size:
-            raise YtvosFormatError(f"{self.frames[t]}: size {img.shape[1]}x{img.shape[0]} differs from the video's "
-                                   f"{self.size[1]}x{self.size[0]}")
-        return img
+        return read_video_frame(self.frames[t], self.size, YtvosFormatError)
 
     def load_annotation(self, t: int) -> np.ndarray:
         """uint8 ``(H, W)`` object ids of annotated frame ``t``."""
