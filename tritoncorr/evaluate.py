@@ -227,6 +227,23 @@ class LabelCodec(Protocol):
     def decode(self, soft: torch.Tensor, geometry: FrameGeometry, config) -> Any: ...
 
 
+def frame_features(features_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                   padded: tuple[int, int], normalize: bool) -> torch.Tensor:
+    """One frame's features: ``x`` ``(1, 3, h', w')`` (network input, :func:`frame_to_tensor`)
+    zero-padded right/bottom to ``padded`` (0 in the normalised input space; Lab: L* = 50 grey),
+    ``features_fn``, float32, L2-normalised over channels when ``normalize`` -> ``(C, h, w)``."""
+    hi, wi = x.shape[-2:]
+    if tuple(padded) != (hi, wi):
+        x = F.pad(x, (0, padded[1] - wi, 0, padded[0] - hi))
+    f = features_fn(x)
+    if f.dim() != 4 or f.shape[0] != 1:
+        raise ValueError(f"features_fn must return (1, C, h, w) for one frame, got {tuple(f.shape)}")
+    f = f.float()
+    if normalize:
+        f = F.normalize(f, dim=1)
+    return f[0]
+
+
 @torch.no_grad()
 def compute_features(
     features_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -273,15 +290,7 @@ def compute_features(
             hi, wi = (H, W) if input_size is None else (int(input_size[0]), int(input_size[1]))
             hp, wp = -(-hi // cfg.pad) * cfg.pad, -(-wi // cfg.pad) * cfg.pad  # LIIR: right/bottom to a multiple of 4
         x = frame_to_tensor(frame, device, color, size=None if (hi, wi) == (H, W) else (hi, wi))
-        if (hp, wp) != (hi, wi):
-            x = F.pad(x, (0, wp - wi, 0, hp - hi))  # 0 in the normalised input space (Lab: L* = 50 grey)
-        f = features_fn(x)
-        if f.dim() != 4 or f.shape[0] != 1:
-            raise ValueError(f"features_fn must return (1, C, h, w) for one frame, got {tuple(f.shape)}")
-        f = f.float()
-        if cfg.normalize:
-            f = F.normalize(f, dim=1)
-        f = f[0]
+        f = frame_features(features_fn, x, (hp, wp), cfg.normalize)
         if feats is None:
             feats = torch.empty((num_frames, *f.shape), dtype=torch.float32, device=f.device)
             geometry = FrameGeometry((H, W), (hi, wi), (hp, wp), tuple(f.shape[-2:]))
@@ -832,8 +841,7 @@ def eval_jhmdb_cli(
                               JhmdbFormatError)
     fmodel, config, input_size, dev = _task_settings(
         console, task="jhmdb", checkpoint=checkpoint, seed=seed, device=device, preset=preset, context=context,
-        radius=radius, topk=topk, temperature=temperature, size=size,
-        precision=precision)
+        radius=radius, topk=topk, temperature=temperature, size=size, precision=precision)
     console.print(f"JHMDB root {root}: {len(ds)} clip(s), {ds.note}", soft_wrap=True)
     out = Path(out) if out is not None else Path("eval-jhmdb") / f"split{split}"
     res = _catch_format_errors(lambda: evaluate_features_on_jhmdb(
@@ -893,8 +901,7 @@ def eval_vip_cli(
     else:
         fmodel, config, input_size, dev = _task_settings(
             console, task="vip", checkpoint=checkpoint, seed=seed, device=device, preset=preset, context=context,
-            radius=radius, topk=topk, temperature=temperature, size=size,
-        precision=precision)
+            radius=radius, topk=topk, temperature=temperature, size=size, precision=precision)
         console.print(f"VIP root {root}: {len(ds)} video(s) of {split}", soft_wrap=True)
         out = Path(out) if out is not None else Path("eval-vip") / split
         scores = _catch_format_errors(lambda: evaluate_features_on_vip(
@@ -951,8 +958,7 @@ def eval_ytvos_cli(
     ds = _catch_format_errors(lambda: YtvosDataset(root, videos or None), YtvosFormatError)
     fmodel, config, input_size, dev = _task_settings(
         console, task="ytvos", checkpoint=checkpoint, seed=seed, device=device, preset=preset, context=context,
-        radius=radius, topk=topk, temperature=temperature, size=size,
-        precision=precision)
+        radius=radius, topk=topk, temperature=temperature, size=size, precision=precision)
     console.print(f"YouTube-VOS {year} root {root}: {len(ds)} video(s)", soft_wrap=True)
     for note in ds.notes:
         console.print(f"[yellow]note:[/] {note}", soft_wrap=True)

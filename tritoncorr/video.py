@@ -335,7 +335,7 @@ def propagate_video(
         :class:`PropagationResult`.
     """
     from tritoncorr.evals.davis import write_palette_png
-    from tritoncorr.evaluate import frame_to_tensor
+    from tritoncorr.evaluate import frame_features, frame_to_tensor
     from tritoncorr.propagation import decode_labels, encode_labels
     from tritoncorr.propagation import StreamingPropagator
 
@@ -385,16 +385,8 @@ def propagate_video(
             if max_frames is not None and t >= max_frames:
                 t -= 1
                 break
-            x = frame_to_tensor(resize_frame(frame, (H, W)), device, color)
-            if (Hp, Wp) != (H, W):
-                x = F.pad(x, (0, Wp - W, 0, Hp - H))
-            f = features_fn(x)
-            if f.dim() != 4 or f.shape[0] != 1:
-                raise ValueError(f"features_fn must return (1, C, h, w) for one frame, got {tuple(f.shape)}")
-            f = f.float()
-            if cfg.normalize:
-                f = F.normalize(f, dim=1)
-            f = f[0]
+            f = frame_features(features_fn, frame_to_tensor(resize_frame(frame, (H, W)), device, color),
+                               (Hp, Wp), cfg.normalize)
             if grid is None:
                 grid = tuple(f.shape[1:])
             if t == 0:
