@@ -123,14 +123,24 @@ _CKPT_HELP = ("Weights: a training run's model.safetensors / init.safetensors (m
 _SIZE_HELP = "Network input side: frames resized to SIZE x SIZE (0 = native). Default: the task preset's."
 
 
+# options shared by the eval jhmdb / vip / ytvos commands
+CheckpointOption = Annotated[Optional[Path], typer.Option(help=_CKPT_HELP)]
+SeedOption = Annotated[int, typer.Option(help="Seed of the random-init backbone (no --checkpoint).")]
+PresetOption = Annotated[Optional[str], typer.Option(help=_PRESET_HELP)]
+ContextOption = Annotated[Optional[int], typer.Option(help="Previous frames in the context (preset: 20).")]
+RadiusOption = Annotated[Optional[int], typer.Option(help="Spatial radius in feature cells.")]
+TopkOption = Annotated[Optional[int], typer.Option(help="Top-k neighbours.")]
+TemperatureOption = Annotated[Optional[float], typer.Option(help="Softmax temperature.")]
+
+
 @eval_app.command("jhmdb")
 def eval_jhmdb(
     root: Annotated[
         Optional[Path], typer.Option(help="JHMDB root (Rename_Images/, joint_positions/, splits/). Default: "
                                      "$TRITONCORR_DATA/JHMDB or ~/.cache/tritoncorr/JHMDB.")
     ] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help=_CKPT_HELP)] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random-init backbone (no --checkpoint).")] = 0,
+    checkpoint: CheckpointOption = None,
+    seed: SeedOption = 0,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (pck.csv, per-clip.csv, keypoints/, overlays/).")] = None,
     split: Annotated[int, typer.Option(help="JHMDB split (1, 2, 3): its test clips (splits/*_test_split<N>.txt); "
                                        "every clip when there are no split files.")] = 1,
@@ -139,11 +149,11 @@ def eval_jhmdb(
                                      "(test.split.v2.txt) instead of the split files.")
     ] = None,
     clips: Annotated[Optional[list[str]], typer.Option("--clip", "-s", help="Only these clips (repeatable).")] = None,
-    preset: Annotated[Optional[str], typer.Option(help=_PRESET_HELP)] = None,
-    context: Annotated[Optional[int], typer.Option(help="Previous frames in the context (preset: 20).")] = None,
-    radius: Annotated[Optional[int], typer.Option(help="Spatial radius in feature cells.")] = None,
-    topk: Annotated[Optional[int], typer.Option(help="Top-k neighbours.")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature.")] = None,
+    preset: PresetOption = None,
+    context: ContextOption = None,
+    radius: RadiusOption = None,
+    topk: TopkOption = None,
+    temperature: TemperatureOption = None,
     size: Annotated[Optional[int], typer.Option(help=_SIZE_HELP + " (320)")] = None,
     overlays: Annotated[bool, typer.Option(help="Also draw predicted (coloured) and true (white) joints on the frames.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
@@ -167,16 +177,16 @@ def eval_vip(
         Optional[Path], typer.Option(help="Score an existing folder of predictions (<video>/<frame>.png of category "
                                      "ids) instead of propagating. The CSVs are written into it.")
     ] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help=_CKPT_HELP)] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random-init backbone (no --checkpoint).")] = 0,
+    checkpoint: CheckpointOption = None,
+    seed: SeedOption = 0,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (predictions, CSVs, overlays/).")] = None,
     split: Annotated[str, typer.Option(help="lists/<split>_videos.txt")] = "val",
     videos: Annotated[Optional[list[str]], typer.Option("--video", "-s", help="Only these videos (repeatable).")] = None,
-    preset: Annotated[Optional[str], typer.Option(help=_PRESET_HELP)] = None,
-    context: Annotated[Optional[int], typer.Option(help="Previous frames in the context (preset: 20).")] = None,
-    radius: Annotated[Optional[int], typer.Option(help="Spatial radius in feature cells.")] = None,
-    topk: Annotated[Optional[int], typer.Option(help="Top-k neighbours.")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature.")] = None,
+    preset: PresetOption = None,
+    context: ContextOption = None,
+    radius: RadiusOption = None,
+    topk: TopkOption = None,
+    temperature: TemperatureOption = None,
     size: Annotated[Optional[int], typer.Option(help=_SIZE_HELP + " (560)")] = None,
     overlays: Annotated[bool, typer.Option(help="Also write frames with coloured parts for viewing.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
@@ -197,15 +207,15 @@ def eval_ytvos(
                                      "$TRITONCORR_DATA/YouTube-VOS/<year>/valid or the same under ~/.cache/tritoncorr.")
     ] = None,
     year: Annotated[str, typer.Option(help="2018 or 2019.")] = "2018",
-    checkpoint: Annotated[Optional[Path], typer.Option(help=_CKPT_HELP)] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random-init backbone (no --checkpoint).")] = 0,
+    checkpoint: CheckpointOption = None,
+    seed: SeedOption = 0,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (Annotations/, the zip, overlays/).")] = None,
     videos: Annotated[Optional[list[str]], typer.Option("--video", "-s", help="Only these videos (repeatable).")] = None,
-    preset: Annotated[Optional[str], typer.Option(help=_PRESET_HELP)] = None,
-    context: Annotated[Optional[int], typer.Option(help="Previous frames in the context (preset: 20).")] = None,
-    radius: Annotated[Optional[int], typer.Option(help="Spatial radius in feature cells.")] = None,
-    topk: Annotated[Optional[int], typer.Option(help="Top-k neighbours.")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature.")] = None,
+    preset: PresetOption = None,
+    context: ContextOption = None,
+    radius: RadiusOption = None,
+    topk: TopkOption = None,
+    temperature: TemperatureOption = None,
     size: Annotated[Optional[int], typer.Option(help=_SIZE_HELP + " (native)")] = None,
     overlays: Annotated[bool, typer.Option(help="Also write frames with coloured masks for viewing.")] = False,
     make_zip: Annotated[bool, typer.Option("--zip/--no-zip", help="Write the submission zip.")] = True,
