@@ -31,6 +31,16 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
+def one_thread():
+    """torch on one thread for the test (restored after): on a loaded 2-core machine OpenMP spin-waits
+    dominate tiny convolutions, and one thread is also deterministic (bit-exact resume comparisons)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def triton_backend(monkeypatch):
     """Route the public kernel functions to the Triton kernels (interpreter on CPU) and poison outputs."""
     monkeypatch.setenv("TRITONCORR_BACKEND", "triton")

@@ -67,12 +67,7 @@ TORCHVISION_RESNET18_SHAPES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _shapes(model: nn.Module, h: int, w: int) -> dict[str, tuple[int, ...]]:

@@ -32,13 +32,7 @@ TOY = str(TESTS / "recipes" / "toy.py")
 REPO = TESTS.parent
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # a loaded 2-core machine makes OpenMP spin-waits dominate tiny convs; one thread is also deterministic
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _losses(run: Path) -> list[tuple[int, float, float, float, float]]:

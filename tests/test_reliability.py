@@ -33,12 +33,7 @@ TOY = str(TESTS / "recipes" / "toy.py")
 RECIPES = REPO / "recipes"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _rows(run: Path) -> list[dict]:
