@@ -317,10 +317,13 @@ def knn_propagate_windowed(
 
     Query pixels are processed in ``tile`` x ``tile`` tiles. For a tile: one GEMM against every
     position of each unrestricted frame, and one GEMM per ``frame_chunk`` restricted frames against
-    the rectangle covering the windows of all the tile's queries, masked to each query's window. Each part
-    gives its own top-k (lowest index on ties); the parts' candidates are merged in global index
+    the rectangle covering the windows of all the tile's queries (keys channels-last, so the rectangle
+    is a few contiguous runs); each query's own window cells are then gathered from its row of scores
+    (row-major, so in candidate-index order; out-of-image cells masked), and only those enter the top-k.
+    Each part gives its own top-k (lowest index on ties); the parts' candidates are merged in global index
     order and the joint top-k is taken again. Peak extra memory is
-    O(tile^2 * h*w + (tile^2 + C) * frame_chunk * (tile + 2r)^2) floats; the (h*w, N*h*w) affinity never exists.
+    O(tile^2 * h*w + (tile^2 + C) * frame_chunk * (tile + 2r)^2) floats (plus a float32 channels-last copy of
+    ``keys`` unless they are float32 channels-last already); the (h*w, N*h*w) affinity never exists.
     """
     _validate(query, keys, values, radius, topk, temperature, window, unrestricted)
     c, h, w = query.shape
@@ -333,11 +336,24 @@ def knn_propagate_windowed(
     out = torch.empty(lab, h, w, dtype=torch.float32, device=dev)
     vals_cl = values.permute(0, 2, 3, 1)  # (N, h, w, L) view, gathered per tile
     inv_t = 1.0 / float(temperature)
-    k_unres = [keys[u].reshape(c, hw).float() for u in range(nu)]  # views for fp32 features
+    # keys channels-last (N, h, w, C), float32, once: a window rectangle is then a few contiguous runs
+    # of rw*C values (a cheap copy) and an unrestricted frame a (h*w, C) view (no copy for
+    # channels-last float32 keys, as the streaming propagator passes them on CPU)
+    kcl = keys.permute(0, 2, 3, 1).float()
+    if not kcl.is_contiguous():
+        kcl = kcl.contiguous()
+    k_unres = [kcl[u].view(hw, c) for u in range(nu)]
     if counts is not None:  # slot of the first copy of each frame, and each frame's copies
         count_t = torch.tensor(counts, device=dev)
         first_slot = torch.cumsum(count_t, 0) - count_t
         copies = torch.arange(max(counts), device=dev)
+    # window offsets (dy, dx) in row-major order, (1, D) each
+    oy, ox = torch.meshgrid(torch.arange(-reach, reach + 1, device=dev), torch.arange(-reach, reach + 1, device=dev),
+                            indexing="ij")
+    in_window = window_mask(torch.zeros(1, dtype=torch.long, device=dev), torch.zeros(1, dtype=torch.long, device=dev),
+                            oy.reshape(-1), ox.reshape(-1), radius, window)[0]
+    off_y, off_x = oy.reshape(-1)[in_window][None, :], ox.reshape(-1)[in_window][None, :]
+    n_off = off_y.shape[1]
     for ty0 in range(0, h, tile):
         ty1 = min(ty0 + tile, h)
         ry0, ry1 = max(ty0 - reach, 0), min(ty1 - 1 + reach, h - 1) + 1
@@ -350,28 +366,33 @@ def knn_propagate_windowed(
             qt = query[:, ty0:ty1, tx0:tx1].reshape(c, nq).T.float() * inv_t  # (nq, C)
             cand_v, cand_f, cand_y, cand_x = [], [], [], []
             for u in range(nu):
-                su = qt @ k_unres[u]  # (nq, h*w)
+                su = qt @ k_unres[u].T  # (nq, h*w)
                 v_u, i_u = _topk_lowest_index(su, topk)
                 del su
                 _add_candidates(cand_v, cand_f, cand_y, cand_x, v_u, torch.full_like(i_u, u), i_u // w, i_u % w,
                                 None if counts is None else (count_t, first_slot, copies))
             if nw:
-                qy = torch.arange(ty0, ty1, device=dev).repeat_interleave(tw)
-                qx = torch.arange(tx0, tx1, device=dev).repeat(th)
-                ky = torch.arange(ry0, ry1, device=dev).repeat_interleave(rw)
-                kx = torch.arange(rx0, rx1, device=dev).repeat(rh)
-                outside = ~window_mask(qy, qx, ky, kx, radius, window)[:, None, :]
+                # each query's window cells (row-major offsets, so increasing candidate index) as
+                # indices into the tile's rectangle; cells outside the image are clamped and masked
+                qy = torch.arange(ty0, ty1, device=dev).repeat_interleave(tw)[:, None]
+                qx = torch.arange(tx0, tx1, device=dev).repeat(th)[:, None]
+                ky, kx = qy + off_y, qx + off_x  # (nq, D)
+                inside = (ky >= 0) & (ky < h) & (kx >= 0) & (kx < w)
+                cell = (ky.clamp(ry0, ry1 - 1) - ry0) * rw + (kx.clamp(rx0, rx1 - 1) - rx0)  # (nq, D)
+                all_inside = bool(inside.all())
             for f0 in range(nu, n, frame_chunk):  # restricted frames, a few at a time (bounded memory)
                 f1 = min(f0 + frame_chunk, n)
                 nf = f1 - f0
-                rect = keys[f0:f1, :, ry0:ry1, rx0:rx1].transpose(0, 1).reshape(c, nf * p).float()
-                sw = (qt @ rect).view(nq, nf, p)
+                rect = kcl[f0:f1, ry0:ry1, rx0:rx1].reshape(nf * p, c)  # (nf * p, C)
+                sw = (qt @ rect.T).view(nq, nf, p)
                 del rect
-                sw.masked_fill_(outside, float("-inf"))
-                v_w, i_w = _topk_lowest_index(sw.view(nq, nf * p), topk)
+                sw = sw.gather(2, cell[:, None, :].expand(nq, nf, n_off))  # (nq, nf, D): window cells only
+                if not all_inside:
+                    sw.masked_fill_(~inside[:, None, :], float("-inf"))
+                v_w, i_w = _topk_lowest_index(sw.view(nq, nf * n_off), topk)
                 del sw
-                r = i_w % p
-                _add_candidates(cand_v, cand_f, cand_y, cand_x, v_w, f0 + i_w // p, ry0 + r // rw, rx0 + r % rw,
+                r = cell.gather(1, i_w % n_off)
+                _add_candidates(cand_v, cand_f, cand_y, cand_x, v_w, f0 + i_w // n_off, ry0 + r // rw, rx0 + r % rw,
                                 None if counts is None else (count_t, first_slot, copies))
             if len(cand_v) == 1 and counts is None:
                 top_v, fr, cy, cx = cand_v[0], cand_f[0], cand_y[0], cand_x[0]

@@ -310,6 +310,12 @@ def _max_lag(policy: str, context: int) -> int:
     return 5 if policy == "mast" else int(context)
 
 
+def _stack_channels_last(feats: list[torch.Tensor]) -> torch.Tensor:
+    """``N`` maps ``(C, h, w)`` -> ``(N, C, h, w)`` stored channels-last (the layout the CPU kNN path
+    reads window rectangles from, so it needs no conversion copy; the CUDA kernel takes any strides)."""
+    return torch.stack([f.permute(1, 2, 0) for f in feats]).permute(0, 3, 1, 2)
+
+
 class StreamingPropagator:
     """Frame-by-frame label propagation with bounded memory (the loop behind :func:`propagate`).
 
@@ -415,8 +421,8 @@ class StreamingPropagator:
         else:
             frames, counts = distinct_slots(refs, 1 if cfg.unrestricted_first else 0)
             pred = knn_propagate(
-                feats, torch.stack([self._feats[i] for i in frames]), torch.stack([self._labels[i] for i in frames]),
-                radius=cfg.radius, topk=cfg.topk, temperature=cfg.temperature, window=cfg.window,
+                feats, _stack_channels_last([self._feats[i] for i in frames]),
+                torch.stack([self._labels[i] for i in frames]), radius=cfg.radius, topk=cfg.topk, temperature=cfg.temperature, window=cfg.window,
                 unrestricted=1 if cfg.unrestricted_first else 0, counts=counts,
             )
         if cfg.foreground_boost != 1.0:
