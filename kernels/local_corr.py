@@ -32,15 +32,17 @@ under ``TRITONCORR_BACKEND=triton`` with CPU tensors the Triton ops run eagerly 
 interpreter (tests).
 
 The PyTorch path of local attention works on tiles: the queries of a ``T x T`` tile share the
-``(T + 2r) x (T + 2r)`` region that holds all their windows, so one batched GEMM gives their logits
-against the region, the cells outside each query's window (and, for ``"truncate"``, outside the
+``(T + 2r) x (T + 2r)`` rectangle that holds all their windows, so one batched GEMM gives their logits
+against the rectangle, the cells outside each query's window (and, for ``"truncate"``, outside the
 image) are masked, and the softmax, the value GEMM and, in the backward, ``dS``, ``dQ = dS K``,
-``dK = Q^T dS``, ``dV = dO^T P`` are GEMMs on the same tiles, one row of tiles at a time. The
-``(2r+1)^2`` volume is never held, only one row of tiles' ``T^2 x (T+2r)^2`` scores. Zero-padded
-keys and values make the ``"zero"`` border exact without masking. (``local_correlation``'s PyTorch
-path loops over window offsets: its output is the volume.) The backward of local attention recomputes the scores
-from q, k and the saved lse (flash-attention style: ``delta_i = <dO_i, O_i>``,
-``dS = P * (dP - delta)``); nothing of size ``(2r+1)^2 * H * W`` is stored.
+``dK = Q^T dS``, ``dV = dO^T P`` are GEMMs on the same tiles. Tiles are taken in chunks of a few
+tiles of one row of one image, sized so that a chunk's working set stays within
+:data:`ATTN_CHUNK_BYTES`; the rectangles are read from the unpadded maps with zeros outside the
+image (exactly the ``"zero"`` border without masking), so no padded copy of a whole map and no
+``(2r+1)^2`` volume is ever held: peak memory is the outputs plus one chunk. (``local_correlation``'s
+PyTorch path loops over window offsets: its output is the volume.) The backward of local attention
+recomputes the scores from q, k and the saved lse (flash-attention style: ``delta_i = <dO_i, O_i>``,
+``dS = P * (dP - delta)``).
 
 Triton kernel layout: one program per (batch, block of ``BLOCK_P`` consecutive pixels of the
 flattened ``H*W`` image); it loops over the window offsets (dy outer, dx inner) and over channels in blocks of ``BLOCK_C``. When
@@ -63,7 +65,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ._tiles import attention_tile, block_geometry, query_blocks, regions, region_in_image, scatter_regions, window_in_region
+from ._tiles import (add_chunk_regions, attention_tile, block_geometry, chunk_queries, chunk_regions,
+                     chunk_regions_in_image, window_in_region)
 from ._utils import FLOAT_DTYPES, alloc_output, check_tensor, interpreting, next_power_of_2, use_triton
 
 __all__ = [
@@ -194,77 +197,96 @@ def _torch_corr_bwd(grad, query, key, radius, dilation):
     return dq.to(query.dtype), dk.to(key.dtype)
 
 
+#: Working-set budget of one chunk of tiles of the PyTorch local-attention path (scores and their
+#: temporaries, the chunk's rectangles and their gradients); a chunk holds at least one tile.
+ATTN_CHUNK_BYTES = 8 * 2**20
+
+
+def _attn_chunk_tiles(T: int, R: int, C: int, D: int, nbx: int, elt: int, backward: bool) -> int:
+    """Tiles per chunk so that one chunk's working set stays within :data:`ATTN_CHUNK_BYTES`."""
+    if backward:  # s/p, dp/ds; q, dO, dQ; k, v, dK, dV rectangles (+ the band copies)
+        per_tile = 2 * T * T * R * R + T * T * (2 * C + D) + 3 * (C + D) * R * R
+    else:  # s/p; q; k, v rectangles (+ the band copies)
+        per_tile = T * T * R * R + T * T * C + 2 * (C + D) * R * R
+    return max(1, min(nbx, ATTN_CHUNK_BYTES // (per_tile * elt)))
+
+
+def _attn_mask(win, border, H, W, y0, x0, T, radius, n, device):
+    if border == "truncate":
+        return win & chunk_regions_in_image(H, W, y0, x0, T, radius, n, device)
+    return win
+
+
+def _write_tiles(dst, blk, b, y0, x0, T, n):
+    """Write tile results blk (n, T*T, X) into dst (B, X, H, W) at rows y0.., columns x0.. (cropped)."""
+    X, H, W = dst.shape[1:]
+    y1, x1 = min(y0 + T, H), min(x0 + n * T, W)
+    img = blk.reshape(n, T, T, X).permute(3, 1, 0, 2).reshape(X, T, n * T)
+    dst[b, :, y0:y1, x0:x1] = img[:, :y1 - y0, :x1 - x0]
+
+
 def _torch_attn_fwd(query, key, value, radius, scale, border, tile=None):
+    """Tiled forward: chunks of tiles of one row of one image at a time (see the module docstring)."""
     B, C, H, W = query.shape
     D = value.shape[1]
     acc = _acc_dtype(query.dtype)
     T, R, nby, nbx = block_geometry(H, W, radius, tile or attention_tile(radius))
-    Hq, Wq = nby * T, nbx * T
-    qp = F.pad(query.to(acc), (0, Wq - W, 0, Hq - H))
-    kp = F.pad(key.to(acc), (radius, radius + Wq - W, radius, radius + Hq - H))
-    vp = F.pad(value.to(acc), (radius, radius + Wq - W, radius, radius + Hq - H))
-    win = window_in_region(T, R, radius, query.device)
-    out = torch.empty((B, D, Hq, Wq), dtype=acc, device=query.device)
-    lse = torch.empty((B, Hq, Wq), dtype=acc, device=query.device)
-    neg = float("-inf")
-    for by in range(nby):
-        y0 = by * T
-        q = query_blocks(qp, y0, T, nbx)                      # (B, nbx, T2, C)
-        k = regions(kp, y0, R, T, nbx)                   # (B, nbx, C, R2)
-        v = regions(vp, y0, R, T, nbx)                   # (B, nbx, D, R2)
-        s = torch.matmul(q, k) * scale                    # (B, nbx, T2, R2)
-        mask = win
-        if border == "truncate":
-            mask = win & region_in_image(H, W, y0, T, R, radius, nbx, query.device)
-        s = s.masked_fill(~mask, neg)
-        l = torch.logsumexp(s, dim=-1)                    # (B, nbx, T2)
-        p = torch.exp(s - l.unsqueeze(-1))
-        o = torch.matmul(p, v.transpose(-1, -2))          # (B, nbx, T2, D)
-        out[:, :, y0:y0 + T] = o.reshape(B, nbx, T, T, D).permute(0, 4, 2, 1, 3).reshape(B, D, T, Wq)
-        lse[:, y0:y0 + T] = l.reshape(B, nbx, T, T).permute(0, 2, 1, 3).reshape(B, T, Wq)
-    return out[:, :, :H, :W].to(value.dtype).contiguous(), lse[:, :H, :W].contiguous()
+    n_chunk = _attn_chunk_tiles(T, R, C, D, nbx, torch.tensor([], dtype=acc).element_size(), backward=False)
+    win = window_in_region(T, R, radius, query.device)                   # (T2, R2)
+    out = torch.empty((B, D, H, W), dtype=value.dtype, device=query.device)
+    lse = torch.empty((B, 1, H, W), dtype=acc, device=query.device)
+    for b in range(B):
+        for y0 in range(0, H, T):
+            for j0 in range(0, nbx, n_chunk):
+                n, x0 = min(n_chunk, nbx - j0), j0 * T
+                q = chunk_queries(query, b, y0, x0, T, n, acc)               # (n, T2, C)
+                k = chunk_regions(key, b, y0, x0, T, radius, n, acc)         # (n, C, R2)
+                s = torch.matmul(q, k).mul_(scale)                           # (n, T2, R2)
+                del q, k
+                s.masked_fill_(~_attn_mask(win, border, H, W, y0, x0, T, radius, n, query.device), float("-inf"))
+                l = torch.logsumexp(s, dim=-1, keepdim=True)                 # (n, T2, 1)
+                p = s.sub_(l).exp_()
+                v = chunk_regions(value, b, y0, x0, T, radius, n, acc)       # (n, D, R2)
+                o = torch.matmul(p, v.transpose(-1, -2))                     # (n, T2, D)
+                del p, v
+                _write_tiles(out, o, b, y0, x0, T, n)
+                _write_tiles(lse, l, b, y0, x0, T, n)
+    return out, lse[:, 0]
+
 
 def _torch_attn_bwd(query, key, value, out, lse, dout, dlse, radius, scale, border, tile=None):
+    """Tiled backward (flash-attention style, scores recomputed from q, k and the saved lse):
+    ``delta_i = <dO_i, O_i> - dlse_i``, ``dS = P * (dP - delta) * scale``."""
     B, C, H, W = query.shape
+    D = value.shape[1]
     acc = _acc_dtype(query.dtype)
     T, R, nby, nbx = block_geometry(H, W, radius, tile or attention_tile(radius))
-    Hq, Wq = nby * T, nbx * T
-    padq = (0, Wq - W, 0, Hq - H)
-    padk = (radius, radius + Wq - W, radius, radius + Hq - H)
-    qp = F.pad(query.to(acc), padq)
-    kp = F.pad(key.to(acc), padk)
-    vp = F.pad(value.to(acc), padk)
-    dop = F.pad(dout.to(acc), padq)
-    lsep = F.pad(lse.to(acc), padq)
-    delta = F.pad((dout.to(acc) * out.to(acc)).sum(1) - dlse.to(acc), padq)
+    n_chunk = _attn_chunk_tiles(T, R, C, D, nbx, torch.tensor([], dtype=acc).element_size(), backward=True)
     win = window_in_region(T, R, radius, query.device)
-    dq = torch.empty_like(qp)
-    dkp = torch.zeros_like(kp)
-    dvp = torch.zeros_like(vp)
-    for by in range(nby):
-        y0 = by * T
-        q = query_blocks(qp, y0, T, nbx)                      # (B, nbx, T2, C)
-        do = query_blocks(dop, y0, T, nbx)                    # (B, nbx, T2, D)
-        l = lsep[:, y0:y0 + T].reshape(B, T, nbx, T).permute(0, 2, 1, 3).reshape(B, nbx, T * T, 1)
-        dl = delta[:, y0:y0 + T].reshape(B, T, nbx, T).permute(0, 2, 1, 3).reshape(B, nbx, T * T, 1)
-        k = regions(kp, y0, R, T, nbx)
-        v = regions(vp, y0, R, T, nbx)
-        s = torch.matmul(q, k) * scale
-        mask = win
-        if border == "truncate":
-            mask = win & region_in_image(H, W, y0, T, R, radius, nbx, query.device)
-        p = torch.exp(s - l).masked_fill(~mask, 0.0)      # (B, nbx, T2, R2)
-        dp = torch.matmul(do, v)                          # (B, nbx, T2, R2)
-        ds = p * (dp - dl) * scale
-        dqb = torch.matmul(ds, k.transpose(-1, -2))       # (B, nbx, T2, C)
-        dq[:, :, y0:y0 + T] = dqb.reshape(B, nbx, T, T, C).permute(0, 4, 2, 1, 3).reshape(B, C, T, Wq)
-        dkr = torch.matmul(q.transpose(-1, -2), ds)       # (B, nbx, C, R2)
-        dvr = torch.matmul(do.transpose(-1, -2), p)       # (B, nbx, D, R2)
-        scatter_regions(dkp, dkr, y0, R, T, nbx)
-        scatter_regions(dvp, dvr, y0, R, T, nbx)
-    crop = (slice(None), slice(None), slice(radius, radius + H), slice(radius, radius + W))
-    return (dq[:, :, :H, :W].to(query.dtype).contiguous(), dkp[crop].to(key.dtype).contiguous(),
-            dvp[crop].to(value.dtype).contiguous())
+    # per-pixel scalars as (B, 1, H, W) maps, read per chunk like the features
+    lse_map = lse.to(acc).unsqueeze(1)
+    delta = ((dout.to(acc) * out.to(acc)).sum(1) - dlse.to(acc)).unsqueeze(1)
+    dq = torch.empty((B, C, H, W), dtype=query.dtype, device=query.device)
+    dk = torch.zeros((B, C, H, W), dtype=acc, device=query.device)
+    dv = torch.zeros((B, D, H, W), dtype=acc, device=query.device)
+    for b in range(B):
+        for y0 in range(0, H, T):
+            for j0 in range(0, nbx, n_chunk):
+                n, x0 = min(n_chunk, nbx - j0), j0 * T
+                q = chunk_queries(query, b, y0, x0, T, n, acc)               # (n, T2, C)
+                do = chunk_queries(dout, b, y0, x0, T, n, acc)               # (n, T2, D)
+                l = chunk_queries(lse_map, b, y0, x0, T, n, acc)             # (n, T2, 1)
+                dl = chunk_queries(delta, b, y0, x0, T, n, acc)              # (n, T2, 1)
+                k = chunk_regions(key, b, y0, x0, T, radius, n, acc)         # (n, C, R2)
+                v = chunk_regions(value, b, y0, x0, T, radius, n, acc)       # (n, D, R2)
+                p = torch.matmul(q, k).mul_(scale).sub_(l).exp_()            # (n, T2, R2); beyond-image queries: q = 0
+                p.masked_fill_(~_attn_mask(win, border, H, W, y0, x0, T, radius, n, query.device), 0.0)
+                ds = torch.matmul(do, v).sub_(dl).mul_(p).mul_(scale)        # (n, T2, R2)
+                _write_tiles(dq, torch.matmul(ds, k.transpose(-1, -2)), b, y0, x0, T, n)
+                add_chunk_regions(dk, torch.matmul(q.transpose(-1, -2), ds), b, y0, x0, T, radius)
+                add_chunk_regions(dv, torch.matmul(do.transpose(-1, -2), p), b, y0, x0, T, radius)
+                del q, do, k, v, p, ds
+    return dq, dk.to(key.dtype), dv.to(value.dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -133,10 +133,16 @@ def test_torch_path_matches_reference(torch_backend, B, C, D, H, W, r, dil):
         assert_close_verbose(lse, rlse, atol=1e-10, rtol=1e-10, name=f"lse {border}")
 
 
-@pytest.mark.parametrize("B,C,D,H,W,r", [(2, 5, 3, 19, 13, 3), (1, 4, 2, 17, 35, 9), (1, 3, 1, 8, 8, 6), (2, 2, 1, 1, 9, 1)])
-def test_torch_path_tiles_forward_and_backward(torch_backend, B, C, D, H, W, r):
+@pytest.mark.parametrize("chunk", [None, 1, 2, 3], ids=["budget", "1-tile", "2-tiles", "3-tiles"])
+@pytest.mark.parametrize("B,C,D,H,W,r", [(2, 5, 3, 19, 13, 3), (1, 4, 2, 17, 35, 9), (1, 3, 1, 8, 8, 6), (2, 2, 1, 1, 9, 1),
+                                         (1, 3, 2, 9, 41, 2)])
+def test_torch_path_tiles_forward_and_backward(torch_backend, monkeypatch, chunk, B, C, D, H, W, r):
     """The tiled CPU path (8x8 tiles up to radius 8, 16x16 beyond) across several tiles, partial tiles
-    and both borders: out, lse and the gradients of a loss on both against the reference, in fp64."""
+    and both borders, with the budget's chunks (whole rows here) and chunks of 1, 2 and 3 tiles (rows
+    ending in a shorter chunk; rectangles overlapping across chunk edges): out, lse and the gradients
+    of a loss on both against the reference, in fp64."""
+    if chunk is not None:
+        monkeypatch.setattr(lc, "_attn_chunk_tiles", lambda T, R, C, D, nbx, elt, backward: min(chunk, nbx))
     for border in ("truncate", "zero"):
         q, k, v = (t.double().requires_grad_() for t in _inputs(B, C, D, H, W))
         out, lse = lc.local_attention(q, k, v, r, scale=0.45, border=border, return_lse=True)
@@ -150,6 +156,17 @@ def test_torch_path_tiles_forward_and_backward(torch_backend, B, C, D, H, W, r):
         for name, g, rg in zip("qkv", grads, rgrads):
             assert g.is_contiguous()
             assert_close_verbose(g, rg, atol=1e-9, rtol=1e-9, name=f"d{name} {border}")
+
+
+def test_attention_chunk_budget():
+    """Chunks hold as many tiles as the working-set budget allows (at least one, at most a row)."""
+    for T, R, C, D, nbx in [(16, 40, 128, 1, 4), (8, 20, 1024, 1, 4), (8, 20, 64, 3, 8), (16, 80, 512, 1, 2)]:
+        for backward in (False, True):
+            n = lc._attn_chunk_tiles(T, R, C, D, nbx, 4, backward)
+            one = lc._attn_chunk_tiles(T, R, C, D, 1, 4, backward)
+            assert 1 <= n <= nbx and one == 1
+            per_tile = lc.ATTN_CHUNK_BYTES // max(1, lc._attn_chunk_tiles(T, R, C, D, 10**6, 4, backward))
+            assert n == nbx or (n + 1) * per_tile > lc.ATTN_CHUNK_BYTES
 
 
 def test_torch_path_gradcheck_fp64(torch_backend):

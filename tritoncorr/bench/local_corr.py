@@ -9,7 +9,8 @@ Shapes (CUDA: batch 64 frames; CPU: a small batch, named in the shape label, so 
 
 Providers:
   ``triton``  the fused Triton ops (CUDA only; SkipProvider elsewhere),
-  ``torch``   our PyTorch op path (offset loop with an online softmax; no (2r+1)^2 volume),
+  ``torch``   our PyTorch op path (tiled GEMMs on chunks of query tiles, memory bounded by the chunk;
+              no (2r+1)^2 volume, no padded copy of the maps),
   ``unfold``  what the original code does: the correlation volume (B, (2r+1)^2, H, W) from a
               sampler-style pad-and-shift correlation, softmax over the window, and ``F.unfold``
               aggregation of the values (MAST/LIIR's colorizer); autograd through all of it.
