@@ -494,6 +494,7 @@ def _torch_fwd(features, anchors, labels, temperature):
         lse_c = z.sub_(z_max[:, None]).exp_().sum(dim=1).log_().add_(z_max)
         lse[s:e] = lse_c
         loss[s:e] = torch.where(lab >= 0, lse_c - z_lab, torch.zeros((), dtype=cdt, device=z.device))
+        del z  # freed before the next chunk's logits exist: one (chunk, A) matrix at a time
     return loss, lse
 
 
@@ -517,6 +518,7 @@ def _torch_bwd(features, anchors, labels, lse, grad_loss, grad_lse, temperature)
         dz.scatter_add_(1, lab.clamp(min=0)[:, None], -g_loss[:, None])  # - onehot * g
         grad_features[s:e] = (dz @ q_scaled).to(features.dtype)
         grad_anchors.addmm_(dz.T, f, alpha=scale)
+        del z, dz, f  # one (chunk, A) matrix at a time
     return grad_features, grad_anchors.to(anchors.dtype)
 
 
@@ -534,6 +536,7 @@ def _torch_argmax(features, anchors, feature_group, anchor_group):
         z.masked_fill_(~valid, float("-inf"))
         idx = z.argmax(dim=1) if anchors.shape[0] > 0 else torch.zeros(e - s, dtype=torch.int64, device=z.device)
         out[s:e] = torch.where(valid.any(dim=1), idx, torch.full_like(idx, -1))
+        del z, valid  # one (chunk, A) matrix at a time
     return out
 
 

@@ -419,3 +419,21 @@ def test_gpu_fullgraph_compile_triton_op():
     assert_close_verbose(loss_c, loss_e, atol=1e-5, rtol=1e-5, name="loss")
     assert_close_verbose(dfc, dfe, atol=1e-5, rtol=1e-5, name="grad_features")
     assert_close_verbose(dqc, dqe, atol=1e-5, rtol=1e-5, name="grad_anchors")
+
+
+def test_bench_cases_quick_cpu():
+    """The benchmark's providers compute the same thing (values, or gradients in the bwd modes): the chunked
+    path vs the eager reference, for anchor_nll (DUL), anchor_argmax and anchor_lse at LIIR's bank
+    layout (quick shapes)."""
+    from tritoncorr.bench import anchor_softmax as bench
+    from tritoncorr.bench.core import SkipProvider
+
+    cases = bench.cases(torch.device("cpu"), quick=True)
+    assert {c.kernel for c in cases} == {"anchor_nll", "anchor_argmax", "anchor_lse"}
+    assert {c.mode for c in cases if c.kernel == "anchor_lse"} == {"fwd", "bwd", "fwd+bwd"}
+    for case in cases:
+        with pytest.raises(SkipProvider):
+            case.providers["triton"]()
+        a, b = case.providers["torch"]()(), case.providers["eager"]()()
+        for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            torch.testing.assert_close(x.float(), y.float(), atol=1e-4, rtol=1e-4)

@@ -2,6 +2,10 @@
 
 Shapes: DUL default P = B*T*h*w = 16*5*32*32 = 81,920 rows, A = 16*8*8 = 1,024 anchors, K = 128;
 and P = 16*5*64*64 = 327,680 (64x64 feature maps). ``quick`` uses P = 16*5*8*8 = 5,120.
+``anchor_lse`` at LIIR's inter-video bank shape (one call per sample, as ``points_bank_lse`` makes
+it): P = 64*64 = 4,096 stride-4 pixels of a 256 x 256 frame, A = 1,440 frames x 4 points = 5,760
+bank points (all of other videos), K = 64, tau 1, gradient to the features only (the bank is
+detached). ``quick``: P = 1,024, A = 1,440.
 
 Providers:
   ``triton``   the fused Triton ops (CUDA only),
@@ -51,6 +55,77 @@ class _ChunkedNll(torch.autograd.Function):
         f, q, lab, lse = ctx.saved_tensors
         df, dq = mod._torch_bwd(f, q, lab, lse, grad_loss, torch.zeros_like(lse), TEMPERATURE)
         return df, dq, None
+
+
+class _ChunkedLse(torch.autograd.Function):
+    """The chunked PyTorch path behind ``tritoncorr::anchor_lse`` (labels -1: the loss part is 0), called
+    directly for the same reason as :class:`_ChunkedNll`; the gradient goes to the features only."""
+
+    @staticmethod
+    def forward(ctx, f, q, temperature):
+        lab = torch.full((f.shape[0],), -1, dtype=torch.int64, device=f.device)
+        _, lse = mod._torch_fwd(f, q, lab, temperature)
+        ctx.save_for_backward(f, q, lab, lse)
+        ctx.temperature = temperature
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad_lse):
+        f, q, lab, lse = ctx.saved_tensors
+        df, _ = mod._torch_bwd(f, q, lab, lse, torch.zeros_like(lse), grad_lse, ctx.temperature)
+        return df, None, None
+
+
+def _lse_fns(device: torch.device) -> dict[str, Callable[[], Callable]]:
+    """provider -> builder of ``lse(features, bank, tau) -> (P,)``."""
+
+    def triton_fn():
+        if device.type != "cuda":
+            raise SkipProvider("Triton kernels need a CUDA device")
+        return mod.anchor_lse
+
+    def eager_fn():
+        return mod.anchor_lse_reference
+
+    def compiled_fn():
+        return torch.compile(mod.anchor_lse_reference)
+
+    def torch_fn():
+        return _ChunkedLse.apply
+
+    return {"triton": triton_fn, "eager": eager_fn, "compiled": compiled_fn, "torch": torch_fn}
+
+
+def _lse_factory(build: Callable[[], Callable], dense: bool, P: int, A: int, K: int, temperature: float,
+                 dtype: torch.dtype, device: torch.device, mode: str) -> Callable[[], Callable[[], object]]:
+    def factory():
+        with torch._functorch.config.patch(donated_buffer=False):  # see _nll_factory
+            return _build()
+
+    def _build():
+        if dense and device.type == "cpu" and 3 * P * A * 4 > _CPU_DENSE_LIMIT_BYTES:
+            raise SkipProvider(f"dense (P, A) logits need ~{3 * P * A * 4 / 2**30:.1f} GB on CPU")
+        fn = build()
+        f, bank, _ = _make_inputs(P, A, K, dtype, device, requires_grad=False)
+        if mode != "fwd":
+            f.requires_grad_()
+        grad = torch.randn(P, generator=torch.Generator().manual_seed(1)).to(device)
+        if mode == "fwd":
+            def run():
+                with torch.no_grad():
+                    return fn(f, bank, temperature)
+        elif mode == "bwd":
+            lse = fn(f, bank, temperature)
+
+            def run():
+                return torch.autograd.grad(lse, (f,), grad, retain_graph=True)
+        else:
+            def run():
+                return torch.autograd.grad(fn(f, bank, temperature), (f,), grad)
+        run()
+        return run
+
+    return factory
 
 
 def _loss_fns(device: torch.device) -> dict[str, Callable[[], Callable]]:
@@ -161,4 +236,15 @@ def cases(device: torch.device, quick: bool) -> list[BenchCase]:
                 {p: _argmax_factory(p, P, A, K, dtype, device) for p in ("triton", "eager", "compiled", "torch")},
                 flops=2.0 * P * A * K, bytes=(P * K + A * K) * elt + 3 * P * 8 + A * 8,
             ))
+        # LIIR's inter-video bank (anchor_lse), see the module docstring
+        P, A_bank, K_bank = (1024, 1440, 64) if quick else (4096, 1440 * 4, 64)
+        shape = f"LIIR bank P={P} A={A_bank} K={K_bank} {dname}"
+        for mode, flops in (("fwd", 2.0 * P * A_bank * K_bank), ("bwd", 2.0 * P * A_bank * K_bank * 2),
+                            ("fwd+bwd", 2.0 * P * A_bank * K_bank * 3)):
+            providers = {
+                name: _lse_factory(build, name in ("eager", "compiled"), P, A_bank, K_bank, 1.0, dtype, device, mode)
+                for name, build in _lse_fns(device).items()
+            }
+            out.append(BenchCase("anchor_lse", shape, mode, providers, flops=flops,
+                                 bytes=(P * K_bank + A_bank * K_bank) * elt * (1 if mode == "fwd" else 2) + P * 8))
     return out
