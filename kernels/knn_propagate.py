@@ -305,8 +305,8 @@ def knn_propagate_windowed(
     window: str = "disc",
     unrestricted: int = 1,
     counts: list[int] | None = None,
-    tile: int = 16,
-    frame_chunk: int = 5,
+    tile: int = 12,
+    frame_chunk: int = 10,
 ) -> torch.Tensor:
     """Memory-bounded PyTorch path. Shapes as :func:`knn_propagate`; -> (L, h, w) fp32.
 
@@ -315,7 +315,8 @@ def knn_propagate_windowed(
     m times can fill m of the k places, exactly as the repeated frames would), so the cost is that
     of the distinct frames.
 
-    Query pixels are processed in ``tile`` x ``tile`` tiles. For a tile: one GEMM against every
+    Query pixels are processed in ``tile`` x ``tile`` tiles (12 x 12 with 10 frames per GEMM measured
+    fastest at DAVIS 480p, C 512, radius 12, on a 2-core AVX-512 CPU). For a tile: one GEMM against every
     position of each unrestricted frame, and one GEMM per ``frame_chunk`` restricted frames against
     the rectangle covering the windows of all the tile's queries (keys channels-last, so the rectangle
     is a few contiguous runs); each query's own window cells are then gathered from its row of scores
