@@ -225,6 +225,8 @@ def merge_groups(groups: Sequence[tuple[Sequence[int], "object"]]) -> np.ndarray
     """
     import torch
 
+    from tritoncorr.propagation import channel_argmax
+
     if not groups:
         raise ValueError("merge_groups needs at least one group")
     bg, scores, ids = None, [], []
@@ -239,7 +241,7 @@ def merge_groups(groups: Sequence[tuple[Sequence[int], "object"]]) -> np.ndarray
     order = np.argsort(ids, kind="stable")
     stack = torch.stack([bg] + [scores[i] for i in order])
     lut = torch.tensor([0] + [ids[i] for i in order], dtype=torch.uint8, device=stack.device)
-    return lut[stack.argmax(0)].cpu().numpy()
+    return lut[channel_argmax(stack)].cpu().numpy()
 
 
 def write_indexed_png(path: Path, ids: np.ndarray, palette: list[int] | None = None) -> Path:

@@ -386,3 +386,14 @@ def test_distinct_slots_merges_repeats_but_not_unrestricted_slots():
     assert distinct_slots([0, 0, 1], 0) == ([0, 1], [2, 1])
     assert distinct_slots([0, 0, 0], 2) == ([0, 0, 0], [1, 1, 1])
     assert distinct_slots([0, 1, 1, 0], 0) == ([0, 1, 0], [1, 2, 1])  # only consecutive repeats merge
+
+
+def test_channel_argmax_equals_argmax_with_ties():
+    from tritoncorr.propagation import channel_argmax
+
+    g = torch.Generator().manual_seed(3)
+    for L, H, W in [(1, 5, 7), (2, 31, 17), (5, 40, 33)]:
+        x = torch.randint(0, 3, (L, H, W), generator=g).float()  # many exact ties: the first channel wins
+        assert torch.equal(channel_argmax(x), x.argmax(0))
+        y = torch.rand(L, H, W, generator=g)
+        assert torch.equal(channel_argmax(y), y.argmax(0))

@@ -425,7 +425,9 @@ class MaskCodec:
         return resize_nearest(up, geometry.size) if geometry.resized else up
 
     def decode(self, soft: torch.Tensor, geometry: FrameGeometry, config) -> np.ndarray:
-        ch = self._upsampled(soft, geometry, config).argmax(0)
+        from tritoncorr.propagation import channel_argmax
+
+        ch = channel_argmax(self._upsampled(soft, geometry, config))
         if geometry.resized:
             ch = resize_nearest(ch, geometry.size)
         lab = torch.from_numpy(self.labels).to(ch.device)

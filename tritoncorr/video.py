@@ -336,7 +336,7 @@ def propagate_video(
     """
     from tritoncorr.evals.davis import write_palette_png
     from tritoncorr.evaluate import frame_features, frame_to_tensor
-    from tritoncorr.propagation import decode_labels, encode_labels
+    from tritoncorr.propagation import channel_argmax, decode_labels, encode_labels
     from tritoncorr.propagation import StreamingPropagator
 
     if 0 not in masks:
@@ -368,7 +368,7 @@ def propagate_video(
         up = decode_labels(soft, (Hp, Wp), align_corners=cfg.upsample_align_corners, minmax=cfg.minmax)[:, :H, :W]
         if (H, W) != (H0, W0):
             up = F.interpolate(up[None], size=(H0, W0), mode="bilinear", align_corners=False)[0]
-        return id_of[up.argmax(0)].cpu().numpy()
+        return id_of[channel_argmax(up)].cpu().numpy()
 
     writer = None
     if overlay:
@@ -401,7 +401,7 @@ def propagate_video(
                     restarted[torch.unique(new_ch)] = True
                     restarted[0] = False
                     up = decode_labels(soft, (Hp, Wp), align_corners=cfg.upsample_align_corners, minmax=cfg.minmax)
-                    merged = up.argmax(0)
+                    merged = channel_argmax(up)
                     merged = torch.where(restarted[merged], torch.zeros_like(merged), merged)
                     merged = torch.where(new_ch > 0, new_ch, merged)
                     prop.annotate(encode_labels(merged, L, grid, cfg.label_downsample), restarted)

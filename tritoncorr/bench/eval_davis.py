@@ -1,8 +1,8 @@
 """End-to-end benchmark of ``tritoncorr eval davis``'s work on one video: features of every frame,
 first-frame labels propagated through the video, decoded masks (kernel ``eval_davis``).
 
-A generated DAVIS-like sequence (smooth random frames at 480 x 854, a blob as the first mask; the
-image content does not change the cost), DUL's protocol (random-init ResNet-18 stride 8, layer4,
+A generated DAVIS-like sequence (a smooth random scene panning across 480 x 854 frames with a little
+noise, an ellipse as the first mask; the content hardly changes the cost, but no two frames are equal), DUL's protocol (random-init ResNet-18 stride 8, layer4,
 frame 0 + 20 previous frames, disc radius 12, top-10, tau 0.05). Providers:
 
 * ``"tritoncorr"``: :func:`tritoncorr.evaluate.propagate_sequence` with float32 features (the
@@ -32,12 +32,16 @@ FRAMES = 24  # > 21: both the early frames (frame 0 repeated) and a full context
 
 
 def _video(t: int, h: int, w: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """``t`` frames of a smooth random scene panning 2 px per frame, with a little per-frame noise (no two
+    frames are equal, as in a real video: identical frames would make exact score ties everywhere,
+    which real features never have), and an ellipse as the first mask."""
     g = torch.Generator().manual_seed(0)
-    base = torch.rand(1, 3, h // 16, w // 16, generator=g)
+    pan = 2 * t
+    base = torch.rand(1, 3, h // 16 + 1, (w + pan) // 16 + 1, generator=g)
+    scene = F.interpolate(base, size=(h, w + pan), mode="bilinear", align_corners=False)[0]
     frames = []
     for i in range(t):
-        shifted = torch.roll(base, shifts=(0, i % 3), dims=(2, 3))
-        img = F.interpolate(shifted, size=(h, w), mode="bilinear", align_corners=False)[0]
+        img = (scene[:, :, 2 * i:2 * i + w] + 0.02 * torch.randn(3, h, w, generator=g)).clamp(0, 1)
         frames.append((img.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
     yy, xx = np.mgrid[:h, :w]
     mask = (((yy - h / 2) / (h / 4)) ** 2 + ((xx - w / 2) / (w / 5)) ** 2 < 1).astype(np.uint8)
@@ -69,7 +73,7 @@ def _slots_factory(device: torch.device, t: int, h: int, w: int, dense: bool):
         from tritoncorr.evaluate import frame_to_tensor
         from tritoncorr.kernels.knn_propagate import knn_propagate, knn_propagate_dense
         from tritoncorr.methods.inference import load_feature_model
-        from tritoncorr.propagation import PRESETS, context_indices, decode_labels, encode_labels
+        from tritoncorr.propagation import PRESETS, channel_argmax, context_indices, decode_labels, encode_labels
 
         cfg = PRESETS["dul"]
         frames, mask = _video(t, h, w)
@@ -84,7 +88,8 @@ def _slots_factory(device: torch.device, t: int, h: int, w: int, dense: bool):
                 labels.append((knn_propagate_dense if dense else knn_propagate)(
                     feats[i], feats[sel], torch.stack([labels[s] for s in sel]),
                     radius=cfg.radius, topk=cfg.topk, temperature=cfg.temperature, window=cfg.window, unrestricted=1))
-            return [decode_labels(lab, (h, w), align_corners=True).argmax(0).to(torch.uint8).cpu().numpy() for lab in labels]
+            return [channel_argmax(decode_labels(lab, (h, w), align_corners=True)).to(torch.uint8).cpu().numpy()
+                    for lab in labels]
 
         return run
 
