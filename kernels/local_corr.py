@@ -204,8 +204,8 @@ ATTN_CHUNK_BYTES = 8 * 2**20
 
 def _attn_chunk_tiles(T: int, R: int, C: int, D: int, nbx: int, elt: int, backward: bool) -> int:
     """Tiles per chunk so that one chunk's working set stays within :data:`ATTN_CHUNK_BYTES`."""
-    if backward:  # s/p, dp/ds; q, dO, dQ; k, v, dK, dV rectangles (+ the band copies)
-        per_tile = 2 * T * T * R * R + T * T * (2 * C + D) + 3 * (C + D) * R * R
+    if backward:  # s/p, dp/ds; q, dO, dQ; k (or dK), v, dV rectangles (+ the band copies)
+        per_tile = 2 * T * T * R * R + T * T * (2 * C + D) + 2 * (C + D) * R * R
     else:  # s/p; q; k, v rectangles (+ the band copies)
         per_tile = T * T * R * R + T * T * C + 2 * (C + D) * R * R
     return max(1, min(nbx, ATTN_CHUNK_BYTES // (per_tile * elt)))
@@ -282,10 +282,12 @@ def _torch_attn_bwd(query, key, value, out, lse, dout, dlse, radius, scale, bord
                 p = torch.matmul(q, k).mul_(scale).sub_(l).exp_()            # (n, T2, R2); beyond-image queries: q = 0
                 p.masked_fill_(~_attn_mask(win, border, H, W, y0, x0, T, radius, n, query.device), 0.0)
                 ds = torch.matmul(do, v).sub_(dl).mul_(p).mul_(scale)        # (n, T2, R2)
+                del v
                 _write_tiles(dq, torch.matmul(ds, k.transpose(-1, -2)), b, y0, x0, T, n)
+                del k  # before dK's rectangles exist: one (n, C, R2) block alive at a time
                 add_chunk_regions(dk, torch.matmul(q.transpose(-1, -2), ds), b, y0, x0, T, radius)
                 add_chunk_regions(dv, torch.matmul(do.transpose(-1, -2), p), b, y0, x0, T, radius)
-                del q, do, k, v, p, ds
+                del q, do, p, ds
     return dq, dk.to(key.dtype), dv.to(value.dtype)
 
 

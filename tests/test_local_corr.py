@@ -137,7 +137,7 @@ def test_torch_path_matches_reference(torch_backend, B, C, D, H, W, r, dil):
 @pytest.mark.parametrize("B,C,D,H,W,r", [(2, 5, 3, 19, 13, 3), (1, 4, 2, 17, 35, 9), (1, 3, 1, 8, 8, 6), (2, 2, 1, 1, 9, 1),
                                          (1, 3, 2, 9, 41, 2)])
 def test_torch_path_tiles_forward_and_backward(torch_backend, monkeypatch, chunk, B, C, D, H, W, r):
-    """The tiled CPU path (8x8 tiles up to radius 8, 16x16 beyond) across several tiles, partial tiles
+    """The tiled CPU path (8x8 tiles) across several tiles, partial tiles
     and both borders, with the budget's chunks (whole rows here) and chunks of 1, 2 and 3 tiles (rows
     ending in a shorter chunk; rectangles overlapping across chunk edges): out, lse and the gradients
     of a loss on both against the reference, in fp64."""
