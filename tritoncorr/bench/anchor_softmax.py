@@ -11,8 +11,9 @@ Providers:
   ``triton``   the fused Triton ops (CUDA only),
   ``eager``    the reference with explicit (P, A) logits (``F.cross_entropy``),
   ``compiled`` ``torch.compile`` of the reference (compiled and warmed up in the factory),
-  ``torch``    our chunked PyTorch path (never holds P x A; called directly, see :class:`_ChunkedNll`).
-Modes: ``fwd``, ``bwd`` (backward of ``loss.mean()`` through a graph built in the factory) and ``fwd+bwd``.
+  ``torch``    our chunked PyTorch path (never holds P x A; called directly, see :class:`_Chunked`).
+Modes (:func:`~tritoncorr.bench.core.run_for_mode`): ``fwd``, ``bwd`` (backward through a graph built in the
+factory) and ``fwd+bwd``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from tritoncorr.bench.core import BenchCase, SkipProvider
+from tritoncorr.bench.core import BenchCase, SkipProvider, run_for_mode
 from tritoncorr.kernels import anchor_softmax as mod
 
 TEMPERATURE = 0.07
@@ -39,41 +40,29 @@ def _make_inputs(P: int, A: int, K: int, dtype: torch.dtype, device: torch.devic
     return f, q, labels
 
 
-class _ChunkedNll(torch.autograd.Function):
-    """The chunked PyTorch path (the implementation behind ``tritoncorr::anchor_nll``), called without the
-    op wrapper: an opaque custom op hides its internal allocations from the CPU peak-memory tracker
-    (a ``TorchDispatchMode`` only sees the op's outputs), so the benchmark calls the same functions directly."""
+class _Chunked(torch.autograd.Function):
+    """The chunked PyTorch path (the implementation behind ``tritoncorr::anchor_nll`` / ``anchor_lse``):
+    ``(loss, lse)``, each (P,), called without the op wrapper: an opaque custom op hides its internal
+    allocations from the CPU peak-memory tracker (a ``TorchDispatchMode`` only sees the op's outputs), so
+    the benchmark calls the same functions directly. ``anchor_lse`` is this with every label -1."""
 
     @staticmethod
-    def forward(ctx, f, q, lab):
-        loss, lse = mod._torch_fwd(f, q, lab, TEMPERATURE)
-        ctx.save_for_backward(f, q, lab, lse)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        f, q, lab, lse = ctx.saved_tensors
-        df, dq = mod._torch_bwd(f, q, lab, lse, grad_loss, torch.zeros_like(lse), TEMPERATURE)
-        return df, dq, None
-
-
-class _ChunkedLse(torch.autograd.Function):
-    """The chunked PyTorch path behind ``tritoncorr::anchor_lse`` (labels -1: the loss part is 0), called
-    directly for the same reason as :class:`_ChunkedNll`; the gradient goes to the features only."""
-
-    @staticmethod
-    def forward(ctx, f, q, temperature):
-        lab = torch.full((f.shape[0],), -1, dtype=torch.int64, device=f.device)
-        _, lse = mod._torch_fwd(f, q, lab, temperature)
+    def forward(ctx, f, q, lab, temperature):
+        loss, lse = mod._torch_fwd(f, q, lab, temperature)
         ctx.save_for_backward(f, q, lab, lse)
         ctx.temperature = temperature
-        return lse
+        return loss, lse
 
     @staticmethod
-    def backward(ctx, grad_lse):
+    def backward(ctx, grad_loss, grad_lse):
         f, q, lab, lse = ctx.saved_tensors
-        df, _ = mod._torch_bwd(f, q, lab, lse, torch.zeros_like(lse), grad_lse, ctx.temperature)
-        return df, None, None
+        df, dq = mod._torch_bwd(f, q, lab, lse, grad_loss, grad_lse, ctx.temperature)
+        return df, dq, None, None
+
+
+def _chunked_lse(f, q, temperature):
+    lab = torch.full((f.shape[0],), -1, dtype=torch.int64, device=f.device)
+    return _Chunked.apply(f, q, lab, temperature)[1]
 
 
 def _lse_fns(device: torch.device) -> dict[str, Callable[[], Callable]]:
@@ -91,7 +80,7 @@ def _lse_fns(device: torch.device) -> dict[str, Callable[[], Callable]]:
         return torch.compile(mod.anchor_lse_reference)
 
     def torch_fn():
-        return _ChunkedLse.apply
+        return _chunked_lse
 
     return {"triton": triton_fn, "eager": eager_fn, "compiled": compiled_fn, "torch": torch_fn}
 
@@ -107,23 +96,8 @@ def _lse_factory(build: Callable[[], Callable], dense: bool, P: int, A: int, K: 
             raise SkipProvider(f"dense (P, A) logits need ~{3 * P * A * 4 / 2**30:.1f} GB on CPU")
         fn = build()
         f, bank, _ = _make_inputs(P, A, K, dtype, device, requires_grad=False)
-        if mode != "fwd":
-            f.requires_grad_()
-        grad = torch.randn(P, generator=torch.Generator().manual_seed(1)).to(device)
-        if mode == "fwd":
-            def run():
-                with torch.no_grad():
-                    return fn(f, bank, temperature)
-        elif mode == "bwd":
-            lse = fn(f, bank, temperature)
-
-            def run():
-                return torch.autograd.grad(lse, (f,), grad, retain_graph=True)
-        else:
-            def run():
-                return torch.autograd.grad(fn(f, bank, temperature), (f,), grad)
-        run()
-        return run
+        f.requires_grad_(mode != "fwd")  # the bank is detached: gradients to the features only
+        return run_for_mode(lambda: fn(f, bank, temperature), [f], mode)
 
     return factory
 
@@ -143,7 +117,7 @@ def _loss_fns(device: torch.device) -> dict[str, Callable[[], Callable]]:
         return torch.compile(lambda f, q, lab: mod.anchor_nll_reference(f, q, lab, TEMPERATURE))
 
     def torch_fn():
-        return _ChunkedNll.apply
+        return lambda f, q, lab: _Chunked.apply(f, q, lab, TEMPERATURE)[0]
 
     return {"triton": triton_fn, "eager": eager_fn, "compiled": compiled_fn, "torch": torch_fn}
 
@@ -161,20 +135,7 @@ def _nll_factory(build: Callable[[], Callable], dense: bool, P: int, A: int, K: 
             raise SkipProvider(f"dense (P, A) logits need ~{3 * P * A * 4 / 2**30:.1f} GB on CPU")
         fn = build()
         f, q, labels = _make_inputs(P, A, K, dtype, device, requires_grad=(mode != "fwd"))
-        if mode == "fwd":
-            def run():
-                with torch.no_grad():
-                    return fn(f, q, labels)
-        elif mode == "bwd":
-            loss = fn(f, q, labels).mean()
-
-            def run():
-                return torch.autograd.grad(loss, (f, q), retain_graph=True)
-        else:
-            def run():
-                return torch.autograd.grad(fn(f, q, labels).mean(), (f, q))
-        run()  # warm-up (compiles torch.compile / autotunes Triton here, not in the timed calls)
-        return run
+        return run_for_mode(lambda: fn(f, q, labels), [f, q], mode)
 
     return factory
 
@@ -192,7 +153,7 @@ def _argmax_factory(provider: str, P: int, A: int, K: int, dtype: torch.dtype, d
         if provider == "triton":
             fn = mod._anchor_argmax_triton_op
         elif provider == "torch":
-            fn = mod._torch_argmax  # the op's implementation, called directly (see _ChunkedNll)
+            fn = mod._torch_argmax  # the op's implementation, called directly (see _Chunked)
         elif provider == "eager":
             fn = mod.anchor_argmax_reference
         else:

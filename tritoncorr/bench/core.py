@@ -63,6 +63,29 @@ class BenchResult:
     note: str = ""
 
 
+def run_for_mode(fn: Callable[[], torch.Tensor], inputs: list[torch.Tensor], mode: str) -> Callable[[], object]:
+    """The zero-argument call to time for ``mode``: ``"fwd"`` (``fn()`` without autograd), ``"bwd"`` (the
+    gradients w.r.t. ``inputs`` of one graph of ``fn()`` built here, for a fixed random output gradient,
+    repeated with ``retain_graph``) or ``"fwd+bwd"`` (``fn()`` and its gradients for an output gradient of
+    ones). Called once here as a warm-up (compiles Triton / ``torch.compile`` outside the timed calls)."""
+    if mode == "fwd":
+        def run():
+            with torch.no_grad():
+                return fn()
+    elif mode == "bwd":
+        out = fn()
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
+
+        def run():
+            return torch.autograd.grad(out, inputs, grad, retain_graph=True)
+    else:
+        def run():
+            out = fn()
+            return torch.autograd.grad(out, inputs, torch.ones_like(out))
+    run()
+    return run
+
+
 def _cpu_peak_bytes(fn: Callable[[], Any]) -> int:
     """Peak bytes allocated through torch's CPU allocator during one call of ``fn``.
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from tritoncorr.bench.core import BenchCase, SkipProvider
+from tritoncorr.bench.core import BenchCase, SkipProvider, run_for_mode
 from tritoncorr.kernels import local_corr as mod
 
 _CPU_VOLUME_LIMIT_BYTES = 2 * 2**30  # the unfold provider holds a few (B, P*P, H, W) fp32 volumes
@@ -72,25 +72,6 @@ def _inputs(B, C, D, H, W, dtype, device, requires_grad):
     return tensors
 
 
-def _run_for_mode(fn: Callable[[], torch.Tensor], inputs: list[torch.Tensor], mode: str) -> Callable[[], object]:
-    if mode == "fwd":
-        def run():
-            with torch.no_grad():
-                return fn()
-    elif mode == "bwd":
-        out = fn()
-        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
-
-        def run():
-            return torch.autograd.grad(out, inputs, grad, retain_graph=True)
-    else:
-        def run():
-            out = fn()
-            return torch.autograd.grad(out, inputs, torch.ones_like(out))
-    run()  # warm-up (compiles the Triton kernels here, not in the timed calls)
-    return run
-
-
 def _attn_factory(provider: str, build, B, C, D, H, W, radius, scale, border, dtype, device, mode):
     def factory():
         P2 = (2 * radius + 1) ** 2
@@ -98,7 +79,7 @@ def _attn_factory(provider: str, build, B, C, D, H, W, radius, scale, border, dt
             raise SkipProvider("the (B, P*P, H, W) volumes are too large for CPU")
         fn = build()
         q, k, v = _inputs(B, C, D, H, W, dtype, device, requires_grad=(mode != "fwd"))
-        return _run_for_mode(lambda: fn(q, k, v, radius, scale, border), [q, k, v], mode)
+        return run_for_mode(lambda: fn(q, k, v, radius, scale, border), [q, k, v], mode)
 
     return factory
 
@@ -118,7 +99,7 @@ def _corr_factory(provider: str, B, C, H, W, radius, dtype, device, mode):
                 raise SkipProvider(f"the unfolded key (B, C*P*P, H*W) needs ~{need / 2**30:.1f} GB")
             op = lambda q, k, r, d: mod.local_correlation_reference(q, k, r, dilation=d)  # noqa: E731
         q, k, _ = _inputs(B, C, 1, H, W, dtype, device, requires_grad=(mode != "fwd"))
-        return _run_for_mode(lambda: op(q, k, radius, 1), [q, k], mode)
+        return run_for_mode(lambda: op(q, k, radius, 1), [q, k], mode)
 
     return factory
 
