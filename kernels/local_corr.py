@@ -230,7 +230,7 @@ def _torch_attn_fwd(query, key, value, radius, scale, border, tile=None):
     B, C, H, W = query.shape
     D = value.shape[1]
     acc = _acc_dtype(query.dtype)
-    T, R, nby, nbx = block_geometry(H, W, radius, tile or attention_tile(radius))
+    T, R, _, nbx = block_geometry(H, W, radius, tile or attention_tile(radius))
     n_chunk = _attn_chunk_tiles(T, R, C, D, nbx, torch.tensor([], dtype=acc).element_size(), backward=False)
     win = window_in_region(T, R, radius, query.device)                   # (T2, R2)
     out = torch.empty((B, D, H, W), dtype=value.dtype, device=query.device)
@@ -260,7 +260,7 @@ def _torch_attn_bwd(query, key, value, out, lse, dout, dlse, radius, scale, bord
     B, C, H, W = query.shape
     D = value.shape[1]
     acc = _acc_dtype(query.dtype)
-    T, R, nby, nbx = block_geometry(H, W, radius, tile or attention_tile(radius))
+    T, R, _, nbx = block_geometry(H, W, radius, tile or attention_tile(radius))
     n_chunk = _attn_chunk_tiles(T, R, C, D, nbx, torch.tensor([], dtype=acc).element_size(), backward=True)
     win = window_in_region(T, R, radius, query.device)
     # per-pixel scalars as (B, 1, H, W) maps, read per chunk like the features

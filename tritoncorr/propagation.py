@@ -422,7 +422,8 @@ class StreamingPropagator:
             frames, counts = distinct_slots(refs, 1 if cfg.unrestricted_first else 0)
             pred = knn_propagate(
                 feats, _stack_channels_last([self._feats[i] for i in frames]),
-                torch.stack([self._labels[i] for i in frames]), radius=cfg.radius, topk=cfg.topk, temperature=cfg.temperature, window=cfg.window,
+                torch.stack([self._labels[i] for i in frames]),
+                radius=cfg.radius, topk=cfg.topk, temperature=cfg.temperature, window=cfg.window,
                 unrestricted=1 if cfg.unrestricted_first else 0, counts=counts,
             )
         if cfg.foreground_boost != 1.0:

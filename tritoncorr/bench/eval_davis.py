@@ -2,8 +2,9 @@
 first-frame labels propagated through the video, decoded masks (kernel ``eval_davis``).
 
 A generated DAVIS-like sequence (a smooth random scene panning across 480 x 854 frames with a little
-noise, an ellipse as the first mask; the content hardly changes the cost, but no two frames are equal), DUL's protocol (random-init ResNet-18 stride 8, layer4,
-frame 0 + 20 previous frames, disc radius 12, top-10, tau 0.05). Providers:
+noise, an ellipse as the first mask; the content hardly changes the cost, but no two frames are
+equal), DUL's protocol (random-init ResNet-18 stride 8, layer4, frame 0 + 20 previous frames, disc
+radius 12, top-10, tau 0.05). Providers:
 
 * ``"tritoncorr"``: :func:`tritoncorr.evaluate.propagate_sequence` with float32 features (the
   papers' protocol; distinct context frames scored once, windowed tiles on CPU / the Triton
