@@ -1,7 +1,7 @@
 """JHMDB pose propagation: reader, the 15-joint label encoding and decoding, PCK, as CRW computes them.
 
 The protocol is CRW's (ajabri/videowalk ``code/data/jhmdb.py``, ``code/utils/test_utils.py``
-``process_pose``, ``code/eval/eval_pck.py``; ``methods/dul.md`` section 4.3):
+``process_pose``, ``code/eval/eval_pck.py``; ``docs/methods/dul.md`` section 4.3):
 
 * joints: ``pos_img`` of ``joint_positions.mat`` ``(2, 15, T)`` (x, y per joint and frame, MATLAB
   1-based pixels) minus 1; frames resized to ``input_size`` (320 x 320, aspect ignored);

@@ -1,6 +1,6 @@
 """VIP human-part propagation: reader, the confusion histogram and mIoU as CRW's ``eval_vip.py`` computes them.
 
-Protocol (CRW ``code/eval/eval_vip.py``, ``code/data/vos.py``; ``methods/dul.md`` section 4.2):
+Protocol (CRW ``code/eval/eval_vip.py``, ``code/data/vos.py``; ``docs/methods/dul.md`` section 4.2):
 
 * 20 classes (background, hat, hair, sun-glasses, upper-clothes, dress, coat, socks, pants,
   gloves, scarf, skirt, torso-skin, face, right/left arm, right/left leg, right/left shoe);

@@ -29,7 +29,7 @@ split over P into a few deterministic partial sums (no atomics; an fp32 (splits,
 in a fixed order). Each backward kernel recomputes the logits (in BLOCK_K = 32 chunks of K) once per
 output column block: once at K = 128 for 16-bit inputs, twice for fp32 (BLOCK_D = 64, see _CONFIGS).
 
-Op pattern (ARCHITECTURE.md): the public functions choose the path in Python before calling an op.
+Op pattern (docs/KERNELS.md): the public functions choose the path in Python before calling an op.
 CUDA tensors (or ``TRITONCORR_BACKEND=triton`` with the interpreter) -> ``torch.library.triton_op``
 ``tritoncorr::anchor_nll_triton`` / ``anchor_nll_backward_triton`` / ``anchor_argmax_triton``;
 otherwise the opaque ``custom_op`` ``tritoncorr::anchor_nll`` / ``anchor_nll_backward`` /

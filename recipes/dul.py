@@ -1,6 +1,6 @@
 """DUL (Araslanov et al., NeurIPS 2021) recipes: ``tritoncorr train recipes/dul.py[:NAME]``.
 
-* ``default``: the paper's YouTube-VOS setting (design/methods/dul.md §1, §2.8), reading the frame
+* ``default``: the paper's YouTube-VOS setting (docs/methods/dul.md §1, §2.8), reading the frame
   folders from ``$TRITONCORR_DATA/YouTube-VOS/train/JPEGImages`` (default ``~/.cache/tritoncorr``);
   elsewhere set ``--set data.root=/path/to/youtube-vos/train/JPEGImages``.
 * ``cpu``: the same method scaled down to train in about ten minutes on a 2-core CPU from a folder

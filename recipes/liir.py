@@ -1,6 +1,6 @@
 """LIIR (Li et al., CVPR 2022) recipes: ``tritoncorr train recipes/liir.py[:NAME]``.
 
-Spec: ``design/methods/liir.md`` (§2 data, §3 model, §4-6 losses, §7 schedule). The paper's own
+Spec: ``docs/methods/liir.md`` (§2 data, §3 model, §4-6 losses, §7 schedule). The paper's own
 schedule is UNKNOWN; the recipes follow the unofficial code's two-stage schedule (spec §7), whose
 learning-rate milestones count SAMPLES (``iteration x 12``), converted here to optimiser steps.
 

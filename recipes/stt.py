@@ -5,7 +5,7 @@ teacher and as the student's initialisation (``method.teacher_weights``; ``metho
 "teacher" = the same file, as the official config). A published MoCo v2 / DetCo ``.pth.tar`` also
 works: ``--set method.teacher_weights=/path/moco_v2_800ep_pretrain.pth.tar``.
 
-* ``default``: the official training config (design/methods/stt.md §1, ``configs/train/train.py``):
+* ``default``: the official training config (docs/methods/stt.md §1, ``configs/train/train.py``):
   ResNet-50 student stride 8, teacher ResNet-50, YouTube-VOS-2018 train at
   ``$TRITONCORR_DATA/YouTube-VOS/train`` (``~/.cache/tritoncorr`` when ``TRITONCORR_DATA`` is unset,
   the rule of ``tritoncorr.evaluate``; another folder with ``--set data.root=...``), teacher

@@ -5,7 +5,7 @@ The run's ``model.safetensors`` holds the query backbone under ``backbone.*`` (t
 STT step 2 (``recipes/stt.py``) loads it as teacher and student initialisation through
 :func:`tritoncorr.models.loading.load_backbone_weights` (see :mod:`tritoncorr.methods.moco`).
 
-* ``default``: the paper's step 1 (design/methods/stt.md §2: MoCo, 200 epochs on ImageNet, official
+* ``default``: the paper's step 1 (docs/methods/stt.md §2: MoCo, 200 epochs on ImageNet, official
   MoCo v2 hyper-parameters): ResNet-50 on ``$TRITONCORR_DATA/ImageNet/train`` (``~/.cache/tritoncorr``
   when ``TRITONCORR_DATA`` is unset, as ``tritoncorr.evaluate``); another folder with
   ``--set data.root=/path/to/imagenet/train``. One process with batch 256 (BN in 8 groups of 32 = the

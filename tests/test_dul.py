@@ -1,5 +1,5 @@
 """DUL method: each loss term against a direct transcription of the spec's equations
-(design/methods/dul.md §2.4-2.7: explicit logits, dense softmax, grid_sample of the logits), the
+(docs/methods/dul.md §2.4-2.7: explicit logits, dense softmax, grid_sample of the logits), the
 grid sampling and view alignment properties, and a few training steps lowering the loss."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""LIIR training method (tritoncorr/methods/liir.py, spec design/methods/liir.md).
+"""LIIR training method (tritoncorr/methods/liir.py, spec docs/methods/liir.md).
 
 Every loss term of :meth:`LIIR.forward` is recomputed from the same model and the same random draws
 by a direct transcription of the spec's equations / the unofficial code (``F.unfold`` correlation

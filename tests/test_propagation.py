@@ -89,7 +89,7 @@ def test_propagate_matches_pixel_loop(window, radius, unrestricted_first):
 
 
 def test_identical_frames_reproduce_labels_exactly():
-    """dul.md §8: identical context frames, distinct per-position features -> top-10 all hit the own
+    """stt.md §8: identical context frames, distinct per-position features -> top-10 all hit the own
     position, so one-hot labels are reproduced exactly in every frame."""
     g = fresh_generator()
     h, w = 6, 7

@@ -302,7 +302,7 @@ def test_entropy_selection_modes():
     row21 = scores.sort(-1, descending=True).values[:, 21]  # (B, 32): x-th largest of row 21
     assert torch.equal(bug, (scores > row21[:, None, :]).double())
     frac = bug.mean().item()
-    assert 0.4 < frac < 0.6  # about 49 % (spec §3.9)
+    assert 0.4 < frac < 0.6  # about 49 % (stt.md §3.9)
     cols = bug.mean((0, 1))
     assert cols[0] < 0.3 and cols[-1] > 0.7  # left-to-right bias
     assert torch.equal(entropy_mask(scores, 0.7, "none"), torch.ones_like(scores))

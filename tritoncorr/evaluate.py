@@ -29,7 +29,7 @@ the same path, generic over the kind of label through a *label codec*:
 * benchmarks (``tritoncorr/evals/<benchmark>.py``: readers, codecs, metrics, writers) compose these;
   a new benchmark is one such file plus one CLI command.
 
-DAVIS follows DUL (``methods/dul.md`` section 3) under the default preset: frames at native
+DAVIS follows DUL (``docs/methods/dul.md`` section 3) under the default preset: frames at native
 resolution, ImageNet normalisation, one frame at a time, first-frame one-hot labels (channel 0
 background, channel k = object id k) bilinearly (align_corners=True) point-sampled to the grid,
 propagated soft labels bilinearly upsampled to the annotation size, argmax over all channels; the

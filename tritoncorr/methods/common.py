@@ -185,7 +185,7 @@ def compactness_mask(prob: torch.Tensor, threshold: float, *, dim: int = 1) -> t
 
     Args:
         prob: ``(N, P*P, ...)`` window probabilities, window axis ``dim``.
-        threshold: 0.5 in LIIR training, 0.1 at inference (spec §6).
+        threshold: 0.5 in LIIR training, 0.1 at inference (liir.md §6).
 
     Returns:
         bool, ``prob``'s shape with the window axis kept as size 1 (broadcasts against ``prob``).

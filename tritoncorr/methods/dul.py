@@ -1,6 +1,6 @@
 """DUL: "Dense Unsupervised Learning for Video Segmentation" (Araslanov et al., NeurIPS 2021).
 
-The training objective, as the official code computes it (spec: ``design/methods/dul.md`` §2):
+The training objective, as the official code computes it (spec: ``docs/methods/dul.md`` §2):
 
 * every clip (``B`` videos x ``T`` frames, main view, already cropped/flipped by the data pipeline)
   gets a *regularising view*: one random h-flip + square zoom-in crop per clip

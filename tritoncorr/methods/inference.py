@@ -130,7 +130,8 @@ def load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
     """Load ``checkpoint`` (a ``.safetensors`` file or a run / checkpoint folder) for inference.
 
     ``precision``: ``"fp32"`` (the protocol of the papers) or ``"bf16"`` (the feature extractor under
-    bfloat16 autocast; J&F moves by about +-0.01, see docs/EVAL_SPEED.md; propagation stays float32).
+    bfloat16 autocast, propagation stays float32; J&F 0.787 bf16 vs 0.788 fp32 on bear at random init,
+    docs/DUL_CPU.md; speed in benchmarks/results/README.md).
 
     Raises:
         FileNotFoundError: no weights at ``checkpoint``.

@@ -1,5 +1,5 @@
 """LIIR: "Locality-Aware Inter-and Intra-Video Reconstruction for Self-Supervised Correspondence
-Learning" (Li et al., CVPR 2022, arXiv 2203.14333). Training method; spec ``design/methods/liir.md``.
+Learning" (Li et al., CVPR 2022, arXiv 2203.14333). Training method; spec ``docs/methods/liir.md``.
 
 Source tags as in the spec: [S] supplement, [A] abstract/README/Fig. 2, [U] unofficial code
 (shasha521/LIIR_pytorch), [M] MAST, [G] a guess. The paper's method section was never found, so

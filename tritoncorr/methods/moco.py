@@ -1,6 +1,6 @@
 """MoCo v2 (He et al. CVPR 2020; Chen et al. 2020, "Improved Baselines with Momentum Contrastive
 Learning"): STT step 1, the spatial (image) pre-training whose query backbone becomes the teacher and
-the student initialisation of STT step 2 (design/methods/stt.md §2).
+the student initialisation of STT step 2 (docs/methods/stt.md §2).
 
 The STT repository ships no step-1 code ("use the official MoCo or DetCo", README.md:156-157); the
 paper trains MoCo for 200 epochs on ImageNet "following most hyper-parameter settings of [MoCo]". We
@@ -24,7 +24,7 @@ stt.md §2 calls this an unverified assumption:
   averaged over the batch (``logits = [q.k+, q.queue] / T``, cross-entropy at class 0), one
   direction (query = ``view1``, key = ``view2``), as the official code;
 * shuffling BN: each key must be normalised with BatchNorm statistics of a *different* group of
-  samples than its query, else the model can cheat through the batch statistics (MoCo §3.3).
+  samples than its query, else the model can cheat through the batch statistics (MoCo paper, section 3.3).
   Under DDP (more than one process) we do what the official code does: gather the key images of
   all ranks, apply one random permutation (drawn on rank 0, broadcast), run the key encoder on this
   rank's slice, gather the keys and undo the permutation; BN is per process (no SyncBN: keep

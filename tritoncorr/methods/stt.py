@@ -1,7 +1,7 @@
 """STT step 2: "Spatial-then-Temporal Self-Supervised Learning for Video Correspondence" (Li & Liu, CVPR 2023).
 
 Step 2 fine-tunes a step-1 (contrastive, image-level) ResNet on video with a colour-reconstruction
-objective plus two correlation distillations (spec ``design/methods/stt.md`` §3; the official
+objective plus two correlation distillations (spec ``docs/methods/stt.md`` §3; the official
 ``vcl/models/trackers/framework.py`` forward_train, "FW"). Step 1 is :mod:`tritoncorr.methods.moco`.
 
 One training iteration (spec §3.13), ``B`` clips of 2 frames, frame 0 = reference, frame 1 = target:
