@@ -184,7 +184,7 @@ def test_resume_is_exact_via_cli(tmp_path):
     wa, wb = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     saved = json.loads((part / "config.json").read_text())
-    assert saved["steps"] == 8 and saved["method"]["__class__"] == "toy_method:ToyMethodConfig"
+    assert saved["steps"] == 8 and saved["method"]["__class__"] == "toy"
     assert (part / "curves.png").is_file()
     # keep_last=2, every=2 in the toy recipe
     assert [s for s, _ in ck.list_checkpoints(full)] == [4, 6]

@@ -37,7 +37,7 @@ def test_metadata_records_method_color_preset_and_config():
     assert meta["tritoncorr.method"] == "dul" and meta["tritoncorr.input_color"] == "rgb"
     assert meta["tritoncorr.preset"] == "dul"
     cfg = json.loads(meta["tritoncorr.method_config"])
-    assert cfg["__class__"] == "tritoncorr.methods.dul:DULConfig" and cfg["key_dim"] == 16
+    assert cfg["__class__"] == "dul" and cfg["key_dim"] == 16
     assert method_metadata(torch.nn.Linear(2, 2)) == {}  # a module that declares nothing
 
 

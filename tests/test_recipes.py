@@ -105,7 +105,7 @@ def test_coerce_generic_types():
 def test_json_roundtrip_rebuilds_classes():
     cfg = load_recipe(TOY, ["optim.betas=0.5,0.9", "method.channels=6"])
     data = json.loads(json.dumps(config_to_dict(cfg)))
-    assert data["method"]["__class__"] == "toy_method:ToyMethodConfig"
+    assert data["method"]["__class__"] == "toy" and data["data"]["__class__"] == "toy_data"
     assert "__class__" not in data["optim"]  # fixed by the declared type
     back = config_from_dict(data)
     assert back == cfg and isinstance(back.data, ToyDataConfig)

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tritoncorr.engine.registry import register_config
+
 
 @dataclass
 class ToyMethodConfig:
@@ -136,3 +138,9 @@ class ToyDataConfig:
 
     def build_loader(self, *, seed: int, rank: int = 0, world_size: int = 1) -> ToyLoader:
         return ToyLoader(self, seed, rank, world_size)
+
+
+# The toy configs are recorded in config.json / checkpoint metadata as "toy" / "toy_data"; files may
+# only name registered classes (tritoncorr.engine.registry).
+register_config("toy", ToyMethodConfig)
+register_config("toy_data", ToyDataConfig)

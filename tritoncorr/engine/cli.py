@@ -36,6 +36,7 @@ from tritoncorr.engine.config import (
     apply_dict,
     apply_overrides,
     config_to_dict,
+    names_class,
 )
 from tritoncorr.engine.recipe import load_recipe
 
@@ -58,18 +59,20 @@ def resolve_config(
             saved = json.loads(saved_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"--resume {resume}: {saved_path} is not valid JSON ({err})") from None
+        if not isinstance(saved, dict):
+            raise ConfigError(f"--resume {resume}: {saved_path} holds a JSON {type(saved).__name__}, not a run config")
         saved_recipe = saved.get("__recipe__")
         cfg = load_recipe(recipe, [], validate=False)
-        saved_method = (saved.get("method") or {}).get("__class__")
-        recipe_method = f"{type(cfg.method).__module__}:{type(cfg.method).__qualname__}"
-        if saved_method and cfg.method is not None and saved_method != recipe_method:
-            raise ConfigError(f"--resume {resume}: the run trains {saved_method.rpartition(':')[2]} "
+        saved_method = saved.get("method")
+        saved_method = saved_method.get("__class__") if isinstance(saved_method, dict) else None
+        if saved_method and cfg.method is not None and not names_class(saved_method, type(cfg.method)):
+            raise ConfigError(f"--resume {resume}: the run trains {_recorded_class_name(saved_method)} "
                               f"(recipe {saved_recipe or '?'}) but {recipe} builds "
                               f"{type(cfg.method).__name__}; resume it with its own recipe, or use another --out")
         if saved_recipe and saved_recipe != recipe:
             warnings.warn(f"resuming a run made from {saved_recipe!r} with recipe {recipe!r}: the saved values are used",
                           stacklevel=2)
-        apply_dict(cfg, {k: v for k, v in saved.items() if not k.startswith("__")})
+        apply_dict(cfg, {k: v for k, v in saved.items() if not k.startswith("__")}, source=str(saved_path))
         apply_overrides(cfg, overrides)
         if seed is not None and seed != cfg.seed:
             raise ConfigError(f"--seed {seed} differs from the resumed run's seed {cfg.seed}")
@@ -91,6 +94,16 @@ def resolve_config(
     return cfg, run_dir, stop_at
 
 
+def _recorded_class_name(ref: Any) -> str:
+    """The class name a run's ``config.json`` records (looked up in the registry, never imported)."""
+    from tritoncorr.engine.registry import config_class
+
+    try:
+        return config_class(ref, "").__name__
+    except ConfigError:
+        return str(ref).rpartition(":")[2][:80]
+
+
 def _tree(name: str, data: Any):
     from rich.tree import Tree
 
@@ -99,7 +112,7 @@ def _tree(name: str, data: Any):
     def add(node, d: dict) -> None:
         cls = d.get("__class__")
         if cls:
-            node.label = f"{node.label} [dim]({cls})[/dim]"
+            node.label = f"{node.label} [dim]({_recorded_class_name(cls)})[/dim]"
         for k, v in d.items():
             if k.startswith("__"):
                 continue

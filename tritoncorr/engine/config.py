@@ -17,16 +17,17 @@ Overrides ``"optim.lr=3e-4"`` are parsed against the field's declared type (``in
 fields get close-match suggestions, unparsable values a message naming the field, its type and the value.
 
 ``config_to_dict`` writes plain JSON; a dataclass whose class is not fixed by its declared field type
-(the method) records ``"__class__": "module:QualName"``. ``apply_dict`` overlays such a dict on a
-template tree (used by ``--resume``: the template is built by the recipe, the values come from the
-run's ``config.json``).
+(the method, the data) records ``"__class__"``: its name in :mod:`tritoncorr.engine.registry`
+(``"dul"``, ``"data"``, ...), or ``"module:QualName"`` for a class nobody registered. ``apply_dict``
+overlays such a dict on a template tree (used by ``--resume``: the template is built by the recipe,
+the values come from the run's ``config.json``). A class recorded in a file is never imported: it is
+either the template's own class or a registered one (:func:`tritoncorr.engine.registry.config_class`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -412,15 +413,28 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
 
 
 def _class_ref(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
+    """What a file records for ``cls``: its registry name, or ``module:QualName`` when unregistered."""
+    from tritoncorr.engine.registry import class_path, config_name
+
+    return config_name(cls) or class_path(cls)
 
 
-def _import_class(ref: str) -> type:
-    module, _, qual = ref.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in qual.split("."):
-        obj = getattr(obj, part)
-    return obj
+def names_class(ref: Any, cls: type) -> bool:
+    """Whether ``ref`` (read from a file) denotes ``cls``: its registry name or its ``module:QualName``."""
+    from tritoncorr.engine.registry import class_path, config_name
+
+    return isinstance(ref, str) and ref in (config_name(cls), class_path(cls))
+
+
+def _build_registered(ref: Any, where: str) -> Any:
+    """An instance (defaults) of the registered config class ``ref`` names; never imports."""
+    from tritoncorr.engine.registry import config_class
+
+    cls = config_class(ref, where)
+    try:
+        return cls()
+    except Exception as e:
+        raise ConfigError(f"{where}: cannot construct {cls.__name__} with its defaults: {e}") from e
 
 
 def _jsonable(value: Any, declared: Any = None) -> Any:
@@ -448,32 +462,42 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return _jsonable(cfg, type(cfg))
 
 
-def apply_dict(cfg: Any, data: dict[str, Any], prefix: str = "") -> Any:
+def apply_dict(cfg: Any, data: dict[str, Any], prefix: str = "", *, source: str = "") -> Any:
     """Overlay a ``config_to_dict`` dict on the tree ``cfg`` (in place), type-checking every value.
 
     A nested dataclass whose recorded ``__class__`` differs from the template's is rebuilt from
-    that class (imported by name) with its defaults, then overlaid.
+    the registered class of that name (:mod:`tritoncorr.engine.registry`) with its defaults, then
+    overlaid; an unregistered name is a :class:`ConfigError` (nothing is imported). ``source``: the
+    file ``data`` was read from, named in errors.
     """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source + ': ' if source else ''}{prefix[:-1] or 'config'} must be a JSON object, "
+                          f"got {type(data).__name__}")
     for key, value in data.items():
         if key == "__class__":
             continue
         if key not in _field_names(cfg):
-            raise _unknown(cfg, key, prefix)
+            err = _unknown(cfg, key, prefix)
+            raise ConfigError(f"{source}: {err}") if source else err
         current = getattr(cfg, key)
         if isinstance(value, dict) and ("__class__" in value or dataclasses.is_dataclass(current)):
             ref = value.get("__class__")
-            if current is None or (ref and _class_ref(type(current)) != ref):
+            where = f"{source}: {prefix + key}" if source else prefix + key
+            if current is None or (ref and not names_class(ref, type(current))):
                 if not ref:
-                    raise ConfigError(f"{prefix + key}: cannot rebuild a section without its class")
-                try:
-                    current = _import_class(ref)()
-                except Exception as e:
-                    raise ConfigError(f"{prefix + key}: cannot import/construct {ref}: {e}") from e
+                    raise ConfigError(f"{where}: cannot rebuild a section without its class")
+                current = _build_registered(ref, where)
                 setattr(cfg, key, current)
-            apply_dict(current, value, prefix + key + ".")
+            apply_dict(current, value, prefix + key + ".", source=source)
+        elif dataclasses.is_dataclass(current):
+            raise ConfigError(f"{source + ': ' if source else ''}{prefix + key} is a section ({type(current).__name__}), "
+                              f"got {type(value).__name__}")
         else:
             tp = _hints(cfg).get(key, Any)
-            setattr(cfg, key, coerce(value, tp, prefix + key))
+            try:
+                setattr(cfg, key, coerce(value, tp, prefix + key))
+            except ConfigError as err:
+                raise ConfigError(f"{source}: {err}") if source else err
     return cfg
 
 
@@ -487,20 +511,19 @@ def dataclass_to_dict(obj: Any) -> dict[str, Any]:
 def dataclass_from_dict(data: dict[str, Any], where: str = "config") -> Any:
     """Rebuild one config dataclass (e.g. a method config) from its ``config_to_dict`` form.
 
-    ``data`` must carry ``"__class__": "module:QualName"``; the class is built with its defaults and
-    the recorded values are overlaid (type-checked) with :func:`apply_dict`.
+    ``data`` must carry ``"__class__"``, a name of :mod:`tritoncorr.engine.registry` (or the
+    ``module:QualName`` of a registered class); the class is built with its defaults and the
+    recorded values are overlaid (type-checked) with :func:`apply_dict`. ``where`` names the file
+    (and field) in errors.
     """
     ref = data.get("__class__") if isinstance(data, dict) else None
     if not ref:
         raise ConfigError(f"{where}: no '__class__' recorded, cannot rebuild it")
-    try:
-        obj = _import_class(ref)()
-    except Exception as e:
-        raise ConfigError(f"{where}: cannot import/construct {ref}: {e}") from e
-    return apply_dict(obj, data, where + ".")
+    obj = _build_registered(ref, where)
+    return apply_dict(obj, data, source=where)
 
 
-def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    """Rebuild a :class:`RunConfig` from ``config_to_dict`` output (classes imported by name)."""
+def config_from_dict(data: dict[str, Any], source: str = "") -> RunConfig:
+    """Rebuild a :class:`RunConfig` from ``config_to_dict`` output (classes from the registry)."""
     cfg = RunConfig(method=None, data=None)
-    return apply_dict(cfg, data)
+    return apply_dict(cfg, data, source=source)

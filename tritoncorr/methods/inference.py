@@ -162,8 +162,11 @@ def load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
     from tritoncorr.engine.config import ConfigError, dataclass_from_dict
 
     try:
-        config = dataclass_from_dict(json.loads(meta["tritoncorr.method_config"]), "method")
-    except (ConfigError, json.JSONDecodeError) as err:
+        config = dataclass_from_dict(json.loads(meta["tritoncorr.method_config"]),
+                                     f"checkpoint {path}: metadata tritoncorr.method_config")
+    except ConfigError as err:
+        raise ValueError(str(err)) from err
+    except (json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"checkpoint {path}: cannot rebuild its method from the metadata: {err}") from err
     if hasattr(config, "for_inference"):
         config = config.for_inference()
