@@ -4,8 +4,11 @@ Compiling needs no GPU: ``triton.compile(ASTSource(...), target=GPUTarget("cuda"
 PTX and a cubin, and the ``cuobjdump`` shipped in the triton wheel reports registers, local memory
 (spills), stack and shared memory of the cubin. ``ptxas -v`` on the PTX also reports spill bytes.
 
-Each kernel module declares ``AOT_SPECS``: a list of :class:`AotSpec`, one per kernel and
-representative constexpr configuration (the configurations the launchers actually use).
+Each kernel family's ``triton_kernels`` module has ``aot_specs()``: a list of :class:`AotSpec`, one per
+kernel and constexpr configuration the launchers use. The report counts the tensor-core
+instructions of each compiled kernel in its PTX: ``mma.sync`` (Ampere-style warp MMA, sm_80 and up)
+and ``wgmma.mma_async`` (Hopper warpgroup MMA, sm_90a), so that "the hot kernels run on tensor
+cores" holds without a GPU.
 """
 
 from __future__ import annotations
@@ -19,11 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-KERNEL_MODULES = (
-    "tritoncorr.kernels.knn_propagate",
-    "tritoncorr.kernels.local_corr",
-    "tritoncorr.kernels.anchor_softmax",
-)
+#: The kernel families (packages under kernels/); each has a ``triton_kernels`` module with ``aot_specs()``.
+KERNEL_FAMILIES = ("knn_propagate", "window_propagate", "local_corr", "anchor_softmax")
 ARCHS = (80, 90)
 
 
@@ -52,7 +52,14 @@ class AotRecord:
     shared_bytes: int
     stack_bytes: int
     num_warps: int
+    mma: int = 0
+    wgmma: int = 0
     error: str = ""
+
+
+def tensor_core_counts(ptx: str) -> tuple[int, int]:
+    """``(mma.sync, wgmma.mma_async)`` instruction counts in a PTX listing."""
+    return len(re.findall(r"\bmma\.sync\.", ptx)), len(re.findall(r"\bwgmma\.mma_async\.", ptx))
 
 
 def _triton_bin(tool: str) -> Path:
@@ -119,22 +126,30 @@ def compile_spec(spec: AotSpec, arch: int) -> AotRecord:
         if ptxas is not None:
             spills = max(spills, ptxas)
         shared = max(usage["SHARED"], int(getattr(compiled.metadata, "shared", 0) or 0))
-        return AotRecord(spec.name, f"sm_{arch}", usage["REG"], spills, shared, usage["STACK"], spec.num_warps)
+        mma, wgmma = tensor_core_counts(compiled.asm["ptx"])
+        return AotRecord(spec.name, f"sm_{arch}", usage["REG"], spills, shared, usage["STACK"], spec.num_warps, mma, wgmma)
     except Exception as exc:  # the report shows the failure instead of hiding the other kernels
         return AotRecord(spec.name, f"sm_{arch}", -1, -1, -1, -1, spec.num_warps, error=f"{type(exc).__name__}: {exc}")
 
 
-def all_specs() -> list[AotSpec]:
-    specs: list[AotSpec] = []
-    for module_name in KERNEL_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:  # a kernel family not written yet
-                continue
+def family_specs(family: str) -> list[AotSpec]:
+    """The AOT specs of one kernel family (imports its Triton kernels; ``family`` is one of
+    :data:`KERNEL_FAMILIES`, never a name read from outside)."""
+    if family not in KERNEL_FAMILIES:
+        raise ValueError(f"unknown kernel family {family!r}; one of {', '.join(KERNEL_FAMILIES)}")
+    try:
+        module = importlib.import_module(f"tritoncorr.kernels.{family}.triton_kernels")
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith(f"tritoncorr.kernels.{family}"):
             raise
-        specs.extend(getattr(module, "AOT_SPECS", []))
-    return specs
+        # a family still laid out as one module with an AOT_SPECS list
+        module = importlib.import_module(f"tritoncorr.kernels.{family.replace('window_propagate', 'knn_propagate')}")
+        return [s for s in getattr(module, "AOT_SPECS", []) if (family == "window_propagate") == ("window" in s.name)]
+    return module.aot_specs()
+
+
+def all_specs() -> list[AotSpec]:
+    return [spec for family in KERNEL_FAMILIES for spec in family_specs(family)]
 
 
 def compile_report(archs: tuple[int, ...] = ARCHS, specs: list[AotSpec] | None = None) -> list[AotRecord]:

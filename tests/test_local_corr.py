@@ -16,6 +16,7 @@ import torch
 
 from tests.kernel_harness import assert_close_verbose, fresh_generator, tolerance
 from tritoncorr.kernels import local_corr as lc
+from tritoncorr.kernels.local_corr import torch_path
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -142,7 +143,7 @@ def test_torch_path_tiles_forward_and_backward(torch_backend, monkeypatch, chunk
     ending in a shorter chunk; rectangles overlapping across chunk edges): out, lse and the gradients
     of a loss on both against the reference, in fp64."""
     if chunk is not None:
-        monkeypatch.setattr(lc, "_attn_chunk_tiles", lambda T, R, C, D, nbx, elt, backward: min(chunk, nbx))
+        monkeypatch.setattr(torch_path, "attn_chunk_tiles", lambda T, R, C, D, nbx, elt, backward: min(chunk, nbx))
     for border in ("truncate", "zero"):
         q, k, v = (t.double().requires_grad_() for t in _inputs(B, C, D, H, W))
         out, lse = lc.local_attention(q, k, v, r, scale=0.45, border=border, return_lse=True)
@@ -162,11 +163,11 @@ def test_attention_chunk_budget():
     """Chunks hold as many tiles as the working-set budget allows (at least one, at most a row)."""
     for T, R, C, D, nbx in [(16, 40, 128, 1, 4), (8, 20, 1024, 1, 4), (8, 20, 64, 3, 8), (16, 80, 512, 1, 2)]:
         for backward in (False, True):
-            n = lc._attn_chunk_tiles(T, R, C, D, nbx, 4, backward)
-            one = lc._attn_chunk_tiles(T, R, C, D, 1, 4, backward)
+            n = torch_path.attn_chunk_tiles(T, R, C, D, nbx, 4, backward)
+            one = torch_path.attn_chunk_tiles(T, R, C, D, 1, 4, backward)
             assert 1 <= n <= nbx and one == 1
-            per_tile = lc.ATTN_CHUNK_BYTES // max(1, lc._attn_chunk_tiles(T, R, C, D, 10**6, 4, backward))
-            assert n == nbx or (n + 1) * per_tile > lc.ATTN_CHUNK_BYTES
+            per_tile = torch_path.ATTN_CHUNK_BYTES // max(1, torch_path.attn_chunk_tiles(T, R, C, D, 10**6, 4, backward))
+            assert n == nbx or (n + 1) * per_tile > torch_path.ATTN_CHUNK_BYTES
 
 
 def test_torch_path_gradcheck_fp64(torch_backend):
@@ -252,9 +253,9 @@ def test_input_errors():
 _GRAD_TOL = (2e-4, 2e-4)
 
 
-def _check_corr(q, k, r, dil, atol, rtol):
+def _check_corr(q, k, r, dil, atol, rtol, precision="ieee"):
     qa, ka = q.detach().clone().requires_grad_(), k.detach().clone().requires_grad_()
-    out = lc.local_correlation(qa, ka, r, dilation=dil)
+    out = lc.local_correlation(qa, ka, r, dilation=dil, input_precision=precision)
     qr, kr = q.detach().clone().requires_grad_(), k.detach().clone().requires_grad_()
     ref = lc.local_correlation_reference(qr, kr, r, dilation=dil)
     assert out.dtype == q.dtype
@@ -266,10 +267,10 @@ def _check_corr(q, k, r, dil, atol, rtol):
     assert_close_verbose(ka.grad, kr.grad, atol=atol, rtol=rtol, name="corr dk")
 
 
-def _check_attn(q, k, v, r, scale, border, atol, rtol):
+def _check_attn(q, k, v, r, scale, border, atol, rtol, precision="ieee"):
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
     refs = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    out, lse = lc.local_attention(*leaves, r, scale=scale, border=border, return_lse=True)
+    out, lse = lc.local_attention(*leaves, r, scale=scale, border=border, return_lse=True, input_precision=precision)
     rout, rlse = lc.local_attention_reference(*refs, r, scale=scale, border=border, return_lse=True)
     assert out.dtype == v.dtype and lse.dtype == torch.float32
     assert_close_verbose(out, rout, atol=atol, rtol=rtol, name=f"out {border}")
@@ -289,8 +290,9 @@ def _check_attn(q, k, v, r, scale, border, atol, rtol):
     [
         (2, 5, 7, 9, 2, 1),  # odd sizes, borders
         (1, 3, 3, 2, 4, 1),  # radius larger than H and W
-        (2, 6, 9, 8, 1, 3),  # dilation
+        (2, 6, 9, 8, 1, 3),  # dilation: 3 x 3 sub-lattices
         (1, 1, 1, 1, 1, 1),  # size 1
+        (1, 70, 19, 11, 3, 2),  # several tiles per sub-lattice, channels in 3 score blocks and 2 output blocks
     ],
 )
 def test_triton_correlation_matches_reference(triton_backend, B, C, H, W, r, dil):
@@ -307,6 +309,8 @@ def test_triton_correlation_matches_reference(triton_backend, B, C, H, W, r, dil
         (1, 3, 2, 3, 2, 4, "truncate", 1.0),  # radius larger than the image
         (1, 3, 1, 2, 3, 4, "zero", 0.7),
         (1, 2, 1, 1, 1, 1, "truncate", 1.0),  # size 1
+        (1, 4, 2, 19, 13, 3, "truncate", 0.5),  # 3 x 2 tiles, partial tiles, rectangles across tile edges
+        (1, 4, 17, 17, 10, 9, "zero", 0.5),  # D > 16, rectangle of several key blocks
     ],
 )
 def test_triton_attention_matches_reference(triton_backend, B, C, D, H, W, r, border, scale):
@@ -315,13 +319,16 @@ def test_triton_attention_matches_reference(triton_backend, B, C, D, H, W, r, bo
 
 
 @pytest.mark.interpreter
-def test_triton_channel_chunks(triton_backend, monkeypatch):
-    """C larger than one channel block: chunked dots and the in-place float32 gradient accumulation."""
-    monkeypatch.setattr(lc, "MAX_BLOCK_C", 16)
-    monkeypatch.setattr(lc, "CHUNK_C", 16)
-    assert not lc.launch_config(20, 2, 30)["SINGLE_C"]
-    q, k, v = _inputs(2, 20, 2, 5, 6)
-    _check_attn(q, k, v, 2, 0.3, "zero", *_GRAD_TOL)
+def test_triton_channel_blocks(triton_backend):
+    """C larger than one score block (fp32: 32 channels) and one output block (fp32: 64): the chunked
+    reduction and the output-channel grid axis of dQ / dK / the correlation backward."""
+    from tritoncorr.kernels.local_corr.triton_kernels import launch_config
+
+    cfg = launch_config(70, 2, torch.float32, interpret=True)
+    assert cfg["BLOCK_C"] < 70 and cfg["BLOCK_CO"] < 70
+    q, k, v = _inputs(2, 70, 2, 5, 6)
+    _check_attn(q * 0.2, k, v, 2, 0.3, "zero", *_GRAD_TOL)
+    _check_attn(q * 0.2, k, v, 1, 0.3, "truncate", *_GRAD_TOL)
     _check_corr(q, k, 1, 1, *_GRAD_TOL)
 
 
@@ -339,12 +346,24 @@ def test_triton_non_contiguous(triton_backend):
 
 @pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_triton_low_precision(triton_backend, dtype):
-    q, k, v = _inputs(2, 6, 2, 5, 7, dtype=dtype)
+@pytest.mark.parametrize("border", ["truncate", "zero"])
+def test_triton_low_precision(triton_backend, dtype, border):
+    """16-bit inputs go to the tensor cores as they are; P and dS are rounded to the input dtype before
+    their products (as flash-attention does), so the tolerance is a few units of that dtype."""
+    q, k, v = _inputs(2, 6, 2, 11, 7, dtype=dtype)
     q = q * 0.5  # keep logits O(1): the tolerance is for accumulation, not for exp amplification
     atol, rtol = tolerance(dtype)
-    _check_attn(q, k, v, 2, 1.0, "zero", atol * 2, rtol * 2)
+    _check_attn(q, k, v, 2, 1.0, border, atol * 4, rtol * 2)
     _check_corr(q, k, 1, 1, atol * 4, rtol * 2)
+
+
+@pytest.mark.interpreter
+def test_triton_tf32_precision(triton_backend):
+    """The default input_precision ("tf32") and "tf32x3" give the reference within TF32's rounding."""
+    q, k, v = _inputs(1, 24, 3, 9, 10)
+    for precision in ("tf32", "tf32x3"):
+        _check_attn(q * 0.3, k, v, 2, 1.0, "zero", 3e-3, 3e-3, precision=precision)
+        _check_corr(q, k, 2, 1, 1e-2, 3e-3, precision=precision)
 
 
 @pytest.mark.interpreter
@@ -354,6 +373,8 @@ def test_triton_path_errors(triton_backend):
         lc.local_attention(q, k, v, 1)
     with pytest.raises(TypeError, match="float64"):
         lc.local_correlation(q.double(), k.double(), 1)
+    with pytest.raises(ValueError, match="input_precision"):
+        lc.local_correlation(q, k, 1, input_precision="fp32")
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,10 +384,9 @@ def test_triton_path_errors(triton_backend):
 _AOT_SCRIPT = r"""
 import json, os, sys
 os.environ.pop("TRITON_INTERPRET", None)
-from tritoncorr.kernels import local_corr as lc
-from tritoncorr.kernels.aot import compile_report
+from tritoncorr.kernels.aot import compile_report, family_specs
 names = json.loads(sys.argv[1])
-specs = [s for s in lc.AOT_SPECS if not names or s.name in names]
+specs = [s for s in family_specs("local_corr") if not names or s.name in names]
 print(json.dumps([r.__dict__ for r in compile_report(specs=specs)]))
 """
 
@@ -387,27 +407,44 @@ def _assert_no_spills(records):
     assert not bad, "\n".join(f"{r['kernel']} {r['arch']}: regs={r['registers']} spills={r['spills']} {r['error']}" for r in bad)
 
 
+def _assert_tensor_cores(records):
+    """Every configuration uses tensor cores: mma.sync on sm_80, wgmma on sm_90 for 16-bit inputs."""
+    for r in records:
+        if r["arch"] == "sm_90" and "bf16" in r["kernel"]:
+            assert r["wgmma"] > 0, f"{r['kernel']} sm_90: no wgmma (mma.sync {r['mma']})"
+        else:
+            assert r["mma"] + r["wgmma"] > 0, f"{r['kernel']} {r['arch']}: no tensor-core instruction"
+
+
 def test_aot_specs_cover_every_kernel():
-    kernels = {s.fn for s in lc.AOT_SPECS}
-    assert kernels == {lc._corr_fwd_kernel, lc._corr_bwd_kernel, lc._attn_fwd_kernel, lc._attn_bwd_dq_kernel,
-                       lc._attn_bwd_dkdv_kernel}
-    names = [s.name for s in lc.AOT_SPECS]
+    from tritoncorr.kernels.aot import family_specs
+    from tritoncorr.kernels.local_corr import triton_kernels as tk
+
+    specs = family_specs("local_corr")
+    assert {s.fn for s in specs} == {tk._corr_fwd_kernel, tk._corr_bwd_kernel, tk._attn_fwd_kernel,
+                                     tk._attn_bwd_dq_kernel, tk._attn_bwd_dkdv_kernel}
+    names = [s.name for s in specs]
     assert len(names) == len(set(names))
 
 
 @pytest.mark.aot
-def test_aot_no_spills_representative():
-    """The register-heaviest configurations (attention backward, C=64 D=3 in registers; C=512 chunked), sm_80 and sm_90.
-
-    Every spec of AOT_SPECS is compiled by the slow test below."""
-    names = ["attn_bwd_dkdv_bf16_c64_d3", "attn_bwd_dq_fp32_c64_d3", "attn_bwd_dkdv_fp32_c512_d1"]
-    _assert_no_spills(_aot(names))
+def test_aot_representative_configs():
+    """The register-heaviest configurations (attention backward at C 64 D 3 and at C 512, both dtypes),
+    sm_80 and sm_90: 0 spills and tensor-core instructions. Every spec is compiled by the slow test below."""
+    names = ["attn_bwd_dkdv_zero_bf16_c64_d3", "attn_bwd_dq_trunc_fp32_c64_d3", "attn_bwd_dkdv_trunc_bf16_c512_d1",
+             "attn_fwd_trunc_bf16_c512_d1", "corr_bwd_dk_bf16_c1024"]
+    records = _aot(names)
+    assert {r["kernel"] for r in records} == set(names)
+    _assert_no_spills(records)
+    _assert_tensor_cores(records)
 
 
 @pytest.mark.aot
 @pytest.mark.slow
-def test_aot_no_spills_all():
-    _assert_no_spills(_aot([]))
+def test_aot_all_configs():
+    records = _aot([])
+    _assert_no_spills(records)
+    _assert_tensor_cores(records)
 
 
 @pytest.mark.gpu
@@ -417,8 +454,11 @@ def test_gpu_matches_reference(dtype, C, D, H, W, r, border):
     q, k, v = _inputs(2, C, D, H, W, dtype=dtype, device="cuda")
     scale = 1 / math.sqrt(C)
     atol, rtol = tolerance(dtype) if dtype != torch.float32 else (2e-4, 2e-4)
-    _check_attn(q, k, v, r, scale, border, atol * 2, rtol * 2)
+    _check_attn(q, k, v, r, scale, border, atol * 4, rtol * 2)  # fp32: input_precision "ieee" (exact FMAs)
     _check_corr(q * scale, k, r, 1, atol * 4, rtol * 2)
+    if dtype == torch.float32:  # the default, TF32 tensor cores
+        _check_attn(q, k, v, r, scale, border, 1e-2, 1e-2, precision="tf32")
+        _check_corr(q * scale, k, r, 1, 2e-2, 1e-2, precision="tf32")
 
 
 @pytest.mark.gpu

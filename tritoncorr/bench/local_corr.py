@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from tritoncorr.bench.core import BenchCase, SkipProvider, run_for_mode
 from tritoncorr.kernels import local_corr as mod
+from tritoncorr.kernels.local_corr.reference import window_valid
 
 _CPU_VOLUME_LIMIT_BYTES = 2 * 2**30  # the unfold provider holds a few (B, P*P, H, W) fp32 volumes
 
@@ -41,7 +42,7 @@ def unfold_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     P = 2 * radius + 1
     logits = mod._corr_cpu(query, key, radius, 1).float() * scale  # sampler-style (B, P*P, H, W)
     if border == "truncate":
-        valid = mod._window_valid(H, W, radius, 1, query.device)
+        valid = window_valid(H, W, radius, 1, query.device)
         logits = logits.masked_fill(~valid.unsqueeze(0), float("-inf"))
     prob = torch.softmax(logits, dim=1)
     vcols = F.unfold(value.float(), kernel_size=P, padding=radius).view(B, D, P * P, H, W)
@@ -52,7 +53,7 @@ def _attention_fns(device: torch.device) -> dict[str, Callable[[], Callable]]:
     def triton_fn():
         if device.type != "cuda":
             raise SkipProvider("Triton kernels need a CUDA device")
-        return lambda q, k, v, r, s, b: mod._attn_triton(q, k, v, r, s, b)[0]
+        return lambda q, k, v, r, s, b: mod._attn_triton(q, k, v, r, s, b, "tf32")[0]  # bf16 rows: tensor cores as they come
 
     def torch_fn():
         return lambda q, k, v, r, s, b: mod._attn_cpu(q, k, v, r, s, b)[0]
@@ -89,7 +90,7 @@ def _corr_factory(provider: str, B, C, H, W, radius, dtype, device, mode):
         if provider == "triton":
             if device.type != "cuda":
                 raise SkipProvider("Triton kernels need a CUDA device")
-            op = mod._corr_triton
+            op = lambda q, k, r, d: mod._corr_triton(q, k, r, d, "tf32")  # noqa: E731
         elif provider == "torch":
             op = mod._corr_cpu
         else:

@@ -1,0 +1,581 @@
+"""Triton kernels of the windowed-correlation family, built for tensor cores, and their launchers.
+
+Imported only where a Triton kernel is launched (CUDA tensors, or ``TRITONCORR_BACKEND=triton``
+under ``TRITON_INTERPRET=1``) or compiled ahead of time: ``import tritoncorr.kernels`` never imports
+triton.
+
+Layout (the idea of NATTEN's fused neighborhood attention and of flash-attention, written for a
+square window): one program owns a tile of ``TILE_H x TILE_W`` query pixels of one image
+(``BLOCK_M = TILE_H * TILE_W`` rows, 64 by default: one wgmma M-tile on sm_90). All their windows
+lie in the ``(TILE_H + 2r) x (TILE_W + 2r)`` rectangle of key pixels around the tile; the program
+walks that rectangle, flattened row-major, in blocks of ``BLOCK_N`` key pixels, and does every dot
+product with ``tl.dot`` on tiles:
+
+* scores ``S = Q K^T`` (BLOCK_M x BLOCK_N), reduced over the channels in blocks of ``BLOCK_C``;
+* the window mask (``0 <= ry - iy <= 2r`` and ``0 <= rx - ix <= 2r`` between a query's place in the
+  tile and a key's place in the rectangle) and, for ``border="truncate"``, the image mask are
+  applied inside the block; for ``border="zero"`` out-of-image cells keep logit 0 and value 0
+  (their loads read zeros), exactly MAST/LIIR's zero-padded sampler;
+* attention forward: an online softmax over the blocks (running max and sum in log2 units) and
+  ``O += P V``; the natural-log log-sum-exp is stored for the backward;
+* attention backward (scores recomputed from q, k and the lse): ``dQ`` in one kernel (per query
+  tile: ``dS = P * (dO V^T - delta)``, ``dQ += dS K``), ``dK`` and ``dV`` in another (per key tile,
+  over the rectangle of the queries whose windows hold the tile: ``dK += dS^T Q``,
+  ``dV += P^T dO``); no atomics, every output element has one owner program. The output channels
+  of dQ / dK are split over a third grid axis in blocks of ``BLOCK_CO`` (the scores are then
+  recomputed once per block: the price of keeping the accumulator in registers);
+* correlation (``local_correlation``): the same scores, scattered to the window index
+  ``n = (ry - iy) * P + (rx - ix)``; its backward gathers the incoming gradient into tiles
+  (``G``, ``G^T``) and multiplies them with the key / query rectangles. Dilation ``d`` is handled
+  by tiling each of the ``d x d`` sub-lattices of pixels separately: a tile of lattice pixels
+  ``(y0 + i d, x0 + j d)`` sees the lattice rectangle ``(y0 + (i' - r) d, x0 + (j' - r) d)``.
+
+Precision: bf16 / fp16 inputs go to the tensor cores as they are; fp32 inputs use
+``input_precision`` (``"tf32"`` by default, ``"tf32x3"``, or ``"ieee"`` for exact fp32 FMAs);
+accumulation is always fp32. Under Triton 3.9's interpreter a bf16 ``tl.dot`` multiplies the raw
+16-bit storage, so the interpreter runs bf16 operands through fp32 (``UPCAST``; values unchanged).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from .._utils import alloc_output, interpreting, next_power_of_2
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+#: Query tile (rows x columns of pixels): 8 x 8 = 64 rows, one wgmma M-tile (the CPU path's tile too).
+TILE_H, TILE_W = 8, 8
+#: Key pixels per block of the rectangle: forward and correlation kernels / attention backward (which
+#: holds four (BLOCK_M, BLOCK_N) fp32 tiles: S, P, dP, dS).
+BLOCK_N, BLOCK_N_BWD = 64, 32
+#: Channel block of the score reduction (fp32 / 16-bit inputs), and the output channels (dQ / dK) one
+#: program accumulates.
+BLOCK_C_FP32, BLOCK_C_16BIT = 32, 64
+BLOCK_CO = 64
+#: Warps per program: two warpgroups (the wgmma M-tile of 64 rows, N split over the two).
+NUM_WARPS = 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces of the kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _mma(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """``acc + a @ b`` on tensor cores with fp32 accumulation (see the module docstring for UPCAST)."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _tile_origin(pid, H, W, dil, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+    """Top-left pixel ``(y0, x0)`` of program ``pid``'s tile on its dilation sub-lattice.
+
+    Programs run over ``dil * dil`` sub-lattices, each cut into ``n_ty x n_tx`` tiles of lattice pixels
+    (the count of the largest sub-lattice; tiles past a smaller one's edge hold no pixel)."""
+    n_ty = tl.cdiv(tl.cdiv(H, dil), TILE_H)
+    n_tx = tl.cdiv(tl.cdiv(W, dil), TILE_W)
+    tx = pid % n_tx
+    t = pid // n_tx
+    ty = t % n_ty
+    phase = t // n_ty
+    y0 = phase // dil + ty * TILE_H * dil
+    x0 = phase % dil + tx * TILE_W * dil
+    return y0, x0
+
+
+@triton.jit
+def _rect_block(n0, y0, x0, H, W, radius, dil, BLOCK_N: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+    """One block of the tile's rectangle: place (ry, rx) in it, image pixel (ky, kx), cell exists, in image."""
+    RW = TILE_W + 2 * radius
+    RN = (TILE_H + 2 * radius) * RW
+    n = n0 + tl.arange(0, BLOCK_N)
+    ry = n // RW
+    rx = n % RW
+    ky = y0 + (ry - radius) * dil
+    kx = x0 + (rx - radius) * dil
+    exists = n < RN
+    inside = exists & (ky >= 0) & (ky < H) & (kx >= 0) & (kx < W)
+    return ry, rx, ky, kx, exists, inside
+
+
+@triton.jit
+def _window(iy, ix, ry, rx, exists, radius):
+    """(BLOCK_M, BLOCK_N) bool: rectangle cell (ry, rx) lies in the window of tile place (iy, ix)."""
+    dy = ry[None, :] - iy[:, None]
+    dx = rx[None, :] - ix[:, None]
+    return (dy >= 0) & (dy <= 2 * radius) & (dx >= 0) & (dx <= 2 * radius) & exists[None, :]
+
+
+@triton.jit
+def _scores(A, sac, a_off, a_ok, B, sbc, b_off, b_ok, C,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+            PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """``(BLOCK_M, BLOCK_N)`` fp32 dot products between the pixels ``a_off`` of map A and ``b_off`` of map
+    B (pixel offsets into one image, channel strides ``sac`` / ``sbc``; masked pixels read zeros)."""
+    s = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    cs = tl.arange(0, BLOCK_C)
+    for c0 in range(0, C, BLOCK_C):
+        ch = c0 + cs
+        c_ok = ch < C
+        a = tl.load(A + a_off[:, None] + ch[None, :] * sac, mask=a_ok[:, None] & c_ok[None, :], other=0.0)
+        b = tl.load(B + ch[:, None] * sbc + b_off[None, :], mask=c_ok[:, None] & b_ok[None, :], other=0.0)
+        s = _mma(a, b, s, PRECISION, UPCAST)
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# Local correlation. Grid: (dil * dil * n_ty * n_tx, B[, cdiv(C, BLOCK_CO)])
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _corr_fwd_kernel(
+    Q, K, Out,
+    C, H, W, radius, dil,
+    sqb, sqc, sqh, sqw,
+    skb, skc, skh, skw,
+    sob, son, soh, sow,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """out[b, n(q, k), q] = <q, k> for every query pixel q of the tile and key k of its window."""
+    BLOCK_M: tl.constexpr = TILE_H * TILE_W
+    b = tl.program_id(1).to(tl.int64)
+    y0, x0 = _tile_origin(tl.program_id(0), H, W, dil, TILE_H, TILE_W)
+    m = tl.arange(0, BLOCK_M)
+    iy = m // TILE_W
+    ix = m % TILE_W
+    qy = y0 + iy * dil
+    qx = x0 + ix * dil
+    q_ok = (qy < H) & (qx < W)
+    P = 2 * radius + 1
+    RN = (TILE_H + 2 * radius) * (TILE_W + 2 * radius)
+    for n0 in range(0, RN, BLOCK_N):
+        ry, rx, ky, kx, exists, inside = _rect_block(n0, y0, x0, H, W, radius, dil, BLOCK_N, TILE_H, TILE_W)
+        s = _scores(Q + b * sqb, sqc, qy * sqh + qx * sqw, q_ok, K + b * skb, skc, ky * skh + kx * skw, inside, C,
+                    BLOCK_M, BLOCK_N, BLOCK_C, PRECISION, UPCAST)
+        cell = (ry[None, :] - iy[:, None]) * P + (rx[None, :] - ix[:, None])
+        ok = _window(iy, ix, ry, rx, exists, radius) & q_ok[:, None]
+        tl.store(Out + b * sob + cell * son + (qy * soh + qx * sow)[:, None], s.to(Out.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _corr_bwd_kernel(
+    G, Src, Dst,
+    C, H, W, radius, dil,
+    sgb, sgn, sgh, sgw,
+    ssb, ssc, ssh, ssw,
+    sdb, sdc, sdh, sdw,
+    FOR_KEY: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_CO: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """FOR_KEY=False: dq[tile] = G[tile, rect] @ k[rect] (Src = key). FOR_KEY=True: the tile holds key
+    pixels and the rectangle query pixels: dk[tile] = G^T[tile, rect] @ q[rect] (Src = query).
+
+    ``G[i, j]`` is the incoming gradient of the (query i, key j) cell, 0 outside the window."""
+    BLOCK_M: tl.constexpr = TILE_H * TILE_W
+    b = tl.program_id(1).to(tl.int64)
+    y0, x0 = _tile_origin(tl.program_id(0), H, W, dil, TILE_H, TILE_W)
+    m = tl.arange(0, BLOCK_M)
+    iy = m // TILE_W
+    ix = m % TILE_W
+    ty = y0 + iy * dil
+    tx = x0 + ix * dil
+    t_ok = (ty < H) & (tx < W)
+    co = tl.program_id(2) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    co_ok = co < C
+    P = 2 * radius + 1
+    RN = (TILE_H + 2 * radius) * (TILE_W + 2 * radius)
+    acc = tl.zeros([BLOCK_M, BLOCK_CO], dtype=tl.float32)
+    for n0 in range(0, RN, BLOCK_N):
+        ry, rx, ry_img, rx_img, exists, inside = _rect_block(n0, y0, x0, H, W, radius, dil, BLOCK_N, TILE_H, TILE_W)
+        ok = _window(iy, ix, ry, rx, exists, radius) & t_ok[:, None] & inside[None, :]
+        if FOR_KEY:  # tile = keys, rectangle = queries: the key sits at offset (iy - ry + r, ix - rx + r) of the query
+            cell = (iy[:, None] - ry[None, :] + 2 * radius) * P + (ix[:, None] - rx[None, :] + 2 * radius)
+            g_pix = (ry_img * sgh + rx_img * sgw)[None, :]
+        else:
+            cell = (ry[None, :] - iy[:, None]) * P + (rx[None, :] - ix[:, None])
+            g_pix = (ty * sgh + tx * sgw)[:, None]
+        g = tl.load(G + b * sgb + cell * sgn + g_pix, mask=ok, other=0.0)
+        src = tl.load(Src + b * ssb + co[None, :] * ssc + (ry_img * ssh + rx_img * ssw)[:, None],
+                      mask=inside[:, None] & co_ok[None, :], other=0.0)
+        acc = _mma(g.to(Src.dtype.element_ty), src, acc, PRECISION, UPCAST)
+    tl.store(Dst + b * sdb + co[None, :] * sdc + (ty * sdh + tx * sdw)[:, None], acc.to(Dst.dtype.element_ty),
+             mask=t_ok[:, None] & co_ok[None, :])
+
+
+# ---------------------------------------------------------------------------------------------
+# Local attention. Grid: (n_ty * n_tx, B[, cdiv(C, BLOCK_CO)])
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, Out, Lse,
+    scale, C, D, H, W, radius,
+    sqb, sqc, sqh, sqw,
+    skb, skc, skh, skw,
+    svb, svc, svh, svw,
+    sob, soc, soh, sow,
+    slb, slh, slw,
+    ZERO_BORDER: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    BLOCK_M: tl.constexpr = TILE_H * TILE_W
+    b = tl.program_id(1).to(tl.int64)
+    y0, x0 = _tile_origin(tl.program_id(0), H, W, 1, TILE_H, TILE_W)
+    m = tl.arange(0, BLOCK_M)
+    iy = m // TILE_W
+    ix = m % TILE_W
+    qy = y0 + iy
+    qx = x0 + ix
+    q_ok = (qy < H) & (qx < W)
+    dd = tl.arange(0, BLOCK_D)
+    d_ok = dd < D
+    scale2 = tl.cast(scale, tl.float32) * LOG2E  # logits in log2 units
+    RN = (TILE_H + 2 * radius) * (TILE_W + 2 * radius)
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for n0 in range(0, RN, BLOCK_N):
+        ry, rx, ky, kx, exists, inside = _rect_block(n0, y0, x0, H, W, radius, 1, BLOCK_N, TILE_H, TILE_W)
+        s = _scores(Q + b * sqb, sqc, qy * sqh + qx * sqw, q_ok, K + b * skb, skc, ky * skh + kx * skw, inside, C,
+                    BLOCK_M, BLOCK_N, BLOCK_C, PRECISION, UPCAST) * scale2
+        ok = _window(iy, ix, ry, rx, exists, radius)
+        if not ZERO_BORDER:  # truncated window: out-of-image cells leave the softmax
+            ok = ok & inside[None, :]
+        s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(V + b * svb + dd[None, :] * svc + (ky * svh + kx * svw)[:, None],
+                    mask=inside[:, None] & d_ok[None, :], other=0.0)
+        acc = _mma(p.to(V.dtype.element_ty), v, acc * alpha[:, None], PRECISION, UPCAST)
+        m_i = m_new
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    tl.store(Out + b * sob + dd[None, :] * soc + (qy * soh + qx * sow)[:, None], out.to(Out.dtype.element_ty),
+             mask=q_ok[:, None] & d_ok[None, :])
+    tl.store(Lse + b * slb + qy * slh + qx * slw, (m_i + tl.log2(l_safe)) * LN2, mask=q_ok)
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q, K, V, DO, Lse, Delta, DQ,
+    scale, C, D, H, W, radius,
+    sqb, sqc, sqh, sqw,
+    skb, skc, skh, skw,
+    svb, svc, svh, svw,
+    sdob, sdoc, sdoh, sdow,
+    slb, slh, slw,
+    sdqb, sdqc, sdqh, sdqw,
+    ZERO_BORDER: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """dq[i] = scale * sum_j P_ij (dP_ij - delta_i) k_j over the window of query i, for the output
+    channels of this program's block (``program_id(2)``)."""
+    BLOCK_M: tl.constexpr = TILE_H * TILE_W
+    b = tl.program_id(1).to(tl.int64)
+    y0, x0 = _tile_origin(tl.program_id(0), H, W, 1, TILE_H, TILE_W)
+    m = tl.arange(0, BLOCK_M)
+    iy = m // TILE_W
+    ix = m % TILE_W
+    qy = y0 + iy
+    qx = x0 + ix
+    q_ok = (qy < H) & (qx < W)
+    co = tl.program_id(2) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    co_ok = co < C
+    dd = tl.arange(0, BLOCK_D)
+    d_ok = dd < D
+    scale_f = tl.cast(scale, tl.float32)
+    scale2 = scale_f * LOG2E
+    q_pix = qy * sqh + qx * sqw
+    lse2 = tl.load(Lse + b * slb + qy * slh + qx * slw, mask=q_ok, other=0.0) * LOG2E
+    delta = tl.load(Delta + b * slb + qy * slh + qx * slw, mask=q_ok, other=0.0)
+    do = tl.load(DO + b * sdob + dd[None, :] * sdoc + (qy * sdoh + qx * sdow)[:, None],
+                 mask=q_ok[:, None] & d_ok[None, :], other=0.0)
+    RN = (TILE_H + 2 * radius) * (TILE_W + 2 * radius)
+    acc = tl.zeros([BLOCK_M, BLOCK_CO], dtype=tl.float32)
+    for n0 in range(0, RN, BLOCK_N):
+        ry, rx, ky, kx, exists, inside = _rect_block(n0, y0, x0, H, W, radius, 1, BLOCK_N, TILE_H, TILE_W)
+        k_pix = ky * skh + kx * skw
+        s = _scores(Q + b * sqb, sqc, q_pix, q_ok, K + b * skb, skc, k_pix, inside, C,
+                    BLOCK_M, BLOCK_N, BLOCK_C, PRECISION, UPCAST)
+        ok = _window(iy, ix, ry, rx, exists, radius) & q_ok[:, None]
+        if not ZERO_BORDER:
+            ok = ok & inside[None, :]
+        p = tl.where(ok, tl.exp2(s * scale2 - lse2[:, None]), 0.0)
+        vt = tl.load(V + b * svb + dd[:, None] * svc + (ky * svh + kx * svw)[None, :],
+                     mask=d_ok[:, None] & inside[None, :], other=0.0)
+        dp = _mma(do, vt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PRECISION, UPCAST)
+        ds = p * (dp - delta[:, None]) * scale_f
+        kb = tl.load(K + b * skb + co[None, :] * skc + k_pix[:, None], mask=inside[:, None] & co_ok[None, :], other=0.0)
+        acc = _mma(ds.to(K.dtype.element_ty), kb, acc, PRECISION, UPCAST)
+    tl.store(DQ + b * sdqb + co[None, :] * sdqc + (qy * sdqh + qx * sdqw)[:, None], acc.to(DQ.dtype.element_ty),
+             mask=q_ok[:, None] & co_ok[None, :])
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q, K, V, DO, Lse, Delta, DK, DV,
+    scale, C, D, H, W, radius,
+    sqb, sqc, sqh, sqw,
+    skb, skc, skh, skw,
+    svb, svc, svh, svw,
+    sdob, sdoc, sdoh, sdow,
+    slb, slh, slw,
+    sdkb, sdkc, sdkh, sdkw,
+    sdvb, sdvc, sdvh, sdvw,
+    ZERO_BORDER: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """For key pixel j of the tile: dk[j] = scale * sum_i P_ij (dP_ij - delta_i) q_i and
+    dv[j] = sum_i P_ij dO_i over the queries i of the rectangle whose window holds j. dK for this
+    program's output-channel block; dV written by the programs of block 0 only."""
+    BLOCK_M: tl.constexpr = TILE_H * TILE_W
+    b = tl.program_id(1).to(tl.int64)
+    y0, x0 = _tile_origin(tl.program_id(0), H, W, 1, TILE_H, TILE_W)
+    m = tl.arange(0, BLOCK_M)
+    iy = m // TILE_W
+    ix = m % TILE_W
+    ky = y0 + iy
+    kx = x0 + ix
+    k_ok = (ky < H) & (kx < W)
+    pid_c = tl.program_id(2)
+    co = pid_c * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    co_ok = co < C
+    dd = tl.arange(0, BLOCK_D)
+    d_ok = dd < D
+    scale_f = tl.cast(scale, tl.float32)
+    scale2 = scale_f * LOG2E
+    k_pix = ky * skh + kx * skw
+    v = tl.load(V + b * svb + dd[None, :] * svc + (ky * svh + kx * svw)[:, None],
+                mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+    RN = (TILE_H + 2 * radius) * (TILE_W + 2 * radius)
+    acc_k = tl.zeros([BLOCK_M, BLOCK_CO], dtype=tl.float32)
+    acc_v = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for n0 in range(0, RN, BLOCK_N):
+        # the rectangle holds query pixels here; key (iy, ix) is in the window of query (ry, rx)
+        # exactly when query (ry, rx) would be in the window of (iy, ix): the same mask
+        ry, rx, qy, qx, exists, q_in = _rect_block(n0, y0, x0, H, W, radius, 1, BLOCK_N, TILE_H, TILE_W)
+        q_pix = qy * sqh + qx * sqw
+        st = _scores(K + b * skb, skc, k_pix, k_ok, Q + b * sqb, sqc, q_pix, q_in, C,
+                     BLOCK_M, BLOCK_N, BLOCK_C, PRECISION, UPCAST)
+        lse2 = tl.load(Lse + b * slb + qy * slh + qx * slw, mask=q_in, other=0.0) * LOG2E
+        delta = tl.load(Delta + b * slb + qy * slh + qx * slw, mask=q_in, other=0.0)
+        ok = _window(iy, ix, ry, rx, exists, radius) & q_in[None, :] & k_ok[:, None]
+        pt = tl.where(ok, tl.exp2(st * scale2 - lse2[None, :]), 0.0)
+        do = tl.load(DO + b * sdob + dd[None, :] * sdoc + (qy * sdoh + qx * sdow)[:, None],
+                     mask=q_in[:, None] & d_ok[None, :], other=0.0)                        # (BLOCK_N, BLOCK_D)
+        dpt = _mma(v, tl.trans(do), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PRECISION, UPCAST)
+        dst = pt * (dpt - delta[None, :]) * scale_f
+        qb = tl.load(Q + b * sqb + co[None, :] * sqc + q_pix[:, None], mask=q_in[:, None] & co_ok[None, :], other=0.0)
+        acc_k = _mma(dst.to(Q.dtype.element_ty), qb, acc_k, PRECISION, UPCAST)
+        acc_v = _mma(pt.to(DO.dtype.element_ty), do, acc_v, PRECISION, UPCAST)
+    tl.store(DK + b * sdkb + co[None, :] * sdkc + (ky * sdkh + kx * sdkw)[:, None], acc_k.to(DK.dtype.element_ty),
+             mask=k_ok[:, None] & co_ok[None, :])
+    if pid_c == 0:
+        tl.store(DV + b * sdvb + dd[None, :] * sdvc + (ky * sdvh + kx * sdvw)[:, None], acc_v.to(DV.dtype.element_ty),
+                 mask=k_ok[:, None] & d_ok[None, :])
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch configuration (every decision made here, in Python)
+# ---------------------------------------------------------------------------------------------
+
+
+def launch_config(C: int, D: int, dtype: torch.dtype, *, interpret: bool | None = None) -> dict:
+    """Tile, block sizes and warps for C feature channels and D value channels of ``dtype``.
+
+    ``BLOCK_C`` is the channel block of the score reduction, ``BLOCK_CO`` the output-channel block of
+    dQ / dK (a third grid axis), ``BLOCK_D`` the value channels (``tl.dot`` needs >= 16 on every side),
+    ``BLOCK_N`` / ``BLOCK_N_BWD`` the key block of the forward / correlation kernels and of the
+    attention backward. Chosen from the AOT report (``tritoncorr bench --aot``): 0 spills on sm_80 and
+    sm_90 at every configuration of :data:`AOT_SHAPES`, with wgmma on sm_90 and mma.sync on sm_80.
+    """
+    interpret = interpreting() if interpret is None else interpret
+    cap = BLOCK_C_FP32 if dtype == torch.float32 else BLOCK_C_16BIT
+    return {
+        "TILE_H": TILE_H,
+        "TILE_W": TILE_W,
+        "BLOCK_N": BLOCK_N,
+        "BLOCK_N_BWD": BLOCK_N_BWD,
+        "BLOCK_C": max(16, min(cap, next_power_of_2(C))),
+        "BLOCK_CO": max(16, min(BLOCK_CO, next_power_of_2(C))),
+        "BLOCK_D": max(16, next_power_of_2(max(D, 1))),
+        "UPCAST": interpret and dtype == torch.bfloat16,
+        "num_warps": NUM_WARPS,
+        "num_stages": 1 if interpret else 2,
+    }
+
+
+def _grid_tiles(H: int, W: int, dil: int = 1) -> int:
+    """Programs along grid axis 0: ``dil * dil`` sub-lattices x the tiles of the largest one."""
+    return dil * dil * triton.cdiv(triton.cdiv(H, dil), TILE_H) * triton.cdiv(triton.cdiv(W, dil), TILE_W)
+
+
+def _s(t: torch.Tensor) -> list[int]:
+    return list(t.stride())
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def _check_offsets(*tensors: torch.Tensor) -> None:
+    """Kernels index inside one image (dims 1..) with 32-bit offsets and across the batch with 64-bit ones."""
+    for t in tensors:
+        span = sum((n - 1) * abs(st) for n, st in zip(t.shape[1:], t.stride()[1:]) if n > 0)
+        if span > _INT32_MAX:
+            raise ValueError(
+                f"one image of a tensor of shape {tuple(t.shape)} spans {span} elements; the Triton kernels need "
+                "< 2^31 per image (split the channels or the image)"
+            )
+
+
+def _meta(cfg: dict, *names: str) -> dict:
+    return {n: cfg[n] for n in names}
+
+
+def launch_corr_fwd(query, key, radius: int, dilation: int, precision: str):
+    B, C, H, W = query.shape
+    P = 2 * radius + 1
+    out = alloc_output((B, P * P, H, W), dtype=query.dtype, device=query.device)
+    if out.numel() == 0 or C == 0:
+        return out.zero_()
+    _check_offsets(query, key, out)
+    cfg = launch_config(C, 1, query.dtype)
+    wrap_triton(_corr_fwd_kernel)[(_grid_tiles(H, W, dilation), B)](
+        query, key, out, C, H, W, radius, dilation, *_s(query), *_s(key), *_s(out),
+        PRECISION=precision, **_meta(cfg, "TILE_H", "TILE_W", "BLOCK_N", "BLOCK_C", "UPCAST", "num_warps", "num_stages"),
+    )
+    return out
+
+
+def launch_corr_bwd(grad, query, key, radius: int, dilation: int, precision: str):
+    B, C, H, W = query.shape
+    dq = alloc_output((B, C, H, W), dtype=query.dtype, device=query.device)
+    dk = alloc_output((B, C, H, W), dtype=key.dtype, device=key.device)
+    if dq.numel() == 0:
+        return dq.zero_(), dk.zero_()
+    _check_offsets(grad, query, key)
+    cfg = launch_config(C, 1, query.dtype)
+    grid = (_grid_tiles(H, W, dilation), B, triton.cdiv(C, cfg["BLOCK_CO"]))
+    for src, dst, for_key in ((key, dq, False), (query, dk, True)):
+        wrap_triton(_corr_bwd_kernel)[grid](
+            grad, src, dst, C, H, W, radius, dilation, *_s(grad), *_s(src), *_s(dst),
+            FOR_KEY=for_key, PRECISION=precision,
+            **_meta(cfg, "TILE_H", "TILE_W", "BLOCK_N", "BLOCK_CO", "UPCAST", "num_warps", "num_stages"),
+        )
+    return dq, dk
+
+
+def launch_attn_fwd(query, key, value, radius: int, scale: float, border: str, precision: str):
+    B, C, H, W = query.shape
+    D = value.shape[1]
+    out = alloc_output((B, D, H, W), dtype=value.dtype, device=value.device)
+    lse = alloc_output((B, H, W), dtype=torch.float32, device=value.device)
+    if lse.numel() == 0:
+        return out.zero_(), lse.zero_()
+    _check_offsets(query, key, value)
+    cfg = launch_config(C, D, query.dtype)
+    wrap_triton(_attn_fwd_kernel)[(_grid_tiles(H, W), B)](
+        query, key, value, out, lse, float(scale), C, D, H, W, radius,
+        *_s(query), *_s(key), *_s(value), *_s(out), *_s(lse),
+        ZERO_BORDER=border == "zero", PRECISION=precision,
+        **_meta(cfg, "TILE_H", "TILE_W", "BLOCK_N", "BLOCK_C", "BLOCK_D", "UPCAST", "num_warps", "num_stages"),
+    )
+    return out, lse
+
+
+def launch_attn_bwd(query, key, value, out, lse, dout, dlse, radius: int, scale: float, border: str, precision: str):
+    B, C, H, W = query.shape
+    D = value.shape[1]
+    if B * H * W == 0:
+        return torch.zeros_like(query), torch.zeros_like(key), torch.zeros_like(value)
+    _check_offsets(query, key, value, dout)
+    cfg = launch_config(C, D, query.dtype)
+    delta = ((dout.float() * out.float()).sum(1) - dlse.float()).contiguous()
+    lse = lse.float().contiguous()
+    dq = alloc_output((B, C, H, W), dtype=query.dtype, device=query.device)
+    dk = alloc_output((B, C, H, W), dtype=key.dtype, device=key.device)
+    dv = alloc_output((B, D, H, W), dtype=value.dtype, device=value.device)
+    grid = (_grid_tiles(H, W), B, triton.cdiv(C, cfg["BLOCK_CO"]))
+    meta = dict(ZERO_BORDER=border == "zero", PRECISION=precision, BLOCK_N=cfg["BLOCK_N_BWD"],
+                **_meta(cfg, "TILE_H", "TILE_W", "BLOCK_C", "BLOCK_CO", "BLOCK_D", "UPCAST", "num_warps", "num_stages"))
+    wrap_triton(_attn_bwd_dq_kernel)[grid](
+        query, key, value, dout, lse, delta, dq, float(scale), C, D, H, W, radius,
+        *_s(query), *_s(key), *_s(value), *_s(dout), *_s(lse), *_s(dq), **meta,
+    )
+    wrap_triton(_attn_bwd_dkdv_kernel)[grid](
+        query, key, value, dout, lse, delta, dk, dv, float(scale), C, D, H, W, radius,
+        *_s(query), *_s(key), *_s(value), *_s(dout), *_s(lse), *_s(dk), *_s(dv), **meta,
+    )
+    return dq, dk, dv
+
+
+# ---------------------------------------------------------------------------------------------
+# Ahead-of-time compile specs: every kernel in the configurations the launchers use
+# ---------------------------------------------------------------------------------------------
+
+#: (label, C, D): MAST/LIIR (C 64, D 1 and 3), STT res3 (C 128 R18, C 512 R50), STT res4 (C 1024, D 1).
+AOT_SHAPES = (("c64_d1", 64, 1), ("c64_d3", 64, 3), ("c128_d1", 128, 1), ("c512_d1", 512, 1), ("c1024_d1", 1024, 1))
+
+
+def _strides(*prefixes: str) -> dict[str, str]:
+    return {f"{p}{s}": "i32" for p in prefixes for s in ("b", "c", "h", "w")}
+
+
+def aot_specs() -> list:
+    """Every kernel x (fp32 tf32, bf16) x :data:`AOT_SHAPES` (+ both borders for attention)."""
+    from ..aot import AotSpec
+
+    specs = []
+    for dtype, tp in ((torch.float32, "*fp32"), (torch.bfloat16, "*bf16")):
+        dname = "fp32" if dtype == torch.float32 else "bf16"
+        for label, C, D in AOT_SHAPES:
+            cfg = launch_config(C, D, dtype, interpret=False)
+            tag = f"{dname}_{label}"
+            opts = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+            const = dict(PRECISION="tf32", UPCAST=False, TILE_H=cfg["TILE_H"], TILE_W=cfg["TILE_W"], BLOCK_N=cfg["BLOCK_N"])
+            sizes = {n: "i32" for n in ("C", "H", "W", "radius", "dil")}
+            if D == 1:  # correlation has no value: one spec per C
+                sig = {"Q": tp, "K": tp, "Out": tp, **sizes, **_strides("sq", "sk"),
+                       **{f"so{s}": "i32" for s in ("b", "n", "h", "w")}}
+                c = dict(const, BLOCK_C=cfg["BLOCK_C"])
+                specs.append(AotSpec(f"corr_fwd_{dname}_c{C}", _corr_fwd_kernel, {**sig, **{k: "constexpr" for k in c}}, c, **opts))
+                for for_key in (False, True):
+                    sig = {"G": tp, "Src": tp, "Dst": tp, **sizes, **{f"sg{s}": "i32" for s in ("b", "n", "h", "w")},
+                           **_strides("ss", "sd")}
+                    c = dict(const, FOR_KEY=for_key, BLOCK_CO=cfg["BLOCK_CO"])
+                    specs.append(AotSpec(f"corr_bwd_{'dk' if for_key else 'dq'}_{dname}_c{C}", _corr_bwd_kernel,
+                                         {**sig, **{k: "constexpr" for k in c}}, c, **opts))
+            sizes = {"scale": "fp32", **{n: "i32" for n in ("C", "D", "H", "W", "radius")}}
+            lse_strides = {n: "i32" for n in ("slb", "slh", "slw")}
+            for zero in (False, True):
+                border = "zero" if zero else "trunc"
+                c = dict(const, ZERO_BORDER=zero, BLOCK_C=cfg["BLOCK_C"], BLOCK_D=cfg["BLOCK_D"])
+                sig = {"Q": tp, "K": tp, "V": tp, "Out": tp, "Lse": "*fp32", **sizes,
+                       **_strides("sq", "sk", "sv", "so"), **lse_strides}
+                specs.append(AotSpec(f"attn_fwd_{border}_{tag}", _attn_fwd_kernel, {**sig, **{k: "constexpr" for k in c}},
+                                     c, **opts))
+                c = dict(c, BLOCK_CO=cfg["BLOCK_CO"], BLOCK_N=cfg["BLOCK_N_BWD"])
+                sig = {"Q": tp, "K": tp, "V": tp, "DO": tp, "Lse": "*fp32", "Delta": "*fp32", "DQ": tp, **sizes,
+                       **_strides("sq", "sk", "sv", "sdo"), **lse_strides, **_strides("sdq")}
+                specs.append(AotSpec(f"attn_bwd_dq_{border}_{tag}", _attn_bwd_dq_kernel,
+                                     {**sig, **{k: "constexpr" for k in c}}, c, **opts))
+                sig = {"Q": tp, "K": tp, "V": tp, "DO": tp, "Lse": "*fp32", "Delta": "*fp32", "DK": tp, "DV": tp, **sizes,
+                       **_strides("sq", "sk", "sv", "sdo"), **lse_strides, **_strides("sdk", "sdv")}
+                specs.append(AotSpec(f"attn_bwd_dkdv_{border}_{tag}", _attn_bwd_dkdv_kernel,
+                                     {**sig, **{k: "constexpr" for k in c}}, c, **opts))
+    return specs
