@@ -502,3 +502,23 @@ def test_cache_keeps_the_decodable_prefix(tmp_path):
         c = CachedSource(TailBroken(3, 7, (20, 30), 0), tmp_path / "c", 20, chunk=4, progress=False)
     assert c.num_frames == [5, 7] and len(c) == 2 and len(c.skipped) == 1
     np.testing.assert_array_equal(c.read(0, [4]), SyntheticSource(3, 7, (20, 30), 0).read(0, [4]))
+
+
+def test_clip_and_image_loaders_reject_the_same_data_alike(tmp_path):
+    """One plan/iteration (data/planned.py) behind both loaders: the same checks, the same errors."""
+    from tritoncorr.data.images import ImageDataConfig
+    from tritoncorr.data.sources import DataSourceError
+    from tritoncorr.engine.config import ConfigError
+
+    errors = []
+    for build in (lambda: build_clip_loader(DataConfig(source="synthetic", synthetic_videos=3, batch_size=4), seed=0),
+                  lambda: ImageDataConfig(source="synthetic", synthetic_images=3, batch_size=4).build_loader(seed=0)):
+        with pytest.raises(ConfigError) as info:
+            build()
+        errors.append(str(info.value))
+    assert all("usable" in e and "give no full batch of 4 per rank with world_size=1" in e for e in errors), errors
+    (tmp_path / "empty").mkdir()
+    for build in (lambda: build_clip_loader(DataConfig(source="video", root=str(tmp_path / "empty")), seed=0),
+                  lambda: ImageDataConfig(source="video", root=str(tmp_path / "empty")).build_loader(seed=0)):
+        with pytest.raises(DataSourceError, match=str(tmp_path / "empty")):
+            build()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from tritoncorr.data import images as I
 from tritoncorr.data.images import ImageDataConfig
-from tritoncorr.data.sources import SourceWarning
+from tritoncorr.data.sources import DataSourceError, SourceWarning
 from tritoncorr.data.transforms import imagenet_denormalize
 from tritoncorr.engine.config import ConfigError
 from tritoncorr.methods.moco import MoCo, MoCoConfig, SplitBatchNorm2d, info_nce, momentum_update
@@ -423,10 +423,10 @@ def test_loader_ranks_are_disjoint():
 
 
 def test_bad_inputs_give_clear_errors(tmp_path):
-    with pytest.raises(ConfigError, match=r"image folder '.*missing' does not exist \(set it with --set data.root"):
+    with pytest.raises(DataSourceError, match=r"image folder '.*missing' does not exist \(set it with --set data.root"):
         ImageDataConfig(source="folder", root=str(tmp_path / "missing")).build_loader(seed=0)
     (tmp_path / "empty" / "sub").mkdir(parents=True)
-    with pytest.raises(ConfigError, match=r"'.*empty' holds no .jpg/.jpeg/.png files"):
+    with pytest.raises(DataSourceError, match=r"'.*empty' holds no .jpg/.jpeg/.png files"):
         ImageDataConfig(source="folder", root=str(tmp_path / "empty")).build_loader(seed=0)
     with pytest.raises(ConfigError, match="needs a root"):
         ImageDataConfig(source="folder").build_loader(seed=0)
@@ -437,7 +437,7 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         ImageDataConfig(source="synthetic", scale=(0.5, 0.2)).validate()
     with pytest.raises(ConfigError, match="data.on_error"):
         ImageDataConfig(source="synthetic", on_error="ignore").validate()
-    with pytest.raises(ConfigError, match="no readable video"):
+    with pytest.raises(DataSourceError, match="no readable video"):
         ImageDataConfig(source="video", root=str(tmp_path / "few")).build_loader(seed=0)
 
 
@@ -595,7 +595,7 @@ def test_recipes_have_the_paper_settings(tmp_path, monkeypatch):
     assert data.scale == (0.2, 1.0) and data.jitter == (0.4, 0.4, 0.4, 0.1) and data.jitter_p == 0.8
     assert data.gray_p == 0.2 and data.blur_sigma == (0.1, 2.0) and data.blur_p == 0.5 and data.hflip
     assert data.root == str(tmp_path / "ImageNet" / "train")
-    with pytest.raises(ConfigError, match=r"ImageNet/train' does not exist \(set it with --set data.root="):
+    with pytest.raises(DataSourceError, match=r"ImageNet/train' does not exist \(set it with --set data.root="):
         data.build_loader(seed=0)
     c = load_recipe(f"{RECIPE}:cpu", ["data.root=/x"])
     assert c.name == "stt-spatial-cpu" and c.method.depth == 18 and c.data.source == "video"
@@ -620,6 +620,11 @@ def test_smoke_recipe_trains_and_exports_a_torchvision_backbone(tmp_path):
         assert not any(k.startswith("backbone.") for k in report.ignored)
         for k, v in model.state_dict().items():
             assert torch.equal(v, sd["backbone." + k])
+    # the run's weights evaluate as MoCo (its layer3 features, STT's preset), not as a plain DUL backbone
+    from tritoncorr.methods.inference import load_feature_model
+
+    fm = load_feature_model(path)
+    assert (fm.method, fm.preset, fm.color, type(fm.module).__name__) == ("moco", "stt", "rgb", "MoCo")
     assert any(k.startswith("key_backbone.") for k in sd) and "queue" in sd
     # resume is exact: 1 step, then --resume to 2, gives the same weights, key encoder and queue
     train(cfg, tmp_path / "split", progress=False, stop_at=1)

@@ -45,9 +45,11 @@ sample's randomness (both views) comes from ``(seed, epoch, index)``, so batches
 ``num_workers`` nor worker timing, and ``state_dict()``/``load_state_dict()`` resume mid-epoch with
 exactly the batches of an uninterrupted run.
 
-Bad inputs: a missing root, an empty folder, a dataset without an image column raise
-:class:`tritoncorr.engine.config.ConfigError` (the ``train`` CLI prints it as one line) naming the
-path and the option to set. An image that cannot be decoded is, with ``on_error="skip"``
+Bad inputs, the same errors as the clip loader's (the plan and iteration are
+:class:`tritoncorr.data.planned.PlannedLoader`'s): a missing root or an empty folder or dataset raise
+:class:`~tritoncorr.data.sources.DataSourceError`, a dataset without an image column or too few images
+for a batch :class:`tritoncorr.engine.config.ConfigError` (the ``train`` CLI prints either as one
+line), naming the path and the option to set. An image that cannot be decoded is, with ``on_error="skip"``
 (default), replaced by another image drawn from the sample's own generator, with a
 :class:`~tritoncorr.data.sources.SourceWarning` naming the file (``loader.skipped`` counts them;
 ``max_retries`` consecutive failures raise); with ``on_error="raise"`` it raises ``OSError`` naming
@@ -65,9 +67,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from tritoncorr.data.sampler import EpochCursor, epoch_batches, loader_generator, sample_rng, sample_torch_generator
+from tritoncorr.data.planned import PlannedLoader, check_rank
+from tritoncorr.data.sampler import sample_rng, sample_torch_generator
 from tritoncorr.data.streaming import StreamCursor
 from tritoncorr.data.sources import IMAGE_EXTS, DataSourceError, SourceWarning, _decode_image, _hf_payload
 from tritoncorr.data.transforms import imagenet_normalize, resize
@@ -348,8 +351,8 @@ def two_views(image: np.ndarray, cfg: ImageDataConfig, generator: torch.Generato
 # Sources: names, __len__, read(i) -> uint8 (H, W, 3) RGB
 # ----------------------------------------------------------------------------------------------
 
-def _missing_root(root: str, what: str) -> ConfigError:
-    return ConfigError(f"{what} {root!r} does not exist (set it with --set data.root=PATH)")
+def _missing_root(root: str, what: str) -> DataSourceError:
+    return DataSourceError(f"{what} {root!r} does not exist (set it with --set data.root=PATH)")
 
 
 class ImageSource:
@@ -380,13 +383,13 @@ class ImageFolderSource(ImageSource):
         if not r.exists():
             raise _missing_root(root, "image folder")
         if not r.is_dir():
-            raise ConfigError(f"image folder {root!r} is not a folder (set --set data.root=PATH)")
+            raise DataSourceError(f"image folder {root!r} is not a folder (set --set data.root=PATH)")
         files: list[str] = []
         for dirpath, dirnames, filenames in os.walk(r, followlinks=True):
             dirnames.sort()
             files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTS))
         if not files:
-            raise ConfigError(f"image folder {root!r} holds no {'/'.join(IMAGE_EXTS)} files (searched recursively)")
+            raise DataSourceError(f"image folder {root!r} holds no {'/'.join(IMAGE_EXTS)} files (searched recursively)")
         self.names = files
 
     def read(self, i: int) -> np.ndarray:
@@ -436,7 +439,7 @@ class VideoFrameSource(ImageSource):
             warnings.warn(str(w.message), SourceWarning, stacklevel=2)
         self.skipped = list(self.videos.skipped)
         if len(self.videos) == 0:
-            raise ConfigError(f"video folder {root!r} holds no readable video file (.mp4/.webm/.avi/.mkv/.mov"
+            raise DataSourceError(f"video folder {root!r} holds no readable video file (.mp4/.webm/.avi/.mkv/.mov"
                               + (f"; skipped: {self.skipped[:5]}" if self.skipped else "") + ")")
         self.items: list[tuple[int, int]] = []
         for v, n in enumerate(self.videos.num_frames):
@@ -503,7 +506,7 @@ class HFImageSource(ImageSource):
         self.base = Path(root) if Path(root).is_dir() else None
         n = len(self.ds)
         if n == 0:
-            raise ConfigError(f"HF dataset {root!r} (split {split!r}) is empty")
+            raise DataSourceError(f"HF dataset {root!r} (split {split!r}) is empty")
         self.names = [f"{root}[{i}]" for i in range(n)]
 
     def read(self, i: int) -> np.ndarray:
@@ -587,77 +590,23 @@ def collate_views(samples: list[dict]) -> dict:
     }
 
 
-class _PlanSampler:
-    def __init__(self) -> None:
-        self.plan: list[list[tuple[int, int]]] = []
-
-    def __iter__(self):
-        return iter(list(self.plan))
-
-    def __len__(self) -> int:
-        return len(self.plan)
-
-
-class ImageLoader(EpochCursor):
+class ImageLoader(PlannedLoader):
     """Iterable over an epoch's batches (module docstring); build with :func:`build_image_loader`."""
+
+    kind = "image"
 
     def __init__(self, cfg: ImageDataConfig, source: ImageSource, *, seed: int, rank: int = 0,
                  world_size: int = 1) -> None:
         cfg.validate()
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"invalid rank {rank} / world_size {world_size}")
+        check_rank(rank, world_size)
         self.cfg, self.source = cfg, source
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.dataset = ImageDataset(source, cfg, seed)
-        if len(self) == 0:
-            raise ConfigError(f"{len(source)} images under {source.root!r} give no full batch of {cfg.batch_size} "
-                              f"per rank with world_size={world_size} (lower data.batch_size)")
-        self.epoch, self.batch = 0, 0
-        self.skipped_files: list[str] = list(source.skipped)
-        self._sampler = _PlanSampler()
-        self._dl: DataLoader | None = None
-
-    def __len__(self) -> int:
-        """Batches per epoch on this rank."""
-        return (len(self.source) // self.world_size) // self.cfg.batch_size
+        self._start_plan(collate_views)
 
     @property
     def names(self) -> list[str]:
         return list(self.source.names)
-
-    @property
-    def skipped(self) -> int:
-        return len(self.skipped_files)
-
-    def _resume_checks(self) -> dict[str, int]:
-        return {**super()._resume_checks(), "num_images": len(self.source)}
-
-    def epoch_plan(self, epoch: int) -> list[list[int]]:
-        """This rank's batches of image indices for ``epoch`` (before read-time replacements)."""
-        return epoch_batches(len(self.source), self.cfg.batch_size, self.seed, epoch, self.rank, self.world_size)
-
-    def _dataloader(self) -> DataLoader:
-        if self._dl is None:
-            nw = self.cfg.num_workers
-            kwargs: dict[str, Any] = {}
-            if nw > 0:
-                kwargs = {"prefetch_factor": self.cfg.prefetch_factor, "persistent_workers": True}
-            self._dl = DataLoader(self.dataset, batch_sampler=self._sampler, num_workers=nw, collate_fn=collate_views,
-                                  pin_memory=self.cfg.pin_memory, generator=loader_generator(self.seed), **kwargs)
-        return self._dl
-
-    def __iter__(self) -> Iterator[dict]:
-        epoch = self.epoch
-        plan = self.epoch_plan(epoch)[self.batch:]
-        self._sampler.plan = [[(epoch, i) for i in b] for b in plan]
-        if plan:
-            for batch in self._dataloader():
-                for name in batch.pop("skipped"):
-                    self.skipped_files.append(name)
-                    warnings.warn(f"skipping unreadable image {name}", SourceWarning, stacklevel=2)
-                self.batch += 1
-                yield batch
-        self.epoch, self.batch = epoch + 1, 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -720,8 +669,7 @@ class StreamingImageLoader(StreamCursor):
 
     def __init__(self, cfg: ImageDataConfig, *, seed: int, rank: int = 0, world_size: int = 1, dataset=None) -> None:
         cfg.validate()
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"invalid rank {rank} / world_size {world_size}")
+        check_rank(rank, world_size)
         self.cfg, self.seed, self.rank, self.world_size = cfg, int(seed), int(rank), int(world_size)
         self.root = cfg.root
         if dataset is None:
@@ -733,7 +681,7 @@ class StreamingImageLoader(StreamCursor):
         if names is None:
             first = next(iter(dataset.take(1)), None)
             if first is None:
-                raise ConfigError(f"HF dataset {cfg.root!r} (split {cfg.hf_split!r}) is empty")
+                raise DataSourceError(f"HF dataset {cfg.root!r} (split {cfg.hf_split!r}) is empty")
             names = list(first)
         self.column = hf_image_column(names, cfg.hf_column, cfg.root)
         ds = dataset.select_columns([self.column])

@@ -10,22 +10,21 @@ disjoint slice. Every sample's randomness comes from ``(seed, epoch, video)`` (s
 ``state_dict()``/``load_state_dict()`` resume mid-epoch with exactly the batches an uninterrupted run
 would have produced. A video that cannot be read is skipped with a :class:`SourceWarning` naming it
 and replaced by another video drawn from the sample's own generator (so the replacement is
-deterministic too); ``loader.skipped`` counts the skips (probe-time and read-time).
+deterministic too); ``loader.skipped`` counts the skips (probe-time and read-time). The plan and the
+iteration are :class:`tritoncorr.data.planned.PlannedLoader`'s, shared with the image loader.
 """
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, Iterator
-
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from tritoncorr.data.clips import clip_to_tensor, collate_clips
 from tritoncorr.data.config import DataConfig
-from tritoncorr.data.sampler import EpochCursor, clip_indices, epoch_batches, loader_generator, sample_rng, sample_torch_generator
-from tritoncorr.data.sources import ClipSource, DataSourceError, SourceWarning, build_source
+from tritoncorr.data.planned import PlannedLoader, check_rank
+from tritoncorr.data.sampler import clip_indices, sample_rng, sample_torch_generator
+from tritoncorr.data.sources import ClipSource, DataSourceError, build_source
 
 
 class ClipDataset(Dataset):
@@ -74,95 +73,29 @@ class ClipDataset(Dataset):
                               + "; ".join(dict.fromkeys(skipped)))
 
 
-class _PlanSampler:
-    """Batch sampler yielding the key lists ClipLoader sets before each iteration."""
-
-    def __init__(self) -> None:
-        self.plan: list[list[tuple[int, int]]] = []
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        return iter(list(self.plan))
-
-    def __len__(self) -> int:
-        return len(self.plan)
-
-
-class ClipLoader(EpochCursor):
+class ClipLoader(PlannedLoader):
     """Iterable over an epoch's batches; see the module docstring. Build with :func:`build_clip_loader`."""
+
+    kind = "video"
 
     def __init__(self, cfg: DataConfig, source: ClipSource, *, seed: int, rank: int = 0, world_size: int = 1) -> None:
         cfg.validate()
-        if world_size < 1 or not (0 <= rank < world_size):
-            raise ValueError(f"invalid rank {rank} / world_size {world_size}")
+        check_rank(rank, world_size)
         self.cfg = cfg
         self.source = source
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.dataset = ClipDataset(source, cfg, seed)
-        root = source.root
-        if len(source) == 0:
-            from tritoncorr.data.sources import DataSourceError
-
-            raise DataSourceError(f"no readable videos found under {root!r} (source={cfg.source!r}, "
-                             f"{len(source.skipped)} skipped)")
-        if len(self.dataset) == 0:
-            raise ValueError(f"all {len(source)} videos under {root!r} are too short for clip_len={cfg.clip_len}"
+        if len(source) and not len(self.dataset):
+            raise ValueError(f"all {len(source)} videos under {source.root!r} are too short for clip_len={cfg.clip_len}"
                              + (f" at target_fps={cfg.target_fps}" if cfg.target_fps else ""))
-        if len(self) == 0:
-            raise ValueError(f"{len(self.dataset)} usable videos under {root!r} give no full batch of "
-                             f"{cfg.batch_size} per rank with world_size={world_size}")
-        self.epoch = 0
-        self.batch = 0
-        self.skipped_files: list[str] = list(source.skipped)
-        self._sampler = _PlanSampler()
-        self._dl: DataLoader | None = None
-
-    # -- sizes and names ----------------------------------------------------------------------
-    def __len__(self) -> int:
-        """Batches per epoch on this rank."""
-        return (len(self.dataset) // self.world_size) // self.cfg.batch_size
-
-    @property
-    def skipped(self) -> int:
-        """Number of skipped videos/frames so far (probe time and read time, this process)."""
-        return len(self.skipped_files)
+        self._start_plan(collate_clips)
 
     @property
     def video_names(self) -> list[str]:
         return list(self.source.names)
 
-    # -- epoch / resume (EpochCursor: set_epoch, state_dict, load_state_dict) ------------------
-    def _resume_checks(self) -> dict[str, int]:
-        return {**super()._resume_checks(), "num_videos": len(self.dataset)}
-
-    def epoch_plan(self, epoch: int) -> list[list[int]]:
-        """This rank's batches of source video indices for ``epoch`` (before any read-time replacement)."""
-        batches = epoch_batches(len(self.dataset), self.cfg.batch_size, self.seed, epoch, self.rank, self.world_size)
-        return [[self.dataset.videos[d] for d in b] for b in batches]
-
-    # -- iteration ----------------------------------------------------------------------------
-    def _dataloader(self) -> DataLoader:
-        if self._dl is None:
-            nw = self.cfg.num_workers
-            kwargs: dict[str, Any] = {}
-            if nw > 0:
-                kwargs = {"prefetch_factor": self.cfg.prefetch_factor, "persistent_workers": True}
-            self._dl = DataLoader(self.dataset, batch_sampler=self._sampler, num_workers=nw,
-                                  collate_fn=collate_clips, pin_memory=self.cfg.pin_memory,
-                                  generator=loader_generator(self.seed), **kwargs)
-        return self._dl
-
-    def __iter__(self) -> Iterator[dict]:
-        epoch = self.epoch
-        plan = self.epoch_plan(epoch)[self.batch:]
-        self._sampler.plan = [[(epoch, v) for v in b] for b in plan]
-        if plan:
-            for batch in self._dataloader():
-                for name in batch.pop("skipped"):
-                    self.skipped_files.append(name)
-                    warnings.warn(f"skipping unreadable video {name}", SourceWarning, stacklevel=2)
-                self.batch += 1
-                yield batch
-        self.epoch, self.batch = epoch + 1, 0
+    def _item_ids(self, positions: list[int]) -> list[int]:
+        return [self.dataset.videos[d] for d in positions]
 
 
 def build_clip_loader(cfg: DataConfig, *, seed: int, rank: int = 0, world_size: int = 1) -> ClipLoader:

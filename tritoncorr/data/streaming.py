@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tritoncorr.data.config import DataConfig
 from tritoncorr.data.clips import clip_to_tensor, collate_clips
+from tritoncorr.data.planned import check_rank
 from tritoncorr.data.sampler import EpochCursor, clip_indices, loader_generator, sample_rng, sample_torch_generator
 from tritoncorr.data.sources import SourceWarning, hf_column, load_hf_dataset, read_hf_example
 
@@ -144,8 +145,7 @@ class StreamingClipLoader(StreamCursor):
 
     def __init__(self, cfg: DataConfig, *, seed: int, rank: int = 0, world_size: int = 1, dataset=None) -> None:
         cfg.validate()
-        if world_size < 1 or not (0 <= rank < world_size):
-            raise ValueError(f"invalid rank {rank} / world_size {world_size}")
+        check_rank(rank, world_size)
         self.cfg, self.seed, self.rank, self.world_size = cfg, int(seed), int(rank), int(world_size)
         self.root = cfg.root
         ds = dataset if dataset is not None else load_hf_dataset(cfg.root, cfg.hf_split, streaming=True)
