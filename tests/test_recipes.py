@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import pytest
 from toy_method import ToyDataConfig, ToyMethodConfig
@@ -100,6 +100,16 @@ def test_coerce_generic_types():
         coerce("none", int, "x")
     with pytest.raises(ConfigError):
         coerce(True, int, "x")
+
+
+def test_coerce_union_reports_each_branch():
+    """A value no branch of a union accepts: the error says why each one refused it."""
+    with pytest.raises(ConfigError) as info:
+        coerce("1,2,3", Union[int, tuple[int, int]], "data.size")
+    msg = str(info.value)
+    assert msg.startswith("cannot parse data.size='1,2,3' as ") and "(tried int; " in msg
+    assert "tuple[int, int] (expected 2 values, got 3)" in msg
+    assert coerce("4", Union[int, tuple[int, int]], "x") == 4 and coerce("4,5", int | tuple[int, int], "x") == (4, 5)
 
 
 def test_json_roundtrip_rebuilds_classes():

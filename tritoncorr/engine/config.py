@@ -250,111 +250,149 @@ def _unquote(text: str) -> str:
     return t
 
 
-def coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert ``value`` (a CLI string or a JSON value) to the declared type ``tp``; raise :class:`ConfigError`."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+def _fail(value: Any, tp: Any, where: str, extra: str = "") -> ConfigError:
+    return ConfigError(f"cannot parse {where}={value!r} as {_type_name(tp)}{extra}")
 
-    def fail(extra: str = "") -> ConfigError:
-        return ConfigError(f"cannot parse {where}={value!r} as {_type_name(tp)}{extra}")
 
-    if tp is Any or tp is object:
-        if isinstance(value, str):  # best effort: literal-looking strings become numbers / bools
-            for conv in (int, float):
-                try:
-                    return conv(value)
-                except ValueError:
-                    pass
-            low = value.strip().lower()
-            if low in ("true", "false"):
-                return low == "true"
-            return _unquote(value)
+def _coerce_any(value: Any, tp: Any, where: str) -> Any:
+    """``Any``: literal-looking strings become numbers / bools (best effort), anything else is kept."""
+    if not isinstance(value, str):
         return value
+    for conv in (int, float):
+        try:
+            return conv(value)
+        except ValueError:
+            pass
+    low = value.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    return _unquote(value)
+
+
+def _coerce_union(value: Any, tp: Any, where: str) -> Any:
+    """The first branch that accepts ``value``; else an error listing why each branch refused it."""
+    args = typing.get_args(tp)
+    non_none = [a for a in args if a is not type(None)]
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+        if len(non_none) < len(args):
+            return None
+        raise _fail(value, tp, where)
+    reasons = []
+    prefix = f"cannot parse {where}={value!r} as "
+    for branch in non_none:
+        try:
+            return coerce(value, branch, where)
+        except ConfigError as e:
+            msg = str(e)
+            reasons.append(msg[len(prefix):] if msg.startswith(prefix) else msg)
+    raise _fail(value, tp, where, " (tried " + "; ".join(reasons) + ")")
+
+
+def _coerce_literal(value: Any, tp: Any, where: str) -> Any:
+    for a in typing.get_args(tp):
+        try:
+            cand = coerce(value, type(a), where)
+        except ConfigError:
+            continue
+        if cand == a:
+            return a
+    raise ConfigError(f"{where}={value!r} is not one of {list(typing.get_args(tp))}")
+
+
+def _coerce_sequence(value: Any, tp: Any, where: str) -> Any:
+    """``tuple[...]`` / ``list[...]`` from a sequence or a CLI string ``"(1, 2)"`` / ``"1,2"``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    items = _split_seq(value) if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise _fail(value, tp, where)
+    if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+        if len(items) != len(args):
+            raise _fail(value, tp, where, f" (expected {len(args)} values, got {len(items)})")
+        out = [coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(items, args))]
+    else:
+        elem = args[0] if args else Any
+        out = [coerce(v, elem, f"{where}[{i}]") for i, v in enumerate(items)]
+    return tuple(out) if (origin is tuple or tp is tuple) else list(out)
+
+
+def _coerce_bool(value: Any, tp: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise _fail(value, tp, where, " (use true/false)")
+
+
+def _coerce_int(value: Any, tp: Any, where: str) -> int:
+    """Integers, integral floats and strings (``"1_000"``, ``"1e3"``); never bools."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip().replace("_", ""))
+        except ValueError:
+            try:
+                f = float(value)
+            except ValueError:
+                raise _fail(value, tp, where) from None
+            if f.is_integer():
+                return int(f)
+    raise _fail(value, tp, where)
+
+
+def _coerce_float(value: Any, tp: Any, where: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            raise _fail(value, tp, where) from None
+    raise _fail(value, tp, where)
+
+
+def _coerce_str(value: Any, tp: Any, where: str) -> str:
+    if isinstance(value, str):
+        return _unquote(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise _fail(value, tp, where)
+
+
+def _coerce_path(value: Any, tp: Any, where: str) -> Path:
+    if isinstance(value, (str, Path)):
+        return Path(_unquote(str(value)))
+    raise _fail(value, tp, where)
+
+
+_SCALARS = {bool: _coerce_bool, int: _coerce_int, float: _coerce_float, str: _coerce_str, Path: _coerce_path}
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert ``value`` (a CLI string or a JSON value) to the declared type ``tp``; raise :class:`ConfigError`.
+
+    The error names ``where`` (the dotted field), the value and the type; for a union it also says
+    why each branch refused the value.
+    """
+    origin = typing.get_origin(tp)
+    if tp is Any or tp is object:
+        return _coerce_any(value, tp, where)
     if origin in (Union, types.UnionType):
-        non_none = [a for a in args if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
-            if len(non_none) < len(args):
-                return None
-            raise fail()
-        errors = []
-        for a in non_none:
-            try:
-                return coerce(value, a, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise fail()
+        return _coerce_union(value, tp, where)
     if origin is Literal:
-        for a in args:
-            try:
-                cand = coerce(value, type(a), where)
-            except ConfigError:
-                continue
-            if cand == a:
-                return a
-        raise ConfigError(f"{where}={value!r} is not one of {list(args)}")
+        return _coerce_literal(value, tp, where)
     if origin in (tuple, list) or tp in (tuple, list):
-        items = _split_seq(value) if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise fail()
-        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(items) != len(args):
-                raise fail(f" (expected {len(args)} values, got {len(items)})")
-            out = [coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(items, args))]
-        else:
-            elem = args[0] if args else Any
-            out = [coerce(v, elem, f"{where}[{i}]") for i, v in enumerate(items)]
-        return tuple(out) if (origin is tuple or tp is tuple) else list(out)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise fail(" (use true/false)")
-    if tp is int:
-        if isinstance(value, bool):
-            raise fail()
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip().replace("_", ""))
-            except ValueError:
-                try:
-                    f = float(value)
-                except ValueError:
-                    raise fail() from None
-                if f.is_integer():
-                    return int(f)
-        raise fail()
-    if tp is float:
-        if isinstance(value, bool):
-            raise fail()
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise fail() from None
-        raise fail()
-    if tp is str:
-        if isinstance(value, str):
-            return _unquote(value)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise fail()
-    if tp is Path:
-        if isinstance(value, (str, Path)):
-            return Path(_unquote(str(value)))
-        raise fail()
+        return _coerce_sequence(value, tp, where)
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, tp, where)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         raise ConfigError(f"{where} is a section ({tp.__name__}); set one of its fields: "
                           + ", ".join(f"{where}.{f.name}" for f in dataclasses.fields(tp)))
     if isinstance(tp, type) and isinstance(value, tp):
         return value
-    raise fail(" (unsupported field type)")
+    raise _fail(value, tp, where, " (unsupported field type)")
 
 
 def _field_names(obj: Any) -> list[str]:
