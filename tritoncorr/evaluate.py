@@ -567,12 +567,6 @@ class VideoProgress:
         if self.bar is not None:
             self.bar.advance(self.task)
 
-    def add_total(self, n: int) -> None:
-        """More frames than announced (e.g. several passes over a video)."""
-        if self.bar is not None:
-            task = next(t for t in self.bar.tasks if t.id == self.task)
-            self.bar.update(self.task, total=(task.total or 0) + n)
-
 
 # ----------------------------------------------------------------------------------------------
 # CLI

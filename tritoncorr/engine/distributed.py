@@ -97,14 +97,6 @@ def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t / info.world_size
 
 
-def all_reduce_max(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if not info.distributed:
-        return t
-    t = t.clone()
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
-
-
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     """Every rank's ``obj`` (a list on all ranks); ``[obj]`` with one process."""
     if not info.distributed:
@@ -112,11 +104,3 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
-    if not info.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
