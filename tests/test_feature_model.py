@@ -41,6 +41,24 @@ def test_metadata_records_method_color_preset_and_config():
     assert method_metadata(torch.nn.Linear(2, 2)) == {}  # a module that declares nothing
 
 
+def test_library_methods_fulfil_the_method_contract():
+    """Every built-in method is a DescribedMethod; describe() fills the defaults for one that declares nothing."""
+    from tritoncorr.engine.method import DescribedMethod, Method, describe
+    from tritoncorr.methods.dul import DULConfig
+    from tritoncorr.methods.liir import LIIRConfig
+    from tritoncorr.methods.moco import MoCoConfig
+
+    for cfg, name, color in ((DULConfig(key_dim=16, head_hidden=8), "dul", "rgb"), (LIIRConfig(), "liir", "lab"),
+                             (MoCoConfig(queue_size=64), "moco", "rgb")):
+        model = cfg.build()
+        assert isinstance(model, DescribedMethod), type(model).__name__
+        info = describe(model)
+        assert (info.name, info.color, info.has_features, info.config) == (name, color, True, cfg)
+    plain = describe(torch.nn.Conv2d(3, 4, 1))
+    assert not isinstance(torch.nn.Conv2d(3, 4, 1), Method)
+    assert (plain.name, plain.color, plain.preset, plain.config, plain.has_features) == (None, "rgb", "dul", None, False)
+
+
 def test_run_writes_init_and_model_weights_with_metadata(dul_run):
     from safetensors.torch import load_file
 

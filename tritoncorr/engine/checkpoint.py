@@ -215,9 +215,9 @@ def save_model_weights(path: Path, model: nn.Module) -> None:
     """Write ``model.state_dict()`` (tensors only) to ``path`` as safetensors, atomically.
 
     The metadata records the method, its input colour, its inference preset and its config
-    (:func:`tritoncorr.methods.inference.method_metadata`), so ``eval`` picks the right features.
+    (:func:`tritoncorr.engine.method.method_metadata`), so ``eval`` picks the right features.
     """
-    from tritoncorr.methods.inference import method_metadata
+    from tritoncorr.engine.method import method_metadata
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -454,7 +454,9 @@ def load_train_state(
 
 def model_method(model: nn.Module) -> str:
     """``model.method_name`` ("dul", "stt", ...) or, for modules that declare none, the class name."""
-    return str(getattr(model, "method_name", None) or type(model).__name__)
+    from tritoncorr.engine.method import describe
+
+    return describe(model).name or type(model).__name__
 
 
 def weights_mismatch(model: nn.Module, sd: dict[str, torch.Tensor], *, strict: bool = True) -> str:
@@ -479,7 +481,7 @@ def weights_mismatch(model: nn.Module, sd: dict[str, torch.Tensor], *, strict: b
 def _describe_origin(path: Path, model: nn.Module) -> str:
     """"it holds a 'dul' model, this run trains 'stt': " when the file records its method."""
     try:
-        from tritoncorr.methods.inference import read_metadata
+        from tritoncorr.engine.method import read_metadata
 
         theirs = read_metadata(path).get("tritoncorr.method")
     except Exception:  # noqa: BLE001 - only a better message

@@ -47,6 +47,7 @@ from torch import nn
 from tritoncorr.engine import checkpoint as ckpt_io
 from tritoncorr.engine.config import ConfigError, RunConfig, config_to_dict
 from tritoncorr.engine.curves import plot_curves, read_metrics
+from tritoncorr.engine.method import describe
 from tritoncorr.engine.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -204,7 +205,8 @@ def _run_validation(cfg: RunConfig, model: nn.Module, out: Path, step: int, devi
 
     from tritoncorr.propagation import PRESETS
 
-    preset = cfg.eval.preset or getattr(model, "inference_preset", "dul")
+    info = describe(model)
+    preset = cfg.eval.preset or info.preset
     if preset not in PRESETS:
         raise ConfigError(f"eval.preset {preset!r} is not one of {sorted(PRESETS)}")
     prop_config = PRESETS[preset]
@@ -222,7 +224,7 @@ def _run_validation(cfg: RunConfig, model: nn.Module, out: Path, step: int, devi
             scores = evaluate_features_on_davis(
                 features_fn, root=cfg.eval.davis_root, out=out / "eval" / f"step-{step:08d}", split=cfg.eval.split,
                 resolution=cfg.eval.resolution, sequences=list(cfg.eval.sequences) or None, config=prop_config,
-                device=str(device), overlays=False, progress=False, color=getattr(model, "input_color", "rgb"),
+                device=str(device), overlays=False, progress=False, color=info.color,
             )
     finally:
         model.train(was_training)
@@ -345,7 +347,7 @@ class Trainer:
         model = cfg.method.build()
         if not isinstance(model, nn.Module):
             raise TypeError(f"{type(cfg.method).__name__}.build() must return an nn.Module, got {type(model).__name__}")
-        if cfg.eval.every > 0 and not hasattr(model, "features"):
+        if cfg.eval.every > 0 and not describe(model).has_features:
             raise ConfigError(f"eval.every > 0 but {type(model).__name__} has no features(images) method")
         if cfg.init_from and self.resumed_from is None:
             try:

@@ -1,15 +1,12 @@
 """Which features a checkpoint gives at inference: checkpoint metadata and the feature-model loader.
 
-Every method module (DUL, STT, LIIR, MoCo) declares three things beside ``features(images)``:
-
-* ``method_name``: ``"dul"``, ``"stt"``, ``"liir"``, ``"moco"``;
-* ``input_color``: the colour space ``features`` expects: ``"rgb"`` (ImageNet-normalised) or
-  ``"lab"`` (normalised OpenCV Lab, :func:`tritoncorr.evaluate.frame_to_tensor`);
-* ``inference_preset``: a key of :data:`tritoncorr.propagation.PRESETS`.
-
-:func:`method_metadata` turns them, and the method's config dataclass (``module.config``), into the
-string metadata of a safetensors file; the engine writes it into every ``model.safetensors`` and
-``init.safetensors``. :func:`load_feature_model` reads a checkpoint back:
+Every method module (DUL, STT, LIIR, MoCo) fulfils the method contract
+(:class:`tritoncorr.engine.method.DescribedMethod`): ``features(images)``, ``method_name``,
+``input_color`` (``"rgb"`` or ``"lab"``, :func:`tritoncorr.evaluate.frame_to_tensor`),
+``inference_preset`` (a key of :data:`tritoncorr.propagation.PRESETS`) and ``config``.
+:func:`~tritoncorr.engine.method.method_metadata` (re-exported here) turns them into the string
+metadata the engine writes into every ``model.safetensors`` and ``init.safetensors``.
+:func:`load_feature_model` reads a checkpoint back:
 
 * a tritoncorr training checkpoint (metadata ``tritoncorr.method_config``): the method is rebuilt
   from its recorded config (:meth:`for_inference` of the config when it has one, so that e.g. STT
@@ -30,41 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tritoncorr.engine.method import METADATA_KEYS, describe, inference_config, method_metadata, read_metadata
+
 __all__ = ["FeatureModel", "METADATA_KEYS", "method_metadata", "read_metadata", "load_feature_model"]
-
-METADATA_KEYS = ("tritoncorr.method", "tritoncorr.input_color", "tritoncorr.preset", "tritoncorr.method_config")
-INPUT_COLORS = ("rgb", "lab")
-
-
-def method_metadata(model: nn.Module) -> dict[str, str]:
-    """Safetensors metadata describing ``model``'s inference (empty for modules that declare nothing)."""
-    from tritoncorr.engine.config import dataclass_to_dict
-
-    meta: dict[str, str] = {}
-    name = getattr(model, "method_name", None)
-    if not name:
-        return meta
-    color = getattr(model, "input_color", "rgb")
-    if color not in INPUT_COLORS:
-        raise ValueError(f"{type(model).__name__}.input_color must be one of {INPUT_COLORS}, got {color!r}")
-    meta["tritoncorr.method"] = str(name)
-    meta["tritoncorr.input_color"] = str(color)
-    meta["tritoncorr.preset"] = str(getattr(model, "inference_preset", "dul"))
-    config = getattr(model, "config", None)
-    if config is not None:
-        meta["tritoncorr.method_config"] = json.dumps(dataclass_to_dict(config))
-    return meta
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The string metadata of a ``.safetensors`` file (``{}`` when it has none)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
 
 
 @dataclass
@@ -168,8 +133,7 @@ def load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
         raise ValueError(str(err)) from err
     except (json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"checkpoint {path}: cannot rebuild its method from the metadata: {err}") from err
-    if hasattr(config, "for_inference"):
-        config = config.for_inference()
+    config = inference_config(config)
     torch.manual_seed(seed)
     model = config.build()
     state = load_file(str(path), device="cpu")
@@ -180,9 +144,10 @@ def load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
     model.eval().to(device)
     features = _with_precision(model, model.features, device, precision)
 
-    method = meta.get("tritoncorr.method", getattr(model, "method_name", "?"))
-    color = meta.get("tritoncorr.input_color", getattr(model, "input_color", "rgb"))
-    preset = meta.get("tritoncorr.preset", getattr(model, "inference_preset", "dul"))
+    info = describe(model)
+    method = meta.get("tritoncorr.method", info.name or "?")
+    color = meta.get("tritoncorr.input_color", info.color)
+    preset = meta.get("tritoncorr.preset", info.preset)
     extra = f", ignored {len(result.unexpected_keys)} non-inference tensors" if result.unexpected_keys else ""
     return FeatureModel(model, features, color, preset, method,
                         f"{method} ({type(model).__name__}) from {path}{extra}; input {color}{note}")

@@ -104,6 +104,7 @@ from tritoncorr.methods.common import (
     upsampled_huber,
     window_reconstruct,
 )
+from tritoncorr.models.heads import resize_embedding
 from tritoncorr.models.resnet import ResNet
 
 __all__ = [
@@ -241,14 +242,6 @@ def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
-
-
-def resize_embedding(embedding: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``(1, C, G, G) -> (1, C, h, w)`` bicubic (``align_corners=False``, as [U resnet.py:104]); the
-    identity (no resampling) when the size already matches."""
-    if tuple(embedding.shape[-2:]) == tuple(size):
-        return embedding
-    return F.interpolate(embedding, size=tuple(size), mode="bicubic", align_corners=False)
 
 
 def reconstruct_with_bank(out: torch.Tensor, lse_window: torch.Tensor, lse_bank: Optional[torch.Tensor]) -> torch.Tensor:

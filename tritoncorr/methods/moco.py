@@ -247,6 +247,7 @@ class MoCo(nn.Module):
     def __init__(self, cfg: MoCoConfig):
         super().__init__()
         self.cfg = cfg
+        self.config = cfg  # the method contract's name (tritoncorr.engine.method): recorded in checkpoints
         self.backbone = ResNet(cfg.depth, strides=(1, 2, 2, 2), pool="max", padding_mode=cfg.padding_mode,
                                out_stages=("layer4",))
         c = self.backbone.channels["layer4"]

@@ -4,7 +4,7 @@ A published checkpoint is read with ``torch.load(weights_only=True)`` (tensors a
 no pickled code runs), its state dict is found inside the container, the format is detected from the
 key names (or given), every key is mapped to our layout or dropped with a reason, and the result is
 written as a ``.safetensors`` whose metadata records the method, its input colour and its inference
-preset (:func:`tritoncorr.methods.inference.method_metadata`), so that ``tritoncorr eval davis
+preset (:func:`tritoncorr.engine.method.method_metadata`), so that ``tritoncorr eval davis
 --checkpoint DST.safetensors`` and ``tritoncorr propagate`` rebuild the same features.
 
 The converted module is :class:`ConvertedModel`: our :class:`~tritoncorr.models.resnet.ResNet`
@@ -70,6 +70,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tritoncorr.models.heads import resize_embedding
 from tritoncorr.models.resnet import DEPTHS, STAGES, ResNet
 
 __all__ = [
@@ -194,8 +195,6 @@ class ConvertedModel(nn.Module):
         return self.config.preset
 
     def _stem_hook(self, x: torch.Tensor) -> torch.Tensor:
-        from tritoncorr.methods.liir import resize_embedding
-
         return x + resize_embedding(self.pos_embed, tuple(x.shape[-2:])).to(x.dtype)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -639,7 +638,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, fmt: str = "auto", vari
     (``.safetensors`` with the method / colour / preset / network metadata). Returns the report."""
     from safetensors.torch import save_file
 
-    from tritoncorr.methods.inference import method_metadata
+    from tritoncorr.engine.method import method_metadata
 
     src, dst = Path(src), Path(dst)
     if dst.suffix != ".safetensors":

@@ -8,6 +8,8 @@
 Both keep PyTorch's default Conv2d initialisation (as DUL/MAST, whose heads live outside the
 ResNet and are not re-initialised) and map ``(N, C_in, h, w)`` to ``(N, C_out, h', w')`` with
 ``h' = floor((h + 2 * (k // 2) - k) / s) + 1`` (``h' = h`` for MLPHead).
+
+* :func:`resize_embedding`: a learned position embedding brought to a feature map's size (LIIR).
 """
 
 from __future__ import annotations
@@ -58,3 +60,11 @@ class ConvHead(nn.Module):
             raise ValueError(f"ConvHead expects (N, {self.in_channels}, h, w), got {tuple(x.shape)}")
         y = self.conv(x)
         return F.normalize(y, dim=1) if self.normalize else y
+
+
+def resize_embedding(embedding: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(1, C, G, G) -> (1, C, h, w)`` bicubic (``align_corners=False``, as LIIR's unofficial code,
+    liir.md §5); the identity (no resampling) when the size already matches."""
+    if tuple(embedding.shape[-2:]) == tuple(size):
+        return embedding
+    return F.interpolate(embedding, size=tuple(size), mode="bicubic", align_corners=False)
