@@ -112,24 +112,8 @@ def test_method_docs_exist_with_sections():
         assert _sections(doc), f"docs/methods/{doc}.md is missing or has no numbered sections"
 
 
-#: Files being rewritten on another branch this session; their owner runs tools/fix_citations.py
-#: when the rewrite lands (then this test XPASSes, which fails under strict: delete PENDING).
-PENDING = ("kernels/local_corr",)
-
-
-def _pending(problem: str) -> bool:
-    return problem.startswith(PENDING)
-
-
 def test_every_citation_resolves():
-    problems = [p for p in citation_problems() if not _pending(p)]
-    assert not problems, f"{len(problems)} citation(s) do not resolve ({FIX_HINT}):\n" + "\n".join(problems)
-
-
-@pytest.mark.xfail(strict=True, reason="kernels/local_corr is being rewritten on the lead's branch; "
-                   "run tools/fix_citations.py after it lands, then empty PENDING")
-def test_pending_citations_resolve():
-    problems = [p for p in citation_problems() if _pending(p)]
+    problems = citation_problems()
     assert not problems, f"{len(problems)} citation(s) do not resolve ({FIX_HINT}):\n" + "\n".join(problems)
 
 
