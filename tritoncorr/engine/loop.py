@@ -544,65 +544,103 @@ class Trainer:
     def train_step(self) -> dict[str, Any] | None:
         """One optimiser step (``optim.accumulate`` micro-batches); returns its metrics row.
 
+        The step is: accumulate the micro-batches' gradients (:meth:`_accumulate`), average the loss
+        terms over ranks and agree on stopping (:meth:`_reduce_losses`), clip (:meth:`_clip_gradients`),
+        set the learning rate and step (:meth:`_optimizer_step`), then time and log it (:meth:`_log_step`).
+
         Returns None when an interrupt killed the data workers during the step (one process): the
         step is rolled back (data position, epoch, RNG states; gradients dropped) so the checkpoint
         saved next replays it.
         """
-        cfg, info, st = self.cfg, self.info, self.state
-        acc = cfg.optim.accumulate
         t0 = time.perf_counter()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        acc_vals: torch.Tensor | None = None
-        clips = 0
         # one process: remember where this step started, in case Ctrl-C kills the data workers
         # while it runs (they get SIGINT too and the next fetch fails): we then roll back and save
-        snap = None if info.distributed else (self.loader.state_dict(), st.epoch, ckpt_io.get_rng_state())
+        snap = None if self.info.distributed else (self.loader.state_dict(), self.state.epoch, ckpt_io.get_rng_state())
         try:
-            for micro in range(acc):
-                batch = _to_device(self._next_batch(), self.device)
-                clips += _batch_size(batch)
-                sync = (self.fwd_module.no_sync() if (info.distributed and micro < acc - 1)
-                        else contextlib.nullcontext())
-                with sync:
-                    with self.amp_ctx():
-                        terms = self.fwd(batch)
-                    if self._term_names is None:
-                        _check_terms(terms, self.model)
-                        self._term_names = list(terms)
-                    elif list(terms) != self._term_names:
-                        raise RuntimeError(f"loss terms changed from {self._term_names} to {list(terms)}")
-                    loss = sum(t.float() for t in terms.values())
-                    (loss / acc).backward()
-                vals = torch.stack([loss.detach().float()] + [t.detach().float().reshape(()) for t in terms.values()])
-                acc_vals = vals if acc_vals is None else acc_vals + vals
+            sums, clips = self._accumulate()
         except Exception:
             if snap is None or not self._stop.requested:
                 raise
-            self.loader.load_state_dict(snap[0])
-            st.epoch = snap[1]
-            ckpt_io.set_rng_state(snap[2])
-            self._data_iter = None
-            self.optimizer.zero_grad(set_to_none=True)
+            self._roll_back(snap)
             return None
-        assert acc_vals is not None and self._term_names is not None
-        names = self._term_names
-        flag = torch.tensor([1.0 if self._stop.requested else 0.0], device=acc_vals.device)
-        vec = all_reduce_mean(torch.cat([acc_vals / acc, flag]), info).cpu()
+        values = self._reduce_losses(sums)
+        grad_norm = self._clip_gradients()
+        lr = self._optimizer_step()
+        return self._log_step(values, lr, grad_norm, time.perf_counter() - t0, clips)
+
+    def _accumulate(self) -> tuple[torch.Tensor, int]:
+        """Forward and backward of ``optim.accumulate`` micro-batches (DDP gradient sync only on the
+        last); returns the summed ``[loss, term_1, ...]`` (float32, detached) and the clip count."""
+        acc = self.cfg.optim.accumulate
+        sums: torch.Tensor | None = None
+        clips = 0
+        for micro in range(acc):
+            batch = _to_device(self._next_batch(), self.device)
+            clips += _batch_size(batch)
+            sync = (self.fwd_module.no_sync() if (self.info.distributed and micro < acc - 1)
+                    else contextlib.nullcontext())
+            with sync:
+                with self.amp_ctx():
+                    terms = self.fwd(batch)
+                self._check_term_names(terms)
+                loss = sum(t.float() for t in terms.values())
+                (loss / acc).backward()
+            vals = torch.stack([loss.detach().float()] + [t.detach().float().reshape(()) for t in terms.values()])
+            sums = vals if sums is None else sums + vals
+        assert sums is not None
+        return sums, clips
+
+    def _check_term_names(self, terms: dict[str, torch.Tensor]) -> None:
+        """The method returns the same loss terms at every step (checked in full the first time)."""
+        if self._term_names is None:
+            _check_terms(terms, self.model)
+            self._term_names = list(terms)
+        elif list(terms) != self._term_names:
+            raise RuntimeError(f"loss terms changed from {self._term_names} to {list(terms)}")
+
+    def _roll_back(self, snap: tuple[dict[str, Any], int, Any]) -> None:
+        """Undo a step an interrupt cut short: data position, epoch, RNG states; gradients dropped."""
+        self.loader.load_state_dict(snap[0])
+        self.state.epoch = snap[1]
+        ckpt_io.set_rng_state(snap[2])
+        self._data_iter = None
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _reduce_losses(self, sums: torch.Tensor) -> list[float]:
+        """``[loss, term_1, ...]`` averaged over micro-batches and ranks; every rank agrees whether to
+        stop after this step. Raises FloatingPointError on a non-finite loss."""
+        acc = self.cfg.optim.accumulate
+        flag = torch.tensor([1.0 if self._stop.requested else 0.0], device=sums.device)
+        vec = all_reduce_mean(torch.cat([sums / acc, flag]), self.info).cpu()
         values = vec[:-1].tolist()
         self._stop_agreed = bool(vec[-1].item() > 0)  # every rank stops after the same step
         if not math.isfinite(values[0]):
-            detail = ", ".join(f"{n}={v}" for n, v in zip(names, values[1:]))
-            raise FloatingPointError(f"non-finite loss at step {st.step + 1}: loss={values[0]} ({detail})")
-        grad_norm = None
-        if cfg.optim.grad_clip > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip))
+            detail = ", ".join(f"{n}={v}" for n, v in zip(self._term_names or [], values[1:]))
+            raise FloatingPointError(f"non-finite loss at step {self.state.step + 1}: loss={values[0]} ({detail})")
+        return values
+
+    def _clip_gradients(self) -> float | None:
+        """The total gradient norm before clipping to ``optim.grad_clip``; None when clipping is off."""
+        if self.cfg.optim.grad_clip <= 0:
+            return None
+        return float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip))
+
+    def _optimizer_step(self) -> float:
+        """Set this step's learning rate (schedule factor of the 0-based step), step, count it; returns the lr."""
+        cfg, st = self.cfg, self.state
         lr = set_lr(self.optimizer, cfg.optim.lr,
                     lr_factor(st.step, cfg.schedule, total_steps=cfg.steps, steps_per_epoch=self.steps_per_epoch))
         self.optimizer.step()
         st.step += 1
-        step = st.step
-        dt = time.perf_counter() - t0
+        return lr
+
+    def _log_step(self, values: list[float], lr: float, grad_norm: float | None, dt: float, clips: int) -> dict[str, Any]:
+        """The step's metrics row (validation scores when due); on rank 0 appended to ``metrics.jsonl``,
+        shown on the progress bar, plotted every ``curves_every`` steps and passed to ``on_step``."""
+        cfg, info, st = self.cfg, self.info, self.state
+        names, step = self._term_names or [], st.step
         self._step_time_ema = dt if self._step_time_ema is None else 0.9 * self._step_time_ema + 0.1 * dt
         st.elapsed = time.perf_counter() - self._session_start
         row: dict[str, Any] = {"step": step, "epoch": st.epoch, "loss": values[0]}
