@@ -57,6 +57,9 @@ BLOCK_N, BLOCK_N_BWD = 64, 32
 #: program accumulates.
 BLOCK_C_FP32, BLOCK_C_16BIT = 32, 64
 BLOCK_CO = 64
+#: Widest features the attention backward handles with score recomputation per output-channel block;
+#: wider ones go through dS / P window volumes (see :func:`launch_attn_bwd`).
+FUSED_MAX_C = 2 * BLOCK_CO
 #: Warps per program: two warpgroups (the wgmma M-tile of 64 rows, N split over the two).
 NUM_WARPS = 8
 
@@ -270,7 +273,7 @@ def _attn_fwd_kernel(
 
 @triton.jit
 def _attn_bwd_dq_kernel(
-    Q, K, V, DO, Lse, Delta, DQ,
+    Q, K, V, DO, Lse, Delta, DQ, DS, PV,
     scale, C, D, H, W, radius,
     sqb, sqc, sqh, sqw,
     skb, skc, skh, skw,
@@ -278,12 +281,17 @@ def _attn_bwd_dq_kernel(
     sdob, sdoc, sdoh, sdow,
     slb, slh, slw,
     sdqb, sdqc, sdqh, sdqw,
+    svolb, svoln, svolh, svolw,
     ZERO_BORDER: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_D: tl.constexpr, STORE_VOLUMES: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """dq[i] = scale * sum_j P_ij (dP_ij - delta_i) k_j over the window of query i, for the output
-    channels of this program's block (``program_id(2)``)."""
+    channels of this program's block (``program_id(2)``).
+
+    STORE_VOLUMES (wide features): instead of dq, write ``dS_ij = scale P_ij (dP_ij - delta_i)`` and
+    ``P_ij`` as window volumes ``(B, (2r+1)^2, H, W)`` (DS, PV; DQ unused), computed once; dQ, dK and
+    dV are then the correlation backward's products of those volumes (see :func:`launch_attn_bwd`)."""
     BLOCK_M: tl.constexpr = TILE_H * TILE_W
     b = tl.program_id(1).to(tl.int64)
     y0, x0 = _tile_origin(tl.program_id(0), H, W, 1, TILE_H, TILE_W)
@@ -319,10 +327,20 @@ def _attn_bwd_dq_kernel(
                      mask=d_ok[:, None] & inside[None, :], other=0.0)
         dp = _mma(do, vt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PRECISION, UPCAST)
         ds = p * (dp - delta[:, None]) * scale_f
-        kb = tl.load(K + b * skb + co[None, :] * skc + k_pix[:, None], mask=inside[:, None] & co_ok[None, :], other=0.0)
-        acc = _mma(ds.to(K.dtype.element_ty), kb, acc, PRECISION, UPCAST)
-    tl.store(DQ + b * sdqb + co[None, :] * sdqc + (qy * sdqh + qx * sdqw)[:, None], acc.to(DQ.dtype.element_ty),
-             mask=q_ok[:, None] & co_ok[None, :])
+        if STORE_VOLUMES:
+            P = 2 * radius + 1
+            vol = svolb * b + ((ry[None, :] - iy[:, None]) * P + (rx[None, :] - ix[:, None])) * svoln \
+                + (qy * svolh + qx * svolw)[:, None]
+            in_window = _window(iy, ix, ry, rx, exists, radius) & q_ok[:, None]
+            tl.store(DS + vol, ds.to(DS.dtype.element_ty), mask=in_window)
+            tl.store(PV + vol, p.to(PV.dtype.element_ty), mask=in_window)
+        else:
+            kb = tl.load(K + b * skb + co[None, :] * skc + k_pix[:, None], mask=inside[:, None] & co_ok[None, :],
+                         other=0.0)
+            acc = _mma(ds.to(K.dtype.element_ty), kb, acc, PRECISION, UPCAST)
+    if not STORE_VOLUMES:
+        tl.store(DQ + b * sdqb + co[None, :] * sdqc + (qy * sdqh + qx * sdqw)[:, None], acc.to(DQ.dtype.element_ty),
+                 mask=q_ok[:, None] & co_ok[None, :])
 
 
 @triton.jit
@@ -499,6 +517,16 @@ def launch_attn_fwd(query, key, value, radius: int, scale: float, border: str, p
 
 
 def launch_attn_bwd(query, key, value, out, lse, dout, dlse, radius: int, scale: float, border: str, precision: str):
+    """Two ways, by feature width (the choice is the one :mod:`tritoncorr.bench.model` measures on paper):
+
+    * ``C <= FUSED_MAX_C``: dQ and dK/dV kernels that recompute the scores from q, k and the lse, one
+      program per tile and output-channel block (at most 2 blocks: the scores are recomputed per block);
+    * wider features (STT: C 512, 1024): one kernel recomputes the scores once per tile and writes
+      ``dS`` and ``P`` as window volumes ``(B, (2r+1)^2, H, W)`` in the input dtype, then
+      ``dQ = dS K``, ``dK = dS^T Q`` and ``dV = P^T dO`` are the correlation backward's tile GEMMs
+      (no score recomputation; the volumes cost ``2 (2r+1)^2`` values per pixel, still far less than
+      the unfolded ``C (2r+1)^2`` of the reference).
+    """
     B, C, H, W = query.shape
     D = value.shape[1]
     if B * H * W == 0:
@@ -510,13 +538,27 @@ def launch_attn_bwd(query, key, value, out, lse, dout, dlse, radius: int, scale:
     dq = alloc_output((B, C, H, W), dtype=query.dtype, device=query.device)
     dk = alloc_output((B, C, H, W), dtype=key.dtype, device=key.device)
     dv = alloc_output((B, D, H, W), dtype=value.dtype, device=value.device)
-    grid = (_grid_tiles(H, W), B, triton.cdiv(C, cfg["BLOCK_CO"]))
+    volumes = C > FUSED_MAX_C
+    P = 2 * radius + 1
+    ds = alloc_output((B, P * P, H, W), dtype=query.dtype, device=query.device) if volumes else dq
+    pv = alloc_output((B, P * P, H, W), dtype=query.dtype, device=query.device) if volumes else dq
+    grid = (_grid_tiles(H, W), B, 1 if volumes else triton.cdiv(C, cfg["BLOCK_CO"]))
     meta = dict(ZERO_BORDER=border == "zero", PRECISION=precision, BLOCK_N=cfg["BLOCK_N_BWD"],
                 **_meta(cfg, "TILE_H", "TILE_W", "BLOCK_C", "BLOCK_CO", "BLOCK_D", "UPCAST", "num_warps", "num_stages"))
     wrap_triton(_attn_bwd_dq_kernel)[grid](
-        query, key, value, dout, lse, delta, dq, float(scale), C, D, H, W, radius,
-        *_s(query), *_s(key), *_s(value), *_s(dout), *_s(lse), *_s(dq), **meta,
+        query, key, value, dout, lse, delta, dq, ds, pv, float(scale), C, D, H, W, radius,
+        *_s(query), *_s(key), *_s(value), *_s(dout), *_s(lse), *_s(dq), *_s(ds), STORE_VOLUMES=volumes, **meta,
     )
+    if volumes:
+        corr_meta = dict(PRECISION=precision, **_meta(cfg, "TILE_H", "TILE_W", "BLOCK_N", "UPCAST", "num_warps", "num_stages"))
+        for vol, src, dst, for_key in ((ds, key, dq, False), (ds, query, dk, True), (pv, dout, dv, True)):
+            channels = src.shape[1]
+            block_co = launch_config(channels, 1, query.dtype)["BLOCK_CO"]
+            wrap_triton(_corr_bwd_kernel)[(_grid_tiles(H, W), B, triton.cdiv(channels, block_co))](
+                vol, src, dst, channels, H, W, radius, 1, *_s(vol), *_s(src), *_s(dst),
+                FOR_KEY=for_key, BLOCK_CO=block_co, **corr_meta,
+            )
+        return dq, dk, dv
     wrap_triton(_attn_bwd_dkdv_kernel)[grid](
         query, key, value, dout, lse, delta, dk, dv, float(scale), C, D, H, W, radius,
         *_s(query), *_s(key), *_s(value), *_s(dout), *_s(lse), *_s(dk), *_s(dv), **meta,
@@ -528,8 +570,11 @@ def launch_attn_bwd(query, key, value, out, lse, dout, dlse, radius: int, scale:
 # Ahead-of-time compile specs: every kernel in the configurations the launchers use
 # ---------------------------------------------------------------------------------------------
 
-#: (label, C, D): MAST/LIIR (C 64, D 1 and 3), STT res3 (C 128 R18, C 512 R50), STT res4 (C 1024, D 1).
-AOT_SHAPES = (("c64_d1", 64, 1), ("c64_d3", 64, 3), ("c128_d1", 128, 1), ("c512_d1", 512, 1), ("c1024_d1", 1024, 1))
+#: (label, C, D): the distinct launch configurations. Every C >= 64 launches the same blocks (MAST/LIIR
+#: C 64, STT C 128-1024), every D <= 16 the same value block (the papers reconstruct 1-3 channels), and
+#: C > FUSED_MAX_C (STT's R50 C 512 / 1024) the volume backward; C 16 (small test shapes) and D 64 (the
+#: most value channels) are the others.
+AOT_SHAPES = (("c16_d1", 16, 1), ("c64_d3", 64, 3), ("c64_d64", 64, 64), ("c512_d1", 512, 1))
 
 
 def _strides(*prefixes: str) -> dict[str, str]:
@@ -541,6 +586,7 @@ def aot_specs() -> list:
     from ..aot import AotSpec
 
     specs = []
+    corr_channels = sorted({C for _, C, _ in AOT_SHAPES})  # correlation has no value: one spec per C
     for dtype, tp in ((torch.float32, "*fp32"), (torch.bfloat16, "*bf16")):
         dname = "fp32" if dtype == torch.float32 else "bf16"
         for label, C, D in AOT_SHAPES:
@@ -549,7 +595,7 @@ def aot_specs() -> list:
             opts = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
             const = dict(PRECISION="tf32", UPCAST=False, TILE_H=cfg["TILE_H"], TILE_W=cfg["TILE_W"], BLOCK_N=cfg["BLOCK_N"])
             sizes = {n: "i32" for n in ("C", "H", "W", "radius", "dil")}
-            if D == 1:  # correlation has no value: one spec per C
+            if C in corr_channels and D == min(d for _, c, d in AOT_SHAPES if c == C):
                 sig = {"Q": tp, "K": tp, "Out": tp, **sizes, **_strides("sq", "sk"),
                        **{f"so{s}": "i32" for s in ("b", "n", "h", "w")}}
                 c = dict(const, BLOCK_C=cfg["BLOCK_C"])
@@ -569,11 +615,15 @@ def aot_specs() -> list:
                        **_strides("sq", "sk", "sv", "so"), **lse_strides}
                 specs.append(AotSpec(f"attn_fwd_{border}_{tag}", _attn_fwd_kernel, {**sig, **{k: "constexpr" for k in c}},
                                      c, **opts))
-                c = dict(c, BLOCK_CO=cfg["BLOCK_CO"], BLOCK_N=cfg["BLOCK_N_BWD"])
-                sig = {"Q": tp, "K": tp, "V": tp, "DO": tp, "Lse": "*fp32", "Delta": "*fp32", "DQ": tp, **sizes,
-                       **_strides("sq", "sk", "sv", "sdo"), **lse_strides, **_strides("sdq")}
-                specs.append(AotSpec(f"attn_bwd_dq_{border}_{tag}", _attn_bwd_dq_kernel,
-                                     {**sig, **{k: "constexpr" for k in c}}, c, **opts))
+                c = dict(c, BLOCK_CO=cfg["BLOCK_CO"], BLOCK_N=cfg["BLOCK_N_BWD"], STORE_VOLUMES=C > FUSED_MAX_C)
+                sig = {"Q": tp, "K": tp, "V": tp, "DO": tp, "Lse": "*fp32", "Delta": "*fp32", "DQ": tp, "DS": tp, "PV": tp,
+                       **sizes, **_strides("sq", "sk", "sv", "sdo"), **lse_strides, **_strides("sdq"),
+                       **{f"svol{s}": "i32" for s in ("b", "n", "h", "w")}}
+                specs.append(AotSpec(f"attn_bwd_{'volumes' if C > FUSED_MAX_C else 'dq'}_{border}_{tag}",
+                                     _attn_bwd_dq_kernel, {**sig, **{k: "constexpr" for k in c}}, c, **opts))
+                if C > FUSED_MAX_C:  # dQ, dK, dV from the correlation backward (its specs above)
+                    continue
+                c.pop("STORE_VOLUMES")
                 sig = {"Q": tp, "K": tp, "V": tp, "DO": tp, "Lse": "*fp32", "Delta": "*fp32", "DK": tp, "DV": tp, **sizes,
                        **_strides("sq", "sk", "sv", "sdo"), **lse_strides, **_strides("sdk", "sdv")}
                 specs.append(AotSpec(f"attn_bwd_dkdv_{border}_{tag}", _attn_bwd_dkdv_kernel,

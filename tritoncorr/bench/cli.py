@@ -20,33 +20,72 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def model_table(console: Console) -> list[dict]:
+    """Print the roofline model of the hot kernels at the papers' shapes; return its rows."""
+    from tritoncorr.bench.model import DEVICES, limit, paper_cases
+
+    devices = [DEVICES["H100 SXM"], DEVICES["H200"]]
+    table = Table(title="Roofline model at the papers' shapes (useful work; the limit a GPU run is measured against)")
+    for col in ("kernel", "shape", "pass", "dtype", "GFLOP", "executed / useful", "min MB", "FLOP/B",
+                *(f"{d.name}: bound, t_min us" for d in devices)):
+        table.add_column(col, justify="left" if col in ("kernel", "shape", "pass", "dtype") else "right")
+    rows = []
+    for case in paper_cases():
+        limits = [limit(case, d) for d in devices]
+        overhead = case.executed / case.flops if case.executed else None
+        table.add_row(case.kernel, case.shape, case.mode, case.dtype, f"{case.flops / 1e9:.1f}", _fmt(overhead),
+                      f"{case.bytes / 2**20:.1f}", f"{case.intensity:.0f}",
+                      *(f"{bound}, {ms * 1e3:.0f}" for bound, ms in limits))
+        rows.append({**dataclasses.asdict(case), "intensity": case.intensity,
+                     **{f"{d.name} bound": b for d, (b, _) in zip(devices, limits)},
+                     **{f"{d.name} t_min_ms": ms for d, (_, ms) in zip(devices, limits)}})
+    console.print(table)
+    return rows
+
+
 def aot_cli(json_path: Path | None, console: Console) -> None:
-    from tritoncorr.kernels.aot import all_specs, compile_spec, ARCHS
+    """Compile every kernel configuration for sm_80 / sm_90 (no GPU needed): registers, spills, shared
+    memory and tensor-core instructions (``mma.sync``, ``wgmma``); then the roofline model."""
+    from tritoncorr.kernels.aot import ARCHS, all_specs, compile_spec
 
     specs = all_specs()
-    if not specs:
-        console.print("[yellow]no Triton kernels registered yet[/yellow]")
-        raise typer.Exit(code=1)
     table = Table(title="Ahead-of-time compile report (no GPU needed)")
-    for col in ("kernel", "arch", "warps", "registers", "spills (B)", "shared (B)", "status"):
+    for col in ("kernel", "arch", "warps", "registers", "spills (B)", "shared (B)", "mma.sync", "wgmma", "status"):
         table.add_column(col, justify="right" if col not in ("kernel", "status") else "left")
     records = []
-    with console.status("compiling kernels for sm_80 / sm_90 ..."):
-        for spec in specs:
+    with console.status("compiling kernels for sm_80 / sm_90 ...") as status:
+        for i, spec in enumerate(specs):
+            status.update(f"compiling {spec.name} ({i + 1}/{len(specs)}) for sm_80 / sm_90 ...")
             for arch in ARCHS:
                 rec = compile_spec(spec, arch)
                 records.append(rec)
-                status = "[red]" + rec.error[:60] + "[/red]" if rec.error else ("[green]ok[/green]" if rec.spills == 0 else "[red]spills[/red]")
-                table.add_row(rec.kernel, rec.arch, str(rec.num_warps), str(rec.registers), str(rec.spills), str(rec.shared_bytes), status)
+                table.add_row(rec.kernel, rec.arch, str(rec.num_warps), str(rec.registers), str(rec.spills),
+                              str(rec.shared_bytes), str(rec.mma), str(rec.wgmma), _aot_status(rec))
     console.print(table)
+    model = model_table(console)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps([dataclasses.asdict(r) for r in records], indent=2))
+        json_path.write_text(json.dumps({"kernels": [dataclasses.asdict(r) for r in records], "model": model}, indent=2))
         console.print(f"wrote {json_path}")
-    failed = [r for r in records if r.error or r.spills != 0]
+    failed = [r for r in records if r.error or r.spills != 0 or not _uses_tensor_cores(r)]
     if failed:
-        console.print(f"[red]{len(failed)} kernel configuration(s) failed to compile or spill[/red]")
+        console.print(f"[red]{len(failed)} kernel configuration(s) failed to compile, spill or miss the tensor cores[/red]")
         raise typer.Exit(code=1)
+
+
+def _uses_tensor_cores(rec) -> bool:
+    """bf16 configurations need wgmma on sm_90 and mma.sync on sm_80; fp32 ones any tensor-core instruction."""
+    if "bf16" in rec.kernel:
+        return rec.wgmma > 0 if rec.arch == "sm_90" else rec.mma > 0
+    return rec.mma + rec.wgmma > 0
+
+
+def _aot_status(rec) -> str:
+    if rec.error:
+        return "[red]" + rec.error[:60] + "[/red]"
+    if rec.spills:
+        return "[red]spills[/red]"
+    return "[green]ok[/green]" if _uses_tensor_cores(rec) else "[yellow]no tensor cores[/yellow]"
 
 
 def bench_cli(*, kernels: list[str], aot: bool, json_path: Path | None, csv_path: Path | None, quick: bool, device: str) -> None:

@@ -97,14 +97,19 @@ def _slots_factory(device: torch.device, t: int, h: int, w: int, dense: bool):
     return factory
 
 
+def propagation_case(device: torch.device, t: int, h: int, w: int) -> BenchCase:
+    """The case for a ``t``-frame generated video of ``h x w`` pixels (every provider)."""
+    shape = f"DUL protocol, T={t} frames {w}x{h}, R18 stride 8, context 20, r 12, top-10"
+    providers = {
+        "tritoncorr": _ours_factory(device, t, h, w, "fp32"),
+        "tritoncorr-bf16": _ours_factory(device, t, h, w, "bf16"),
+        "repeated-slots": _slots_factory(device, t, h, w, dense=False),
+        "crw": _slots_factory(device, t, h, w, dense=True),
+    }
+    return BenchCase("eval_davis", shape, "fwd", providers)
+
+
 def cases(device: torch.device, quick: bool) -> list[BenchCase]:
     """One case: a ``FRAMES``-frame video at 480 x 854 (240 x 427 when ``quick``)."""
     h, w = (240, 427) if quick else (480, 854)
-    shape = f"DUL protocol, T={FRAMES} frames {w}x{h}, R18 stride 8, context 20, r 12, top-10"
-    providers = {
-        "tritoncorr": _ours_factory(device, FRAMES, h, w, "fp32"),
-        "tritoncorr-bf16": _ours_factory(device, FRAMES, h, w, "bf16"),
-        "repeated-slots": _slots_factory(device, FRAMES, h, w, dense=False),
-        "crw": _slots_factory(device, FRAMES, h, w, dense=True),
-    }
-    return [BenchCase("eval_davis", shape, "fwd", providers)]
+    return [propagation_case(device, FRAMES, h, w)]

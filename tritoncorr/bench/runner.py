@@ -19,19 +19,9 @@ from pathlib import Path
 import torch
 
 from tritoncorr.bench.core import BenchCase, BenchResult, SkipProvider, peak_memory_bytes, time_fn
+from tritoncorr.bench.model import Device, device_for
 
 FAMILIES = ("knn_propagate", "local_corr", "anchor_softmax", "eval_davis")
-
-# Peak dense throughput (TFLOP/s, no sparsity) and memory bandwidth (TB/s) of known GPUs, from the
-# vendors' data sheets. Used for "% of roofline"; unknown devices get no roofline column.
-ROOFLINES: dict[str, dict[str, float]] = {
-    "H100 SXM": {"bf16_tflops": 989.0, "fp32_tflops": 67.0, "tbps": 3.35},
-    "H100 PCIe": {"bf16_tflops": 756.0, "fp32_tflops": 51.0, "tbps": 2.0},
-    "H100": {"bf16_tflops": 989.0, "fp32_tflops": 67.0, "tbps": 3.35},
-    "H200": {"bf16_tflops": 989.0, "fp32_tflops": 67.0, "tbps": 4.8},
-    "A100": {"bf16_tflops": 312.0, "fp32_tflops": 19.5, "tbps": 2.0},
-}
-
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
@@ -39,14 +29,11 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def roofline_for(device: torch.device) -> dict[str, float] | None:
+def roofline_for(device: torch.device) -> Device | None:
+    """The data-sheet peaks of ``device`` (:data:`tritoncorr.bench.model.DEVICES`); None on CPU or unknown GPUs."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, value in ROOFLINES.items():
-        if key in name:
-            return value
-    return None
+    return device_for(torch.cuda.get_device_name(device))
 
 
 def load_cases(families: list[str], device: torch.device, quick: bool) -> list[BenchCase]:
@@ -80,9 +67,9 @@ def run_case(case: BenchCase, device: torch.device, *, quick: bool, on_result: C
             gbps = case.bytes / (p50 * 1e-3) / 1e9 if case.bytes else None
             pct = None
             if roof is not None and tflops is not None:
-                pct = 100.0 * tflops / roof["bf16_tflops"]
+                pct = 100.0 * tflops / roof.bf16_tflops
             elif roof is not None and gbps is not None:
-                pct = 100.0 * gbps / (roof["tbps"] * 1e3)
+                pct = 100.0 * gbps / (roof.tbps * 1e3)
             result = BenchResult(case.kernel, case.shape, case.mode, provider, dev, p50, p20, p80, peak, tflops, gbps, pct)
             del fn
         results.append(result)
