@@ -117,6 +117,26 @@ def test_every_citation_resolves():
     assert not problems, f"{len(problems)} citation(s) do not resolve ({FIX_HINT}):\n" + "\n".join(problems)
 
 
+def _markdown_files() -> list[Path]:
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.md"],
+                         cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return sorted(ROOT / p for p in out.split() if (ROOT / p).is_file())
+
+
+def test_markdown_links_resolve():
+    """Relative links of the repository's Markdown files (README, docs/) point to files that exist."""
+    problems = []
+    for path in _markdown_files():
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for target in re.findall(r"\]\(([^)\s]+)\)", re.sub(r"`[^`]*`", "", line)):  # not in code spans
+                target = target.split("#", 1)[0]
+                if not target or re.match(r"[a-z]+:", target):
+                    continue
+                if not (path.parent / target).exists():
+                    problems.append(f"{path.relative_to(ROOT)}:{line_no}: links to {target}, which does not exist")
+    assert not problems, "\n".join(problems)
+
+
 @pytest.mark.parametrize("line, ok", [
     ("see stt.md §4.2 and docs/KERNELS.md", True),
     ("see stt.md §42", False),
