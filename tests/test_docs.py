@@ -2,7 +2,9 @@
 
 Rules (the code's citation style):
 - ``dul.md``, ``stt.md``, ``liir.md``, ``propagation.md`` (with or without ``docs/methods/``) are the
-  method documents in ``docs/methods/``; any other ``*.md`` path is relative to the repository root.
+  method documents in ``docs/methods/``; a path under a top-level folder of the repository
+  (``docs/KERNELS.md``) or an upper-case name (``README.md``, ``ARCHITECTURE.md``) is relative to the
+  repository root; other names (``OUT/gpu_check.md``) are files the code writes, not citations.
   A ``file.md:123`` citation (with a line number) is an upstream file of a reference repository and
   is not checked here.
 - ``§N`` / ``§N.M`` / ranges ``§N.M-N.K`` name a numbered heading of a method document (or, where
@@ -65,11 +67,13 @@ def _path_problems(rel: str, line_no: int, line: str) -> list[str]:
         path, upstream_line = m.group(1), m.group(2)
         if upstream_line:  # file.md:123 is an upstream repository's file
             continue
-        stem = Path(path).stem
+        stem, first = Path(path).stem, Path(path).parts[0]
         if path in {f"{d}.md" for d in METHOD_DOCS} or path == f"docs/methods/{stem}.md" and stem in METHOD_DOCS:
             target = ROOT / "docs" / "methods" / f"{stem}.md"
+        elif "/" in path and (first == "design" or (ROOT / first).is_dir()) or stem.isupper():
+            target = ROOT / path  # a document of the repository (or an old design/ path)
         else:
-            target = ROOT / path
+            continue  # a file name the code writes or reads (``OUT/report.md``), not a citation
         if not target.is_file():
             out.append(f"{rel}:{line_no}: cites {path}, which is not a file of the repository")
     return out
@@ -144,6 +148,8 @@ def test_markdown_links_resolve():
     ("upstream README.md:156-157", True),
     ("LIIR spec §4.1, §6.6", True),
     ("(ARCHITECTURE.md op pattern)", False),
+    ("see docs/NOPE.md", False),
+    ("writes OUT/gpu_check.md and report.md", True),
 ])
 def test_checker_flags_what_it_should(line, ok):
     found = _path_problems("x.py", 1, line) + _section_problems("x.py", 1, line, None)
