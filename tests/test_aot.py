@@ -27,9 +27,8 @@ def test_tensor_core_counts_parse_ptx():
     wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%f1}, %rd1, %rd2, 1, 1, 1, 0, 0;
     wgmma.fence.sync.aligned;
     wgmma.commit_group.sync.aligned;
-    // mma.sync in a comment still looks like one: PTX from Triton has none
     """
-    assert tensor_core_counts(ptx) == (3, 1)
+    assert tensor_core_counts(ptx) == (2, 1)  # wgmma's fence / commit are not MMAs
     assert tensor_core_counts("fma.rn.f32 %f1, %f2, %f3, %f4;") == (0, 0)
 
 
@@ -111,3 +110,37 @@ def test_every_hot_kernel_uses_wgmma_for_bf16_on_sm90():
     bad = [r for r in records if r["error"] or r["spills"] or r["wgmma"] == 0]
     assert not bad, "\n".join(f"{r['kernel']}: wgmma={r['wgmma']} mma={r['mma']} spills={r['spills']} {r['error']}"
                               for r in bad)
+
+
+_CLI_SCRIPT = r"""
+import os, sys
+os.environ.pop("TRITON_INTERPRET", None)
+from rich.console import Console
+from pathlib import Path
+from tritoncorr.bench import cli
+from tritoncorr.kernels import aot
+specs = [s for s in aot.family_specs("local_corr") if s.name in ("corr_fwd_bf16_c64", "attn_fwd_zero_fp32_c64_d3")]
+aot.all_specs = lambda: specs
+cli.aot_cli(Path(sys.argv[1]), Console(width=200))
+"""
+
+
+@pytest.mark.aot
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_bench_aot_command_reports_tensor_cores_and_the_model(tmp_path):
+    """``tritoncorr bench --aot --json`` (two configurations): per configuration mma.sync / wgmma counts,
+    then the model rows."""
+    out = tmp_path / "aot.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _CLI_SCRIPT, str(out)], capture_output=True, text=True, env=env,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "wgmma" in proc.stdout and "Roofline model" in proc.stdout
+    report = json.loads(out.read_text())
+    kernels = {(r["kernel"], r["arch"]): r for r in report["kernels"]}
+    assert set(kernels) == {(n, a) for n in ("corr_fwd_bf16_c64", "attn_fwd_zero_fp32_c64_d3") for a in ("sm_80", "sm_90")}
+    assert kernels[("corr_fwd_bf16_c64", "sm_90")]["wgmma"] > 0
+    assert kernels[("corr_fwd_bf16_c64", "sm_80")]["mma"] > 0
+    assert all(r["spills"] == 0 and not r["error"] for r in report["kernels"])
+    assert len(report["model"]) == len(paper_cases())
+    assert {"H100 SXM t_min_ms", "H200 t_min_ms", "intensity"} <= set(report["model"][0])
