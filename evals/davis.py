@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 RESOLUTIONS = ("480p", "Full-Resolution")
 VOID = 255
@@ -81,13 +81,48 @@ def write_palette_png(path: str | Path, ids: np.ndarray) -> Path:
     return path
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image as uint8 ``(H, W, 3)`` RGB; a :class:`DavisFormatError` names a corrupt file."""
+# Decompression bombs: a small file can declare a huge image. PIL's own limit (a warning above it, an
+# error above twice it) is set here deliberately, and every reader checks the declared size against it
+# before decoding: 64 Mpx (8192 x 8192) is far above any benchmark frame (DAVIS Full-Resolution: 8.3 Mpx).
+MAX_IMAGE_PIXELS = 8192 * 8192
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+def load_image(path: str | Path, error: type[Exception] | None = None, what: str = "image", mode: str | None = None):
+    """Open, size-check and decode an image file; every failure is ``error`` naming the file.
+
+    ``mode``: convert to it (e.g. "RGB") after decoding. PIL reports corrupt data with many exception
+    types (OSError, SyntaxError, ValueError, EOFError, struct.error, DecompressionBombError, ...); all
+    of them become ``error(f"cannot read {what} {path}: ...")`` (default :class:`DavisFormatError`).
+    """
+    error = error or DavisFormatError
     try:
         with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError, SyntaxError) as err:
-        raise DavisFormatError(f"cannot read image {path}: {err}") from err
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS or w < 1 or h < 1:
+                raise error(f"cannot read {what} {path}: it declares {w}x{h} pixels (more than the "
+                            f"{MAX_IMAGE_PIXELS} allowed, or none): refusing to decode it")
+            im.load()
+            return im.convert(mode) if mode and im.mode != mode else im.copy()
+    except error:
+        raise
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # noqa: BLE001 - PIL's decoders raise many types for corrupt files
+        raise error(f"cannot read {what} {path}: {type(err).__name__}: {err}") from err
+
+
+def read_text(path: str | Path, error: type[Exception] | None = None) -> str:
+    """A UTF-8 text file (split and list files, ``meta.json``); unreadable or not UTF-8 is ``error`` naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise (error or DavisFormatError)(f"cannot read {path} as UTF-8 text: {err}") from err
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read an image as uint8 ``(H, W, 3)`` RGB; a :class:`DavisFormatError` names a corrupt file."""
+    return np.array(load_image(path, DavisFormatError, "image", "RGB"))
 
 
 def read_video_frame(path: str | Path, size: tuple[int, int], error: type[Exception]) -> np.ndarray:
@@ -103,21 +138,38 @@ def read_video_frame(path: str | Path, size: tuple[int, int], error: type[Except
 
 
 def read_index_png(path: str | Path) -> np.ndarray:
-    """Read an indexed ("P") or grayscale ("L") PNG as uint8 ``(H, W)`` raw values."""
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("P", "L", "1"):
-                raise DavisFormatError(
-                    f"{path}: mask must be an indexed ('P') or grayscale ('L') PNG of object ids, got mode {im.mode!r}"
-                )
-            arr = np.array(im)
-    except DavisFormatError:
-        raise
-    except (OSError, UnidentifiedImageError, SyntaxError) as err:
-        raise DavisFormatError(f"cannot read mask {path}: {err}") from err
+    """Read an indexed ("P") or grayscale ("L") PNG as uint8 ``(H, W)`` raw values.
+
+    An RGB PNG whose three channels are equal (R = G = B = id, what CRW's ``test.py`` writes for VIP)
+    is read as that index map; an RGB PNG whose channels differ is a :class:`DavisFormatError`.
+    """
+    im = load_image(path, DavisFormatError, "mask")
+    if im.mode not in ("P", "L", "1", "RGB"):
+        raise DavisFormatError(
+            f"{path}: mask must be an indexed ('P') or grayscale ('L') PNG of object ids, got mode {im.mode!r}"
+        )
+    arr = np.array(im)
+    if im.mode == "RGB":
+        if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
+            raise DavisFormatError(
+                f"{path}: an RGB mask must have equal channels (R = G = B = id, as CRW writes them); this "
+                "one has coloured pixels: save the ids as an indexed ('P') or grayscale ('L') PNG")
+        arr = arr[..., 0]
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
     return arr.astype(np.uint8, copy=False)
+
+
+def unknown_names(unknown: Sequence[str], known: Sequence[str]) -> str:
+    """``['doggo'] (did you mean 'dog'?)``: unknown sequence / video names with close matches."""
+    import difflib
+
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+        if close:
+            hints.append(f"{name!r}: did you mean {' or '.join(repr(c) for c in close)}?")
+    return f"{list(unknown)}" + (f" ({'; '.join(hints)})" if hints else "")
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -125,8 +177,13 @@ def _image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             w, h = im.size
-    except (OSError, UnidentifiedImageError, SyntaxError) as err:
-        raise DavisFormatError(f"cannot read {path}: {err}") from err
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for corrupt headers
+        raise DavisFormatError(f"cannot read {path}: {type(err).__name__}: {err}") from err
+    if w * h > MAX_IMAGE_PIXELS or w < 1 or h < 1:
+        raise DavisFormatError(f"cannot read {path}: it declares {w}x{h} pixels (more than the {MAX_IMAGE_PIXELS} "
+                               "allowed, or none)")
     return h, w
 
 
@@ -227,7 +284,7 @@ class DavisDataset:
         split_file = root / "ImageSets" / "2017" / f"{split}.txt"
         if not split_file.is_file():
             raise DavisFormatError(f"DAVIS root {root}: missing split file {split_file}")
-        listed = [ln.strip() for ln in split_file.read_text().splitlines() if ln.strip()]
+        listed = [ln.strip() for ln in read_text(split_file).splitlines() if ln.strip()]
         if not listed:
             raise DavisFormatError(f"split file {split_file} lists no sequence")
         # The toolkit keys sequences by name (duplicates collapse), keeping the file order.
@@ -235,7 +292,7 @@ class DavisDataset:
         if sequences:
             unknown = [s for s in sequences if s not in listed]
             if unknown:
-                raise DavisFormatError(f"sequence(s) {unknown} not listed in {split_file}")
+                raise DavisFormatError(f"sequence(s) {unknown_names(unknown, listed)} not listed in {split_file}")
             listed = [s for s in listed if s in set(sequences)]
         self.root, self.split, self.resolution = root, split, resolution
         self.require_all_masks = require_all_masks
@@ -659,11 +716,25 @@ def evaluate_results(
     ds = DavisDataset(root, split, resolution, sequences, require_all_masks=True)
     objects: list[ObjectScore] = []
     for seq in _iterate(ds.sequences, progress, "scoring"):
-        gt = seq.load_masks()
-        ids = seq.mask_ids[1:-1]
-        pred = read_results(results_dir, seq, ids) if len(ids) else np.zeros((0, *seq.size), np.uint8)
-        objects.extend(score_sequence(seq.name, gt, pred))
+        objects.extend(score_results(results_dir, seq))
     return DavisScores(objects, split=split)
+
+
+def score_results(results_dir: str | Path, seq: DavisSequence) -> list[ObjectScore]:
+    """:func:`score_sequence` of ``<results_dir>/<seq>/*.png`` against ``seq``'s ground truth."""
+    ids = seq.mask_ids[1:-1]
+    pred = read_results(results_dir, seq, ids) if len(ids) else np.zeros((0, *seq.size), np.uint8)
+    return score_sequence(seq.name, seq.load_masks(), pred)
+
+
+def objects_to_json(objects: Sequence[ObjectScore]) -> list[dict]:
+    """Per-object J and F (exact floats, NaN kept) for a resumable folder's record."""
+    return [{"sequence": o.sequence, "object_id": o.object_id, "j": o.j.tolist(), "f": o.f.tolist()} for o in objects]
+
+
+def objects_from_json(rows: Sequence[dict]) -> list[ObjectScore]:
+    return [ObjectScore(r["sequence"], int(r["object_id"]), np.asarray(r["j"], np.float64),
+                        np.asarray(r["f"], np.float64)) for r in rows]
 
 
 def _iterate(seqs: Iterable[DavisSequence], progress, label: str):

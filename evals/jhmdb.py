@@ -55,6 +55,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tritoncorr.evals.davis import read_text
+
 NUM_JOINTS = 15
 JOINT_NAMES = (
     "neck", "belly", "face", "right_shoulder", "left_shoulder", "right_hip", "left_hip", "right_elbow",
@@ -77,6 +79,8 @@ class JhmdbFormatError(ValueError):
 
 _MI_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 9: "f8", 12: "i8", 13: "u8"}
 _MI_MATRIX, _MI_COMPRESSED = 14, 15
+# A compressed element may not expand beyond this (JHMDB's joint_positions.mat: a few KB).
+MAX_MAT_ELEMENT_BYTES = 64 << 20
 _MX_DTYPES = {6: "f8", 7: "f4", 8: "i1", 9: "u1", 10: "i2", 11: "u2", 12: "i4", 13: "u4", 14: "i8", 15: "u8"}
 
 
@@ -153,10 +157,14 @@ def read_mat(path: str | Path) -> dict[str, np.ndarray]:
     while pos + 8 <= len(buf):
         mtype, body, pos = _element(buf, pos, bo, path)
         if mtype == _MI_COMPRESSED:
+            z = zlib.decompressobj()
             try:
-                body = zlib.decompress(body)
+                body = z.decompress(body, MAX_MAT_ELEMENT_BYTES)
             except zlib.error as err:
                 raise JhmdbFormatError(f"{path}: corrupt compressed MAT-file element: {err}") from err
+            if z.unconsumed_tail:
+                raise JhmdbFormatError(f"{path}: a compressed MAT-file element expands beyond "
+                                       f"{MAX_MAT_ELEMENT_BYTES} bytes (a zip bomb?)")
             mtype, body, _ = _element(body, 0, bo, path)
         if mtype == _MI_MATRIX and body:
             name, arr = _matrix(body, bo, path)
@@ -256,7 +264,7 @@ def _split_clips(root: Path, split: int) -> list[tuple[str, str]] | None:
     out = []
     for f in files:
         action = f.name[: -len(f"_test_split{split}.txt")]
-        for n, line in enumerate(f.read_text().splitlines(), 1):
+        for n, line in enumerate(read_text(f, JhmdbFormatError).splitlines(), 1):
             parts = line.split()
             if not parts:
                 continue
@@ -295,7 +303,7 @@ class JhmdbDataset:
             list_file = Path(list_file)
             if not list_file.is_file():
                 raise JhmdbFormatError(f"list file {list_file} does not exist")
-            for n, line in enumerate(list_file.read_text().splitlines(), 1):
+            for n, line in enumerate(read_text(list_file, JhmdbFormatError).splitlines(), 1):
                 parts = line.split()
                 if not parts:
                     continue
@@ -321,7 +329,11 @@ class JhmdbDataset:
             want = set(clips)
             unknown = [c for c in clips if not any(c in (name, name.split("/")[-1]) for name, _, _ in pairs)]
             if unknown:
-                raise JhmdbFormatError(f"clip(s) {unknown} not in the evaluated list ({self.note})")
+                from tritoncorr.evals.davis import unknown_names
+
+                known = [n for name, _, _ in pairs for n in (name, name.split("/")[-1])]
+                raise JhmdbFormatError(f"clip(s) {unknown_names(unknown, known)} not in the evaluated list "
+                                       f"({self.note})")
             pairs = [p for p in pairs if p[0] in want or p[0].split("/")[-1] in want]
         if not pairs:
             raise JhmdbFormatError(f"JHMDB root {root}: no clip to evaluate ({self.note})")
@@ -616,6 +628,7 @@ def evaluate_features_on_jhmdb(
     split: int | None = 1,
     list_file: str | Path | None = None,
     clips: Sequence[str] | None = None,
+    folder=None,
 ) -> PCKResult:
     """Propagate the first-frame joints of every clip with ``features_fn`` and score PCK.
 
@@ -626,8 +639,9 @@ def evaluate_features_on_jhmdb(
             (float32 ``(2, 15, T)`` predicted pixels, -1 missing), overlays in ``<out>/overlays/``.
         config: a ``PropagationConfig`` (default: the ``dul`` preset's JHMDB task preset).
         input_size: ``(H, W)`` network input (CRW: 320 x 320), None for native.
-        device, overlays, progress, color: as :func:`tritoncorr.evaluate.evaluate_features_on_davis`.
+        device, overlays, progress, color, folder: as :func:`tritoncorr.evaluate.evaluate_features_on_davis`.
     """
+    from tritoncorr.evals.resume import EvalFolder
     from tritoncorr.evaluate import VideoProgress, compute_features, propagate_labels
 
     if config is None:
@@ -636,10 +650,12 @@ def evaluate_features_on_jhmdb(
         config = task_preset("dul", "jhmdb").config
     ds = dataset if dataset is not None else JhmdbDataset(root, split=split, list_file=list_file, clips=clips)
     out = Path(out)
-    gts, preds, names = [], [], []
-    with VideoProgress(progress, [len(c) for c in ds.clips], unit="clip") as bar:
-        for clip in ds:
+    folder = folder if folder is not None else EvalFolder.fresh(out, "jhmdb")
+    todo = [clip for clip in ds if folder.record(clip.name) is None]
+    with VideoProgress(progress, [len(c) for c in todo], unit="clip") as bar:
+        for clip in todo:
             bar.start(clip.name)
+            stage = folder.staging(clip.name)
             gt = clip.joints()
             vf = compute_features(features_fn, clip.load_frame, len(clip), input_size=input_size, config=config,
                                   device=device, color=color, on_frame=bar.frame)
@@ -649,7 +665,7 @@ def evaluate_features_on_jhmdb(
             n = min(pred.shape[-1], gt.shape[-1])
             if gt.shape[-1] != len(clip):
                 warnings.warn(f"{clip.mat}: {gt.shape[-1]} annotated frames for {len(clip)} images; scoring {n}")
-            kp = out / "keypoints" / f"{clip.name}.npy"
+            kp = stage / "keypoints" / f"{clip.name}.npy"
             kp.parent.mkdir(parents=True, exist_ok=True)
             np.save(kp, pred)
             if overlays:
@@ -657,11 +673,16 @@ def evaluate_features_on_jhmdb(
 
                 for t in range(len(clip)):
                     g = gt[:, :, t] if t < gt.shape[-1] else None
-                    save_joints_overlay(out / "overlays" / clip.name / f"{clip.frames[t].stem}.jpg",
+                    save_joints_overlay(stage / "overlays" / clip.name / f"{clip.frames[t].stem}.jpg",
                                         clip.load_frame(t), pred[:, :, t], g)
-            gts.append(gt[:, :, :n])
-            preds.append(pred[:, :, :n])
-            names.append(clip.name)
+            folder.commit(clip.name, stage, [f"keypoints/{clip.name}.npy", f"overlays/{clip.name}"], {"frames": n})
+    gts, preds, names = [], [], []
+    for clip in ds:
+        gt, pred = clip.joints(), np.load(out / "keypoints" / f"{clip.name}.npy")
+        n = min(pred.shape[-1], gt.shape[-1])
+        gts.append(gt[:, :, :n])
+        preds.append(pred[:, :, :n])
+        names.append(clip.name)
     result = pck(gts, preds, names=names)
     result.write_csv(out)
     write_per_clip_csv(out / "per-clip.csv", result)

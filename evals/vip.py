@@ -120,13 +120,18 @@ class VipDataset:
         list_file = root / "lists" / f"{split}_videos.txt"
         if not list_file.is_file():
             raise VipFormatError(f"VIP root {root}: missing list {list_file}")
-        listed = list(dict.fromkeys(ln.strip() for ln in list_file.read_text().splitlines() if ln.strip()))
+        from tritoncorr.evals.davis import read_text
+
+        text = read_text(list_file, VipFormatError)
+        listed = list(dict.fromkeys(ln.strip() for ln in text.splitlines() if ln.strip()))
         if not listed:
             raise VipFormatError(f"{list_file} lists no video")
         if videos:
             unknown = [v for v in videos if v not in listed]
             if unknown:
-                raise VipFormatError(f"video(s) {unknown} not listed in {list_file}")
+                from tritoncorr.evals.davis import unknown_names
+
+                raise VipFormatError(f"video(s) {unknown_names(unknown, listed)} not listed in {list_file}")
             listed = [v for v in listed if v in set(videos)]
         self.root, self.split, self.annotations = root, split, ann_dir
         self.videos = [self._scan(v, img_dir / v, ann_dir / v) for v in listed]
@@ -275,18 +280,28 @@ def evaluate_results(root: str | Path | None = None, results_dir: str | Path = "
     hist = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
     n = 0
     for v in ds:
-        for t in range(len(v)):
-            if not v.has_label(t):
-                continue
-            path = results_dir / v.name / f"{v.frames[t].stem}.png"
-            try:
-                hist += frame_histogram(v.load_label(t), read_prediction(path))
-            except ValueError as err:
-                if isinstance(err, VipFormatError):
-                    raise
-                raise VipFormatError(f"{path}: {err}") from err
-            n += 1
+        h, k = video_histogram(results_dir, v)
+        hist += h
+        n += k
     return VipScores(hist, frames=n)
+
+
+def video_histogram(results_dir: Path, v: VipVideo) -> tuple[np.ndarray, int]:
+    """``(hist, frames)``: the confusion histogram of ``<results_dir>/<video>/*.png`` over ``v``'s annotated frames."""
+    hist = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    n = 0
+    for t in range(len(v)):
+        if not v.has_label(t):
+            continue
+        path = Path(results_dir) / v.name / f"{v.frames[t].stem}.png"
+        try:
+            hist += frame_histogram(v.load_label(t), read_prediction(path))
+        except ValueError as err:
+            if isinstance(err, VipFormatError):
+                raise
+            raise VipFormatError(f"{path}: {err}") from err
+        n += 1
+    return hist, n
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,6 +339,7 @@ def evaluate_features_on_vip(
     color: str = "rgb",
     split: str = "val",
     videos: Sequence[str] | None = None,
+    folder=None,
 ) -> VipScores:
     """Propagate every video's first-frame parts with ``features_fn``, write the predictions, score mIoU.
 
@@ -333,7 +349,10 @@ def evaluate_features_on_vip(
         out: ``<out>/<video>/<frame>.png`` predictions, the two CSVs, ``<out>/overlays/<video>/``.
         config: a ``PropagationConfig`` (default: the ``dul`` preset's VIP task preset).
         input_size: ``(H, W)`` network input (560 x 560), None for native.
+        folder: a resumable :class:`tritoncorr.evals.resume.EvalFolder` at ``out`` (videos it records as
+            finished are skipped); default: a fresh one.
     """
+    from tritoncorr.evals.resume import EvalFolder
     from tritoncorr.evaluate import VideoFormatError, VideoProgress, compute_features, propagate_labels
 
     if config is None:
@@ -342,9 +361,12 @@ def evaluate_features_on_vip(
         config = task_preset("dul", "vip").config
     ds = dataset if dataset is not None else VipDataset(root, split, videos)
     out = Path(out)
-    with VideoProgress(progress, [len(v) for v in ds], unit="video") as bar:
-        for v in ds:
+    folder = folder if folder is not None else EvalFolder.fresh(out, "vip")
+    todo = [v for v in ds if folder.record(v.name) is None]
+    with VideoProgress(progress, [len(v) for v in todo], unit="video") as bar:
+        for v in todo:
             bar.start(v.name)
+            stage = folder.staging(v.name)
             codec = first_frame_codec(v.load_label(0))
             try:
                 vf = compute_features(features_fn, v.load_frame, len(v), config=config, input_size=input_size,
@@ -354,12 +376,16 @@ def evaluate_features_on_vip(
             prop = propagate_labels(vf, codec, config)
             for t in range(len(v)):
                 ids = prop.decode(t)
-                write_prediction(out / v.name / f"{v.frames[t].stem}.png", ids)
+                write_prediction(stage / v.name / f"{v.frames[t].stem}.png", ids)
                 if overlays:
                     from tritoncorr.visualize import save_overlay
 
-                    save_overlay(out / "overlays" / v.name / f"{v.frames[t].stem}.jpg", v.load_frame(t), ids)
-    scores = evaluate_results(results_dir=out, dataset=ds)
+                    save_overlay(stage / "overlays" / v.name / f"{v.frames[t].stem}.jpg", v.load_frame(t), ids)
+            hist, n = video_histogram(stage, v)
+            folder.commit(v.name, stage, [v.name, f"overlays/{v.name}"], {"hist": hist.tolist(), "frames": n})
+    records = [folder.record(v.name) for v in ds]
+    scores = VipScores(np.sum([np.asarray(r["hist"], np.int64) for r in records], axis=0),
+                       frames=sum(int(r["frames"]) for r in records))
     scores.write_csvs(out)
     return scores
 

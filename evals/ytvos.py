@@ -82,8 +82,10 @@ class YtvosVideo:
 
     def palette(self) -> list[int] | None:
         """The palette of the first annotation PNG (None when it has none)."""
-        with Image.open(self.annotations[min(self.annotations)]) as im:
-            pal = im.getpalette() if im.mode == "P" else None
+        from tritoncorr.evals.davis import load_image
+
+        im = load_image(self.annotations[min(self.annotations)], YtvosFormatError, "annotation")
+        pal = im.getpalette() if im.mode == "P" else None
         return None if pal is None else (list(pal) + [0] * 768)[:768]
 
 
@@ -121,9 +123,11 @@ class YtvosDataset:
                 raise YtvosFormatError(f"YouTube-VOS root {root}: missing folder {d}")
         if not meta_path.is_file():
             raise YtvosFormatError(f"YouTube-VOS root {root}: missing {meta_path}")
+        from tritoncorr.evals.davis import read_text
+
         try:
-            meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            meta = json.loads(read_text(meta_path, YtvosFormatError))
+        except (json.JSONDecodeError, RecursionError) as err:
             raise YtvosFormatError(f"{meta_path}: not valid JSON: {err}") from err
         if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
             raise YtvosFormatError(f"{meta_path}: expected {{\"videos\": {{<video>: {{\"objects\": ...}}}}}}")
@@ -132,7 +136,9 @@ class YtvosDataset:
         if videos:
             unknown = [v for v in videos if v not in meta["videos"]]
             if unknown:
-                raise YtvosFormatError(f"video(s) {unknown} not in {meta_path}")
+                from tritoncorr.evals.davis import unknown_names
+
+                raise YtvosFormatError(f"video(s) {unknown_names(unknown, listed)} not in {meta_path}")
             listed = [v for v in listed if v in set(videos)]
         else:
             extra = sorted(p.name for p in img_dir.iterdir() if p.is_dir() and p.name not in meta["videos"])
@@ -296,6 +302,7 @@ def export_features_on_ytvos(
     color: str = "rgb",
     videos: Sequence[str] | None = None,
     make_zip: bool = True,
+    folder=None,
 ) -> YtvosExport:
     """Propagate every object from its first annotated frame, merge, write the PNGs and the zip.
 
@@ -308,7 +315,10 @@ def export_features_on_ytvos(
         year: "2018" or "2019" (names the zip).
         config: a ``PropagationConfig`` (default: the ``dul`` preset's YouTube-VOS task preset).
         input_size: ``(H, W)`` network input, None for native.
+        folder: a resumable :class:`tritoncorr.evals.resume.EvalFolder` at ``out`` (videos it records as
+            finished are skipped); default: a fresh one.
     """
+    from tritoncorr.evals.resume import EvalFolder
     from tritoncorr.evaluate import MaskCodec, VideoFormatError, VideoProgress, compute_features, propagate_labels
 
     if str(year) not in YEARS:
@@ -319,10 +329,12 @@ def export_features_on_ytvos(
         config = task_preset("dul", "ytvos").config
     ds = dataset if dataset is not None else YtvosDataset(root, videos)
     out = Path(out)
-    n_frames = n_objects = 0
-    with VideoProgress(progress, [len(v) for v in ds], unit="video") as bar:
-        for v in ds:
+    folder = folder if folder is not None else EvalFolder.fresh(out, "ytvos")
+    todo = [v for v in ds if folder.record(v.name) is None]
+    with VideoProgress(progress, [len(v) for v in todo], unit="video") as bar:
+        for v in todo:
             bar.start(v.name)
+            stage = folder.staging(v.name)
             try:
                 vf = compute_features(features_fn, v.load_frame, len(v), config=config, input_size=input_size,
                                       size=v.size, device=device, color=color, on_frame=bar.frame)
@@ -338,13 +350,14 @@ def export_features_on_ytvos(
                 active = [(c.labels.tolist(), c.probabilities(p.soft[t - t0], p.geometry, p.config))
                           for t0, c, p in props if t0 <= t]
                 ids = merge_groups(active) if active else np.zeros(v.size, np.uint8)
-                write_indexed_png(out / "Annotations" / v.name / f"{v.frames[t].stem}.png", ids, palette)
+                write_indexed_png(stage / "Annotations" / v.name / f"{v.frames[t].stem}.png", ids, palette)
                 if overlays:
                     from tritoncorr.visualize import save_overlay
 
-                    save_overlay(out / "overlays" / v.name / f"{v.frames[t].stem}.jpg", v.load_frame(t), ids)
-            n_frames += len(v)
-            n_objects += len(v.starts)
+                    save_overlay(stage / "overlays" / v.name / f"{v.frames[t].stem}.jpg", v.load_frame(t), ids)
+            folder.commit(v.name, stage, [f"Annotations/{v.name}", f"overlays/{v.name}"], {"frames": len(v)})
+    n_frames = sum(len(v) for v in ds)
+    n_objects = sum(len(v.starts) for v in ds)
     zip_path = None
     if make_zip:
         zip_path = zip_annotations(out, out / f"ytvos{year}-valid-submission.zip", [v.name for v in ds])

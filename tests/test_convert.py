@@ -366,6 +366,43 @@ def test_crw(tmp_path):
     assert meta["tritoncorr.converted_from"] == "crw"
 
 
+@pytest.mark.parametrize("model_type, padding", [("scratch", "reflect"), ("scratch_zeropad", "zeros")])
+def test_crw_model_type_decides_the_padding(tmp_path, model_type, padding):
+    """CRW's make_encoder builds 'scratch' with reflect padding and 'scratch_zeropad' with zero padding;
+    the converted features equal those of CRW's encoder built the way the checkpoint records."""
+    enc = randomize(crw_modify(tv_resnet(18), padding="reflect" if padding == "reflect" else ""), seed=21)
+    other = crw_modify(tv_resnet(18), padding="" if padding == "reflect" else "reflect")
+    other.load_state_dict(enc.state_dict())
+    sd = prefixed({k: v for k, v in enc.state_dict().items() if not k.startswith("fc.")}, "encoder.model.")
+    ckpt = {"model": sd, "args": argparse.Namespace(model_type=model_type, remove_layers=[])}
+    report, fm, _ = _convert_and_load(tmp_path, ckpt)
+    assert report.config.padding_mode == padding
+    _assert_features(fm, lambda x: enc.forward_to(x, "layer3"), _input())
+    with torch.no_grad():
+        assert not torch.allclose(fm.features(_input()), other.eval().forward_to(_input(), "layer3"), atol=1e-3)
+    # a dict instead of a Namespace records it too; an unknown model type is refused by name
+    ckpt["args"] = {"model_type": model_type}
+    assert _convert_and_load(tmp_path, ckpt)[0].config.padding_mode == padding
+    ckpt["args"] = argparse.Namespace(model_type="timecycle")
+    with pytest.raises(ConvertError, match="model_type='timecycle'"):
+        _convert_and_load(tmp_path, ckpt)
+
+
+def test_random_bytes_are_not_a_checkpoint(tmp_path):
+    """Random bytes are not 'a pickle that needs trust': the message says it is no checkpoint at all."""
+    src = tmp_path / "weights.pth"
+    src.write_bytes(bytes(range(256)) * 40)
+    with pytest.raises(ConvertError, match="is not a checkpoint") as info:
+        convert_checkpoint(src, tmp_path / "out.safetensors")
+    assert "trust" not in str(info.value) and str(src) in str(info.value)
+    from typer.testing import CliRunner
+
+    from tritoncorr.cli import app
+
+    r = CliRunner().invoke(app, ["convert", str(src), "--to", str(tmp_path / "out.safetensors")])
+    assert r.exit_code == 2 and "is not a checkpoint" in r.output and "Traceback" not in r.output
+
+
 def test_dul(tmp_path):
     # models/resnet18.py: modify() (layer3/4 stride 1), zero padding; Net.backbone + emb_q MLP; Framework.fast_net
     bb = randomize(crw_modify(tv_resnet(18)), seed=2)

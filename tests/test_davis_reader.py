@@ -160,7 +160,12 @@ def test_error_truncated_png_on_load(davis):
 
 def test_error_rgb_mask(davis):
     p = davis / "Annotations" / "480p" / "synth-000" / "00001.png"
-    Image.fromarray(np.zeros((24, 40, 3), np.uint8)).save(p)
+    rgb = np.zeros((24, 40, 3), np.uint8)
+    rgb[3, 4] = (128, 0, 0)  # a coloured RGB mask; R = G = B would be read as ids (CRW's format)
+    Image.fromarray(rgb).save(p)
+    with _expect("00001.png: an RGB mask must have equal channels"):
+        DavisDataset(davis)["synth-000"].load_masks()
+    Image.fromarray(np.zeros((24, 40, 4), np.uint8)).save(p)
     with _expect("00001.png: mask must be an indexed"):
         DavisDataset(davis)["synth-000"].load_masks()
 

@@ -141,7 +141,10 @@ def test_reader_layout_errors(tmp_path):
     with pytest.raises(V.VipFormatError, match=r"annotations without a frame .*\['000000000999'\]"):
         V.VipDataset(root)
     (root / "Annotations" / "Category_ids" / "videos1" / "000000000999.png").unlink()
-    Image.new("RGB", (30, 40)).save(first)
+    Image.new("RGB", (30, 40), (3, 2, 1)).save(first)  # RGB with equal channels is read as ids (CRW); these differ
+    with pytest.raises(V.VipFormatError, match="000000000025.png: an RGB category-id PNG must have equal channels"):
+        V.VipDataset(root).videos[0].load_label(0)
+    Image.new("RGBA", (30, 40)).save(first)
     with pytest.raises(V.VipFormatError, match="000000000025.png: category-id PNG must be an indexed"):
         V.VipDataset(root).videos[0].load_label(0)
     Image.new("L", (31, 40)).save(first)

@@ -29,6 +29,10 @@ app = typer.Typer(
 PrecisionOption = Annotated[str, typer.Option(
     help="Feature extractor precision: fp32 (the papers' protocol) or bf16 (autocast; ~4x faster features on CPUs "
          "with AMX; DAVIS J&F moved by 0.001 on bear).")]
+OverwriteOption = Annotated[
+    bool, typer.Option(help="Start again in --out even if it holds an evaluation with other settings or another "
+                       "checkpoint (by default a rerun with the same settings skips the finished sequences and "
+                       "other settings are refused).")]
 
 eval_app = typer.Typer(help="Evaluate on a benchmark (DAVIS-2017 J&F, JHMDB PCK, VIP mIoU, YouTube-VOS export) and "
                        "compare evaluations.", no_args_is_help=True)
@@ -88,6 +92,7 @@ def eval_davis(
     overlays: Annotated[bool, typer.Option(help="Also write frames with coloured masks for viewing.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     precision: PrecisionOption = "fp32",
+    overwrite: OverwriteOption = False,
 ) -> None:
     """DAVIS-2017 semi-supervised J&F, exactly as the official toolkit computes it."""
     from tritoncorr.evaluate import eval_davis_cli
@@ -95,7 +100,7 @@ def eval_davis(
     eval_davis_cli(
         root=root, results=results, checkpoint=checkpoint, seed=seed, out=out, split=split, resolution=resolution,
         sequences=sequences, preset=preset, context=context, radius=radius, topk=topk,
-        temperature=temperature, overlays=overlays, device=device, precision=precision,
+        temperature=temperature, overlays=overlays, device=device, precision=precision, overwrite=overwrite,
     )
 
 
@@ -158,13 +163,14 @@ def eval_jhmdb(
     overlays: Annotated[bool, typer.Option(help="Also draw predicted (coloured) and true (white) joints on the frames.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     precision: PrecisionOption = "fp32",
+    overwrite: OverwriteOption = False,
 ) -> None:
     """JHMDB pose propagation: PCK@0.1..0.5 (mean of the 15 per-joint PCKs), exactly as CRW's eval_pck.py."""
     from tritoncorr.evaluate import eval_jhmdb_cli
 
     eval_jhmdb_cli(root=root, checkpoint=checkpoint, seed=seed, out=out, split=split, list_file=list_file, clips=clips,
                    preset=preset, context=context, radius=radius, topk=topk, temperature=temperature, size=size,
-                   overlays=overlays, device=device, precision=precision)
+                   overlays=overlays, device=device, precision=precision, overwrite=overwrite)
 
 
 @eval_app.command("vip")
@@ -191,13 +197,14 @@ def eval_vip(
     overlays: Annotated[bool, typer.Option(help="Also write frames with coloured parts for viewing.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     precision: PrecisionOption = "fp32",
+    overwrite: OverwriteOption = False,
 ) -> None:
     """VIP human-part propagation: mIoU over 20 classes (plus pixel / mean class accuracy, fwIoU), as CRW's eval_vip.py."""
     from tritoncorr.evaluate import eval_vip_cli
 
     eval_vip_cli(root=root, results=results, checkpoint=checkpoint, seed=seed, out=out, split=split, videos=videos,
                  preset=preset, context=context, radius=radius, topk=topk, temperature=temperature, size=size,
-                 overlays=overlays, device=device, precision=precision)
+                 overlays=overlays, device=device, precision=precision, overwrite=overwrite)
 
 
 @eval_app.command("ytvos")
@@ -221,13 +228,14 @@ def eval_ytvos(
     make_zip: Annotated[bool, typer.Option("--zip/--no-zip", help="Write the submission zip.")] = True,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     precision: PrecisionOption = "fp32",
+    overwrite: OverwriteOption = False,
 ) -> None:
     """YouTube-VOS valid: export the predictions (Annotations/ and a zip) for the evaluation server; no local score."""
     from tritoncorr.evaluate import eval_ytvos_cli
 
     eval_ytvos_cli(root=root, year=year, checkpoint=checkpoint, seed=seed, out=out, videos=videos, preset=preset,
                    context=context, radius=radius, topk=topk, temperature=temperature, size=size, overlays=overlays,
-                   make_zip=make_zip, device=device, precision=precision)
+                   make_zip=make_zip, device=device, precision=precision, overwrite=overwrite)
 
 
 @app.command()

@@ -490,6 +490,7 @@ def evaluate_features_on_davis(
     overlays: bool = False,
     progress: bool = True,
     color: str = "rgb",
+    folder=None,
 ) -> DavisScores:
     """Propagate the first-frame masks of every sequence with ``features_fn`` and score the result.
 
@@ -505,30 +506,41 @@ def evaluate_features_on_davis(
         overlays: also write ``<out>/overlays/<seq>/<frame>.jpg``.
         progress: rich progress bar (frames of all sequences).
         color: the model's input colour space, ``"rgb"`` (ImageNet-normalised) or ``"lab"`` (:func:`frame_to_tensor`).
+        folder: a resumable :class:`tritoncorr.evals.resume.EvalFolder` at ``out`` (sequences it records
+            as finished are not propagated again); default: a fresh one.
 
     Returns:
         :class:`DavisScores` (``jf_mean``, ``j_mean``, ``f_mean``, ... and per-object rows).
     """
+    from tritoncorr.evals.davis import objects_from_json, objects_to_json, score_results
+    from tritoncorr.evals.resume import EvalFolder
+
     config = _resolve_config(config)
     out = Path(out)
     ds = DavisDataset(root, split, resolution, sequences, require_all_masks=True)
     _config_kwargs(config)  # a bad config fails before any feature is computed
     device = torch.device(device)
-    with VideoProgress(progress, [len(s) for s in ds]) as bar:
-        for seq in ds:
+    folder = folder if folder is not None else EvalFolder.fresh(out, "davis")
+    todo = [seq for seq in ds if folder.record(seq.name) is None]
+    with VideoProgress(progress, [len(s) for s in todo]) as bar:
+        for seq in todo:
             bar.start(seq.name)
+            stage = folder.staging(seq.name)
             ids_at = propagate_sequence(
                 features_fn, seq.load_frame, len(seq), seq.load_mask(0), config, device, on_frame=bar.frame,
                 color=color,
             )
             for t, fid in enumerate(seq.frame_ids):
                 ids = ids_at(t)
-                write_palette_png(out / seq.name / f"{fid}.png", ids)
+                write_palette_png(stage / seq.name / f"{fid}.png", ids)
                 if overlays:
                     from tritoncorr.visualize import save_overlay
 
-                    save_overlay(out / "overlays" / seq.name / f"{fid}.jpg", seq.load_frame(t), ids)
-    scores = evaluate_results(ds.root, out, split, resolution, ds.names, progress=False)
+                    save_overlay(stage / "overlays" / seq.name / f"{fid}.jpg", seq.load_frame(t), ids)
+            objects = score_results(stage, seq)
+            folder.commit(seq.name, stage, [seq.name, f"overlays/{seq.name}"], {"objects": objects_to_json(objects)})
+    objects = [o for seq in ds for o in objects_from_json(folder.record(seq.name)["objects"])]
+    scores = DavisScores(objects, split=split)
     scores.write_csvs(out)
     return scores
 
@@ -667,8 +679,10 @@ def eval_davis_cli(
     overlays: bool,
     device: str,
     precision: str = "fp32",
+    overwrite: bool = False,
 ) -> DavisScores:
-    """``tritoncorr eval davis``: score existing results (``--results``) or propagate with a backbone and score."""
+    """``tritoncorr eval davis``: score existing results (``--results``) or propagate with a backbone and score.
+    ``--out`` is resumable (:mod:`tritoncorr.evals.resume`); ``overwrite`` starts it again."""
     from rich.console import Console
 
     console = Console()
@@ -709,12 +723,19 @@ def eval_davis_cli(
         console, task="davis", checkpoint=checkpoint, seed=seed, device=device, preset=preset, context=context,
         radius=radius, topk=topk, temperature=temperature, size=None, precision=precision)
     features_fn = fmodel.features
+    try:
+        names = DavisDataset(root, split, resolution, sequences, require_all_masks=True).names
+    except DavisFormatError as err:
+        _fail(str(err))
+    folder = _eval_folder(out, task="davis", checkpoint=checkpoint, seed=seed, fmodel=fmodel, config=config,
+                          input_size=None, precision=precision, overwrite=overwrite, split=split,
+                          resolution=resolution, overlays=overlays)
 
     try:
-        scores = evaluate_features_on_davis(
+        scores = _resumable(console, folder, names, lambda: evaluate_features_on_davis(
             features_fn, root=root, out=out, split=split, resolution=resolution, sequences=sequences,
-            config=config, device=dev, overlays=overlays, progress=True, color=fmodel.color,
-        )
+            config=config, device=dev, overlays=overlays, progress=True, color=fmodel.color, folder=folder,
+        ))
     except DavisFormatError as err:
         _fail(str(err))
     title = "SYNTHETIC (not DAVIS)" if synthetic else f"DAVIS-2017 {split}"
@@ -805,6 +826,42 @@ def _catch_format_errors(fn, *errors):
         _fail(str(err))
 
 
+def _eval_folder(out: Path, *, task: str, checkpoint, seed: int, fmodel, config, input_size, precision: str,
+                 overwrite: bool, **settings):
+    """The resumable output folder of ``tritoncorr eval TASK --out OUT`` (:mod:`tritoncorr.evals.resume`):
+    it records the settings that decide the outputs and the checkpoint's hash. Exits 2 when OUT holds
+    an evaluation with other settings (unless ``overwrite``)."""
+    from tritoncorr.evals.resume import EvalFolder, EvalFolderError, checkpoint_fingerprint
+
+    settings.update(propagation=dataclasses.asdict(config), input_size=list(input_size) if input_size else None,
+                    color=fmodel.color, precision=precision)
+    try:
+        return EvalFolder(out, task=task, settings=settings, checkpoint=checkpoint_fingerprint(checkpoint, seed),
+                          overwrite=overwrite)
+    except EvalFolderError as err:
+        _fail(str(err))
+
+
+def _resumable(console, folder, names: Sequence[str], run: Callable[[], Any]):
+    """``run()``, after saying how many of ``names`` ``folder`` already holds; Ctrl-C exits with status
+    130 and says how to continue (the folder is consistent at any point: :mod:`tritoncorr.evals.resume`)."""
+    import typer
+
+    done = folder.finished(names)
+    if done:
+        console.print(f"resuming {folder.out}: {len(done)} of {len(names)} finished, skipped", soft_wrap=True)
+    try:
+        return run()
+    except BaseException as err:
+        folder.tidy()
+        if not isinstance(err, KeyboardInterrupt):
+            raise
+        kept = len(folder.finished(names))
+        typer.echo(f"interrupted: {kept} of {len(names)} finished in {folder.out} are kept; rerun the same command "
+                   "to continue", err=True)
+        raise typer.Exit(code=130) from None
+
+
 def eval_jhmdb_cli(
     *,
     root: Path | None,
@@ -823,8 +880,10 @@ def eval_jhmdb_cli(
     overlays: bool,
     device: str,
     precision: str = "fp32",
+    overwrite: bool = False,
 ):
-    """``tritoncorr eval jhmdb``: propagate the first-frame joints of every test clip, PCK@0.1..0.5, table and CSVs."""
+    """``tritoncorr eval jhmdb``: propagate the first-frame joints of every test clip, PCK@0.1..0.5, table and CSVs.
+    ``--out`` is resumable (:mod:`tritoncorr.evals.resume`)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -840,9 +899,12 @@ def eval_jhmdb_cli(
         radius=radius, topk=topk, temperature=temperature, size=size, precision=precision)
     console.print(f"JHMDB root {root}: {len(ds)} clip(s), {ds.note}", soft_wrap=True)
     out = Path(out) if out is not None else Path("eval-jhmdb") / f"split{split}"
-    res = _catch_format_errors(lambda: evaluate_features_on_jhmdb(
-        fmodel.features, dataset=ds, out=out, config=config, input_size=input_size, device=dev, overlays=overlays,
-        progress=True, color=fmodel.color), JhmdbFormatError)
+    folder = _eval_folder(out, task="jhmdb", checkpoint=checkpoint, seed=seed, fmodel=fmodel, config=config,
+                          input_size=input_size, precision=precision, overwrite=overwrite, overlays=overlays)
+    res = _resumable(console, folder, [c.name for c in ds.clips], lambda: _catch_format_errors(
+        lambda: evaluate_features_on_jhmdb(
+            fmodel.features, dataset=ds, out=out, config=config, input_size=input_size, device=dev, overlays=overlays,
+            progress=True, color=fmodel.color, folder=folder), JhmdbFormatError))
     g = Table(title=f"JHMDB PCK ({res.clips} clips, {int(res.counts.sum())} joint-frames), %")
     for a in res.thresholds:
         g.add_column(f"PCK@{a:g}", justify="right")
@@ -878,8 +940,10 @@ def eval_vip_cli(
     overlays: bool,
     device: str,
     precision: str = "fp32",
+    overwrite: bool = False,
 ):
-    """``tritoncorr eval vip``: score existing results (``--results``) or propagate and score; mIoU table and CSVs."""
+    """``tritoncorr eval vip``: score existing results (``--results``) or propagate and score; mIoU table and CSVs.
+    ``--out`` is resumable (:mod:`tritoncorr.evals.resume`)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -900,9 +964,12 @@ def eval_vip_cli(
             radius=radius, topk=topk, temperature=temperature, size=size, precision=precision)
         console.print(f"VIP root {root}: {len(ds)} video(s) of {split}", soft_wrap=True)
         out = Path(out) if out is not None else Path("eval-vip") / split
-        scores = _catch_format_errors(lambda: evaluate_features_on_vip(
+        folder = _eval_folder(out, task="vip", checkpoint=checkpoint, seed=seed, fmodel=fmodel, config=config,
+                              input_size=input_size, precision=precision, overwrite=overwrite, split=split,
+                              overlays=overlays)
+        scores = _resumable(console, folder, ds.names, lambda: _catch_format_errors(lambda: evaluate_features_on_vip(
             fmodel.features, dataset=ds, out=out, config=config, input_size=input_size, device=dev,
-            overlays=overlays, progress=True, color=fmodel.color), VipFormatError)
+            overlays=overlays, progress=True, color=fmodel.color, folder=folder), VipFormatError))
     g_path, c_path = scores.write_csvs(out)
     g = Table(title=f"VIP {split}: {len(ds)} videos, {scores.frames} frames")
     for c in VIP_COLUMNS:
@@ -939,8 +1006,10 @@ def eval_ytvos_cli(
     make_zip: bool,
     device: str,
     precision: str = "fp32",
+    overwrite: bool = False,
 ):
-    """``tritoncorr eval ytvos``: export ``Annotations/`` and the server zip; there is no local score."""
+    """``tritoncorr eval ytvos``: export ``Annotations/`` and the server zip; there is no local score.
+    ``--out`` is resumable (:mod:`tritoncorr.evals.resume`)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -959,9 +1028,14 @@ def eval_ytvos_cli(
     for note in ds.notes:
         console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
     out = Path(out) if out is not None else Path("eval-ytvos") / f"{year}-valid"
-    res = _catch_format_errors(lambda: export_features_on_ytvos(
-        fmodel.features, dataset=ds, out=out, year=str(year), config=config, input_size=input_size, device=dev,
-        overlays=overlays, progress=True, color=fmodel.color, make_zip=make_zip), YtvosFormatError)
+    folder = _eval_folder(out, task="ytvos", checkpoint=checkpoint, seed=seed, fmodel=fmodel, config=config,
+                          input_size=input_size, precision=precision, overwrite=overwrite, overlays=overlays,
+                          year=str(year))
+    res = _resumable(console, folder, [v.name for v in ds], lambda: _catch_format_errors(
+        lambda: export_features_on_ytvos(
+            fmodel.features, dataset=ds, out=out, year=str(year), config=config, input_size=input_size, device=dev,
+            overlays=overlays, progress=True, color=fmodel.color, make_zip=make_zip, folder=folder),
+        YtvosFormatError))
     t = Table(title=f"YouTube-VOS {year} valid export")
     for c in ("Videos", "Frames", "Objects", "Annotations", "Zip"):
         t.add_column(c)

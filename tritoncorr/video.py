@@ -103,11 +103,9 @@ class FrameSource:
 
 
 def _image_rgb(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
-    except Exception as err:
-        raise VideoError(f"cannot read frame {path}: {err}") from err
+    from tritoncorr.evals.davis import load_image
+
+    return np.array(load_image(path, VideoError, "frame", "RGB"))
 
 
 def _open_folder(path: Path, fps: float | None) -> FrameSource:
@@ -217,14 +215,10 @@ def read_mask(path: str | Path) -> np.ndarray:
     Raises:
         VideoError: unreadable, or no object in it.
     """
-    from tritoncorr.evals.davis import davis_palette
+    from tritoncorr.evals.davis import load_image
 
     path = Path(path).expanduser()
-    try:
-        img = Image.open(path)
-        img.load()
-    except Exception as err:
-        raise VideoError(f"cannot read mask {path}: {err}") from err
+    img = load_image(path, VideoError, "mask")
     if img.mode == "P" or img.mode == "1":
         ids = np.asarray(img).astype(np.uint8)
     elif img.mode in ("L", "I", "I;16", "F", "LA"):
@@ -237,26 +231,91 @@ def read_mask(path: str | Path) -> np.ndarray:
         else:
             ids = (a > 127).astype(np.uint8)  # an anti-aliased binary mask
     else:  # RGB(A): DAVIS colours -> ids, other colours -> 1, 2, ...
-        rgb = np.asarray(img.convert("RGB")).astype(np.int64)
-        code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-        pal = np.asarray(davis_palette(), dtype=np.int64).reshape(256, 3)
-        pal_code = {int((r << 16) | (g << 8) | b): i for i, (r, g, b) in enumerate(pal)}
-        colours = [int(c) for c in np.unique(code) if c != 0]
-        if all(c in pal_code for c in colours):
-            lut = {c: pal_code[c] for c in colours}
-        else:
-            lut = {c: i + 1 for i, c in enumerate(colours)}
-            if len(lut) > 254:
-                raise VideoError(f"mask {path} has {len(lut)} colours: not a mask (use a palette or binary PNG)")
-        ids = np.zeros(code.shape, np.uint8)
-        for c, i in lut.items():
-            ids[code == c] = i
+        ids = _rgb_mask_ids(np.asarray(img.convert("RGB")), path)
     ids = np.where(ids == VOID, 0, ids).astype(np.uint8)
     if ids.ndim != 2:
         raise VideoError(f"mask {path} has shape {ids.shape}, expected (H, W)")
     if not ids.any():
         raise VideoError(f"mask {path} contains no object (every pixel is background 0 or void 255)")
     return ids
+
+
+# RGB masks: colours within COLOUR_TOLERANCE (RGB distance) of a more frequent colour are the same
+# label (JPEG noise); a group with fewer than MIN_INTERIOR_PIXELS pixels whose 8 neighbours all share
+# it (the thin bands of blended colours along edges) joins the nearest other group. DAVIS palette
+# colours are >= 64 apart.
+COLOUR_TOLERANCE = 40.0
+MIN_INTERIOR_PIXELS = 9
+PALETTE_TOLERANCE = 12.0  # a group this close to a DAVIS palette colour is that colour (JPEG keeps flat colours)
+MAX_MASK_COLOURS = 65536
+
+
+def _interior(labels: np.ndarray) -> np.ndarray:
+    """bool ``(H, W)``: pixels whose 8 neighbours (inside the image) have their label."""
+    p = np.pad(labels, 1, mode="edge")
+    h, w = labels.shape
+    same = np.ones((h, w), bool)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            same &= p[dy:dy + h, dx:dx + w] == labels
+    return same
+
+
+def _rgb_mask_ids(rgb: np.ndarray, path: Path) -> np.ndarray:
+    """Object ids of an RGB mask ``(H, W, 3)`` uint8.
+
+    Exact DAVIS palette colours -> their ids; other colours -> 1, 2, ... in colour order (black = 0).
+    A lossy mask (an RGB JPEG) has hundreds of near-duplicate colours along the edges; they are
+    grouped with the nearest frequent colour (within ``COLOUR_TOLERANCE``; groups that are only thin
+    edge bands, under ``MIN_INTERIOR_PIXELS`` interior pixels, join the nearest other group) and a
+    warning names the file, instead of each becoming an object. Groups near distinct palette colours take their ids.
+    """
+    from tritoncorr.evals.davis import davis_palette
+
+    flat = rgb.reshape(-1, 3).astype(np.int64)
+    code = (flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]
+    colours, inverse, counts = np.unique(code, return_inverse=True, return_counts=True)
+    if len(colours) > MAX_MASK_COLOURS:
+        raise VideoError(f"mask {path} has {len(colours)} colours: not a mask (use a palette or binary PNG)")
+    rgb_of = np.stack([(colours >> 16) & 255, (colours >> 8) & 255, colours & 255], 1).astype(np.float64)
+    pal = np.asarray(davis_palette(), dtype=np.float64).reshape(256, 3)
+    # group colours: most frequent first, each joins the nearest earlier centre within the tolerance
+    centre_of = np.empty(len(colours), np.int64)
+    centres: list[int] = []
+    for i in np.argsort(-counts, kind="stable"):
+        if centres:
+            d = ((rgb_of[centres] - rgb_of[i]) ** 2).sum(1)
+            j = int(d.argmin())
+            if d[j] <= COLOUR_TOLERANCE ** 2:
+                centre_of[i] = centres[j]
+                continue
+        if len(centres) > 1024:
+            raise VideoError(f"mask {path} has over 1024 distinct colour groups: not a mask (a photo?); use a "
+                             "palette or binary PNG")
+        centres.append(int(i))
+        centre_of[i] = i
+    group = centre_of[inverse].reshape(rgb.shape[:2])
+    interior = np.bincount(group[_interior(group)], minlength=len(colours))
+    big = [c for c in centres if interior[c] >= MIN_INTERIOR_PIXELS] or centres[:1]
+    for c in centres:
+        if c not in big:
+            d = ((rgb_of[big] - rgb_of[c]) ** 2).sum(1)
+            centre_of[centre_of == c] = big[int(d.argmin())]
+    if len(big) < len(colours):
+        warnings.warn(f"mask {path} has {len(colours)} colours: treated as {len(big)} (near-duplicate and rare "
+                      f"colours, e.g. JPEG noise along the edges, joined the nearest frequent colour); save masks "
+                      "as PNG (palette or binary) to avoid this", stacklevel=3)
+    black = [c for c in big if (rgb_of[c] ** 2).sum() <= COLOUR_TOLERANCE ** 2]
+    objects = sorted((c for c in big if c not in black), key=lambda c: colours[c])
+    if len(objects) > 254:
+        raise VideoError(f"mask {path} has {len(objects)} colours: not a mask (use a palette or binary PNG)")
+    near = [int(((pal - rgb_of[c]) ** 2).sum(1).argmin()) for c in objects]
+    on_palette = all(n != 0 and ((pal[n] - rgb_of[c]) ** 2).sum() <= PALETTE_TOLERANCE ** 2
+                     for n, c in zip(near, objects))
+    lut = np.zeros(len(colours), np.uint8)
+    for k, c in enumerate(objects):
+        lut[c] = near[k] if on_palette and len(set(near)) == len(near) else k + 1
+    return lut[centre_of[inverse]].reshape(rgb.shape[:2])
 
 
 def _resize_ids(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -423,6 +482,10 @@ def propagate_video(
     n = t + 1
     if n == 0:
         raise VideoError(f"{source.path}: no frames were decoded")
+    expected = source.num_frames if max_frames is None else min(source.num_frames or max_frames, max_frames)
+    if source.num_frames and n < expected:
+        warnings.warn(f"{source.path} declares {source.num_frames} frames but only {n} could be decoded (a cut or "
+                      f"damaged file?): the output holds {n} frames", stacklevel=2)
     return PropagationResult(n, time.perf_counter() - t0, mask_dir, writer.path if writer is not None else None,
                              ids_all, (H0, W0), (H, W), grid, sorted(k for k in masks if k >= n))
 
@@ -498,7 +561,7 @@ def propagate_cli(
                 warnings.simplefilter("always")
                 masks[t] = fit_mask(read_mask(path), source.size, str(path))
             for w in caught:
-                console.print(f"[yellow]warning:[/] {w.message}")
+                console.print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)
     except VideoError as err:
         fail(str(err))
     if 0 not in masks:
@@ -536,17 +599,21 @@ def propagate_cli(
                   _fps_column(), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("frames", total=total)
         try:
-            result = propagate_video(source, masks, fmodel.features, config, out, color=fmodel.color,
-                                     short_side=short_side, max_frames=max_frames, device=dev, overlay=overlay,
-                                     alpha=alpha, on_frame=lambda t: bar.advance(task))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = propagate_video(source, masks, fmodel.features, config, out, color=fmodel.color,
+                                         short_side=short_side, max_frames=max_frames, device=dev, overlay=overlay,
+                                         alpha=alpha, on_frame=lambda t: bar.advance(task))
         except VideoError as err:
             fail(str(err))
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)
     for t in result.unused_masks:
         console.print(f"[yellow]warning:[/] the mask for frame {t} was not used: the video has {result.num_frames} "
                       "frames")
     console.print(f"{result.num_frames} frames in {result.seconds:.1f} s ({result.fps:.2f} frames/s); "
                   f"feature grid {result.feature_grid[1]}x{result.feature_grid[0]}")
-    console.print(f"masks:   {result.mask_dir}/ ({result.num_frames} palette PNGs)")
+    console.print(f"masks:   {result.mask_dir}/ ({result.num_frames} palette PNGs)", soft_wrap=True)
     if result.overlay is not None:
         console.print(f"overlay: {result.overlay}")
     return result

@@ -41,6 +41,20 @@ def dataset_path(*parts: str) -> str:
     return str(data_home().joinpath(*parts))
 
 
+def unused_source_options(cfg) -> list[tuple[str, str]]:
+    """``(field, why)`` for each option set on ``cfg`` that its ``source`` never reads (issue 25: a
+    ``--set data.root=...`` on a synthetic source was silently ignored). Checked: ``root`` on the
+    synthetic source; ``hf_column`` / ``hf_streaming`` on a source other than ``"hf"``."""
+    out: list[tuple[str, str]] = []
+    if cfg.source == "synthetic" and cfg.root:
+        out.append(("root", "source='synthetic' generates its data and reads no files; to train on this folder "
+                            "also set data.source (e.g. --set data.source=video), or drop data.root"))
+    if cfg.source != "hf" and (cfg.hf_column or cfg.hf_streaming):
+        name = "hf_column" if cfg.hf_column else "hf_streaming"
+        out.append((name, f"only source='hf' reads it, this source is {cfg.source!r}"))
+    return out
+
+
 @dataclass
 class DataConfig:
     """Where training clips come from and how they are sampled and augmented.
@@ -116,6 +130,9 @@ class DataConfig:
             raise bad("source", f"must be one of {SOURCES}")
         if self.source != "synthetic" and not self.root:
             raise bad("root", f"source={self.source!r} needs a root (folder, dataset path or hub id)")
+        unused = unused_source_options(self)
+        if unused:
+            raise bad(unused[0][0], unused[0][1])
         if self.order not in ORDERS:
             raise bad("order", f"must be one of {ORDERS}")
         if self.crop not in CROPS:

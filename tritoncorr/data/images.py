@@ -136,6 +136,11 @@ class ImageDataConfig:
             raise bad("source", f"must be one of {IMAGE_SOURCES}")
         if self.source != "synthetic" and not self.root:
             raise bad("root", f"source={self.source!r} needs a root (set it with --set data.root=PATH)")
+        from tritoncorr.data.config import unused_source_options
+
+        unused = unused_source_options(self)
+        if unused:
+            raise bad(*unused[0])
         for name in ("batch_size", "crop_size", "frame_step", "max_retries", "synthetic_images"):
             if int(getattr(self, name)) < 1:
                 raise bad(name, "must be >= 1")

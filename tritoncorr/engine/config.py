@@ -163,8 +163,10 @@ class RunConfig:
     init_from: str = ""
 
     def validate(self) -> "RunConfig":
-        """Check value ranges and cross-field rules; raise :class:`ConfigError` naming the field."""
-        errs: list[str] = []
+        """Check value types, ranges and cross-field rules; raise :class:`ConfigError` naming the field."""
+        errs: list[str] = _type_errors(self)
+        if errs:  # a recipe that set e.g. steps="x": the range checks below would compare a str with an int
+            raise ConfigError("invalid run config: " + "; ".join(errs))
         if self.method is None or not dataclasses.is_dataclass(self.method) or not hasattr(self.method, "build"):
             errs.append(f"method must be a method config dataclass with a build() method, got {type(self.method).__name__}")
         if self.data is None:
@@ -215,6 +217,33 @@ class RunConfig:
 
 
 # ------------------------------------------------------------------------------------ type helpers
+
+
+def _type_errors(cfg: Any, prefix: str = "") -> list[str]:
+    """``"field must be T, got V"`` for each value of ``cfg`` (and its sections of a fixed type) that is
+    not of its declared type (as a recipe may set them; ``--set`` values are converted on the way in)."""
+    errs = []
+    hints = _hints(cfg)
+    for f in dataclasses.fields(cfg):
+        value, tp = getattr(cfg, f.name), hints.get(f.name, Any)
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            if not isinstance(value, tp):
+                errs.append(f"{prefix}{f.name} must be a {tp.__name__}, got {type(value).__name__}")
+            else:
+                errs += _type_errors(value, prefix + f.name + ".")
+            continue
+        if tp is Any or value is None and tp is not Any and type(None) in typing.get_args(tp):
+            continue
+        if isinstance(value, str) and tp is not str and tp is not Path and typing.get_origin(tp) is not Literal:
+            ok = False  # a string where a number, flag or tuple belongs
+        else:
+            try:
+                ok = coerce(value, tp, prefix + f.name) == value
+            except (ConfigError, TypeError, ValueError):
+                ok = False
+        if not ok:
+            errs.append(f"{prefix}{f.name} must be {_type_name(tp)}, got {value!r}"[:300])
+    return errs
 
 
 def _hints(obj: Any) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def load_recipe_module(path: Path) -> ModuleType:
     except SyntaxError as err:
         sys.modules.pop(mod_name, None)
         raise ConfigError(f"recipe {path}:{err.lineno}: syntax error: {err.msg}") from err
-    except Exception as err:
+    except (Exception, SystemExit) as err:  # a recipe calling sys.exit() is a failed import too
         sys.modules.pop(mod_name, None)
         raise ConfigError(f"recipe {path}{_line_in(err, resolved)}: importing it failed: "
                           f"{type(err).__name__}: {err}") from err
@@ -87,12 +87,17 @@ def load_recipe(ref: str, overrides: list[str] | None = None, *, validate: bool 
         raise ConfigError(f"recipe {path} has no config named {name!r}; available: {', '.join(names) or '(none)'}")
     try:
         cfg = fn()
-    except ConfigError:
-        raise
-    except Exception as err:
+    except ConfigError as err:
+        raise (err if str(path) in str(err) else ConfigError(f"recipe {path}:{name}: {err}")) from err
+    except (Exception, SystemExit) as err:
         raise ConfigError(f"recipe {path}{_line_in(err, path.resolve())}: {name}() failed: "
                           f"{type(err).__name__}: {err}") from err
     if not isinstance(cfg, RunConfig):
         raise ConfigError(f"recipe {path}:{name} returned {type(cfg).__name__}, expected RunConfig")
     apply_overrides(cfg, list(overrides or []))
-    return cfg.validate() if validate else cfg
+    if not validate:
+        return cfg
+    try:
+        return cfg.validate()
+    except ConfigError as err:
+        raise ConfigError(f"recipe {path}:{name}: {err}") from err

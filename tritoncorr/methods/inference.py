@@ -90,6 +90,28 @@ def _backbone_model(model: nn.Module, device: torch.device, description: str, pr
     return FeatureModel(model, features, "rgb", "dul", "backbone", description)
 
 
+def _check_shapes_before_building(config, path: Path) -> None:
+    """Build ``config`` on the meta device (no memory; every method of the library builds there) and
+    compare its weights with the tensors the file declares, so that a file recording absurd sizes
+    fails before anything is allocated."""
+    from safetensors import safe_open
+
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in config.build().state_dict().items()}
+    except Exception as err:  # noqa: BLE001 - e.g. sizes whose storage overflows
+        raise ValueError(f"checkpoint {path}: its method config {type(config).__name__} cannot be built (checked "
+                         f"without allocating, on the meta device): {type(err).__name__}: {err}") from err
+    with safe_open(str(path), framework="pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    missing = [k for k in expected if k not in shapes]
+    wrong = [f"{k} {shapes[k]} vs {expected[k]}" for k in expected if k in shapes and shapes[k] != expected[k]]
+    if missing or wrong:
+        raise ValueError(f"checkpoint {path} does not fit its recorded method config {type(config).__name__}: "
+                         f"{len(missing)} weights missing (e.g. {missing[:4]}), {len(wrong)} of another shape "
+                         f"(e.g. {wrong[:2]})")
+
+
 def load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
                        device: torch.device | str = "cpu", precision: str = "fp32") -> FeatureModel:
     """Load ``checkpoint`` (a ``.safetensors`` file or a run / checkpoint folder) for inference.
@@ -133,9 +155,16 @@ def load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
         raise ValueError(str(err)) from err
     except (json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"checkpoint {path}: cannot rebuild its method from the metadata: {err}") from err
-    config = inference_config(config)
-    torch.manual_seed(seed)
-    model = config.build()
+    try:
+        config = inference_config(config)
+        _check_shapes_before_building(config, path)
+        torch.manual_seed(seed)
+        model = config.build()
+    except ValueError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a recorded config with values its method cannot build
+        raise ValueError(f"checkpoint {path}: its method config {type(config).__name__} cannot be built: "
+                         f"{type(err).__name__}: {err}") from err
     state = load_file(str(path), device="cpu")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys:

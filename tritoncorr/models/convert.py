@@ -266,6 +266,18 @@ def _safe_globals() -> list:
     return items
 
 
+def _container_kind(path: Path) -> str | None:
+    """``"zip"`` (torch.save's format), ``"pickle"`` (the legacy one: a pickle protocol 2+ header) or
+    None, from the file's first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    return None
+
+
 def read_checkpoint(path: str | Path) -> Any:
     """The object stored in a published checkpoint (``.pth``, ``.pth.tar``, ``.pt``, ``.tar``, ``.ckpt``,
     ``.bin`` via ``torch.load(weights_only=True)``; ``.safetensors`` via safetensors).
@@ -285,6 +297,10 @@ def read_checkpoint(path: str | Path) -> Any:
             return dict(load_file(str(path), device="cpu"))
         except Exception as err:
             raise ConvertError(f"cannot read {path} as safetensors: {err}") from err
+    kind = _container_kind(path)
+    if kind is None:
+        raise ConvertError(f"{path} is not a checkpoint: it is neither a PyTorch file (zip archive or pickle) nor "
+                           "safetensors (its first bytes match none of them; a truncated or damaged download?)")
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(str(path), map_location="cpu", weights_only=True)
@@ -526,6 +542,24 @@ def _infer_arch(sd: Mapping[str, torch.Tensor], cfg: ConvertedConfig) -> Convert
     return dataclasses.replace(cfg, **changes)
 
 
+# CRW's make_encoder (videowalk code/utils): args.model_type "scratch" is ResNet-18 with every padded
+# conv in reflect mode (the released model), "scratch_zeropad" the same network with zero padding.
+CRW_PADDING = {"scratch": "reflect", "scratch_zeropad": "zeros"}
+
+
+def crw_padding(obj: Any) -> str:
+    """The padding mode of a CRW checkpoint: from its recorded ``args.model_type`` (an
+    ``argparse.Namespace`` or a dict), ``"reflect"`` when it records none (the released model)."""
+    args = obj.get("args") if isinstance(obj, Mapping) else None
+    model_type = args.get("model_type") if isinstance(args, Mapping) else getattr(args, "model_type", None)
+    if model_type is None:
+        return CRW_PADDING["scratch"]
+    if model_type not in CRW_PADDING:
+        raise ConvertError(f"the CRW checkpoint records args.model_type={model_type!r}; tritoncorr converts "
+                           f"{', '.join(CRW_PADDING)}")
+    return CRW_PADDING[model_type]
+
+
 def convert_state_dict(obj: Any, fmt: str = "auto", variant: str | None = None
                        ) -> tuple[ConvertedModel, ConvertReport]:
     """Map a published checkpoint object (or a plain state dict) to a :class:`ConvertedModel`.
@@ -553,6 +587,8 @@ def convert_state_dict(obj: Any, fmt: str = "auto", variant: str | None = None
     else:
         raise ConvertError(f"unknown format {fmt!r}; choose auto or one of {FORMATS}")
     base = default_config(fmt, variant)  # a bad variant fails here, before any mapping
+    if fmt == "crw":
+        base = dataclasses.replace(base, padding_mode=crw_padding(obj))
     spec = _SPECS[fmt]
     report = ConvertReport(fmt, detected, evidence, container, stripped, other=other)
     names = {k: k[len(stripped):] for k in keys}

@@ -125,6 +125,7 @@ def load_backbone_weights(model: nn.Module, source, *, strict: bool = False) -> 
             report is not clean; the message lists the keys.
     """
     sd = _read_source(source)
+    where = f"checkpoint {source}: " if isinstance(source, (str, Path)) else ""
     model_sd = model.state_dict()
     model_keys = set(model_sd)
     prefix = _strip(list(sd), model_keys)
@@ -145,11 +146,11 @@ def load_backbone_weights(model: nn.Module, source, *, strict: bool = False) -> 
     report.missing = sorted(model_keys - set(to_load) - {k for k, _, _ in report.shape_mismatch})
     if not to_load:
         raise ValueError(
-            f"no checkpoint key matched the model (tried prefixes {KNOWN_PREFIXES}); checkpoint keys: "
+            f"{where}no checkpoint key matched the model (tried prefixes {KNOWN_PREFIXES}); checkpoint keys: "
             f"{_short(sorted(sd))}; model keys: {_short(sorted(model_keys))}"
         )
     if strict and (report.missing or report.unexpected or report.shape_mismatch):
-        raise ValueError(f"strict load failed: {report.summary()}")
+        raise ValueError(f"{where}strict load failed: {report.summary()}")
     with torch.no_grad():
         for name, v in to_load.items():
             model_sd[name].copy_(v.to(model_sd[name].dtype))
