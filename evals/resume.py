@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["EvalFolder", "EvalFolderError", "STATE_FILE", "checkpoint_fingerprint"]
+__all__ = ["EvalFolder", "EvalFolderError", "STATE_FILE", "file_sha256"]
 
 STATE_FILE = "eval-state.json"
 RECORDS = ".done"
@@ -42,13 +42,8 @@ class EvalFolderError(ValueError):
     """An output folder that holds another evaluation (other settings or checkpoint) or a damaged state."""
 
 
-def checkpoint_fingerprint(checkpoint: str | Path | None, seed: int) -> str:
-    """``sha256:<hex>`` of the weights file a checkpoint resolves to, or ``random-init seed N``."""
-    if checkpoint is None:
-        return f"random-init seed {seed}"
-    from tritoncorr.engine.checkpoint import resolve_weights_path
-
-    path = resolve_weights_path(Path(checkpoint))
+def file_sha256(path: str | Path) -> str:
+    """``sha256:<hex>`` of a file (the checkpoint an evaluation used)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -57,10 +52,14 @@ def checkpoint_fingerprint(checkpoint: str | Path | None, seed: int) -> str:
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
-    from tritoncorr.engine.checkpoint import atomic_write_json
-
+    """Write ``obj`` as JSON to a temporary file beside ``path``, flush it to disk, rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, obj)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _remove(path: Path) -> None:
@@ -88,7 +87,7 @@ class EvalFolder:
         out: the folder (created).
         task: ``"davis"``, ``"vip"``, ``"jhmdb"``, ``"ytvos"``.
         settings: JSON-ready values that decide the outputs (propagation config, input size, ...).
-        checkpoint: :func:`checkpoint_fingerprint` of the model.
+        checkpoint: what identifies the model (:func:`file_sha256` of its weights, or its random-init seed).
         overwrite: forget what the folder recorded instead of refusing other settings.
     """
 

@@ -164,11 +164,17 @@ def test_a_checkpoint_is_recorded_by_its_hash(tmp_path):
     from tritoncorr.models import dul_backbone
     from tritoncorr.models.loading import save_backbone_weights
 
+    root = TASKS["davis"][0](tmp_path / "data")
     a = save_backbone_weights(dul_backbone(), tmp_path / "a.safetensors")
-    fp = resume.checkpoint_fingerprint(a, 0)
-    assert fp.startswith("sha256:") and fp == resume.checkpoint_fingerprint(a, 5)
-    a.write_bytes(a.read_bytes()[:-1] + b"\x00")
-    assert resume.checkpoint_fingerprint(a, 0) != fp
+    args = ["--checkpoint", str(a), "--context", "2"]
+    out = tmp_path / "o"
+    assert runner.invoke(app, ["eval", "davis", "--root", str(root), "--out", str(out), "--device", "cpu", *args]
+                         ).exit_code == 0
+    state = json.loads((out / resume.STATE_FILE).read_text())
+    assert state["checkpoint"] == resume.file_sha256(a) and state["checkpoint"].startswith("sha256:")
+    a.write_bytes(a.read_bytes()[:-1] + b"\x00")  # another file under the same name
+    r = runner.invoke(app, ["eval", "davis", "--root", str(root), "--out", str(out), "--device", "cpu", *args])
+    assert r.exit_code == 2 and "checkpoint: 'sha256:" in r.output, r.output
 
 
 @pytest.mark.parametrize("task", ["jhmdb", "ytvos"])

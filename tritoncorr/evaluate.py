@@ -831,13 +831,14 @@ def _eval_folder(out: Path, *, task: str, checkpoint, seed: int, fmodel, config,
     """The resumable output folder of ``tritoncorr eval TASK --out OUT`` (:mod:`tritoncorr.evals.resume`):
     it records the settings that decide the outputs and the checkpoint's hash. Exits 2 when OUT holds
     an evaluation with other settings (unless ``overwrite``)."""
-    from tritoncorr.evals.resume import EvalFolder, EvalFolderError, checkpoint_fingerprint
+    from tritoncorr.engine.checkpoint import resolve_weights_path
+    from tritoncorr.evals.resume import EvalFolder, EvalFolderError, file_sha256
 
+    model = f"random-init seed {seed}" if checkpoint is None else file_sha256(resolve_weights_path(Path(checkpoint)))
     settings.update(propagation=dataclasses.asdict(config), input_size=list(input_size) if input_size else None,
                     color=fmodel.color, precision=precision)
     try:
-        return EvalFolder(out, task=task, settings=settings, checkpoint=checkpoint_fingerprint(checkpoint, seed),
-                          overwrite=overwrite)
+        return EvalFolder(out, task=task, settings=settings, checkpoint=model, overwrite=overwrite)
     except EvalFolderError as err:
         _fail(str(err))
 
