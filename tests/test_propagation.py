@@ -397,3 +397,59 @@ def test_channel_argmax_equals_argmax_with_ties():
         assert torch.equal(channel_argmax(x), x.argmax(0))
         y = torch.rand(L, H, W, generator=g)
         assert torch.equal(channel_argmax(y), y.argmax(0))
+
+
+def test_common_preset_is_duls_protocol_with_the_window_in_pixels():
+    """``common``: DUL's kNN protocol; its radius is 96 px at every stride (12 cells at 8, 24 at 4, 6 at
+    16) and frames are padded to a multiple of the stride. Other presets keep their own window in
+    pixels when the stride differs from theirs (``--preset dul`` on LIIR: 24 cells, ``liir`` at stride 8: 7)."""
+    from tritoncorr.propagation import PRESET_STRIDES, task_preset, window_radius
+
+    assert set(PRESET_STRIDES) == set(PRESETS)
+    for stride, radius in ((4, 24), (8, 12), (16, 6)):
+        cfg = task_preset("common", "davis", stride=stride).config
+        assert (cfg.radius, cfg.pad) == (radius, stride) and cfg.radius * stride == 96
+        assert dataclasses.replace(cfg, radius=12, pad=1) == PRESETS["dul"]
+    assert task_preset("common", "davis").config == task_preset("common", "davis", stride=8).config
+    assert task_preset("dul", "davis", stride=4).config.radius == 24
+    assert task_preset("dul", "davis", stride=8).config == PRESETS["dul"]  # its own stride: unchanged
+    assert task_preset("liir", "davis", stride=4).config == PRESETS["liir"]
+    assert task_preset("liir", "davis", stride=8).config.radius == 7
+    assert task_preset("stt", "vip", stride=4).config.radius == 32  # STT's VIP radius 16 at stride 8
+    assert window_radius("common", 64) == 2 and window_radius("common", 1000) == 1
+    with pytest.raises(ValueError, match="stride"):
+        window_radius("common", 0)
+
+
+@pytest.mark.parametrize("stride", [4, 8])
+def test_common_preset_covers_the_same_pixel_window_at_stride_4_and_8(stride):
+    """Toy video: a random texture (and its object) panned 64 px right between two frames; a toy
+    patch-embedding "checkpoint" of stride 4 or 8. The common preset's window (resolved for that stride,
+    96 px) reaches the true match at both strides, so the object is tracked; a radius of 12 cells
+    reaches only 48 px at stride 4 and loses it. (The preset's unrestricted first frame is turned off, or
+    the first frame would be searched everywhere and no window would matter.)"""
+    from tritoncorr.evaluate import propagate_sequence
+    from tritoncorr.propagation import task_preset
+
+    hh, ww, shift = 64, 256, 64
+    texture = torch.randint(0, 256, (hh, ww, 3), generator=fresh_generator(1)).to(torch.uint8).numpy()
+    ids0 = np.zeros((hh, ww), np.uint8)
+    ids0[16:48, 32:64] = 1
+    frames = [texture, np.roll(texture, shift, axis=1)]
+    truth = np.roll(ids0, shift, axis=1)
+    weight = torch.randn(32, 3, stride, stride, generator=torch.Generator().manual_seed(0))
+
+    def patch_embedding(x):  # (1, 3, H, W) -> (1, 32, H / stride, W / stride): one vector per patch
+        return F.conv2d(x, weight, stride=stride)
+
+    def jaccard(cfg):
+        pred = propagate_sequence(patch_embedding, frames, 2, ids0, dataclasses.replace(cfg, unrestricted_first=False))(1)
+        return ((pred == 1) & (truth == 1)).sum() / ((pred == 1) | (truth == 1)).sum()
+
+    common = task_preset("common", "davis", stride=stride).config
+    assert common.radius * stride == 96
+    # J < 1 comes from the coarse label grid of this small toy (bilinear align_corners labels at 8-16
+    # cells per object side): without any motion J is 0.89 (stride 4) and 0.78 (stride 8).
+    assert jaccard(common) > 0.6
+    if stride == 4:
+        assert jaccard(dataclasses.replace(common, radius=12)) < 0.1  # 48 px: the object is out of reach

@@ -82,8 +82,9 @@ def eval_davis(
         Optional[list[str]], typer.Option("--sequence", "-s", help="Evaluate only these sequences (repeatable).")
     ] = None,
     preset: Annotated[
-        Optional[str], typer.Option(help="Propagation preset (dul, crw, stt, liir, mast). Default: the checkpoint's "
-                                    "method preset (dul for plain backbones and random init).")
+        Optional[str], typer.Option(help="Propagation preset (dul, crw, stt, liir, mast, or common: DUL's kNN protocol "
+                                    "for any method, the same window in pixels at any stride). Default: the "
+                                    "checkpoint's method preset (dul for plain backbones and random init).")
     ] = None,
     context: Annotated[Optional[int], typer.Option(help="Previous frames in the context (preset: 20).")] = None,
     radius: Annotated[Optional[int], typer.Option(help="Spatial radius in feature cells (preset: 12).")] = None,
@@ -121,7 +122,8 @@ def eval_compare(
     compare_cli(list(folders), split=split, csv_path=csv_path, n_boot=bootstrap, seed=seed)
 
 
-_PRESET_HELP = ("Propagation preset (dul, crw, stt, liir, mast). Default: the checkpoint's method preset (dul for plain "
+_PRESET_HELP = ("Propagation preset (dul, crw, stt, liir, mast, or common: DUL's kNN protocol for any method, the same "
+                "window in pixels at any stride). Default: the checkpoint's method preset (dul for plain "
                 "backbones and random init), with its settings for this benchmark.")
 _CKPT_HELP = ("Weights: a training run's model.safetensors / init.safetensors (method, features and preset are read from "
               "it), a run folder, or a plain ResNet-18 backbone .safetensors. Default: random init (seeded).")
@@ -311,7 +313,7 @@ def propagate(
                                      "checkpoint (tritoncorr convert); its method picks features and preset. "
                                      "Default: random init (with a warning).")
     ] = None,
-    preset: Annotated[Optional[str], typer.Option(help="Propagation preset (dul, crw, stt, liir, mast); default: "
+    preset: Annotated[Optional[str], typer.Option(help="Propagation preset (dul, crw, stt, liir, mast, common); default: "
                                                   "the checkpoint's.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (masks/*.png, overlay.mp4). "
                                                 "Default: propagate/<video name>.")] = None,

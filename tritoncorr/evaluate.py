@@ -786,7 +786,7 @@ def _task_settings(console, *, task: str, checkpoint, seed: int, device: str, pr
     Returns ``(feature model, PropagationConfig, input_size, device)``.
     """
     dev = _resolve_device(device)
-    from tritoncorr.methods.inference import load_feature_model
+    from tritoncorr.methods.inference import feature_stride, load_feature_model
     from tritoncorr.propagation import PRESETS, task_preset
 
     try:
@@ -802,7 +802,7 @@ def _task_settings(console, *, task: str, checkpoint, seed: int, device: str, pr
         radius = int(radius)
     if size is not None and size < 0:
         _fail(f"--size must be >= 0 (0 = native resolution), got {size}")
-    tp = task_preset(name, task)
+    tp = task_preset(name, task, stride=feature_stride(fmodel))
     overrides = {k: v for k, v in dict(context=context, radius=radius, topk=topk, temperature=temperature).items()
                  if v is not None}
     try:
@@ -813,8 +813,8 @@ def _task_settings(console, *, task: str, checkpoint, seed: int, device: str, pr
     fields = ", ".join(f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config))
     console.print(f"model: {fmodel.description}; device {dev}", soft_wrap=True)
     origin = "from the checkpoint" if preset is None else "set by --preset"
-    console.print(f"propagation preset {name!r} ({origin}) for {task}, input {_size_text(input_size)}: {fields}",
-                  soft_wrap=True)
+    console.print(f"propagation preset {name!r} ({origin}) for {task}, input {_size_text(input_size)}: {fields}"
+                  f" [{tp.source}]", soft_wrap=True)
     return fmodel, config, input_size, dev
 
 

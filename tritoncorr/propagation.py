@@ -62,7 +62,16 @@ crw     crw         20       12      10    0.05   disc    True   soft      True 
 stt     stt         20       12      10    0.07   square  False  soft      True   0        nearest   half-pix.  True    1    stt.md §4.2-4.3 (DAVIS d8, nr 24)
 liir    mast        --       14      all   1      square  False  hard      False  2        strided   half-pix.  False   4    liir.md §6.6, §8 (unofficial code)
 mast    mast        --       12      all   1      square  False  hard      False  0        strided   half-pix.  False   1    liir.md §8 (MAST benchmark.py)
+common  crw         20       12 @8   10    0.05   disc    True   soft      True   0        bilinear  corners    False   s    DUL's protocol for any method
 ======  ==========  =======  ======  ====  =====  ======  =====  ========  =====  =======  ========  =========  ======  ===  ==================================
+
+``common`` is the protocol-neutral preset: it scores any checkpoint the same way (L2-normalised
+features at the method's own stride s, DUL's context 20 / top-10 / tau 0.05 / disc window with the
+first frame unrestricted, soft feedback), so that a comparison separates "the features improved"
+from "this inference protocol suits these features". Its window is 96 px in radius whatever the
+stride (12 cells at stride 8, 24 at stride 4: :func:`window_radius`), and frames are padded to a
+multiple of s so that feature cells tile the frame. Every preset's radius is in cells at the stride
+of :data:`PRESET_STRIDES`; :func:`task_preset` with ``stride=`` rescales it to the model's stride.
 
 "corners" = bilinear ``align_corners=True``, "half-pix." = ``align_corners=False``. The ``crw``
 preset keeps DUL's label handling (CRW's own code resizes with OpenCV INTER_LINEAR). MAST's ROI
@@ -95,6 +104,8 @@ from tritoncorr.kernels.knn_propagate import WINDOWS, knn_propagate, window_prop
 __all__ = [
     "PropagationConfig",
     "PRESETS",
+    "PRESET_STRIDES",
+    "window_radius",
     "REFERENCE_POLICIES",
     "context_indices",
     "mast_reference_indices",
@@ -182,7 +193,24 @@ PRESETS: dict[str, PropagationConfig] = {
     "mast": PropagationConfig(radius=12, topk=None, temperature=1.0, window="square", unrestricted_first=False,
                               references="mast", feedback="hard", normalize=False, compact=0, label_downsample="strided",
                               upsample_align_corners=False, pad=1),
+    # The protocol-neutral preset: DUL's kNN protocol for any method (radius rescaled to the model's stride
+    # by task_preset, frames padded to a multiple of the stride).
+    "common": PropagationConfig(context=20, radius=12, topk=10, temperature=0.05, window="disc", unrestricted_first=True),
 }
+
+#: The feature stride each preset's ``radius`` (in feature cells) was written for; ``task_preset(...,
+#: stride=s)`` rescales the radius so that the window covers the same pixels at stride ``s``.
+PRESET_STRIDES: dict[str, int] = {"dul": 8, "crw": 8, "stt": 8, "liir": 4, "mast": 4, "common": 8}
+
+
+def window_radius(preset: str, stride: int, radius: int | None = None) -> int:
+    """Radius in feature cells at ``stride`` covering the pixels of ``preset``'s window (``radius`` cells,
+    default the preset's, at :data:`PRESET_STRIDES` ``[preset]``): ``round(radius * native / stride)``, >= 1.
+    E.g. ``common`` (DUL's 12 cells at stride 8 = 96 px): 24 at stride 4, 6 at stride 16."""
+    if int(stride) < 1:
+        raise ValueError(f"stride={stride} must be >= 1")
+    r = PRESETS[preset].radius if radius is None else int(radius)
+    return max(1, int(round(r * PRESET_STRIDES[preset] / int(stride))))
 
 
 def context_indices(t: int, context: int) -> list[int]:
@@ -608,8 +636,9 @@ _TASK_SOURCES = {
 }
 
 
-def task_preset(preset: str, task: str) -> TaskPreset:
-    """The settings of method preset ``preset`` (a key of :data:`PRESETS`) on benchmark ``task`` (:data:`TASKS`).
+def task_preset(preset: str, task: str, stride: int | None = None) -> TaskPreset:
+    """The settings of method preset ``preset`` (a key of :data:`PRESETS`) on benchmark ``task`` (:data:`TASKS`)
+    for a model of feature stride ``stride`` (None: the preset's own, :data:`PRESET_STRIDES`).
 
     ======  =============  =================================================================================
     task    input          changes to ``PRESETS[preset]``
@@ -620,6 +649,10 @@ def task_preset(preset: str, task: str) -> TaskPreset:
     jhmdb   320 x 320      ``stt``: radius 5 (nr 10); every preset: ``feedback="soft"`` (heat maps cannot be
                            argmaxed and fed back; MAST/LIIR's hard feedback is for index maps)
     ======  =============  =================================================================================
+
+    ``stride``: the radius is rescaled to cover the preset's window in pixels (:func:`window_radius`):
+    ``--preset dul`` or ``common`` on a stride-4 checkpoint (LIIR's) searches 24 cells, not 12; the
+    ``common`` preset also pads frames to a multiple of the stride.
 
     DUL reports no VIP / JHMDB numbers and LIIR's code has no VIP / JHMDB / YouTube-VOS evaluation
     (liir.md §8: settings UNKNOWN): those use their DAVIS propagation settings with the shared
@@ -636,7 +669,13 @@ def task_preset(preset: str, task: str) -> TaskPreset:
         cfg = dataclasses.replace(cfg, radius=_STT_RADIUS[task])
     if task == "jhmdb" and cfg.feedback != "soft":
         cfg = dataclasses.replace(cfg, feedback="soft")
-    return TaskPreset(cfg, _TASK_SIZES[task], f"{preset} preset; {_TASK_SOURCES[task]}")
+    source = f"{preset} preset; {_TASK_SOURCES[task]}"
+    if stride is not None and int(stride) != PRESET_STRIDES[preset]:
+        cfg = dataclasses.replace(cfg, radius=window_radius(preset, stride, cfg.radius))
+        source += f"; radius {cfg.radius} cells at stride {int(stride)} (the preset's window in pixels)"
+    if preset == "common":
+        cfg = dataclasses.replace(cfg, pad=PRESET_STRIDES[preset] if stride is None else int(stride))
+    return TaskPreset(cfg, _TASK_SIZES[task], source)
 
 
 TASK_PRESETS: dict[str, dict[str, TaskPreset]] = {p: {t: task_preset(p, t) for t in TASKS} for p in PRESETS}

@@ -568,8 +568,8 @@ def propagate_cli(
         fail("the first --mask must be for frame 0 (PATH or 0:PATH); later ones are FRAME:PATH")
 
     dev = _resolve_device(device)
-    from tritoncorr.methods.inference import load_feature_model
-    from tritoncorr.propagation import PRESETS
+    from tritoncorr.methods.inference import feature_stride, load_feature_model
+    from tritoncorr.propagation import PRESETS, task_preset
 
     try:
         fmodel = load_feature_model(checkpoint, seed=seed, device=dev)
@@ -582,7 +582,7 @@ def propagate_cli(
     preset = preset or fmodel.preset
     if preset not in PRESETS:
         fail(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    config = PRESETS[preset]
+    config = task_preset(preset, "davis", stride=feature_stride(fmodel)).config  # the preset's window in pixels
     if out is None:
         out = Path("propagate") / (video.stem or "video")
     H, W = working_size(source.size, short_side)

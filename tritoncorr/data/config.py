@@ -74,7 +74,9 @@ class DataConfig:
     Clip sampling (DUL's ``DataVideo``): ``window = min(n, frame_gap * clip_len)``,
     ``gap = window // clip_len``, start uniform so the clip fits, then a random permutation of the
     ``clip_len`` frames when ``order == "shuffled"``. Videos with fewer than ``clip_len`` frames are
-    dropped. ``target_fps > 0`` (video sources only) first resamples the video's timeline at that
+    dropped. ``gap_choices`` (with ``gap_probs``, default uniform) replaces ``frame_gap`` by a gap drawn
+    per sample from those values (MAST / LIIR's stride k in {2, 5, 8} with p = 0.4, 0.4, 0.2; liir.md
+    §2.1). ``target_fps > 0`` (video sources only) first resamples the video's timeline at that
     rate (nearest native frame), then applies the gap; rates above the native one use native frames.
 
     Spatial pipeline (same random parameters for all frames of a clip): ``crop="random"`` resizes the
@@ -99,6 +101,8 @@ class DataConfig:
     hf_column: str = ""  # "" = auto: "frames" (list of images) or "video" (bytes / path / {"bytes","path"})
     clip_len: int = 5
     frame_gap: int = 2
+    gap_choices: tuple[int, ...] = ()  # () = always frame_gap; else a gap drawn per sample from these
+    gap_probs: tuple[float, ...] = ()  # probabilities of gap_choices (() = uniform)
     target_fps: float = 0.0
     order: str = "shuffled"
     batch_size: int = 16
@@ -142,6 +146,14 @@ class DataConfig:
         for name in ("clip_len", "frame_gap", "batch_size", "crop_size", "max_retries"):
             if int(getattr(self, name)) < 1:
                 raise bad(name, "must be >= 1")
+        if self.gap_choices:
+            if any(int(g) < 1 for g in self.gap_choices):
+                raise bad("gap_choices", "every gap must be >= 1")
+            if self.gap_probs and (len(self.gap_probs) != len(self.gap_choices) or any(p < 0 for p in self.gap_probs)
+                                   or abs(sum(self.gap_probs) - 1.0) > 1e-6):
+                raise bad("gap_probs", f"must be {len(self.gap_choices)} non-negative numbers summing to 1")
+        elif self.gap_probs:
+            raise bad("gap_probs", "needs gap_choices")
         if self.num_workers < 0:
             raise bad("num_workers", "must be >= 0")
         if self.prefetch_factor < 1:

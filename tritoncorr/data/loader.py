@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from tritoncorr.data.clips import clip_to_tensor, collate_clips
 from tritoncorr.data.config import DataConfig
 from tritoncorr.data.planned import PlannedLoader, check_rank
-from tritoncorr.data.sampler import clip_indices, sample_rng, sample_torch_generator
+from tritoncorr.data.sampler import clip_indices, draw_gap, sample_rng, sample_torch_generator
 from tritoncorr.data.sources import ClipSource, DataSourceError, build_source
 
 
@@ -49,7 +49,8 @@ class ClipDataset(Dataset):
     def _load(self, video: int, epoch: int, attempt: int) -> dict:
         cfg, src = self.cfg, self.source
         rng = sample_rng(self.seed, epoch, video, attempt)
-        idx = clip_indices(src.num_frames[video], cfg.clip_len, cfg.frame_gap, rng, order=cfg.order,
+        gap = draw_gap(cfg.frame_gap, cfg.gap_choices, cfg.gap_probs, rng)
+        idx = clip_indices(src.num_frames[video], cfg.clip_len, gap, rng, order=cfg.order,
                            fps=src.fps[video], target_fps=cfg.target_fps)
         frames = src.read(video, idx)
         if frames.ndim != 4 or frames.shape[0] != cfg.clip_len or frames.shape[-1] != 3:

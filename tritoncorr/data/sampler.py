@@ -89,6 +89,15 @@ def clip_indices(
     return steps[pos].astype(np.int64)
 
 
+def draw_gap(frame_gap: int, choices: tuple[int, ...], probs: tuple[float, ...], rng: np.random.Generator) -> int:
+    """The frame gap of one sample: ``frame_gap`` when ``choices`` is empty (no draw from ``rng``), else
+    one of ``choices`` with probabilities ``probs`` (uniform when empty)."""
+    if not choices:
+        return int(frame_gap)
+    p = np.asarray(probs, dtype=np.float64) if probs else None
+    return int(choices[int(rng.choice(len(choices), p=p))])
+
+
 def epoch_permutation(num_videos: int, seed: int, epoch: int) -> np.ndarray:
     """Permutation of ``range(num_videos)`` for ``epoch``."""
     return np.random.default_rng([_PERM_TAG, int(seed) & 0xFFFFFFFF, int(epoch)]).permutation(num_videos)

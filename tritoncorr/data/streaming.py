@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tritoncorr.data.config import DataConfig
 from tritoncorr.data.clips import clip_to_tensor, collate_clips
 from tritoncorr.data.planned import check_rank
-from tritoncorr.data.sampler import EpochCursor, clip_indices, loader_generator, sample_rng, sample_torch_generator
+from tritoncorr.data.sampler import EpochCursor, clip_indices, draw_gap, loader_generator, sample_rng, sample_torch_generator
 from tritoncorr.data.sources import SourceWarning, hf_column, load_hf_dataset, read_hf_example
 
 
@@ -117,7 +117,8 @@ class _StreamClips(IterableDataset):
             rng = sample_rng(o.seed, self.epoch, q, o.rank)
             try:
                 def indices_fn(n: int, fps: float):
-                    return clip_indices(n, o.cfg.clip_len, o.cfg.frame_gap, rng, order=o.cfg.order, fps=fps,
+                    gap = draw_gap(o.cfg.frame_gap, o.cfg.gap_choices, o.cfg.gap_probs, rng)
+                    return clip_indices(n, o.cfg.clip_len, gap, rng, order=o.cfg.order, fps=fps,
                                         target_fps=o.cfg.target_fps)
 
                 out = read_hf_example(example, o.column, o.kind, indices_fn, o.base, name)

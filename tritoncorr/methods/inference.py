@@ -112,6 +112,17 @@ def _check_shapes_before_building(config, path: Path) -> None:
                          f"(e.g. {wrong[:2]})")
 
 
+def feature_stride(fmodel: FeatureModel, size: int = 64) -> int:
+    """The model's output stride, measured: ``size / h`` for the features ``(1, C, h, w)`` of one grey
+    ``(1, 3, size, size)`` image on the model's device (one small forward; ``size`` a multiple of 16)."""
+    device = next(iter(fmodel.module.parameters()), torch.zeros(())).device
+    with torch.no_grad():
+        h = fmodel.features(torch.zeros(1, 3, size, size, device=device)).shape[-2]
+    if h < 1 or size % h:
+        raise ValueError(f"{fmodel.description}: a {size}x{size} image gives {h} feature rows, not a whole stride")
+    return size // h
+
+
 def load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
                        device: torch.device | str = "cpu", precision: str = "fp32") -> FeatureModel:
     """Load ``checkpoint`` (a ``.safetensors`` file or a run / checkpoint folder) for inference.
