@@ -16,7 +16,7 @@ learning-rate milestones count SAMPLES (``iteration x 12``), converted here to o
 * ``unofficial_stage1``, ``unofficial``: the unofficial code's recipe that reached 72.2 J&F (APE after
   the stem, zero-gamma, stride-8 128-d branch; stage 2 with the momentum twin and 960 banked maps).
 * ``cpu``: the full method at the evaluation scale (128 x 128 crops of frames at 480p scale), 4 pairs per
-  step, 160 steps (60-90 minutes on a 2-core CPU) from a folder of videos:
+  step, 48 steps (about an hour on the shared 2-core CPU) from a folder of videos:
   ``--set data.root=/work/shared/data/videos``.
 * ``smoke``: tiny synthetic clips, a few steps in seconds (the whole pipeline, bank included).
 """
@@ -151,7 +151,7 @@ CPU_SHORT_SIDE = 480  # frames resized to DAVIS 480p's shorter side before cropp
 CPU_CROP = 128  # square crops of those frames (32 x 32 stride-4 cells); the paper's 256 costs 4x more per pair
 CPU_BATCH = 4  # pairs per optimiser step
 CPU_ACCUMULATE = 1  # no accumulation: on this budget more updates help more than a larger batch
-CPU_STEPS = 160
+CPU_STEPS = 48
 CPU_LR = 1e-3
 
 
@@ -176,21 +176,22 @@ def cpu() -> RunConfig:
     * Pairs (liir.md §2.1): reference then target of one video, gap k drawn per sample from
       {2, 5, 8} frames with p = 0.4 / 0.4 / 0.2, the reference code's stride at 30 fps.
     * Batch: 4 pairs per optimiser step, no gradient accumulation (``CPU_ACCUMULATE`` = 1; the engine's
-      ``optim.accumulate`` builds the reference's 12 with ``--set optim.accumulate=3``): at ~25 s per
-      4-pair step on the shared cores a 12-pair batch would leave ~50 updates in an hour, too few for
-      the loss to move.
+      ``optim.accumulate`` builds the reference's 12 with ``--set optim.accumulate=3``): the hour the
+      shared machine affords holds ~48 four-pair steps, and a 12-pair batch would leave 16 updates.
     * Model: everything as ``default`` + ``stage2`` (ResNet-18 stride 4, 64-d, R = 6, tau 1,
       compactness M = 2, S1 position code with shifting) except the position grid, 32 = the
       crop's feature size, and the inter-video bank (64 frames x 4 points: full after 16 steps, so
       the inter-video term takes part in nearly the whole run; the paper's 1,440 frames would never
       fill in a CPU run). One stage instead of two.
-    * Optimiser: Adam 1e-3 (stage 1's rate; liir.md §7), ``CPU_STEPS`` = 160 steps (640 pairs). The
+    * Optimiser: Adam 1e-3 (stage 1's rate; liir.md §7), ``CPU_STEPS`` = 48 steps (192 pairs). The
       rate stays at 1e-3 for 60 % of the run, then halves at 60, 80 and 90 %: the pilot (12 steps)
       showed no instability at 1e-3 (per-step losses 0.07-0.85, dominated by which chroma channel
       is dropped), so the base rate is kept for most of the run and the drops only settle the
       last steps (as the reference's multistep schedule does).
-    * Cost: ~20-35 s per step on the 2 shared cores (load 8-12), so the run takes 60-90 minutes;
-      the measured curves and evaluation are in docs/LIIR_CPU.md.
+    * Length: what the development machine allowed, not what the method needs. With seven jobs on
+      the 2 cores (load 12-15) one 4-pair step took 20-35 s in the pilot and ~70 s once evaluations
+      ran beside it, so 48 steps are the 60-minute run; on an idle core a step takes ~10-15 s.
+      The measured curves and evaluation are in docs/LIIR_CPU.md.
     """
     steps = CPU_STEPS
     return RunConfig(

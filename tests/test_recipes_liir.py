@@ -46,7 +46,7 @@ def test_cpu_recipe_settings_match_its_docstring():
     assert (m.bank_frames, m.bank_points) == (64, 4) and "64 frames x 4 points" in doc
     # optimiser: Adam 1e-3, halved at 60 / 80 / 90 % of the run
     assert (o.name, o.lr, cfg.steps) == ("adam", 1e-3, module.CPU_STEPS)
-    assert f"``CPU_STEPS`` = {cfg.steps} steps" in doc and "Adam 1e-3" in doc and cfg.steps == 160
+    assert f"``CPU_STEPS`` = {cfg.steps} steps" in doc and "Adam 1e-3" in doc and cfg.steps == 48
     s = cfg.steps
     assert tuple(cfg.schedule.milestones) == (6 * s // 10, 8 * s // 10, 9 * s // 10)
     assert tuple(cfg.schedule.factors) == (0.5, 0.25, 0.125) and "halves at 60, 80 and 90 %" in doc
