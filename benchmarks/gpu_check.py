@@ -332,7 +332,7 @@ def _paper_config(ref: str, device: str, dry_run: bool, compile_: bool, steps: i
                                compile_backend="aot_eager" if dry_run else "inductor",
                                eval=dataclasses.replace(cfg.eval, every=0),
                                checkpoint=dataclasses.replace(cfg.checkpoint, every=0), log_every=10**9,
-                               curves_every=0, sync_bn=False, init_from=None)
+                               curves_every=0, sync_bn=False)
 
 
 def phase_c(rec: Recorder, device, dry_run: bool, budget: Budget) -> None:
