@@ -13,6 +13,7 @@ Backend selection (see docs/ENVIRONMENT.md for the table of environment variable
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -35,11 +36,22 @@ def interpreting() -> bool:
 
 
 def triton_available() -> bool:
+    """True when ``import triton`` succeeds (False on machines without it, e.g. macOS/Windows)."""
     try:
         import triton  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+def upcast_bf16_dot(dtype: torch.dtype) -> bool:
+    """Whether a Triton kernel must widen bf16 ``tl.dot`` operands to fp32 (the kernels' ``UPCAST``).
+
+    Only under Triton's CPU interpreter: Triton 3.9's interpreter multiplies the raw uint16 storage of
+    bf16 operands. The products of bf16 values are exact in fp32, so the widened dot gives the same
+    values; compiled GPU code never widens (it keeps bf16 tensor-core dots).
+    """
+    return interpreting() and dtype == torch.bfloat16
 
 
 def use_triton(*tensors: torch.Tensor) -> bool:
@@ -88,6 +100,23 @@ def check_tensor(
         raise ValueError(f"{name} is on {t.device}, expected {device} (all inputs must share a device)")
 
 
+def check_int(name: str, value, lo: int, hi: int, *, what: str = "") -> int:
+    """``value`` as an int in ``lo..hi`` (``TypeError`` for a non-int or bool, ``ValueError`` out of range)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name}={value} must be in {lo}..{hi}{what}")
+    return value
+
+
+def check_temperature(temperature) -> float:
+    """``temperature`` as a finite float > 0, else ``ValueError`` naming it."""
+    ok = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+    if not (ok and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature={temperature!r} must be a finite number > 0")
+    return float(temperature)
+
+
 def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
@@ -110,3 +139,55 @@ def alloc_output(shape: Sequence[int], *, dtype: torch.dtype, device: torch.devi
     if poison_enabled():
         out.fill_(float("nan") if out.is_floating_point() else -1)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# shared by the propagation families (knn_propagate, window_propagate)
+# ---------------------------------------------------------------------------------------------
+
+#: Largest window radius (feature cells) of the propagation families.
+MAX_RADIUS = 32
+
+
+def check_frames(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, max_labels: int) -> None:
+    """Shapes, dtypes and devices of (query (C, h, w), keys (N, C, h, w), values (N, L, h, w))."""
+    check_tensor("query", query, ndim=3, dtypes=FLOAT_DTYPES)
+    check_tensor("keys", keys, ndim=4, dtypes=FLOAT_DTYPES, device=query.device)
+    check_tensor("values", values, ndim=4, dtypes=FLOAT_DTYPES + (torch.float64,), device=query.device)
+    if keys.dtype != query.dtype:
+        raise TypeError(f"keys dtype {keys.dtype} differs from query dtype {query.dtype}; cast one of them")
+    c, h, w = query.shape
+    n = keys.shape[0]
+    if min(c, h, w) < 1:
+        raise ValueError(f"query must have C, h, w >= 1, got shape {tuple(query.shape)}")
+    if n < 1:
+        raise ValueError("keys must hold at least one context frame (N >= 1)")
+    if tuple(keys.shape[1:]) != (c, h, w):
+        raise ValueError(f"keys shape {tuple(keys.shape)} must be (N, C, h, w) = (N, {c}, {h}, {w}) to match query")
+    if values.shape[0] != n or tuple(values.shape[2:]) != (h, w):
+        raise ValueError(f"values shape {tuple(values.shape)} must be (N, L, h, w) = ({n}, L, {h}, {w})")
+    if not 1 <= values.shape[1] <= max_labels:
+        raise ValueError(f"number of label channels L={values.shape[1]} must be in 1..{max_labels}")
+
+
+def topk_lowest_index(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k per row, ties broken towards the lower column. scores (Q, M) -> values, indices (Q, min(k, M)).
+
+    ``torch.topk`` picks an arbitrary member among equal scores. Asking for k + 1 shows whether the
+    k-th value is tied with a left-out one; only those rows (rare for real features, common with
+    duplicated frames) are redone with a stable sort. A tie at -inf (fewer candidates than k) needs
+    no fix: those entries get weight 0.
+    """
+    m = scores.shape[1]
+    if k >= m:
+        srt = torch.sort(scores, dim=1, descending=True, stable=True)
+        return srt.values, srt.indices
+    top_v, top_i = torch.topk(scores, k + 1, dim=1)
+    fix = (top_v[:, k] == top_v[:, k - 1]) & torch.isfinite(top_v[:, k])
+    top_v, top_i = top_v[:, :k], top_i[:, :k]
+    if bool(fix.any()):
+        rows = fix.nonzero()[:, 0]
+        srt = torch.sort(scores[rows], dim=1, descending=True, stable=True)
+        top_v[rows] = srt.values[:, :k]
+        top_i[rows] = srt.indices[:, :k]
+    return top_v, top_i

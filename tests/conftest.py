@@ -4,15 +4,36 @@ Triton decides at decoration time whether kernels run in its CPU interpreter, so
 ``TRITON_INTERPRET=1`` is set here, before any kernel module is imported, whenever no CUDA device
 is present (CI, this machine). On a GPU machine the real kernels are used and ``-m gpu`` selects
 the GPU tests.
+
+``TRITONCORR_TEST_BLOCK_TRITON=1`` runs the suite as on a machine without Triton: an import hook
+makes ``import triton`` (and ``triton.*``) raise ImportError, and the tests marked ``interpreter``
+or ``aot`` are skipped. Every other test must pass that way.
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import os
+import sys
 from pathlib import Path
 
-import pytest
-import torch
+BLOCK_TRITON = os.environ.get("TRITONCORR_TEST_BLOCK_TRITON", "0") not in ("", "0")
+
+
+class _TritonBlocker(importlib.abc.MetaPathFinder):
+    """``import triton`` / ``triton.*`` raise ImportError, as where Triton is not installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "triton" or name.startswith("triton."):
+            raise ImportError(f"No module named {name!r} (blocked by TRITONCORR_TEST_BLOCK_TRITON=1)", name=name)
+        return None
+
+
+if BLOCK_TRITON:  # before torch or tritoncorr can import triton
+    sys.meta_path.insert(0, _TritonBlocker())
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
@@ -61,6 +82,9 @@ def kernel_device() -> torch.device:
 
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_triton = pytest.mark.skip(reason="needs Triton (TRITONCORR_TEST_BLOCK_TRITON=1 blocks it)")
     for item in items:
         if "gpu" in item.keywords and not HAS_CUDA:
             item.add_marker(skip_gpu)
+        if BLOCK_TRITON and ("interpreter" in item.keywords or "aot" in item.keywords):
+            item.add_marker(skip_triton)

@@ -48,3 +48,52 @@ def fresh_generator(seed: int | None = None) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else seed)
     return g
+
+
+_AOT_SCRIPT = """
+import dataclasses, importlib, json, re, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from tritoncorr.kernels.aot import compile_report
+
+family, fixed_only = sys.argv[1], sys.argv[2] == "1"
+specs = importlib.import_module(f"tritoncorr.kernels.{family}.triton_kernels").aot_specs(fixed_only=fixed_only)
+records = [dataclasses.asdict(r) for r in compile_report(specs=specs)]
+tensor_cores = []  # bf16 configurations: wgmma on sm_90, mma.sync on sm_80
+for spec in specs:
+    if "bf16" not in spec.name:
+        continue
+    for arch, pattern in ((90, r"wgmma\\\\.mma_async"), (80, r"\\\\bmma\\\\.sync")):
+        ptx = triton.compile(ASTSource(spec.fn, spec.signature, constexprs=spec.constexprs),
+                             target=GPUTarget("cuda", arch, 32),
+                             options={"num_warps": spec.num_warps, "num_stages": spec.num_stages}).asm["ptx"]
+        tensor_cores.append([spec.name, arch, len(re.findall(pattern, ptx))])
+print(json.dumps({"n_specs": len(specs), "records": records, "tensor_cores": tensor_cores}))
+"""
+
+
+def check_aot_family(family: str, *, fixed_only: bool = False) -> None:
+    """Compile ``tritoncorr.kernels.<family>.triton_kernels.aot_specs()`` for sm_80 and sm_90 in a fresh
+    interpreter (under TRITON_INTERPRET=1, set by conftest, kernels cannot be compiled) and assert: no
+    error, 0 spill bytes, and tensor-core instructions in every bf16 configuration (``wgmma`` on sm_90,
+    ``mma.sync`` on sm_80)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, family, "1" if fixed_only else "0"],
+                          capture_output=True, text=True, env=env, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    records = out["records"]
+    assert len(records) == 2 * out["n_specs"]
+    for r in records:
+        assert not r["error"], f"{r['kernel']} {r['arch']}: {r['error']}"
+        assert r["spills"] == 0, f"{r['kernel']} {r['arch']}: {r['spills']} spill bytes ({r['registers']} registers)"
+    assert out["tensor_cores"], f"{family}: no bf16 configuration to check for tensor-core instructions"
+    missing = [(name, f"sm_{arch}") for name, arch, count in out["tensor_cores"] if count == 0]
+    assert not missing, f"bf16 configurations without tensor-core instructions (wgmma / mma.sync): {missing}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernel_harness import assert_close_verbose, fresh_generator, tolerance
+from tests.kernel_harness import assert_close_verbose, check_aot_family, fresh_generator, tolerance
 from tritoncorr.kernels import anchor_softmax as mod
 from tritoncorr.kernels.anchor_softmax import (
     anchor_argmax,
@@ -118,16 +118,23 @@ def test_anchor_grad_split_over_rows(triton_backend, splits):
     g = fresh_generator()
     P, A, K, tau = 70, 33, 24, 0.2
     f, q, labels = _inputs(P, A, K, torch.float32, g=g)
-    _, lse = mod._launch_fwd(mod._no_wrap, f, q, labels, tau)
+    _, lse = _tk().launch_fwd(_tk().no_wrap, f, q, labels, tau)
     g_loss = torch.randn(P, generator=g)
     g_lse = torch.randn(P, generator=g)
-    df, dq = mod._launch_bwd(mod._no_wrap, f, q, labels, lse, g_loss, g_lse, tau, p_splits=splits)
+    df, dq = _tk().launch_bwd(_tk().no_wrap, f, q, labels, lse, g_loss, g_lse, tau, p_splits=splits)
     _, _, r_df, r_dq = _reference_grads(f, q, labels, tau, g_loss, g_lse)
     assert_close_verbose(df, r_df, atol=1e-4, rtol=1e-4, name="grad_features")
     assert_close_verbose(dq, r_dq, atol=1e-4, rtol=1e-4, name="grad_anchors")
     # same result as the single split, bit for bit up to summation order of the splits
-    _, dq1 = mod._launch_bwd(mod._no_wrap, f, q, labels, lse, g_loss, g_lse, tau, p_splits=1)
+    _, dq1 = _tk().launch_bwd(_tk().no_wrap, f, q, labels, lse, g_loss, g_lse, tau, p_splits=1)
     assert_close_verbose(dq, dq1, atol=1e-5, rtol=1e-5, name="splits vs single")
+
+
+def _tk():
+    """The Triton module of the family (imported here, not at the top: the file must import without Triton)."""
+    from tritoncorr.kernels.anchor_softmax import triton_kernels
+
+    return triton_kernels
 
 
 def _integer_inputs(P, A, K, g):
@@ -186,8 +193,8 @@ def test_poisoned_outputs_are_fully_written(triton_backend):
     """With TRITONCORR_POISON=1 every output starts as NaN / -1: no NaN may survive."""
     g = fresh_generator()
     f, q, labels = _inputs(45, 35, 17, torch.float32, g=g, ignore_frac=0.0)
-    loss, lse = mod._launch_fwd(mod._no_wrap, f, q, labels, 0.3)
-    df, dq = mod._launch_bwd(mod._no_wrap, f, q, labels, lse, torch.ones(45), torch.zeros(45), 0.3, p_splits=2)
+    loss, lse = _tk().launch_fwd(_tk().no_wrap, f, q, labels, 0.3)
+    df, dq = _tk().launch_bwd(_tk().no_wrap, f, q, labels, lse, torch.ones(45), torch.zeros(45), 0.3, p_splits=2)
     for name, t in (("loss", loss), ("lse", lse), ("grad_features", df), ("grad_anchors", dq)):
         assert not torch.isnan(t).any(), f"{name} has unwritten (NaN) elements"
 
@@ -325,50 +332,16 @@ def test_triton_rejects_fp64(triton_backend):
 # ---------------------------------------------------------------------------------------------
 
 
-_AOT_SCRIPT = """
-import json, sys
-from tritoncorr.kernels import anchor_softmax as mod
-from tritoncorr.kernels.aot import compile_report
-if sys.argv[1] == "all":
-    specs = mod.AOT_SPECS
-else:  # the fixed (autotuning off) config of every kernel, fp32 and bf16, at K = 128
-    specs = [mod._aot_spec(name, dt, 128, mod._CONFIGS[(name, "fp32" if dt == "fp32" else "16")][0])
-             for name in mod._KERNELS for dt in ("fp32", "bf16")]
-    assert {s.name for s in specs} <= {s.name for s in mod.AOT_SPECS}
-print(json.dumps([[r.kernel, r.arch, r.registers, r.spills, r.error] for r in compile_report(specs=specs)]))
-"""
-
-
-def _aot_records(which: str) -> list:
-    """Compile in a fresh interpreter: under TRITON_INTERPRET=1 (set by conftest) kernels cannot be compiled."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, which], capture_output=True, text=True, env=env,
-                          timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.aot
-def test_aot_no_spills():
-    records = _aot_records("default")
-    assert len(records) == 16  # 4 kernels x (fp32, bf16) x (sm_80, sm_90)
-    bad = [r for r in records if r[4] or r[3] != 0]
-    assert not bad, bad
+def test_aot_no_spills_and_tensor_cores():
+    """The fixed (autotuning off) config of every kernel, fp32 and bf16, at K = 128."""
+    check_aot_family("anchor_softmax", fixed_only=True)
 
 
 @pytest.mark.aot
 @pytest.mark.slow
-def test_aot_all_configs_no_spills():
-    records = _aot_records("all")
-    assert len(records) == 2 * len(mod.AOT_SPECS)
-    bad = [r for r in records if r[4] or r[3] != 0]
-    assert not bad, bad
+def test_aot_all_configs_no_spills_and_tensor_cores():
+    check_aot_family("anchor_softmax")
 
 
 @pytest.mark.gpu

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.kernel_harness import assert_close_verbose, fresh_generator, tolerance
+from tests.kernel_harness import assert_close_verbose, check_aot_family, fresh_generator, tolerance
 from tritoncorr.kernels.knn_propagate import (
     knn_propagate,
     knn_propagate_dense,
     knn_propagate_reference,
     knn_propagate_windowed,
-    window_propagate,
-    window_propagate_reference,
-    window_propagate_windowed,
+    window_mask,
 )
-
-K = importlib.import_module("tritoncorr.kernels.knn_propagate")  # the module; the package attribute of that name is the function
+from tritoncorr.kernels.knn_propagate.reference import grid
 
 
 def _inputs(c, h, w, n, lab, *, dtype=torch.float32, seed=None, normalize=True):
@@ -281,31 +276,9 @@ def test_triton_ties_and_non_contiguous(triton_backend):
     assert_close_verbose(knn_propagate(qn, kn, vn, **kw), ref, atol=1e-6, rtol=1e-6, name="triton ties")
 
 
-_AOT_SCRIPT = """
-import dataclasses, json
-from tritoncorr.kernels.aot import compile_report
-from tritoncorr.kernels.knn_propagate import AOT_SPECS
-print(json.dumps([dataclasses.asdict(r) for r in compile_report(specs=AOT_SPECS)]))
-"""
-
-
 @pytest.mark.aot
-def test_aot_specs_compile_without_spills():
-    # In a fresh process without TRITON_INTERPRET: under the interpreter (set by conftest on CPU-only
-    # machines) the @triton.jit functions are InterpretedFunction objects that cannot be compiled.
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    records = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(records) == 2 * len(K.AOT_SPECS)
-    for r in records:
-        assert not r["error"], f"{r['kernel']} {r['arch']}: {r['error']}"
-        assert r["spills"] == 0, f"{r['kernel']} {r['arch']}: {r['spills']} spill bytes ({r['registers']} registers)"
+def test_aot_specs_compile_without_spills_with_tensor_cores():
+    check_aot_family("knn_propagate")
 
 
 @pytest.mark.gpu
@@ -326,9 +299,9 @@ def test_bench_cases_cpu():
     from tritoncorr.bench.core import SkipProvider
     from tritoncorr.bench.knn_propagate import cases, window_candidates
 
-    ys, xs = K._grid(7, 9, "cpu")
+    ys, xs = grid(7, 9, "cpu")
     for window in ("disc", "square"):
-        assert window_candidates(7, 9, 3, window) == int(K.window_mask(ys, xs, ys, xs, 3, window).sum())
+        assert window_candidates(7, 9, 3, window) == int(window_mask(ys, xs, ys, xs, 3, window).sum())
     assert window_candidates(200, 200, 12) > 437 * 150 * 150  # interior queries see the full 437-cell disc
     quick = cases(torch.device("cpu"), quick=True)
     assert len(quick) == 1 and set(quick[0].providers) == {"triton", "torch", "dense"}
@@ -336,236 +309,3 @@ def test_bench_cases_cpu():
     assert len(full) == 7 and [c.kernel for c in full[-2:]] == ["window_propagate"] * 2
     with pytest.raises(SkipProvider):
         quick[0].providers["triton"]()
-
-
-# ================================================================ full-window mode (MAST / LIIR, "k = all")
-
-
-def _raw_inputs(c, h, w, n, lab, *, dtype=torch.float32, seed=None, offset=0.0, onehot=False):
-    """Raw (unnormalised) features as MAST/LIIR use them; ``offset`` shifts every feature along one
-    common direction (positive logits); ``onehot`` gives one-hot labels."""
-    g = fresh_generator(seed)
-    q = torch.randn(c, h, w, generator=g)
-    k = torch.randn(n, c, h, w, generator=g)
-    if offset:
-        q[0] += offset
-        k[:, 0] += offset
-    if onehot:
-        v = F.one_hot(torch.randint(0, lab, (n, h, w), generator=g), lab).permute(0, 3, 1, 2).float()
-    else:
-        v = torch.rand(n, lab, h, w, generator=g)
-    return q.to(dtype), k.to(dtype), v
-
-
-def _spec_window_loop(q, k, v, radius, temperature, compact, threshold):
-    """liir.md §4.1, §6.6, §8 transcribed per pixel: zero-border window logits, one softmax over all
-    references' windows, per reference the top-M (lower window index on ties), w = softmax of the M
-    probabilities, T = sum_m w_m exp(-4 ln2 |u - c_m|^2) on the window, replace where max > threshold."""
-    import math
-
-    c, h, w = q.shape
-    n, lab = k.shape[0], v.shape[1]
-    side = 2 * radius + 1
-    qd, kd, vd = q.double(), k.double(), v.double()
-    out = torch.zeros(lab, h, w, dtype=torch.float64)
-    for y in range(h):
-        for x in range(w):
-            logits, vals = [], []
-            for f in range(n):
-                for dy in range(-radius, radius + 1):
-                    for dx in range(-radius, radius + 1):
-                        yy, xx = y + dy, x + dx
-                        if 0 <= yy < h and 0 <= xx < w:
-                            logits.append(float(qd[:, y, x] @ kd[f, :, yy, xx]) / temperature)
-                            vals.append(vd[f, :, yy, xx])
-                        else:  # out of the image: logit 0, value 0
-                            logits.append(0.0)
-                            vals.append(torch.zeros(lab, dtype=torch.float64))
-            a = torch.softmax(torch.tensor(logits, dtype=torch.float64), 0).view(n, side * side)
-            for f in range(n):
-                af = a[f]
-                if compact:
-                    order = sorted(range(side * side), key=lambda i: (-af[i].item(), i))[:compact]
-                    if max(af[i].item() for i in order) > threshold:
-                        wts = torch.softmax(torch.stack([af[i] for i in order]), 0)
-                        tmpl = torch.zeros(side * side, dtype=torch.float64)
-                        for wt, ci in zip(wts, order):
-                            for i in range(side * side):
-                                d2 = (i // side - ci // side) ** 2 + (i % side - ci % side) ** 2
-                                tmpl[i] += wt * math.exp(-4 * math.log(2) * d2)
-                        af = tmpl
-                for i in range(side * side):
-                    out[:, y, x] += af[i] * vals[f * side * side + i]
-    return out.float()
-
-
-# (C, h, w, N, L, radius, compact, temperature)
-WINDOW_CASES = [
-    (7, 9, 11, 3, 3, 3, 0, 1.0),
-    (5, 13, 6, 5, 2, 2, 2, 1.0),  # five references (MAST/LIIR's set), odd sizes
-    (4, 4, 5, 2, 3, 6, 2, 1.0),  # window larger than the image: most cells are out of the image
-    (6, 7, 7, 2, 1, 1, 3, 2.0),  # M = 3, one label, temperature != 1
-    (3, 1, 9, 2, 4, 2, 1, 1.0),  # h = 1, M = 1
-    (4, 6, 7, 1, 3, 2, 2, 1.0),  # one reference
-    (8, 6, 5, 3, 2, 0, 0, 1.0),  # radius 0: the own position only
-]
-
-
-def test_window_reference_against_spec_loop():
-    for case in ((4, 4, 5, 2, 3, 2, 2, 1.0), (3, 3, 4, 3, 2, 1, 3, 0.7), (5, 5, 3, 2, 2, 2, 0, 1.0)):
-        c, h, w, n, lab, r, m, temp = case
-        q, k, v = _raw_inputs(c, h, w, n, lab)
-        ref = window_propagate_reference(q, k, v, radius=r, temperature=temp, compact=m, compact_threshold=0.1)
-        assert_close_verbose(ref, _spec_window_loop(q, k, v, r, temp, m, 0.1), atol=1e-6, rtol=1e-6, name=f"loop {case}")
-
-
-def _mixed_threshold(q, k, radius, temperature):
-    """A compactness threshold halfway between two neighbouring per-reference max probabilities near
-    their median: about half of the (reference, pixel) slices are replaced, half kept, none is close
-    to the threshold."""
-    c, h, w = q.shape
-    side = 2 * radius + 1
-    logits = torch.cat([(q.double().reshape(c, 1, -1) * F.unfold(k[i : i + 1].double(), side, padding=radius)
-                         .reshape(c, side * side, -1)).sum(0) / temperature for i in range(k.shape[0])])
-    top = torch.softmax(logits, 0).reshape(k.shape[0], side * side, -1).amax(1).flatten().sort().values
-    i = len(top) // 2
-    return float((top[i - 1] + top[i]) / 2) if len(top) > 1 else 0.1
-
-
-@pytest.mark.parametrize("case", WINDOW_CASES)
-def test_window_windowed_matches_reference(case):
-    c, h, w, n, lab, r, m, temp = case
-    q, k, v = _raw_inputs(c, h, w, n, lab)
-    kw = dict(radius=r, temperature=temp, compact=m, compact_threshold=_mixed_threshold(q, k, r, temp))
-    ref = window_propagate_reference(q, k, v, **kw)
-    atol, rtol = tolerance(torch.float32)
-    for tile in (16, 4, 3):  # tiles crossing the borders in every way
-        assert_close_verbose(window_propagate_windowed(q, k, v, tile=tile, **kw), ref, atol=atol, rtol=rtol, name=f"tile {tile}")
-    assert_close_verbose(window_propagate(q, k, v, **kw), ref, atol=atol, rtol=rtol, name="public (cpu)")
-    if m:  # the rule is exercised: some references replaced, not all (else the case tests nothing)
-        soft = window_propagate_reference(q, k, v, **{**kw, "compact": 0})
-        changed = ((ref - soft).abs() > 1e-4).any(0)
-        assert changed.any(), "the compactness rule never fired"
-        if n == 1:
-            assert not changed.all(), "the compactness rule fired everywhere"
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_window_windowed_low_precision(dtype):
-    q, k, v = _raw_inputs(16, 9, 10, 5, 3, dtype=dtype)
-    kw = dict(radius=3, compact=2)
-    out = window_propagate(q, k, v, **kw)
-    assert out.dtype == torch.float32
-    atol, rtol = tolerance(dtype)
-    assert_close_verbose(out, window_propagate_reference(q, k, v, **kw), atol=atol, rtol=rtol, name=str(dtype))
-
-
-def test_window_zero_border_semantics():
-    """Out-of-image cells take part with logit 0 and value 0 (not masked): zero features give a
-    uniform softmax over all N * P^2 window cells, in-image or not."""
-    h, w, r, n = 3, 4, 2, 2
-    q = torch.zeros(3, h, w)
-    k = torch.zeros(n, 3, h, w)
-    v = torch.ones(n, 1, h, w)
-    ys, xs = torch.arange(h)[:, None], torch.arange(w)[None, :]
-    inside = ((ys + torch.arange(-r, r + 1).view(-1, 1, 1)).clamp(0, h - 1) == ys + torch.arange(-r, r + 1).view(-1, 1, 1))
-    rows = inside.sum(0)  # (h, 1) in-image window rows
-    cols = ((xs + torch.arange(-r, r + 1).view(-1, 1, 1)).clamp(0, w - 1) == xs + torch.arange(-r, r + 1).view(-1, 1, 1)).sum(0)
-    expected = (rows * cols).float()[None] / (2 * r + 1) ** 2  # fraction of in-image cells
-    for fn in (window_propagate_reference, window_propagate_windowed):
-        torch.testing.assert_close(fn(q, k, v, radius=r), expected.expand(1, h, w))
-
-
-def test_window_compact_phantom_ties_lowest_index():
-    """All in-image logits very negative: the logit-0 out-of-image cells carry the mass and tie.
-    h = 1, w = 3, r = 1, query x = 0: 7 of the 9 cells are outside, each with probability 1/7 > 0.1,
-    so the slice is replaced; the top-2 are the two lowest window indices (dy=-1, dx=-1) and
-    (dy=-1, dx=0), w = (1/2, 1/2), and only the Gaussians' tails reach the two in-image cells."""
-    q = torch.ones(2, 1, 3)
-    k = -10 * torch.ones(1, 2, 1, 3)
-    v = torch.rand(1, 2, 1, 3, generator=fresh_generator())
-    g = lambda d2: 2.0 ** (-4 * d2)  # noqa: E731  exp(-4 ln2 d^2)
-    own = 0.5 * (g(2) + g(1))  # the query cell (dy=0, dx=0): distances^2 2 and 1 to the centres
-    right = 0.5 * (g(5) + g(2))  # (dy=0, dx=+1)
-    expected0 = own * v[0, :, 0, 0] + right * v[0, :, 0, 1]
-    for fn in (window_propagate_reference, window_propagate_windowed):
-        out = fn(q, k, v, radius=1, compact=2, compact_threshold=0.1)
-        torch.testing.assert_close(out[:, 0, 0], expected0, atol=1e-6, rtol=1e-6)
-
-
-def test_window_bad_arguments():
-    q, k, v = _raw_inputs(4, 5, 5, 3, 2)
-    for change, exc, match in [
-        (dict(radius=33), ValueError, "radius"),
-        (dict(radius=-1), ValueError, "radius"),
-        (dict(radius=1.0), TypeError, "radius"),
-        (dict(compact=4), ValueError, "compact"),
-        (dict(radius=0, compact=2), ValueError, "window cells"),
-        (dict(temperature=0.0), ValueError, "temperature"),
-        (dict(compact_threshold=float("nan")), ValueError, "compact_threshold"),
-    ]:
-        kw = dict(radius=2)
-        kw.update(change)
-        with pytest.raises(exc, match=match):
-            window_propagate(q, k, v, **kw)
-    with pytest.raises(ValueError, match="L=65"):
-        window_propagate(q, k, torch.rand(3, 65, 5, 5), radius=2)
-    with pytest.raises(ValueError, match="values shape"):
-        window_propagate(q, k, v[:2], radius=2)
-
-
-def test_window_opcheck_windowed_op():
-    q, k, v = _raw_inputs(5, 6, 7, 3, 2)
-    torch.library.opcheck(torch.ops.tritoncorr.window_propagate_windowed.default, (q, k, v, 2, 1.0, 2, 0.1))
-
-
-WINDOW_TRITON_CASES = [
-    # (C, h, w, N, L, radius, compact, dtype): one or two 4 x 8 tiles (the interpreter is slow)
-    (5, 5, 9, 3, 3, 2, 0, torch.float32),  # two tiles, windows cross every border
-    (6, 4, 7, 3, 2, 3, 2, torch.float32),  # LIIR's M = 2
-    (16, 3, 8, 2, 17, 1, 3, torch.bfloat16),  # M = 3, L > 16 (BLOCK_L 32)
-    (9, 4, 5, 2, 1, 5, 1, torch.float16),  # window larger than the image, M = 1
-]
-
-
-@pytest.mark.interpreter
-@pytest.mark.parametrize("case", WINDOW_TRITON_CASES)
-def test_window_triton_matches_reference(case, triton_backend):
-    c, h, w, n, lab, r, m, dtype = case
-    q, k, v = _raw_inputs(c, h, w, n, lab, dtype=dtype)
-    kw = dict(radius=r, compact=m, compact_threshold=_mixed_threshold(q, k, r, 1.0))
-    out = window_propagate(q, k, v, **kw)  # routed to the Triton launcher, NaN-poisoned output
-    assert out.dtype == torch.float32
-    atol, rtol = tolerance(dtype)
-    assert_close_verbose(out, window_propagate_reference(q, k, v, **kw), atol=atol, rtol=rtol, name=f"triton {case}")
-
-
-@pytest.mark.interpreter
-def test_window_triton_phantom_ties_and_non_contiguous(triton_backend):
-    q = torch.ones(2, 1, 3)
-    k = -10 * torch.ones(1, 2, 1, 3)
-    v = torch.rand(1, 2, 1, 3, generator=fresh_generator())
-    kw = dict(radius=1, compact=2, compact_threshold=0.1)
-    assert_close_verbose(window_propagate(q, k, v, **kw), window_propagate_reference(q, k, v, **kw),
-                         atol=1e-6, rtol=1e-6, name="phantom ties")
-    q, k, v = _raw_inputs(4, 4, 6, 2, 2)
-    qn = q.transpose(1, 2).contiguous().transpose(1, 2)
-    kn = k.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
-    vn = v.transpose(2, 3).contiguous().transpose(2, 3)
-    kw = dict(radius=2, compact=2, compact_threshold=0.1)
-    assert_close_verbose(window_propagate(qn, kn, vn, **kw), window_propagate_reference(q, k, v, **kw),
-                         atol=1e-4, rtol=1e-4, name="non-contiguous")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("compact", [0, 2])
-def test_cuda_window_triton_matches_reference(dtype, compact):
-    q, k, v = _raw_inputs(64, 30, 53, 5, 5, dtype=dtype, onehot=True)
-    q, k = q / 4, k / 4  # logits of a few units, like trained MAST/LIIR features
-    kw = dict(radius=14, compact=compact, compact_threshold=0.1)
-    out = window_propagate(q.cuda(), k.cuda(), v.cuda(), **kw)
-    ref = window_propagate_windowed(q, k, v, **kw)
-    atol, rtol = tolerance(dtype)
-    assert_close_verbose(out.cpu(), ref, atol=atol, rtol=rtol, name=f"cuda {dtype} M{compact}")
-    torch.library.opcheck(torch.ops.tritoncorr.window_propagate.default, (q.cuda(), k.cuda(), v.cuda(), 14, 1.0, compact, 0.1))
