@@ -130,7 +130,7 @@ def _knn_propagate_kernel(
 # spills on sm_80/sm_90 (fp32 needs BLOCK_C=32 with 3xTF32, 16-bit features take BLOCK_C=64).
 _CONFIGS = {
     "fp32": ((64, 8, 2), (128, 8, 1)),
-    "16bit": ((64, 4, 2), (128, 8, 2)),
+    "16bit": ((64, 8, 2), (128, 8, 2)),
 }
 #: Query rows per program tile (TILE_W = 8 columns). 16-bit features: 8 -> 64 query pixels, the M of
 #: a Hopper wgmma. fp32 features: 4 (32 pixels, mma.sync 3xTF32): the 3xTF32 operand splits of a
