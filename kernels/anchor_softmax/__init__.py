@@ -253,7 +253,7 @@ def anchor_soft_assignment(features_rows: torch.Tensor, anchors: torch.Tensor, t
 
 
 
-# names kept for tritoncorr.bench.anchor_softmax and tritoncorr.kernels.aot (the Triton ones import Triton)
+# names used by tritoncorr.bench.anchor_softmax (the Triton ones import Triton on first access)
 _torch_fwd, _torch_bwd, _torch_argmax = nll_forward, nll_backward, group_argmax
 _LAZY = {"_anchor_nll_triton_op": "nll_op", "_anchor_argmax_triton_op": "argmax_op"}
 
@@ -269,6 +269,4 @@ def _kernels():
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(_kernels(), _LAZY[name])
-    if name == "AOT_SPECS":
-        return _kernels().aot_specs()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -209,7 +209,7 @@ def _argmax_kernel(
 
 # (BLOCK_P, BLOCK_A, num_warps, num_stages) per kernel and input class ("fp32" / "16" for bf16, fp16); the
 # first entry is the fixed config used when autotuning is off. Every entry compiles without spills for
-# sm_80 and sm_90 (AOT_SPECS / test_aot_*). fp32 uses IEEE FMA dots, whose operands live in registers,
+# sm_80 and sm_90 (aot_specs() / test_aot_*). fp32 uses IEEE FMA dots, whose operands live in registers,
 # hence smaller tiles. BLOCK_K and BLOCK_D are derived from K (and the dtype).
 _INTERPRET_CONFIG = (16, 16, 1, 1)
 CONFIGS: dict[tuple[str, str], list[tuple[int, int, int, int]]] = {

@@ -107,9 +107,3 @@ def _kernels():
 
     return triton_kernels
 
-
-def __getattr__(name: str):
-    # ``AOT_SPECS`` for tritoncorr.kernels.aot until it reads ``triton_kernels.aot_specs()`` (imports Triton)
-    if name == "AOT_SPECS":
-        return _kernels().aot_specs()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
