@@ -88,4 +88,4 @@ def check_aot_family(family: str, *, fixed_only: bool = False) -> None:
     bf16 = [r for r in records if "bf16" in r["kernel"]]
     assert bf16, f"{family}: no bf16 configuration to check for tensor-core instructions"
     missing = [(r["kernel"], r["arch"]) for r in bf16 if (r["wgmma"] if r["arch"] == "sm_90" else r["mma"]) == 0]
-    assert not missing, f"bf16 configurations without tensor-core instructions (wgmma on sm_90, mma.sync on sm_80): {missing}"
+    assert not missing, f"bf16 configurations without tensor cores (wgmma on sm_90, mma.sync on sm_80): {missing}"

@@ -107,23 +107,21 @@ def _setup_context(ctx, inputs, output):
     ctx.temperature = temperature
 
 
-def _grads_or_zeros(lse, grad_loss, grad_lse):
-    if grad_loss is None:
-        grad_loss = torch.zeros_like(lse)
-    if grad_lse is None:
-        grad_lse = torch.zeros_like(lse)
-    return grad_loss, grad_lse
+def _backward_with(backward_op):
+    """The autograd backward of an (loss, lse) op whose gradients ``backward_op`` computes (the PyTorch or
+    the Triton one): missing output gradients are zeros; no gradient for labels and temperature."""
+
+    def backward(ctx, grad_loss, grad_lse):
+        features, anchors, labels, lse = ctx.saved_tensors
+        grad_loss = torch.zeros_like(lse) if grad_loss is None else grad_loss
+        grad_lse = torch.zeros_like(lse) if grad_lse is None else grad_lse
+        df, da = backward_op(features, anchors, labels, lse, grad_loss, grad_lse, ctx.temperature)
+        return df, da, None, None
+
+    return backward
 
 
-def _backward_torch(ctx, grad_loss, grad_lse):
-    features, anchors, labels, lse = ctx.saved_tensors
-    grad_loss, grad_lse = _grads_or_zeros(lse, grad_loss, grad_lse)
-    df, da = _anchor_nll_backward_op(features, anchors, labels, lse, grad_loss, grad_lse, ctx.temperature)
-    return df, da, None, None
-
-
-
-_anchor_nll_op.register_autograd(_backward_torch, setup_context=_setup_context)
+_anchor_nll_op.register_autograd(_backward_with(_anchor_nll_backward_op), setup_context=_setup_context)
 
 
 @torch.library.custom_op("tritoncorr::anchor_argmax", mutates_args=())

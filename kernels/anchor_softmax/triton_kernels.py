@@ -17,7 +17,7 @@ import triton.language as tl
 
 from .._triton_utils import aot_spec, dot_acc
 from .._utils import alloc_output, autotune_enabled, cdiv, interpreting, next_power_of_2, upcast_bf16_dot
-from . import _grads_or_zeros, _setup_context
+from . import _backward_with, _setup_context
 
 __all__ = ["launch_fwd", "launch_bwd", "launch_argmax", "aot_specs"]
 
@@ -410,14 +410,8 @@ def _anchor_nll_backward_triton_op(features: torch.Tensor, anchors: torch.Tensor
     return launch_bwd(torch.library.wrap_triton, features, anchors, labels, lse, grad_loss, grad_lse, temperature)
 
 
-def _backward_triton(ctx, grad_loss, grad_lse):
-    features, anchors, labels, lse = ctx.saved_tensors
-    grad_loss, grad_lse = _grads_or_zeros(lse, grad_loss, grad_lse)
-    df, da = _anchor_nll_backward_triton_op(features, anchors, labels, lse, grad_loss, grad_lse, ctx.temperature)
-    return df, da, None, None
-
-
-_anchor_nll_triton_op.register_autograd(_backward_triton, setup_context=_setup_context)
+_anchor_nll_triton_op.register_autograd(_backward_with(_anchor_nll_backward_triton_op),
+                                        setup_context=_setup_context)
 
 
 @torch.library.triton_op("tritoncorr::anchor_argmax_triton", mutates_args=())
