@@ -14,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from eval_layouts import make_vip
+from test_reliability import _write_video
 from tritoncorr.cli import app
 from tritoncorr.evals.davis import DavisDataset, DavisFormatError, read_index_png
 from tritoncorr.evals.synthetic import make_synthetic_davis
@@ -67,24 +68,8 @@ def test_an_exact_rgb_mask_reads_without_a_warning(tmp_path):
     assert set(np.unique(ids)) == {0, 1, 2}
 
 
-def _write_faststart_video(path: Path, frames: int, size=(48, 64)) -> Path:
-    import av
-
-    rng = np.random.default_rng(0)
-    with av.open(str(path), "w", options={"movflags": "faststart"}) as out:
-        st = out.add_stream("libx264", rate=25)
-        st.width, st.height, st.pix_fmt = size[1], size[0], "yuv420p"
-        for _ in range(frames):
-            a = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
-            for p in st.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
-                out.mux(p)
-        for p in st.encode():
-            out.mux(p)
-    return path
-
-
 def test_a_video_cut_in_half_warns_with_both_frame_counts(tmp_path):
-    video = _write_faststart_video(tmp_path / "cut.mp4", 40)
+    video = _write_video(tmp_path / "cut.mp4", frames=40, size=(48, 64), faststart=True)
     video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])  # the index (at the start) survives
     mask = tmp_path / "m.png"
     m = np.zeros((48, 64), np.uint8)
