@@ -120,6 +120,17 @@ def read_text(path: str | Path, error: type[Exception] | None = None) -> str:
         raise (error or DavisFormatError)(f"cannot read {path} as UTF-8 text: {err}") from err
 
 
+def plain_names(names: Sequence[str], listing: str | Path, error: type[Exception] | None = None) -> list[str]:
+    """``names`` (sequences / videos a split file or ``meta.json`` lists), each checked to be one plain
+    folder name: ``..``, ``.``, a path with ``/`` or ``\\`` or an absolute one would lead the reader
+    out of the dataset root, so it is ``error`` naming ``listing``."""
+    for name in names:
+        if name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+            raise (error or DavisFormatError)(f"{listing} lists {name!r}, which is not a folder name inside the "
+                                              "dataset")
+    return list(names)
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """Read an image as uint8 ``(H, W, 3)`` RGB; a :class:`DavisFormatError` names a corrupt file."""
     return np.array(load_image(path, DavisFormatError, "image", "RGB"))
@@ -284,7 +295,7 @@ class DavisDataset:
         split_file = root / "ImageSets" / "2017" / f"{split}.txt"
         if not split_file.is_file():
             raise DavisFormatError(f"DAVIS root {root}: missing split file {split_file}")
-        listed = [ln.strip() for ln in read_text(split_file).splitlines() if ln.strip()]
+        listed = plain_names([ln.strip() for ln in read_text(split_file).splitlines() if ln.strip()], split_file)
         if not listed:
             raise DavisFormatError(f"split file {split_file} lists no sequence")
         # The toolkit keys sequences by name (duplicates collapse), keeping the file order.

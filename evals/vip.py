@@ -120,10 +120,11 @@ class VipDataset:
         list_file = root / "lists" / f"{split}_videos.txt"
         if not list_file.is_file():
             raise VipFormatError(f"VIP root {root}: missing list {list_file}")
-        from tritoncorr.evals.davis import read_text
+        from tritoncorr.evals.davis import plain_names, read_text
 
         text = read_text(list_file, VipFormatError)
-        listed = list(dict.fromkeys(ln.strip() for ln in text.splitlines() if ln.strip()))
+        listed = plain_names(list(dict.fromkeys(ln.strip() for ln in text.splitlines() if ln.strip())), list_file,
+                             VipFormatError)
         if not listed:
             raise VipFormatError(f"{list_file} lists no video")
         if videos:

@@ -131,7 +131,9 @@ class YtvosDataset:
             raise YtvosFormatError(f"{meta_path}: not valid JSON: {err}") from err
         if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
             raise YtvosFormatError(f"{meta_path}: expected {{\"videos\": {{<video>: {{\"objects\": ...}}}}}}")
-        listed = sorted(meta["videos"])
+        from tritoncorr.evals.davis import plain_names
+
+        listed = plain_names(sorted(meta["videos"]), meta_path, YtvosFormatError)
         self.notes: list[str] = []
         if videos:
             unknown = [v for v in videos if v not in meta["videos"]]

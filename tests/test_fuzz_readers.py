@@ -338,9 +338,10 @@ def _fsname(n) -> bytes:
 
 
 @st.composite
-def file_bytes(draw) -> bytes:
-    kind = draw(st.sampled_from(["png-l", "png-p", "jpg", "garbage", "empty", "rgb"]))
-    w, h = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+def file_bytes(draw, size: tuple[int, int] | None = None) -> bytes:
+    """An image file (usually of ``size`` = (w, h), so that frames and labels fit), garbage or nothing."""
+    kind = draw(st.sampled_from(["png-l", "png-l", "png-p", "png-p", "jpg", "jpg", "garbage", "empty", "rgb"]))
+    w, h = size if size and draw(st.integers(0, 7)) else (draw(st.integers(1, 12)), draw(st.integers(1, 12)))
     rng = np.random.default_rng(draw(st.integers(0, 1000)))
     if kind in ("garbage", "empty"):
         return b"" if kind == "empty" else draw(st.binary(max_size=64))
@@ -352,7 +353,7 @@ def file_bytes(draw) -> bytes:
         Image.fromarray(np.stack([arr] * 3, -1)).save(buf, format="PNG")
     else:
         Image.fromarray(arr, mode="L").convert("P" if kind == "png-p" else "L").save(buf, format="PNG")
-    return mutate(buf.getvalue(), draw(mutations)) if draw(st.booleans()) else buf.getvalue()
+    return mutate(buf.getvalue(), draw(mutations)) if draw(st.integers(0, 3)) == 0 else buf.getvalue()
 
 
 def _put(root: Path, rel: list[bytes], data: bytes | None) -> None:
@@ -373,18 +374,20 @@ def _put(root: Path, rel: list[bytes], data: bytes | None) -> None:
 
 @st.composite
 def vip_layouts(draw):
-    videos = draw(st.lists(names, min_size=0, max_size=3))
-    listed = draw(st.lists(st.one_of(st.sampled_from(videos) if videos else names, names), max_size=4))
+    videos = draw(st.lists(st.one_of(st.sampled_from(["v1", "v2", "v3"]), names), min_size=0, max_size=3))
+    listed = (list(dict.fromkeys(videos)) if draw(st.booleans()) else  # mostly a consistent list
+              draw(st.lists(st.one_of(st.sampled_from(videos) if videos else names, names), max_size=4)))
     list_text = b"\n".join(_fsname(v) for v in listed) + draw(st.sampled_from([b"", b"\n", b"\n\n  \n"]))
     files = []
+    size = (draw(st.integers(1, 12)), draw(st.integers(1, 12)))
     for v in videos:
-        for t in draw(st.lists(st.integers(0, 200), max_size=3, unique=True)):
+        for t in sorted(draw(st.lists(st.integers(0, 200), min_size=1, max_size=3, unique=True))):
             stem = f"{t * 25:012d}".encode()
             files.append(([b"Images", _fsname(v), stem + draw(st.sampled_from([b".jpg", b".png"]))],
-                          draw(file_bytes())))
-            if draw(st.booleans()):
-                files.append(([b"Annotations", b"Category_ids", _fsname(v), stem + b".png"], draw(file_bytes())))
-    return list_text, files, draw(st.booleans())
+                          draw(file_bytes(size))))
+            if draw(st.integers(0, 3)):
+                files.append(([b"Annotations", b"Category_ids", _fsname(v), stem + b".png"], draw(file_bytes(size))))
+    return list_text, files, draw(st.integers(0, 3)) > 0
 
 
 @cases(vip_layouts())
@@ -398,6 +401,8 @@ def vip_layouts_(x):
         root.mkdir()
         if has_list:
             _put(root, [b"lists", b"val_videos.txt"], list_text)
+            _put(root, [b"Images"], None)
+            _put(root, [b"Annotations", b"Category_ids"], None)
         for rel, data in files:
             _put(root, rel, data)
 
@@ -421,22 +426,23 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40
 
 @st.composite
 def ytvos_layouts(draw):
-    videos = draw(st.lists(names, min_size=0, max_size=3))
+    videos = draw(st.lists(st.one_of(st.sampled_from(["a", "b"]), names), min_size=0, max_size=3))
     meta: dict = {"videos": {}}
     files = []
+    size = (draw(st.integers(1, 12)), draw(st.integers(1, 12)))
     for v in videos:
-        frames = sorted(draw(st.lists(st.integers(0, 40), max_size=3, unique=True)))
+        frames = sorted(draw(st.lists(st.integers(0, 40), min_size=1, max_size=3, unique=True)))
         objs = {}
-        for oid in draw(st.lists(st.sampled_from(["1", "2", "x", "0", "255"]), max_size=2, unique=True)):
+        for oid in draw(st.lists(st.sampled_from(["1", "2", "1", "x", "0", "255"]), max_size=2, unique=True)):
             objs[oid] = {"category": "cat", "frames": [f"{t * 5:05d}" for t in frames[: draw(st.integers(0, 3))]]}
         key = v if isinstance(v, str) else v.decode("latin-1")
         meta["videos"][key] = {"objects": objs}
         for t in frames:
             stem = f"{t * 5:05d}".encode()
-            files.append(([b"JPEGImages", _fsname(v), stem + b".jpg"], draw(file_bytes())))
-            if draw(st.booleans()):
-                files.append(([b"Annotations", _fsname(v), stem + b".png"], draw(file_bytes())))
-    kind = draw(st.sampled_from(["meta", "mutated", "json", "none"]))
+            files.append(([b"JPEGImages", _fsname(v), stem + b".jpg"], draw(file_bytes(size))))
+            if draw(st.integers(0, 3)):
+                files.append(([b"Annotations", _fsname(v), stem + b".png"], draw(file_bytes(size))))
+    kind = draw(st.sampled_from(["meta", "meta", "meta", "mutated", "json", "none"]))
     if kind == "meta":
         text = json.dumps(meta).encode()
     elif kind == "mutated":
@@ -787,3 +793,16 @@ def test_a_mat_zip_bomb_is_refused(tmp_path):
     path.write_bytes(_mat_seed(False, 2, 0)[:128] + struct.pack("<II", 15, len(z)) + z)
     with pytest.raises(JhmdbFormatError, match="expands beyond 67108864 bytes"):
         read_joints(path)
+
+
+@pytest.mark.parametrize("name", ["/", "..", "../VIP", "/etc", "a/b"])
+def test_a_listed_name_that_leaves_the_dataset_root_is_refused(tmp_path, name):
+    """A VIP list naming '/' made the reader scan the file system root (the error named '/', not the list)."""
+    from tritoncorr.evals.vip import VipDataset, VipFormatError
+
+    vip = tmp_path / "VIP"
+    for d in ("lists", "Images", "Annotations/Category_ids"):
+        (vip / d).mkdir(parents=True)
+    (vip / "lists" / "val_videos.txt").write_text(name + "\n")
+    with pytest.raises(VipFormatError, match=f"val_videos.txt lists {name!r}, which is not a folder name"):
+        VipDataset(vip)
