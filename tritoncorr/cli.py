@@ -87,7 +87,9 @@ def eval_davis(
                                     "checkpoint's method preset (dul for plain backbones and random init).")
     ] = None,
     context: Annotated[Optional[int], typer.Option(help="Previous frames in the context (preset: 20).")] = None,
-    radius: Annotated[Optional[int], typer.Option(help="Spatial radius in feature cells (preset: 12).")] = None,
+    radius: Annotated[Optional[int], typer.Option(help="Spatial radius in feature cells (default: the preset's "
+                                                       "window at the checkpoint's stride, e.g. 12 at stride 8, "
+                                                       "24 at 4).")] = None,
     topk: Annotated[Optional[int], typer.Option(help="Top-k neighbours (preset: 10).")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature (preset: 0.05).")] = None,
     overlays: Annotated[bool, typer.Option(help="Also write frames with coloured masks for viewing.")] = False,
@@ -135,7 +137,8 @@ CheckpointOption = Annotated[Optional[Path], typer.Option(help=_CKPT_HELP)]
 SeedOption = Annotated[int, typer.Option(help="Seed of the random-init backbone (no --checkpoint).")]
 PresetOption = Annotated[Optional[str], typer.Option(help=_PRESET_HELP)]
 ContextOption = Annotated[Optional[int], typer.Option(help="Previous frames in the context (preset: 20).")]
-RadiusOption = Annotated[Optional[int], typer.Option(help="Spatial radius in feature cells.")]
+RadiusOption = Annotated[Optional[int], typer.Option(help="Spatial radius in feature cells (default: the preset's "
+                                                          "window in pixels at the checkpoint's stride).")]
 TopkOption = Annotated[Optional[int], typer.Option(help="Top-k neighbours.")]
 TemperatureOption = Annotated[Optional[float], typer.Option(help="Softmax temperature.")]
 
