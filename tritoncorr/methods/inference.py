@@ -43,6 +43,7 @@ class FeatureModel:
         preset: the default propagation preset (a key of ``PRESETS``).
         method: ``"dul"``, ``"stt"``, ``"liir"``, ``"moco"``, or ``"backbone"`` for a plain ResNet.
         description: one line for the console (what was loaded and how).
+        stride: the features' output stride, measured by :func:`feature_stride` (0 = not yet measured).
     """
 
     module: nn.Module
@@ -51,6 +52,7 @@ class FeatureModel:
     preset: str
     method: str
     description: str
+    stride: int = 0
 
 
 def _plain_backbone(seed: int) -> nn.Module:
@@ -114,17 +116,29 @@ def _check_shapes_before_building(config, path: Path) -> None:
 
 def feature_stride(fmodel: FeatureModel, size: int = 64) -> int:
     """The model's output stride, measured: ``size / h`` for the features ``(1, C, h, w)`` of one grey
-    ``(1, 3, size, size)`` image on the model's device (one small forward; ``size`` a multiple of 16)."""
+    ``(1, 3, size, size)`` image on the model's device (one small forward; ``size`` a multiple of 16).
+    :func:`load_feature_model` measures it once and keeps it in ``fmodel.stride``."""
+    if fmodel.stride:
+        return fmodel.stride
     device = next(iter(fmodel.module.parameters()), torch.zeros(())).device
     with torch.no_grad():
         h = fmodel.features(torch.zeros(1, 3, size, size, device=device)).shape[-2]
     if h < 1 or size % h:
         raise ValueError(f"{fmodel.description}: a {size}x{size} image gives {h} feature rows, not a whole stride")
-    return size // h
+    fmodel.stride = size // h
+    return fmodel.stride
 
 
 def load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
                        device: torch.device | str = "cpu", precision: str = "fp32") -> FeatureModel:
+    """:func:`_load_feature_model`, with the features' stride measured (``FeatureModel.stride``)."""
+    fmodel = _load_feature_model(checkpoint, seed=seed, device=device, precision=precision)
+    feature_stride(fmodel)
+    return fmodel
+
+
+def _load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
+                        device: torch.device | str = "cpu", precision: str = "fp32") -> FeatureModel:
     """Load ``checkpoint`` (a ``.safetensors`` file or a run / checkpoint folder) for inference.
 
     ``precision``: ``"fp32"`` (the protocol of the papers) or ``"bf16"`` (the feature extractor under
