@@ -137,15 +137,7 @@ def family_specs(family: str) -> list[AotSpec]:
     :data:`KERNEL_FAMILIES`, never a name read from outside)."""
     if family not in KERNEL_FAMILIES:
         raise ValueError(f"unknown kernel family {family!r}; one of {', '.join(KERNEL_FAMILIES)}")
-    try:
-        module = importlib.import_module(f"tritoncorr.kernels.{family}.triton_kernels")
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith(f"tritoncorr.kernels.{family}"):
-            raise
-        # a family still laid out as one module with an AOT_SPECS list
-        module = importlib.import_module(f"tritoncorr.kernels.{family.replace('window_propagate', 'knn_propagate')}")
-        return [s for s in getattr(module, "AOT_SPECS", []) if (family == "window_propagate") == ("window" in s.name)]
-    return module.aot_specs()
+    return importlib.import_module(f"tritoncorr.kernels.{family}.triton_kernels").aot_specs()
 
 
 def all_specs() -> list[AotSpec]:

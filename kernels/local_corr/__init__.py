@@ -30,8 +30,8 @@ inputs on tensor cores: ``"tf32"`` (default, as ``torch.backends.cuda.matmul.all
 bf16/fp16 inputs always go to the tensor cores as they are, and the PyTorch path is exact fp32.
 
 Paths (docs/KERNELS.md op pattern): CUDA tensors -> ``torch.library.triton_op`` ops launching the
-tensor-core kernels of :mod:`.triton_kernels` through ``wrap_triton`` (registered only where triton
-is installed; the kernels module is imported at the first launch); CPU tensors (or
+tensor-core kernels of :mod:`.triton_kernels` through ``wrap_triton`` (that module, and with it
+triton, is imported and its ops registered at the first launch); CPU tensors (or
 ``TRITONCORR_BACKEND=torch``) -> opaque ``torch.library.custom_op`` ops whose implementation is the
 memory-bounded PyTorch path of :mod:`.torch_path`; under ``TRITONCORR_BACKEND=triton`` with CPU
 tensors the Triton ops run eagerly in Triton's interpreter (tests). The plain references of
@@ -44,7 +44,7 @@ import math
 
 import torch
 
-from .._utils import FLOAT_DTYPES, check_tensor, triton_available, use_triton
+from .._utils import FLOAT_DTYPES, check_tensor, use_triton
 from .reference import BORDERS, acc_dtype, local_attention_reference, local_correlation_reference, window_valid
 from .torch_path import torch_attn_bwd, torch_attn_fwd, torch_corr_bwd, torch_corr_fwd
 
@@ -94,7 +94,8 @@ def _corr_bwd_fake(grad, query, key, radius, dilation):
     return torch.empty_like(query), torch.empty_like(key)
 
 
-def _corr_setup(ctx, inputs, output):
+def corr_setup(ctx, inputs, output):
+    """Autograd context of both correlation ops (the Triton one has a fifth input, the precision)."""
     query, key, radius, dilation = inputs[:4]
     ctx.save_for_backward(query, key)
     ctx.radius, ctx.dilation = radius, dilation
@@ -107,7 +108,7 @@ def _corr_backward_cpu(ctx, grad):
     return dq, dk, None, None
 
 
-_corr_cpu.register_autograd(_corr_backward_cpu, setup_context=_corr_setup)
+_corr_cpu.register_autograd(_corr_backward_cpu, setup_context=corr_setup)
 
 
 @torch.library.custom_op("tritoncorr::local_attention_cpu", mutates_args=())
@@ -134,7 +135,8 @@ def _attn_bwd_fake(query, key, value, out, lse, dout, dlse, radius, scale, borde
     return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
 
 
-def _attn_setup(ctx, inputs, output):
+def attn_setup(ctx, inputs, output):
+    """Autograd context of both attention ops (the Triton one has a seventh input, the precision)."""
     query, key, value, radius, scale, border = inputs[:6]
     out, lse = output
     ctx.save_for_backward(query, key, value, out, lse)
@@ -142,7 +144,8 @@ def _attn_setup(ctx, inputs, output):
     ctx.precision = inputs[6] if len(inputs) > 6 else None
 
 
-def _attn_grads(ctx, dout, dlse):
+def attn_grads(ctx, dout, dlse):
+    """The backward's inputs: the saved tensors and the output gradients (zeros for an unused output)."""
     query, key, value, out, lse = ctx.saved_tensors
     dout = torch.zeros_like(out) if dout is None else dout.contiguous()
     dlse = torch.zeros_like(lse) if dlse is None else dlse.contiguous()
@@ -150,66 +153,19 @@ def _attn_grads(ctx, dout, dlse):
 
 
 def _attn_backward_cpu(ctx, dout, dlse):
-    dq, dk, dv = _attn_cpu_bwd(*_attn_grads(ctx, dout, dlse), ctx.radius, ctx.scale, ctx.border)
+    dq, dk, dv = _attn_cpu_bwd(*attn_grads(ctx, dout, dlse), ctx.radius, ctx.scale, ctx.border)
     return dq, dk, dv, None, None, None
 
 
-_attn_cpu.register_autograd(_attn_backward_cpu, setup_context=_attn_setup)
+_attn_cpu.register_autograd(_attn_backward_cpu, setup_context=attn_setup)
 
 
-# ---------------------------------------------------------------------------------------------
-# Triton ops (CUDA; the interpreter in tests). Registered only where triton is installed.
-# ---------------------------------------------------------------------------------------------
+def _kernels():
+    """The ``triton_kernels`` module: imports Triton and registers the family's ``triton_op`` s on first
+    use (an import statement, which ``torch.compile`` traces)."""
+    from . import triton_kernels
 
-
-def _register_triton_ops():
-    """Define the four ``triton_op`` s and their autograd; returns ``(corr, attn)`` (the forward ops)."""
-    from torch.library import triton_op
-
-    @triton_op("tritoncorr::local_correlation_triton", mutates_args=())
-    def corr(query: torch.Tensor, key: torch.Tensor, radius: int, dilation: int, precision: str) -> torch.Tensor:
-        from .triton_kernels import launch_corr_fwd
-
-        return launch_corr_fwd(query, key, radius, dilation, precision)
-
-    @triton_op("tritoncorr::local_correlation_triton_bwd", mutates_args=())
-    def corr_bwd(grad: torch.Tensor, query: torch.Tensor, key: torch.Tensor, radius: int, dilation: int,
-                 precision: str) -> tuple[torch.Tensor, torch.Tensor]:
-        from .triton_kernels import launch_corr_bwd
-
-        return launch_corr_bwd(grad, query, key, radius, dilation, precision)
-
-    @triton_op("tritoncorr::local_attention_triton", mutates_args=())
-    def attn(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, radius: int, scale: float, border: str,
-             precision: str) -> tuple[torch.Tensor, torch.Tensor]:
-        from .triton_kernels import launch_attn_fwd
-
-        return launch_attn_fwd(query, key, value, radius, scale, border, precision)
-
-    @triton_op("tritoncorr::local_attention_triton_bwd", mutates_args=())
-    def attn_bwd(
-        query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-        dout: torch.Tensor, dlse: torch.Tensor, radius: int, scale: float, border: str, precision: str,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from .triton_kernels import launch_attn_bwd
-
-        return launch_attn_bwd(query, key, value, out, lse, dout, dlse, radius, scale, border, precision)
-
-    def corr_backward(ctx, grad):
-        query, key = ctx.saved_tensors
-        dq, dk = corr_bwd(grad.contiguous(), query, key, ctx.radius, ctx.dilation, ctx.precision)
-        return dq, dk, None, None, None
-
-    def attn_backward(ctx, dout, dlse):
-        dq, dk, dv = attn_bwd(*_attn_grads(ctx, dout, dlse), ctx.radius, ctx.scale, ctx.border, ctx.precision)
-        return dq, dk, dv, None, None, None, None
-
-    corr.register_autograd(corr_backward, setup_context=_corr_setup)
-    attn.register_autograd(attn_backward, setup_context=_attn_setup)
-    return corr, attn
-
-
-_corr_triton, _attn_triton = _register_triton_ops() if triton_available() else (None, None)
+    return triton_kernels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +225,7 @@ def local_correlation(query: torch.Tensor, key: torch.Tensor, radius: int, *, di
     _check_precision(input_precision)
     if use_triton(query, key):
         _triton_dtype_ok(query, key)
-        return _corr_triton(query, key, radius, dilation, input_precision)
+        return _kernels().corr_op(query, key, radius, dilation, input_precision)
     return _corr_cpu(query, key, radius, dilation)
 
 
@@ -322,7 +278,7 @@ def local_attention(
                 f"value has D={value.shape[1]} channels; the Triton kernel supports D <= {MAX_VALUE_CHANNELS_TRITON} "
                 "(split value along channels and call once per chunk)"
             )
-        out, lse = _attn_triton(query, key, value, radius, scale, border, input_precision)
+        out, lse = _kernels().attn_op(query, key, value, radius, scale, border, input_precision)
     else:
         out, lse = _attn_cpu(query, key, value, radius, scale, border)
     return (out, lse) if return_lse else out

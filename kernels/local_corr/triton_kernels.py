@@ -32,8 +32,8 @@ product with ``tl.dot`` on tiles:
 
 Precision: bf16 / fp16 inputs go to the tensor cores as they are; fp32 inputs use
 ``input_precision`` (``"tf32"`` by default, ``"tf32x3"``, or ``"ieee"`` for exact fp32 FMAs);
-accumulation is always fp32. Under Triton 3.9's interpreter a bf16 ``tl.dot`` multiplies the raw
-16-bit storage, so the interpreter runs bf16 operands through fp32 (``UPCAST``; values unchanged).
+accumulation is always fp32. Under Triton's interpreter bf16 operands are widened to fp32 first
+(``UPCAST``, :func:`tritoncorr.kernels._utils.upcast_bf16_dot`; values unchanged).
 """
 
 from __future__ import annotations
@@ -41,9 +41,11 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
+from torch.library import triton_op, wrap_triton
 
-from .._utils import alloc_output, interpreting, next_power_of_2
+from .._triton_utils import aot_spec, dot_acc
+from .._utils import alloc_output, interpreting, next_power_of_2, upcast_bf16_dot
+from . import attn_grads, attn_setup, corr_setup
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -51,8 +53,9 @@ LN2 = tl.constexpr(0.6931471805599453)
 #: Query tile (rows x columns of pixels): 8 x 8 = 64 rows, one wgmma M-tile (the CPU path's tile too).
 TILE_H, TILE_W = 8, 8
 #: Key pixels per block of the rectangle: forward and correlation kernels / attention backward (which
-#: holds four (BLOCK_M, BLOCK_N) fp32 tiles: S, P, dP, dS).
-BLOCK_N, BLOCK_N_BWD = 64, 32
+#: holds four (BLOCK_M, BLOCK_N) fp32 tiles: S, P, dP, dS; half that again with more than 16 value
+#: channels, whose dV accumulator takes the registers).
+BLOCK_N, BLOCK_N_BWD, BLOCK_N_BWD_WIDE_V = 64, 32, 16
 #: Channel block of the score reduction (fp32 / 16-bit inputs), and the output channels (dQ / dK) one
 #: program accumulates.
 BLOCK_C_FP32, BLOCK_C_16BIT = 32, 64
@@ -67,14 +70,6 @@ NUM_WARPS = 8
 # ---------------------------------------------------------------------------------------------
 # Shared pieces of the kernels
 # ---------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _mma(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """``acc + a @ b`` on tensor cores with fp32 accumulation (see the module docstring for UPCAST)."""
-    if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
 @triton.jit
@@ -130,7 +125,7 @@ def _scores(A, sac, a_off, a_ok, B, sbc, b_off, b_ok, C,
         c_ok = ch < C
         a = tl.load(A + a_off[:, None] + ch[None, :] * sac, mask=a_ok[:, None] & c_ok[None, :], other=0.0)
         b = tl.load(B + ch[:, None] * sbc + b_off[None, :], mask=c_ok[:, None] & b_ok[None, :], other=0.0)
-        s = _mma(a, b, s, PRECISION, UPCAST)
+        s = dot_acc(a, b, s, PRECISION, UPCAST)
     return s
 
 
@@ -210,7 +205,7 @@ def _corr_bwd_kernel(
         g = tl.load(G + b * sgb + cell * sgn + g_pix, mask=ok, other=0.0)
         src = tl.load(Src + b * ssb + co[None, :] * ssc + (ry_img * ssh + rx_img * ssw)[:, None],
                       mask=inside[:, None] & co_ok[None, :], other=0.0)
-        acc = _mma(g.to(Src.dtype.element_ty), src, acc, PRECISION, UPCAST)
+        acc = dot_acc(g.to(Src.dtype.element_ty), src, acc, PRECISION, UPCAST)
     tl.store(Dst + b * sdb + co[None, :] * sdc + (ty * sdh + tx * sdw)[:, None], acc.to(Dst.dtype.element_ty),
              mask=t_ok[:, None] & co_ok[None, :])
 
@@ -262,7 +257,7 @@ def _attn_fwd_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(V + b * svb + dd[None, :] * svc + (ky * svh + kx * svw)[:, None],
                     mask=inside[:, None] & d_ok[None, :], other=0.0)
-        acc = _mma(p.to(V.dtype.element_ty), v, acc * alpha[:, None], PRECISION, UPCAST)
+        acc = dot_acc(p.to(V.dtype.element_ty), v, acc * alpha[:, None], PRECISION, UPCAST)
         m_i = m_new
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = acc / l_safe[:, None]
@@ -325,7 +320,7 @@ def _attn_bwd_dq_kernel(
         p = tl.where(ok, tl.exp2(s * scale2 - lse2[:, None]), 0.0)
         vt = tl.load(V + b * svb + dd[:, None] * svc + (ky * svh + kx * svw)[None, :],
                      mask=d_ok[:, None] & inside[None, :], other=0.0)
-        dp = _mma(do, vt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PRECISION, UPCAST)
+        dp = dot_acc(do, vt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PRECISION, UPCAST)
         ds = p * (dp - delta[:, None]) * scale_f
         if STORE_VOLUMES:
             P = 2 * radius + 1
@@ -337,7 +332,7 @@ def _attn_bwd_dq_kernel(
         else:
             kb = tl.load(K + b * skb + co[None, :] * skc + k_pix[:, None], mask=inside[:, None] & co_ok[None, :],
                          other=0.0)
-            acc = _mma(ds.to(K.dtype.element_ty), kb, acc, PRECISION, UPCAST)
+            acc = dot_acc(ds.to(K.dtype.element_ty), kb, acc, PRECISION, UPCAST)
     if not STORE_VOLUMES:
         tl.store(DQ + b * sdqb + co[None, :] * sdqc + (qy * sdqh + qx * sdqw)[:, None], acc.to(DQ.dtype.element_ty),
                  mask=q_ok[:, None] & co_ok[None, :])
@@ -396,11 +391,11 @@ def _attn_bwd_dkdv_kernel(
         pt = tl.where(ok, tl.exp2(st * scale2 - lse2[None, :]), 0.0)
         do = tl.load(DO + b * sdob + dd[None, :] * sdoc + (qy * sdoh + qx * sdow)[:, None],
                      mask=q_in[:, None] & d_ok[None, :], other=0.0)                        # (BLOCK_N, BLOCK_D)
-        dpt = _mma(v, tl.trans(do), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PRECISION, UPCAST)
+        dpt = dot_acc(v, tl.trans(do), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PRECISION, UPCAST)
         dst = pt * (dpt - delta[None, :]) * scale_f
         qb = tl.load(Q + b * sqb + co[None, :] * sqc + q_pix[:, None], mask=q_in[:, None] & co_ok[None, :], other=0.0)
-        acc_k = _mma(dst.to(Q.dtype.element_ty), qb, acc_k, PRECISION, UPCAST)
-        acc_v = _mma(pt.to(DO.dtype.element_ty), do, acc_v, PRECISION, UPCAST)
+        acc_k = dot_acc(dst.to(Q.dtype.element_ty), qb, acc_k, PRECISION, UPCAST)
+        acc_v = dot_acc(pt.to(DO.dtype.element_ty), do, acc_v, PRECISION, UPCAST)
     tl.store(DK + b * sdkb + co[None, :] * sdkc + (ky * sdkh + kx * sdkw)[:, None], acc_k.to(DK.dtype.element_ty),
              mask=k_ok[:, None] & co_ok[None, :])
     if pid_c == 0:
@@ -424,15 +419,16 @@ def launch_config(C: int, D: int, dtype: torch.dtype, *, interpret: bool | None 
     """
     interpret = interpreting() if interpret is None else interpret
     cap = BLOCK_C_FP32 if dtype == torch.float32 else BLOCK_C_16BIT
+    block_d = max(16, next_power_of_2(max(D, 1)))
     return {
         "TILE_H": TILE_H,
         "TILE_W": TILE_W,
         "BLOCK_N": BLOCK_N,
-        "BLOCK_N_BWD": BLOCK_N_BWD,
+        "BLOCK_N_BWD": BLOCK_N_BWD if block_d <= 16 else BLOCK_N_BWD_WIDE_V,
         "BLOCK_C": max(16, min(cap, next_power_of_2(C))),
         "BLOCK_CO": max(16, min(BLOCK_CO, next_power_of_2(C))),
-        "BLOCK_D": max(16, next_power_of_2(max(D, 1))),
-        "UPCAST": interpret and dtype == torch.bfloat16,
+        "BLOCK_D": block_d,
+        "UPCAST": interpret and upcast_bf16_dot(dtype),
         "num_warps": NUM_WARPS,
         "num_stages": 1 if interpret else 2,
     }
@@ -567,6 +563,53 @@ def launch_attn_bwd(query, key, value, out, lse, dout, dlse, radius: int, scale:
 
 
 # ---------------------------------------------------------------------------------------------
+# The triton_op ops (registered when this module is first imported) and their autograd
+# ---------------------------------------------------------------------------------------------
+
+
+@triton_op("tritoncorr::local_correlation_triton", mutates_args=())
+def _corr_op(query: torch.Tensor, key: torch.Tensor, radius: int, dilation: int, precision: str) -> torch.Tensor:
+    return launch_corr_fwd(query, key, radius, dilation, precision)
+
+
+@triton_op("tritoncorr::local_correlation_triton_bwd", mutates_args=())
+def _corr_bwd_op(grad: torch.Tensor, query: torch.Tensor, key: torch.Tensor, radius: int, dilation: int,
+                 precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return launch_corr_bwd(grad, query, key, radius, dilation, precision)
+
+
+@triton_op("tritoncorr::local_attention_triton", mutates_args=())
+def _attn_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, radius: int, scale: float, border: str,
+             precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return launch_attn_fwd(query, key, value, radius, scale, border, precision)
+
+
+@triton_op("tritoncorr::local_attention_triton_bwd", mutates_args=())
+def _attn_bwd_op(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    dout: torch.Tensor, dlse: torch.Tensor, radius: int, scale: float, border: str, precision: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return launch_attn_bwd(query, key, value, out, lse, dout, dlse, radius, scale, border, precision)
+
+
+def _corr_backward(ctx, grad):
+    query, key = ctx.saved_tensors
+    dq, dk = _corr_bwd_op(grad.contiguous(), query, key, ctx.radius, ctx.dilation, ctx.precision)
+    return dq, dk, None, None, None
+
+
+def _attn_backward(ctx, dout, dlse):
+    dq, dk, dv = _attn_bwd_op(*attn_grads(ctx, dout, dlse), ctx.radius, ctx.scale, ctx.border, ctx.precision)
+    return dq, dk, dv, None, None, None, None
+
+
+_corr_op.register_autograd(_corr_backward, setup_context=corr_setup)
+_attn_op.register_autograd(_attn_backward, setup_context=attn_setup)
+#: The forward ops the public functions call (``local_correlation`` / ``local_attention`` on CUDA).
+corr_op, attn_op = _corr_op, _attn_op
+
+
+# ---------------------------------------------------------------------------------------------
 # Ahead-of-time compile specs: every kernel in the configurations the launchers use
 # ---------------------------------------------------------------------------------------------
 
@@ -577,55 +620,37 @@ def launch_attn_bwd(query, key, value, out, lse, dout, dlse, radius: int, scale:
 AOT_SHAPES = (("c16_d1", 16, 1), ("c64_d3", 64, 3), ("c64_d64", 64, 64), ("c512_d1", 512, 1))
 
 
-def _strides(*prefixes: str) -> dict[str, str]:
-    return {f"{p}{s}": "i32" for p in prefixes for s in ("b", "c", "h", "w")}
-
-
 def aot_specs() -> list:
-    """Every kernel x (fp32 tf32, bf16) x :data:`AOT_SHAPES` (+ both borders for attention)."""
-    from ..aot import AotSpec
-
+    """Every kernel x (fp32 through tf32, bf16) x :data:`AOT_SHAPES` (+ both borders for attention)."""
     specs = []
     corr_channels = sorted({C for _, C, _ in AOT_SHAPES})  # correlation has no value: one spec per C
-    for dtype, tp in ((torch.float32, "*fp32"), (torch.bfloat16, "*bf16")):
-        dname = "fp32" if dtype == torch.float32 else "bf16"
+    for dtype, tp in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
         for label, C, D in AOT_SHAPES:
             cfg = launch_config(C, D, dtype, interpret=False)
-            tag = f"{dname}_{label}"
             opts = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
             const = dict(PRECISION="tf32", UPCAST=False, TILE_H=cfg["TILE_H"], TILE_W=cfg["TILE_W"], BLOCK_N=cfg["BLOCK_N"])
-            sizes = {n: "i32" for n in ("C", "H", "W", "radius", "dil")}
             if C in corr_channels and D == min(d for _, c, d in AOT_SHAPES if c == C):
-                sig = {"Q": tp, "K": tp, "Out": tp, **sizes, **_strides("sq", "sk"),
-                       **{f"so{s}": "i32" for s in ("b", "n", "h", "w")}}
-                c = dict(const, BLOCK_C=cfg["BLOCK_C"])
-                specs.append(AotSpec(f"corr_fwd_{dname}_c{C}", _corr_fwd_kernel, {**sig, **{k: "constexpr" for k in c}}, c, **opts))
+                pointers = dict.fromkeys(("Q", "K", "Out"), tp)
+                specs.append(aot_spec(f"corr_fwd_{tp}_c{C}", _corr_fwd_kernel, dict(const, BLOCK_C=cfg["BLOCK_C"]),
+                                      pointers, **opts))
                 for for_key in (False, True):
-                    sig = {"G": tp, "Src": tp, "Dst": tp, **sizes, **{f"sg{s}": "i32" for s in ("b", "n", "h", "w")},
-                           **_strides("ss", "sd")}
                     c = dict(const, FOR_KEY=for_key, BLOCK_CO=cfg["BLOCK_CO"])
-                    specs.append(AotSpec(f"corr_bwd_{'dk' if for_key else 'dq'}_{dname}_c{C}", _corr_bwd_kernel,
-                                         {**sig, **{k: "constexpr" for k in c}}, c, **opts))
-            sizes = {"scale": "fp32", **{n: "i32" for n in ("C", "D", "H", "W", "radius")}}
-            lse_strides = {n: "i32" for n in ("slb", "slh", "slw")}
+                    specs.append(aot_spec(f"corr_bwd_{'dk' if for_key else 'dq'}_{tp}_c{C}", _corr_bwd_kernel, c,
+                                          dict.fromkeys(("G", "Src", "Dst"), tp), **opts))
+            volumes = C > FUSED_MAX_C
             for zero in (False, True):
                 border = "zero" if zero else "trunc"
                 c = dict(const, ZERO_BORDER=zero, BLOCK_C=cfg["BLOCK_C"], BLOCK_D=cfg["BLOCK_D"])
-                sig = {"Q": tp, "K": tp, "V": tp, "Out": tp, "Lse": "*fp32", **sizes,
-                       **_strides("sq", "sk", "sv", "so"), **lse_strides}
-                specs.append(AotSpec(f"attn_fwd_{border}_{tag}", _attn_fwd_kernel, {**sig, **{k: "constexpr" for k in c}},
-                                     c, **opts))
-                c = dict(c, BLOCK_CO=cfg["BLOCK_CO"], BLOCK_N=cfg["BLOCK_N_BWD"], STORE_VOLUMES=C > FUSED_MAX_C)
-                sig = {"Q": tp, "K": tp, "V": tp, "DO": tp, "Lse": "*fp32", "Delta": "*fp32", "DQ": tp, "DS": tp, "PV": tp,
-                       **sizes, **_strides("sq", "sk", "sv", "sdo"), **lse_strides, **_strides("sdq"),
-                       **{f"svol{s}": "i32" for s in ("b", "n", "h", "w")}}
-                specs.append(AotSpec(f"attn_bwd_{'volumes' if C > FUSED_MAX_C else 'dq'}_{border}_{tag}",
-                                     _attn_bwd_dq_kernel, {**sig, **{k: "constexpr" for k in c}}, c, **opts))
-                if C > FUSED_MAX_C:  # dQ, dK, dV from the correlation backward (its specs above)
-                    continue
-                c.pop("STORE_VOLUMES")
-                sig = {"Q": tp, "K": tp, "V": tp, "DO": tp, "Lse": "*fp32", "Delta": "*fp32", "DK": tp, "DV": tp, **sizes,
-                       **_strides("sq", "sk", "sv", "sdo"), **lse_strides, **_strides("sdk", "sdv")}
-                specs.append(AotSpec(f"attn_bwd_dkdv_{border}_{tag}", _attn_bwd_dkdv_kernel,
-                                     {**sig, **{k: "constexpr" for k in c}}, c, **opts))
+                specs.append(aot_spec(f"attn_fwd_{border}_{tp}_{label}", _attn_fwd_kernel, c,
+                                      {**dict.fromkeys(("Q", "K", "V", "Out"), tp), "Lse": "fp32"}, floats=("scale",),
+                                      **opts))
+                c = dict(c, BLOCK_CO=cfg["BLOCK_CO"], BLOCK_N=cfg["BLOCK_N_BWD"])
+                pointers = {**dict.fromkeys(("Q", "K", "V", "DO", "DQ", "DS", "PV", "DK", "DV"), tp),
+                            "Lse": "fp32", "Delta": "fp32"}
+                specs.append(aot_spec(f"attn_bwd_{'volumes' if volumes else 'dq'}_{border}_{tp}_{label}",
+                                      _attn_bwd_dq_kernel, dict(c, STORE_VOLUMES=volumes), pointers,
+                                      floats=("scale",), **opts))
+                if not volumes:  # wide features take dQ, dK, dV from the correlation backward (specs above)
+                    specs.append(aot_spec(f"attn_bwd_dkdv_{border}_{tp}_{label}", _attn_bwd_dkdv_kernel, c, pointers,
+                                          floats=("scale",), **opts))
     return specs

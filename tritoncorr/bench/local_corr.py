@@ -53,7 +53,7 @@ def _attention_fns(device: torch.device) -> dict[str, Callable[[], Callable]]:
     def triton_fn():
         if device.type != "cuda":
             raise SkipProvider("Triton kernels need a CUDA device")
-        return lambda q, k, v, r, s, b: mod._attn_triton(q, k, v, r, s, b, "tf32")[0]  # bf16 rows: tensor cores as they come
+        return lambda q, k, v, r, s, b: mod._kernels().attn_op(q, k, v, r, s, b, "tf32")[0]  # bf16 rows: tensor cores as they come
 
     def torch_fn():
         return lambda q, k, v, r, s, b: mod._attn_cpu(q, k, v, r, s, b)[0]
@@ -90,7 +90,7 @@ def _corr_factory(provider: str, B, C, H, W, radius, dtype, device, mode):
         if provider == "triton":
             if device.type != "cuda":
                 raise SkipProvider("Triton kernels need a CUDA device")
-            op = lambda q, k, r, d: mod._corr_triton(q, k, r, d, "tf32")  # noqa: E731
+            op = lambda q, k, r, d: mod._kernels().corr_op(q, k, r, d, "tf32")  # noqa: E731
         elif provider == "torch":
             op = mod._corr_cpu
         else:
