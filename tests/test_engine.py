@@ -327,7 +327,7 @@ def test_curves_png(tmp_path):
     assert len(read_metrics(path)) == 30
     out = plot_curves(path, tmp_path / "curves.png", title="t")
     img = Image.open(out)
-    assert img.size == (1040, 2 * 300 + 28)  # loss, st, lr, val/jf -> 2 x 2 panels
+    assert img.size == (1200, 2 * 320 + 40)  # loss, st, lr, val/jf -> 2 x 2 panels of 6 x 3.2 in (100 dpi) + title
     assert len(img.getcolors(1 << 16)) > 4  # something was drawn
 
 

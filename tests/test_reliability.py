@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from tritoncorr.cli import app
 from tritoncorr.engine import checkpoint as ck
 from tritoncorr.engine.curves import read_metrics
-from tritoncorr.engine.loop import Trainer, train
+from tritoncorr.engine.loop import MEASURED_FIELDS, Trainer, train
 from tritoncorr.engine.recipe import load_recipe
 
 TESTS = Path(__file__).resolve().parent
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 def _rows(run: Path) -> list[dict]:
     """metrics.jsonl without the wall-clock columns."""
-    return [{k: v for k, v in r.items() if k not in ("time", "step_time")} for r in read_metrics(run / "metrics.jsonl")]
+    return [{k: v for k, v in r.items() if k not in MEASURED_FIELDS} for r in read_metrics(run / "metrics.jsonl")]
 
 
 def _same_weights(a: Path, b: Path) -> bool:

@@ -63,6 +63,36 @@ def save_overlay(path: str | Path, frame: np.ndarray, ids: np.ndarray, *, alpha:
     return path
 
 
+def overlay_strip(frames, ids, *, height: int | None = None, gap: int = 4, alpha: float = 0.5) -> np.ndarray:
+    """Several frames with their masks side by side: uint8 ``(h, N * w + (N - 1) * gap, 3)``, white gaps.
+
+    Args:
+        frames: N uint8 ``(H, W, 3)`` frames of one size.
+        ids: N ``(H, W)`` id maps (:func:`overlay_masks`).
+        height: resize each overlay to this height (aspect kept, bilinear); None: as they are.
+    """
+    frames, ids = list(frames), list(ids)
+    if not frames or len(frames) != len(ids):
+        raise ValueError(f"need as many id maps as frames (>= 1), got {len(frames)} frames and {len(ids)} id maps")
+    tiles = []
+    for f, m in zip(frames, ids):
+        img = overlay_masks(f, m, alpha=alpha)
+        if height is not None and img.shape[0] != height:
+            w = max(1, round(img.shape[1] * height / img.shape[0]))
+            img = np.asarray(Image.fromarray(img).resize((w, height), Image.BILINEAR))
+        tiles.append(img)
+    h = tiles[0].shape[0]
+    if any(t.shape[0] != h for t in tiles):
+        raise ValueError("frames of different heights: pass height=")
+    width = sum(t.shape[1] for t in tiles) + gap * (len(tiles) - 1)
+    out = np.full((h, width, 3), 255, dtype=np.uint8)
+    x = 0
+    for t in tiles:
+        out[:, x:x + t.shape[1]] = t
+        x += t.shape[1] + gap
+    return out
+
+
 class OverlayVideoWriter:
     """Write :func:`overlay_masks` of frames and their ids as a video (PyAV), one frame at a time.
 
@@ -198,4 +228,4 @@ def save_joints_overlay(path: str | Path, frame: np.ndarray, pred: np.ndarray, g
     return path
 
 
-__all__ = ["OverlayVideoWriter", "draw_joints", "overlay_masks", "palette_colors", "save_joints_overlay", "save_overlay"]
+__all__ = ["OverlayVideoWriter", "draw_joints", "overlay_masks", "overlay_strip", "palette_colors", "save_joints_overlay", "save_overlay"]

@@ -5,7 +5,8 @@
 * :mod:`tritoncorr.engine.loop`: ``train(cfg, out, resume=..., stop_at=...)`` = ``Trainer(...).run()``
   (imports torch); the ``Trainer``'s resumable state is one ``TrainState``.
 * :mod:`tritoncorr.engine.checkpoint`, :mod:`~tritoncorr.engine.optim`,
-  :mod:`~tritoncorr.engine.distributed`, :mod:`~tritoncorr.engine.curves`, :mod:`~tritoncorr.engine.cli`.
+  :mod:`~tritoncorr.engine.distributed`, :mod:`~tritoncorr.engine.curves`, :mod:`~tritoncorr.engine.log`,
+  :mod:`~tritoncorr.engine.cli`.
 
 Importing this package is cheap (no torch); ``train`` and ``Trainer`` are imported on first use.
 """
@@ -14,6 +15,7 @@ from tritoncorr.engine.config import (
     CheckpointConfig,
     ConfigError,
     EvalConfig,
+    LogConfig,
     OptimConfig,
     RunConfig,
     ScheduleConfig,
@@ -21,7 +23,7 @@ from tritoncorr.engine.config import (
 from tritoncorr.engine.recipe import load_recipe
 
 __all__ = [
-    "CheckpointConfig", "ConfigError", "EvalConfig", "OptimConfig", "RunConfig", "ScheduleConfig", "load_recipe",
+    "CheckpointConfig", "ConfigError", "EvalConfig", "LogConfig", "OptimConfig", "RunConfig", "ScheduleConfig", "load_recipe",
     "train", "Trainer",
 ]
 

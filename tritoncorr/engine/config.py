@@ -11,6 +11,7 @@ A recipe (``recipes/*.py``) is a function returning a :class:`RunConfig`. The tr
       schedule   ScheduleConfig
       checkpoint CheckpointConfig
       eval       EvalConfig
+      log        LogConfig (optional TensorBoard / W&B writers)
 
 Overrides ``"optim.lr=3e-4"`` are parsed against the field's declared type (``int``, ``float``,
 ``bool``, ``str``, ``Path``, ``tuple``/``list`` of those, ``Optional[...]``, ``Literal[...]``); unknown
@@ -125,6 +126,23 @@ class EvalConfig:
     preset: str = ""
 
 
+@dataclass
+class LogConfig:
+    """Experiment trackers mirroring ``metrics.jsonl`` (:mod:`tritoncorr.engine.log`); off by default.
+
+    ``backends``: any of ``"tensorboard"`` (extra ``[tb]``) and ``"wandb"`` (extra ``[wandb]``), e.g.
+    ``--set log.backends=[tensorboard]``. ``wandb_project`` / ``wandb_mode`` (``online``,
+    ``offline``, ``disabled``): the W&B run. ``val_frames``: frames per validation sequence drawn with
+    their propagated masks and logged as an image (0 = none), for at most ``val_sequences`` sequences.
+    """
+
+    backends: tuple[str, ...] = ()
+    wandb_project: str = "tritoncorr"
+    wandb_mode: Literal["online", "offline", "disabled"] = "online"
+    val_frames: int = 4
+    val_sequences: int = 2
+
+
 def _default_data() -> Any:
     from tritoncorr.data.config import DataConfig
 
@@ -150,6 +168,7 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     steps: int = 1000
     seed: int = 0
     compile: bool = False
@@ -207,6 +226,8 @@ class RunConfig:
             errs.append("log_every must be >= 1 and curves_every >= 0")
         if self.checkpoint.every < 0 or self.checkpoint.keep_last < 1:
             errs.append("checkpoint.every must be >= 0 and checkpoint.keep_last >= 1")
+        if self.log.val_frames < 0 or self.log.val_sequences < 0:
+            errs.append("log.val_frames and log.val_sequences must be >= 0")
         if self.eval.every < 0:
             errs.append(f"eval.every must be >= 0, got {self.eval.every}")
         if self.eval.every > 0 and not self.eval.davis_root:

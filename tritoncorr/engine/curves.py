@@ -1,7 +1,11 @@
-"""Training curves drawn with PIL (no matplotlib): one panel per series of ``metrics.jsonl``.
+"""Training curves from ``metrics.jsonl`` with matplotlib: one panel per series.
 
-Panels: the total ``loss``, each named loss term, ``lr`` and, when present, ``val/jf``. Raw values
-are drawn light, an exponential moving average dark; non-finite values are skipped.
+Panels, in order: the total ``loss``, each named loss term, the learning rate, the gradient norm,
+the step time, throughput (steps/s, clips/s), peak memory (MiB) and the validation scores
+(``val/*``). Every panel has a step axis and a y label with its unit; noisy training series are
+drawn raw (light) with an exponential moving average over them (dark, the smoothing named in the
+legend); the learning rate and validation scores are drawn as they are. Non-finite values are
+skipped. Drawn with matplotlib's object API on the Agg canvas (no pyplot state, no display needed).
 """
 
 from __future__ import annotations
@@ -12,11 +16,19 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from PIL import Image, ImageDraw, ImageFont
-
-NOT_SERIES = {"step", "time", "epoch", "step_time"}
-PANEL_W, PANEL_H = 520, 300
-MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 70, 16, 30, 36
+NOT_SERIES = {"step", "time", "epoch"}
+UNITS = {
+    "lr": "learning rate",
+    "grad_norm": "gradient L2 norm",
+    "step_time": "seconds per step",
+    "throughput/steps_per_s": "steps / s",
+    "throughput/clips_per_s": "clips / s",
+    "memory/peak_mib": "MiB",
+    "val/jf": "J&F",
+    "val/j": "J (region IoU)",
+    "val/f": "F (boundary)",
+}
+RAW_SERIES = {"lr", "memory/peak_mib"}  # drawn as they are, no smoothing
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -36,8 +48,22 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _order(name: str) -> tuple[int, str]:
+    if name == "loss":
+        return (0, name)
+    if name.startswith("val/"):
+        return (5, name)
+    if name.startswith("memory/"):
+        return (4, name)
+    if name.startswith("throughput/") or name == "step_time":
+        return (3, name)
+    if name in ("lr", "grad_norm"):
+        return (2, name)
+    return (1, name)
+
+
 def series_from_rows(rows: Iterable[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
-    """``{name: [(step, value), ...]}`` with ``loss`` first, ``lr`` and ``val/*`` last."""
+    """``{name: [(step, value), ...]}`` in panel order (loss, terms, lr, grad norm, speed, memory, val)."""
     out: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
         step = r.get("step")
@@ -48,29 +74,11 @@ def series_from_rows(rows: Iterable[dict[str, Any]]) -> dict[str, list[tuple[flo
                 continue
             if math.isfinite(v):
                 out.setdefault(k, []).append((float(step), float(v)))
-
-    def order(name: str) -> tuple[int, str]:
-        if name == "loss":
-            return (0, name)
-        if name.startswith("val/"):
-            return (3, name)
-        if name in ("lr", "grad_norm"):
-            return (2, name)
-        return (1, name)
-
-    return {k: out[k] for k in sorted(out, key=order)}
+    return {k: out[k] for k in sorted(out, key=_order)}
 
 
-def _fmt(v: float) -> str:
-    if v == 0:
-        return "0"
-    a = abs(v)
-    if a >= 1e4 or a < 1e-3:
-        return f"{v:.2e}"
-    return f"{v:.4g}"
-
-
-def _ema(values: list[float], alpha: float) -> list[float]:
+def ema(values: list[float], alpha: float) -> list[float]:
+    """Exponential moving average ``m_t = alpha m_{t-1} + (1 - alpha) v_t``, started at the first value."""
     out, m = [], None
     for v in values:
         m = v if m is None else alpha * m + (1 - alpha) * v
@@ -78,78 +86,57 @@ def _ema(values: list[float], alpha: float) -> list[float]:
     return out
 
 
-def _panel(draw: ImageDraw.ImageDraw, x0: int, y0: int, name: str, pts: list[tuple[float, float]], font) -> None:
-    left, top = x0 + MARGIN_L, y0 + MARGIN_T
-    right, bottom = x0 + PANEL_W - MARGIN_R, y0 + PANEL_H - MARGIN_B
-    draw.rectangle([left, top, right, bottom], outline=(90, 90, 90))
-    last = pts[-1][1] if pts else float("nan")
-    draw.text((left, y0 + 8), f"{name}   (last {_fmt(last)})", fill=(0, 0, 0), font=font)
-    if not pts:
-        return
-    xs = [p[0] for p in pts]
-    ys = [p[1] for p in pts]
-    xmin, xmax = min(xs), max(xs)
-    ymin, ymax = min(ys), max(ys)
-    if xmax == xmin:
-        xmax = xmin + 1
-    if ymax == ymin:
-        pad = abs(ymin) * 0.05 or 1.0
-        ymin, ymax = ymin - pad, ymax + pad
-    pad = (ymax - ymin) * 0.05
-    ymin, ymax = ymin - pad, ymax + pad
+def smoothing_for(n: int) -> float:
+    """The EMA weight for ``n`` points: about 20 points of memory, none for short series."""
+    return min(0.98, max(0.0, 1.0 - 20.0 / n)) if n > 1 else 0.0
 
-    def tx(x: float) -> float:
-        return left + (x - xmin) / (xmax - xmin) * (right - left)
 
-    def ty(y: float) -> float:
-        return bottom - (y - ymin) / (ymax - ymin) * (bottom - top)
-
-    for i in range(5):  # grid and y labels
-        yv = ymin + (ymax - ymin) * i / 4
-        yy = ty(yv)
-        draw.line([left, yy, right, yy], fill=(228, 228, 228))
-        draw.text((x0 + 4, yy - 6), _fmt(yv), fill=(60, 60, 60), font=font)
-    xticks = sorted({int(round(xmin + (xmax - xmin) * i / 4)) for i in range(5)})
-    for xv in xticks:  # x labels at integer steps
-        xx = tx(xv)
-        draw.line([xx, bottom, xx, bottom + 4], fill=(90, 90, 90))
-        label = f"{int(round(xv))}"
-        draw.text((xx - 3 * len(label), bottom + 8), label, fill=(60, 60, 60), font=font)
-    draw.text((right - 30, bottom + 20), "step", fill=(60, 60, 60), font=font)
-    line = [(tx(x), ty(y)) for x, y in pts]
-    if len(line) == 1 or name.startswith("val/"):
-        for px, py in line:
-            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=(200, 60, 40))
-    if len(line) > 1:
-        if name.startswith("val/") or name == "lr":
-            draw.line(line, fill=(200, 60, 40), width=2)
-        else:
-            draw.line(line, fill=(160, 190, 230), width=1)
-            alpha = min(0.98, max(0.0, 1.0 - 20.0 / len(pts)))
-            smooth = _ema(ys, alpha)
-            draw.line([(tx(x), ty(y)) for x, y in zip(xs, smooth)], fill=(20, 70, 160), width=2)
+def unit_of(name: str) -> str:
+    """The y-axis label of a series (loss terms: ``loss``)."""
+    return UNITS.get(name, "loss" if not name.startswith(("val/", "throughput/", "memory/")) else name)
 
 
 def plot_curves(rows: list[dict[str, Any]] | Path, out_png: Path, title: str = "") -> Path:
     """Draw the curves of ``rows`` (or a metrics.jsonl path) to ``out_png`` (written atomically)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     if not isinstance(rows, list):
         rows = read_metrics(Path(rows))
     series = series_from_rows(rows)
     n = max(len(series), 1)
     cols = 2 if n > 1 else 1
     nrows = (n + cols - 1) // cols
-    head = 28 if title else 0
-    img = Image.new("RGB", (cols * PANEL_W, nrows * PANEL_H + head), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
+    fig = Figure(figsize=(6.0 * cols, 3.2 * nrows + (0.4 if title else 0)), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
     if title:
-        draw.text((10, 8), title, fill=(0, 0, 0), font=font)
+        fig.suptitle(title)
+    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
+    for ax in axes[len(series):]:
+        ax.set_axis_off()
     if not series:
-        draw.text((20, head + 20), "no metrics yet", fill=(0, 0, 0), font=font)
-    for i, (name, pts) in enumerate(series.items()):
-        _panel(draw, (i % cols) * PANEL_W, head + (i // cols) * PANEL_H, name, pts, font)
+        axes[0].text(0.5, 0.5, "no metrics yet", ha="center", va="center", transform=axes[0].transAxes)
+    for ax, (name, pts) in zip(axes, series.items()):
+        xs = [p[0] for p in pts]
+        ys = [p[1] for p in pts]
+        ax.set_title(f"{name}   (last {ys[-1]:.4g})", fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel(unit_of(name))
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        alpha = smoothing_for(len(ys))
+        if name.startswith("val/") or name in RAW_SERIES or alpha == 0.0:
+            ax.plot(xs, ys, marker="o" if len(pts) < 30 else None, markersize=3, color="tab:red", lw=1.5)
+        else:
+            ax.plot(xs, ys, color="tab:blue", alpha=0.3, lw=0.8, label="raw")
+            ax.plot(xs, ema(ys, alpha), color="tab:blue", lw=1.8, label=f"EMA {alpha:.2f}")
+            ax.legend(loc="best", fontsize=8, frameon=False)
+        if name == "lr":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_png.with_name(f".{out_png.name}.tmp-{os.getpid()}.png")
-    img.save(tmp)
+    fig.savefig(tmp, format="png")
     os.replace(tmp, out_png)
     return out_png

@@ -11,9 +11,11 @@ the seed, or what ``init_from`` / the method's own initialisation loaded), ``mod
 Per optimiser step ``it`` (0-based): ``optim.accumulate`` micro-batches (DDP gradient sync only on
 the last), bf16 autocast on CUDA when ``amp="bf16"``, optional gradient clipping, lr =
 ``optim.lr * group lr_mult * lr_factor(it)``, ``optimizer.step()``. Then (rank 0) one line in
-``metrics.jsonl``: ``{"step": it + 1, "epoch", "loss", <each term>, "lr", "time", "step_time"}``
+``metrics.jsonl``: ``{"step": it + 1, "epoch", "loss", <each term>, "lr", "time", "step_time",
+"throughput/steps_per_s", "throughput/clips_per_s", "memory/peak_mib"}``
 (loss terms are averaged over ranks), optionally ``val/jf``, ``val/j``, ``val/f``; periodic checkpoints,
-curves and DAVIS validation. SIGINT/SIGTERM (Ctrl-C; torchrun forwards SIGTERM) finish the current
+curves and DAVIS validation; the same row goes to the optional TensorBoard / W&B writers
+(``log.backends``, :mod:`tritoncorr.engine.log`) with the validation masks as images. SIGINT/SIGTERM (Ctrl-C; torchrun forwards SIGTERM) finish the current
 step, save a checkpoint and return (a second Ctrl-C aborts at once).
 
 The run is a :class:`Trainer` (setup in ``__init__``, ``train_step``, ``validate``, ``save``,
@@ -47,6 +49,7 @@ from torch import nn
 from tritoncorr.engine import checkpoint as ckpt_io
 from tritoncorr.engine.config import ConfigError, RunConfig, config_to_dict
 from tritoncorr.engine.curves import plot_curves, read_metrics
+from tritoncorr.engine.log import RunLoggers, check_backends, validation_images
 from tritoncorr.engine.method import describe
 from tritoncorr.engine.distributed import (
     DistInfo,
@@ -57,6 +60,10 @@ from tritoncorr.engine.distributed import (
     shutdown,
 )
 from tritoncorr.engine.optim import build_optimizer, lr_factor, set_lr
+
+
+# metrics-row fields measured from the clock or the process (they differ between identical runs)
+MEASURED_FIELDS = ("time", "step_time", "throughput/steps_per_s", "throughput/clips_per_s", "memory/peak_mib")
 
 
 @dataclass
@@ -304,6 +311,7 @@ class Trainer:
         on_step: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         cfg.validate()
+        check_backends(cfg.log.backends)  # a missing extra fails before any work
         self.cfg = cfg
         self.out = out = Path(out)
         self.stop_at = cfg.steps if stop_at is None else int(stop_at)
@@ -328,6 +336,8 @@ class Trainer:
         self._term_names: list[str] | None = None
         self._step_time_ema: float | None = None
         self._session_start = time.perf_counter()
+        self.loggers = RunLoggers((), out)
+        self._val_images: dict[str, Any] = {}
         try:
             self._setup(resume, resume_from)
         except BaseException:
@@ -411,6 +421,8 @@ class Trainer:
                 self.state.rows = _truncate_metrics(self.metrics_path, self.state.step)
             elif self.metrics_path.exists():
                 self.metrics_path.unlink()
+            self.loggers = RunLoggers(cfg.log.backends, out, name=out.name, project=cfg.log.wandb_project,
+                                      mode=cfg.log.wandb_mode, config=conf)
         if self.state.elapsed is None:  # format-1 checkpoint: the wall time of its last logged step
             self.state.elapsed = float(self.state.rows[-1].get("time", 0.0)) if self.state.rows else 0.0
         # wall time continues across resumes
@@ -650,12 +662,18 @@ class Trainer:
             row["grad_norm"] = grad_norm
         row["time"] = round(st.elapsed, 4)
         row["step_time"] = round(dt, 4)
+        row["throughput/steps_per_s"] = round(1.0 / max(dt, 1e-9), 4)
+        row["throughput/clips_per_s"] = round(clips * info.world_size / max(dt, 1e-9), 3)
+        row["memory/peak_mib"] = round(_peak_memory_mib(self.device), 1)
         if cfg.eval.every > 0 and (step % cfg.eval.every == 0 or step == self.stop_at):
             row.update(self.validate())
         if self.is_main:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
             st.rows.append(row)
+            self.loggers.row(row)
+            self.loggers.images(step, self._val_images)
+            self._val_images = {}
             if self._bar is not None:
                 ema = self._step_time_ema
                 self._bar.update(row, names, 1.0 / ema, clips * info.world_size / max(ema, 1e-9))
@@ -671,6 +689,12 @@ class Trainer:
         scores: dict[str, float] = {}
         if self.is_main:
             scores = _run_validation(self.cfg, self.model, self.out, self.state.step, self.device)
+            if self.loggers:
+                ev, lg = self.cfg.eval, self.cfg.log
+                self._val_images = validation_images(
+                    ev.davis_root, self.out / "eval" / f"step-{self.state.step:08d}", split=ev.split,
+                    resolution=ev.resolution, sequences=ev.sequences, frames=lg.val_frames,
+                    max_sequences=lg.val_sequences)
         barrier(self.info)
         return scores
 
@@ -733,7 +757,17 @@ class Trainer:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        self.loggers.close()
         shutdown(self.info)  # idempotent
+
+
+def _peak_memory_mib(device: torch.device) -> float:
+    """Peak memory so far in MiB: CUDA ``max_memory_allocated`` on a GPU, the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _int_or_none(value: Any) -> int | None:
