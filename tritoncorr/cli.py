@@ -117,11 +117,24 @@ def eval_compare(
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Also write the table and statistics as CSV.")] = None,
     bootstrap: Annotated[int, typer.Option(help="Paired-bootstrap resamples.")] = 10000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    allow_different_settings: Annotated[bool, typer.Option(
+        "--allow-different-settings", help="Compare even when the folders' recorded evaluation settings differ "
+        "(split, resolution, input size, precision, propagation fields); the differences are still printed.")] = False,
+    min_sequences: Annotated[int, typer.Option(
+        min=1, help="No verdict below this many paired sequences.")] = 5,
+    html: Annotated[Optional[Path], typer.Option(
+        help="Also write a self-contained HTML report: per-sequence table, per-frame J curves, overlay strips of "
+             "the largest wins and losses.")] = None,
+    root: Annotated[Optional[Path], typer.Option(
+        help="DAVIS root for the report's frames and per-frame scores (default: the one recorded in the "
+             "first folder's provenance.json).")] = None,
 ) -> None:
     """Compare evaluations sequence by sequence: paired J&F differences, standard error, bootstrap 95% interval."""
     from tritoncorr.compare import compare_cli
 
-    compare_cli(list(folders), split=split, csv_path=csv_path, n_boot=bootstrap, seed=seed)
+    compare_cli(list(folders), split=split, csv_path=csv_path, n_boot=bootstrap, seed=seed,
+                allow_different_settings=allow_different_settings, min_sequences=min_sequences, html_path=html,
+                root=root)
 
 
 _PRESET_HELP = ("Propagation preset (dul, crw, stt, liir, mast, or common: DUL's kNN protocol for any method, the same "

@@ -730,6 +730,8 @@ def eval_davis_cli(
     folder = _eval_folder(out, task="davis", checkpoint=checkpoint, seed=seed, fmodel=fmodel, config=config,
                           input_size=None, precision=precision, overwrite=overwrite, split=split,
                           resolution=resolution, overlays=overlays)
+    _record_provenance(out, "davis", checkpoint, fmodel, preset, config, None, precision, dev, split=split,
+                       resolution=resolution, sequences=sequences, root=str(root), synthetic=synthetic)
 
     try:
         scores = _resumable(console, folder, names, lambda: evaluate_features_on_davis(
@@ -818,6 +820,17 @@ def _task_settings(console, *, task: str, checkpoint, seed: int, device: str, pr
     return fmodel, config, input_size, dev
 
 
+def _record_provenance(out, benchmark: str, checkpoint, fmodel, preset: str | None, config, input_size, precision: str,
+                       device, **settings) -> None:
+    """``<out>/provenance.json``: code, versions, device, command, checkpoint SHA-256 and the evaluation
+    settings (:func:`tritoncorr.provenance.write_eval_provenance`)."""
+    from tritoncorr.provenance import write_eval_provenance
+
+    write_eval_provenance(out, benchmark=benchmark, checkpoint=checkpoint, model=fmodel.description,
+                          preset=preset if preset is not None else fmodel.preset, config=config,
+                          input_size=input_size, precision=precision, device=device, **settings)
+
+
 def _catch_format_errors(fn, *errors):
     """Run ``fn()``; the benchmark's format errors (and frame-size errors) exit with code 2 and the message."""
     try:
@@ -902,6 +915,8 @@ def eval_jhmdb_cli(
     out = Path(out) if out is not None else Path("eval-jhmdb") / f"split{split}"
     folder = _eval_folder(out, task="jhmdb", checkpoint=checkpoint, seed=seed, fmodel=fmodel, config=config,
                           input_size=input_size, precision=precision, overwrite=overwrite, overlays=overlays)
+    _record_provenance(out, "jhmdb", checkpoint, fmodel, preset, config, input_size, precision, dev, split=split,
+                       clips=clips, root=str(root))
     res = _resumable(console, folder, [c.name for c in ds.clips], lambda: _catch_format_errors(
         lambda: evaluate_features_on_jhmdb(
             fmodel.features, dataset=ds, out=out, config=config, input_size=input_size, device=dev, overlays=overlays,
@@ -968,6 +983,8 @@ def eval_vip_cli(
         folder = _eval_folder(out, task="vip", checkpoint=checkpoint, seed=seed, fmodel=fmodel, config=config,
                               input_size=input_size, precision=precision, overwrite=overwrite, split=split,
                               overlays=overlays)
+        _record_provenance(out, "vip", checkpoint, fmodel, preset, config, input_size, precision, dev, split=split,
+                           videos=videos, root=str(root))
         scores = _resumable(console, folder, ds.names, lambda: _catch_format_errors(lambda: evaluate_features_on_vip(
             fmodel.features, dataset=ds, out=out, config=config, input_size=input_size, device=dev,
             overlays=overlays, progress=True, color=fmodel.color, folder=folder), VipFormatError))
@@ -1032,6 +1049,8 @@ def eval_ytvos_cli(
     folder = _eval_folder(out, task="ytvos", checkpoint=checkpoint, seed=seed, fmodel=fmodel, config=config,
                           input_size=input_size, precision=precision, overwrite=overwrite, overlays=overlays,
                           year=str(year))
+    _record_provenance(out, "ytvos", checkpoint, fmodel, preset, config, input_size, precision, dev, split=str(year),
+                       videos=videos, root=str(root))
     res = _resumable(console, folder, [v.name for v in ds], lambda: _catch_format_errors(
         lambda: export_features_on_ytvos(
             fmodel.features, dataset=ds, out=out, year=str(year), config=config, input_size=input_size, device=dev,

@@ -4,7 +4,8 @@ A method is an ``nn.Module`` whose ``forward(batch) -> dict[str, Tensor]`` retur
 weighted scalar loss terms (their sum is minimised, each is logged) and which has
 ``features(images (N, 3, H, W)) -> (N, C, h, w)`` for validation. Nothing else about it is known here.
 
-Run folder: ``config.json``, ``init.safetensors`` (the weights the run starts from: random init of
+Run folder: ``config.json``, ``provenance.json`` (code commit and dirty flag, versions, device,
+host, command, SHA-256 of the weights the session starts from; one record per start/resume), ``init.safetensors`` (the weights the run starts from: random init of
 the seed, or what ``init_from`` / the method's own initialisation loaded), ``model.safetensors``
 (the latest weights), ``ckpt-*/`` (resumable checkpoints), ``metrics.jsonl``, ``curves.png``.
 
@@ -60,6 +61,7 @@ from tritoncorr.engine.distributed import (
     shutdown,
 )
 from tritoncorr.engine.optim import build_optimizer, lr_factor, set_lr
+from tritoncorr.provenance import record_run_session
 
 
 # metrics-row fields measured from the clock or the process (they differ between identical runs)
@@ -417,6 +419,9 @@ class Trainer:
             if self.recipe_ref:
                 conf["__recipe__"] = self.recipe_ref
             ckpt_io.atomic_write_json(out / "config.json", conf)
+            start = (self.resumed_from / "model.safetensors" if self.resumed_from is not None
+                     else Path(cfg.init_from) if cfg.init_from else out / "init.safetensors")
+            record_run_session(out, start_step=self.state.step, device=self.device, weights=start)
             if self.resumed_from is not None:
                 self.state.rows = _truncate_metrics(self.metrics_path, self.state.step)
             elif self.metrics_path.exists():
