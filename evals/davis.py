@@ -709,6 +709,7 @@ def evaluate_results(
     resolution: str = "480p",
     sequences: Sequence[str] | None = None,
     progress: bool | Callable[[str], None] = False,
+    workers: int = 0,
 ) -> DavisScores:
     """Score a folder of result PNGs against the ground truth (``evaluation_method.py`` semantics).
 
@@ -716,7 +717,9 @@ def evaluate_results(
         root: DAVIS root.
         results_dir: ``<results_dir>/<seq>/<frame>.png`` indexed PNGs.
         split, resolution, sequences: which sequences (see :class:`DavisDataset`).
-        progress: True for a rich progress bar, or a callable receiving each sequence name.
+        progress: True for a rich progress bar, or a callable receiving each sequence name (once it is scored).
+        workers: score the sequences in this many processes (as vos-benchmark does); 0 or 1: in this one.
+            The result does not depend on it (same objects, same order).
 
     Returns:
         :class:`DavisScores`.
@@ -726,9 +729,29 @@ def evaluate_results(
         raise DavisFormatError(f"results folder {results_dir} does not exist")
     ds = DavisDataset(root, split, resolution, sequences, require_all_masks=True)
     objects: list[ObjectScore] = []
+    pool = scoring_pool(workers, len(ds))
+    if pool is not None:
+        with pool:
+            futures = [pool.submit(score_results, results_dir, seq) for seq in ds.sequences]
+            for seq, fut in zip(_iterate(ds.sequences, progress, "scoring"), futures):
+                objects.extend(fut.result())
+        return DavisScores(objects, split=split)
     for seq in _iterate(ds.sequences, progress, "scoring"):
         objects.extend(score_results(results_dir, seq))
     return DavisScores(objects, split=split)
+
+
+def scoring_pool(workers: int, jobs: int):
+    """A process pool of ``min(workers, jobs)`` workers for scoring, or None when that is fewer than 2.
+
+    Started with ``spawn``: the parent may hold torch threads, which ``fork`` does not copy safely.
+    """
+    if workers < 2 or jobs < 2:
+        return None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=min(workers, jobs), mp_context=multiprocessing.get_context("spawn"))
 
 
 def score_results(results_dir: str | Path, seq: DavisSequence) -> list[ObjectScore]:
@@ -752,8 +775,8 @@ def _iterate(seqs: Iterable[DavisSequence], progress, label: str):
     seqs = list(seqs)
     if callable(progress):
         for s in seqs:
-            progress(s.name)
             yield s
+            progress(s.name)  # once the caller is done with it
         return
     if not progress:
         yield from seqs
@@ -790,7 +813,9 @@ __all__ = [
     "read_results",
     "read_rgb",
     "read_video_frame",
+    "score_results",
     "score_sequence",
+    "scoring_pool",
     "seg2bmap",
     "write_palette_png",
 ]

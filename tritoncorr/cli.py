@@ -5,6 +5,7 @@ Each command only parses its options and hands them to the module that does the 
 
 * ``tritoncorr eval davis``  -> :func:`tritoncorr.evaluate.eval_davis_cli`
 * ``tritoncorr eval jhmdb|vip|ytvos`` -> :func:`tritoncorr.evaluate.eval_jhmdb_cli`, ``eval_vip_cli``, ``eval_ytvos_cli``
+* ``tritoncorr eval sweep`` -> :func:`tritoncorr.sweep.eval_sweep_cli`
 * ``tritoncorr eval compare`` -> :func:`tritoncorr.compare.compare_cli`
 * ``tritoncorr train``       -> :func:`tritoncorr.engine.cli.train_cli`
 * ``tritoncorr bench``       -> :func:`tritoncorr.bench.cli.bench_cli`
@@ -33,6 +34,12 @@ OverwriteOption = Annotated[
     bool, typer.Option(help="Start again in --out even if it holds an evaluation with other settings or another "
                        "checkpoint (by default a rerun with the same settings skips the finished sequences and "
                        "other settings are refused).")]
+
+CacheOption = Annotated[Optional[Path], typer.Option(
+    "--cache-features", help="Feature cache folder: each sequence's features are stored once (safetensors, keyed by "
+    "the checkpoint's SHA-256, input size, padding and precision) and read back by later runs with other "
+    "propagation settings (--topk, --temperature, --radius, --context, --preset).")]
+WorkersOption = Annotated[int, typer.Option(min=0, help="Score sequences in this many processes (0 = in this one).")]
 
 eval_app = typer.Typer(help="Evaluate on a benchmark (DAVIS-2017 J&F, JHMDB PCK, VIP mIoU, YouTube-VOS export) and "
                        "compare evaluations.", no_args_is_help=True)
@@ -96,6 +103,8 @@ def eval_davis(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     precision: PrecisionOption = "fp32",
     overwrite: OverwriteOption = False,
+    cache_features: CacheOption = None,
+    workers: WorkersOption = 0,
 ) -> None:
     """DAVIS-2017 semi-supervised J&F, exactly as the official toolkit computes it."""
     from tritoncorr.evaluate import eval_davis_cli
@@ -104,7 +113,40 @@ def eval_davis(
         root=root, results=results, checkpoint=checkpoint, seed=seed, out=out, split=split, resolution=resolution,
         sequences=sequences, preset=preset, context=context, radius=radius, topk=topk,
         temperature=temperature, overlays=overlays, device=device, precision=precision, overwrite=overwrite,
+        cache_features=cache_features, workers=workers,
     )
+
+
+@eval_app.command("sweep")
+def eval_sweep(
+    root: Annotated[Optional[Path], typer.Option(help="DAVIS-2017 root. Default: $TRITONCORR_DATA/DAVIS or "
+                                                 "~/.cache/tritoncorr/DAVIS.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Weights (as for eval davis). Default: random init.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random-init backbone (no --checkpoint).")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (sweep-<split>.csv). Default: eval-sweep/<split>.")] = None,
+    split: Annotated[str, typer.Option(help="ImageSets/2017/<split>.txt")] = "val",
+    resolution: Annotated[str, typer.Option(help="480p or Full-Resolution")] = "480p",
+    sequences: Annotated[
+        Optional[list[str]], typer.Option("--sequence", "-s", help="Only these sequences (repeatable).")
+    ] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Propagation preset the grid starts from (default: the "
+                                                  "checkpoint's).")] = None,
+    topk: Annotated[Optional[str], typer.Option(help="Top-k values, comma-separated (e.g. 5,10,20).")] = None,
+    temperature: Annotated[Optional[str], typer.Option(help="Temperatures, comma-separated.")] = None,
+    radius: Annotated[Optional[str], typer.Option(help="Radii in feature cells, comma-separated.")] = None,
+    context: Annotated[Optional[str], typer.Option(help="Context lengths, comma-separated.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    precision: PrecisionOption = "fp32",
+    cache_features: CacheOption = None,
+    workers: WorkersOption = 0,
+) -> None:
+    """J&F over a grid of propagation settings (the product of the given values), features computed once."""
+    from tritoncorr.sweep import eval_sweep_cli
+
+    eval_sweep_cli(root=root, checkpoint=checkpoint, seed=seed, out=out, split=split, resolution=resolution,
+                   sequences=sequences, preset=preset, context=context, radius=radius, topk=topk,
+                   temperature=temperature, device=device, precision=precision, cache_features=cache_features,
+                   workers=workers)
 
 
 @eval_app.command("compare")

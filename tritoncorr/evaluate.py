@@ -321,11 +321,12 @@ class PropagatedVideo:
 
 
 @torch.no_grad()
-def propagate_labels(video: VideoFeatures, codec: LabelCodec, config=None, *, start: int = 0) -> PropagatedVideo:
+def propagate_labels(video: VideoFeatures, codec: LabelCodec, config=None, *, start: int = 0,
+                     on_frame: Callable[[int], None] | None = None) -> PropagatedVideo:
     """Encode the annotation of frame ``start`` with ``codec`` and propagate it through frames ``start ..``.
 
     The propagation itself is :func:`tritoncorr.propagation.propagate` with every field of ``config``
-    (hard feedback decodes at the padded input size).
+    (hard feedback decodes at the padded input size); ``on_frame(t)`` after each propagated frame.
     """
     from tritoncorr.propagation import propagate
 
@@ -337,7 +338,7 @@ def propagate_labels(video: VideoFeatures, codec: LabelCodec, config=None, *, st
     first = codec.encode(g, cfg, device=feats.device).to(device=feats.device, dtype=torch.float32)
     if first.dim() != 3 or tuple(first.shape[1:]) != tuple(g.grid):
         raise RuntimeError(f"{type(codec).__name__}.encode returned {tuple(first.shape)}, expected (L, {g.grid[0]}, {g.grid[1]})")
-    soft = propagate(feats, first, image_size=g.padded_size, **cfg.as_kwargs())
+    soft = propagate(feats, first, image_size=g.padded_size, on_frame=on_frame, **cfg.as_kwargs())
     if tuple(soft.shape) != (feats.shape[0], *first.shape):
         raise RuntimeError(f"propagate returned {tuple(soft.shape)}, expected {(feats.shape[0], *first.shape)}")
     soft = soft.clone()
@@ -491,6 +492,8 @@ def evaluate_features_on_davis(
     progress: bool = True,
     color: str = "rgb",
     folder=None,
+    feature_cache=None,
+    workers: int = 0,
 ) -> DavisScores:
     """Propagate the first-frame masks of every sequence with ``features_fn`` and score the result.
 
@@ -504,15 +507,18 @@ def evaluate_features_on_davis(
         config: ``PropagationConfig``; default ``PRESETS["dul"]``.
         device: where features and propagation run.
         overlays: also write ``<out>/overlays/<seq>/<frame>.jpg``.
-        progress: rich progress bar (frames of all sequences).
+        progress: rich progress bar over the whole work (features, propagation, decoding, scoring) with an ETA.
         color: the model's input colour space, ``"rgb"`` (ImageNet-normalised) or ``"lab"`` (:func:`frame_to_tensor`).
         folder: a resumable :class:`tritoncorr.evals.resume.EvalFolder` at ``out`` (sequences it records
             as finished are not propagated again); default: a fresh one.
+        feature_cache: a :class:`tritoncorr.feature_cache.FeatureCache`: features are read from it when
+            present and written to it otherwise.
+        workers: score the sequences in this many processes (0 or 1: in this one).
 
     Returns:
         :class:`DavisScores` (``jf_mean``, ``j_mean``, ``f_mean``, ... and per-object rows).
     """
-    from tritoncorr.evals.davis import objects_from_json, objects_to_json, score_results
+    from tritoncorr.evals.davis import objects_from_json, objects_to_json, score_results, scoring_pool
     from tritoncorr.evals.resume import EvalFolder
 
     config = _resolve_config(config)
@@ -522,48 +528,116 @@ def evaluate_features_on_davis(
     device = torch.device(device)
     folder = folder if folder is not None else EvalFolder.fresh(out, "davis")
     todo = [seq for seq in ds if folder.record(seq.name) is None]
-    with VideoProgress(progress, [len(s) for s in todo]) as bar:
-        for seq in todo:
-            bar.start(seq.name)
-            stage = folder.staging(seq.name)
-            ids_at = propagate_sequence(
-                features_fn, seq.load_frame, len(seq), seq.load_mask(0), config, device, on_frame=bar.frame,
-                color=color,
-            )
-            for t, fid in enumerate(seq.frame_ids):
-                ids = ids_at(t)
-                write_palette_png(stage / seq.name / f"{fid}.png", ids)
-                if overlays:
-                    from tritoncorr.visualize import save_overlay
+    pool = scoring_pool(workers, len(todo))
+    pending: list[tuple[Any, Path, Any]] = []
+    try:
+        with VideoProgress(progress, [len(s) for s in todo], passes=4) as bar:
 
-                    save_overlay(stage / "overlays" / seq.name / f"{fid}.jpg", seq.load_frame(t), ids)
-            objects = score_results(stage, seq)
-            folder.commit(seq.name, stage, [seq.name, f"overlays/{seq.name}"], {"objects": objects_to_json(objects)})
+            def commit(seq, stage: Path, objects) -> None:
+                folder.commit(seq.name, stage, [seq.name, f"overlays/{seq.name}"],
+                              {"objects": objects_to_json(objects)})
+                bar.advance(len(seq))
+
+            for seq in todo:
+                bar.start(seq.name)
+                stage = folder.staging(seq.name)
+                codec = MaskCodec(seq.load_mask(0))
+                vf = sequence_features(features_fn, seq.name, seq.load_frame, len(seq), codec.size, config=config,
+                                       device=device, color=color, cache=feature_cache, bar=bar)
+                bar.stage("propagating")
+                prop = propagate_labels(vf, codec, config, on_frame=bar.frame)
+                bar.frame()  # frame 0 is the annotation
+                bar.stage("decoding")
+                for t, fid in enumerate(seq.frame_ids):
+                    ids = prop.decode(t)
+                    write_palette_png(stage / seq.name / f"{fid}.png", ids)
+                    if overlays:
+                        from tritoncorr.visualize import save_overlay
+
+                        save_overlay(stage / "overlays" / seq.name / f"{fid}.jpg", seq.load_frame(t), ids)
+                    bar.frame()
+                del vf, prop
+                if pool is None:
+                    bar.stage("scoring")
+                    commit(seq, stage, score_results(stage, seq))
+                else:  # scored in a worker while the next sequence propagates
+                    pending.append((seq, stage, pool.submit(score_results, stage, seq)))
+                    while pending and pending[0][2].done():
+                        commit(*pending[0][:2], pending.pop(0)[2].result())
+            bar.stage("scoring")
+            for seq, stage, fut in pending:
+                commit(seq, stage, fut.result())
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     objects = [o for seq in ds for o in objects_from_json(folder.record(seq.name)["objects"])]
     scores = DavisScores(objects, split=split)
     scores.write_csvs(out)
     return scores
 
 
+def sequence_features(features_fn, name: str, frames, num_frames: int, size: tuple[int, int], *, config, device,
+                      color: str = "rgb", input_size: tuple[int, int] | None = None, cache=None,
+                      bar: "VideoProgress | None" = None) -> VideoFeatures:
+    """:func:`compute_features` of one video, read from / written to ``cache``
+    (:class:`tritoncorr.feature_cache.FeatureCache`) when given; ``bar`` counts its frames either way.
+    Frame-size errors are :class:`DavisFormatError`."""
+    if bar is not None:
+        bar.stage("features")
+    vf = cache.load(name, num_frames, size) if cache is not None else None
+    if vf is not None:
+        if bar is not None:
+            bar.stage("features (cached)")
+            bar.advance(num_frames)
+        return VideoFeatures(vf.feats.to(device), vf.geometry)
+    try:
+        vf = compute_features(features_fn, frames, num_frames, config=config, input_size=input_size, size=size,
+                              device=device, color=color, on_frame=bar.frame if bar is not None else None)
+    except VideoFormatError as err:
+        raise DavisFormatError(str(err)) from None
+    if cache is not None:
+        cache.save(name, vf)
+    return vf
+
+
 class VideoProgress:
     """A rich progress bar over the frames of several videos (``start(name)`` per video, ``frame(t)`` per
-    frame); a no-op when ``enabled`` is False. Use as a context manager."""
+    frame, ``stage(text)`` for what is being done); a no-op when ``enabled`` is False. Use as a context manager.
 
-    def __init__(self, enabled: bool, lengths: Sequence[int], label: str = "propagating", unit: str = "sequence"):
+    ``passes``: how many times the work visits each frame (DAVIS: features, propagation, decoding,
+    scoring = 4), so that the bar and its ETA cover the whole work, not only the features.
+    """
+
+    def __init__(self, enabled: bool, lengths: Sequence[int], label: str = "propagating", unit: str = "sequence",
+                 passes: int = 1):
         self.enabled, self.lengths, self.label, self.unit = bool(enabled), list(lengths), label, unit
+        self.passes = int(passes)
         self.bar = None
         self.task = None
         self.i = 0
 
     def __enter__(self) -> "VideoProgress":
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
 
             self.bar = Progress(TextColumn(f"{{task.description}} {self.unit} {{task.fields[seqs]}} {{task.fields[seq]}}"),
-                                BarColumn(), MofNCompleteColumn(), TextColumn("frames"), TimeElapsedColumn())
+                                BarColumn(), MofNCompleteColumn(),
+                                TextColumn("frames" if self.passes == 1 else f"frame-steps ({self.passes} per frame)"),
+                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
             self.bar.__enter__()
-            self.task = self.bar.add_task(self.label, total=sum(self.lengths), seq="", seqs=f"0/{len(self.lengths)}")
+            self.task = self.bar.add_task(self.label, total=self.passes * sum(self.lengths), seq="",
+                                          seqs=f"0/{len(self.lengths)}")
         return self
+
+    def stage(self, text: str) -> None:
+        """Show what is being done now (e.g. ``features``, ``propagating``, ``scoring``)."""
+        if self.bar is not None:
+            self.bar.update(self.task, description=text)
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, n)
 
     def __exit__(self, *exc) -> bool:
         if self.bar is not None:
@@ -680,6 +754,8 @@ def eval_davis_cli(
     device: str,
     precision: str = "fp32",
     overwrite: bool = False,
+    cache_features: Path | None = None,
+    workers: int = 0,
 ) -> DavisScores:
     """``tritoncorr eval davis``: score existing results (``--results``) or propagate with a backbone and score.
     ``--out`` is resumable (:mod:`tritoncorr.evals.resume`); ``overwrite`` starts it again."""
@@ -696,7 +772,7 @@ def eval_davis_cli(
                 _fail("--results needs the ground truth: pass --root (no DAVIS found under $TRITONCORR_DATA/DAVIS "
                       "or ~/.cache/tritoncorr/DAVIS)")
         try:
-            scores = evaluate_results(root, results, split, resolution, sequences, progress=True)
+            scores = evaluate_results(root, results, split, resolution, sequences, progress=True, workers=workers)
         except DavisFormatError as err:
             _fail(str(err))
         g_path, s_path = scores.write_csvs(results)
@@ -733,10 +809,14 @@ def eval_davis_cli(
     _record_provenance(out, "davis", checkpoint, fmodel, preset, config, None, precision, dev, split=split,
                        resolution=resolution, sequences=sequences, root=str(root), synthetic=synthetic)
 
+    cache = feature_cache_for(cache_features, checkpoint, fmodel, config, None, precision)
+    if cache is not None:
+        console.print(f"feature cache {cache.folder}", soft_wrap=True)
     try:
         scores = _resumable(console, folder, names, lambda: evaluate_features_on_davis(
             features_fn, root=root, out=out, split=split, resolution=resolution, sequences=sequences,
             config=config, device=dev, overlays=overlays, progress=True, color=fmodel.color, folder=folder,
+            feature_cache=cache, workers=workers,
         ))
     except DavisFormatError as err:
         _fail(str(err))
@@ -829,6 +909,16 @@ def _record_provenance(out, benchmark: str, checkpoint, fmodel, preset: str | No
     write_eval_provenance(out, benchmark=benchmark, checkpoint=checkpoint, model=fmodel.description,
                           preset=preset if preset is not None else fmodel.preset, config=config,
                           input_size=input_size, precision=precision, device=device, **settings)
+
+
+def feature_cache_for(folder: Path | None, checkpoint, fmodel, config, input_size, precision: str):
+    """The :class:`~tritoncorr.feature_cache.FeatureCache` under ``folder`` for these weights and settings (None: no cache)."""
+    if folder is None:
+        return None
+    from tritoncorr.feature_cache import FeatureCache, weights_identity
+
+    return FeatureCache(Path(folder), weights_identity(checkpoint, fmodel.description), input_size, config.pad,
+                        config.normalize, fmodel.color, precision)
 
 
 def _catch_format_errors(fn, *errors):

@@ -94,6 +94,7 @@ whole-video ``(T, C, h, w)`` tensor; ``tritoncorr propagate`` (:mod:`tritoncorr.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -285,6 +286,7 @@ def propagate(
     minmax: bool = False,
     image_size: tuple[int, int] | None = None,
     check_unit_norm: bool = True,
+    on_frame: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Propagate first-frame labels through a video.
 
@@ -298,6 +300,7 @@ def propagate(
             prediction to this size before the argmax and re-encodes it (default: the feature grid).
         check_unit_norm: with ``normalize``, raise when the first/last frame's features are not
             unit norm (|norm - 1| > 0.02).
+        on_frame: called with ``t`` after frame ``t`` is propagated (progress).
 
     Returns:
         (T, L, h, w) float32 predictions (soft, before any decoding); frame 0 is ``first_labels``.
@@ -314,6 +317,8 @@ def propagate(
     out[0] = prop.start(feats[0], first_labels)
     for t in range(1, n_frames):
         out[t] = prop.step(feats[t])
+        if on_frame is not None:
+            on_frame(t)
     return out
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform
@@ -42,13 +41,11 @@ __all__ = ["EVAL_SETTINGS", "FILENAME", "collect", "file_sha256", "git_state", "
            "record_run_session", "settings_differences", "write_eval_provenance"]
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file (:func:`tritoncorr.evals.resume.file_sha256` without its ``sha256:`` prefix)."""
+    from tritoncorr.evals.resume import file_sha256 as prefixed
+
+    return prefixed(path).removeprefix("sha256:")
 
 
 def git_state(package_dir: str | Path | None = None) -> dict[str, Any] | None:
