@@ -86,5 +86,40 @@ def test_eval_davis_bench_providers_give_crw_masks():
     assert np.mean([np.mean(a == b) for a, b in zip(slots, crw)]) > 0.9995
     agree = np.mean([np.mean(a == b) for a, b in zip(ours, bf16)])
     assert agree > 0.97, agree
-    (case,) = cases(dev, quick=True)
+    (case,) = cases(dev, quick=False)
+    assert cases(dev, quick=True) == []  # end to end: not part of --quick
     assert case.kernel == "eval_davis" and set(case.providers) == {"tritoncorr", "tritoncorr-bf16", "repeated-slots", "crw"}
+
+
+def test_quick_bench_writes_to_the_user_cache_and_prints_no_profiler_noise(tmp_path, monkeypatch, capfd):
+    from typer.testing import CliRunner
+
+    from tritoncorr.cli import app
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    res = CliRunner().invoke(app, ["bench", "-k", "knn_propagate", "--quick", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    out_csv = tmp_path / "cache" / "tritoncorr" / "bench" / "bench-quick.csv"
+    assert out_csv.is_file() and "knn_propagate" in out_csv.read_text()
+    assert list(work.iterdir()) == []  # nothing in the current folder
+    captured = capfd.readouterr()
+    assert "USDT" not in captured.out + captured.err + res.output
+    res = CliRunner().invoke(app, ["bench", "-k", "knn_propagate", "--quick", "--device", "cpu",
+                                   "--out", str(tmp_path / "mine")])
+    assert res.exit_code == 0 and (tmp_path / "mine" / "bench-quick.csv").is_file()
+
+
+def test_quick_cases_are_training_shapes_fwd_bwd():
+    """--quick keeps shapes of the full rows (tiny shapes measure call overheads and contradict them)."""
+    from tritoncorr.bench import anchor_softmax, local_corr
+
+    dev = torch.device("cpu")
+    for mod in (local_corr, anchor_softmax):
+        full = {(c.kernel, c.shape) for c in mod.cases(dev, quick=False)}
+        quick = mod.cases(dev, quick=True)
+        assert quick and all(c.mode == "fwd+bwd" for c in quick)
+        assert {(c.kernel, c.shape) for c in quick} <= full
+        assert all("compiled" not in c.providers for c in quick)

@@ -496,7 +496,7 @@ def test_bench_cases_quick_cpu():
     from tritoncorr.bench import local_corr as bench
     from tritoncorr.bench.core import SkipProvider
 
-    cases = bench.cases(torch.device("cpu"), quick=True)
+    cases = bench.cases(torch.device("cpu"), quick=False, tiny=True)
     assert {c.mode for c in cases} == {"fwd", "bwd", "fwd+bwd"}
     assert {c.kernel for c in cases} == {"local_attention", "local_correlation"}
     for case in cases:

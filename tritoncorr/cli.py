@@ -329,15 +329,20 @@ def bench(
     aot: Annotated[bool, typer.Option("--aot", help="Print the ahead-of-time compile report (sm_80, sm_90).")] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to PATH.")] = None,
     csv_path: Annotated[
-        Optional[Path], typer.Option("--csv", help="Append the timing rows to this CSV (default benchmarks/results/bench.csv).")
+        Optional[Path], typer.Option("--csv", help="Append the timing rows to this CSV (default: OUT/bench.csv, "
+                                     "OUT/bench-quick.csv with --quick).")
     ] = None,
-    quick: Annotated[bool, typer.Option(help="Fewer shapes and repetitions (a smoke run).")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Results folder (default: ~/.cache/tritoncorr/bench, or "
+                                                "$XDG_CACHE_HOME/tritoncorr/bench).")] = None,
+    quick: Annotated[bool, typer.Option(help="One training shape per kernel family, fwd+bwd rows, no torch.compile "
+                                        "and no end-to-end case: the full rows' ratios in about a minute.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
 ) -> None:
     """Benchmark the kernels against their PyTorch references (time, peak memory, roofline)."""
     from tritoncorr.bench.cli import bench_cli
 
-    bench_cli(kernels=kernels or [], aot=aot, json_path=json_path, csv_path=csv_path, quick=quick, device=device)
+    bench_cli(kernels=kernels or [], aot=aot, json_path=json_path, csv_path=csv_path, quick=quick, device=device,
+              out=out)
 
 
 @app.command()

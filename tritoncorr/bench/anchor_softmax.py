@@ -1,11 +1,11 @@
 """Benchmark cases of the anchor-softmax family (DUL L_ST): fused NLL forward/backward and the group argmax.
 
 Shapes: DUL default P = B*T*h*w = 16*5*32*32 = 81,920 rows, A = 16*8*8 = 1,024 anchors, K = 128;
-and P = 16*5*64*64 = 327,680 (64x64 feature maps). ``quick`` uses P = 16*5*8*8 = 5,120.
+and P = 16*5*64*64 = 327,680 (64x64 feature maps). ``quick``: the first shape only.
 ``anchor_lse`` at LIIR's inter-video bank shape (one call per sample, as ``points_bank_lse`` makes
 it): P = 64*64 = 4,096 stride-4 pixels of a 256 x 256 frame, A = 1,440 frames x 4 points = 5,760
 bank points (all of other videos), K = 64, tau 1, gradient to the features only (the bank is
-detached). ``quick``: P = 1,024, A = 1,440.
+detached). ``quick``: fwd+bwd rows only, no argmax, no ``compiled`` provider.
 
 Providers:
   ``triton``   the fused Triton ops (CUDA only),
@@ -168,11 +168,25 @@ def _argmax_factory(provider: str, P: int, A: int, K: int, dtype: torch.dtype, d
     return factory
 
 
-def cases(device: torch.device, quick: bool) -> list[BenchCase]:
-    """Benchmark cases of the anchor-softmax kernels on ``device`` (see the module docstring)."""
+def cases(device: torch.device, quick: bool, *, tiny: bool = False) -> list[BenchCase]:
+    """Benchmark cases of the anchor-softmax kernels on ``device`` (see the module docstring).
+
+    ``tiny``: small shapes (P 5,120 and a 1,024 x 1,440 bank), every case and mode (not a benchmark: the
+    tests check that the providers agree).
+    """
     A, K = 1024, 128
-    shapes = [("B16xT5x8x8", 16 * 5 * 8 * 8)] if quick else [("B16xT5x32x32", 16 * 5 * 32 * 32),
-                                                               ("B16xT5x64x64", 16 * 5 * 64 * 64)]
+    if tiny:
+        return _cases(device, [("B16xT5x8x8", 16 * 5 * 8 * 8)], (1024, 1440, 64), quick=False, A=A, K=K)
+    # quick: DUL's training shape and LIIR's bank, fwd+bwd only, without torch.compile (its compile time
+    # alone exceeds the quick budget): the same ratios as the full rows
+    shapes = [("B16xT5x32x32", 16 * 5 * 32 * 32)] if quick else [("B16xT5x32x32", 16 * 5 * 32 * 32),
+                                                                   ("B16xT5x64x64", 16 * 5 * 64 * 64)]
+    return _cases(device, shapes, (4096, 1440 * 4, 64), quick=quick, A=A, K=K)
+
+
+def _cases(device: torch.device, shapes, bank: tuple[int, int, int], *, quick: bool, A: int, K: int) -> list[BenchCase]:
+    """The cases for the DUL ``shapes`` ((name, P) with A anchors of K dims) and LIIR's ``bank`` (P, A, K)."""
+    skip = {"compiled"} if quick else set()
     dtypes = [torch.float32] if device.type == "cpu" else [torch.float32, torch.bfloat16]
     out: list[BenchCase] = []
     for dtype in dtypes:
@@ -187,24 +201,30 @@ def cases(device: torch.device, quick: bool) -> list[BenchCase]:
                 ("bwd", 4.0 * P * A * K, io_bwd),
                 ("fwd+bwd", 6.0 * P * A * K, io_fwd + io_bwd),
             ):
+                if quick and mode != "fwd+bwd":
+                    continue
                 providers = {
                     name: _nll_factory(build, name in ("eager", "compiled"), P, A, K, dtype, device, mode)
-                    for name, build in _loss_fns(device).items()
+                    for name, build in _loss_fns(device).items() if name not in skip
                 }
                 out.append(BenchCase("anchor_nll", shape, mode, providers, flops=flops, bytes=nbytes))
+            if quick:
+                continue
             out.append(BenchCase(
                 "anchor_argmax", shape, "fwd",
                 {p: _argmax_factory(p, P, A, K, dtype, device) for p in ("triton", "eager", "compiled", "torch")},
                 flops=2.0 * P * A * K, bytes=(P * K + A * K) * elt + 3 * P * 8 + A * 8,
             ))
         # LIIR's inter-video bank (anchor_lse), see the module docstring
-        P, A_bank, K_bank = (1024, 1440, 64) if quick else (4096, 1440 * 4, 64)
+        P, A_bank, K_bank = bank
         shape = f"LIIR bank P={P} A={A_bank} K={K_bank} {dname}"
         for mode, flops in (("fwd", 2.0 * P * A_bank * K_bank), ("bwd", 2.0 * P * A_bank * K_bank * 2),
                             ("fwd+bwd", 2.0 * P * A_bank * K_bank * 3)):
+            if quick and mode != "fwd+bwd":
+                continue
             providers = {
                 name: _lse_factory(build, name in ("eager", "compiled"), P, A_bank, K_bank, 1.0, dtype, device, mode)
-                for name, build in _lse_fns(device).items()
+                for name, build in _lse_fns(device).items() if name not in skip
             }
             out.append(BenchCase("anchor_lse", shape, mode, providers, flops=flops,
                                  bytes=(P * K_bank + A_bank * K_bank) * elt * (1 if mode == "fwd" else 2) + P * 8))

@@ -11,7 +11,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-DEFAULT_CSV = Path("benchmarks/results/bench.csv")
+
+
+def default_out() -> Path:
+    """Where results go unless ``--out`` says: ``$XDG_CACHE_HOME/tritoncorr/bench`` (``~/.cache/...``),
+    never the current folder or the package's."""
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "tritoncorr" / "bench"
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -88,7 +95,8 @@ def _aot_status(rec) -> str:
     return "[green]ok[/green]" if _uses_tensor_cores(rec) else "[yellow]no tensor cores[/yellow]"
 
 
-def bench_cli(*, kernels: list[str], aot: bool, json_path: Path | None, csv_path: Path | None, quick: bool, device: str) -> None:
+def bench_cli(*, kernels: list[str], aot: bool, json_path: Path | None, csv_path: Path | None, quick: bool, device: str,
+              out: Path | None = None) -> None:
     console = Console()
     if aot:
         aot_cli(json_path, console)
@@ -133,7 +141,7 @@ def bench_cli(*, kernels: list[str], aot: bool, json_path: Path | None, csv_path
         table.add_row(r.kernel, r.shape, r.mode, r.provider, _fmt(r.p50_ms), _fmt(r.p20_ms), _fmt(r.p80_ms), _fmt(r.peak_mb), _fmt(r.tflops), _fmt(r.gbps), _fmt(r.roofline_pct), r.note)
     console.print(table)
     _print_ratios(results, console)
-    csv_path = csv_path or DEFAULT_CSV
+    csv_path = csv_path or (out or default_out()) / ("bench-quick.csv" if quick else "bench.csv")
     append_csv(csv_path, results)
     console.print(f"appended {len(results)} rows to {csv_path}")
     if json_path is not None:

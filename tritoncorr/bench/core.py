@@ -12,9 +12,12 @@ one provider does not include another's buffers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -86,6 +89,28 @@ def run_for_mode(fn: Callable[[], torch.Tensor], inputs: list[torch.Tensor], mod
     return run
 
 
+@contextlib.contextmanager
+def _quiet_native_output():
+    """Send the process's native stdout/stderr (file descriptors 1 and 2) to /dev/null: the profiler's
+    C++ side prints lines such as ``USDT: ... profiler_start`` on every start. Python's own streams
+    are flushed first; an exception still propagates."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
 def _cpu_peak_bytes(fn: Callable[[], Any]) -> int:
     """Peak bytes allocated through torch's CPU allocator during one call of ``fn``.
 
@@ -95,7 +120,7 @@ def _cpu_peak_bytes(fn: Callable[[], Any]) -> int:
     """
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_native_output(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         result = fn()
         del result
     events = [

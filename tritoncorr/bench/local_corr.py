@@ -5,7 +5,8 @@ Shapes (CUDA: batch 64 frames; CPU: a small batch, named in the shape label, so 
   STT res4   32x32, r=6 (169 cells), C=1024 (R50), D=1, truncated border, scale 1/sqrt(C);
   MAST/LIIR  64x64, r=6 (169 cells), C=64, D=1 and D=3, zero border, scale 1;
   local_correlation at STT res4 (the entropy branch's zero-padded 13x13 correlation), C=1024.
-``quick``: one small shape (MAST-like 24x24, r=3, C=16, D=3; batch 2 on CUDA, 1 on CPU).
+``quick``: two of the training shapes (STT res4 C1024 and MAST C64 D1), fwd+bwd only (tiny shapes would
+measure call overheads and contradict the full rows).
 
 Providers:
   ``triton``  the fused Triton ops (CUDA only; SkipProvider elsewhere),
@@ -105,13 +106,23 @@ def _corr_factory(provider: str, B, C, H, W, radius, dtype, device, mode):
     return factory
 
 
-def cases(device: torch.device, quick: bool) -> list[BenchCase]:
-    """Benchmark cases of local attention / local correlation on ``device`` (see the module docstring)."""
+def cases(device: torch.device, quick: bool, *, tiny: bool = False) -> list[BenchCase]:
+    """Benchmark cases of local attention / local correlation on ``device`` (see the module docstring).
+
+    ``tiny``: one tiny shape per op, every mode (not a benchmark: the tests check that the providers agree).
+    """
     cuda = device.type == "cuda"
     # (label, B_cuda, B_cpu, C, D, H, W, radius, border, scale)
-    if quick:
-        attn_shapes = [("quick 24x24 r3 C16 D3 zero", 2, 1, 16, 3, 24, 24, 3, "zero", 1.0)]
-        corr_shapes = [("quick 24x24 r3 C16", 2, 1, 16, 24, 24, 3)]
+    if tiny:
+        attn_shapes = [("tiny 24x24 r3 C16 D3 zero", 2, 1, 16, 3, 24, 24, 3, "zero", 1.0)]
+        corr_shapes = [("tiny 24x24 r3 C16", 2, 1, 16, 24, 24, 3)]
+        quick = False
+    elif quick:  # two of the training shapes below, fwd+bwd only: the same ratios as the full rows, in seconds
+        attn_shapes = [
+            ("STT res4 32x32 r6 C1024", 64, 2, 1024, 1, 32, 32, 6, "truncate", 1 / math.sqrt(1024)),
+            ("MAST 64x64 r6 C64 D1", 64, 4, 64, 1, 64, 64, 6, "zero", 1.0),
+        ]
+        corr_shapes = []
     else:
         attn_shapes = [
             ("STT res3 64x64 r12 C128", 64, 2, 128, 1, 64, 64, 12, "truncate", 1 / math.sqrt(128)),
@@ -137,6 +148,8 @@ def cases(device: torch.device, quick: bool) -> list[BenchCase]:
                 ("bwd", n * (8 * C + 6 * D), io_bwd),
                 ("fwd+bwd", n * (10 * C + 8 * D), io_fwd + io_bwd),
             ):
+                if quick and mode != "fwd+bwd":
+                    continue
                 providers = {
                     name: _attn_factory(name, build, B, C, D, H, W, r, scale, border, dtype, device, mode)
                     for name, build in _attention_fns(device).items()
@@ -151,6 +164,8 @@ def cases(device: torch.device, quick: bool) -> list[BenchCase]:
                 ("bwd", 4 * n * C, B * H * W * 4 * C * elt + 2 * n * elt),
                 ("fwd+bwd", 6 * n * C, B * H * W * 6 * C * elt + 3 * n * elt),
             ):
+                if quick and mode != "fwd+bwd":
+                    continue
                 providers = {p: _corr_factory(p, B, C, H, W, r, dtype, device, mode) for p in ("triton", "torch", "unfold")}
                 out.append(BenchCase("local_correlation", shape, mode, providers, flops=float(flops), bytes=float(nbytes)))
     return out
