@@ -121,8 +121,8 @@ def eval_davis(
 def eval_sweep(
     root: Annotated[Optional[Path], typer.Option(help="DAVIS-2017 root. Default: $TRITONCORR_DATA/DAVIS or "
                                                  "~/.cache/tritoncorr/DAVIS.")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Weights (as for eval davis). Default: random init.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random-init backbone (no --checkpoint).")] = 0,
+    checkpoint: CheckpointOption = None,
+    seed: SeedOption = 0,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (sweep-<split>.csv). Default: eval-sweep/<split>.")] = None,
     split: Annotated[str, typer.Option(help="ImageSets/2017/<split>.txt")] = "val",
     resolution: Annotated[str, typer.Option(help="480p or Full-Resolution")] = "480p",
