@@ -73,20 +73,24 @@ NUM_WARPS = 8
 
 
 @triton.jit
-def _tile_origin(pid, H, W, dil, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
-    """Top-left pixel ``(y0, x0)`` of program ``pid``'s tile on its dilation sub-lattice.
+def _tile(pid, H, W, dil, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+    """Program ``pid``'s tile: origin ``(y0, x0)``, each row's place ``(iy, ix)`` in the tile, its pixel
+    ``(y, x)`` and whether that pixel is in the image.
 
     Programs run over ``dil * dil`` sub-lattices, each cut into ``n_ty x n_tx`` tiles of lattice pixels
-    (the count of the largest sub-lattice; tiles past a smaller one's edge hold no pixel)."""
+    (the count of the largest sub-lattice; tiles past a smaller one's edge hold no pixel); tile place
+    ``(iy, ix)`` is pixel ``(y0 + iy * dil, x0 + ix * dil)``."""
     n_ty = tl.cdiv(tl.cdiv(H, dil), TILE_H)
     n_tx = tl.cdiv(tl.cdiv(W, dil), TILE_W)
-    tx = pid % n_tx
-    t = pid // n_tx
-    ty = t % n_ty
-    phase = t // n_ty
-    y0 = phase // dil + ty * TILE_H * dil
-    x0 = phase % dil + tx * TILE_W * dil
-    return y0, x0
+    phase = pid // (n_tx * n_ty)
+    y0 = phase // dil + (pid // n_tx) % n_ty * TILE_H * dil
+    x0 = phase % dil + pid % n_tx * TILE_W * dil
+    m = tl.arange(0, TILE_H * TILE_W)
+    iy = m // TILE_W
+    ix = m % TILE_W
+    y = y0 + iy * dil
+    x = x0 + ix * dil
+    return y0, x0, iy, ix, y, x, (y < H) & (x < W)
 
 
 @triton.jit
@@ -147,13 +151,7 @@ def _corr_fwd_kernel(
     """out[b, n(q, k), q] = <q, k> for every query pixel q of the tile and key k of its window."""
     BLOCK_M: tl.constexpr = TILE_H * TILE_W
     b = tl.program_id(1).to(tl.int64)
-    y0, x0 = _tile_origin(tl.program_id(0), H, W, dil, TILE_H, TILE_W)
-    m = tl.arange(0, BLOCK_M)
-    iy = m // TILE_W
-    ix = m % TILE_W
-    qy = y0 + iy * dil
-    qx = x0 + ix * dil
-    q_ok = (qy < H) & (qx < W)
+    y0, x0, iy, ix, qy, qx, q_ok = _tile(tl.program_id(0), H, W, dil, TILE_H, TILE_W)
     P = 2 * radius + 1
     RN = (TILE_H + 2 * radius) * (TILE_W + 2 * radius)
     for n0 in range(0, RN, BLOCK_N):
@@ -181,13 +179,7 @@ def _corr_bwd_kernel(
     ``G[i, j]`` is the incoming gradient of the (query i, key j) cell, 0 outside the window."""
     BLOCK_M: tl.constexpr = TILE_H * TILE_W
     b = tl.program_id(1).to(tl.int64)
-    y0, x0 = _tile_origin(tl.program_id(0), H, W, dil, TILE_H, TILE_W)
-    m = tl.arange(0, BLOCK_M)
-    iy = m // TILE_W
-    ix = m % TILE_W
-    ty = y0 + iy * dil
-    tx = x0 + ix * dil
-    t_ok = (ty < H) & (tx < W)
+    y0, x0, iy, ix, ty, tx, t_ok = _tile(tl.program_id(0), H, W, dil, TILE_H, TILE_W)
     co = tl.program_id(2) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     co_ok = co < C
     P = 2 * radius + 1
@@ -229,13 +221,7 @@ def _attn_fwd_kernel(
 ):
     BLOCK_M: tl.constexpr = TILE_H * TILE_W
     b = tl.program_id(1).to(tl.int64)
-    y0, x0 = _tile_origin(tl.program_id(0), H, W, 1, TILE_H, TILE_W)
-    m = tl.arange(0, BLOCK_M)
-    iy = m // TILE_W
-    ix = m % TILE_W
-    qy = y0 + iy
-    qx = x0 + ix
-    q_ok = (qy < H) & (qx < W)
+    y0, x0, iy, ix, qy, qx, q_ok = _tile(tl.program_id(0), H, W, 1, TILE_H, TILE_W)
     dd = tl.arange(0, BLOCK_D)
     d_ok = dd < D
     scale2 = tl.cast(scale, tl.float32) * LOG2E  # logits in log2 units
@@ -289,13 +275,7 @@ def _attn_bwd_dq_kernel(
     dV are then the correlation backward's products of those volumes (see :func:`launch_attn_bwd`)."""
     BLOCK_M: tl.constexpr = TILE_H * TILE_W
     b = tl.program_id(1).to(tl.int64)
-    y0, x0 = _tile_origin(tl.program_id(0), H, W, 1, TILE_H, TILE_W)
-    m = tl.arange(0, BLOCK_M)
-    iy = m // TILE_W
-    ix = m % TILE_W
-    qy = y0 + iy
-    qx = x0 + ix
-    q_ok = (qy < H) & (qx < W)
+    y0, x0, iy, ix, qy, qx, q_ok = _tile(tl.program_id(0), H, W, 1, TILE_H, TILE_W)
     co = tl.program_id(2) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     co_ok = co < C
     dd = tl.arange(0, BLOCK_D)
@@ -358,13 +338,7 @@ def _attn_bwd_dkdv_kernel(
     program's output-channel block; dV written by the programs of block 0 only."""
     BLOCK_M: tl.constexpr = TILE_H * TILE_W
     b = tl.program_id(1).to(tl.int64)
-    y0, x0 = _tile_origin(tl.program_id(0), H, W, 1, TILE_H, TILE_W)
-    m = tl.arange(0, BLOCK_M)
-    iy = m // TILE_W
-    ix = m % TILE_W
-    ky = y0 + iy
-    kx = x0 + ix
-    k_ok = (ky < H) & (kx < W)
+    y0, x0, iy, ix, ky, kx, k_ok = _tile(tl.program_id(0), H, W, 1, TILE_H, TILE_W)
     pid_c = tl.program_id(2)
     co = pid_c * BLOCK_CO + tl.arange(0, BLOCK_CO)
     co_ok = co < C
