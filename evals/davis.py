@@ -83,8 +83,9 @@ def write_palette_png(path: str | Path, ids: np.ndarray) -> Path:
 
 # Decompression bombs: a small file can declare a huge image. PIL's own limit (a warning above it, an
 # error above twice it) is set here deliberately, and every reader checks the declared size against it
-# before decoding: 64 Mpx (8192 x 8192) is far above any benchmark frame (DAVIS Full-Resolution: 8.3 Mpx).
-MAX_IMAGE_PIXELS = 8192 * 8192
+# before decoding: 36 Mpx is far above any benchmark frame (DAVIS Full-Resolution: 8.3 Mpx), and bounds
+# the work a few hundred bytes can cause (the fuzzing found a 300-byte PNG decoding to 60 Mpx).
+MAX_IMAGE_PIXELS = 6144 * 6144  # 36 Mpx: 8K UHD (7680 x 4320) fits
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 

@@ -113,7 +113,11 @@ def _matrix(body: bytes, bo: str, path) -> tuple[str, np.ndarray | None]:
     t, dims_b, pos = _element(body, pos, bo, path)
     if t != 5:
         raise JhmdbFormatError(f"{path}: malformed MAT-file (array dimensions)")
+    if len(dims_b) % 4:
+        raise JhmdbFormatError(f"{path}: malformed MAT-file (array dimensions of {len(dims_b)} bytes)")
     dims = tuple(int(d) for d in np.frombuffer(dims_b, dtype=bo + "i4"))
+    if any(d < 0 for d in dims):
+        raise JhmdbFormatError(f"{path}: malformed MAT-file (negative dimensions {dims})")
     t, name_b, pos = _element(body, pos, bo, path)
     name = name_b.decode("latin-1")
     if cls not in _MX_DTYPES:
@@ -167,7 +171,12 @@ def read_mat(path: str | Path) -> dict[str, np.ndarray]:
                                        f"{MAX_MAT_ELEMENT_BYTES} bytes (a zip bomb?)")
             mtype, body, _ = _element(body, 0, bo, path)
         if mtype == _MI_MATRIX and body:
-            name, arr = _matrix(body, bo, path)
+            try:
+                name, arr = _matrix(body, bo, path)
+            except JhmdbFormatError:
+                raise
+            except (ValueError, TypeError, struct.error) as err:  # sizes that do not fit the data or dtype
+                raise JhmdbFormatError(f"{path}: malformed MAT-file variable ({type(err).__name__}: {err})") from err
             if arr is not None:
                 out[name] = arr
     return out
@@ -208,6 +217,8 @@ def read_joints(path: str | Path) -> np.ndarray:
     mat = read_mat(path)
     if "pos_img" not in mat:
         raise JhmdbFormatError(f"{path}: no 'pos_img' variable (found {sorted(mat)})")
+    if np.iscomplexobj(mat["pos_img"]):
+        raise JhmdbFormatError(f"{path}: 'pos_img' is complex, expected real pixel coordinates")
     pos = np.asarray(mat["pos_img"], dtype=np.float64)
     if pos.ndim == 2:
         pos = pos[..., None]

@@ -262,8 +262,8 @@ def test_bomb_is_refused_from_its_declared_size_before_decoding(tmp_path):
     path.write_bytes(png_declaring(60000, 60000, 0, idat=b"\x00" * 1000))
     with pytest.raises(DavisFormatError, match=r"bomb.png: DecompressionBombError: Image size \(3600000000 pixels\)"):
         read_index_png(path)  # PIL refuses it while opening (over twice its limit)
-    path.write_bytes(png_declaring(9000, 9000, 0, idat=b"\x00" * 1000))
-    with pytest.warns(Image.DecompressionBombWarning), pytest.raises(DavisFormatError, match="declares 9000x9000 pix"):
+    path.write_bytes(png_declaring(7000, 7000, 0, idat=b"\x00" * 1000))
+    with pytest.warns(Image.DecompressionBombWarning), pytest.raises(DavisFormatError, match="declares 7000x7000 pix"):
         read_index_png(path)  # between the limit and twice it: our check, before decoding
 
 
@@ -806,3 +806,19 @@ def test_a_listed_name_that_leaves_the_dataset_root_is_refused(tmp_path, name):
     (vip / "lists" / "val_videos.txt").write_text(name + "\n")
     with pytest.raises(VipFormatError, match=f"val_videos.txt lists {name!r}, which is not a folder name"):
         VipDataset(vip)
+
+
+def test_mat_variables_whose_sizes_do_not_fit_their_data_are_format_errors(tmp_path):
+    """Found by the fuzzing: dimensions of 6 bytes / data of 7 bytes raised numpy's ValueError."""
+    from tritoncorr.evals.jhmdb import JhmdbFormatError, read_joints
+
+    good = _mat_seed(False, 2, 0)
+    path = tmp_path / "joint_positions.mat"
+    # the first variable's dimensions element: type 5 (miINT32), 12 bytes (3 dims) -> 6 bytes
+    at = good.index(struct.pack("<II", 5, 12))
+    path.write_bytes(good[:at] + struct.pack("<II", 5, 6) + good[at + 8:])
+    with pytest.raises(JhmdbFormatError, match="joint_positions.mat: malformed MAT-file"):
+        read_joints(path)
+    path.write_bytes(good[:at + 8] + struct.pack("<i", -2) + good[at + 12:])  # a negative dimension
+    with pytest.raises(JhmdbFormatError, match="joint_positions.mat: malformed MAT-file"):
+        read_joints(path)
