@@ -591,9 +591,9 @@ def set_values(overrides):
         cfg.validate()
         cfg.data.validate()
 
+    keys = [t.partition("=")[0].strip() for t in texts]  # the option as parse_override reads it
     check("--set values: apply_overrides + validate", run, (ConfigError, ValueError),
-          [k for k, _ in overrides] + [k.split(".")[-1] for k, _ in overrides] + ["override", "invalid run config",
-                                                                                     "DataConfig."])
+          keys + [k.split(".")[-1] for k in keys] + ["override", "invalid run config", "DataConfig."])
 
 
 test_set_values, test_set_values_fuzz = set_values
