@@ -196,7 +196,8 @@ PRESETS: dict[str, PropagationConfig] = {
                               upsample_align_corners=False, pad=1),
     # The protocol-neutral preset: DUL's kNN protocol for any method (radius rescaled to the model's stride
     # by task_preset, frames padded to a multiple of the stride).
-    "common": PropagationConfig(context=20, radius=12, topk=10, temperature=0.05, window="disc", unrestricted_first=True),
+    "common": PropagationConfig(context=20, radius=12, topk=10, temperature=0.05, window="disc", unrestricted_first=True,
+                                pad=8),
 }
 
 #: The feature stride each preset's ``radius`` (in feature cells) was written for; ``task_preset(...,
@@ -678,8 +679,8 @@ def task_preset(preset: str, task: str, stride: int | None = None) -> TaskPreset
     if stride is not None and int(stride) != PRESET_STRIDES[preset]:
         cfg = dataclasses.replace(cfg, radius=window_radius(preset, stride, cfg.radius))
         source += f"; radius {cfg.radius} cells at stride {int(stride)} (the preset's window in pixels)"
-    if preset == "common":
-        cfg = dataclasses.replace(cfg, pad=PRESET_STRIDES[preset] if stride is None else int(stride))
+    if preset == "common" and stride is not None:
+        cfg = dataclasses.replace(cfg, pad=int(stride))
     return TaskPreset(cfg, _TASK_SIZES[task], source)
 
 
