@@ -63,8 +63,9 @@ BLOCK_CO = 64
 #: Widest features the attention backward handles with score recomputation per output-channel block;
 #: wider ones go through dS / P window volumes (see :func:`launch_attn_bwd`).
 FUSED_MAX_C = 2 * BLOCK_CO
-#: Warps per program: two warpgroups (the wgmma M-tile of 64 rows, N split over the two).
-NUM_WARPS = 8
+#: Warps per program: two warpgroups (the wgmma M-tile of 64 rows, N split over the two); one for
+#: narrow features (C <= 32), where ptxas caps 8-warp programs at 128 registers and the backward spilled.
+NUM_WARPS, NUM_WARPS_NARROW = 8, 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +404,7 @@ def launch_config(C: int, D: int, dtype: torch.dtype, *, interpret: bool | None 
         "BLOCK_CO": max(16, min(BLOCK_CO, next_power_of_2(C))),
         "BLOCK_D": block_d,
         "UPCAST": interpret and upcast_bf16_dot(dtype),
-        "num_warps": NUM_WARPS,
+        "num_warps": NUM_WARPS_NARROW if C <= 32 else NUM_WARPS,
         "num_stages": 1 if interpret else 2,
     }
 
