@@ -9,6 +9,7 @@ Each command only parses its options and hands them to the module that does the 
 * ``tritoncorr eval compare`` -> :func:`tritoncorr.compare.compare_cli`
 * ``tritoncorr train``       -> :func:`tritoncorr.engine.cli.train_cli`
 * ``tritoncorr bench``       -> :func:`tritoncorr.bench.cli.bench_cli`
+* ``tritoncorr weights list|download|verify`` -> :mod:`tritoncorr.weights`
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ WorkersOption = Annotated[int, typer.Option(min=0, help="Score sequences in this
 eval_app = typer.Typer(help="Evaluate on a benchmark (DAVIS-2017 J&F, JHMDB PCK, VIP mIoU, YouTube-VOS export) and "
                        "compare evaluations.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+weights_app = typer.Typer(help="Published checkpoints by name: list, download (into $TRITONCORR_CACHE, default "
+                          "~/.cache/tritoncorr), verify.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
 
 
 def _version(value: bool) -> None:
@@ -74,9 +78,10 @@ def eval_davis(
                      "running propagation. The two CSVs are written into this folder."),
     ] = None,
     checkpoint: Annotated[
-        Optional[Path], typer.Option(help="Weights: a training run's model.safetensors / init.safetensors (the method, "
-                                     "its features and its preset are read from it), a run folder, or a plain "
-                                     "ResNet-18 backbone .safetensors. Default: random init (seeded).")
+        Optional[str], typer.Option(help="Weights: a training run's model.safetensors / init.safetensors (the method, "
+                                    "its features and its preset are read from it), a run folder, a plain "
+                                    "ResNet-18 backbone .safetensors, a published name (tritoncorr weights list), "
+                                    "an https:// URL or hf://OWNER/REPO/PATH. Default: random init (seeded).")
     ] = None,
     seed: Annotated[
         int, typer.Option(help="Seed of the random-init backbone (no --checkpoint). A training run's initial "
@@ -183,12 +188,13 @@ _PRESET_HELP = ("Propagation preset (dul, crw, stt, liir, mast, or common: DUL's
                 "window in pixels at any stride). Default: the checkpoint's method preset (dul for plain "
                 "backbones and random init), with its settings for this benchmark.")
 _CKPT_HELP = ("Weights: a training run's model.safetensors / init.safetensors (method, features and preset are read from "
-              "it), a run folder, or a plain ResNet-18 backbone .safetensors. Default: random init (seeded).")
+              "it), a run folder, a plain ResNet-18 backbone .safetensors, a published name (tritoncorr weights list), "
+              "an https:// URL or hf://OWNER/REPO/PATH. Default: random init (seeded).")
 _SIZE_HELP = "Network input side: frames resized to SIZE x SIZE (0 = native). Default: the task preset's."
 
 
 # options shared by the eval jhmdb / vip / ytvos commands
-CheckpointOption = Annotated[Optional[Path], typer.Option(help=_CKPT_HELP)]
+CheckpointOption = Annotated[Optional[str], typer.Option(help=_CKPT_HELP)]
 SeedOption = Annotated[int, typer.Option(help="Seed of the random-init backbone (no --checkpoint).")]
 PresetOption = Annotated[Optional[str], typer.Option(help=_PRESET_HELP)]
 ContextOption = Annotated[Optional[int], typer.Option(help="Previous frames in the context (preset: 20).")]
@@ -343,6 +349,34 @@ def bench(
 
     bench_cli(kernels=kernels or [], aot=aot, json_path=json_path, csv_path=csv_path, quick=quick, device=device,
               out=out)
+
+
+@weights_app.command("list")
+def weights_list() -> None:
+    """The registry: name, method, the authors' DAVIS-2017 J&F, licence, whether it is cached, where it comes from."""
+    from tritoncorr.weights import weights_list_cli
+
+    weights_list_cli()
+
+
+@weights_app.command("download")
+def weights_download(
+    names: Annotated[list[str], typer.Argument(help="Registered names, https:// URLs or hf://OWNER/REPO/PATH.")],
+) -> None:
+    """Download (resumable, SHA-256 recorded and verified) and convert once; print the cached path."""
+    from tritoncorr.weights import weights_download_cli
+
+    weights_download_cli(list(names))
+
+
+@weights_app.command("verify")
+def weights_verify(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Registered names (default: every cached one).")] = None,
+) -> None:
+    """Re-hash cached checkpoints against the SHA-256 recorded at download (and the authors' MD5 where published)."""
+    from tritoncorr.weights import weights_verify_cli
+
+    weights_verify_cli(list(names or []))
 
 
 @app.command()

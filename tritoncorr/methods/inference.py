@@ -139,7 +139,8 @@ def load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
 
 def _load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
                         device: torch.device | str = "cpu", precision: str = "fp32") -> FeatureModel:
-    """Load ``checkpoint`` (a ``.safetensors`` file or a run / checkpoint folder) for inference.
+    """Load ``checkpoint`` (a ``.safetensors`` file, a run / checkpoint folder, a published name, an
+    ``https://`` URL or ``hf://OWNER/REPO/PATH``: :func:`tritoncorr.weights.resolve_checkpoint`) for inference.
 
     ``precision``: ``"fp32"`` (the protocol of the papers) or ``"bf16"`` (the feature extractor under
     bfloat16 autocast, propagation stays float32; J&F 0.787 bf16 vs 0.788 fp32 on bear at random init,
@@ -148,7 +149,8 @@ def _load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
     Raises:
         FileNotFoundError: no weights at ``checkpoint``.
         ValueError: unreadable file, a method that cannot be rebuilt, or weights that do not fit it
-            (the message names the file).
+            (the message names the file); :class:`tritoncorr.weights.WeightsError` (a ``ValueError``):
+            an unknown name, a failed download or a hash mismatch.
     """
     device = torch.device(device)
     if precision not in PRECISIONS:
@@ -158,8 +160,9 @@ def _load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
         return _backbone_model(_plain_backbone(seed), device,
                                f"ResNet-18 stride 8 (DUL/CRW), layer4, random init (seed {seed}){note}", precision)
     from tritoncorr.engine.checkpoint import resolve_weights_path
+    from tritoncorr.weights import resolve_checkpoint
 
-    path = resolve_weights_path(Path(checkpoint))
+    path = resolve_weights_path(resolve_checkpoint(checkpoint))
     meta = read_metadata(path)
     if "tritoncorr.method_config" not in meta:
         from tritoncorr.models.loading import load_backbone_weights
