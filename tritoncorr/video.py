@@ -11,17 +11,10 @@
   window, not by the number of frames.
 
 Masks. The first mask belongs to frame 0. Later masks (``--mask 120:later.png``) restart the objects
-they contain from that frame on and add new ones: at that frame the output is the prediction with
-the re-annotated ids removed and the new mask pasted over it (exactly the given mask where it has
-objects); the merged frame becomes a new anchor whose references (the preset's policy counted from
-it) predict its objects from then on, while the other objects keep their earlier anchor (DUL's
-YouTube-VOS scheme). Object ids are remapped to consecutive label channels internally and back on
-output, so any ids 1..254 work.
-
-Resolution. ``short_side`` (default 480, as DAVIS) downscales frames whose shorter side is larger
-(never upscales; 0 = native). Features and propagation run at that working size; masks are written
-at the video's own size (soft labels bilinearly upsampled, then argmax). A mask must have the
-video's size; one with the same aspect ratio but another scale is resized (nearest) with a warning.
+they contain from that frame on and add new ones: :func:`tritoncorr.predictor.track_objects`, the one
+mechanism for objects added mid-video (also behind :class:`tritoncorr.VideoPredictor` and the
+YouTube-VOS export), with the working resolution rule (``short_side``). A mask must have the video's
+size; one with the same aspect ratio but another scale is resized (nearest) with a warning.
 """
 
 from __future__ import annotations
@@ -37,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 __all__ = [
@@ -394,88 +386,57 @@ def propagate_video(
         :class:`PropagationResult`.
     """
     from tritoncorr.evals.davis import write_palette_png
-    from tritoncorr.evaluate import frame_features, frame_to_tensor
-    from tritoncorr.propagation import channel_argmax, decode_labels, encode_labels
-    from tritoncorr.propagation import StreamingPropagator
+    from tritoncorr.predictor import track_objects
 
     if 0 not in masks:
         raise VideoError("a mask for frame 0 is required")
-    cfg = config
-    device = torch.device(device)
     out = Path(out)
     mask_dir = out / "masks"
     mask_dir.mkdir(parents=True, exist_ok=True)
     H0, W0 = source.size
-    H, W = working_size(source.size, short_side)
-    Hp, Wp = -(-H // cfg.pad) * cfg.pad, -(-W // cfg.pad) * cfg.pad
-    # object ids -> consecutive label channels (and back on output)
     ids_all = sorted({int(i) for m in masks.values() for i in np.unique(m) if i != 0})
-    channel_of = np.zeros(256, np.int64)
-    channel_of[ids_all] = np.arange(1, len(ids_all) + 1)
-    id_of = torch.tensor([0] + ids_all, dtype=torch.uint8, device=device)
-    L = len(ids_all) + 1
-    limit = 64 if cfg.topk is None else 128
-    if L > limit:
-        raise VideoError(f"{L - 1} objects: this preset propagates at most {limit - 1}")
-
-    def work_channels(ids_video: np.ndarray) -> torch.Tensor:
-        small = _resize_ids(ids_video, (H, W))
-        ch = torch.from_numpy(channel_of[small]).to(device)
-        return F.pad(ch, (0, Wp - W, 0, Hp - H)) if (Hp, Wp) != (H, W) else ch
-
-    def to_video_ids(soft: torch.Tensor) -> np.ndarray:
-        up = decode_labels(soft, (Hp, Wp), align_corners=cfg.upsample_align_corners, minmax=cfg.minmax)[:, :H, :W]
-        if (H, W) != (H0, W0):
-            up = F.interpolate(up[None], size=(H0, W0), mode="bilinear", align_corners=False)[0]
-        return id_of[channel_argmax(up)].cpu().numpy()
-
     writer = None
     if overlay:
         from tritoncorr.visualize import OverlayVideoWriter
 
         writer = OverlayVideoWriter(out / overlay_name, source.fps, (H0, W0), alpha=alpha)
-    prop = StreamingPropagator(cfg, image_size=(Hp, Wp))
-    grid = None
+    grid: list[int] = []
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        f = features_fn(x)
+        grid[:] = f.shape[-2:]
+        return f
+
+    class _Frames:
+        """The decoded frames, remembering the one handed out last (the frame being written)."""
+
+        last = None
+
+        def __iter__(self):
+            for k, frame in enumerate(frames):
+                if max_frames is not None and k >= max_frames:
+                    return
+                self.last = frame
+                yield frame
+
     t = -1
     t0 = time.perf_counter()
     frames = source.frames()
+    seen = _Frames()
+    stream = track_objects(iter(seen), masks, features, config, color=color, short_side=short_side, device=device,
+                           start=0)
     try:
-        for t, frame in enumerate(frames):
-            if max_frames is not None and t >= max_frames:
-                t -= 1
-                break
-            f = frame_features(features_fn, frame_to_tensor(resize_frame(frame, (H, W)), device, color),
-                               (Hp, Wp), cfg.normalize)
-            if grid is None:
-                grid = tuple(f.shape[1:])
-            if t == 0:
-                ids_out = masks[0]
-                prop.start(f, encode_labels(work_channels(masks[0]), L, grid, cfg.label_downsample))
-            else:
-                soft = prop.step(f)
-                if t in masks:
-                    new = masks[t]
-                    new_ch = work_channels(new)
-                    restarted = torch.zeros(L, dtype=torch.bool, device=device)
-                    restarted[torch.unique(new_ch)] = True
-                    restarted[0] = False
-                    up = decode_labels(soft, (Hp, Wp), align_corners=cfg.upsample_align_corners, minmax=cfg.minmax)
-                    merged = channel_argmax(up)
-                    merged = torch.where(restarted[merged], torch.zeros_like(merged), merged)
-                    merged = torch.where(new_ch > 0, new_ch, merged)
-                    prop.annotate(encode_labels(merged, L, grid, cfg.label_downsample), restarted)
-                    pred_video = to_video_ids(soft)
-                    restarted_ids = {int(i) for i in np.unique(new) if i}
-                    ids_out = np.where(np.isin(pred_video, list(restarted_ids)), 0, pred_video).astype(np.uint8)
-                    ids_out = np.where(new > 0, new, ids_out).astype(np.uint8)
-                else:
-                    ids_out = to_video_ids(soft)
+        for t, ids in stream:
+            ids_out = ids.astype(np.uint8)
             write_palette_png(mask_dir / f"{source.name(t)}.png", ids_out)
             if writer is not None:
-                writer.write(frame, ids_out)
+                writer.write(seen.last, ids_out)
             if on_frame is not None:
                 on_frame(t)
+    except ValueError as err:
+        raise VideoError(str(err)) from err
     finally:
+        stream.close()
         frames.close()
         if writer is not None:
             writer.close()
@@ -487,7 +448,8 @@ def propagate_video(
         warnings.warn(f"{source.path} declares {source.num_frames} frames but only {n} could be decoded (a cut or "
                       f"damaged file?): the output holds {n} frames", stacklevel=2)
     return PropagationResult(n, time.perf_counter() - t0, mask_dir, writer.path if writer is not None else None,
-                             ids_all, (H0, W0), (H, W), grid, sorted(k for k in masks if k >= n))
+                             ids_all, (H0, W0), working_size(source.size, short_side), tuple(grid),
+                             sorted(k for k in masks if k >= n))
 
 
 # ----------------------------------------------------------------------------------------------
