@@ -343,15 +343,17 @@ def test_cli_propagate(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["propagate", str(video), "--mask", str(tmp_path / "first.png"),
                               "--mask", f"3:{tmp_path / 'later.png'}", "--mask", f"40:{tmp_path / 'later.png'}",
-                              "--out", str(tmp_path / "out"), "--device", "cpu"], env={"COLUMNS": "200"})
+                              "--out", str(tmp_path / "out"), "--device", "cpu", "--random-init"],
+                        env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "RANDOM-INIT" in res.output and "frames/s" in res.output
+    assert "preset 'dul' (the default for random weights)" in res.output and "from the checkpoint" not in res.output
     assert "frame 40 was not used" in res.output
     assert (tmp_path / "out" / "overlay.mp4").is_file() and len(list((tmp_path / "out" / "masks").glob("*.png"))) == 6
     # a mask at half the size is resized with a warning
     res = runner.invoke(app, ["propagate", str(video), "--mask", str(tmp_path / "half.png"), "--out",
-                              str(tmp_path / "out2"), "--device", "cpu", "--no-overlay", "--max-frames", "2"],
-                        env={"COLUMNS": "200"})
+                              str(tmp_path / "out2"), "--device", "cpu", "--no-overlay", "--max-frames", "2",
+                              "--random-init", "--precision", "bf16"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "resizing the mask" in res.output
     # clear errors
@@ -364,6 +366,11 @@ def test_cli_propagate(tmp_path):
     assert res.exit_code == 2 and "aspect ratio" in res.output
     res = runner.invoke(app, ["propagate", str(video), "--mask", f"2:{tmp_path / 'first.png'}"])
     assert res.exit_code == 2 and "frame 0" in res.output
+    res = runner.invoke(app, ["propagate", str(video), "--mask", str(tmp_path / "first.png"), "--precision", "fp8"])
+    assert res.exit_code == 2 and "--precision must be one of fp32, bf16" in res.output
+    res = runner.invoke(app, ["propagate", str(video), "--mask", str(tmp_path / "first.png"), "--random-init",
+                              "--checkpoint", "crw"])
+    assert res.exit_code == 2 and "exclude each other" in res.output
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = runner.invoke(app, ["propagate", "--help"])

@@ -406,19 +406,24 @@ def propagate(
                                 "contain and add new ones from that frame on. Repeatable.")
     ],
     checkpoint: Annotated[
-        Optional[Path], typer.Option(help="Weights: a training run's model.safetensors, a run folder, or a converted "
-                                     "checkpoint (tritoncorr convert); its method picks features and preset. "
-                                     "Default: random init (with a warning).")
+        Optional[str], typer.Option(help="Weights: a published name (tritoncorr weights list), a training run's "
+                                    "model.safetensors, a run folder, a converted checkpoint (tritoncorr convert), an "
+                                    "https:// URL or hf://OWNER/REPO/PATH; its method picks features and preset. "
+                                    "Default: the embedded tritoncorr-stt-r18-cpu.")
     ] = None,
     preset: Annotated[Optional[str], typer.Option(help="Propagation preset (dul, crw, stt, liir, mast, common); default: "
                                                   "the checkpoint's.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (masks/*.png, overlay.mp4). "
                                                 "Default: propagate/<video name>.")] = None,
     short_side: Annotated[int, typer.Option(help="Downscale frames whose shorter side is larger than this "
-                                            "(0 = native resolution).")] = 480,
+                                            "(0 = native resolution). Smaller is faster (about quadratically) and "
+                                            "changes the result: see the README.")] = 480,
     max_frames: Annotated[Optional[int], typer.Option(help="Stop after this many frames.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed of the random-init weights (no --checkpoint).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the random weights (--random-init).")] = 0,
+    random_init: Annotated[bool, typer.Option("--random-init", help="Random weights instead of a checkpoint "
+                                              "(a baseline; masks will not follow objects well).")] = False,
+    precision: PrecisionOption = "fp32",
     overlay: Annotated[bool, typer.Option(help="Write overlay.mp4 (masks blended over the frames).")] = True,
     fps: Annotated[Optional[float], typer.Option(help="Frame rate of a frame folder / override the video's.")] = None,
     alpha: Annotated[float, typer.Option(help="Mask opacity in the overlay.")] = 0.5,
@@ -428,7 +433,7 @@ def propagate(
 
     propagate_cli(video=video, mask_specs=list(mask), checkpoint=checkpoint, preset=preset, out=out,
                   short_side=short_side, max_frames=max_frames, device=device, seed=seed, overlay=overlay, fps=fps,
-                  alpha=alpha)
+                  alpha=alpha, precision=precision, random_init=random_init)
 
 
 if __name__ == "__main__":  # pragma: no cover

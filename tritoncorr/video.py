@@ -473,7 +473,7 @@ def propagate_cli(
     *,
     video: Path,
     mask_specs: list[str],
-    checkpoint: Path | None,
+    checkpoint: str | None,
     preset: str | None,
     out: Path | None,
     short_side: int,
@@ -483,8 +483,11 @@ def propagate_cli(
     overlay: bool,
     fps: float | None,
     alpha: float,
+    precision: str = "fp32",
+    random_init: bool = False,
 ) -> PropagationResult:
-    """``tritoncorr propagate``."""
+    """``tritoncorr propagate``: ``checkpoint`` None = the embedded default
+    (:data:`tritoncorr.weights.DEFAULT_NAME`); random weights only with ``random_init``."""
     import typer
     from rich.console import Console
     from rich.progress import (
@@ -530,17 +533,25 @@ def propagate_cli(
         fail("the first --mask must be for frame 0 (PATH or 0:PATH); later ones are FRAME:PATH")
 
     dev = _resolve_device(device)
-    from tritoncorr.methods.inference import feature_stride, load_feature_model
+    from tritoncorr.methods.inference import PRECISIONS, feature_stride, load_feature_model
     from tritoncorr.propagation import PRESETS, task_preset
+    from tritoncorr.weights import DEFAULT_NAME
 
+    if precision not in PRECISIONS:
+        fail(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if random_init and checkpoint is not None:
+        fail("--random-init and --checkpoint exclude each other")
+    if not random_init and checkpoint is None:
+        checkpoint = DEFAULT_NAME
     try:
-        fmodel = load_feature_model(checkpoint, seed=seed, device=dev)
+        fmodel = load_feature_model(checkpoint, seed=seed, device=dev, precision=precision)
     except (FileNotFoundError, ValueError, TypeError) as err:
         fail(str(err))
-    if checkpoint is None:
-        console.print("[bold yellow]warning: no --checkpoint: using RANDOM-INIT weights (ResNet-18, seed "
-                      f"{seed}). The masks will not follow the objects well; pass a trained or converted "
-                      "checkpoint (tritoncorr convert).[/]")
+    if random_init:
+        console.print("[bold yellow]warning: --random-init: using RANDOM-INIT weights (ResNet-18, seed "
+                      f"{seed}). The masks will not follow the objects well; leave it out to use the default "
+                      "checkpoint, or pass --checkpoint NAME (tritoncorr weights list).[/]")
+    given_preset = preset is not None
     preset = preset or fmodel.preset
     if preset not in PRESETS:
         fail(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -552,7 +563,12 @@ def propagate_cli(
     console.print(f"video {video} ({source.size[1]}x{source.size[0]}, {source.fps:.2f} fps, {n_txt}); working size "
                   f"{W}x{H}; objects {sorted({int(i) for m in masks.values() for i in np.unique(m) if i})} "
                   f"(masks at frames {sorted(masks)})", soft_wrap=True)
-    origin = "from the checkpoint" if preset == fmodel.preset else "set by --preset"
+    if given_preset:
+        origin = "set by --preset"
+    elif random_init:
+        origin = "the default for random weights"
+    else:
+        origin = f"from the checkpoint {checkpoint}"
     console.print(f"model: {fmodel.description}; device {dev}; preset {preset!r} ({origin})", soft_wrap=True)
     total = source.num_frames
     if max_frames is not None:
