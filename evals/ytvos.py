@@ -6,16 +6,14 @@ frame of ``JPEGImages/<video>/`` and zips them as ``Annotations/<video>/<frame>.
 layout the server takes.
 
 Objects first appear mid-video: ``Annotations/<video>/<frame>.png`` exists only for the frames where
-new objects appear. Each object starts at the first annotation PNG that contains it; the objects
-starting at the same frame form a group, propagated from that frame with its own context
-(:func:`tritoncorr.evaluate.propagate_labels` with ``start``, labels = background + the group's
-objects, the other ids of that PNG as background). Outputs are merged per pixel by an argmax over
-the objects (:func:`merge_groups`): each object scores its group's decoded probability, the
-background scores the smallest background probability among the groups already started, ties go
-to the lower id (background first). This is the rule the issue gives ("each object propagated from
-its own first annotated frame, merged by argmax"); DUL's ``infer_vos.py`` instead pastes a new
-object's ground truth into the running prediction and propagates all groups with the merged
-masks (``dul.md`` section 3.7), not reproduced.
+new objects appear. Each object starts at the first annotation PNG that contains it (the other ids
+of that PNG count as background there). The video is propagated once, from its first annotated
+frame, by :func:`tritoncorr.predictor.track_objects`, the mechanism of ``tritoncorr propagate`` and
+:class:`tritoncorr.VideoPredictor`: at a frame where objects start, their masks are pasted over the
+prediction and that frame becomes the anchor those objects are predicted from (DUL's
+``infer_vos.py`` scheme, ``dul.md`` section 3.7). Frames before the first annotation are written
+empty. (Until this version each group of objects was propagated separately from its first frame
+and the groups merged by an argmax over their probabilities; see the README for the change.)
 
 ``meta.json`` (``{"videos": {video: {"objects": {id: {"category": ..., "frames": [...]}}}}}``) names
 the videos to export and their objects; its frame lists need not be complete (frames it leaves out
@@ -220,38 +218,6 @@ class YtvosDataset:
 # ----------------------------------------------------------------------------------------------
 
 
-def merge_groups(groups: Sequence[tuple[Sequence[int], "object"]]) -> np.ndarray:
-    """Merge decoded groups into one id map.
-
-    Args:
-        groups: ``(labels, probs)`` per started group: ``labels`` the group's ids (``labels[0] == 0``,
-            the background), ``probs`` a float ``(L, H, W)`` tensor or array of decoded scores.
-
-    Returns:
-        uint8 ``(H, W)``: per pixel the argmax over [background = min of the groups' background
-        scores] + every group's objects, ids in increasing order (ties: the lower id).
-    """
-    import torch
-
-    from tritoncorr.propagation import channel_argmax
-
-    if not groups:
-        raise ValueError("merge_groups needs at least one group")
-    bg, scores, ids = None, [], []
-    for labels, probs in groups:
-        probs = torch.as_tensor(probs)
-        if list(labels)[0] != 0 or probs.shape[0] != len(labels):
-            raise ValueError(f"each group needs labels [0, ...] matching its channels, got {list(labels)} for {probs.shape[0]}")
-        bg = probs[0] if bg is None else torch.minimum(bg, probs[0])
-        for c, oid in enumerate(list(labels)[1:], 1):
-            scores.append(probs[c])
-            ids.append(int(oid))
-    order = np.argsort(ids, kind="stable")
-    stack = torch.stack([bg] + [scores[i] for i in order])
-    lut = torch.tensor([0] + [ids[i] for i in order], dtype=torch.uint8, device=stack.device)
-    return lut[channel_argmax(stack)].cpu().numpy()
-
-
 def write_indexed_png(path: Path, ids: np.ndarray, palette: list[int] | None = None) -> Path:
     """uint8 ids as an indexed PNG with ``palette`` (default the DAVIS / YouTube-VOS palette)."""
     from tritoncorr.evals.davis import davis_palette
@@ -306,11 +272,11 @@ def export_features_on_ytvos(
     make_zip: bool = True,
     folder=None,
 ) -> YtvosExport:
-    """Propagate every object from its first annotated frame, merge, write the PNGs and the zip.
+    """Propagate each video once from its first annotated frame, objects joining at their own first
+    frame (:func:`tritoncorr.predictor.track_objects`); write the PNGs and the zip.
 
     Args:
-        features_fn: ``(1, 3, H, W)`` -> ``(1, C, h, w)`` (:func:`tritoncorr.evaluate.compute_features`);
-            every frame's features are computed once and shared by the groups.
+        features_fn: ``(1, 3, H, W)`` -> ``(1, C, h, w)``; called once per frame from the first annotation on.
         root / dataset: the ``valid`` folder (with ``videos``) or a built dataset.
         out: ``<out>/Annotations/<video>/<frame>.png``, ``<out>/ytvos<year>-valid-submission.zip``,
             overlays in ``<out>/overlays/<video>/``.
@@ -321,7 +287,8 @@ def export_features_on_ytvos(
             finished are skipped); default: a fresh one.
     """
     from tritoncorr.evals.resume import EvalFolder
-    from tritoncorr.evaluate import MaskCodec, VideoFormatError, VideoProgress, compute_features, propagate_labels
+    from tritoncorr.evaluate import VideoFormatError, VideoProgress
+    from tritoncorr.predictor import track_objects
 
     if str(year) not in YEARS:
         raise ValueError(f"year must be one of {YEARS}, got {year!r}")
@@ -337,26 +304,30 @@ def export_features_on_ytvos(
         for v in todo:
             bar.start(v.name)
             stage = folder.staging(v.name)
-            try:
-                vf = compute_features(features_fn, v.load_frame, len(v), config=config, input_size=input_size,
-                                      size=v.size, device=device, color=color, on_frame=bar.frame)
-            except VideoFormatError as err:
-                raise YtvosFormatError(f"video {v.name!r}: {err}") from err
-            props = []
+            masks = {}
             for t0, objs in v.groups().items():
                 ann = v.load_annotation(t0)
-                codec = MaskCodec(np.where(np.isin(ann, objs), ann, 0), [0] + objs)
-                props.append((t0, codec, propagate_labels(vf, codec, config, start=t0)))
+                masks[t0] = np.where(np.isin(ann, objs), ann, 0)
+            first = min(masks)
             palette = v.palette()
-            for t in range(len(v)):
-                active = [(c.labels.tolist(), c.probabilities(p.soft[t - t0], p.geometry, p.config))
-                          for t0, c, p in props if t0 <= t]
-                ids = merge_groups(active) if active else np.zeros(v.size, np.uint8)
+
+            def write(t: int, ids: np.ndarray) -> None:
                 write_indexed_png(stage / "Annotations" / v.name / f"{v.frames[t].stem}.png", ids, palette)
                 if overlays:
                     from tritoncorr.visualize import save_overlay
 
                     save_overlay(stage / "overlays" / v.name / f"{v.frames[t].stem}.jpg", v.load_frame(t), ids)
+                bar.frame(t)
+
+            for t in range(first):
+                write(t, np.zeros(v.size, np.uint8))
+            frames = (v.load_frame(t) for t in range(first, len(v)))
+            try:
+                for t, ids in track_objects(frames, masks, features_fn, config, color=color, short_side=0,
+                                            work_size=input_size, device=device, start=first):
+                    write(t, ids.astype(np.uint8))
+            except (VideoFormatError, ValueError) as err:
+                raise YtvosFormatError(f"video {v.name!r}: {err}") from err
             folder.commit(v.name, stage, [f"Annotations/{v.name}", f"overlays/{v.name}"], {"frames": len(v)})
     n_frames = sum(len(v) for v in ds)
     n_objects = sum(len(v.starts) for v in ds)
@@ -373,7 +344,6 @@ __all__ = [
     "YtvosFormatError",
     "YtvosVideo",
     "export_features_on_ytvos",
-    "merge_groups",
     "write_indexed_png",
     "zip_annotations",
 ]

@@ -156,6 +156,26 @@ def test_annotate_moves_channels_to_the_new_anchor():
         prop.annotate(torch.zeros(2, 5, 5))
 
 
+def test_restarting_every_channel_equals_a_new_start():
+    # annotate(labels) at frame k with every channel (the newest anchor owns all of them, frame 0 none)
+    # continues exactly as a propagation started at frame k with those labels
+    cfg = PRESETS["crw"]
+    g = torch.Generator().manual_seed(1)
+    feats = F.normalize(torch.randn(14, 6, 5, 5, generator=g), dim=1)
+    first = torch.softmax(torch.randn(3, 5, 5, generator=g), dim=0)
+    again = torch.softmax(torch.randn(3, 5, 5, generator=g), dim=0)
+    prop = StreamingPropagator(cfg)
+    prop.start(feats[0], first)
+    for t in range(1, 5):
+        prop.step(feats[t])
+    prop.annotate(again)
+    assert prop.anchors == [4]
+    fresh = StreamingPropagator(cfg)
+    fresh.start(feats[4], again)
+    for t in range(5, 14):
+        torch.testing.assert_close(prop.step(feats[t]), fresh.step(feats[t]), rtol=0, atol=0)
+
+
 def test_streaming_checks_inputs():
     prop = StreamingPropagator(PRESETS["dul"])
     with pytest.raises(RuntimeError, match="start"):

@@ -16,9 +16,13 @@ Objects that appear mid-video (:func:`track_objects`). Every object gets a label
 start. At a frame with new masks the output is the prediction with the re-annotated objects removed
 and the given masks pasted over it (exactly the given masks where they have objects); that merged
 frame becomes a new anchor of a :class:`~tritoncorr.propagation.StreamingPropagator`: the objects it
-annotates are predicted from its references (the preset's reference policy counted from it) from then
-on, the other objects keep their earlier anchor. This is DUL's YouTube-VOS scheme (``infer_vos.py``:
-paste a new object's ground truth into the running prediction, per-object contexts).
+annotates, and the background, are predicted from its references (the preset's reference policy
+counted from it) from then on; the other objects keep their earlier anchor. This is DUL's YouTube-VOS
+scheme (``infer_vos.py``: paste a new object's ground truth into the running prediction, per-object
+contexts). The background follows the newest anchor because its labels are the most complete: an
+earlier anchor labels a later object's pixels as background (measured on the generated YouTube-VOS
+layout of the tests: with the background kept on frame 0, even features that encode the ground truth
+lose part of an object that starts later; with it on the newest anchor the export is exact).
 
 Resolution. ``short_side`` (default 480, as DAVIS) downscales frames whose shorter side is larger
 (never upscales; 0 = native): features and propagation run at that working size, masks come back at
@@ -61,6 +65,7 @@ def track_objects(
     *,
     color: str = "rgb",
     short_side: int | None = 480,
+    work_size: tuple[int, int] | None = None,
     device: torch.device | str = "cpu",
     start: int | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
@@ -73,6 +78,7 @@ def track_objects(
         features_fn: ``(1, 3, h, w)`` frame in ``color`` space on ``device`` -> ``(1, C, h', w')``.
         config: a :class:`~tritoncorr.propagation.PropagationConfig`.
         short_side: working resolution (module docstring).
+        work_size: ``(H, W)`` working size instead of ``short_side`` (a benchmark's fixed network input).
         start: the index of the first frame of ``frames`` (default: the first annotated frame).
 
     Yields:
@@ -108,7 +114,7 @@ def track_objects(
             for f, m in masks.items():
                 if m.shape != (H0, W0):
                     raise ValueError(f"the mask of frame {f} is {m.shape[1]}x{m.shape[0]}, the frames {W0}x{H0}")
-            H, W = working_size((H0, W0), short_side)
+            H, W = working_size((H0, W0), short_side) if work_size is None else (int(work_size[0]), int(work_size[1]))
             Hp, Wp = -(-H // cfg.pad) * cfg.pad, -(-W // cfg.pad) * cfg.pad
             prop = StreamingPropagator(cfg, image_size=(Hp, Wp))
         elif frame.shape[:2] != (H0, W0):
@@ -142,7 +148,7 @@ def track_objects(
                 new_ch = work_channels(new)
                 restarted = torch.zeros(n_labels, dtype=torch.bool, device=device)
                 restarted[torch.unique(new_ch)] = True
-                restarted[0] = False
+                restarted[0] = True  # background from the newest anchor (module docstring)
                 up = decode_labels(soft, (Hp, Wp), align_corners=cfg.upsample_align_corners, minmax=cfg.minmax)
                 merged = channel_argmax(up)
                 merged = torch.where(restarted[merged], torch.zeros_like(merged), merged)

@@ -470,8 +470,8 @@ class StreamingPropagator:
             raise RuntimeError("call start(feats0, labels0) first")
         self._check(feats)
         t = self.t + 1
-        if len(self._anchors) == 1:
-            pred = self._predict(feats, self._references(t, 0))
+        if len(self._anchors) == 1:  # one anchor (frame 0, or a frame that restarted every channel)
+            pred = self._predict(feats, self._references(t, self._anchors[0][0]))
         else:
             pred = None
             for a, own in self._anchors:
