@@ -163,10 +163,10 @@ def test_pinned_hash_mismatch_is_refused_and_the_file_deleted(tmp_path, server, 
 
 def test_published_md5_is_checked(tmp_path, server, cache, monkeypatch):
     data, _ = _crw_bytes(tmp_path)
-    md5 = hashlib.md5(data).hexdigest()
-    _register(monkeypatch, server, name="good", data=data, md5_head=md5[:5], md5_tail=md5[-5:])
+    md5 = hashlib.new("md5", data).hexdigest()
+    _register(monkeypatch, server, name="good", data=data, published_md5_head=md5[:5], published_md5_tail=md5[-5:])
     assert weights.resolve_checkpoint("good", progress=False).is_file()
-    _register(monkeypatch, server, name="bad", data=data, md5_head="00000", md5_tail=md5[-5:])
+    _register(monkeypatch, server, name="bad", data=data, published_md5_head="00000", published_md5_tail=md5[-5:])
     with pytest.raises(weights.WeightsError, match="MD5 .* does not match the 00000"):
         weights.resolve_checkpoint("bad", progress=False)
     assert not (cache / "weights" / "bad" / "bad.pth").exists()

@@ -82,7 +82,7 @@ class PublishedWeights:
         reported_in: where that number is published.
         licence: the licence of the repository that publishes the file ("not stated" when none).
         sha256: pinned SHA-256 when known ("" = unknown: recorded at the first download).
-        md5_head, md5_tail: the beginning and end of an MD5 the authors print truncated (DUL's README).
+        published_md5_head, published_md5_tail: the beginning and end of an MD5 the authors print truncated (DUL's README).
         package_file: a file inside the ``tritoncorr`` package (the embedded default; no download).
         note: one line for the listing.
     """
@@ -97,8 +97,8 @@ class PublishedWeights:
     licence: str
     variant: str = ""
     sha256: str = ""
-    md5_head: str = ""
-    md5_tail: str = ""
+    published_md5_head: str = ""
+    published_md5_tail: str = ""
     package_file: str = ""
     note: str = ""
 
@@ -135,16 +135,16 @@ def _entries() -> list[PublishedWeights]:
             "CRW (Jabri et al. 2020), Kinetics", 67.6, "github.com/ajabri/videowalk README (pretrained.pth)", "MIT"),
         PublishedWeights(
             "dul-ytvos", _DUL + "ytvos_e060_res4.pth", "ytvos_e060_res4.pth", "dul", "DUL (Araslanov et al. 2021), YouTube-VOS",
-            69.3, _DUL_README, "Apache-2.0", md5_head="c3ae3", md5_tail="55faf"),
+            69.3, _DUL_README, "Apache-2.0", published_md5_head="c3ae3", published_md5_tail="55faf"),
         PublishedWeights(
             "dul-oxuva", _DUL + "oxuva_e430_res4.pth", "oxuva_e430_res4.pth", "dul", "DUL, OxUvA",
-            65.3, _DUL_README, "Apache-2.0", md5_head="af541", md5_tail="d09b3"),
+            65.3, _DUL_README, "Apache-2.0", published_md5_head="af541", published_md5_tail="d09b3"),
         PublishedWeights(
             "dul-trackingnet", _DUL + "trackingnet_e088_res4.pth", "trackingnet_e088_res4.pth", "dul", "DUL, TrackingNet",
-            69.4, _DUL_README, "Apache-2.0", md5_head="3e7e9", md5_tail="95fa9"),
+            69.4, _DUL_README, "Apache-2.0", published_md5_head="3e7e9", published_md5_tail="95fa9"),
         PublishedWeights(
             "dul-kinetics", _DUL + "kinetics_e026_res4.pth", "kinetics_e026_res4.pth", "dul", "DUL, Kinetics-400",
-            68.7, _DUL_README, "Apache-2.0", md5_head="086db", md5_tail="a7d98"),
+            68.7, _DUL_README, "Apache-2.0", published_md5_head="086db", published_md5_tail="a7d98"),
         PublishedWeights(
             "stt-r18-temporal-d8", "https://drive.google.com/file/d/1roBP0p0n8mIt0HvBsk6Wkszc6vuVUbxE/view",
             "stt-r18-temporal-d8.pth", "stt", "STT (Li & Liu 2023), ResNet-18 temporal only, stride 8", 69.2,
@@ -217,7 +217,7 @@ def file_sha256(path: Path) -> str:
 
 
 def _file_md5(path: Path) -> str:
-    h = hashlib.md5()
+    h = hashlib.new("md5")
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(CHUNK), b""):
             h.update(block)
@@ -378,10 +378,10 @@ def _check_raw(raw: Path, record: dict, entry: PublishedWeights | None) -> None:
     if want and digest != want:
         raise WeightsError(f"{raw}: SHA-256 {digest} differs from the recorded {want} (the cached file changed); "
                            f"delete {raw.parent} and download again")
-    if entry is not None and (entry.md5_head or entry.md5_tail):
+    if entry is not None and (entry.published_md5_head or entry.published_md5_tail):
         md5 = _file_md5(raw)
-        if not (md5.startswith(entry.md5_head) and md5.endswith(entry.md5_tail)):
-            raise WeightsError(f"{raw}: MD5 {md5} does not match the {entry.md5_head}...{entry.md5_tail} the "
+        if not (md5.startswith(entry.published_md5_head) and md5.endswith(entry.published_md5_tail)):
+            raise WeightsError(f"{raw}: MD5 {md5} does not match the {entry.published_md5_head}...{entry.published_md5_tail} the "
                                f"authors publish ({entry.reported_in}); delete {raw.parent} and download again")
 
 
