@@ -261,3 +261,45 @@ def test_registry_entries_are_complete():
 def test_registry_entry_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         weights.REGISTRY["crw"].url = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_export_inference_weights_keeps_the_features(tmp_path, half):
+    # an STT training checkpoint -> the compact stride-8 layer3 file the package ships (fp16 when half)
+    from safetensors.torch import save_file
+
+    from tritoncorr.methods.inference import method_metadata
+    from tritoncorr.methods.stt import STTConfig
+
+    torch.manual_seed(0)
+    model = STTConfig(depth=18, radii=(4, 2), use_teacher=False, teacher_weights="", student_init="scratch").build()
+    randomize(model.backbone, seed=5)
+    src = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(src), metadata=method_metadata(model))
+    dst = tmp_path / "small.safetensors"
+    meta = weights.export_inference_weights(src, dst, half=half)
+    assert meta["tritoncorr.method"] == "stt" and meta["tritoncorr.preset"] == "stt"
+    fm = load_feature_model(dst)
+    assert (fm.method, fm.color, fm.preset) == ("stt", "lab", "stt")
+    x = torch.randn(1, 3, 48, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = model.eval().features(x)
+        got = fm.features(x)
+    assert got.shape == want.shape == (1, 256, 6, 8)
+    if half:  # fp16 weights: features within fp16 rounding of the original
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))
+        assert dst.stat().st_size < 6e6
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    from safetensors.torch import load_file
+
+    assert not any(k.startswith("backbone.layer4") for k in load_file(str(dst)))
+    with pytest.raises(weights.WeightsError, match="takes an STT training checkpoint"):
+        weights.export_inference_weights(_non_stt(tmp_path), tmp_path / "o.safetensors")
+
+
+def _non_stt(tmp_path: Path) -> Path:
+    from tritoncorr.models import dul_backbone
+    from tritoncorr.models.loading import save_backbone_weights
+
+    return save_backbone_weights(dul_backbone(), tmp_path / "plain.safetensors")
