@@ -208,16 +208,9 @@ def _url_key(url: str) -> str:
     return f"url-{hashlib.sha256(url.encode()).hexdigest()[:12]}-{base}"
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _file_md5(path: Path) -> str:
-    h = hashlib.new("md5")
+def file_sha256(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file (read in 1 MiB blocks); ``algorithm`` any :func:`hashlib.new` name."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(CHUNK), b""):
             h.update(block)
@@ -379,7 +372,7 @@ def _check_raw(raw: Path, record: dict, entry: PublishedWeights | None) -> None:
         raise WeightsError(f"{raw}: SHA-256 {digest} differs from the recorded {want} (the cached file changed); "
                            f"delete {raw.parent} and download again")
     if entry is not None and (entry.published_md5_head or entry.published_md5_tail):
-        md5 = _file_md5(raw)
+        md5 = file_sha256(raw, "md5")
         if not (md5.startswith(entry.published_md5_head) and md5.endswith(entry.published_md5_tail)):
             raise WeightsError(f"{raw}: MD5 {md5} does not match the {entry.published_md5_head}...{entry.published_md5_tail} the "
                                f"authors publish ({entry.reported_in}); delete {raw.parent} and download again")
