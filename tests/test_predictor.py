@@ -172,6 +172,18 @@ def test_random_init_warns_and_default_is_the_embedded_checkpoint(monkeypatch):
     assert d.model.method == "stt" and d.preset == "stt"
 
 
+def test_propagate_without_checkpoint_uses_the_embedded_model(tmp_path):
+    from tritoncorr.cli import app
+
+    video = write_synthetic_video(tmp_path / "clip.mp4", 3, SIZE)
+    write_palette_png(tmp_path / "first.png", _truth(0))
+    res = CliRunner().invoke(app, ["propagate", str(video), "--mask", str(tmp_path / "first.png"), "--out",
+                                   str(tmp_path / "o"), "--device", "cpu", "--no-overlay"], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    assert "preset 'stt' (from the checkpoint tritoncorr-stt-r18-cpu)" in res.output and "RANDOM" not in res.output
+    assert len(list((tmp_path / "o" / "masks").glob("*.png"))) == 3
+
+
 # ----------------------------------------------------------------------------------------------
 # Real clip (../shared/data)
 # ----------------------------------------------------------------------------------------------

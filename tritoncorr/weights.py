@@ -85,6 +85,7 @@ class PublishedWeights:
         published_md5_head, published_md5_tail: the beginning and end of an MD5 the authors print truncated (DUL's README).
         package_file: a file inside the ``tritoncorr`` package (the embedded default; no download).
         note: one line for the listing.
+        measured: what this project measured with it (the embedded default: davis-dev vs random init).
     """
 
     name: str
@@ -101,6 +102,7 @@ class PublishedWeights:
     published_md5_tail: str = ""
     package_file: str = ""
     note: str = ""
+    measured: str = ""
 
     def download_url(self) -> str:
         """The URL a program can fetch: the published one, or for a Google Drive file page
@@ -585,6 +587,8 @@ def weights_list_cli() -> None:
     for w in REGISTRY.values():
         src = f"inside the package ({w.package_file})" if w.package_file else w.url
         console.print(f"  {w.name}: {src}" + (f"; {w.note}" if w.note else ""), soft_wrap=True, highlight=False)
+        if w.measured:
+            console.print(f"    measured here: {w.measured}", soft_wrap=True, highlight=False)
 
 
 def _cli_fail(msg: str):
