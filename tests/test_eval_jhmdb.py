@@ -376,7 +376,8 @@ def test_cli_jhmdb_end_to_end(tmp_path):
     assert sorted(p.name for p in (out / "keypoints").rglob("*.npy")) == ["clip_a.npy", "clip_b.npy"]
 
 
-def test_cli_jhmdb_errors(tmp_path):
+def test_cli_jhmdb_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # runs without --out write under eval-jhmdb/ in the current folder
     r = runner.invoke(app, ["eval", "jhmdb", "--root", str(tmp_path / "missing"), "--device", "cpu"])
     assert r.exit_code == 2 and "does not exist" in r.output
     root = make_jhmdb(tmp_path / "J")
