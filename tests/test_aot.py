@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,9 +14,10 @@ import sys
 import pytest
 
 from tritoncorr.bench.model import DEVICES, ModelCase, device_for, disc_cells, limit, paper_cases
+from tritoncorr.kernels._utils import triton_available
 from tritoncorr.kernels.aot import KERNEL_FAMILIES, tensor_core_counts
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
+HAS_TRITON = triton_available()
 
 
 def test_tensor_core_counts_parse_ptx():

@@ -428,6 +428,7 @@ def _assert_tensor_cores(records):
             assert r["mma"] + r["wgmma"] > 0, f"{r['kernel']} {r['arch']}: no tensor-core instruction"
 
 
+@pytest.mark.aot
 def test_aot_specs_cover_every_kernel():
     from tritoncorr.kernels.aot import family_specs
     from tritoncorr.kernels.local_corr import triton_kernels as tk
