@@ -301,6 +301,7 @@ def test_compactness_template_matches_code_for_m1_m2_m3():
     torch.testing.assert_close(ga, gr)
 
 
+@pytest.mark.interpreter
 def test_triton_kernels_match_torch_path(monkeypatch):
     """The whole forward (local attention, correlation, anchor_lse) on the Triton kernels (interpreter)
     equals the PyTorch path in float32."""
