@@ -95,12 +95,9 @@ def _fmt(x: float, digits: int = 3) -> str:
 def environment(device) -> dict[str, str]:
     import torch
 
-    try:
-        import triton
+    from tritoncorr.provenance import versions
 
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "absent"
+    triton_version = str(versions()["triton"])
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                              timeout=10).stdout.strip()

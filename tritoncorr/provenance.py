@@ -78,7 +78,9 @@ def _command() -> str:
     return shlex.join(argv)
 
 
-def _versions() -> dict[str, Any]:
+def versions() -> dict[str, Any]:
+    """Python, numpy, torch, CUDA and triton versions (None for what is not installed; triton is read
+    from the package metadata, never imported)."""
     from importlib import metadata
 
     import numpy
@@ -133,7 +135,7 @@ def collect(*, checkpoint: str | Path | None = None, device: Any = None) -> dict
         ckpt = {"path": str(path.resolve()), "sha256": file_sha256(path)}
     return {
         "code": {"tritoncorr": __version__, "git": git_state()},
-        "versions": _versions(),
+        "versions": versions(),
         "device": _device(device),
         "host": socket.gethostname(),
         "platform": platform.platform(),

@@ -79,12 +79,14 @@ def run_case(case: BenchCase, device: torch.device, *, quick: bool, on_result: C
 
 
 def environment() -> dict[str, str]:
-    import triton
+    """Date and versions for each result row (triton "None" where it is not installed)."""
+    from tritoncorr.provenance import versions
 
+    found = versions()
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
-        "triton": triton.__version__,
+        "triton": str(found["triton"]),
         "python": platform.python_version(),
         "cuda": str(torch.version.cuda),
     }
