@@ -271,7 +271,7 @@ def phase_b(rec: Recorder, device, dry_run: bool, budget: Budget) -> None:
                     continue
                 try:
                     leaves = [t.detach().requires_grad_(mode != "fwd" and t.is_floating_point()) for t in inputs]
-                    call = run_for_mode(lambda: fn(*leaves), [t for t in leaves if t.requires_grad], mode)
+                    call = run_for_mode(lambda fn=fn, leaves=leaves: fn(*leaves), [t for t in leaves if t.requires_grad], mode)
                     ms = time_ms(call, device)
                     mem = peak_mib(call, device)
                 except torch.OutOfMemoryError:
@@ -292,7 +292,7 @@ def phase_b(rec: Recorder, device, dry_run: bool, budget: Budget) -> None:
 # phase c: training throughput per recipe
 # ---------------------------------------------------------------------------------------------
 
-#: (recipe reference, what the paper shape is)
+#: The recipes whose paper shape phase c trains (their default config; the dry run takes ``:smoke``).
 RECIPES = ("recipes/dul.py", "recipes/stt_spatial.py", "recipes/stt.py", "recipes/liir.py")
 
 

@@ -45,7 +45,7 @@ import math
 import torch
 
 from .._utils import FLOAT_DTYPES, check_tensor, use_triton
-from .reference import BORDERS, acc_dtype, local_attention_reference, local_correlation_reference, window_valid
+from .reference import BORDERS, acc_dtype, local_attention_reference, local_correlation_reference
 from .torch_path import torch_attn_bwd, torch_attn_fwd, torch_corr_bwd, torch_corr_fwd
 
 __all__ = [
