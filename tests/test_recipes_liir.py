@@ -40,16 +40,15 @@ def test_cpu_recipe_settings_match_its_docstring():
     # batch: 4 pairs per step, no accumulation
     assert (d.batch_size, o.accumulate) == (4, 1)
     assert "4 pairs per optimiser step, no gradient accumulation" in doc
-    # model: paper profile; position grid = the crop's stride-4 feature size; bank 64 frames x 4 points
-    assert (m.radius, m.feature_dim, m.compact_m, m.position, m.position_shift, m.inter) == (6, 64, 2, "feature", True, "points")
-    assert m.position_grid == 128 // 4 == 32 and "position grid, 32" in doc
-    assert (m.bank_frames, m.bank_points) == (64, 4) and "64 frames x 4 points" in doc
-    # optimiser: Adam 1e-3, halved at 60 / 80 / 90 % of the run
+    # model: stage 1 of the paper profile; position grid = the crop's stride-4 feature size; no bank
+    assert (m.radius, m.feature_dim, m.compact_m, m.position, m.inter) == (6, 64, 2, "feature", "none")
+    assert m.position_grid == 128 // 4 == 32 and "position grid 32" in doc
+    assert "Stage 1 only, no inter-video bank" in doc
+    # optimiser: Adam 1e-3, cosine to 0 over CPU_STEPS (follows --set steps=N)
     assert (o.name, o.lr, cfg.steps) == ("adam", 1e-3, module.CPU_STEPS)
-    assert f"``CPU_STEPS`` = {cfg.steps} steps" in doc and "Adam 1e-3" in doc and cfg.steps == 48
-    s = cfg.steps
-    assert tuple(cfg.schedule.milestones) == (6 * s // 10, 8 * s // 10, 9 * s // 10)
-    assert tuple(cfg.schedule.factors) == (0.5, 0.25, 0.125) and "halves at 60, 80 and 90 %" in doc
+    assert f"``CPU_STEPS`` = {cfg.steps} steps" in doc and "Adam 1e-3" in doc and cfg.steps == 1500
+    assert (cfg.schedule.name, cfg.schedule.min_lr_ratio, cfg.schedule.warmup_steps) == ("cosine", 0.0, 0)
+    assert "cosine decay to 0 over the run" in doc
 
 
 def test_cpu_recipe_crops_keep_the_480p_scale():
