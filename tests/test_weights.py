@@ -303,3 +303,35 @@ def _non_stt(tmp_path: Path) -> Path:
     from tritoncorr.models.loading import save_backbone_weights
 
     return save_backbone_weights(dul_backbone(), tmp_path / "plain.safetensors")
+
+
+def test_training_weight_options_take_names(tmp_path, server, cache, monkeypatch):
+    """``init_from`` / ``method.teacher_weights`` resolve like ``--checkpoint`` (file, run folder, published
+    name, URL); a published name gives the converted feature backbone, which an STT teacher (it needs
+    layer4 for res5) refuses with a message naming the option and what is missing."""
+    from safetensors.torch import save_file
+
+    from tritoncorr.engine.checkpoint import resolve_weights_option
+    from tritoncorr.engine.config import ConfigError
+    from tritoncorr.methods.stt import STTConfig
+
+    data, _ = _crw_bytes(tmp_path, seed=5)
+    _register(monkeypatch, server, data=data)
+    assert resolve_weights_option("crw-test", "init_from") == cache / "weights" / "crw-test" / "model.safetensors"
+    # an STT teacher from a run folder holding a full ResNet-18
+    full = STTConfig(depth=18, teacher_weights="random", student_init="scratch").build().teacher
+    torch.manual_seed(7)
+    for p in full.parameters():
+        p.data.normal_()
+    (tmp_path / "run").mkdir()
+    save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(tmp_path / "run" / "model.safetensors"))
+    model = STTConfig(depth=18, teacher_weights=str(tmp_path / "run"), student_init="teacher").build()
+    for name in ("conv1.weight", "layer4.1.bn2.weight"):
+        torch.testing.assert_close(model.teacher.state_dict()[name], full.state_dict()[name], rtol=0, atol=0)
+        torch.testing.assert_close(model.backbone.state_dict()[name], full.state_dict()[name], rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=r"^method.teacher_weights='crw-test' does not fit .* missing 30: layer4"):
+        STTConfig(depth=18, teacher_weights="crw-test", student_init="teacher").build()
+    with pytest.raises(ConfigError, match=r"^init_from: checkpoint 'crw-tset' is not .* did you mean crw-test"):
+        resolve_weights_option("crw-tset", "init_from")
+    with pytest.raises(ConfigError, match=r"^method.teacher_weights: checkpoint .*absent.safetensors does not exist"):
+        resolve_weights_option(str(tmp_path / "absent.safetensors"), "method.teacher_weights")

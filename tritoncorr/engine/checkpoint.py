@@ -243,6 +243,22 @@ def resolve_weights_path(path: Path) -> Path:
     raise FileNotFoundError(f"no model weights at {path} (expected a .safetensors file or a run/checkpoint folder)")
 
 
+def resolve_weights_option(spec: str, option: str) -> Path:
+    """A training option that names weights (``init_from``, ``method.teacher_weights``, ...) -> a local file.
+
+    ``spec`` is what ``--checkpoint`` takes everywhere: a file, a run or checkpoint folder, a published
+    name (``tritoncorr weights list``; downloaded and converted once), an ``https://`` URL or
+    ``hf://OWNER/REPO/PATH``. Raises :class:`ConfigError` naming ``option`` when it resolves to nothing.
+    """
+    from tritoncorr.engine.config import ConfigError
+    from tritoncorr.weights import WeightsError, resolve_checkpoint
+
+    try:
+        return resolve_weights_path(resolve_checkpoint(spec))
+    except (WeightsError, FileNotFoundError) as err:
+        raise ConfigError(f"{option}: {err}") from None
+
+
 def load_model_weights(model: nn.Module, path: Path, *, strict: bool = True) -> tuple[list[str], list[str]]:
     """Load safetensors weights into ``model``; returns (missing, unexpected) keys (empty when strict).
 

@@ -158,7 +158,8 @@ class RunConfig:
     ``"inductor"`` (default) generates C++/Triton code, ``"aot_eager"`` only traces (fast, for checks).
     ``amp``: ``"bf16"`` autocast on CUDA only (ignored on CPU). ``device``: ``"auto"`` (CUDA when
     available, else CPU), ``"cpu"``, ``"cuda"``. ``init_from``: a ``model.safetensors`` (or a run or
-    checkpoint folder) whose weights initialise the model (fresh optimiser), e.g. a stage-2 run.
+    checkpoint folder), a published name, an ``https://`` URL or ``hf://OWNER/REPO/PATH`` (as
+    ``--checkpoint`` takes them) whose weights initialise the model (fresh optimiser), e.g. a stage-2 run.
     """
 
     name: str = "run"

@@ -361,11 +361,11 @@ class Trainer:
             raise TypeError(f"{type(cfg.method).__name__}.build() must return an nn.Module, got {type(model).__name__}")
         if cfg.eval.every > 0 and not describe(model).has_features:
             raise ConfigError(f"eval.every > 0 but {type(model).__name__} has no features(images) method")
-        if cfg.init_from and self.resumed_from is None:
+        init_path = (ckpt_io.resolve_weights_option(cfg.init_from, "init_from")
+                     if cfg.init_from and self.resumed_from is None else None)
+        if init_path is not None:
             try:
-                missing, unexpected = ckpt_io.load_model_weights(model, Path(cfg.init_from), strict=False)
-            except FileNotFoundError as err:
-                raise ConfigError(f"init_from: {err}") from None
+                missing, unexpected = ckpt_io.load_model_weights(model, init_path, strict=False)
             except ckpt_io.CheckpointMismatchError as err:
                 raise ConfigError(f"init_from: {err}") from None
             if self.is_main and (missing or unexpected):
@@ -420,7 +420,7 @@ class Trainer:
                 conf["__recipe__"] = self.recipe_ref
             ckpt_io.atomic_write_json(out / "config.json", conf)
             start = (self.resumed_from / "model.safetensors" if self.resumed_from is not None
-                     else Path(cfg.init_from) if cfg.init_from else out / "init.safetensors")
+                     else init_path if init_path is not None else out / "init.safetensors")
             record_run_session(out, start_step=self.state.step, device=self.device, weights=start)
             if self.resumed_from is not None:
                 self.state.rows = _truncate_metrics(self.metrics_path, self.state.step)

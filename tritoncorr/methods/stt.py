@@ -326,12 +326,13 @@ def load_step1_weights(model: nn.Module, path: str, *, option: str, who: str):
     Raises :class:`ConfigError` (one line naming ``option`` and the path) when the file is missing,
     unreadable or does not fit. Returns the :class:`~tritoncorr.models.loading.LoadReport`.
     """
+    from tritoncorr.engine.checkpoint import resolve_weights_option
     from tritoncorr.models.loading import load_backbone_weights
 
-    p = Path(path).expanduser()
-    if not p.is_file():
+    if not Path(path).expanduser().exists() and ("/" in path or Path(path).suffix):
         raise ConfigError(f"{option}={path!r}: no such file (the STT step-1 backbone checkpoint, e.g. "
                           f"runs/stt-spatial-cpu/model.safetensors from recipes/stt_spatial.py:cpu); set --set {option}=PATH")
+    p = resolve_weights_option(path, option)
     try:
         report = load_backbone_weights(model, p)
     except (ValueError, OSError, RuntimeError) as err:
@@ -374,7 +375,8 @@ class STTConfig:
         teacher_temperature: the teacher affinity's temperature (0.07, on raw dot products).
         use_teacher: False = the temporal-only variant (no teacher, no ``L_gc``, no res5).
         teacher_weights: the step-1 backbone checkpoint for the teacher (``.safetensors`` or MoCo/DetCo
-            ``.pth(.tar)``); ``"random"`` = a random-init teacher (smoke tests only).
+            ``.pth(.tar)``, a run folder, a published name, an ``https://`` URL or ``hf://...``);
+            ``"random"`` = a random-init teacher (smoke tests only).
         student_init: ``"teacher"`` (the ``teacher_weights`` file, official), ``"scratch"``, or a path.
         zero_init_residual: scratch students zero the last BN of each residual block (RN:571-582).
         padding_mode: conv padding of both networks ("zeros").
