@@ -40,11 +40,12 @@ torch.set_num_threads(args["threads"])
 from tritoncorr.video import open_frames, synthetic_video_frame
 dev = torch.device(args["device"])
 if args["mode"] == "stream":
-    from tritoncorr.video import propagate_cli
-    res = propagate_cli(video=__import__("pathlib").Path(args["video"]), mask_specs=[args["mask"]],
-                        checkpoint=args["checkpoint"], preset=args["preset"], out=__import__("pathlib").Path(args["out"]),
-                        short_side=0, max_frames=None, device=args["device"], seed=0, overlay=True, fps=None,
-                        alpha=0.5)
+    from tritoncorr.cli.options import PropagationOptions
+    from tritoncorr.cli.propagate import propagate_cli
+    opts = PropagationOptions(checkpoint=args["checkpoint"], preset=args["preset"], device=args["device"])
+    res = propagate_cli(video=__import__("pathlib").Path(args["video"]), mask_specs=[args["mask"]], opts=opts,
+                        out=__import__("pathlib").Path(args["out"]), short_side=0, max_frames=None, overlay=True,
+                        fps=None, alpha=0.5)
     n, secs = res.num_frames, res.seconds
 else:  # the whole-video path: all features in memory, then propagate()
     import torch.nn.functional as F

@@ -8,7 +8,7 @@ works: ``--set method.teacher_weights=/path/moco_v2_800ep_pretrain.pth.tar``.
 * ``default``: the official training config (docs/methods/stt.md §1, ``configs/train/train.py``):
   ResNet-50 student stride 8, teacher ResNet-50, YouTube-VOS-2018 train at
   ``$TRITONCORR_DATA/YouTube-VOS/train`` (``~/.cache/tritoncorr`` when ``TRITONCORR_DATA`` is unset,
-  the rule of ``tritoncorr.evaluate``; another folder with ``--set data.root=...``), teacher
+  ``tritoncorr.data.config.data_home``; another folder with ``--set data.root=...``), teacher
   ``runs/stt-spatial/model.safetensors`` (``recipes/stt_spatial.py:default``). 4 GPUs x 16 clips:
   ``torchrun --nproc_per_node 4 -m tritoncorr.cli train recipes/stt.py``.
 * ``r18``: the same with ResNet-18 (no R18 config ships; the paper's R18 runs 90k iterations at batch 128:
@@ -22,9 +22,6 @@ A missing dataset folder or teacher checkpoint stops the run at start-up with on
 path and the option to set (``data.root``, ``method.teacher_weights``).
 """
 
-import os
-from pathlib import Path
-
 from tritoncorr.data.config import dataset_path
 from tritoncorr.engine.config import CheckpointConfig, EvalConfig, OptimConfig, RunConfig, ScheduleConfig
 from tritoncorr.methods.stt import STTConfig, STTDataConfig
@@ -33,12 +30,6 @@ from tritoncorr.methods.stt import STTConfig, STTDataConfig
 # iterations per epoch (sampler padding), 800 epochs = 44,000 iterations, warm-up 20 epochs = 1,100.
 _OFFICIAL_STEPS = 44_000
 _OFFICIAL_WARMUP = 1_100
-
-
-def _data_home() -> Path:
-    """``$TRITONCORR_DATA`` or ``~/.cache/tritoncorr`` (the rule of ``tritoncorr.evaluate``)."""
-    env = os.environ.get("TRITONCORR_DATA")
-    return Path(env).expanduser() if env else Path("~/.cache/tritoncorr").expanduser()
 
 
 def _adam(lr: float = 5e-5) -> OptimConfig:
@@ -60,7 +51,7 @@ def default() -> RunConfig:
         name="stt-r50",
         method=STTConfig(depth=50, radii=(12, 6), local_weight=1000.0, global_weight=50.0, entropy_fraction=0.7,
                          teacher_weights=teacher, student_init="teacher"),
-        data=STTDataConfig(source="frames", root=str(_data_home() / "YouTube-VOS" / "train"), batch_size=16,
+        data=STTDataConfig(source="frames", root=dataset_path("YouTube-VOS", "train"), batch_size=16,
                            num_workers=2, pin_memory=True, crop_size=256),
         optim=_adam(5e-5),
         schedule=_official_schedule(),

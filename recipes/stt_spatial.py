@@ -7,7 +7,7 @@ STT step 2 (``recipes/stt.py``) loads it as teacher and student initialisation t
 
 * ``default``: the paper's step 1 (docs/methods/stt.md §2: MoCo, 200 epochs on ImageNet, official
   MoCo v2 hyper-parameters): ResNet-50 on ``$TRITONCORR_DATA/ImageNet/train`` (``~/.cache/tritoncorr``
-  when ``TRITONCORR_DATA`` is unset, as ``tritoncorr.evaluate``); another folder with
+  when ``TRITONCORR_DATA`` is unset: ``tritoncorr.data.config.data_home``); another folder with
   ``--set data.root=/path/to/imagenet/train``. One process with batch 256 (BN in 8 groups of 32 = the
   paper's 8 GPUs x 32), or ``torchrun --nproc_per_node 8 ... --set data.batch_size=32`` (per rank;
   ``optim.lr`` 0.03 is for the global batch of 256, scale it with ``--set optim.lr=`` otherwise).
@@ -20,21 +20,13 @@ STT step 2 (``recipes/stt.py``) loads it as teacher and student initialisation t
 * ``smoke``: generated pictures, R18 at 64 x 64, 3 steps in seconds.
 """
 
-import os
-from pathlib import Path
-
+from tritoncorr.data.config import dataset_path
 from tritoncorr.data.images import ImageDataConfig
 from tritoncorr.engine.config import CheckpointConfig, EvalConfig, OptimConfig, RunConfig, ScheduleConfig
 from tritoncorr.methods.moco import MoCoConfig
 
 # ImageNet-1k train: 1,281,167 images -> 5,004 full batches of 256 per epoch.
 _IMAGENET_ITERS_PER_EPOCH = 1_281_167 // 256
-
-
-def _data_home() -> Path:
-    """``$TRITONCORR_DATA`` or ``~/.cache/tritoncorr`` (the rule of ``tritoncorr.evaluate``)."""
-    env = os.environ.get("TRITONCORR_DATA")
-    return Path(env).expanduser() if env else Path("~/.cache/tritoncorr").expanduser()
 
 
 def _sgd(batch: int, base: float = 0.03) -> OptimConfig:
@@ -49,7 +41,7 @@ def default() -> RunConfig:
         name="stt-spatial",
         method=MoCoConfig(depth=50, dim=128, mlp=True, queue_size=65536, momentum=0.999, temperature=0.2,
                           shuffle_bn=True, bn_group=32),
-        data=ImageDataConfig(source="folder", root=str(_data_home() / "ImageNet" / "train"), batch_size=256,
+        data=ImageDataConfig(source="folder", root=dataset_path("ImageNet", "train"), batch_size=256,
                              num_workers=16, pin_memory=True, crop_size=224),
         optim=_sgd(256),
         schedule=ScheduleConfig(name="cosine"),

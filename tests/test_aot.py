@@ -117,7 +117,7 @@ import os, sys
 os.environ.pop("TRITON_INTERPRET", None)
 from rich.console import Console
 from pathlib import Path
-from tritoncorr.bench import cli
+from tritoncorr.cli import bench as cli
 from tritoncorr.kernels import aot
 specs = [s for s in aot.family_specs("local_corr") if s.name in ("corr_fwd_bf16_c64", "attn_fwd_zero_fp32_c64_d3")]
 aot.all_specs = lambda: specs

@@ -87,3 +87,19 @@ def test_import_reader_sees_relative_and_lazy_imports(tmp_path):
     mods = [m for _, m in imported_modules(src, "tritoncorr.kernels.fam")]
     assert "tritoncorr.kernels.fam._utils" in mods and "tritoncorr.kernels.engine.config" in mods
     assert "tritoncorr.methods.dul" in mods
+
+
+def test_only_the_cli_layer_imports_typer():
+    """The command line is one layer (``tritoncorr/cli/``): library modules report bad input with exceptions,
+    and only the CLI turns them into ``error: ...`` and an exit status."""
+    found = []
+    for folder, package in (("tritoncorr", "tritoncorr"), ("kernels", "tritoncorr.kernels"),
+                            ("evals", "tritoncorr.evals")):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT / folder)
+            if folder == "tritoncorr" and rel.parts[0] == "cli":
+                continue
+            own = ".".join([package, *rel.parent.parts])
+            found += [f"{path.relative_to(ROOT)}:{line} imports {m}" for line, m in imported_modules(path, own)
+                      if m == "typer" or m.startswith("typer.")]
+    assert not found, "only tritoncorr/cli/ may import typer:\n" + "\n".join(found)

@@ -40,10 +40,8 @@ frame-0 output is the downsampled-then-upsampled ground truth. :func:`evaluate_f
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,12 +52,10 @@ import torch
 import torch.nn.functional as F
 
 from tritoncorr.evals.davis import (
-    GLOBAL_COLUMNS,
     VOID,
     DavisDataset,
     DavisFormatError,
     DavisScores,
-    evaluate_results,
     write_palette_png,
 )
 
@@ -79,11 +75,6 @@ __all__ = [
     "VideoProgress",
     "compute_features",
     "default_davis_root",
-    "default_root",
-    "eval_davis_cli",
-    "eval_jhmdb_cli",
-    "eval_vip_cli",
-    "eval_ytvos_cli",
     "evaluate_features_on_davis",
     "frame_to_tensor",
     "propagate_labels",
@@ -655,33 +646,23 @@ class VideoProgress:
 
 
 # ----------------------------------------------------------------------------------------------
-# CLI
+# Dataset roots
 # ----------------------------------------------------------------------------------------------
-
-
-def _data_home() -> Path:
-    from tritoncorr.data.config import data_home
-
-    return data_home()
 
 
 def default_davis_root() -> Path | None:
     """``$TRITONCORR_DATA/DAVIS`` or ``~/.cache/tritoncorr/DAVIS`` when it exists, else None."""
-    candidates = []
-    if os.environ.get("TRITONCORR_DATA"):
-        candidates.append(Path(os.environ["TRITONCORR_DATA"]).expanduser() / "DAVIS")
-    candidates.append(Path("~/.cache/tritoncorr/DAVIS").expanduser())
-    for c in candidates:
-        if c.is_dir():
-            return c
-    return None
+    from tritoncorr.data.config import find_dataset
+
+    return find_dataset("DAVIS")
 
 
 def synthetic_davis_root(create: bool = True) -> Path:
     """The generated synthetic set (``<data home>/synthetic-davis``), written once (atomically) on first use."""
+    from tritoncorr.data.config import data_home
     from tritoncorr.evals.synthetic import make_synthetic_davis
 
-    root = _data_home() / "synthetic-davis"
+    root = data_home() / "synthetic-davis"
     if (root / "ImageSets" / "2017" / "val.txt").is_file() or not create:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -698,461 +679,3 @@ def synthetic_davis_root(create: bool = True) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return root
-
-
-def _fail(msg: str):
-    import typer
-
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code=2)
-
-
-def _print_scores(console, scores: DavisScores, title: str) -> None:
-    from rich.table import Table
-
-    g = Table(title=f"{title}: global ({len(scores.objects)} objects)")
-    row = scores.global_row()
-    for c in GLOBAL_COLUMNS:
-        g.add_column(c, justify="right")
-    g.add_row(*(f"{row[c]:.3f}" for c in GLOBAL_COLUMNS))
-    console.print(g)
-    s = Table(title=f"{title}: per sequence")
-    for c, j in (("Sequence", "left"), ("J-Mean", "right"), ("F-Mean", "right")):
-        s.add_column(c, justify=j)
-    for name, jm, fm in scores.per_sequence_rows():
-        s.add_row(name, f"{jm:.3f}", f"{fm:.3f}")
-    console.print(s)
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        _fail(f"--device {device}: CUDA is not available on this machine")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        _fail(f"--device must be cpu, cuda or auto, got {device!r}")
-
-
-def eval_davis_cli(
-    *,
-    root: Path | None,
-    results: Path | None,
-    checkpoint: Path | None,
-    seed: int,
-    out: Path | None,
-    split: str,
-    resolution: str,
-    sequences: list[str] | None,
-    preset: str | None,
-    context: int | None,
-    radius: float | None,
-    topk: int | None,
-    temperature: float | None,
-    overlays: bool,
-    device: str,
-    precision: str = "fp32",
-    overwrite: bool = False,
-    cache_features: Path | None = None,
-    workers: int = 0,
-) -> DavisScores:
-    """``tritoncorr eval davis``: score existing results (``--results``) or propagate with a backbone and score.
-    ``--out`` is resumable (:mod:`tritoncorr.evals.resume`); ``overwrite`` starts it again."""
-    from rich.console import Console
-
-    console = Console()
-    sequences = list(sequences) if sequences else None
-    t0 = time.perf_counter()
-
-    if results is not None:
-        if root is None:
-            root = default_davis_root()
-            if root is None:
-                _fail("--results needs the ground truth: pass --root (no DAVIS found under $TRITONCORR_DATA/DAVIS "
-                      "or ~/.cache/tritoncorr/DAVIS)")
-        try:
-            scores = evaluate_results(root, results, split, resolution, sequences, progress=True, workers=workers)
-        except DavisFormatError as err:
-            _fail(str(err))
-        g_path, s_path = scores.write_csvs(results)
-        _print_scores(console, scores, f"DAVIS-2017 {split} ({root})")
-        console.print(f"wrote {g_path} and {s_path}  ({time.perf_counter() - t0:.1f} s)")
-        return scores
-
-    synthetic = False
-    if root is None:
-        root = default_davis_root()
-        if root is None:
-            root = synthetic_davis_root()
-            synthetic = True
-    if not Path(root).is_dir():
-        _fail(f"DAVIS root {root} does not exist")
-
-    if out is None:
-        out = Path("eval-davis") / ("synthetic" if synthetic else split)
-    if synthetic:
-        console.print(f"[bold yellow]No DAVIS found: evaluating on the generated SYNTHETIC set at {root}. "
-                      "These are NOT DAVIS numbers.[/]")
-    console.print(f"DAVIS root {root} ({split}, {resolution})", soft_wrap=True)
-    fmodel, config, _, dev = _task_settings(
-        console, task="davis", checkpoint=checkpoint, seed=seed, device=device, preset=preset, context=context,
-        radius=radius, topk=topk, temperature=temperature, size=None, precision=precision)
-    features_fn = fmodel.features
-    try:
-        names = DavisDataset(root, split, resolution, sequences, require_all_masks=True).names
-    except DavisFormatError as err:
-        _fail(str(err))
-    folder = _eval_folder(out, task="davis", checkpoint=checkpoint, seed=seed, fmodel=fmodel, config=config,
-                          input_size=None, precision=precision, overwrite=overwrite, split=split,
-                          resolution=resolution, overlays=overlays)
-    _record_provenance(out, "davis", checkpoint, fmodel, preset, config, None, precision, dev, split=split,
-                       resolution=resolution, sequences=sequences, root=str(root), synthetic=synthetic)
-
-    cache = feature_cache_for(cache_features, checkpoint, fmodel, config, None, precision)
-    if cache is not None:
-        console.print(f"feature cache {cache.folder}", soft_wrap=True)
-    try:
-        scores = _resumable(console, folder, names, lambda: evaluate_features_on_davis(
-            features_fn, root=root, out=out, split=split, resolution=resolution, sequences=sequences,
-            config=config, device=dev, overlays=overlays, progress=True, color=fmodel.color, folder=folder,
-            feature_cache=cache, workers=workers,
-        ))
-    except DavisFormatError as err:
-        _fail(str(err))
-    title = "SYNTHETIC (not DAVIS)" if synthetic else f"DAVIS-2017 {split}"
-    _print_scores(console, scores, title)
-    g_path, s_path = scores.csv_paths(out)
-    console.print(f"results in {out} (CSVs {g_path.name}, {s_path.name}); wall time {time.perf_counter() - t0:.1f} s")
-    return scores
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI: shared pieces of the jhmdb / vip / ytvos commands
-# ----------------------------------------------------------------------------------------------
-
-
-def default_root(*names: str) -> Path | None:
-    """The first existing ``$TRITONCORR_DATA/<name>`` or ``~/.cache/tritoncorr/<name>`` over ``names``, else None."""
-    bases = []
-    if os.environ.get("TRITONCORR_DATA"):
-        bases.append(Path(os.environ["TRITONCORR_DATA"]).expanduser())
-    bases.append(Path("~/.cache/tritoncorr").expanduser())
-    for base in bases:
-        for name in names:
-            if (base / name).is_dir():
-                return base / name
-    return None
-
-
-def _root_or_fail(root: Path | None, what: str, *names: str) -> Path:
-    if root is None:
-        root = default_root(*names)
-        if root is None:
-            _fail(f"no {what} found under $TRITONCORR_DATA or ~/.cache/tritoncorr (looked for {', '.join(names)}): "
-                  "pass --root")
-    if not Path(root).is_dir():
-        _fail(f"{what} root {root} does not exist")
-    return Path(root)
-
-
-def _size_text(size: tuple[int, int] | None) -> str:
-    return "native" if size is None else f"{size[1]}x{size[0]}"
-
-
-def _task_settings(console, *, task: str, checkpoint, seed: int, device: str, preset: str | None,
-                   context, radius, topk, temperature, size: int | None, precision: str = "fp32"):
-    """Load the model (``precision``: its feature extractor in fp32 or bf16) and resolve the task
-    preset with the overrides; print both. Exits 2 on bad input.
-
-    Returns ``(feature model, PropagationConfig, input_size, device)``.
-    """
-    dev = _resolve_device(device)
-    from tritoncorr.methods.inference import feature_stride, load_feature_model
-    from tritoncorr.propagation import PRESETS, task_preset
-
-    try:
-        fmodel = load_feature_model(checkpoint, seed=seed, device=dev, precision=precision)
-    except (FileNotFoundError, ValueError, TypeError) as err:
-        _fail(str(err))
-    name = preset if preset is not None else fmodel.preset
-    if name not in PRESETS:
-        _fail(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    if radius is not None:
-        if float(radius) != int(radius):
-            _fail(f"--radius must be a whole number of feature cells, got {radius}")
-        radius = int(radius)
-    if size is not None and size < 0:
-        _fail(f"--size must be >= 0 (0 = native resolution), got {size}")
-    tp = task_preset(name, task, stride=feature_stride(fmodel))
-    overrides = {k: v for k, v in dict(context=context, radius=radius, topk=topk, temperature=temperature).items()
-                 if v is not None}
-    try:
-        config = dataclasses.replace(tp.config, **overrides)
-    except (TypeError, ValueError) as err:
-        _fail(f"invalid propagation settings {overrides}: {err}")
-    input_size = tp.input_size if size is None else (None if size == 0 else (int(size), int(size)))
-    fields = ", ".join(f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config))
-    console.print(f"model: {fmodel.description}; device {dev}", soft_wrap=True)
-    origin = "from the checkpoint" if preset is None else "set by --preset"
-    console.print(f"propagation preset {name!r} ({origin}) for {task}, input {_size_text(input_size)}: {fields}"
-                  f" [{tp.source}]", soft_wrap=True)
-    return fmodel, config, input_size, dev
-
-
-def _record_provenance(out, benchmark: str, checkpoint, fmodel, preset: str | None, config, input_size, precision: str,
-                       device, **settings) -> None:
-    """``<out>/provenance.json``: code, versions, device, command, checkpoint SHA-256 and the evaluation
-    settings (:func:`tritoncorr.provenance.write_eval_provenance`)."""
-    from tritoncorr.provenance import write_eval_provenance
-
-    write_eval_provenance(out, benchmark=benchmark, checkpoint=checkpoint, model=fmodel.description,
-                          preset=preset if preset is not None else fmodel.preset, config=config,
-                          input_size=input_size, precision=precision, device=device, **settings)
-
-
-def feature_cache_for(folder: Path | None, checkpoint, fmodel, config, input_size, precision: str):
-    """The :class:`~tritoncorr.feature_cache.FeatureCache` under ``folder`` for these weights and settings (None: no cache)."""
-    if folder is None:
-        return None
-    from tritoncorr.feature_cache import FeatureCache, weights_identity
-
-    return FeatureCache(Path(folder), weights_identity(checkpoint, fmodel.description), input_size, config.pad,
-                        config.normalize, fmodel.color, precision)
-
-
-def _catch_format_errors(fn, *errors):
-    """Run ``fn()``; the benchmark's format errors (and frame-size errors) exit with code 2 and the message."""
-    try:
-        return fn()
-    except (VideoFormatError, DavisFormatError, *errors) as err:
-        _fail(str(err))
-
-
-def _eval_folder(out: Path, *, task: str, checkpoint, seed: int, fmodel, config, input_size, precision: str,
-                 overwrite: bool, **settings):
-    """The resumable output folder of ``tritoncorr eval TASK --out OUT`` (:mod:`tritoncorr.evals.resume`):
-    it records the settings that decide the outputs and the checkpoint's hash. Exits 2 when OUT holds
-    an evaluation with other settings (unless ``overwrite``)."""
-    from tritoncorr.engine.checkpoint import resolve_weights_path
-    from tritoncorr.evals.resume import EvalFolder, EvalFolderError, file_sha256
-
-    model = f"random-init seed {seed}" if checkpoint is None else file_sha256(resolve_weights_path(Path(checkpoint)))
-    settings.update(propagation=dataclasses.asdict(config), input_size=list(input_size) if input_size else None,
-                    color=fmodel.color, precision=precision)
-    try:
-        return EvalFolder(out, task=task, settings=settings, checkpoint=model, overwrite=overwrite)
-    except EvalFolderError as err:
-        _fail(str(err))
-
-
-def _resumable(console, folder, names: Sequence[str], run: Callable[[], Any]):
-    """``run()``, after saying how many of ``names`` ``folder`` already holds; Ctrl-C exits with status
-    130 and says how to continue (the folder is consistent at any point: :mod:`tritoncorr.evals.resume`)."""
-    import typer
-
-    done = folder.finished(names)
-    if done:
-        console.print(f"resuming {folder.out}: {len(done)} of {len(names)} finished, skipped", soft_wrap=True)
-    try:
-        return run()
-    except BaseException as err:
-        folder.tidy()
-        if not isinstance(err, KeyboardInterrupt):
-            raise
-        kept = len(folder.finished(names))
-        typer.echo(f"interrupted: {kept} of {len(names)} finished in {folder.out} are kept; rerun the same command "
-                   "to continue", err=True)
-        raise typer.Exit(code=130) from None
-
-
-def eval_jhmdb_cli(
-    *,
-    root: Path | None,
-    checkpoint: Path | None,
-    seed: int,
-    out: Path | None,
-    split: int,
-    list_file: Path | None,
-    clips: list[str] | None,
-    preset: str | None,
-    context: int | None,
-    radius: float | None,
-    topk: int | None,
-    temperature: float | None,
-    size: int | None,
-    overlays: bool,
-    device: str,
-    precision: str = "fp32",
-    overwrite: bool = False,
-):
-    """``tritoncorr eval jhmdb``: propagate the first-frame joints of every test clip, PCK@0.1..0.5, table and CSVs.
-    ``--out`` is resumable (:mod:`tritoncorr.evals.resume`)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from tritoncorr.evals.jhmdb import JOINT_NAMES, JhmdbDataset, JhmdbFormatError, evaluate_features_on_jhmdb
-
-    console = Console()
-    t0 = time.perf_counter()
-    root = _root_or_fail(root, "JHMDB", "JHMDB", "jhmdb")
-    ds = _catch_format_errors(lambda: JhmdbDataset(root, split=split, list_file=list_file, clips=clips or None),
-                              JhmdbFormatError)
-    fmodel, config, input_size, dev = _task_settings(
-        console, task="jhmdb", checkpoint=checkpoint, seed=seed, device=device, preset=preset, context=context,
-        radius=radius, topk=topk, temperature=temperature, size=size, precision=precision)
-    console.print(f"JHMDB root {root}: {len(ds)} clip(s), {ds.note}", soft_wrap=True)
-    out = Path(out) if out is not None else Path("eval-jhmdb") / f"split{split}"
-    folder = _eval_folder(out, task="jhmdb", checkpoint=checkpoint, seed=seed, fmodel=fmodel, config=config,
-                          input_size=input_size, precision=precision, overwrite=overwrite, overlays=overlays)
-    _record_provenance(out, "jhmdb", checkpoint, fmodel, preset, config, input_size, precision, dev, split=split,
-                       clips=clips, root=str(root))
-    res = _resumable(console, folder, [c.name for c in ds.clips], lambda: _catch_format_errors(
-        lambda: evaluate_features_on_jhmdb(
-            fmodel.features, dataset=ds, out=out, config=config, input_size=input_size, device=dev, overlays=overlays,
-            progress=True, color=fmodel.color, folder=folder), JhmdbFormatError))
-    g = Table(title=f"JHMDB PCK ({res.clips} clips, {int(res.counts.sum())} joint-frames), %")
-    for a in res.thresholds:
-        g.add_column(f"PCK@{a:g}", justify="right")
-    g.add_row(*(f"{v:.2f}" for v in res.mean))
-    console.print(g)
-    s = Table(title="per joint, %")
-    s.add_column("Joint")
-    for a in res.thresholds:
-        s.add_column(f"@{a:g}", justify="right")
-    for j, name in enumerate(JOINT_NAMES):
-        s.add_row(name, *(f"{v:.2f}" for v in res.per_joint[j]))
-    console.print(s)
-    console.print(f"results in {out} (pck.csv, per-clip.csv, keypoints/); wall time {time.perf_counter() - t0:.1f} s",
-                  soft_wrap=True)
-    return res
-
-
-def eval_vip_cli(
-    *,
-    root: Path | None,
-    results: Path | None,
-    checkpoint: Path | None,
-    seed: int,
-    out: Path | None,
-    split: str,
-    videos: list[str] | None,
-    preset: str | None,
-    context: int | None,
-    radius: float | None,
-    topk: int | None,
-    temperature: float | None,
-    size: int | None,
-    overlays: bool,
-    device: str,
-    precision: str = "fp32",
-    overwrite: bool = False,
-):
-    """``tritoncorr eval vip``: score existing results (``--results``) or propagate and score; mIoU table and CSVs.
-    ``--out`` is resumable (:mod:`tritoncorr.evals.resume`)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from tritoncorr.evals.vip import GLOBAL_COLUMNS as VIP_COLUMNS
-    from tritoncorr.evals.vip import VIP_CLASSES, VipDataset, VipFormatError, evaluate_features_on_vip
-    from tritoncorr.evals.vip import evaluate_results as vip_results
-
-    console = Console()
-    t0 = time.perf_counter()
-    root = _root_or_fail(root, "VIP", "VIP_Fine", "VIP")
-    ds = _catch_format_errors(lambda: VipDataset(root, split, videos or None), VipFormatError)
-    if results is not None:
-        scores = _catch_format_errors(lambda: vip_results(results_dir=results, dataset=ds), VipFormatError)
-        out = Path(results)
-    else:
-        fmodel, config, input_size, dev = _task_settings(
-            console, task="vip", checkpoint=checkpoint, seed=seed, device=device, preset=preset, context=context,
-            radius=radius, topk=topk, temperature=temperature, size=size, precision=precision)
-        console.print(f"VIP root {root}: {len(ds)} video(s) of {split}", soft_wrap=True)
-        out = Path(out) if out is not None else Path("eval-vip") / split
-        folder = _eval_folder(out, task="vip", checkpoint=checkpoint, seed=seed, fmodel=fmodel, config=config,
-                              input_size=input_size, precision=precision, overwrite=overwrite, split=split,
-                              overlays=overlays)
-        _record_provenance(out, "vip", checkpoint, fmodel, preset, config, input_size, precision, dev, split=split,
-                           videos=videos, root=str(root))
-        scores = _resumable(console, folder, ds.names, lambda: _catch_format_errors(lambda: evaluate_features_on_vip(
-            fmodel.features, dataset=ds, out=out, config=config, input_size=input_size, device=dev,
-            overlays=overlays, progress=True, color=fmodel.color, folder=folder), VipFormatError))
-    g_path, c_path = scores.write_csvs(out)
-    g = Table(title=f"VIP {split}: {len(ds)} videos, {scores.frames} frames")
-    for c in VIP_COLUMNS:
-        g.add_column(c, justify="right")
-    row = scores.global_row()
-    g.add_row(*(f"{row[c]:.4f}" for c in VIP_COLUMNS))
-    console.print(g)
-    s = Table(title="per class")
-    for c, j in (("Class", "left"), ("IoU", "right"), ("Acc", "right")):
-        s.add_column(c, justify=j)
-    for i, name in enumerate(VIP_CLASSES):
-        s.add_row(name, f"{scores.class_iou[i]:.4f}", f"{scores.class_accuracy[i]:.4f}")
-    console.print(s)
-    console.print(f"results in {out} (CSVs {g_path.name}, {c_path.name}); wall time {time.perf_counter() - t0:.1f} s",
-                  soft_wrap=True)
-    return scores
-
-
-def eval_ytvos_cli(
-    *,
-    root: Path | None,
-    year: str,
-    checkpoint: Path | None,
-    seed: int,
-    out: Path | None,
-    videos: list[str] | None,
-    preset: str | None,
-    context: int | None,
-    radius: float | None,
-    topk: int | None,
-    temperature: float | None,
-    size: int | None,
-    overlays: bool,
-    make_zip: bool,
-    device: str,
-    precision: str = "fp32",
-    overwrite: bool = False,
-):
-    """``tritoncorr eval ytvos``: export ``Annotations/`` and the server zip; there is no local score.
-    ``--out`` is resumable (:mod:`tritoncorr.evals.resume`)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from tritoncorr.evals.ytvos import YEARS, YtvosDataset, YtvosFormatError, export_features_on_ytvos
-
-    console = Console()
-    t0 = time.perf_counter()
-    if str(year) not in YEARS:
-        _fail(f"--year must be one of {', '.join(YEARS)}, got {year!r}")
-    root = _root_or_fail(root, f"YouTube-VOS {year} valid", f"YouTube-VOS/{year}/valid", f"YouTube-VOS-{year}/valid")
-    ds = _catch_format_errors(lambda: YtvosDataset(root, videos or None), YtvosFormatError)
-    fmodel, config, input_size, dev = _task_settings(
-        console, task="ytvos", checkpoint=checkpoint, seed=seed, device=device, preset=preset, context=context,
-        radius=radius, topk=topk, temperature=temperature, size=size, precision=precision)
-    console.print(f"YouTube-VOS {year} root {root}: {len(ds)} video(s)", soft_wrap=True)
-    for note in ds.notes:
-        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
-    out = Path(out) if out is not None else Path("eval-ytvos") / f"{year}-valid"
-    folder = _eval_folder(out, task="ytvos", checkpoint=checkpoint, seed=seed, fmodel=fmodel, config=config,
-                          input_size=input_size, precision=precision, overwrite=overwrite, overlays=overlays,
-                          year=str(year))
-    _record_provenance(out, "ytvos", checkpoint, fmodel, preset, config, input_size, precision, dev, split=str(year),
-                       videos=videos, root=str(root))
-    res = _resumable(console, folder, [v.name for v in ds], lambda: _catch_format_errors(
-        lambda: export_features_on_ytvos(
-            fmodel.features, dataset=ds, out=out, year=str(year), config=config, input_size=input_size, device=dev,
-            overlays=overlays, progress=True, color=fmodel.color, make_zip=make_zip, folder=folder),
-        YtvosFormatError))
-    t = Table(title=f"YouTube-VOS {year} valid export")
-    for c in ("Videos", "Frames", "Objects", "Annotations", "Zip"):
-        t.add_column(c)
-    t.add_row(str(res.videos), str(res.frames), str(res.objects), str(res.annotations),
-              str(res.zip_path) if res.zip_path else "-")
-    console.print(t)
-    console.print(f"[bold]No local score[/]: the YouTube-VOS {year} valid ground truth is held by the evaluation "
-                  f"server; upload {res.zip_path or res.annotations} to the YouTube-VOS {year} CodaLab competition. "
-                  f"Wall time {time.perf_counter() - t0:.1f} s", soft_wrap=True)
-    return res

@@ -73,7 +73,7 @@ def git_state(package_dir: str | Path | None = None) -> dict[str, Any] | None:
 
 def _command() -> str:
     argv = list(sys.argv)
-    if argv and Path(argv[0]).name in ("tritoncorr", "cli.py"):
+    if argv and (Path(argv[0]).name == "tritoncorr" or Path(argv[0]).parts[-2:] == ("cli", "__main__.py")):
         argv[0] = "tritoncorr"
     return shlex.join(argv)
 

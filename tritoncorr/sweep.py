@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +22,7 @@ import torch
 
 SWEEP_FIELDS = {"topk": int, "temperature": float, "radius": int, "context": int}
 
-__all__ = ["SWEEP_FIELDS", "grid_settings", "parse_values", "sweep_davis", "eval_sweep_cli"]
+__all__ = ["SWEEP_FIELDS", "check_values", "grid_settings", "parse_values", "sweep_davis"]
 
 
 def parse_values(text: str | None, cast, name: str) -> list:
@@ -122,76 +120,3 @@ def sweep_davis(features_fn, *, root, split: str = "val", resolution: str = "480
         for objs in objects:
             objs.sort(key=lambda o: (order[o.sequence], o.object_id))
     return [(s, DavisScores(objs, split=split)) for s, objs in zip(settings, objects)], ds
-
-
-def eval_sweep_cli(*, root: Path | None, checkpoint: Path | None, seed: int, out: Path | None, split: str,
-                   resolution: str, sequences: list[str] | None, preset: str | None, context: str | None,
-                   radius: str | None, topk: str | None, temperature: str | None, device: str, precision: str,
-                   cache_features: Path | None, workers: int):
-    """``tritoncorr eval sweep``: parse the grid, load the model, :func:`sweep_davis`, print and write the table."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from tritoncorr.evals.davis import DavisFormatError
-    from tritoncorr.evaluate import (_fail, _record_provenance, _task_settings, default_davis_root,
-                                     feature_cache_for)
-
-    console = Console()
-    t0 = time.perf_counter()
-    try:
-        values = {f: parse_values(v, SWEEP_FIELDS[f], f)
-                  for f, v in dict(topk=topk, temperature=temperature, radius=radius, context=context).items()}
-    except ValueError as err:
-        _fail(str(err))
-    settings = grid_settings(values)
-    if root is None:
-        root = default_davis_root()
-        if root is None:
-            _fail("no DAVIS found under $TRITONCORR_DATA/DAVIS or ~/.cache/tritoncorr/DAVIS: pass --root")
-    if not Path(root).is_dir():
-        _fail(f"DAVIS root {root} does not exist")
-    fmodel, config, _, dev = _task_settings(
-        console, task="davis", checkpoint=checkpoint, seed=seed, device=device, preset=preset, context=None,
-        radius=None, topk=None, temperature=None, size=None, precision=precision)
-    try:
-        check_values(values)
-        for s in settings:
-            dataclasses.replace(config, **s)
-    except (TypeError, ValueError) as err:
-        _fail(f"invalid propagation setting in the grid: {err}")
-    out = Path(out) if out is not None else Path("eval-sweep") / split
-    cache = feature_cache_for(cache_features, checkpoint, fmodel, config, None, precision)
-    console.print(f"sweep over {len(settings)} setting(s) of {', '.join(f for f, v in values.items() if v) or 'nothing'}"
-                  f"; features {'from/to ' + str(cache.folder) if cache else 'computed once per sequence'}",
-                  soft_wrap=True)
-    _record_provenance(out, "davis-sweep", checkpoint, fmodel, preset, config, None, precision, dev, split=split,
-                       resolution=resolution, sequences=sequences, root=str(root), grid=values)
-    try:
-        results, ds = sweep_davis(fmodel.features, root=root, split=split, resolution=resolution,
-                                  sequences=sequences, config=config, settings=settings, device=dev,
-                                  color=fmodel.color, cache=cache, progress=True, workers=workers)
-    except DavisFormatError as err:
-        _fail(str(err))
-    fields = [f for f, v in values.items() if v]
-    best = max(range(len(results)), key=lambda i: results[i][1].jf_mean)
-    table = Table(title=f"DAVIS-2017 {split}: J&F over {len(ds)} sequence(s), {len(results)} setting(s)")
-    for f in fields:
-        table.add_column(f, justify="right")
-    for c in ("J&F-Mean", "J-Mean", "F-Mean", ""):
-        table.add_column(c, justify="right")
-    for i, (s, sc) in enumerate(results):
-        table.add_row(*(str(s[f]) for f in fields), f"{sc.jf_mean:.3f}", f"{sc.j_mean:.3f}", f"{sc.f_mean:.3f}",
-                      "best" if i == best else "")
-    console.print(table)
-    out.mkdir(parents=True, exist_ok=True)
-    g_path, o_path = out / f"sweep-{split}.csv", out / f"sweep-{split}-objects.csv"
-    g_lines = [",".join(fields + ["J&F-Mean", "J-Mean", "F-Mean"])]
-    g_lines += [",".join([str(s[f]) for f in fields] + [f"{sc.jf_mean:.6f}", f"{sc.j_mean:.6f}", f"{sc.f_mean:.6f}"])
-                for s, sc in results]
-    g_path.write_text("\n".join(g_lines) + "\n")
-    o_lines = [",".join(fields + ["Sequence", "J-Mean", "F-Mean"])]
-    o_lines += [",".join([str(s[f]) for f in fields] + [name, f"{j:.6f}", f"{fm:.6f}"])
-                for s, sc in results for name, j, fm in sc.per_sequence_rows()]
-    o_path.write_text("\n".join(o_lines) + "\n")
-    console.print(f"wrote {g_path} and {o_path}; wall time {time.perf_counter() - t0:.1f} s", soft_wrap=True)
-    return results

@@ -30,10 +30,25 @@ CROPS = ("random", "center", "resized", "full")
 COLORS = ("rgb", "lab")
 
 
-def data_home() -> Path:
-    """Where datasets live: ``$TRITONCORR_DATA``, else ``~/.cache/tritoncorr``."""
+def data_homes() -> list[Path]:
+    """Where datasets are looked for, in order: ``$TRITONCORR_DATA`` (when set), then ``~/.cache/tritoncorr``."""
     env = os.environ.get("TRITONCORR_DATA")
-    return Path(env).expanduser() if env else Path("~/.cache/tritoncorr").expanduser()
+    return ([Path(env).expanduser()] if env else []) + [Path("~/.cache/tritoncorr").expanduser()]
+
+
+def data_home() -> Path:
+    """Where datasets live (and generated ones are written): ``$TRITONCORR_DATA``, else ``~/.cache/tritoncorr``."""
+    return data_homes()[0]
+
+
+def find_dataset(*names: str) -> Path | None:
+    """The first existing folder ``<home>/<name>`` over :func:`data_homes` and then ``names``
+    (e.g. ``"VIP_Fine", "VIP"``), else None."""
+    for home in data_homes():
+        for name in names:
+            if (home / name).is_dir():
+                return home / name
+    return None
 
 
 def dataset_path(*parts: str) -> str:

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tritoncorr.cli.common import fail, resolve_device
 
 
 def default_out() -> Path:
@@ -105,20 +106,12 @@ def bench_cli(*, kernels: list[str], aot: bool, json_path: Path | None, csv_path
         aot_cli(json_path, console)
         return
 
-    import torch
-
     from tritoncorr.bench.runner import FAMILIES, append_csv, device_name, load_cases, run_case, write_json
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        console.print("[red]--device cuda requested but no CUDA device is available[/red]")
-        raise typer.Exit(code=2)
-    dev = torch.device(device)
+    dev = resolve_device(device)
     unknown = [k for k in kernels if k not in FAMILIES]
     if unknown:
-        console.print(f"[red]unknown kernel(s) {', '.join(unknown)}; choose from {', '.join(FAMILIES)}[/red]")
-        raise typer.Exit(code=2)
+        fail(f"unknown kernel(s) {', '.join(unknown)}; choose from {', '.join(FAMILIES)}")
     families = kernels or list(FAMILIES)
     if dev.type == "cpu":
         console.print(

@@ -1,15 +1,18 @@
-"""The ``tritoncorr`` command line (Typer + rich).
+"""The ``tritoncorr`` Typer app: every command's options, each handed to the module of :mod:`tritoncorr.cli`
+that runs it.
 
 Heavy imports (torch, triton) happen inside the commands, so ``tritoncorr --help`` is instant.
-Each command only parses its options and hands them to the module that does the work:
 
-* ``tritoncorr eval davis``  -> :func:`tritoncorr.evaluate.eval_davis_cli`
-* ``tritoncorr eval jhmdb|vip|ytvos`` -> :func:`tritoncorr.evaluate.eval_jhmdb_cli`, ``eval_vip_cli``, ``eval_ytvos_cli``
-* ``tritoncorr eval sweep`` -> :func:`tritoncorr.sweep.eval_sweep_cli`
-* ``tritoncorr eval compare`` -> :func:`tritoncorr.compare.compare_cli`
-* ``tritoncorr train``       -> :func:`tritoncorr.engine.cli.train_cli`
-* ``tritoncorr bench``       -> :func:`tritoncorr.bench.cli.bench_cli`
-* ``tritoncorr weights list|download|verify`` -> :mod:`tritoncorr.weights`
+* ``tritoncorr eval davis|sweep|jhmdb|vip|ytvos`` -> :mod:`tritoncorr.cli.evaluate`
+* ``tritoncorr eval compare`` -> :mod:`tritoncorr.cli.compare`
+* ``tritoncorr train``       -> :mod:`tritoncorr.cli.train`
+* ``tritoncorr bench``       -> :mod:`tritoncorr.cli.bench`
+* ``tritoncorr weights list|download|verify`` -> :mod:`tritoncorr.cli.weights`
+* ``tritoncorr convert``     -> :mod:`tritoncorr.cli.convert`
+* ``tritoncorr propagate``   -> :mod:`tritoncorr.cli.propagate`
+
+The model and propagation options of ``eval *`` and ``propagate`` are declared once, as the fields of
+:class:`~tritoncorr.cli.options.PropagationOptions` (:func:`~tritoncorr.cli.options.with_options`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,20 @@ from typing import Annotated, Optional
 import typer
 
 from tritoncorr import __version__
+from tritoncorr.cli.options import (
+    CHECKPOINT_HELP,
+    SIZE_HELP,
+    CacheFeatures,
+    Device,
+    MaskOverlays,
+    Overwrite,
+    PropagationOptions,
+    Resolution,
+    Split,
+    Videos,
+    Workers,
+    with_options,
+)
 
 app = typer.Typer(
     name="tritoncorr",
@@ -28,20 +45,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-PrecisionOption = Annotated[str, typer.Option(
-    help="Feature extractor precision: fp32 (the papers' protocol) or bf16 (autocast; ~4x faster features on CPUs "
-         "with AMX; DAVIS J&F moved by 0.001 on bear).")]
-OverwriteOption = Annotated[
-    bool, typer.Option(help="Start again in --out even if it holds an evaluation with other settings or another "
-                       "checkpoint (by default a rerun with the same settings skips the finished sequences and "
-                       "other settings are refused).")]
-
-CacheOption = Annotated[Optional[Path], typer.Option(
-    "--cache-features", help="Feature cache folder: each sequence's features are stored once (safetensors, keyed by "
-    "the checkpoint's SHA-256, input size, padding and precision) and read back by later runs with other "
-    "propagation settings (--topk, --temperature, --radius, --context, --preset).")]
-WorkersOption = Annotated[int, typer.Option(min=0, help="Score sequences in this many processes (0 = in this one).")]
-
 eval_app = typer.Typer(help="Evaluate on a benchmark (DAVIS-2017 J&F, JHMDB PCK, VIP mIoU, YouTube-VOS export) and "
                        "compare evaluations.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
@@ -66,6 +69,7 @@ def main(
 
 
 @eval_app.command("davis")
+@with_options()
 def eval_davis(
     root: Annotated[
         Optional[Path],
@@ -77,80 +81,51 @@ def eval_davis(
         typer.Option(help="Score an existing folder of result PNGs (<seq>/<frame>.png, DAVIS palette) instead of "
                      "running propagation. The two CSVs are written into this folder."),
     ] = None,
-    checkpoint: Annotated[
-        Optional[str], typer.Option(help="Weights: a training run's model.safetensors / init.safetensors (the method, "
-                                    "its features and its preset are read from it), a run folder, a plain "
-                                    "ResNet-18 backbone .safetensors, a published name (tritoncorr weights list), "
-                                    "an https:// URL or hf://OWNER/REPO/PATH. Default: random init (seeded).")
-    ] = None,
-    seed: Annotated[
-        int, typer.Option(help="Seed of the random-init backbone (no --checkpoint). A training run's initial "
-                          "weights are those of its recipe seed (recipes/dul.py: 32).")
-    ] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Output folder for PNGs, CSVs and overlays.")] = None,
-    split: Annotated[str, typer.Option(help="ImageSets/2017/<split>.txt")] = "val",
-    resolution: Annotated[str, typer.Option(help="480p or Full-Resolution")] = "480p",
+    split: Split = "val",
+    resolution: Resolution = "480p",
     sequences: Annotated[
         Optional[list[str]], typer.Option("--sequence", "-s", help="Evaluate only these sequences (repeatable).")
     ] = None,
-    preset: Annotated[
-        Optional[str], typer.Option(help="Propagation preset (dul, crw, stt, liir, mast, or common: DUL's kNN protocol "
-                                    "for any method, the same window in pixels at any stride). Default: the "
-                                    "checkpoint's method preset (dul for plain backbones and random init).")
-    ] = None,
-    context: Annotated[Optional[int], typer.Option(help="Previous frames in the context (preset: 20).")] = None,
-    radius: Annotated[Optional[int], typer.Option(help="Spatial radius in feature cells (default: the preset's "
-                                                       "window at the checkpoint's stride, e.g. 12 at stride 8, "
-                                                       "24 at 4).")] = None,
-    topk: Annotated[Optional[int], typer.Option(help="Top-k neighbours (preset: 10).")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="Softmax temperature (preset: 0.05).")] = None,
-    overlays: Annotated[bool, typer.Option(help="Also write frames with coloured masks for viewing.")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    precision: PrecisionOption = "fp32",
-    overwrite: OverwriteOption = False,
-    cache_features: CacheOption = None,
-    workers: WorkersOption = 0,
+    opts: PropagationOptions = PropagationOptions(),
+    overlays: MaskOverlays = False,
+    overwrite: Overwrite = False,
+    cache_features: CacheFeatures = None,
+    workers: Workers = 0,
 ) -> None:
     """DAVIS-2017 semi-supervised J&F, exactly as the official toolkit computes it."""
-    from tritoncorr.evaluate import eval_davis_cli
+    from tritoncorr.cli.evaluate import eval_davis_cli
 
-    eval_davis_cli(
-        root=root, results=results, checkpoint=checkpoint, seed=seed, out=out, split=split, resolution=resolution,
-        sequences=sequences, preset=preset, context=context, radius=radius, topk=topk,
-        temperature=temperature, overlays=overlays, device=device, precision=precision, overwrite=overwrite,
-        cache_features=cache_features, workers=workers,
-    )
+    eval_davis_cli(root=root, results=results, opts=opts, out=out, split=split, resolution=resolution,
+                   sequences=sequences, overlays=overlays, overwrite=overwrite, cache_features=cache_features,
+                   workers=workers)
 
 
 @eval_app.command("sweep")
+@with_options("checkpoint", "seed", "preset", "device", "precision")
 def eval_sweep(
     root: Annotated[Optional[Path], typer.Option(help="DAVIS-2017 root. Default: $TRITONCORR_DATA/DAVIS or "
                                                  "~/.cache/tritoncorr/DAVIS.")] = None,
-    checkpoint: CheckpointOption = None,
-    seed: SeedOption = 0,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (sweep-<split>.csv). Default: eval-sweep/<split>.")] = None,
-    split: Annotated[str, typer.Option(help="ImageSets/2017/<split>.txt")] = "val",
-    resolution: Annotated[str, typer.Option(help="480p or Full-Resolution")] = "480p",
+    split: Split = "val",
+    resolution: Resolution = "480p",
     sequences: Annotated[
         Optional[list[str]], typer.Option("--sequence", "-s", help="Only these sequences (repeatable).")
     ] = None,
-    preset: Annotated[Optional[str], typer.Option(help="Propagation preset the grid starts from (default: the "
-                                                  "checkpoint's).")] = None,
+    opts: PropagationOptions = PropagationOptions(),
     topk: Annotated[Optional[str], typer.Option(help="Top-k values, comma-separated (e.g. 5,10,20).")] = None,
     temperature: Annotated[Optional[str], typer.Option(help="Temperatures, comma-separated.")] = None,
     radius: Annotated[Optional[str], typer.Option(help="Radii in feature cells, comma-separated.")] = None,
     context: Annotated[Optional[str], typer.Option(help="Context lengths, comma-separated.")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    precision: PrecisionOption = "fp32",
-    cache_features: CacheOption = None,
-    workers: WorkersOption = 0,
+    cache_features: CacheFeatures = None,
+    workers: Workers = 0,
 ) -> None:
-    """J&F over a grid of propagation settings (the product of the given values), features computed once."""
-    from tritoncorr.sweep import eval_sweep_cli
+    """J&F over a grid of propagation settings (the product of the given values), features computed once;
+    --preset is the setting the grid starts from."""
+    from tritoncorr.cli.evaluate import eval_sweep_cli
 
-    eval_sweep_cli(root=root, checkpoint=checkpoint, seed=seed, out=out, split=split, resolution=resolution,
-                   sequences=sequences, preset=preset, context=context, radius=radius, topk=topk,
-                   temperature=temperature, device=device, precision=precision, cache_features=cache_features,
+    eval_sweep_cli(root=root, opts=opts, out=out, split=split, resolution=resolution, sequences=sequences,
+                   context=context, radius=radius, topk=topk, temperature=temperature, cache_features=cache_features,
                    workers=workers)
 
 
@@ -177,41 +152,20 @@ def eval_compare(
              "first folder's provenance.json).")] = None,
 ) -> None:
     """Compare evaluations sequence by sequence: paired J&F differences, standard error, bootstrap 95% interval."""
-    from tritoncorr.compare import compare_cli
+    from tritoncorr.cli.compare import compare_cli
 
     compare_cli(list(folders), split=split, csv_path=csv_path, n_boot=bootstrap, seed=seed,
                 allow_different_settings=allow_different_settings, min_sequences=min_sequences, html_path=html,
                 root=root)
 
 
-_PRESET_HELP = ("Propagation preset (dul, crw, stt, liir, mast, or common: DUL's kNN protocol for any method, the same "
-                "window in pixels at any stride). Default: the checkpoint's method preset (dul for plain "
-                "backbones and random init), with its settings for this benchmark.")
-_CKPT_HELP = ("Weights: a training run's model.safetensors / init.safetensors (method, features and preset are read from "
-              "it), a run folder, a plain ResNet-18 backbone .safetensors, a published name (tritoncorr weights list), "
-              "an https:// URL or hf://OWNER/REPO/PATH. Default: random init (seeded).")
-_SIZE_HELP = "Network input side: frames resized to SIZE x SIZE (0 = native). Default: the task preset's."
-
-
-# options shared by the eval jhmdb / vip / ytvos commands
-CheckpointOption = Annotated[Optional[str], typer.Option(help=_CKPT_HELP)]
-SeedOption = Annotated[int, typer.Option(help="Seed of the random-init backbone (no --checkpoint).")]
-PresetOption = Annotated[Optional[str], typer.Option(help=_PRESET_HELP)]
-ContextOption = Annotated[Optional[int], typer.Option(help="Previous frames in the context (preset: 20).")]
-RadiusOption = Annotated[Optional[int], typer.Option(help="Spatial radius in feature cells (default: the preset's "
-                                                          "window in pixels at the checkpoint's stride).")]
-TopkOption = Annotated[Optional[int], typer.Option(help="Top-k neighbours.")]
-TemperatureOption = Annotated[Optional[float], typer.Option(help="Softmax temperature.")]
-
-
 @eval_app.command("jhmdb")
+@with_options()
 def eval_jhmdb(
     root: Annotated[
         Optional[Path], typer.Option(help="JHMDB root (Rename_Images/, joint_positions/, splits/). Default: "
                                      "$TRITONCORR_DATA/JHMDB or ~/.cache/tritoncorr/JHMDB.")
     ] = None,
-    checkpoint: CheckpointOption = None,
-    seed: SeedOption = 0,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (pck.csv, per-clip.csv, keypoints/, overlays/).")] = None,
     split: Annotated[int, typer.Option(help="JHMDB split (1, 2, 3): its test clips (splits/*_test_split<N>.txt); "
                                        "every clip when there are no split files.")] = 1,
@@ -220,26 +174,20 @@ def eval_jhmdb(
                                      "(test.split.v2.txt) instead of the split files.")
     ] = None,
     clips: Annotated[Optional[list[str]], typer.Option("--clip", "-s", help="Only these clips (repeatable).")] = None,
-    preset: PresetOption = None,
-    context: ContextOption = None,
-    radius: RadiusOption = None,
-    topk: TopkOption = None,
-    temperature: TemperatureOption = None,
-    size: Annotated[Optional[int], typer.Option(help=_SIZE_HELP + " (320)")] = None,
+    opts: PropagationOptions = PropagationOptions(),
+    size: Annotated[Optional[int], typer.Option(help=SIZE_HELP + " (320).")] = None,
     overlays: Annotated[bool, typer.Option(help="Also draw predicted (coloured) and true (white) joints on the frames.")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    precision: PrecisionOption = "fp32",
-    overwrite: OverwriteOption = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """JHMDB pose propagation: PCK@0.1..0.5 (mean of the 15 per-joint PCKs), exactly as CRW's eval_pck.py."""
-    from tritoncorr.evaluate import eval_jhmdb_cli
+    from tritoncorr.cli.evaluate import eval_jhmdb_cli
 
-    eval_jhmdb_cli(root=root, checkpoint=checkpoint, seed=seed, out=out, split=split, list_file=list_file, clips=clips,
-                   preset=preset, context=context, radius=radius, topk=topk, temperature=temperature, size=size,
-                   overlays=overlays, device=device, precision=precision, overwrite=overwrite)
+    eval_jhmdb_cli(root=root, opts=opts, out=out, split=split, list_file=list_file, clips=clips, size=size,
+                   overlays=overlays, overwrite=overwrite)
 
 
 @eval_app.command("vip")
+@with_options()
 def eval_vip(
     root: Annotated[
         Optional[Path], typer.Option(help="VIP_Fine root (Images/, Annotations/Category_ids/, lists/). Default: "
@@ -249,59 +197,42 @@ def eval_vip(
         Optional[Path], typer.Option(help="Score an existing folder of predictions (<video>/<frame>.png of category "
                                      "ids) instead of propagating. The CSVs are written into it.")
     ] = None,
-    checkpoint: CheckpointOption = None,
-    seed: SeedOption = 0,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (predictions, CSVs, overlays/).")] = None,
     split: Annotated[str, typer.Option(help="lists/<split>_videos.txt")] = "val",
-    videos: Annotated[Optional[list[str]], typer.Option("--video", "-s", help="Only these videos (repeatable).")] = None,
-    preset: PresetOption = None,
-    context: ContextOption = None,
-    radius: RadiusOption = None,
-    topk: TopkOption = None,
-    temperature: TemperatureOption = None,
-    size: Annotated[Optional[int], typer.Option(help=_SIZE_HELP + " (560)")] = None,
+    videos: Videos = None,
+    opts: PropagationOptions = PropagationOptions(),
+    size: Annotated[Optional[int], typer.Option(help=SIZE_HELP + " (560).")] = None,
     overlays: Annotated[bool, typer.Option(help="Also write frames with coloured parts for viewing.")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    precision: PrecisionOption = "fp32",
-    overwrite: OverwriteOption = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """VIP human-part propagation: mIoU over 20 classes (plus pixel / mean class accuracy, fwIoU), as CRW's eval_vip.py."""
-    from tritoncorr.evaluate import eval_vip_cli
+    from tritoncorr.cli.evaluate import eval_vip_cli
 
-    eval_vip_cli(root=root, results=results, checkpoint=checkpoint, seed=seed, out=out, split=split, videos=videos,
-                 preset=preset, context=context, radius=radius, topk=topk, temperature=temperature, size=size,
-                 overlays=overlays, device=device, precision=precision, overwrite=overwrite)
+    eval_vip_cli(root=root, results=results, opts=opts, out=out, split=split, videos=videos, size=size,
+                 overlays=overlays, overwrite=overwrite)
 
 
 @eval_app.command("ytvos")
+@with_options()
 def eval_ytvos(
     root: Annotated[
         Optional[Path], typer.Option(help="YouTube-VOS valid folder (JPEGImages/, Annotations/, meta.json). Default: "
                                      "$TRITONCORR_DATA/YouTube-VOS/<year>/valid or the same under ~/.cache/tritoncorr.")
     ] = None,
     year: Annotated[str, typer.Option(help="2018 or 2019.")] = "2018",
-    checkpoint: CheckpointOption = None,
-    seed: SeedOption = 0,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (Annotations/, the zip, overlays/).")] = None,
-    videos: Annotated[Optional[list[str]], typer.Option("--video", "-s", help="Only these videos (repeatable).")] = None,
-    preset: PresetOption = None,
-    context: ContextOption = None,
-    radius: RadiusOption = None,
-    topk: TopkOption = None,
-    temperature: TemperatureOption = None,
-    size: Annotated[Optional[int], typer.Option(help=_SIZE_HELP + " (native)")] = None,
-    overlays: Annotated[bool, typer.Option(help="Also write frames with coloured masks for viewing.")] = False,
+    videos: Videos = None,
+    opts: PropagationOptions = PropagationOptions(),
+    size: Annotated[Optional[int], typer.Option(help=SIZE_HELP + " (native).")] = None,
+    overlays: MaskOverlays = False,
     make_zip: Annotated[bool, typer.Option("--zip/--no-zip", help="Write the submission zip.")] = True,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    precision: PrecisionOption = "fp32",
-    overwrite: OverwriteOption = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """YouTube-VOS valid: export the predictions (Annotations/ and a zip) for the evaluation server; no local score."""
-    from tritoncorr.evaluate import eval_ytvos_cli
+    from tritoncorr.cli.evaluate import eval_ytvos_cli
 
-    eval_ytvos_cli(root=root, year=year, checkpoint=checkpoint, seed=seed, out=out, videos=videos, preset=preset,
-                   context=context, radius=radius, topk=topk, temperature=temperature, size=size, overlays=overlays,
-                   make_zip=make_zip, device=device, precision=precision, overwrite=overwrite)
+    eval_ytvos_cli(root=root, year=year, opts=opts, out=out, videos=videos, size=size, overlays=overlays,
+                   make_zip=make_zip, overwrite=overwrite)
 
 
 @app.command()
@@ -321,7 +252,7 @@ def train(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
 ) -> None:
     """Train a method from a recipe (single process, or several under torchrun)."""
-    from tritoncorr.engine.cli import train_cli
+    from tritoncorr.cli.train import train_cli
 
     train_cli(recipe=recipe, overrides=set_ or [], steps=steps, seed=seed, out=out, resume=resume, dry_run=dry_run,
               resume_from=resume_from)
@@ -342,10 +273,10 @@ def bench(
                                                 "$XDG_CACHE_HOME/tritoncorr/bench).")] = None,
     quick: Annotated[bool, typer.Option(help="One training shape per kernel family, fwd+bwd rows, no torch.compile "
                                         "and no end-to-end case: the full rows' ratios in about a minute.")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    device: Device = "auto",
 ) -> None:
     """Benchmark the kernels against their PyTorch references (time, peak memory, roofline)."""
-    from tritoncorr.bench.cli import bench_cli
+    from tritoncorr.cli.bench import bench_cli
 
     bench_cli(kernels=kernels or [], aot=aot, json_path=json_path, csv_path=csv_path, quick=quick, device=device,
               out=out)
@@ -354,7 +285,7 @@ def bench(
 @weights_app.command("list")
 def weights_list() -> None:
     """The registry: name, method, the authors' DAVIS-2017 J&F, licence, whether it is cached, where it comes from."""
-    from tritoncorr.weights import weights_list_cli
+    from tritoncorr.cli.weights import weights_list_cli
 
     weights_list_cli()
 
@@ -364,7 +295,7 @@ def weights_download(
     names: Annotated[list[str], typer.Argument(help="Registered names, https:// URLs or hf://OWNER/REPO/PATH.")],
 ) -> None:
     """Download (resumable, SHA-256 recorded and verified) and convert once; print the cached path."""
-    from tritoncorr.weights import weights_download_cli
+    from tritoncorr.cli.weights import weights_download_cli
 
     weights_download_cli(list(names))
 
@@ -374,7 +305,7 @@ def weights_verify(
     names: Annotated[Optional[list[str]], typer.Argument(help="Registered names (default: every cached one).")] = None,
 ) -> None:
     """Re-hash cached checkpoints against the SHA-256 recorded at download (and the authors' MD5 where published)."""
-    from tritoncorr.weights import weights_verify_cli
+    from tritoncorr.cli.weights import weights_verify_cli
 
     weights_verify_cli(list(names or []))
 
@@ -392,12 +323,13 @@ def convert(
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write the full report as JSON.")] = None,
 ) -> None:
     """Convert a published checkpoint (CRW, DUL, STT, MAST, LIIR, MoCo v2, torchvision ResNet) to tritoncorr."""
-    from tritoncorr.models.convert import convert_cli
+    from tritoncorr.cli.convert import convert_cli
 
     convert_cli(src=src, to=to, fmt=fmt, variant=variant, verbose=verbose, report_path=report)
 
 
 @app.command()
+@with_options("preset", "device", "precision")
 def propagate(
     video: Annotated[Path, typer.Argument(help="A video file (.mp4, .webm, .mov, .avi, ...) or a folder of frames.")],
     mask: Annotated[
@@ -405,35 +337,30 @@ def propagate(
                                 "allowed). Later masks as FRAME:PATH (e.g. 120:later.png) restart the objects they "
                                 "contain and add new ones from that frame on. Repeatable.")
     ],
-    checkpoint: Annotated[
-        Optional[str], typer.Option(help="Weights: a published name (tritoncorr weights list), a training run's "
-                                    "model.safetensors, a run folder, a converted checkpoint (tritoncorr convert), an "
-                                    "https:// URL or hf://OWNER/REPO/PATH; its method picks features and preset. "
-                                    "Default: the embedded tritoncorr-stt-r18-cpu.")
-    ] = None,
-    preset: Annotated[Optional[str], typer.Option(help="Propagation preset (dul, crw, stt, liir, mast, common); default: "
-                                                  "the checkpoint's.")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option(
+        help=CHECKPOINT_HELP + " Default: the embedded tritoncorr-stt-r18-cpu.")] = None,
+    opts: PropagationOptions = PropagationOptions(),
     out: Annotated[Optional[Path], typer.Option(help="Output folder (masks/*.png, overlay.mp4). "
                                                 "Default: propagate/<video name>.")] = None,
     short_side: Annotated[int, typer.Option(help="Downscale frames whose shorter side is larger than this "
                                             "(0 = native resolution). Smaller is faster (about quadratically) and "
                                             "changes the result: see the README.")] = 480,
     max_frames: Annotated[Optional[int], typer.Option(help="Stop after this many frames.")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the random weights (--random-init).")] = 0,
     random_init: Annotated[bool, typer.Option("--random-init", help="Random weights instead of a checkpoint "
                                               "(a baseline; masks will not follow objects well).")] = False,
-    precision: PrecisionOption = "fp32",
     overlay: Annotated[bool, typer.Option(help="Write overlay.mp4 (masks blended over the frames).")] = True,
     fps: Annotated[Optional[float], typer.Option(help="Frame rate of a frame folder / override the video's.")] = None,
     alpha: Annotated[float, typer.Option(help="Mask opacity in the overlay.")] = 0.5,
 ) -> None:
     """Propagate masks drawn on frame 0 (and optional later frames) through a video; write masks and an overlay."""
-    from tritoncorr.video import propagate_cli
+    import dataclasses
 
-    propagate_cli(video=video, mask_specs=list(mask), checkpoint=checkpoint, preset=preset, out=out,
-                  short_side=short_side, max_frames=max_frames, device=device, seed=seed, overlay=overlay, fps=fps,
-                  alpha=alpha, precision=precision, random_init=random_init)
+    from tritoncorr.cli.propagate import propagate_cli
+
+    propagate_cli(video=video, mask_specs=list(mask), opts=dataclasses.replace(opts, checkpoint=checkpoint, seed=seed),
+                  out=out, short_side=short_side, max_frames=max_frames, overlay=overlay, fps=fps, alpha=alpha,
+                  random_init=random_init)
 
 
 if __name__ == "__main__":  # pragma: no cover
