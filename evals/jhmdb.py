@@ -49,7 +49,7 @@ import re
 import struct
 import warnings
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -619,87 +619,6 @@ def pck(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray],
     return PCKResult(tuple(float(a) for a in thresholds), per_joint, counts, clips=len(gts), per_clip=per_clip)
 
 
-# ----------------------------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------------------------
-
-
-def evaluate_features_on_jhmdb(
-    features_fn: Callable,
-    *,
-    root: str | Path | None = None,
-    dataset: JhmdbDataset | None = None,
-    out: str | Path,
-    config=None,
-    input_size: tuple[int, int] | None = (320, 320),
-    device="cpu",
-    overlays: bool = False,
-    progress: bool = True,
-    color: str = "rgb",
-    split: int | None = 1,
-    list_file: str | Path | None = None,
-    clips: Sequence[str] | None = None,
-    folder=None,
-) -> PCKResult:
-    """Propagate the first-frame joints of every clip with ``features_fn`` and score PCK.
-
-    Args:
-        features_fn: ``(1, 3, H, W)`` -> ``(1, C, h, w)`` (see :func:`tritoncorr.evaluate.compute_features`).
-        root / dataset: the JHMDB root (with ``split``, ``list_file``, ``clips``) or a built dataset.
-        out: ``<out>/pck.csv``, ``<out>/per-clip.csv``, ``<out>/keypoints/<action>/<clip>.npy``
-            (float32 ``(2, 15, T)`` predicted pixels, -1 missing), overlays in ``<out>/overlays/``.
-        config: a ``PropagationConfig`` (default: the ``dul`` preset's JHMDB task preset).
-        input_size: ``(H, W)`` network input (CRW: 320 x 320), None for native.
-        device, overlays, progress, color, folder: as :func:`tritoncorr.evaluate.evaluate_features_on_davis`.
-    """
-    from tritoncorr.evals.resume import EvalFolder
-    from tritoncorr.evaluate import VideoProgress, compute_features, propagate_labels
-
-    if config is None:
-        from tritoncorr.propagation import task_preset
-
-        config = task_preset("dul", "jhmdb").config
-    ds = dataset if dataset is not None else JhmdbDataset(root, split=split, list_file=list_file, clips=clips)
-    out = Path(out)
-    folder = folder if folder is not None else EvalFolder.fresh(out, "jhmdb")
-    todo = [clip for clip in ds if folder.record(clip.name) is None]
-    with VideoProgress(progress, [len(c) for c in todo], unit="clip") as bar:
-        for clip in todo:
-            bar.start(clip.name)
-            stage = folder.staging(clip.name)
-            gt = clip.joints()
-            vf = compute_features(features_fn, clip.load_frame, len(clip), input_size=input_size, config=config,
-                                  device=device, color=color, on_frame=bar.frame)
-            codec = JointsCodec(gt[:, :, 0])
-            prop = propagate_labels(vf, codec, config)
-            pred = np.stack([prop.decode(t) for t in range(len(clip))], axis=-1)  # (2, J, T)
-            n = min(pred.shape[-1], gt.shape[-1])
-            if gt.shape[-1] != len(clip):
-                warnings.warn(f"{clip.mat}: {gt.shape[-1]} annotated frames for {len(clip)} images; scoring {n}")
-            kp = stage / "keypoints" / f"{clip.name}.npy"
-            kp.parent.mkdir(parents=True, exist_ok=True)
-            np.save(kp, pred)
-            if overlays:
-                from tritoncorr.visualize import save_joints_overlay
-
-                for t in range(len(clip)):
-                    g = gt[:, :, t] if t < gt.shape[-1] else None
-                    save_joints_overlay(stage / "overlays" / clip.name / f"{clip.frames[t].stem}.jpg",
-                                        clip.load_frame(t), pred[:, :, t], g)
-            folder.commit(clip.name, stage, [f"keypoints/{clip.name}.npy", f"overlays/{clip.name}"], {"frames": n})
-    gts, preds, names = [], [], []
-    for clip in ds:
-        gt, pred = clip.joints(), np.load(out / "keypoints" / f"{clip.name}.npy")
-        n = min(pred.shape[-1], gt.shape[-1])
-        gts.append(gt[:, :, :n])
-        preds.append(pred[:, :, :n])
-        names.append(clip.name)
-    result = pck(gts, preds, names=names)
-    result.write_csv(out)
-    write_per_clip_csv(out / "per-clip.csv", result)
-    return result
-
-
 def write_per_clip_csv(path: str | Path, result: PCKResult) -> Path:
     """``Clip,PCK@0.1,...``: each clip's PCK pooled over its joints and frames (for looking, not reported)."""
     path = Path(path)
@@ -725,12 +644,12 @@ __all__ = [
     "cells_to_pixels",
     "decode_joints",
     "draw_gaussian",
-    "evaluate_features_on_jhmdb",
     "joint_heatmaps",
     "joints_to_cells",
     "normalised_distances",
     "pck",
     "read_joints",
     "read_mat",
+    "write_per_clip_csv",
     "write_mat",
 ]

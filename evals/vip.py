@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import csv
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -306,17 +306,8 @@ def video_histogram(results_dir: Path, v: VipVideo) -> tuple[np.ndarray, int]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation
+# Predictions
 # ----------------------------------------------------------------------------------------------
-
-
-def first_frame_codec(ids: np.ndarray):
-    """CRW's label set for a first frame: channels for the ids present, ids outside 0..19 as background."""
-    from tritoncorr.evaluate import MaskCodec
-
-    ids = np.asarray(ids)
-    clean = np.where(ids < NUM_CLASSES, ids, 0)
-    return MaskCodec.present(clean, void=None)
 
 
 def write_prediction(path: Path, ids: np.ndarray) -> Path:
@@ -324,71 +315,6 @@ def write_prediction(path: Path, ids: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(ids, dtype=np.uint8)).save(path)
     return path
-
-
-def evaluate_features_on_vip(
-    features_fn: Callable,
-    *,
-    root: str | Path | None = None,
-    dataset: VipDataset | None = None,
-    out: str | Path,
-    config=None,
-    input_size: tuple[int, int] | None = (560, 560),
-    device="cpu",
-    overlays: bool = False,
-    progress: bool = True,
-    color: str = "rgb",
-    split: str = "val",
-    videos: Sequence[str] | None = None,
-    folder=None,
-) -> VipScores:
-    """Propagate every video's first-frame parts with ``features_fn``, write the predictions, score mIoU.
-
-    Args:
-        features_fn: ``(1, 3, H, W)`` -> ``(1, C, h, w)`` (:func:`tritoncorr.evaluate.compute_features`).
-        root / dataset: the VIP root (with ``split``, ``videos``) or a built dataset.
-        out: ``<out>/<video>/<frame>.png`` predictions, the two CSVs, ``<out>/overlays/<video>/``.
-        config: a ``PropagationConfig`` (default: the ``dul`` preset's VIP task preset).
-        input_size: ``(H, W)`` network input (560 x 560), None for native.
-        folder: a resumable :class:`tritoncorr.evals.resume.EvalFolder` at ``out`` (videos it records as
-            finished are skipped); default: a fresh one.
-    """
-    from tritoncorr.evals.resume import EvalFolder
-    from tritoncorr.evaluate import VideoFormatError, VideoProgress, compute_features, propagate_labels
-
-    if config is None:
-        from tritoncorr.propagation import task_preset
-
-        config = task_preset("dul", "vip").config
-    ds = dataset if dataset is not None else VipDataset(root, split, videos)
-    out = Path(out)
-    folder = folder if folder is not None else EvalFolder.fresh(out, "vip")
-    todo = [v for v in ds if folder.record(v.name) is None]
-    with VideoProgress(progress, [len(v) for v in todo], unit="video") as bar:
-        for v in todo:
-            bar.start(v.name)
-            stage = folder.staging(v.name)
-            codec = first_frame_codec(v.load_label(0))
-            try:
-                vf = compute_features(features_fn, v.load_frame, len(v), config=config, input_size=input_size,
-                                      size=v.size, device=device, color=color, on_frame=bar.frame)
-            except VideoFormatError as err:
-                raise VipFormatError(f"video {v.name!r}: {err}") from err
-            prop = propagate_labels(vf, codec, config)
-            for t in range(len(v)):
-                ids = prop.decode(t)
-                write_prediction(stage / v.name / f"{v.frames[t].stem}.png", ids)
-                if overlays:
-                    from tritoncorr.visualize import save_overlay
-
-                    save_overlay(stage / "overlays" / v.name / f"{v.frames[t].stem}.jpg", v.load_frame(t), ids)
-            hist, n = video_histogram(stage, v)
-            folder.commit(v.name, stage, [v.name, f"overlays/{v.name}"], {"hist": hist.tolist(), "frames": n})
-    records = [folder.record(v.name) for v in ds]
-    scores = VipScores(np.sum([np.asarray(r["hist"], np.int64) for r in records], axis=0),
-                       frames=sum(int(r["frames"]) for r in records))
-    scores.write_csvs(out)
-    return scores
 
 
 __all__ = [
@@ -399,11 +325,10 @@ __all__ = [
     "VipFormatError",
     "VipScores",
     "VipVideo",
-    "evaluate_features_on_vip",
     "evaluate_results",
     "fast_hist",
-    "first_frame_codec",
     "frame_histogram",
     "read_prediction",
+    "video_histogram",
     "write_prediction",
 ]

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -255,95 +255,12 @@ class YtvosExport:
     notes: list[str] = field(default_factory=list)
 
 
-def export_features_on_ytvos(
-    features_fn: Callable,
-    *,
-    root: str | Path | None = None,
-    dataset: YtvosDataset | None = None,
-    out: str | Path,
-    year: str = "2018",
-    config=None,
-    input_size: tuple[int, int] | None = None,
-    device="cpu",
-    overlays: bool = False,
-    progress: bool = True,
-    color: str = "rgb",
-    videos: Sequence[str] | None = None,
-    make_zip: bool = True,
-    folder=None,
-) -> YtvosExport:
-    """Propagate each video once from its first annotated frame, objects joining at their own first
-    frame (:func:`tritoncorr.predictor.track_objects`); write the PNGs and the zip.
-
-    Args:
-        features_fn: ``(1, 3, H, W)`` -> ``(1, C, h, w)``; called once per frame from the first annotation on.
-        root / dataset: the ``valid`` folder (with ``videos``) or a built dataset.
-        out: ``<out>/Annotations/<video>/<frame>.png``, ``<out>/ytvos<year>-valid-submission.zip``,
-            overlays in ``<out>/overlays/<video>/``.
-        year: "2018" or "2019" (names the zip).
-        config: a ``PropagationConfig`` (default: the ``dul`` preset's YouTube-VOS task preset).
-        input_size: ``(H, W)`` network input, None for native.
-        folder: a resumable :class:`tritoncorr.evals.resume.EvalFolder` at ``out`` (videos it records as
-            finished are skipped); default: a fresh one.
-    """
-    from tritoncorr.evals.resume import EvalFolder
-    from tritoncorr.evaluate import VideoFormatError, VideoProgress
-    from tritoncorr.predictor import track_objects
-
-    if str(year) not in YEARS:
-        raise ValueError(f"year must be one of {YEARS}, got {year!r}")
-    if config is None:
-        from tritoncorr.propagation import task_preset
-
-        config = task_preset("dul", "ytvos").config
-    ds = dataset if dataset is not None else YtvosDataset(root, videos)
-    out = Path(out)
-    folder = folder if folder is not None else EvalFolder.fresh(out, "ytvos")
-    todo = [v for v in ds if folder.record(v.name) is None]
-    with VideoProgress(progress, [len(v) for v in todo], unit="video") as bar:
-        for v in todo:
-            bar.start(v.name)
-            stage = folder.staging(v.name)
-            masks = {}
-            for t0, objs in v.groups().items():
-                ann = v.load_annotation(t0)
-                masks[t0] = np.where(np.isin(ann, objs), ann, 0)
-            first = min(masks)
-            palette = v.palette()
-
-            def write(t: int, ids: np.ndarray) -> None:
-                write_indexed_png(stage / "Annotations" / v.name / f"{v.frames[t].stem}.png", ids, palette)
-                if overlays:
-                    from tritoncorr.visualize import save_overlay
-
-                    save_overlay(stage / "overlays" / v.name / f"{v.frames[t].stem}.jpg", v.load_frame(t), ids)
-                bar.frame(t)
-
-            for t in range(first):
-                write(t, np.zeros(v.size, np.uint8))
-            frames = (v.load_frame(t) for t in range(first, len(v)))
-            try:
-                for t, ids in track_objects(frames, masks, features_fn, config, color=color, short_side=0,
-                                            work_size=input_size, device=device, start=first):
-                    write(t, ids.astype(np.uint8))
-            except (VideoFormatError, ValueError) as err:
-                raise YtvosFormatError(f"video {v.name!r}: {err}") from err
-            folder.commit(v.name, stage, [f"Annotations/{v.name}", f"overlays/{v.name}"], {"frames": len(v)})
-    n_frames = sum(len(v) for v in ds)
-    n_objects = sum(len(v.starts) for v in ds)
-    zip_path = None
-    if make_zip:
-        zip_path = zip_annotations(out, out / f"ytvos{year}-valid-submission.zip", [v.name for v in ds])
-    return YtvosExport(out / "Annotations", zip_path, len(ds), n_frames, n_objects, list(ds.notes))
-
-
 __all__ = [
     "YEARS",
     "YtvosDataset",
     "YtvosExport",
     "YtvosFormatError",
     "YtvosVideo",
-    "export_features_on_ytvos",
     "write_indexed_png",
     "zip_annotations",
 ]

@@ -88,3 +88,36 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if BLOCK_TRITON and ("interpreter" in item.keywords or "aot" in item.keywords):
             item.add_marker(skip_triton)
+
+
+@pytest.fixture
+def progress_stages(monkeypatch):
+    """Records what the runner's progress display (``tritoncorr.evaluate.VideoProgress``) is told during the
+    test: ``stages`` (the stage names in order, repeats collapsed), ``total`` (the frame steps announced, the
+    ETA's basis) and ``done`` (the steps advanced)."""
+    from types import SimpleNamespace
+
+    from tritoncorr import evaluate
+
+    record = SimpleNamespace(stages=[], total=0, done=0)
+
+    class Recording(evaluate.VideoProgress):
+        def __enter__(self):
+            record.total += self.passes * sum(self.lengths)
+            return super().__enter__()
+
+        def stage(self, text: str) -> None:
+            if not record.stages or record.stages[-1] != text:
+                record.stages.append(text)
+            super().stage(text)
+
+        def advance(self, n: int) -> None:
+            record.done += n
+            super().advance(n)
+
+        def frame(self, t: int = 0) -> None:
+            record.done += 1
+            super().frame(t)
+
+    monkeypatch.setattr(evaluate, "VideoProgress", Recording)
+    return record

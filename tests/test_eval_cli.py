@@ -91,6 +91,16 @@ def test_full_pipeline_on_tiny_synthetic(tiny_davis, tmp_path):
     assert vals[0] == pytest.approx((vals[1] + vals[4]) / 2, abs=1.5e-3)
 
 
+def test_progress_covers_every_stage(tiny_davis, tmp_path, progress_stages):
+    """One progress display over the whole work: features, propagation, decoding, scoring per sequence;
+    the steps advanced are the steps announced (the ETA counts them all)."""
+    r = runner.invoke(app, ["eval", "davis", "--root", str(tiny_davis), "--out", str(tmp_path / "out"),
+                            "--device", "cpu", "--context", "2"])
+    assert r.exit_code == 0, r.output
+    assert progress_stages.stages == ["features", "propagating", "decoding", "scoring"] * 2
+    assert progress_stages.done == progress_stages.total > 0
+
+
 def test_default_root_falls_back_to_synthetic(tmp_path, monkeypatch):
     pytest.importorskip("tritoncorr.propagation")
     import tritoncorr.evaluate as ev

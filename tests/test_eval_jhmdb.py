@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from eval_layouts import make_jhmdb
 from tritoncorr.cli import app
 from tritoncorr.evals import jhmdb as J
-from tritoncorr.evaluate import FrameGeometry
+from tritoncorr.evaluate import FrameGeometry, evaluate_features_on_jhmdb
 
 runner = CliRunner()
 
@@ -346,7 +346,7 @@ def test_evaluate_static_video_positional_features(tmp_path):
         return eye[None]  # stride 8: 8 x 8 grid, one channel per cell
 
     cfg = dataclasses.replace(task_preset("dul", "jhmdb").config, context=2, radius=3, topk=1)
-    res = J.evaluate_features_on_jhmdb(features_fn, root=root, out=tmp_path / "o", config=cfg, input_size=(64, 64),
+    res = evaluate_features_on_jhmdb(features_fn, root=root, out=tmp_path / "o", config=cfg, input_size=(64, 64),
                                        progress=False, overlays=True)
     gt = clip.joints()
     geom = FrameGeometry((32, 32), (64, 64), (64, 64), (8, 8))
@@ -374,6 +374,17 @@ def test_cli_jhmdb_end_to_end(tmp_path):
     vals = [float(v) for v in lines[-1].split(",")[2:]]
     assert all(0 <= v <= 100 for v in vals) and vals == sorted(vals)
     assert sorted(p.name for p in (out / "keypoints").rglob("*.npy")) == ["clip_a.npy", "clip_b.npy"]
+
+
+def test_cli_jhmdb_progress_covers_every_stage(tmp_path, progress_stages):
+    """One progress display over the whole work: features, propagation, decoding, then scoring; the steps
+    advanced are the steps announced (the ETA counts them all)."""
+    root = make_jhmdb(tmp_path / "J")
+    r = runner.invoke(app, ["eval", "jhmdb", "--root", str(root), "--out", str(tmp_path / "out"), "--device", "cpu",
+                            "--size", "64", "--context", "2"])
+    assert r.exit_code == 0, r.output
+    assert progress_stages.stages == ["features", "propagating", "decoding"] * 2 + ["scoring"]
+    assert progress_stages.done == progress_stages.total > 0
 
 
 def test_cli_jhmdb_errors(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from eval_layouts import make_vip
 from tritoncorr.cli import app
 from tritoncorr.evals import vip as V
+from tritoncorr.evaluate import evaluate_features_on_vip, first_frame_codec
 
 runner = CliRunner()
 
@@ -110,7 +111,7 @@ def test_scores_known_answer(tmp_path):
 
 def test_first_frame_label_set():
     ids = np.array([[0, 13, 13], [2, 255, 19]], dtype=np.uint8)
-    codec = V.first_frame_codec(ids)
+    codec = first_frame_codec(ids)
     assert codec.labels.tolist() == [0, 2, 13, 19] and codec.num_labels == 4
     assert codec.channels.tolist() == [[0, 2, 2], [1, 0, 3]]
 
@@ -185,7 +186,7 @@ def test_perfect_features_give_miou_one(tmp_path):
         ids = torch.from_numpy(np.where(v.load_label(t) < 20, v.load_label(t), 0).astype(np.int64))
         return torch.nn.functional.one_hot(ids, 20).permute(2, 0, 1).float()[None] + 1e-3
 
-    s = V.evaluate_features_on_vip(features_fn, dataset=ds, out=tmp_path / "o", input_size=None, progress=False)
+    s = evaluate_features_on_vip(features_fn, dataset=ds, out=tmp_path / "o", input_size=None, progress=False)
     assert len(calls) == 7
     assert s.mean_iou == 1.0 and s.pixel_accuracy == 1.0 and s.frames == 7
     present = sorted({int(c) for v in ds for t in range(len(v)) for c in np.unique(v.load_label(t)) if c < 20})
@@ -215,6 +216,17 @@ def test_cli_vip_end_to_end(tmp_path):
     r2 = runner.invoke(app, ["eval", "vip", "--root", str(root), "--results", str(out)])
     assert r2.exit_code == 0, r2.output
     assert (out / "global_results-vip.csv").read_text().splitlines() == g
+
+
+def test_cli_vip_progress_covers_every_stage(tmp_path, progress_stages):
+    """One progress display over the whole work: features, propagation, decoding, scoring per video, then
+    the total; the steps advanced are the steps announced (the ETA counts them all)."""
+    root = make_vip(tmp_path / "VIP")
+    r = runner.invoke(app, ["eval", "vip", "--root", str(root), "--out", str(tmp_path / "out"), "--device", "cpu",
+                            "--size", "32", "--context", "2"])
+    assert r.exit_code == 0, r.output
+    assert progress_stages.stages == ["features", "propagating", "decoding", "scoring"] * 2
+    assert progress_stages.done == progress_stages.total > 0
 
 
 def test_cli_vip_errors(tmp_path):

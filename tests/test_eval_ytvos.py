@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from eval_layouts import make_ytvos
 from tritoncorr.cli import app
 from tritoncorr.evals import ytvos as Y
+from tritoncorr.evaluate import export_features_on_ytvos
 from tritoncorr.evals.synthetic import synthetic_clip
 
 runner = CliRunner()
@@ -102,7 +103,7 @@ def test_export_perfect_features_objects_appear_later(tmp_path):
         ids = torch.from_numpy(gts[name][0][t].astype(np.int64))
         return torch.nn.functional.one_hot(ids, 4).permute(2, 0, 1).float()[None] + 1e-3
 
-    res = Y.export_features_on_ytvos(features_fn, dataset=ds, out=tmp_path / "o", year="2019", progress=False)
+    res = export_features_on_ytvos(features_fn, dataset=ds, out=tmp_path / "o", year="2019", progress=False)
     assert len(calls) == 9 and (res.videos, res.frames, res.objects) == (2, 10, 3)
     for name, (gt, starts) in gts.items():
         for t in range(gt.shape[0]):
@@ -140,3 +141,15 @@ def test_cli_ytvos_end_to_end(tmp_path):
     (root / "meta.json").unlink()
     r = runner.invoke(app, ["eval", "ytvos", "--root", str(root), "--device", "cpu"])
     assert r.exit_code == 2 and "meta.json" in r.output
+
+
+
+def test_cli_ytvos_progress_covers_every_stage(tmp_path, progress_stages):
+    """One progress display over the whole work: each frame's features, propagation and decoding (one
+    pass, track_objects), then the zip; the steps advanced are the steps announced (the ETA counts them all)."""
+    root = make_ytvos(tmp_path / "valid")
+    r = runner.invoke(app, ["eval", "ytvos", "--root", str(root), "--out", str(tmp_path / "out"), "--device", "cpu",
+                            "--context", "2"])
+    assert r.exit_code == 0, r.output
+    assert progress_stages.stages == ["features, propagation, decoding", "writing the zip"]
+    assert progress_stages.done == progress_stages.total > 0

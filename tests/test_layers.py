@@ -32,8 +32,6 @@ RULES = [
 
 #: Rules another branch of this session is still fixing, with the reason (empty once they all hold).
 PENDING: dict[str, str] = {
-    "evals": "evals/jhmdb.py, vip.py, ytvos.py import the runner and the propagation (issue 26: the runner "
-             "drives the benchmarks through a Benchmark protocol); delete this entry when that lands",
     "tritoncorr/engine": "engine/registry.py (the fixed table of config classes a file may name) imports the "
                          "methods' config classes, while methods import the engine (config helpers, the method "
                          "contract): a circle; the table belongs above both layers (given to engine.config by its "

@@ -1,4 +1,4 @@
-"""The task-generic label-propagation runner, and the DAVIS-2017 evaluation built on it.
+"""The task-generic label-propagation runner, and the evaluations built on it (DAVIS-2017, JHMDB, VIP, YouTube-VOS).
 
 Every evaluation (``tritoncorr eval davis|vip|jhmdb|ytvos``, the engine's periodic validation) runs
 the same path, generic over the kind of label through a *label codec*:
@@ -26,8 +26,13 @@ the same path, generic over the kind of label through a *label codec*:
 * :func:`propagate_labels`: ``tritoncorr.propagation.propagate`` from frame ``start`` (YouTube-VOS
   objects start at their own first frame), frame ``start``'s output is the encoded annotation:
   a :class:`PropagatedVideo` (soft ``(T, L, h, w)`` and ``decode(t)``).
-* benchmarks (``tritoncorr/evals/<benchmark>.py``: readers, codecs, metrics, writers) compose these;
-  a new benchmark is one such file plus one CLI command.
+* benchmarks: ``tritoncorr/evals/<benchmark>.py`` holds the reader, the label codec and the metric and
+  imports nothing of this runner; a class implementing :class:`Benchmark` here (:class:`JhmdbBenchmark`,
+  :class:`VipBenchmark`, :class:`YtvosBenchmark`) says how one video is propagated and what is
+  written, and :func:`run_benchmark` drives it (the resumable output folder, one progress display
+  over every stage, the scoring). DAVIS keeps its own loop (:func:`evaluate_features_on_davis`: the
+  feature cache, scoring in worker processes). A new benchmark is such a file, such a class and one
+  CLI command (:mod:`tritoncorr.cli.evaluate`).
 
 DAVIS follows DUL (``docs/methods/dul.md`` section 3) under the default preset: frames at native
 resolution, ImageNet normalisation, one frame at a time, first-frame one-hot labels (channel 0
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import warnings
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,6 +71,7 @@ INPUT_COLORS = ("rgb", "lab")
 SYNTHETIC_DEFAULTS = dict(num_sequences=3, num_frames=12, height=240, width=432, seed=0)
 
 __all__ = [
+    "Benchmark",
     "DavisScores",
     "FrameGeometry",
     "LabelCodec",
@@ -76,12 +83,17 @@ __all__ = [
     "compute_features",
     "default_davis_root",
     "evaluate_features_on_davis",
+    "evaluate_features_on_jhmdb",
+    "evaluate_features_on_vip",
+    "export_features_on_ytvos",
+    "first_frame_codec",
     "frame_to_tensor",
     "propagate_labels",
     "propagate_sequence",
     "pil_nearest_indices",
     "propagate_video",
     "resize_nearest",
+    "run_benchmark",
     "synthetic_davis_root",
 ]
 
@@ -643,6 +655,369 @@ class VideoProgress:
     def frame(self, t: int = 0) -> None:
         if self.bar is not None:
             self.bar.advance(self.task)
+
+
+# ----------------------------------------------------------------------------------------------
+# JHMDB, VIP, YouTube-VOS: the benchmarks of tritoncorr.evals, driven through one loop
+# ----------------------------------------------------------------------------------------------
+
+
+class Benchmark(Protocol):
+    """A benchmark as :func:`run_benchmark` drives it. ``tritoncorr.evals.<benchmark>`` holds the reader,
+    the label codec and the metric; a class implementing this adds how one video is propagated and
+    what of it is written.
+
+    Attributes:
+        task: the task its :class:`~tritoncorr.evals.resume.EvalFolder` records (``"vip"``).
+        unit: what one video is called in the progress display (``"clip"``, ``"video"``).
+        passes: progress steps per frame of a video (features, propagation, decoding, scoring).
+        final_stage: what :meth:`score` does, as the progress display names it (``"scoring"``).
+        videos: the reader's videos, each with a ``name`` and a length in frames.
+    """
+
+    task: str
+    unit: str
+    passes: int
+    final_stage: str
+    videos: Sequence[Any]
+
+    def run(self, video: Any, stage: Path, bar: "VideoProgress") -> tuple[list[str], dict]:
+        """Propagate ``video``, write its outputs under ``stage`` and tell ``bar`` each of its
+        ``passes * len(video)`` steps; return the paths (relative to ``stage``) to commit and the video's
+        JSON record."""
+        ...
+
+    def score(self, out: Path, records: list[dict]) -> Any:
+        """The metric over every video's outputs in ``out`` and records (in the reader's order); writes its files."""
+        ...
+
+
+def run_benchmark(bench: Benchmark, out: str | Path, *, folder=None, progress: bool = True) -> Any:
+    """Run each video of ``bench`` that ``folder`` (a resumable :class:`~tritoncorr.evals.resume.EvalFolder`
+    at ``out``; default a fresh one) does not hold yet, commit it, then score every video; ``progress``:
+    one rich progress display over the whole work, naming its stages, with an ETA."""
+    from tritoncorr.evals.resume import EvalFolder
+
+    out = Path(out)
+    folder = folder if folder is not None else EvalFolder.fresh(out, bench.task)
+    todo = [v for v in bench.videos if folder.record(v.name) is None]
+    with VideoProgress(progress, [len(v) for v in todo], unit=bench.unit, passes=bench.passes) as bar:
+        for v in todo:
+            bar.start(v.name)
+            stage = folder.staging(v.name)
+            paths, record = bench.run(v, stage, bar)
+            folder.commit(v.name, stage, paths, record)
+        bar.stage(bench.final_stage)
+        return bench.score(out, [folder.record(v.name) for v in bench.videos])
+
+
+@dataclass
+class _Propagation:
+    """How every video of one evaluation is propagated: ``features_fn``, the ``PropagationConfig``, the
+    network ``input_size`` (None: native), ``device``, the input ``color`` space, and ``overlays``."""
+
+    features_fn: Callable[[torch.Tensor], torch.Tensor]
+    config: Any
+    input_size: tuple[int, int] | None
+    device: torch.device | str
+    color: str
+    overlays: bool
+
+    def from_first_frame(self, video, codec: LabelCodec, bar: VideoProgress,
+                         size: tuple[int, int] | None = None) -> PropagatedVideo:
+        """Features of every frame of ``video`` (its ``load_frame``; ``size``: the size every frame must have),
+        then ``codec``'s first-frame labels propagated: two steps of ``bar`` per frame."""
+        bar.stage("features")
+        vf = compute_features(self.features_fn, video.load_frame, len(video), config=self.config,
+                              input_size=self.input_size, size=size, device=self.device, color=self.color,
+                              on_frame=bar.frame)
+        bar.stage("propagating")
+        prop = propagate_labels(vf, codec, self.config, on_frame=bar.frame)
+        bar.frame()  # frame 0 is the annotation
+        return prop
+
+    def overlay(self, path: Path, frame: np.ndarray, ids: np.ndarray) -> None:
+        """When ``overlays``: ``frame`` with the coloured ids at ``path`` (:func:`tritoncorr.visualize.save_overlay`)."""
+        if self.overlays:
+            from tritoncorr.visualize import save_overlay
+
+            save_overlay(path, frame, ids)
+
+
+class JhmdbBenchmark:
+    """JHMDB (:mod:`tritoncorr.evals.jhmdb`): first-frame joints as CRW's heat maps (``JointsCodec``),
+    ``keypoints/<clip>.npy`` per clip, PCK over all clips. Progress: features, propagation, decoding."""
+
+    task, unit, passes, final_stage = "jhmdb", "clip", 3, "scoring"
+
+    def __init__(self, dataset, propagation: _Propagation):
+        self.videos, self.prop = dataset.clips, propagation
+
+    def run(self, clip, stage: Path, bar: VideoProgress) -> tuple[list[str], dict]:
+        from tritoncorr.evals.jhmdb import JointsCodec
+
+        gt = clip.joints()
+        prop = self.prop.from_first_frame(clip, JointsCodec(gt[:, :, 0]), bar)
+        bar.stage("decoding")
+        pred = np.stack([_decoded(prop, t, bar) for t in range(len(clip))], axis=-1)  # (2, J, T)
+        n = min(pred.shape[-1], gt.shape[-1])
+        if gt.shape[-1] != len(clip):
+            warnings.warn(f"{clip.mat}: {gt.shape[-1]} annotated frames for {len(clip)} images; scoring {n}")
+        kp = stage / "keypoints" / f"{clip.name}.npy"
+        kp.parent.mkdir(parents=True, exist_ok=True)
+        np.save(kp, pred)
+        if self.prop.overlays:
+            from tritoncorr.visualize import save_joints_overlay
+
+            for t in range(len(clip)):
+                g = gt[:, :, t] if t < gt.shape[-1] else None
+                save_joints_overlay(stage / "overlays" / clip.name / f"{clip.frames[t].stem}.jpg",
+                                    clip.load_frame(t), pred[:, :, t], g)
+        return [f"keypoints/{clip.name}.npy", f"overlays/{clip.name}"], {"frames": n}
+
+    def score(self, out: Path, records: list[dict]):
+        from tritoncorr.evals.jhmdb import pck, write_per_clip_csv
+
+        gts, preds = [], []
+        for clip in self.videos:
+            gt, pred = clip.joints(), np.load(out / "keypoints" / f"{clip.name}.npy")
+            n = min(pred.shape[-1], gt.shape[-1])
+            gts.append(gt[:, :, :n])
+            preds.append(pred[:, :, :n])
+        result = pck(gts, preds, names=[clip.name for clip in self.videos])
+        result.write_csv(out)
+        write_per_clip_csv(out / "per-clip.csv", result)
+        return result
+
+
+def _decoded(prop: PropagatedVideo, t: int, bar: VideoProgress) -> Any:
+    """``prop.decode(t)``, one step of ``bar``."""
+    pred = prop.decode(t)
+    bar.frame()
+    return pred
+
+
+def first_frame_codec(ids: np.ndarray) -> MaskCodec:
+    """VIP: CRW's label set for a first frame: channels for the ids present, ids outside 0..19 as background."""
+    from tritoncorr.evals.vip import NUM_CLASSES
+
+    ids = np.asarray(ids)
+    clean = np.where(ids < NUM_CLASSES, ids, 0)
+    return MaskCodec.present(clean, void=None)
+
+
+class VipBenchmark:
+    """VIP (:mod:`tritoncorr.evals.vip`): first-frame parts as index maps (:func:`first_frame_codec`), one
+    grey PNG of part ids per frame, each video's confusion histogram, mIoU over all. Progress: features,
+    propagation, decoding and writing, scoring."""
+
+    task, unit, passes, final_stage = "vip", "video", 4, "scoring"
+
+    def __init__(self, dataset, propagation: _Propagation):
+        self.videos, self.prop = dataset.videos, propagation
+
+    def run(self, v, stage: Path, bar: VideoProgress) -> tuple[list[str], dict]:
+        from tritoncorr.evals.vip import VipFormatError, video_histogram, write_prediction
+
+        try:
+            prop = self.prop.from_first_frame(v, first_frame_codec(v.load_label(0)), bar, size=v.size)
+        except VideoFormatError as err:
+            raise VipFormatError(f"video {v.name!r}: {err}") from err
+        bar.stage("decoding")
+        for t in range(len(v)):
+            ids = _decoded(prop, t, bar)
+            write_prediction(stage / v.name / f"{v.frames[t].stem}.png", ids)
+            self.prop.overlay(stage / "overlays" / v.name / f"{v.frames[t].stem}.jpg", v.load_frame(t), ids)
+        bar.stage("scoring")
+        hist, n = video_histogram(stage, v)
+        bar.advance(len(v))
+        return [v.name, f"overlays/{v.name}"], {"hist": hist.tolist(), "frames": n}
+
+    def score(self, out: Path, records: list[dict]):
+        from tritoncorr.evals.vip import VipScores
+
+        scores = VipScores(np.sum([np.asarray(r["hist"], np.int64) for r in records], axis=0),
+                           frames=sum(int(r["frames"]) for r in records))
+        scores.write_csvs(out)
+        return scores
+
+
+class YtvosBenchmark:
+    """YouTube-VOS valid export (:mod:`tritoncorr.evals.ytvos`): each video propagated once from its first
+    annotated frame, objects joining at their own first frame (:func:`tritoncorr.predictor.track_objects`:
+    features, propagation and decoding frame by frame); palette PNGs, then the server zip."""
+
+    task, unit, passes, final_stage = "ytvos", "video", 1, "writing the zip"
+
+    def __init__(self, dataset, propagation: _Propagation, year: str, make_zip: bool):
+        self.dataset, self.videos, self.prop = dataset, dataset.videos, propagation
+        self.year, self.make_zip = str(year), make_zip
+
+    def run(self, v, stage: Path, bar: VideoProgress) -> tuple[list[str], dict]:
+        from tritoncorr.evals.ytvos import YtvosFormatError, write_indexed_png
+        from tritoncorr.predictor import track_objects
+
+        masks = {}
+        for t0, objs in v.groups().items():
+            ann = v.load_annotation(t0)
+            masks[t0] = np.where(np.isin(ann, objs), ann, 0)
+        first = min(masks)
+        palette = v.palette()
+
+        def write(t: int, ids: np.ndarray) -> None:
+            write_indexed_png(stage / "Annotations" / v.name / f"{v.frames[t].stem}.png", ids, palette)
+            self.prop.overlay(stage / "overlays" / v.name / f"{v.frames[t].stem}.jpg", v.load_frame(t), ids)
+            bar.frame(t)
+
+        bar.stage("features, propagation, decoding")
+        for t in range(first):
+            write(t, np.zeros(v.size, np.uint8))
+        frames = (v.load_frame(t) for t in range(first, len(v)))
+        try:
+            for t, ids in track_objects(frames, masks, self.prop.features_fn, self.prop.config, color=self.prop.color,
+                                        short_side=0, work_size=self.prop.input_size, device=self.prop.device,
+                                        start=first):
+                write(t, ids.astype(np.uint8))
+        except (VideoFormatError, ValueError) as err:
+            raise YtvosFormatError(f"video {v.name!r}: {err}") from err
+        return [f"Annotations/{v.name}", f"overlays/{v.name}"], {"frames": len(v)}
+
+    def score(self, out: Path, records: list[dict]):
+        from tritoncorr.evals.ytvos import YtvosExport, zip_annotations
+
+        names = [v.name for v in self.videos]
+        zip_path = None
+        if self.make_zip:
+            zip_path = zip_annotations(out, out / f"ytvos{self.year}-valid-submission.zip", names)
+        return YtvosExport(out / "Annotations", zip_path, len(self.videos), sum(len(v) for v in self.videos),
+                           sum(len(v.starts) for v in self.videos), list(self.dataset.notes))
+
+
+def _task_config(config, task: str):
+    """``config``, or the ``dul`` preset's settings for ``task`` when None."""
+    if config is not None:
+        return config
+    from tritoncorr.propagation import task_preset
+
+    return task_preset("dul", task).config
+
+
+def evaluate_features_on_jhmdb(
+    features_fn: Callable,
+    *,
+    root: str | Path | None = None,
+    dataset=None,
+    out: str | Path,
+    config=None,
+    input_size: tuple[int, int] | None = (320, 320),
+    device="cpu",
+    overlays: bool = False,
+    progress: bool = True,
+    color: str = "rgb",
+    split: int | None = 1,
+    list_file: str | Path | None = None,
+    clips: Sequence[str] | None = None,
+    folder=None,
+):
+    """Propagate the first-frame joints of every clip with ``features_fn`` and score PCK (:class:`JhmdbBenchmark`).
+
+    Args:
+        features_fn: ``(1, 3, H, W)`` -> ``(1, C, h, w)`` (see :func:`compute_features`).
+        root / dataset: the JHMDB root (with ``split``, ``list_file``, ``clips``) or a built
+            :class:`~tritoncorr.evals.jhmdb.JhmdbDataset`.
+        out: ``<out>/pck.csv``, ``<out>/per-clip.csv``, ``<out>/keypoints/<action>/<clip>.npy``
+            (float32 ``(2, 15, T)`` predicted pixels, -1 missing), overlays in ``<out>/overlays/``.
+        config: a ``PropagationConfig`` (default: the ``dul`` preset's JHMDB task preset).
+        input_size: ``(H, W)`` network input (CRW: 320 x 320), None for native.
+        device, overlays, progress, color, folder: as :func:`evaluate_features_on_davis`.
+
+    Returns:
+        the :class:`~tritoncorr.evals.jhmdb.PCKResult`.
+    """
+    from tritoncorr.evals.jhmdb import JhmdbDataset
+
+    ds = dataset if dataset is not None else JhmdbDataset(root, split=split, list_file=list_file, clips=clips)
+    prop = _Propagation(features_fn, _task_config(config, "jhmdb"), input_size, device, color, overlays)
+    return run_benchmark(JhmdbBenchmark(ds, prop), out, folder=folder, progress=progress)
+
+
+def evaluate_features_on_vip(
+    features_fn: Callable,
+    *,
+    root: str | Path | None = None,
+    dataset=None,
+    out: str | Path,
+    config=None,
+    input_size: tuple[int, int] | None = (560, 560),
+    device="cpu",
+    overlays: bool = False,
+    progress: bool = True,
+    color: str = "rgb",
+    split: str = "val",
+    videos: Sequence[str] | None = None,
+    folder=None,
+):
+    """Propagate every video's first-frame parts with ``features_fn``, write the predictions, score mIoU
+    (:class:`VipBenchmark`).
+
+    Args:
+        features_fn: ``(1, 3, H, W)`` -> ``(1, C, h, w)`` (:func:`compute_features`).
+        root / dataset: the VIP root (with ``split``, ``videos``) or a built :class:`~tritoncorr.evals.vip.VipDataset`.
+        out: ``<out>/<video>/<frame>.png`` predictions, the two CSVs, ``<out>/overlays/<video>/``.
+        config: a ``PropagationConfig`` (default: the ``dul`` preset's VIP task preset).
+        input_size: ``(H, W)`` network input (560 x 560), None for native.
+        device, overlays, progress, color, folder: as :func:`evaluate_features_on_davis`.
+
+    Returns:
+        the :class:`~tritoncorr.evals.vip.VipScores`.
+    """
+    from tritoncorr.evals.vip import VipDataset
+
+    ds = dataset if dataset is not None else VipDataset(root, split, videos)
+    prop = _Propagation(features_fn, _task_config(config, "vip"), input_size, device, color, overlays)
+    return run_benchmark(VipBenchmark(ds, prop), out, folder=folder, progress=progress)
+
+
+def export_features_on_ytvos(
+    features_fn: Callable,
+    *,
+    root: str | Path | None = None,
+    dataset=None,
+    out: str | Path,
+    year: str = "2018",
+    config=None,
+    input_size: tuple[int, int] | None = None,
+    device="cpu",
+    overlays: bool = False,
+    progress: bool = True,
+    color: str = "rgb",
+    videos: Sequence[str] | None = None,
+    make_zip: bool = True,
+    folder=None,
+):
+    """Propagate each video once from its first annotated frame, objects joining at their own first
+    frame; write the PNGs and the zip (:class:`YtvosBenchmark`).
+
+    Args:
+        features_fn: ``(1, 3, H, W)`` -> ``(1, C, h, w)``; called once per frame from the first annotation on.
+        root / dataset: the ``valid`` folder (with ``videos``) or a built :class:`~tritoncorr.evals.ytvos.YtvosDataset`.
+        out: ``<out>/Annotations/<video>/<frame>.png``, ``<out>/ytvos<year>-valid-submission.zip``,
+            overlays in ``<out>/overlays/<video>/``.
+        year: "2018" or "2019" (names the zip).
+        config: a ``PropagationConfig`` (default: the ``dul`` preset's YouTube-VOS task preset).
+        input_size: ``(H, W)`` network input, None for native.
+        device, overlays, progress, color, folder: as :func:`evaluate_features_on_davis`.
+
+    Returns:
+        the :class:`~tritoncorr.evals.ytvos.YtvosExport` (what was written).
+    """
+    from tritoncorr.evals.ytvos import YEARS, YtvosDataset
+
+    if str(year) not in YEARS:
+        raise ValueError(f"year must be one of {YEARS}, got {year!r}")
+    ds = dataset if dataset is not None else YtvosDataset(root, videos)
+    prop = _Propagation(features_fn, _task_config(config, "ytvos"), input_size, device, color, overlays)
+    return run_benchmark(YtvosBenchmark(ds, prop, year, make_zip), out, folder=folder, progress=progress)
 
 
 # ----------------------------------------------------------------------------------------------

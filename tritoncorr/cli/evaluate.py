@@ -296,7 +296,8 @@ def eval_jhmdb_cli(*, root: Path | None, opts: PropagationOptions, out: Path | N
     from rich.console import Console
     from rich.table import Table
 
-    from tritoncorr.evals.jhmdb import JOINT_NAMES, JhmdbDataset, JhmdbFormatError, evaluate_features_on_jhmdb
+    from tritoncorr.evals.jhmdb import JOINT_NAMES, JhmdbDataset, JhmdbFormatError
+    from tritoncorr.evaluate import evaluate_features_on_jhmdb
 
     console = Console()
     t0 = time.perf_counter()
@@ -336,8 +337,8 @@ def eval_vip_cli(*, root: Path | None, results: Path | None, opts: PropagationOp
     from rich.console import Console
     from rich.table import Table
 
-    from tritoncorr.evals.vip import (GLOBAL_COLUMNS, VIP_CLASSES, VipDataset, VipFormatError,
-                                      evaluate_features_on_vip, evaluate_results)
+    from tritoncorr.evals.vip import GLOBAL_COLUMNS, VIP_CLASSES, VipDataset, VipFormatError, evaluate_results
+    from tritoncorr.evaluate import evaluate_features_on_vip
 
     console = Console()
     t0 = time.perf_counter()
@@ -381,7 +382,8 @@ def eval_ytvos_cli(*, root: Path | None, year: str, opts: PropagationOptions, ou
     from rich.console import Console
     from rich.table import Table
 
-    from tritoncorr.evals.ytvos import YEARS, YtvosDataset, YtvosFormatError, export_features_on_ytvos
+    from tritoncorr.evals.ytvos import YEARS, YtvosDataset, YtvosFormatError
+    from tritoncorr.evaluate import export_features_on_ytvos
 
     console = Console()
     t0 = time.perf_counter()
