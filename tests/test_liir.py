@@ -551,3 +551,28 @@ def test_resume_is_exact_including_the_bank(tmp_path):
     assert {"bank.feats", "bank.video", "bank.ptr", "bank.filled"} <= set(wa)
     assert int(wa["bank.filled"]) == 4  # the smoke bank (4 frames) filled and in use
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_window_probabilities_stay_normalised_at_large_logits():
+    """The compactness input is normalised over its own logits: at the logit sizes raw tau-1 features
+    reach in training (~1e7) it still sums to 1 per pixel, where dividing by the reconstruction kernel's
+    separately summed log-sum-exp was off by factors e^+-6; with a bank it is the window share of the
+    joint softmax (float64 check)."""
+    from tritoncorr.methods.liir import window_logits, window_probabilities, window_reconstruct
+
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 64, 12, 12, generator=g)
+    k = q.roll(1, dims=-1) + 0.1 * torch.randn(2, 64, 12, 12, generator=g)
+    q, k = q * 400, k * 400  # logits ~1e7
+    logits = window_logits(q, k, 3)
+    assert logits.abs().max() > 5e6
+    prob = window_probabilities(logits)
+    torch.testing.assert_close(prob.sum(1), torch.ones(2, 12, 12), rtol=0, atol=1e-5)
+    assert prob.max() <= 1 + 1e-6
+    _, lse = window_reconstruct(q, k, torch.zeros(2, 1, 12, 12), 3, scale=1.0, border="zero", return_lse=True)
+    assert (torch.exp(logits - lse.unsqueeze(1)).sum(1) - 1).abs().max() > 1e-3  # why the kernel's lse is not used
+    # with a bank: exp(logits) / (sum_window exp + exp(lse_bank)), against float64
+    small = torch.randn(2, 49, 5, 5, generator=g, dtype=torch.float64) * 3
+    lse_bank = torch.randn(2, 5, 5, generator=g, dtype=torch.float64)
+    want = small.exp() / (small.exp().sum(1) + lse_bank.exp()).unsqueeze(1)
+    torch.testing.assert_close(window_probabilities(small, lse_bank).double(), want, rtol=1e-5, atol=1e-7)

@@ -117,6 +117,7 @@ __all__ = [
     "negative_indices",
     "maps_bank_lse",
     "compactness_loss",
+    "window_probabilities",
     "window_logits",
     "resize_embedding",
 ]
@@ -414,6 +415,30 @@ def window_logits(query: torch.Tensor, key: torch.Tensor, radius: int) -> torch.
     return local_correlation(query, key, int(radius))
 
 
+def window_probabilities(logits: torch.Tensor, lse_bank: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Each query pixel's window affinities, normalised over its own logits (and the bank's share).
+
+    Args:
+        logits: ``(B, P*P, h, w)`` window logits (already scaled), with gradient.
+        lse_bank: ``(B, h, w)`` log-sum-exp of the bank logits, or None (no bank).
+
+    Returns:
+        ``(B, P*P, h, w)`` (at least float32) ``exp(logits - logaddexp(logsumexp(logits), lse_bank))``: the window
+        part of the joint softmax; sums to 1 over the window without a bank.
+
+    The normaliser is taken from these same logits, not from the reconstruction kernel's log-sum-exp:
+    raw features at tau 1 reach logits of ~1e7 within a few hundred CPU steps, where two fp32 sums of
+    the same logits in another order differ by whole units, and ``exp(logits - lse_kernel)`` gave
+    "probabilities" of e^8 (compactness loss 14,000 on one step of the 2026-12-03 run). The reference
+    computes its compactness input from one softmax as well [U colorizer_momen.py:177-181].
+    """
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    total = torch.logsumexp(logits, dim=1)
+    if lse_bank is not None:
+        total = torch.logaddexp(total, lse_bank.to(logits.dtype))
+    return torch.exp(logits - total.unsqueeze(1))
+
+
 def compactness_loss(
     prob: torch.Tensor,
     m: int = 2,
@@ -629,8 +654,7 @@ class LIIR(nn.Module):
 
         if cfg.compact_m > 0 and cfg.compact_weight > 0:
             logits = window_logits(phi_t, phi_r, cfg.radius) * scale  # (B, P*P, h, w), zero border
-            total = lse if lse_bank is None else torch.logaddexp(lse.to(lse_bank.dtype), lse_bank)
-            prob = torch.exp(logits.to(total.dtype) - total.unsqueeze(1))
+            prob = window_probabilities(logits, lse_bank)
             terms["compact"] = cfg.compact_weight * compactness_loss(
                 prob, cfg.compact_m, threshold=cfg.compact_threshold, sigma=cfg.compact_sigma)
 
