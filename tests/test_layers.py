@@ -31,12 +31,7 @@ RULES = [
 ]
 
 #: Rules another branch of this session is still fixing, with the reason (empty once they all hold).
-PENDING: dict[str, str] = {
-    "tritoncorr/engine": "engine/registry.py (the fixed table of config classes a file may name) imports the "
-                         "methods' config classes, while methods import the engine (config helpers, the method "
-                         "contract): a circle; the table belongs above both layers (given to engine.config by its "
-                         "caller); delete this entry when it moves",
-}
+PENDING: dict[str, str] = {}
 
 
 def imported_modules(path: Path, package: str) -> list[tuple[int, str]]:

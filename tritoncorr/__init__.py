@@ -15,3 +15,15 @@ def __getattr__(name: str):
 
         return VideoPredictor
     raise AttributeError(f"module 'tritoncorr' has no attribute {name!r}")
+
+
+def _register_builtin_configs() -> None:
+    """Give the engine's config registry the library's config classes (imported on its first lookup):
+    the table is above the engine, which must not import the methods (:mod:`tritoncorr.builtin_configs`)."""
+    from tritoncorr.builtin_configs import builtin_configs
+    from tritoncorr.engine.registry import set_builtin_configs
+
+    set_builtin_configs(builtin_configs)
+
+
+_register_builtin_configs()

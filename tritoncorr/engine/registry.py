@@ -27,35 +27,42 @@ and nothing is constructed.
 
 A recipe that trains a method of its own (a config class outside the library) calls
 :func:`register_config` when it is loaded; the recipe is code the user chose to run, the file is not.
+
+The library's own classes (the table above) are listed in :mod:`tritoncorr.builtin_configs`, above the
+engine and the methods: the methods import the engine, so the engine must not import them. The
+``tritoncorr`` package hands that list to :func:`set_builtin_configs` when it is imported; it is
+called (and the classes imported) on the first lookup.
 """
 
 from __future__ import annotations
 
 import difflib
 import threading
+from collections.abc import Callable
 
-__all__ = ["register_config", "config_class", "config_name", "registered_names", "class_path"]
+__all__ = ["register_config", "config_class", "config_name", "registered_names", "class_path",
+           "set_builtin_configs"]
 
 _EXTRA: dict[str, type] = {}
 _BUILTIN: dict[str, type] | None = None
+_BUILTIN_SOURCE: Callable[[], dict[str, type]] = dict
 _LOCK = threading.Lock()
 
 
+def set_builtin_configs(source: Callable[[], dict[str, type]]) -> None:
+    """Where the library's own config classes come from: ``source()`` -> ``{name: class}``, called once,
+    on the first lookup (``tritoncorr/__init__.py`` gives :func:`tritoncorr.builtin_configs.builtin_configs`)."""
+    global _BUILTIN, _BUILTIN_SOURCE
+    with _LOCK:
+        _BUILTIN_SOURCE, _BUILTIN = source, None
+
+
 def _builtin() -> dict[str, type]:
-    """The library's own config classes (imported here, by fixed names in the code, on first use)."""
+    """The library's own config classes (from the source given to :func:`set_builtin_configs`, on first use)."""
     global _BUILTIN
     with _LOCK:
         if _BUILTIN is None:
-            from tritoncorr.data.config import DataConfig
-            from tritoncorr.data.images import ImageDataConfig
-            from tritoncorr.methods.dul import DULConfig
-            from tritoncorr.methods.liir import LIIRConfig
-            from tritoncorr.methods.moco import MoCoConfig
-            from tritoncorr.methods.stt import STTConfig, STTDataConfig
-            from tritoncorr.models.convert import ConvertedConfig
-
-            _BUILTIN = {"dul": DULConfig, "stt": STTConfig, "liir": LIIRConfig, "moco": MoCoConfig,
-                        "converted": ConvertedConfig, "data": DataConfig, "stt_data": STTDataConfig, "image_data": ImageDataConfig}
+            _BUILTIN = dict(_BUILTIN_SOURCE())
     return _BUILTIN
 
 
