@@ -149,6 +149,27 @@ def read_video_frame(path: str | Path, size: tuple[int, int], error: type[Except
     return img
 
 
+class VideoFrames:
+    """The frames of one video of a benchmark reader, for a dataclass with ``frames`` (sorted by name) and
+    ``size`` ``(H, W)`` fields; ``format_error`` (class attribute) is its benchmark's format error."""
+
+    frames: list[Path]
+    size: tuple[int, int]
+    format_error: type[Exception] = DavisFormatError
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def frame_ids(self) -> list[str]:
+        """Frame names without extension, the names the outputs use."""
+        return [p.stem for p in self.frames]
+
+    def load_frame(self, t: int) -> np.ndarray:
+        """Frame ``t`` as uint8 ``(H, W, 3)`` RGB (:func:`read_video_frame`)."""
+        return read_video_frame(self.frames[t], self.size, self.format_error)
+
+
 def read_index_png(path: str | Path) -> np.ndarray:
     """Read an indexed ("P") or grayscale ("L") PNG as uint8 ``(H, W)`` raw values.
 
@@ -182,6 +203,31 @@ def unknown_names(unknown: Sequence[str], known: Sequence[str]) -> str:
         if close:
             hints.append(f"{name!r}: did you mean {' or '.join(repr(c) for c in close)}?")
     return f"{list(unknown)}" + (f" ({'; '.join(hints)})" if hints else "")
+
+
+def frame_folder(name: str, what: str, listed: str, img: Path, ann: Path, error: type[Exception]) -> list[Path]:
+    """The ``.jpg`` frames (sorted by name) of the video ``name`` (a ``what``: ``"sequence"``, ``"video"``)
+    in ``img``, after checking that ``img`` and its annotation folder ``ann`` exist; ``listed`` says where
+    the name comes from (``"is listed in the split"``). A missing folder or no frame raises ``error``."""
+    if not img.is_dir():
+        raise error(f"{what} {name!r} {listed} but {img} does not exist")
+    frames = sorted(img.glob("*.jpg"))
+    if not frames:
+        raise error(f"{what} {name!r}: no .jpg frames in {img}")
+    if not ann.is_dir():
+        raise error(f"{what} {name!r}: missing annotation folder {ann}")
+    return frames
+
+
+def image_size(path: Path, error: type[Exception] | None = None) -> tuple[int, int]:
+    """``(H, W)`` of an image from its header (:func:`_image_size`); a corrupt header raises ``error``
+    (the benchmark's format error; default :class:`DavisFormatError`) naming the file."""
+    try:
+        return _image_size(path)
+    except DavisFormatError as err:
+        if error is None:
+            raise
+        raise error(str(err)) from err
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -313,13 +359,7 @@ class DavisDataset:
 
     def _scan(self, name: str, img_dir: Path, ann_dir: Path) -> DavisSequence:
         seq_img, seq_ann = img_dir / name, ann_dir / name
-        if not seq_img.is_dir():
-            raise DavisFormatError(f"sequence {name!r} is listed in the split but {seq_img} does not exist")
-        frames = sorted(seq_img.glob("*.jpg"))
-        if not frames:
-            raise DavisFormatError(f"sequence {name!r}: no .jpg frames in {seq_img}")
-        if not seq_ann.is_dir():
-            raise DavisFormatError(f"sequence {name!r}: missing annotation folder {seq_ann}")
+        frames = frame_folder(name, "sequence", "is listed in the split", seq_img, seq_ann, DavisFormatError)
         masks = sorted(seq_ann.glob("*.png"))
         if not masks:
             raise DavisFormatError(f"sequence {name!r}: no .png annotation in {seq_ann} (the first frame's is required)")

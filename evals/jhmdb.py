@@ -360,13 +360,9 @@ class JhmdbDataset:
             raise JhmdbFormatError(f"clip {name!r}: no .png frames in {folder}")
         if not mat.is_file():
             raise JhmdbFormatError(f"clip {name!r}: missing joint file {mat}")
-        from tritoncorr.evals.davis import DavisFormatError, _image_size
+        from tritoncorr.evals.davis import image_size
 
-        try:
-            size = _image_size(frames[0])
-        except DavisFormatError as err:
-            raise JhmdbFormatError(str(err)) from err
-        return JhmdbClip(name=name, frames=frames, mat=mat, size=size)
+        return JhmdbClip(name=name, frames=frames, mat=mat, size=image_size(frames[0], JhmdbFormatError))
 
     def __len__(self) -> int:
         return len(self.clips)

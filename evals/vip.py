@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tritoncorr.evals.davis import VideoFrames
+
 NUM_CLASSES = 20
 VIP_CLASSES = (
     "background", "hat", "hair", "sun-glasses", "upper-clothes", "dress", "coat", "socks", "pants", "gloves",
@@ -67,25 +69,14 @@ def _read_ids(path: Path, what: str) -> np.ndarray:
 
 
 @dataclass
-class VipVideo:
+class VipVideo(VideoFrames):
     """One video: its frames (sorted by name) and the category-id PNGs of the frames that have one."""
 
     name: str
     frames: list[Path]
     labels: dict[str, Path]
     size: tuple[int, int]
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    @property
-    def frame_ids(self) -> list[str]:
-        return [p.stem for p in self.frames]
-
-    def load_frame(self, t: int) -> np.ndarray:
-        from tritoncorr.evals.davis import read_video_frame
-
-        return read_video_frame(self.frames[t], self.size, VipFormatError)
+    format_error = VipFormatError
 
     def has_label(self, t: int) -> bool:
         return self.frames[t].stem in self.labels
@@ -139,15 +130,9 @@ class VipDataset:
 
     @staticmethod
     def _scan(name: str, img: Path, ann: Path) -> VipVideo:
-        from tritoncorr.evals.davis import DavisFormatError, _image_size
+        from tritoncorr.evals.davis import frame_folder, image_size
 
-        if not img.is_dir():
-            raise VipFormatError(f"video {name!r} is listed but {img} does not exist")
-        frames = sorted(img.glob("*.jpg"))
-        if not frames:
-            raise VipFormatError(f"video {name!r}: no .jpg frames in {img}")
-        if not ann.is_dir():
-            raise VipFormatError(f"video {name!r}: missing annotation folder {ann}")
+        frames = frame_folder(name, "video", "is listed", img, ann, VipFormatError)
         labels = {p.stem: p for p in sorted(ann.glob("*.png"))}
         if frames[0].stem not in labels:
             raise VipFormatError(f"video {name!r}: no category-id PNG {ann / (frames[0].stem + '.png')} for the first frame")
@@ -155,11 +140,7 @@ class VipDataset:
         orphans = [n for n in labels if n not in stems]
         if orphans:
             raise VipFormatError(f"video {name!r}: annotations without a frame in {img}: {orphans[:5]}")
-        try:
-            size = _image_size(frames[0])
-        except DavisFormatError as err:
-            raise VipFormatError(str(err)) from err
-        return VipVideo(name=name, frames=frames, labels=labels, size=size)
+        return VipVideo(name=name, frames=frames, labels=labels, size=image_size(frames[0], VipFormatError))
 
     def __len__(self) -> int:
         return len(self.videos)

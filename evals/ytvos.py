@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tritoncorr.evals.davis import VideoFrames
+
 YEARS = ("2018", "2019")
 
 
@@ -45,7 +47,7 @@ class YtvosFormatError(ValueError):
 
 
 @dataclass
-class YtvosVideo:
+class YtvosVideo(VideoFrames):
     """One video: frames (sorted by name), annotation PNGs by frame index, objects and their first frames."""
 
     name: str
@@ -54,18 +56,7 @@ class YtvosVideo:
     starts: dict[int, int]  # object id -> index of its first annotated frame
     categories: dict[int, str]
     size: tuple[int, int]
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    @property
-    def frame_ids(self) -> list[str]:
-        return [p.stem for p in self.frames]
-
-    def load_frame(self, t: int) -> np.ndarray:
-        from tritoncorr.evals.davis import read_video_frame
-
-        return read_video_frame(self.frames[t], self.size, YtvosFormatError)
+    format_error = YtvosFormatError
 
     def load_annotation(self, t: int) -> np.ndarray:
         """uint8 ``(H, W)`` object ids of annotated frame ``t``."""
@@ -150,19 +141,13 @@ class YtvosDataset:
         self.videos = [self._scan(v, meta["videos"][v], img_dir / v, ann_dir / v) for v in listed]
 
     def _scan(self, name: str, entry, img: Path, ann: Path) -> YtvosVideo:
-        from tritoncorr.evals.davis import DavisFormatError, _image_size
+        from tritoncorr.evals.davis import frame_folder, image_size
 
         where = f"{self.meta_path} video {name!r}"
         objects = entry.get("objects") if isinstance(entry, dict) else None
         if not isinstance(objects, dict):
             raise YtvosFormatError(f"{where}: expected an 'objects' mapping")
-        if not img.is_dir():
-            raise YtvosFormatError(f"video {name!r} is in meta.json but {img} does not exist")
-        frames = sorted(img.glob("*.jpg"))
-        if not frames:
-            raise YtvosFormatError(f"video {name!r}: no .jpg frames in {img}")
-        if not ann.is_dir():
-            raise YtvosFormatError(f"video {name!r}: missing annotation folder {ann}")
+        frames = frame_folder(name, "video", "is in meta.json", img, ann, YtvosFormatError)
         index = {p.stem: t for t, p in enumerate(frames)}
         annotations = {}
         for p in sorted(ann.glob("*.png")):
@@ -171,10 +156,7 @@ class YtvosDataset:
             annotations[index[p.stem]] = p
         if not annotations:
             raise YtvosFormatError(f"video {name!r}: no .png annotation in {ann}")
-        try:
-            size = _image_size(frames[0])
-        except DavisFormatError as err:
-            raise YtvosFormatError(str(err)) from err
+        size = image_size(frames[0], YtvosFormatError)
         starts: dict[int, int] = {}
         for t, p in sorted(annotations.items()):
             ids = _read_annotation(p, size)
