@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--root", required=True)
     ap.add_argument("-s", "--sequence", action="append", default=[])
     ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--checkpoint", default="", help="weights for every run (default: random init, seed 0)")
     ap.add_argument("--topk", default="5,10,20")
     ap.add_argument("--temperature", default="0.05,0.1")
     ap.add_argument("--out", type=Path, required=True)
@@ -53,7 +54,8 @@ def main() -> None:
     args = ap.parse_args()
     exe = [sys.executable, "-m", "tritoncorr.cli"]
     seqs = [x for s in args.sequence for x in ("-s", s)]
-    common = ["--root", args.root, *seqs, "--precision", args.precision, "--device", "cpu"]
+    common = ["--root", args.root, *seqs, "--precision", args.precision, "--device", "cpu",
+              *(["--checkpoint", args.checkpoint] if args.checkpoint else [])]
     args.out.mkdir(parents=True, exist_ok=True)
     topks, temps = args.topk.split(","), args.temperature.split(",")
     grid = list(itertools.product(topks, temps))
@@ -87,7 +89,7 @@ def main() -> None:
     print(f"\n{len(grid)} plain runs: {plain_cpu:.1f} CPU s; one sweep: {sweep_cpu:.1f} CPU s; "
           f"speed-up {plain_cpu / sweep_cpu:.2f}x; J&F identical per setting: {same}")
     (args.out / "eval_sweep.json").write_text(json.dumps({
-        "sequences": args.sequence, "precision": args.precision, "grid": [list(g) for g in grid],
+        "sequences": args.sequence, "precision": args.precision, "checkpoint": args.checkpoint or "random init", "grid": [list(g) for g in grid],
         "cpu_s": {n: c for n, (c, w) in times.items()}, "wall_s": {n: w for n, (c, w) in times.items()},
         "plain_total_cpu_s": plain_cpu, "sweep_cpu_s": sweep_cpu, "speedup_cpu": plain_cpu / sweep_cpu,
         "parallel": args.parallel, "jf_sweep": {f"{k},{t}": v for (k, t), v in sweep_jf.items()},

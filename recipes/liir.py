@@ -16,7 +16,7 @@ learning-rate milestones count SAMPLES (``iteration x 12``), converted here to o
 * ``unofficial_stage1``, ``unofficial``: the unofficial code's recipe that reached 72.2 J&F (APE after
   the stem, zero-gamma, stride-8 128-d branch; stage 2 with the momentum twin and 960 banked maps).
 * ``cpu``: stage 1 at the evaluation scale (128 x 128 crops of frames at 480p scale), 4 pairs per
-  step, 1500 steps (~70 minutes on one CPU core) from a folder of videos:
+  step, 600 steps (~30 minutes on one CPU core) from a folder of videos:
   ``--set data.root=/work/shared/data/videos``.
 * ``smoke``: tiny synthetic clips, a few steps in seconds (the whole pipeline, bank included).
 """
@@ -151,7 +151,7 @@ CPU_SHORT_SIDE = 480  # frames resized to DAVIS 480p's shorter side before cropp
 CPU_CROP = 128  # square crops of those frames (32 x 32 stride-4 cells); the paper's 256 costs 4x more per pair
 CPU_BATCH = 4  # pairs per optimiser step
 CPU_ACCUMULATE = 1  # no accumulation: on this budget more updates help more than a larger batch
-CPU_STEPS = 1500
+CPU_STEPS = 600
 CPU_LR = 1e-3
 
 
@@ -183,13 +183,13 @@ def cpu() -> RunConfig:
       inter-video term: the earlier CPU recipe switched a 64-frame bank on after 16 steps, and from
       then on the reconstruction loss tripled (0.47 -> 1.5-1.8) and never came down within 48 steps
       (docs/LIIR_CPU.md). Stage 2 (``stage2``) needs features that already match within a video.
-    * Optimiser: Adam 1e-3 (stage 1's rate; liir.md §7) for ``CPU_STEPS`` = 1500 steps (6,000 pairs),
+    * Optimiser: Adam 1e-3 (stage 1's rate; liir.md §7) for ``CPU_STEPS`` = 600 steps (2,400 pairs),
       cosine decay to 0 over the run. The reference keeps 1e-3 for its first ~33k steps, so any CPU run
       lies in its constant phase; the decay only settles the last steps, where the per-step loss
       swings 3-10x with the dropped chroma channel and the clip (the pilot: no instability at 1e-3).
       A cosine follows ``--set steps=N``; fixed milestones would not.
-    * Length: 1500 steps is ~70 minutes on one idle core (the other core evaluates). The measured
-      curves and the davis-dev evaluation are in docs/LIIR_CPU.md.
+    * Length: 600 steps is ~30 minutes on one idle core (~45 with an evaluation beside it): what the
+      session that measured it could afford. The measured curves are in docs/LIIR_CPU.md.
     """
     steps = CPU_STEPS
     return RunConfig(

@@ -46,7 +46,7 @@ def test_cpu_recipe_settings_match_its_docstring():
     assert "Stage 1 only, no inter-video bank" in doc
     # optimiser: Adam 1e-3, cosine to 0 over CPU_STEPS (follows --set steps=N)
     assert (o.name, o.lr, cfg.steps) == ("adam", 1e-3, module.CPU_STEPS)
-    assert f"``CPU_STEPS`` = {cfg.steps} steps" in doc and "Adam 1e-3" in doc and cfg.steps == 1500
+    assert f"``CPU_STEPS`` = {cfg.steps} steps" in doc and "Adam 1e-3" in doc and cfg.steps == 600
     assert (cfg.schedule.name, cfg.schedule.min_lr_ratio, cfg.schedule.warmup_steps) == ("cosine", 0.0, 0)
     assert "cosine decay to 0 over the run" in doc
 
