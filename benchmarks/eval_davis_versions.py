@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-_CHILD = r'''
+_CHILD = r"""
 import importlib.util, inspect, json, sys, time, hashlib
 tree, video, precision, reps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
@@ -62,12 +62,14 @@ digest = hashlib.sha256(np.stack(ids).tobytes()).hexdigest()[:16]
 knn_file = sys.modules["tritoncorr.kernels.knn_propagate"].__file__
 assert knn_file.startswith(tree), knn_file
 print(json.dumps({"times": times[1:], "masks": digest, "file": tritoncorr.__file__, "kernels": knn_file}))
-'''
+"""
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tree", action="append", required=True, help="source tree (repeatable; the first is the baseline)")
+    ap.add_argument(
+        "--tree", action="append", required=True, help="source tree (repeatable; the first is the baseline)"
+    )
     ap.add_argument("--precision", action="append", default=None, help="fp32 (default) and/or bf16 (repeatable)")
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--size", type=int, nargs=2, default=(480, 854), metavar=("H", "W"))
@@ -86,8 +88,11 @@ def main() -> None:
         for precision in precisions:
             for tree in args.tree:
                 tree_path = str(Path(tree).resolve())
-                out = subprocess.run([sys.executable, "-c", _CHILD, tree_path, str(video), precision, str(args.reps)],
-                                     capture_output=True, text=True)
+                out = subprocess.run(
+                    [sys.executable, "-c", _CHILD, tree_path, str(video), precision, str(args.reps)],
+                    capture_output=True,
+                    text=True,
+                )
                 if out.returncode != 0:
                     raise SystemExit(f"error: {tree_path} ({precision}) failed:\n{out.stderr[-3000:]}")
                 row = json.loads(out.stdout.strip().splitlines()[-1])

@@ -54,16 +54,55 @@ def main() -> None:
     args = ap.parse_args()
     exe = [sys.executable, "-m", "tritoncorr.cli"]
     seqs = [x for s in args.sequence for x in ("-s", s)]
-    common = ["--root", args.root, *seqs, "--precision", args.precision, "--device", "cpu",
-              *(["--checkpoint", args.checkpoint] if args.checkpoint else [])]
+    common = [
+        "--root",
+        args.root,
+        *seqs,
+        "--precision",
+        args.precision,
+        "--device",
+        "cpu",
+        *(["--checkpoint", args.checkpoint] if args.checkpoint else []),
+    ]
     args.out.mkdir(parents=True, exist_ok=True)
     topks, temps = args.topk.split(","), args.temperature.split(",")
     grid = list(itertools.product(topks, temps))
 
-    jobs = [("sweep", [*exe, "eval", "sweep", *common, "--topk", args.topk, "--temperature", args.temperature,
-                       "--out", str(args.out / "sweep")])]
-    jobs += [(f"plain-k{k}-t{t}", [*exe, "eval", "davis", *common, "--topk", k, "--temperature", t,
-                                   "--out", str(args.out / f"plain-k{k}-t{t}")]) for k, t in grid]
+    jobs = [
+        (
+            "sweep",
+            [
+                *exe,
+                "eval",
+                "sweep",
+                *common,
+                "--topk",
+                args.topk,
+                "--temperature",
+                args.temperature,
+                "--out",
+                str(args.out / "sweep"),
+            ],
+        )
+    ]
+    jobs += [
+        (
+            f"plain-k{k}-t{t}",
+            [
+                *exe,
+                "eval",
+                "davis",
+                *common,
+                "--topk",
+                k,
+                "--temperature",
+                t,
+                "--out",
+                str(args.out / f"plain-k{k}-t{t}"),
+            ],
+        )
+        for k, t in grid
+    ]
     times: dict[str, tuple[float, float]] = {}
     if args.parallel:
         started = [(name, *_start(cmd, args.out / f"{name}.log")) for name, cmd in jobs]
@@ -86,14 +125,30 @@ def main() -> None:
     print(f"\n{'setting':>22} {'J&F plain':>10} {'J&F sweep':>10}")
     for g in grid:
         print(f"{'topk=' + g[0] + ' tau=' + g[1]:>22} {plain_jf[g]:>10.3f} {sweep_jf[g]:>10.3f}")
-    print(f"\n{len(grid)} plain runs: {plain_cpu:.1f} CPU s; one sweep: {sweep_cpu:.1f} CPU s; "
-          f"speed-up {plain_cpu / sweep_cpu:.2f}x; J&F identical per setting: {same}")
-    (args.out / "eval_sweep.json").write_text(json.dumps({
-        "sequences": args.sequence, "precision": args.precision, "checkpoint": args.checkpoint or "random init", "grid": [list(g) for g in grid],
-        "cpu_s": {n: c for n, (c, w) in times.items()}, "wall_s": {n: w for n, (c, w) in times.items()},
-        "plain_total_cpu_s": plain_cpu, "sweep_cpu_s": sweep_cpu, "speedup_cpu": plain_cpu / sweep_cpu,
-        "parallel": args.parallel, "jf_sweep": {f"{k},{t}": v for (k, t), v in sweep_jf.items()},
-        "jf_plain": {f"{k},{t}": v for (k, t), v in plain_jf.items()}, "identical": same}, indent=2))
+    print(
+        f"\n{len(grid)} plain runs: {plain_cpu:.1f} CPU s; one sweep: {sweep_cpu:.1f} CPU s; "
+        f"speed-up {plain_cpu / sweep_cpu:.2f}x; J&F identical per setting: {same}"
+    )
+    (args.out / "eval_sweep.json").write_text(
+        json.dumps(
+            {
+                "sequences": args.sequence,
+                "precision": args.precision,
+                "checkpoint": args.checkpoint or "random init",
+                "grid": [list(g) for g in grid],
+                "cpu_s": {n: c for n, (c, w) in times.items()},
+                "wall_s": {n: w for n, (c, w) in times.items()},
+                "plain_total_cpu_s": plain_cpu,
+                "sweep_cpu_s": sweep_cpu,
+                "speedup_cpu": plain_cpu / sweep_cpu,
+                "parallel": args.parallel,
+                "jf_sweep": {f"{k},{t}": v for (k, t), v in sweep_jf.items()},
+                "jf_plain": {f"{k},{t}": v for (k, t), v in plain_jf.items()},
+                "identical": same,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -84,8 +84,11 @@ class Recorder:
             writer.writerow(record)
         with self.jsonl.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        print(f"[{row.phase}] {row.name} | {row.shape} | {row.mode} | {row.provider}: {_fmt(row.ms)} ms"
-              f"{'' if math.isnan(row.limit_pct) else f' ({row.limit_pct:.0f}% of limit)'} {row.note}", flush=True)
+        print(
+            f"[{row.phase}] {row.name} | {row.shape} | {row.mode} | {row.provider}: {_fmt(row.ms)} ms"
+            f"{'' if math.isnan(row.limit_pct) else f' ({row.limit_pct:.0f}% of limit)'} {row.note}",
+            flush=True,
+        )
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -99,13 +102,24 @@ def environment(device) -> dict[str, str]:
 
     triton_version = str(versions()["triton"])
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = ""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
-    return {"device": name, "torch": torch.__version__, "triton": triton_version, "cuda": str(torch.version.cuda),
-            "git": sha, "date": dt.date.today().isoformat()}
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()})"
+    )
+    return {
+        "device": name,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": str(torch.version.cuda),
+        "git": sha,
+        "date": dt.date.today().isoformat(),
+    }
 
 
 class Budget:
@@ -163,8 +177,17 @@ def phase_a(rec: Recorder, dry_run: bool, budget_s: float | None) -> None:
         note = f"exit {proc.returncode}: {tail}"
     except subprocess.TimeoutExpired:
         note = f"stopped at the phase budget ({budget_s:.0f} s)"
-    rec.add(Row("a", "pytest -m gpu", "tests/", "collect" if dry_run else "run", "pytest",
-                ms=1e3 * (time.perf_counter() - t0), note=note))
+    rec.add(
+        Row(
+            "a",
+            "pytest -m gpu",
+            "tests/",
+            "collect" if dry_run else "run",
+            "pytest",
+            ms=1e3 * (time.perf_counter() - t0),
+            note=note,
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +234,7 @@ def _kernel_providers(kernel: str, p: dict, dtype, device, compile_backend: str)
         return {"fused": (fused, inputs), "reference": (ref, inputs), "compiled": (_compile(ref, r <= 6), inputs)}
     if kernel == "local_correlation":
         B, C, H, W, r = (p[k] for k in ("B", "C", "H", "W", "radius"))
-        inputs = [rand(B, C, H, W, scale=C ** -0.25), rand(B, C, H, W, scale=C ** -0.25)]
+        inputs = [rand(B, C, H, W, scale=C**-0.25), rand(B, C, H, W, scale=C**-0.25)]
         fused = lambda q, k: K.local_correlation(q, k, r)  # noqa: E731
         ref = lambda q, k: K.local_correlation_reference(q, k, r).to(dtype)  # noqa: E731
         return {"fused": (fused, inputs), "reference": (ref, inputs), "compiled": (_compile(ref, True), inputs)}
@@ -222,8 +245,11 @@ def _kernel_providers(kernel: str, p: dict, dtype, device, compile_backend: str)
         labels = torch.randint(0, A, (P,), generator=g).to(device)
         fused = lambda f, a: K.anchor_nll(f, a, labels, 0.05)  # noqa: E731
         ref = lambda f, a: K.anchor_nll_reference(f, a, labels, 0.05)  # noqa: E731
-        return {"fused": (fused, [feats, anchors]), "reference": (ref, [feats, anchors]),
-                "compiled": (_compile(ref, True), [feats, anchors])}
+        return {
+            "fused": (fused, [feats, anchors]),
+            "reference": (ref, [feats, anchors]),
+            "compiled": (_compile(ref, True), [feats, anchors]),
+        }
     if kernel == "knn_propagate":
         h, w, C, T, r, L = (p[k] for k in ("h", "w", "C", "frames", "radius", "labels"))
         query = torch.nn.functional.normalize(rand(C, h, w).float(), dim=0).to(dtype)
@@ -245,11 +271,11 @@ def _modes(kernel: str, mode: str) -> list[str]:
 def phase_b(rec: Recorder, device, dry_run: bool, budget: Budget) -> None:
     import torch
 
-    from tritoncorr.bench.core import run_for_mode
-    from tritoncorr.bench.model import device_for, limit, paper_cases
-
     # the backward of a compiled reference is timed repeatedly on one graph (retain_graph)
     import torch._functorch.config
+
+    from tritoncorr.bench.core import run_for_mode
+    from tritoncorr.bench.model import device_for, limit, paper_cases
 
     torch._functorch.config.donated_buffer = False
     gpu = device_for(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
@@ -262,16 +288,24 @@ def phase_b(rec: Recorder, device, dry_run: bool, budget: Budget) -> None:
         dtype = torch.bfloat16 if case.dtype == "bf16" else torch.float32
         params = _tiny(case) if dry_run else case.params
         for mode in _modes(case.kernel, case.mode):
-            for provider, (fn, inputs) in _kernel_providers(case.kernel, params, dtype, device, compile_backend).items():
+            for provider, (fn, inputs) in _kernel_providers(
+                case.kernel, params, dtype, device, compile_backend
+            ).items():
                 if budget.exhausted():
                     rec.add(Row("b", case.kernel, case.shape, mode, provider, note="skipped: phase budget spent"))
                     continue
                 if fn is None:
-                    rec.add(Row("b", case.kernel, case.shape, mode, provider, note="skipped: compile too long for the check"))
+                    rec.add(
+                        Row(
+                            "b", case.kernel, case.shape, mode, provider, note="skipped: compile too long for the check"
+                        )
+                    )
                     continue
                 try:
                     leaves = [t.detach().requires_grad_(mode != "fwd" and t.is_floating_point()) for t in inputs]
-                    call = run_for_mode(lambda fn=fn, leaves=leaves: fn(*leaves), [t for t in leaves if t.requires_grad], mode)
+                    call = run_for_mode(
+                        lambda fn=fn, leaves=leaves: fn(*leaves), [t for t in leaves if t.requires_grad], mode
+                    )
                     ms = time_ms(call, device)
                     mem = peak_mib(call, device)
                 except torch.OutOfMemoryError:
@@ -281,11 +315,25 @@ def phase_b(rec: Recorder, device, dry_run: bool, budget: Budget) -> None:
                 pct = math.nan
                 if gpu is not None and not dry_run:
                     passes = ["fwd", "bwd"] if mode == "fwd+bwd" else [mode]
-                    t_min = sum(limit(model[(case.kernel, case.shape, m, case.dtype)], gpu)[1]
-                                for m in passes if (case.kernel, case.shape, m, case.dtype) in model)
+                    t_min = sum(
+                        limit(model[(case.kernel, case.shape, m, case.dtype)], gpu)[1]
+                        for m in passes
+                        if (case.kernel, case.shape, m, case.dtype) in model
+                    )
                     pct = 100.0 * t_min / ms
-                rec.add(Row("b", case.kernel, case.shape, mode, provider, ms=ms, peak_mib=mem, limit_pct=pct,
-                            note=case.dtype))
+                rec.add(
+                    Row(
+                        "b",
+                        case.kernel,
+                        case.shape,
+                        mode,
+                        provider,
+                        ms=ms,
+                        peak_mib=mem,
+                        limit_pct=pct,
+                        note=case.dtype,
+                    )
+                )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,12 +372,23 @@ def _paper_config(ref: str, device: str, dry_run: bool, compile_: bool, steps: i
     data = dataclasses.replace(data, **{k: v for k, v in changes.items() if hasattr(data, k)})
     method = cfg.method
     if hasattr(method, "teacher_weights") and not dry_run:  # no published teacher on the machine: a random one
-        method = dataclasses.replace(method, teacher_weights="random", **({"use_teacher": True} if hasattr(method, "use_teacher") else {}))
-    return dataclasses.replace(cfg, data=data, method=method, steps=steps, device=device, compile=compile_,
-                               compile_backend="aot_eager" if dry_run else "inductor",
-                               eval=dataclasses.replace(cfg.eval, every=0),
-                               checkpoint=dataclasses.replace(cfg.checkpoint, every=0), log_every=10**9,
-                               curves_every=0, sync_bn=False)
+        method = dataclasses.replace(
+            method, teacher_weights="random", **({"use_teacher": True} if hasattr(method, "use_teacher") else {})
+        )
+    return dataclasses.replace(
+        cfg,
+        data=data,
+        method=method,
+        steps=steps,
+        device=device,
+        compile=compile_,
+        compile_backend="aot_eager" if dry_run else "inductor",
+        eval=dataclasses.replace(cfg.eval, every=0),
+        checkpoint=dataclasses.replace(cfg.checkpoint, every=0),
+        log_every=10**9,
+        curves_every=0,
+        sync_bn=False,
+    )
 
 
 def phase_c(rec: Recorder, device, dry_run: bool, budget: Budget) -> None:
@@ -341,7 +400,7 @@ def phase_c(rec: Recorder, device, dry_run: bool, budget: Budget) -> None:
     variants = [("fused", "auto", False), ("pytorch-path", "torch", False), ("fused+compile", "auto", True)]
     for ref in RECIPES:
         # dry run: every recipe with the fused kernels, every variant with the first recipe
-        for name, backend, compile_ in (variants if not dry_run or ref == RECIPES[0] else variants[:1]):
+        for name, backend, compile_ in variants if not dry_run or ref == RECIPES[0] else variants[:1]:
             shape = "smoke" if dry_run else "paper"
             if budget.exhausted():
                 rec.add(Row("c", ref, shape, "train", name, note="skipped: phase budget spent"))
@@ -369,9 +428,19 @@ def phase_c(rec: Recorder, device, dry_run: bool, budget: Budget) -> None:
                         trainer.close()
                 per_step = elapsed / (steps - warmup)
                 images = cfg.data.batch_size * max(2, getattr(cfg.data, "clip_len", 2))
-                rec.add(Row("c", ref, f"{shape}: batch {cfg.data.batch_size}, crop {getattr(cfg.data, 'crop_size', '-')}",
-                            "train", name, ms=1e3 * per_step, peak_mib=peak, steps_per_s=1 / per_step,
-                            images_per_s=images / per_step))
+                rec.add(
+                    Row(
+                        "c",
+                        ref,
+                        f"{shape}: batch {cfg.data.batch_size}, crop {getattr(cfg.data, 'crop_size', '-')}",
+                        "train",
+                        name,
+                        ms=1e3 * per_step,
+                        peak_mib=peak,
+                        steps_per_s=1 / per_step,
+                        images_per_s=images / per_step,
+                    )
+                )
             except torch.OutOfMemoryError:
                 rec.add(Row("c", ref, shape, "train", name, note="out of memory"))
                 torch.cuda.empty_cache()
@@ -397,7 +466,17 @@ def phase_d(rec: Recorder, device, dry_run: bool, budget: Budget) -> None:
         t0 = time.perf_counter()
         run()
         seconds = time.perf_counter() - t0
-        rec.add(Row("d", case.kernel, case.shape, case.mode, provider, ms=1e3 * seconds, note=f"{frames / seconds:.2f} frames/s"))
+        rec.add(
+            Row(
+                "d",
+                case.kernel,
+                case.shape,
+                case.mode,
+                provider,
+                ms=1e3 * seconds,
+                note=f"{frames / seconds:.2f} frames/s",
+            )
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,11 +484,15 @@ def phase_d(rec: Recorder, device, dry_run: bool, budget: Budget) -> None:
 
 def markdown(rows: list[Row], env: dict[str, str]) -> str:
     head = f"GPU check on {env['device']} (torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, git {env['git']}, {env['date']})\n\n"
-    lines = ["| phase | what | shape | mode | provider | ms | peak MiB | % of limit | steps/s | images/s | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| phase | what | shape | mode | provider | ms | peak MiB | % of limit | steps/s | images/s | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r.phase} | {r.name} | {r.shape} | {r.mode} | {r.provider} | {_fmt(r.ms)} | {_fmt(r.peak_mib)} | "
-                     f"{_fmt(r.limit_pct, 2)} | {_fmt(r.steps_per_s)} | {_fmt(r.images_per_s)} | {r.note} |")
+        lines.append(
+            f"| {r.phase} | {r.name} | {r.shape} | {r.mode} | {r.provider} | {_fmt(r.ms)} | {_fmt(r.peak_mib)} | "
+            f"{_fmt(r.limit_pct, 2)} | {_fmt(r.steps_per_s)} | {_fmt(r.images_per_s)} | {r.note} |"
+        )
     return head + "\n".join(lines) + "\n"
 
 

@@ -72,13 +72,14 @@ print("RESULT " + json.dumps({"frames": n, "seconds": secs, "rss_peak": peak, "c
 def run_child(params: dict) -> dict:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(params["threads"]))
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(params)], capture_output=True, text=True, env=env,
-                          cwd=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(params)], capture_output=True, text=True, env=env, cwd=str(ROOT)
+    )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
         raise SystemExit(f"child run failed ({params['mode']}, {params['frames']} frames)")
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def main(argv=None) -> int:
@@ -87,7 +88,9 @@ def main(argv=None) -> int:
     ap.add_argument("--long", type=int, default=2000, help="frames of the long video")
     ap.add_argument("--size", default="96x128", help="HxW of the generated frames")
     ap.add_argument("--preset", default=None, help="propagation preset (default: the model's)")
-    ap.add_argument("--checkpoint", default=None, help="weights (default: random init; speed/memory do not depend on them)")
+    ap.add_argument(
+        "--checkpoint", default=None, help="weights (default: random init; speed/memory do not depend on them)"
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-ratio", type=float, default=1.5)
@@ -98,6 +101,7 @@ def main(argv=None) -> int:
     h, w = (int(v) for v in a.size.lower().split("x"))
 
     from tritoncorr.evals.davis import write_palette_png
+
     from tritoncorr.video import synthetic_video_frame, write_synthetic_video
 
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="propagate-memory-"))
@@ -111,15 +115,27 @@ def main(argv=None) -> int:
             write_synthetic_video(video, n, (h, w))
         modes = ["stream", "whole"] if a.baseline else ["stream"]
         for mode in modes:
-            params = dict(mode=mode, video=str(video), mask=str(mask), checkpoint=a.checkpoint, preset=a.preset,
-                          out=str(work / f"out-{mode}-{n}"), device=a.device, threads=a.threads, frames=n,
-                          size=[h, w])
+            params = dict(
+                mode=mode,
+                video=str(video),
+                mask=str(mask),
+                checkpoint=a.checkpoint,
+                preset=a.preset,
+                out=str(work / f"out-{mode}-{n}"),
+                device=a.device,
+                threads=a.threads,
+                frames=n,
+                size=[h, w],
+            )
             r = run_child(params)
             r.update(mode=mode, size=[h, w])
             rows.append(r)
             cuda = f", CUDA peak {r['cuda_peak'] / 2**20:.0f} MiB" if r["cuda_peak"] is not None else ""
-            print(f"{mode:6s} {n:5d} frames: peak RSS {r['rss_peak'] / 2**20:7.0f} MiB{cuda}, "
-                  f"{r['frames'] / r['seconds']:.2f} frames/s ({r['seconds']:.1f} s)", flush=True)
+            print(
+                f"{mode:6s} {n:5d} frames: peak RSS {r['rss_peak'] / 2**20:7.0f} MiB{cuda}, "
+                f"{r['frames'] / r['seconds']:.2f} frames/s ({r['seconds']:.1f} s)",
+                flush=True,
+            )
     s = next(r for r in rows if r["mode"] == "stream" and r["frames"] == a.short)
     lg = next(r for r in rows if r["mode"] == "stream" and r["frames"] == a.long)
     ratio = lg["rss_peak"] / s["rss_peak"]
@@ -131,10 +147,20 @@ def main(argv=None) -> int:
     print(f"{msg} (limit {a.max_ratio}): {'OK' if ok else 'FAIL'}")
     import torch
 
-    record = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), host=platform.node(),
-                  device=a.device, gpu=torch.cuda.get_device_name() if a.device.startswith("cuda") else None,
-                  torch=torch.__version__, threads=a.threads, preset=a.preset, checkpoint=a.checkpoint, rows=rows,
-                  rss_ratio=ratio, cuda_ratio=cuda_ratio, ok=ok)
+    record = dict(
+        date=datetime.datetime.now().isoformat(timespec="seconds"),
+        host=platform.node(),
+        device=a.device,
+        gpu=torch.cuda.get_device_name() if a.device.startswith("cuda") else None,
+        torch=torch.__version__,
+        threads=a.threads,
+        preset=a.preset,
+        checkpoint=a.checkpoint,
+        rows=rows,
+        rss_ratio=ratio,
+        cuda_ratio=cuda_ratio,
+        ok=ok,
+    )
     Path(a.results).parent.mkdir(parents=True, exist_ok=True)
     with open(a.results, "a") as f:
         f.write(json.dumps(record) + "\n")

@@ -101,8 +101,10 @@ def load_image(path: str | Path, error: type[Exception] | None = None, what: str
         with Image.open(path) as im:
             w, h = im.size
             if w * h > MAX_IMAGE_PIXELS or w < 1 or h < 1:
-                raise error(f"cannot read {what} {path}: it declares {w}x{h} pixels (more than the "
-                            f"{MAX_IMAGE_PIXELS} allowed, or none): refusing to decode it")
+                raise error(
+                    f"cannot read {what} {path}: it declares {w}x{h} pixels (more than the "
+                    f"{MAX_IMAGE_PIXELS} allowed, or none): refusing to decode it"
+                )
             im.load()
             return im.convert(mode) if mode and im.mode != mode else im.copy()
     except error:
@@ -127,8 +129,9 @@ def plain_names(names: Sequence[str], listing: str | Path, error: type[Exception
     out of the dataset root, so it is ``error`` naming ``listing``."""
     for name in names:
         if name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
-            raise (error or DavisFormatError)(f"{listing} lists {name!r}, which is not a folder name inside the "
-                                              "dataset")
+            raise (error or DavisFormatError)(
+                f"{listing} lists {name!r}, which is not a folder name inside the dataset"
+            )
     return list(names)
 
 
@@ -186,7 +189,8 @@ def read_index_png(path: str | Path) -> np.ndarray:
         if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
             raise DavisFormatError(
                 f"{path}: an RGB mask must have equal channels (R = G = B = id, as CRW writes them); this "
-                "one has coloured pixels: save the ids as an indexed ('P') or grayscale ('L') PNG")
+                "one has coloured pixels: save the ids as an indexed ('P') or grayscale ('L') PNG"
+            )
         arr = arr[..., 0]
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
@@ -240,8 +244,9 @@ def _image_size(path: Path) -> tuple[int, int]:
     except Exception as err:  # noqa: BLE001 - PIL raises many types for corrupt headers
         raise DavisFormatError(f"cannot read {path}: {type(err).__name__}: {err}") from err
     if w * h > MAX_IMAGE_PIXELS or w < 1 or h < 1:
-        raise DavisFormatError(f"cannot read {path}: it declares {w}x{h} pixels (more than the {MAX_IMAGE_PIXELS} "
-                               "allowed, or none)")
+        raise DavisFormatError(
+            f"cannot read {path}: it declares {w}x{h} pixels (more than the {MAX_IMAGE_PIXELS} allowed, or none)"
+        )
     return h, w
 
 
@@ -362,7 +367,9 @@ class DavisDataset:
         frames = frame_folder(name, "sequence", "is listed in the split", seq_img, seq_ann, DavisFormatError)
         masks = sorted(seq_ann.glob("*.png"))
         if not masks:
-            raise DavisFormatError(f"sequence {name!r}: no .png annotation in {seq_ann} (the first frame's is required)")
+            raise DavisFormatError(
+                f"sequence {name!r}: no .png annotation in {seq_ann} (the first frame's is required)"
+            )
         if len(masks) > len(frames):
             raise DavisFormatError(
                 f"sequence {name!r}: {len(masks)} annotations in {seq_ann} but only {len(frames)} frames in {seq_img}"
@@ -738,7 +745,9 @@ def read_results(results_dir: str | Path, seq: DavisSequence, frame_ids: Sequenc
             )
         m = read_index_png(p)
         if m.shape != seq.size:
-            raise DavisFormatError(f"result {p} is {m.shape[1]}x{m.shape[0]}, the annotations are {seq.size[1]}x{seq.size[0]}")
+            raise DavisFormatError(
+                f"result {p} is {m.shape[1]}x{m.shape[0]}, the annotations are {seq.size[1]}x{seq.size[0]}"
+            )
         out[i] = m
     return out
 
@@ -774,7 +783,7 @@ def evaluate_results(
     if pool is not None:
         with pool:
             futures = [pool.submit(score_results, results_dir, seq) for seq in ds.sequences]
-            for seq, fut in zip(_iterate(ds.sequences, progress, "scoring"), futures):
+            for _seq, fut in zip(_iterate(ds.sequences, progress, "scoring"), futures):  # the bar follows the results
                 objects.extend(fut.result())
         return DavisScores(objects, split=split)
     for seq in _iterate(ds.sequences, progress, "scoring"):
@@ -808,8 +817,10 @@ def objects_to_json(objects: Sequence[ObjectScore]) -> list[dict]:
 
 
 def objects_from_json(rows: Sequence[dict]) -> list[ObjectScore]:
-    return [ObjectScore(r["sequence"], int(r["object_id"]), np.asarray(r["j"], np.float64),
-                        np.asarray(r["f"], np.float64)) for r in rows]
+    return [
+        ObjectScore(r["sequence"], int(r["object_id"]), np.asarray(r["j"], np.float64), np.asarray(r["f"], np.float64))
+        for r in rows
+    ]
 
 
 def _iterate(seqs: Iterable[DavisSequence], progress, label: str):

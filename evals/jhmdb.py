@@ -54,13 +54,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from tritoncorr.evals.davis import read_text
 
 NUM_JOINTS = 15
 JOINT_NAMES = (
-    "neck", "belly", "face", "right_shoulder", "left_shoulder", "right_hip", "left_hip", "right_elbow",
-    "left_elbow", "right_knee", "left_knee", "right_wrist", "left_wrist", "right_ankle", "left_ankle",
+    "neck",
+    "belly",
+    "face",
+    "right_shoulder",
+    "left_shoulder",
+    "right_hip",
+    "left_hip",
+    "right_elbow",
+    "left_elbow",
+    "right_knee",
+    "left_knee",
+    "right_wrist",
+    "left_wrist",
+    "right_ankle",
+    "left_ankle",
 )
 # parent of each joint for drawing the skeleton (the pairs of CRW's ``vis_pose``; the neck's parent is the belly)
 SKELETON_PARENTS = (1, 0, 0, 0, 0, 1, 1, 3, 4, 5, 6, 7, 8, 9, 10)
@@ -93,7 +105,7 @@ def _element(buf: bytes, pos: int, bo: str, path) -> tuple[int, bytes, int]:
         mtype, nbytes = word & 0xFFFF, word >> 16
         if nbytes > 4:
             raise JhmdbFormatError(f"{path}: malformed MAT-file (small element of {nbytes} bytes at byte {pos})")
-        return mtype, buf[pos + 4: pos + 4 + nbytes], pos + 8
+        return mtype, buf[pos + 4 : pos + 4 + nbytes], pos + 8
     mtype, nbytes = struct.unpack_from(bo + "II", buf, pos)
     start, end = pos + 8, pos + 8 + nbytes
     if end > len(buf):
@@ -167,8 +179,9 @@ def read_mat(path: str | Path) -> dict[str, np.ndarray]:
             except zlib.error as err:
                 raise JhmdbFormatError(f"{path}: corrupt compressed MAT-file element: {err}") from err
             if z.unconsumed_tail:
-                raise JhmdbFormatError(f"{path}: a compressed MAT-file element expands beyond "
-                                       f"{MAX_MAT_ELEMENT_BYTES} bytes (a zip bomb?)")
+                raise JhmdbFormatError(
+                    f"{path}: a compressed MAT-file element expands beyond {MAX_MAT_ELEMENT_BYTES} bytes (a zip bomb?)"
+                )
             mtype, body, _ = _element(body, 0, bo, path)
         if mtype == _MI_MATRIX and body:
             try:
@@ -193,7 +206,9 @@ def write_mat(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     def elem(mtype: int, data: bytes) -> bytes:
         return struct.pack("<II", mtype, len(data)) + data + b"\0" * (-len(data) % 8)
 
-    out = bytearray(b"MATLAB 5.0 MAT-file, written by tritoncorr".ljust(116, b" ") + b"\0" * 8 + struct.pack("<H", 0x0100) + b"IM")
+    out = bytearray(
+        b"MATLAB 5.0 MAT-file, written by tritoncorr".ljust(116, b" ") + b"\0" * 8 + struct.pack("<H", 0x0100) + b"IM"
+    )
     for name, a in arrays.items():
         a = np.asarray(a)
         if a.ndim < 2:
@@ -303,8 +318,13 @@ class JhmdbDataset:
         JhmdbFormatError: naming the folder or file and the problem.
     """
 
-    def __init__(self, root: str | Path, split: int | None = 1, list_file: str | Path | None = None,
-                 clips: Sequence[str] | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        split: int | None = 1,
+        list_file: str | Path | None = None,
+        clips: Sequence[str] | None = None,
+    ):
         root = Path(root).expanduser()
         if not root.is_dir():
             raise JhmdbFormatError(f"JHMDB root {root} does not exist or is not a folder")
@@ -329,10 +349,14 @@ class JhmdbDataset:
                     raise JhmdbFormatError(f"JHMDB root {root}: missing folder {d}")
             listed = _split_clips(root, split) if split is not None else None
             if listed is None:
-                listed = sorted((a.name, c.name) for a in img_root.iterdir() if a.is_dir()
-                                for c in a.iterdir() if c.is_dir())
-                self.note = ("every clip under Rename_Images/ (no split files)" if split is not None
-                             else "every clip under Rename_Images/")
+                listed = sorted(
+                    (a.name, c.name) for a in img_root.iterdir() if a.is_dir() for c in a.iterdir() if c.is_dir()
+                )
+                self.note = (
+                    "every clip under Rename_Images/ (no split files)"
+                    if split is not None
+                    else "every clip under Rename_Images/"
+                )
             else:
                 self.note = f"split {split}, test part ({root / 'splits'})"
             pairs = [(f"{a}/{c}", img_root / a / c, mat_root / a / c / "joint_positions.mat") for a, c in listed]
@@ -343,8 +367,9 @@ class JhmdbDataset:
                 from tritoncorr.evals.davis import unknown_names
 
                 known = [n for name, _, _ in pairs for n in (name, name.split("/")[-1])]
-                raise JhmdbFormatError(f"clip(s) {unknown_names(unknown, known)} not in the evaluated list "
-                                       f"({self.note})")
+                raise JhmdbFormatError(
+                    f"clip(s) {unknown_names(unknown, known)} not in the evaluated list ({self.note})"
+                )
             pairs = [p for p in pairs if p[0] in want or p[0].split("/")[-1] in want]
         if not pairs:
             raise JhmdbFormatError(f"JHMDB root {root}: no clip to evaluate ({self.note})")
@@ -397,12 +422,13 @@ def draw_gaussian(heat: np.ndarray, x: float, y: float, sigma: float = SIGMA) ->
     gy = max(0, -y0), min(y1, h) - y0
     ix = max(0, x0), min(x1, w)
     iy = max(0, y0), min(y1, h)
-    heat[iy[0]: iy[1], ix[0]: ix[1]] = g[gy[0]: gy[1], gx[0]: gx[1]]
+    heat[iy[0] : iy[1], ix[0] : ix[1]] = g[gy[0] : gy[1], gx[0] : gx[1]]
     return heat
 
 
-def joints_to_cells(joints: np.ndarray, size: tuple[int, int], input_size: tuple[int, int],
-                    stride: tuple[int, int]) -> np.ndarray:
+def joints_to_cells(
+    joints: np.ndarray, size: tuple[int, int], input_size: tuple[int, int], stride: tuple[int, int]
+) -> np.ndarray:
     """Pixel joints ``(2, J)`` of a ``size = (H, W)`` frame -> feature-cell coordinates, CRW's
     ``x * W_in / W / stride_x`` and ``y * H_in / H / stride_y`` (float64, in that order of operations)."""
     (hh, ww), (hi, wi), (sy, sx) = size, input_size, stride
@@ -579,8 +605,12 @@ def normalised_distances(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, 
     return dist, evaluated
 
 
-def pck(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray],
-        thresholds: Sequence[float] = PCK_THRESHOLDS, names: Sequence[str] | None = None) -> PCKResult:
+def pck(
+    gts: Sequence[np.ndarray],
+    preds: Sequence[np.ndarray],
+    thresholds: Sequence[float] = PCK_THRESHOLDS,
+    names: Sequence[str] | None = None,
+) -> PCKResult:
     """PCK over clips, ``eval_pck.py``'s ``computePCK`` (see the module docstring).
 
     Args:
@@ -604,7 +634,9 @@ def pck(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray],
             pooled[j].append(dist[j][ev[j]])
         if names is not None:
             d = np.concatenate([dist[j][ev[j]] for j in range(n_joints)])
-            per_clip.append((names[i], 100.0 * (d[:, None] <= thr[None]).mean(0) if d.size else np.full(len(thr), np.nan)))
+            per_clip.append(
+                (names[i], 100.0 * (d[:, None] <= thr[None]).mean(0) if d.size else np.full(len(thr), np.nan))
+            )
     per_joint = np.full((n_joints, len(thr)), np.nan)
     counts = np.zeros(n_joints, dtype=np.int64)
     for j in range(n_joints):

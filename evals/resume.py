@@ -100,8 +100,12 @@ class EvalFolder:
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
             raise EvalFolderError(f"--out {self.out} is a file, not a folder")
-        self.state = {"format": FORMAT, "task": task, "checkpoint": checkpoint,
-                      "settings": json.loads(json.dumps(settings))}
+        self.state = {
+            "format": FORMAT,
+            "task": task,
+            "checkpoint": checkpoint,
+            "settings": json.loads(json.dumps(settings)),
+        }
         state_path = self.out / STATE_FILE
         if state_path.is_file() and not overwrite:
             try:
@@ -109,15 +113,19 @@ class EvalFolder:
                 if not isinstance(old, dict):
                     raise ValueError("not a JSON object")
             except (ValueError, UnicodeDecodeError) as err:
-                raise EvalFolderError(f"{state_path} is damaged ({err}); pass --overwrite to start the evaluation "
-                                      "again in this folder, or choose another --out") from None
-            diffs = _differences({k: v for k, v in old.items() if k != "format"},
-                                 {k: v for k, v in self.state.items() if k != "format"})
+                raise EvalFolderError(
+                    f"{state_path} is damaged ({err}); pass --overwrite to start the evaluation "
+                    "again in this folder, or choose another --out"
+                ) from None
+            diffs = _differences(
+                {k: v for k, v in old.items() if k != "format"}, {k: v for k, v in self.state.items() if k != "format"}
+            )
             if diffs:
                 raise EvalFolderError(
                     f"{self.out} holds an evaluation with other settings or another checkpoint "
                     f"({'; '.join(diffs[:6])}{'; ...' if len(diffs) > 6 else ''}); rerun with its settings to "
-                    "continue it, pass --overwrite to start again there, or choose another --out")
+                    "continue it, pass --overwrite to start again there, or choose another --out"
+                )
         elif overwrite:
             _remove(self.out / RECORDS)
         self.out.mkdir(parents=True, exist_ok=True)

@@ -39,13 +39,30 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
 from tritoncorr.evals.davis import VideoFrames
 
 NUM_CLASSES = 20
 VIP_CLASSES = (
-    "background", "hat", "hair", "sun-glasses", "upper-clothes", "dress", "coat", "socks", "pants", "gloves",
-    "scarf", "skirt", "torso-skin", "face", "right-arm", "left-arm", "right-leg", "left-leg", "right-shoe", "left-shoe",
+    "background",
+    "hat",
+    "hair",
+    "sun-glasses",
+    "upper-clothes",
+    "dress",
+    "coat",
+    "socks",
+    "pants",
+    "gloves",
+    "scarf",
+    "skirt",
+    "torso-skin",
+    "face",
+    "right-arm",
+    "left-arm",
+    "right-leg",
+    "left-leg",
+    "right-shoe",
+    "left-shoe",
 )
 GLOBAL_COLUMNS = ("Pixel-Acc", "Mean-Acc", "mIoU", "fwIoU")
 
@@ -86,8 +103,10 @@ class VipVideo(VideoFrames):
         path = self.labels[self.frames[t].stem]
         ids = _read_ids(path, "category-id PNG")
         if ids.shape != self.size:
-            raise VipFormatError(f"{path}: label size {ids.shape[1]}x{ids.shape[0]} differs from the frame size "
-                                 f"{self.size[1]}x{self.size[0]}")
+            raise VipFormatError(
+                f"{path}: label size {ids.shape[1]}x{ids.shape[0]} differs from the frame size "
+                f"{self.size[1]}x{self.size[0]}"
+            )
         return ids
 
 
@@ -114,8 +133,9 @@ class VipDataset:
         from tritoncorr.evals.davis import plain_names, read_text
 
         text = read_text(list_file, VipFormatError)
-        listed = plain_names(list(dict.fromkeys(ln.strip() for ln in text.splitlines() if ln.strip())), list_file,
-                             VipFormatError)
+        listed = plain_names(
+            list(dict.fromkeys(ln.strip() for ln in text.splitlines() if ln.strip())), list_file, VipFormatError
+        )
         if not listed:
             raise VipFormatError(f"{list_file} lists no video")
         if videos:
@@ -135,7 +155,9 @@ class VipDataset:
         frames = frame_folder(name, "video", "is listed", img, ann, VipFormatError)
         labels = {p.stem: p for p in sorted(ann.glob("*.png"))}
         if frames[0].stem not in labels:
-            raise VipFormatError(f"video {name!r}: no category-id PNG {ann / (frames[0].stem + '.png')} for the first frame")
+            raise VipFormatError(
+                f"video {name!r}: no category-id PNG {ann / (frames[0].stem + '.png')} for the first frame"
+            )
         stems = {p.stem for p in frames}
         orphans = [n for n in labels if n not in stems]
         if orphans:
@@ -234,7 +256,9 @@ class VipScores:
             wr = csv.writer(f)
             wr.writerow(["Class", "IoU", "Acc", "GT-Pixels"])
             for i, name in enumerate(VIP_CLASSES[: self.hist.shape[0]]):
-                wr.writerow([name, f"{self.class_iou[i]:.4f}", f"{self.class_accuracy[i]:.4f}", int(self.hist[i].sum())])
+                wr.writerow(
+                    [name, f"{self.class_iou[i]:.4f}", f"{self.class_accuracy[i]:.4f}", int(self.hist[i].sum())]
+                )
         return g_path, c_path
 
 
@@ -247,13 +271,21 @@ def _nanmean(x: np.ndarray) -> float:
 def read_prediction(path: Path) -> np.ndarray:
     """A prediction PNG of category ids (grayscale or indexed) as uint8 ``(H, W)``."""
     if not path.is_file():
-        raise VipFormatError(f"result {path} not found: results must be PNGs <results>/<video>/<frame>.png of "
-                             "category ids, named as the annotation frames")
+        raise VipFormatError(
+            f"result {path} not found: results must be PNGs <results>/<video>/<frame>.png of "
+            "category ids, named as the annotation frames"
+        )
     return _read_ids(path, "prediction")
 
 
-def evaluate_results(root: str | Path | None = None, results_dir: str | Path = ".", split: str = "val",
-                     videos: Sequence[str] | None = None, *, dataset: VipDataset | None = None) -> VipScores:
+def evaluate_results(
+    root: str | Path | None = None,
+    results_dir: str | Path = ".",
+    split: str = "val",
+    videos: Sequence[str] | None = None,
+    *,
+    dataset: VipDataset | None = None,
+) -> VipScores:
     """Score ``<results_dir>/<video>/<frame>.png`` against every annotated frame (``eval_vip.py``)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():

@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
 from tritoncorr.evals.davis import VideoFrames
 
 YEARS = ("2018", "2019")
@@ -86,8 +85,9 @@ def _read_annotation(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     except DavisFormatError as err:
         raise YtvosFormatError(str(err)) from err
     if size is not None and ids.shape != tuple(size):
-        raise YtvosFormatError(f"{path}: annotation size {ids.shape[1]}x{ids.shape[0]} differs from the frame size "
-                               f"{size[1]}x{size[0]}")
+        raise YtvosFormatError(
+            f"{path}: annotation size {ids.shape[1]}x{ids.shape[0]} differs from the frame size {size[1]}x{size[0]}"
+        )
     return ids
 
 
@@ -119,7 +119,7 @@ class YtvosDataset:
         except (json.JSONDecodeError, RecursionError) as err:
             raise YtvosFormatError(f"{meta_path}: not valid JSON: {err}") from err
         if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
-            raise YtvosFormatError(f"{meta_path}: expected {{\"videos\": {{<video>: {{\"objects\": ...}}}}}}")
+            raise YtvosFormatError(f'{meta_path}: expected {{"videos": {{<video>: {{"objects": ...}}}}}}')
         from tritoncorr.evals.davis import plain_names
 
         listed = plain_names(sorted(meta["videos"]), meta_path, YtvosFormatError)
@@ -176,17 +176,24 @@ class YtvosDataset:
             known = [index[f] for f in listed if f in index]
             missing_frames += len(listed) - len(known)
             if oid not in starts:
-                raise YtvosFormatError(f"video {name!r}: object {oid} (meta.json) appears in no annotation PNG in {ann}")
+                raise YtvosFormatError(
+                    f"video {name!r}: object {oid} (meta.json) appears in no annotation PNG in {ann}"
+                )
             if known and min(known) != starts[oid]:
-                self.notes.append(f"video {name!r}: object {oid} is first annotated in {frames[starts[oid]].name}, "
-                                  f"meta.json lists it from {frames[min(known)].stem}")
+                self.notes.append(
+                    f"video {name!r}: object {oid} is first annotated in {frames[starts[oid]].name}, "
+                    f"meta.json lists it from {frames[min(known)].stem}"
+                )
         if missing_frames:
-            self.notes.append(f"video {name!r}: meta.json lists {missing_frames} frame(s) without a JPEG in {img} (ignored)")
+            self.notes.append(
+                f"video {name!r}: meta.json lists {missing_frames} frame(s) without a JPEG in {img} (ignored)"
+            )
         extra = sorted(set(starts) - set(categories))
         if extra:
             self.notes.append(f"video {name!r}: object(s) {extra} in the annotations but not in meta.json (exported)")
-        return YtvosVideo(name=name, frames=frames, annotations=annotations, starts=starts, categories=categories,
-                          size=size)
+        return YtvosVideo(
+            name=name, frames=frames, annotations=annotations, starts=starts, categories=categories, size=size
+        )
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -215,8 +222,11 @@ def zip_annotations(out: Path, zip_path: Path, videos: Sequence[str] | None = No
     """Zip ``<out>/Annotations/<video>/*.png`` (of ``videos``, default all) as ``Annotations/<video>/<frame>.png``
     entries (atomic write)."""
     tmp = zip_path.with_name(zip_path.name + ".partial")
-    folders = [out / "Annotations" / v for v in videos] if videos is not None else \
-        sorted(p for p in (out / "Annotations").iterdir() if p.is_dir())
+    folders = (
+        [out / "Annotations" / v for v in videos]
+        if videos is not None
+        else sorted(p for p in (out / "Annotations").iterdir() if p.is_dir())
+    )
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for folder in sorted(folders):
             for p in sorted(folder.glob("*.png")):

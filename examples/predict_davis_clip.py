@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> float:
     args.out.mkdir(parents=True, exist_ok=True)
     names = sorted(f.stem for f in frames.glob("*.jpg"))
     ious = []
-    for t, obj_ids, masks in predictor.propagate_in_video(state, max_frame_num_to_track=
-                                                          None if args.max_frames is None else args.max_frames - 1):
+    for t, obj_ids, masks in predictor.propagate_in_video(
+        state, max_frame_num_to_track=None if args.max_frames is None else args.max_frames - 1
+    ):
         ids = np.zeros(masks.shape[1:], np.uint8)
         for obj_id, m in zip(obj_ids, masks):
             ids[m] = obj_id

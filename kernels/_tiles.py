@@ -27,8 +27,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["attention_tile", "block_geometry", "window_in_region", "regions", "query_blocks", "chunk_queries",
-           "chunk_regions", "chunk_regions_in_image", "add_chunk_regions"]
+__all__ = [
+    "attention_tile",
+    "block_geometry",
+    "window_in_region",
+    "regions",
+    "query_blocks",
+    "chunk_queries",
+    "chunk_regions",
+    "chunk_regions_in_image",
+    "add_chunk_regions",
+]
 
 
 def attention_tile(radius: int) -> int:
@@ -60,15 +69,15 @@ def window_in_region(T, R, radius, device):
 def regions(xpad, y0, R, T, nbx):
     """xpad (B, C, Hp, Wp) -> (B, nbx, C, R*R): the key regions of block-row starting at padded row y0."""
     B, C = xpad.shape[:2]
-    rows = xpad[:, :, y0:y0 + R]                          # (B, C, R, Wp)
-    reg = rows.unfold(3, R, T)                            # (B, C, R, nbx, R)
+    rows = xpad[:, :, y0 : y0 + R]  # (B, C, R, Wp)
+    reg = rows.unfold(3, R, T)  # (B, C, R, nbx, R)
     return reg.permute(0, 3, 1, 2, 4).reshape(B, nbx, C, R * R)
 
 
 def query_blocks(qp, y0, T, nbx):
     """qp (B, C, Hq, Wq) padded to block multiples -> (B, nbx, T*T, C) queries of block-row y0."""
     B, C = qp.shape[:2]
-    rows = qp[:, :, y0:y0 + T]                            # (B, C, T, nbx*T)
+    rows = qp[:, :, y0 : y0 + T]  # (B, C, T, nbx*T)
     blk = rows.reshape(B, C, T, nbx, T).permute(0, 3, 2, 4, 1)  # (B, nbx, T, T, C)
     return blk.reshape(B, nbx, T * T, C)
 
@@ -119,4 +128,4 @@ def add_chunk_regions(dx, reg, b, y0, x0, T, radius):
     for j in range(n):
         xs = x0 + j * T - radius
         cx0, cx1 = max(xs, 0), min(xs + R, W)
-        dx[b, :, cy0:cy1, cx0:cx1] += r4[j, :, cy0 - ys:cy1 - ys, cx0 - xs:cx1 - xs]
+        dx[b, :, cy0:cy1, cx0:cx1] += r4[j, :, cy0 - ys : cy1 - ys, cx0 - xs : cx1 - xs]

@@ -71,10 +71,31 @@ def merge_topk(s, cand, tv, ti):
 
 
 @triton.jit
-def tile_scores(q_ptr, k_ptr, qy, qx, qvalid, ky, kx, kvalid, fr, C,
-                s_qc, s_qy, s_qx, s_kn, s_kc, s_ky, s_kx, inv_t,
-                BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
-                INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def tile_scores(
+    q_ptr,
+    k_ptr,
+    qy,
+    qx,
+    qvalid,
+    ky,
+    kx,
+    kvalid,
+    fr,
+    C,
+    s_qc,
+    s_qy,
+    s_qx,
+    s_kn,
+    s_kc,
+    s_ky,
+    s_kx,
+    inv_t,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """Scores (BLOCK_Q, BLOCK_K) fp32 ``<q, k> * inv_t`` of the query pixels (qy, qx) against the key
     cells (ky, kx) of frame ``fr`` (int64), over channel blocks of BLOCK_C; masked loads give 0."""
     offs_c = tl.arange(0, BLOCK_C)
@@ -84,16 +105,26 @@ def tile_scores(q_ptr, k_ptr, qy, qx, qvalid, ky, kx, kvalid, fr, C,
     for c0 in range(0, C, BLOCK_C):
         cc = c0 + offs_c
         cmask = cc < C
-        qb = tl.load(q_base[:, None] + cc[None, :].to(tl.int64) * s_qc,
-                     mask=qvalid[:, None] & cmask[None, :], other=0.0)
-        kb = tl.load(k_base[None, :] + cc[:, None].to(tl.int64) * s_kc,
-                     mask=cmask[:, None] & kvalid[None, :], other=0.0)
+        qb = tl.load(
+            q_base[:, None] + cc[None, :].to(tl.int64) * s_qc, mask=qvalid[:, None] & cmask[None, :], other=0.0
+        )
+        kb = tl.load(
+            k_base[None, :] + cc[:, None].to(tl.int64) * s_kc, mask=cmask[:, None] & kvalid[None, :], other=0.0
+        )
         acc = dot_acc(qb, kb, acc, INPUT_PRECISION, UPCAST)
     return acc * inv_t
 
 
-def aot_spec(name: str, fn, constexprs: dict, pointers: dict[str, str], *, floats: tuple[str, ...] = (),
-             num_warps: int = 4, num_stages: int = 3) -> AotSpec:
+def aot_spec(
+    name: str,
+    fn,
+    constexprs: dict,
+    pointers: dict[str, str],
+    *,
+    floats: tuple[str, ...] = (),
+    num_warps: int = 4,
+    num_stages: int = 3,
+) -> AotSpec:
     """An :class:`AotSpec` for ``fn``: every argument in ``constexprs`` is a constexpr, every one in
     ``pointers`` a pointer to that Triton type ("fp32", "bf16", "i64"), every one in ``floats`` an
     fp32 scalar, every other one an i32 (sizes and strides)."""
@@ -108,5 +139,6 @@ def aot_spec(name: str, fn, constexprs: dict, pointers: dict[str, str], *, float
     missing = set(constexprs) - set(fn.arg_names)
     if missing:
         raise ValueError(f"{name}: constexprs {sorted(missing)} are not arguments of the kernel")
-    return AotSpec(name=name, fn=fn, signature=signature, constexprs=dict(constexprs),
-                   num_warps=num_warps, num_stages=num_stages)
+    return AotSpec(
+        name=name, fn=fn, signature=signature, constexprs=dict(constexprs), num_warps=num_warps, num_stages=num_stages
+    )

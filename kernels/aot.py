@@ -75,7 +75,9 @@ def _resource_usage(cubin: bytes) -> dict[str, int]:
     try:
         out = subprocess.run(
             [str(_triton_bin("cuobjdump")), "--dump-resource-usage", path],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     finally:
         os.unlink(path)
@@ -98,7 +100,8 @@ def _ptxas_spills(ptx: str, arch: int) -> int | None:
             src.write_text(ptx)
             proc = subprocess.run(
                 [str(exe), "-v", "--gpu-name", gpu, str(src), "-o", str(Path(d) / "k.cubin")],
-                capture_output=True, text=True,
+                capture_output=True,
+                text=True,
             )
         if proc.returncode != 0:
             continue
@@ -127,7 +130,9 @@ def compile_spec(spec: AotSpec, arch: int) -> AotRecord:
             spills = max(spills, ptxas)
         shared = max(usage["SHARED"], int(getattr(compiled.metadata, "shared", 0) or 0))
         mma, wgmma = tensor_core_counts(compiled.asm["ptx"])
-        return AotRecord(spec.name, f"sm_{arch}", usage["REG"], spills, shared, usage["STACK"], spec.num_warps, mma, wgmma)
+        return AotRecord(
+            spec.name, f"sm_{arch}", usage["REG"], spills, shared, usage["STACK"], spec.num_warps, mma, wgmma
+        )
     except Exception as exc:  # the report shows the failure instead of hiding the other kernels
         return AotRecord(spec.name, f"sm_{arch}", -1, -1, -1, -1, spec.num_warps, error=f"{type(exc).__name__}: {exc}")
 

@@ -62,9 +62,18 @@ def _ytvos() -> DataConfig:
     ``train/JPEGImages`` release instead, set ``data.frame_gap=1`` (spec §2.1: keep 30-fps semantics).
     """
     return DataConfig(
-        source="frames", root=dataset_path("YouTube-VOS", "train_all_frames", "JPEGImages"),
-        clip_len=2, frame_gap=5, order="ordered", batch_size=_BATCH, num_workers=8, pin_memory=True,
-        crop_size=256, crop="full", hflip=False, color="lab",
+        source="frames",
+        root=dataset_path("YouTube-VOS", "train_all_frames", "JPEGImages"),
+        clip_len=2,
+        frame_gap=5,
+        order="ordered",
+        batch_size=_BATCH,
+        num_workers=8,
+        pin_memory=True,
+        crop_size=256,
+        crop="full",
+        hflip=False,
+        color="lab",
     )
 
 
@@ -91,8 +100,9 @@ def stage2() -> RunConfig:
     Initialise from stage 1: ``--set init_from=<stage-1 run>/model.safetensors``."""
     cfg = default()
     cfg.name = "liir-ytvos-stage2"
-    cfg.method = LIIRConfig(position="feature", position_shift=True, inter="points", bank_frames=1440,
-                            bank_points=4, compact_m=2)
+    cfg.method = LIIRConfig(
+        position="feature", position_shift=True, inter="points", bank_frames=1440, bank_points=4, compact_m=2
+    )
     cfg.optim = _optim(1e-4)
     cfg.schedule = _schedule(2)
     cfg.steps = 5 * _ITERS_PER_EPOCH
@@ -196,14 +206,26 @@ def cpu() -> RunConfig:
         name="liir-cpu",
         method=LIIRConfig(position="feature", position_grid=CPU_CROP // 4, inter="none", compact_m=2),
         data=DataConfig(
-            source="video", root="",
-            clip_len=2, frame_gap=5, gap_choices=(2, 5, 8), gap_probs=(0.4, 0.4, 0.2), order="ordered",
-            batch_size=CPU_BATCH, num_workers=1,
-            crop_size=CPU_CROP, crop="random", short_side=(CPU_SHORT_SIDE, CPU_SHORT_SIDE), hflip=False, color="lab",
-            cache_dir=dataset_path("frame-cache"), cache_short_side=CPU_SHORT_SIDE,
+            source="video",
+            root="",
+            clip_len=2,
+            frame_gap=5,
+            gap_choices=(2, 5, 8),
+            gap_probs=(0.4, 0.4, 0.2),
+            order="ordered",
+            batch_size=CPU_BATCH,
+            num_workers=1,
+            crop_size=CPU_CROP,
+            crop="random",
+            short_side=(CPU_SHORT_SIDE, CPU_SHORT_SIDE),
+            hflip=False,
+            color="lab",
+            cache_dir=dataset_path("frame-cache"),
+            cache_short_side=CPU_SHORT_SIDE,
         ),
-        optim=OptimConfig(name="adam", lr=CPU_LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                          accumulate=CPU_ACCUMULATE),
+        optim=OptimConfig(
+            name="adam", lr=CPU_LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, accumulate=CPU_ACCUMULATE
+        ),
         schedule=ScheduleConfig(name="cosine"),
         checkpoint=CheckpointConfig(every=100, keep_last=2),
         steps=steps,
@@ -221,12 +243,30 @@ def smoke() -> RunConfig:
     loss before it falls, at 3e-4 it falls from the start.)"""
     return RunConfig(
         name="liir-smoke",
-        method=LIIRConfig(radius=3, feature_dim=16, position="feature", position_grid=12, inter="points",
-                          bank_frames=4, bank_points=4, compact_m=2),
+        method=LIIRConfig(
+            radius=3,
+            feature_dim=16,
+            position="feature",
+            position_grid=12,
+            inter="points",
+            bank_frames=4,
+            bank_points=4,
+            compact_m=2,
+        ),
         data=DataConfig(
-            source="synthetic", clip_len=2, frame_gap=1, order="ordered", batch_size=2, num_workers=0,
-            crop_size=48, crop="full", hflip=False, color="lab",
-            synthetic_videos=4, synthetic_frames=6, synthetic_size=(72, 96),
+            source="synthetic",
+            clip_len=2,
+            frame_gap=1,
+            order="ordered",
+            batch_size=2,
+            num_workers=0,
+            crop_size=48,
+            crop="full",
+            hflip=False,
+            color="lab",
+            synthetic_videos=4,
+            synthetic_frames=6,
+            synthetic_size=(72, 96),
         ),
         optim=_optim(3e-4),
         schedule=ScheduleConfig(name="constant"),

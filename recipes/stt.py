@@ -49,10 +49,23 @@ def default() -> RunConfig:
     teacher = "runs/stt-spatial/model.safetensors"
     return RunConfig(
         name="stt-r50",
-        method=STTConfig(depth=50, radii=(12, 6), local_weight=1000.0, global_weight=50.0, entropy_fraction=0.7,
-                         teacher_weights=teacher, student_init="teacher"),
-        data=STTDataConfig(source="frames", root=dataset_path("YouTube-VOS", "train"), batch_size=16,
-                           num_workers=2, pin_memory=True, crop_size=256),
+        method=STTConfig(
+            depth=50,
+            radii=(12, 6),
+            local_weight=1000.0,
+            global_weight=50.0,
+            entropy_fraction=0.7,
+            teacher_weights=teacher,
+            student_init="teacher",
+        ),
+        data=STTDataConfig(
+            source="frames",
+            root=dataset_path("YouTube-VOS", "train"),
+            batch_size=16,
+            num_workers=2,
+            pin_memory=True,
+            crop_size=256,
+        ),
         optim=_adam(5e-5),
         schedule=_official_schedule(),
         checkpoint=CheckpointConfig(every=2000, keep_last=3),
@@ -113,10 +126,20 @@ def cpu() -> RunConfig:
     """
     return RunConfig(
         name="stt-cpu",
-        method=STTConfig(depth=18, radii=(6, 3), teacher_weights="runs/stt-spatial-cpu/model.safetensors",
-                         student_init="teacher"),
-        data=STTDataConfig(source="video", root="", target_fps=6.0, frame_gap=2, batch_size=4, num_workers=1,
-                           crop_size=128, cache_dir=dataset_path("frame-cache"), cache_short_side=160),
+        method=STTConfig(
+            depth=18, radii=(6, 3), teacher_weights="runs/stt-spatial-cpu/model.safetensors", student_init="teacher"
+        ),
+        data=STTDataConfig(
+            source="video",
+            root="",
+            target_fps=6.0,
+            frame_gap=2,
+            batch_size=4,
+            num_workers=1,
+            crop_size=128,
+            cache_dir=dataset_path("frame-cache"),
+            cache_short_side=160,
+        ),
         optim=_adam(2e-4),
         schedule=_official_schedule(warmup=30),
         checkpoint=CheckpointConfig(every=100, keep_last=2),
@@ -136,8 +159,15 @@ def smoke() -> RunConfig:
     return RunConfig(
         name="stt-smoke",
         method=STTConfig(depth=18, radii=(4, 2), teacher_weights="random", student_init="scratch"),
-        data=STTDataConfig(source="synthetic", batch_size=2, num_workers=0, crop_size=64,
-                           synthetic_videos=4, synthetic_frames=6, synthetic_size=(72, 96)),
+        data=STTDataConfig(
+            source="synthetic",
+            batch_size=2,
+            num_workers=0,
+            crop_size=64,
+            synthetic_videos=4,
+            synthetic_frames=6,
+            synthetic_size=(72, 96),
+        ),
         optim=_adam(1e-3),
         schedule=ScheduleConfig(name="constant"),
         checkpoint=CheckpointConfig(every=0, keep_last=1),

@@ -39,10 +39,17 @@ def default() -> RunConfig:
     (batch 256), cosine, 200 epochs (1,000,800 steps). Features for propagation: layer3 at stride 8."""
     return RunConfig(
         name="stt-spatial",
-        method=MoCoConfig(depth=50, dim=128, mlp=True, queue_size=65536, momentum=0.999, temperature=0.2,
-                          shuffle_bn=True, bn_group=32),
-        data=ImageDataConfig(source="folder", root=dataset_path("ImageNet", "train"), batch_size=256,
-                             num_workers=16, pin_memory=True, crop_size=224),
+        method=MoCoConfig(
+            depth=50, dim=128, mlp=True, queue_size=65536, momentum=0.999, temperature=0.2, shuffle_bn=True, bn_group=32
+        ),
+        data=ImageDataConfig(
+            source="folder",
+            root=dataset_path("ImageNet", "train"),
+            batch_size=256,
+            num_workers=16,
+            pin_memory=True,
+            crop_size=224,
+        ),
         optim=_sgd(256),
         schedule=ScheduleConfig(name="cosine"),
         checkpoint=CheckpointConfig(every=5000, keep_last=3),
@@ -77,10 +84,12 @@ def cpu() -> RunConfig:
     """
     return RunConfig(
         name="stt-spatial-cpu",
-        method=MoCoConfig(depth=18, dim=128, mlp=True, queue_size=256, momentum=0.99, temperature=0.2,
-                          shuffle_bn=True, bn_group=8),
-        data=ImageDataConfig(source="video", root="", frame_step=10, cache_short_side=128, batch_size=32,
-                             num_workers=1, crop_size=96),
+        method=MoCoConfig(
+            depth=18, dim=128, mlp=True, queue_size=256, momentum=0.99, temperature=0.2, shuffle_bn=True, bn_group=8
+        ),
+        data=ImageDataConfig(
+            source="video", root="", frame_step=10, cache_short_side=128, batch_size=32, num_workers=1, crop_size=96
+        ),
         optim=OptimConfig(name="sgd", lr=0.03, momentum=0.9, weight_decay=1e-4),
         schedule=ScheduleConfig(name="cosine"),
         checkpoint=CheckpointConfig(every=200, keep_last=2),
@@ -97,10 +106,12 @@ def smoke() -> RunConfig:
     """Generated 64 x 80 pictures, R18 at 64 x 64 crops, batch 4 (BN groups of 2), K 16: 3 steps."""
     return RunConfig(
         name="stt-spatial-smoke",
-        method=MoCoConfig(depth=18, dim=32, mlp=True, queue_size=16, momentum=0.99, temperature=0.2,
-                          shuffle_bn=True, bn_group=2),
-        data=ImageDataConfig(source="synthetic", synthetic_images=12, synthetic_size=(64, 80), batch_size=4,
-                             num_workers=0, crop_size=64),
+        method=MoCoConfig(
+            depth=18, dim=32, mlp=True, queue_size=16, momentum=0.99, temperature=0.2, shuffle_bn=True, bn_group=2
+        ),
+        data=ImageDataConfig(
+            source="synthetic", synthetic_images=12, synthetic_size=(64, 80), batch_size=4, num_workers=0, crop_size=64
+        ),
         optim=OptimConfig(name="sgd", lr=0.03, momentum=0.9, weight_decay=1e-4),
         schedule=ScheduleConfig(name="constant"),
         checkpoint=CheckpointConfig(every=0, keep_last=1),

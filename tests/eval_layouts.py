@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
 from tritoncorr.evals.davis import write_palette_png
 from tritoncorr.evals.jhmdb import write_mat
 from tritoncorr.evals.synthetic import synthetic_clip
 
 
-def make_jhmdb(root: Path, clips=(("catch", "clip_a", 4), ("run", "clip_b", 3)), size=(36, 48), seed=0,
-               split_files: bool = True) -> Path:
+def make_jhmdb(
+    root: Path, clips=(("catch", "clip_a", 4), ("run", "clip_b", 3)), size=(36, 48), seed=0, split_files: bool = True
+) -> Path:
     """``Rename_Images/<action>/<clip>/0000k.png``, ``joint_positions/.../joint_positions.mat``
     (``pos_img`` 1-based, joints wandering inside the frame), ``splits/<action>_test_split1.txt``
     listing the clip as test (2) and a made-up training clip (1)."""
@@ -28,8 +28,10 @@ def make_jhmdb(root: Path, clips=(("catch", "clip_a", 4), ("run", "clip_b", 3)),
             Image.fromarray(frames[t]).save(d / f"{t + 1:05d}.png")
         base = np.stack([rng.uniform(4, w - 4, 15), rng.uniform(4, h - 4, 15)])
         pos = base[:, :, None] + rng.normal(0, 1.0, (2, 15, n)).cumsum(-1)
-        write_mat(root / "joint_positions" / action / clip / "joint_positions.mat",
-                  {"pos_img": pos + 1, "pos_world": pos / 100})
+        write_mat(
+            root / "joint_positions" / action / clip / "joint_positions.mat",
+            {"pos_img": pos + 1, "pos_world": pos / 100},
+        )
         if split_files:
             (root / "splits").mkdir(parents=True, exist_ok=True)
             with open(root / "splits" / f"{action}_test_split1.txt", "a") as f:
@@ -81,9 +83,11 @@ def make_ytvos(root: Path, size=(32, 40), seed=0) -> Path:
                 if s == t0:
                     ids[m[t0]] = oid
             write_palette_png(root / "Annotations" / video / f"{names[t0]}.png", ids)
-        meta["videos"][video] = {"objects": {
-            str(oid): {"category": "thing", "frames": [names[t] for t in range(s, n) if t != n - 2]}
-            for oid, (s, _) in objs.items()
-        }}
+        meta["videos"][video] = {
+            "objects": {
+                str(oid): {"category": "thing", "frames": [names[t] for t in range(s, n) if t != n - 2]}
+                for oid, (s, _) in objs.items()
+            }
+        }
     (root / "meta.json").write_text(json.dumps(meta))
     return root

@@ -23,7 +23,9 @@ def tolerance(dtype: torch.dtype) -> tuple[float, float]:
     return TOLERANCES[dtype]
 
 
-def assert_close_verbose(actual: torch.Tensor, expected: torch.Tensor, *, atol: float, rtol: float, name: str = "output") -> None:
+def assert_close_verbose(
+    actual: torch.Tensor, expected: torch.Tensor, *, atol: float, rtol: float, name: str = "output"
+) -> None:
     """Like ``torch.testing.assert_close`` but reports how many elements differ and the first indices.
 
     NaN in ``actual`` (e.g. an unwritten poisoned element) always counts as a mismatch.
@@ -48,7 +50,6 @@ def fresh_generator(seed: int | None = None) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else seed)
     return g
-
 
 
 _AOT_SCRIPT = """
@@ -76,8 +77,13 @@ def check_aot_family(family: str, *, fixed_only: bool = False) -> None:
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, family, "1" if fixed_only else "0"],
-                          capture_output=True, text=True, env=env, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-c", _AOT_SCRIPT, family, "1" if fixed_only else "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     records = out["records"]

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from tests.kernel_harness import assert_close_verbose, check_aot_family, fresh_generator, tolerance
 from tritoncorr.kernels import anchor_softmax as mod
 from tritoncorr.kernels.anchor_softmax import (
     anchor_argmax,
@@ -20,6 +18,8 @@ from tritoncorr.kernels.anchor_softmax import (
     anchor_nll_reference,
     anchor_soft_assignment,
 )
+
+from tests.kernel_harness import assert_close_verbose, check_aot_family, fresh_generator, tolerance
 
 
 def _inputs(P, A, K, dtype, *, g, unit=True, non_contiguous=False, ignore_frac=0.3):
@@ -180,7 +180,9 @@ def test_argmax_triton_random_non_contiguous(triton_backend):
     feature_group = torch.randint(0, 3, (P,), generator=g).int()  # int32 groups are accepted
     anchor_group = torch.randint(0, 3, (A,), generator=g)
     out = anchor_argmax(f, q, feature_group, anchor_group)
-    scores = (f.double() @ q.double().T).masked_fill(feature_group[:, None].long() != anchor_group[None, :], float("-inf"))
+    scores = (f.double() @ q.double().T).masked_fill(
+        feature_group[:, None].long() != anchor_group[None, :], float("-inf")
+    )
     best = scores.max(dim=1).values
     has = torch.isfinite(best)
     assert (out[~has] == -1).all()
@@ -256,7 +258,9 @@ def test_opcheck_custom_ops(small_chunks):
         mod._anchor_nll_backward_op,
         (f.detach(), q.detach(), labels, lse, torch.randn(11, generator=g), torch.randn(11, generator=g), 0.2),
     )
-    torch.library.opcheck(mod._anchor_argmax_op, (f.detach(), q.detach(), torch.randint(0, 2, (11,)), torch.randint(0, 2, (9,))))
+    torch.library.opcheck(
+        mod._anchor_argmax_op, (f.detach(), q.detach(), torch.randint(0, 2, (11,)), torch.randint(0, 2, (9,)))
+    )
 
 
 @pytest.mark.parametrize("compile_backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
@@ -290,8 +294,13 @@ def test_soft_assignment():
     s = anchor_soft_assignment(f, q, 0.1)
     assert s.shape == (5, 12)
     assert_close_verbose(s.sum(dim=1), torch.ones(5), atol=1e-6, rtol=0, name="row sums")
-    assert_close_verbose(s.log(), (f @ q.T / 0.1) - anchor_lse_reference(f, q, 0.1)[:, None], atol=1e-5, rtol=1e-5,
-                         name="log soft assignment")
+    assert_close_verbose(
+        s.log(),
+        (f @ q.T / 0.1) - anchor_lse_reference(f, q, 0.1)[:, None],
+        atol=1e-5,
+        rtol=1e-5,
+        name="log soft assignment",
+    )
 
 
 def test_bad_inputs_raise_clear_errors(torch_backend):
@@ -323,8 +332,12 @@ def test_bad_inputs_raise_clear_errors(torch_backend):
 @pytest.mark.interpreter
 def test_triton_rejects_fp64(triton_backend):
     with pytest.raises(TypeError, match="fp64"):
-        anchor_nll(torch.randn(3, 8, dtype=torch.float64), torch.randn(2, 8, dtype=torch.float64),
-                   torch.zeros(3, dtype=torch.long), 0.1)
+        anchor_nll(
+            torch.randn(3, 8, dtype=torch.float64),
+            torch.randn(2, 8, dtype=torch.float64),
+            torch.zeros(3, dtype=torch.long),
+            0.1,
+        )
 
 
 # ---------------------------------------------------------------------------------------------

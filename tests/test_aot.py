@@ -12,10 +12,10 @@ import subprocess
 import sys
 
 import pytest
-
-from tritoncorr.bench.model import DEVICES, ModelCase, device_for, disc_cells, limit, paper_cases
 from tritoncorr.kernels._utils import triton_available
 from tritoncorr.kernels.aot import KERNEL_FAMILIES, tensor_core_counts
+
+from tritoncorr.bench.model import DEVICES, ModelCase, device_for, disc_cells, limit, paper_cases
 
 HAS_TRITON = triton_available()
 
@@ -72,8 +72,9 @@ def test_disc_cells():
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_model_tiles_match_the_local_attention_kernels():
-    from tritoncorr.bench import model
     from tritoncorr.kernels.local_corr import triton_kernels as tk
+
+    from tritoncorr.bench import model
 
     assert (model._TILE, model._BLOCK_CO, model._FUSED_MAX_C) == (tk.TILE_H, tk.BLOCK_CO, tk.FUSED_MAX_C)
     assert tk.TILE_H == tk.TILE_W
@@ -108,8 +109,9 @@ def test_every_hot_kernel_uses_wgmma_for_bf16_on_sm90():
     records = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {r["family"] for r in records} == set(KERNEL_FAMILIES)
     bad = [r for r in records if r["error"] or r["spills"] or r["wgmma"] == 0]
-    assert not bad, "\n".join(f"{r['kernel']}: wgmma={r['wgmma']} mma={r['mma']} spills={r['spills']} {r['error']}"
-                              for r in bad)
+    assert not bad, "\n".join(
+        f"{r['kernel']}: wgmma={r['wgmma']} mma={r['mma']} spills={r['spills']} {r['error']}" for r in bad
+    )
 
 
 _CLI_SCRIPT = r"""
@@ -132,13 +134,16 @@ def test_bench_aot_command_reports_tensor_cores_and_the_model(tmp_path):
     then the model rows."""
     out = tmp_path / "aot.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _CLI_SCRIPT, str(out)], capture_output=True, text=True, env=env,
-                          timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CLI_SCRIPT, str(out)], capture_output=True, text=True, env=env, timeout=900
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "wgmma" in proc.stdout and "Roofline model" in proc.stdout
     report = json.loads(out.read_text())
     kernels = {(r["kernel"], r["arch"]): r for r in report["kernels"]}
-    assert set(kernels) == {(n, a) for n in ("corr_fwd_bf16_c64", "attn_fwd_zero_fp32_c64_d3") for a in ("sm_80", "sm_90")}
+    assert set(kernels) == {
+        (n, a) for n in ("corr_fwd_bf16_c64", "attn_fwd_zero_fp32_c64_d3") for a in ("sm_80", "sm_90")
+    }
     assert kernels[("corr_fwd_bf16_c64", "sm_90")]["wgmma"] > 0
     assert kernels[("corr_fwd_bf16_c64", "sm_80")]["mma"] > 0
     assert all(r["spills"] == 0 and not r["error"] for r in report["kernels"])

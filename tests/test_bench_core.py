@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 
 import numpy as np
-
 import torch
 
 from tritoncorr.bench.core import BenchCase, SkipProvider, peak_memory_bytes, time_fn
@@ -52,8 +51,11 @@ def test_run_case_and_csv(tmp_path):
         raise SkipProvider("needs CUDA")
 
     case = BenchCase(
-        kernel="demo", shape="n=256", mode="fwd", flops=2 * 256**3,
-        providers={"torch": lambda: (lambda: torch.randn(256, 256) @ torch.randn(256, 256)), "triton": skip},
+        kernel="demo",
+        shape="n=256",
+        mode="fwd",
+        flops=2 * 256**3,
+        providers={"torch": lambda: lambda: torch.randn(256, 256) @ torch.randn(256, 256), "triton": skip},
     )
     results = run_case(case, torch.device("cpu"), quick=True)
     assert [r.provider for r in results] == ["torch", "triton"]
@@ -88,7 +90,12 @@ def test_eval_davis_bench_providers_give_crw_masks():
     assert agree > 0.97, agree
     (case,) = cases(dev, quick=False)
     assert cases(dev, quick=True) == []  # end to end: not part of --quick
-    assert case.kernel == "eval_davis" and set(case.providers) == {"tritoncorr", "tritoncorr-bf16", "repeated-slots", "crw"}
+    assert case.kernel == "eval_davis" and set(case.providers) == {
+        "tritoncorr",
+        "tritoncorr-bf16",
+        "repeated-slots",
+        "crw",
+    }
 
 
 def test_quick_bench_writes_to_the_user_cache_and_prints_no_profiler_noise(tmp_path, monkeypatch, capfd):
@@ -107,8 +114,9 @@ def test_quick_bench_writes_to_the_user_cache_and_prints_no_profiler_noise(tmp_p
     assert list(work.iterdir()) == []  # nothing in the current folder
     captured = capfd.readouterr()
     assert "USDT" not in captured.out + captured.err + res.output
-    res = CliRunner().invoke(app, ["bench", "-k", "knn_propagate", "--quick", "--device", "cpu",
-                                   "--out", str(tmp_path / "mine")])
+    res = CliRunner().invoke(
+        app, ["bench", "-k", "knn_propagate", "--quick", "--device", "cpu", "--out", str(tmp_path / "mine")]
+    )
     assert res.exit_code == 0 and (tmp_path / "mine" / "bench-quick.csv").is_file()
 
 

@@ -25,7 +25,7 @@ from tritoncorr.methods.inference import load_feature_model
 REPO = Path(__file__).resolve().parents[1]
 TOY = f"{REPO / 'tests' / 'recipes' / 'toy.py'}"
 
-EVIL = '''
+EVIL = """
 import sys, pathlib
 sys.path.append("PWNED-BY-IMPORT")
 pathlib.Path({marker!r}).write_text("imported")
@@ -37,7 +37,7 @@ class Evil:
 
     def build(self):
         pathlib.Path({marker!r}).write_text("built")
-'''
+"""
 
 
 @pytest.fixture
@@ -58,14 +58,29 @@ def _assert_untouched(marker: Path) -> None:
     assert "PWNED-BY-IMPORT" not in sys.path
 
 
-@pytest.mark.parametrize("ref", ["tc_evil_payload:Evil", "os:getcwd", "subprocess:Popen", "tritoncorr.methods.dul:DUL",
-                                 "tritoncorr.methods.dul:DULConfig.build", "", 7, "dul ", "../dul"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "tc_evil_payload:Evil",
+        "os:getcwd",
+        "subprocess:Popen",
+        "tritoncorr.methods.dul:DUL",
+        "tritoncorr.methods.dul:DULConfig.build",
+        "",
+        7,
+        "dul ",
+        "../dul",
+    ],
+)
 def test_checkpoint_metadata_naming_foreign_code_is_refused_without_side_effects(tmp_path, planted, ref):
     from safetensors.torch import save_file
 
     path = tmp_path / "from-a-stranger.safetensors"
-    save_file({"w": torch.zeros(1)}, str(path),
-              metadata={"tritoncorr.method": "dul", "tritoncorr.method_config": json.dumps({"__class__": ref})})
+    save_file(
+        {"w": torch.zeros(1)},
+        str(path),
+        metadata={"tritoncorr.method": "dul", "tritoncorr.method_config": json.dumps({"__class__": ref})},
+    )
     with pytest.raises(ValueError, match=re.escape(str(path))) as info:
         load_feature_model(path)
     assert "Nothing was imported" in str(info.value) or "no '__class__'" in str(info.value)
@@ -152,8 +167,12 @@ def test_register_config_refuses_taking_a_library_name():
 
 def test_no_import_by_a_name_read_from_a_file():
     """The library's only dynamic imports use names fixed in its own code (grep, as the issue asks)."""
-    out = subprocess.run(["grep", "-rnE", r"import_module|__import__|_import_class", "tritoncorr", "evals", "kernels",
-                          "--include=*.py"], cwd=REPO, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["grep", "-rnE", r"import_module|__import__|_import_class", "tritoncorr", "evals", "kernels", "--include=*.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    ).stdout
     hits = [line for line in out.splitlines() if line.strip()]
     # tritoncorr/bench/runner.py imports f"tritoncorr.bench.{family}" for a family of its own fixed list;
     # kernels/aot.py imports the kernel modules it lists itself.

@@ -31,7 +31,6 @@ from tritoncorr.models.convert import (
     read_checkpoint,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
@@ -103,8 +102,10 @@ class TVResNet(nn.Module):
     def _make(self, block, planes, n, stride):
         ds = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            ds = nn.Sequential(nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
-                               nn.BatchNorm2d(planes * block.expansion))
+            ds = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
         layers = [block(self.inplanes, planes, stride, ds)]
         self.inplanes = planes * block.expansion
         layers += [block(self.inplanes, planes) for _ in range(1, n)]
@@ -146,8 +147,12 @@ class MASTBlock(nn.Module):
     def __init__(self, cin, cout, stride=1):
         super().__init__()
         self.left = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
@@ -269,7 +274,7 @@ class MMResNet(nn.Module):
         self.out_index = out_index
         inplanes = 64
         for i, s in enumerate(strides):
-            planes = 64 * 2 ** i
+            planes = 64 * 2**i
             ds = ConvModule(inplanes, planes, 1, s, act=False) if (s != 1 or inplanes != planes) else None
             setattr(self, f"layer{i + 1}", nn.Sequential(MMBasic(inplanes, planes, s, ds), MMBasic(planes, planes)))
             inplanes = planes
@@ -343,8 +348,12 @@ def test_crw(tmp_path):
         sd[k.replace(".weight", ".1.weight")] = sd.pop(k)
     sd["selfsim_fc.0.weight"] = torch.randn(128, 512)
     sd["selfsim_fc.0.bias"] = torch.randn(128)
-    ckpt = {"model": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4}]}, "epoch": 9,
-            "args": argparse.Namespace(model_type="scratch", remove_layers=[], temp=0.05)}
+    ckpt = {
+        "model": sd,
+        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4}]},
+        "epoch": 9,
+        "args": argparse.Namespace(model_type="scratch", remove_layers=[], temp=0.05),
+    }
     report, fm, dst = _convert_and_load(tmp_path, ckpt)
     assert (report.format, report.detected, report.container) == ("crw", True, "model")
     assert (fm.method, fm.preset, fm.color) == ("crw", "crw", "rgb")
@@ -437,13 +446,18 @@ def test_stt(tmp_path, variant):
     sd = prefixed(train_student.state_dict(), "backbone.")
     sd.update(prefixed(teacher.state_dict(), "backbone_t."))
     sd["iteration"] = torch.tensor(1000.0)
-    ckpt = {"meta": {"epoch": 800, "iter": 100, "mmcv_version": "1.3.18", "config": "model = dict(...)"},
-            "state_dict": sd, "optimizer": {"backbone": {"state": {}, "param_groups": []}}}
+    ckpt = {
+        "meta": {"epoch": 800, "iter": 100, "mmcv_version": "1.3.18", "config": "model = dict(...)"},
+        "state_dict": sd,
+        "optimizer": {"backbone": {"state": {}, "param_groups": []}},
+    }
     report, fm, _ = _convert_and_load(tmp_path, ckpt, variant=None if variant == "d8" else variant)
     assert report.format == "stt" and report.config.variant == variant
     assert (fm.method, fm.preset, fm.color) == ("stt", "stt", "lab")
-    assert dict(report.renamed)["backbone.layer2.0.downsample.bn.running_var"] == \
-        "backbone.layer2.0.downsample.1.running_var"
+    assert (
+        dict(report.renamed)["backbone.layer2.0.downsample.bn.running_var"]
+        == "backbone.layer2.0.downsample.1.running_var"
+    )
     assert dict(report.renamed)["backbone.conv1.bn.weight"] == "backbone.bn1.weight"
     assert not report.unmapped
     _assert_features(fm, test_net, _input(5))
@@ -456,8 +470,10 @@ def test_mast(tmp_path):
     assert report.format == "mast"
     assert (fm.method, fm.preset, fm.color) == ("mast", "mast", "lab")
     assert report.config.widths == (64, 128, 256, 256) and report.config.head_channels == 64
-    assert dict(report.renamed)["module.feature_extraction.layer2.0.shortcut.1.running_mean"] == \
-        "backbone.layer2.0.downsample.1.running_mean"
+    assert (
+        dict(report.renamed)["module.feature_extraction.layer2.0.shortcut.1.running_mean"]
+        == "backbone.layer2.0.downsample.1.running_mean"
+    )
     assert dict(report.renamed)["module.post_convolution.bias"] == "head.bias"
     assert not report.unmapped and not report.dropped
     _assert_features(fm, net.features, _input(7))
@@ -565,8 +581,11 @@ def test_cli_prints_the_report(tmp_path):
     sd["module.fast_net.mystery.weight"] = torch.zeros(2)
     torch.save({"model": sd}, tmp_path / "dul.pth")
     out = tmp_path / "dul.safetensors"
-    res = CliRunner().invoke(app, ["convert", str(tmp_path / "dul.pth"), "--to", str(out),
-                                   "--report", str(tmp_path / "r.json")], env={"COLUMNS": "200"})
+    res = CliRunner().invoke(
+        app,
+        ["convert", str(tmp_path / "dul.pth"), "--to", str(out), "--report", str(tmp_path / "r.json")],
+        env={"COLUMNS": "200"},
+    )
     assert res.exit_code == 0, res.output
     assert "format: dul" in res.output and "module.fast_net.mystery.weight" in res.output
     assert out.is_file() and (tmp_path / "r.json").is_file()

@@ -33,8 +33,14 @@ def _frames(n: int, h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
     return np.stack(out)
 
 
-def _write_video(path: Path, frames: np.ndarray, codec: str = "libx264", rate: int = 25, pts: list[int] | None = None,
-                 time_base: Fraction | None = None) -> Path:
+def _write_video(
+    path: Path,
+    frames: np.ndarray,
+    codec: str = "libx264",
+    rate: int = 25,
+    pts: list[int] | None = None,
+    time_base: Fraction | None = None,
+) -> Path:
     import av
 
     with av.open(str(path), "w") as out:
@@ -65,7 +71,9 @@ def _full_decode(path) -> np.ndarray:
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])])
 
 
-def _frame_folders(root: Path, videos: int, frames: int, ext: str = ".png", layout: str = "JPEGImages/480p") -> list[np.ndarray]:
+def _frame_folders(
+    root: Path, videos: int, frames: int, ext: str = ".png", layout: str = "JPEGImages/480p"
+) -> list[np.ndarray]:
     clips = []
     for v in range(videos):
         clip = SyntheticSource(1, frames, (24, 32), seed=v).read(0, range(frames))
@@ -97,6 +105,7 @@ def _assert_same(a: list[dict], b: list[dict]) -> None:
 # ----------------------------------------------------------------------------------------------
 # Clip sampling and the epoch plan
 # ----------------------------------------------------------------------------------------------
+
 
 def test_clip_indices_follow_dul_rules():
     rng = np.random.default_rng(0)
@@ -139,6 +148,7 @@ def test_epoch_plan_sharding_is_disjoint_and_balanced():
 # ----------------------------------------------------------------------------------------------
 # Sources
 # ----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("layout", ["", "JPEGImages", "JPEGImages/480p"])
 def test_frame_folder_source_layouts(tmp_path, layout):
@@ -198,8 +208,9 @@ def test_corrupt_video_is_skipped(tmp_path):
         src = VideoFileSource(str(tmp_path))
     assert len(src) == 1 and src.skipped == [str(tmp_path / "bad.mp4")]
     with pytest.warns(SourceWarning, match="bad.mp4"):
-        loader = build_clip_loader(DataConfig(source="video", root=str(tmp_path), num_workers=0, **{**SMALL, "batch_size": 1}),
-                                   seed=0)
+        loader = build_clip_loader(
+            DataConfig(source="video", root=str(tmp_path), num_workers=0, **{**SMALL, "batch_size": 1}), seed=0
+        )
     assert loader.skipped == 1 and len(_batches(loader)) == 1
 
 
@@ -222,7 +233,7 @@ def test_truncated_video_read_raises(tmp_path):
     src = VideoFileSource(str(tmp_path))
     assert src.num_frames == [40]
     assert src.read(0, [1, 2]).shape == (2, 24, 32, 3)
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):
         src.read(0, [35, 38])
 
 
@@ -265,10 +276,12 @@ def _hf_dataset(tmp_path: Path, kind: str):
     datasets = pytest.importorskip("datasets")
     clips = [_frames(n, seed=i) for i, n in enumerate((7, 9, 3, 8, 10))]
     if kind == "frames":
+
         def png(a):
             buf = io.BytesIO()
             Image.fromarray(a).save(buf, format="PNG")
             return buf.getvalue()
+
         ds = datasets.Dataset.from_dict({"frames": [[png(f) for f in c] for c in clips], "id": list(range(5))})
         ds = ds.cast_column("frames", datasets.List(datasets.Image()))
     else:
@@ -303,7 +316,9 @@ def test_hf_source(tmp_path, kind):
 
 def test_hf_streaming_deterministic_and_resumable(tmp_path):
     _hf_dataset(tmp_path, "frames")
-    cfg = DataConfig(source="hf", root=str(tmp_path / "hf"), hf_streaming=True, num_workers=0, **{**SMALL, "batch_size": 1})
+    cfg = DataConfig(
+        source="hf", root=str(tmp_path / "hf"), hf_streaming=True, num_workers=0, **{**SMALL, "batch_size": 1}
+    )
     a = _batches(build_clip_loader(cfg, seed=3))
     assert len(a) == 4 and a[0]["frames"].shape == (1, 5, 3, 16, 16)
     b = _batches(build_clip_loader(DataConfig(**{**cfg.__dict__, "num_workers": 2}), seed=3))
@@ -325,9 +340,11 @@ def test_hf_streaming_deterministic_and_resumable(tmp_path):
 # The loader
 # ----------------------------------------------------------------------------------------------
 
+
 def _synthetic_cfg(**kw) -> DataConfig:
-    base = dict(source="synthetic", synthetic_videos=9, synthetic_frames=8, synthetic_size=(24, 32), num_workers=0,
-                **SMALL)
+    base = dict(
+        source="synthetic", synthetic_videos=9, synthetic_frames=8, synthetic_size=(24, 32), num_workers=0, **SMALL
+    )
     base.update(kw)
     return DataConfig(**base)
 
@@ -356,8 +373,16 @@ def test_synthetic_loader_batches():
 def test_loader_content_matches_source(tmp_path):
     """No crop/flip: the batch is the source's frames at frame_index, resized and normalised."""
     clips = _frame_folders(tmp_path, 2, 6)
-    cfg = DataConfig(source="frames", root=str(tmp_path), num_workers=0, crop="full", crop_size=32, hflip=False,
-                     batch_size=1, clip_len=3)
+    cfg = DataConfig(
+        source="frames",
+        root=str(tmp_path),
+        num_workers=0,
+        crop="full",
+        crop_size=32,
+        hflip=False,
+        batch_size=1,
+        clip_len=3,
+    )
     for b in build_clip_loader(cfg, seed=1):
         v = int(b["video"][0])
         ref = torch.from_numpy(clips[v][b["frame_index"][0].numpy()]).permute(0, 3, 1, 2).float() / 255
@@ -408,6 +433,7 @@ def test_loader_ddp_shards_are_disjoint():
 # Real data (skipped cleanly without ../shared/data)
 # ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.data
 def test_shared_videos(shared_data, tmp_path):
     # two of the shared clips (the folder holds 20; probing them all is not this test's point)
@@ -435,8 +461,14 @@ def test_shared_davis_frames(shared_data):
     src = FrameFolderSource(str(shared_data / "davis-mini"))
     assert [Path(n).name for n in src.names] == ["car-shadow"] and src.num_frames == [40]
     assert src.read(0, [0]).shape == (1, 480, 854, 3)
-    cfg = DataConfig(source="frames", root=str(shared_data / "davis-mini"), num_workers=0, batch_size=1,
-                     crop_size=64, short_side=(64, 80))
+    cfg = DataConfig(
+        source="frames",
+        root=str(shared_data / "davis-mini"),
+        num_workers=0,
+        batch_size=1,
+        crop_size=64,
+        short_side=(64, 80),
+    )
     b = next(iter(build_clip_loader(cfg, seed=0)))
     assert b["frames"].shape == (1, 5, 3, 64, 64)
 
@@ -444,6 +476,7 @@ def test_shared_davis_frames(shared_data):
 # ----------------------------------------------------------------------------------------------
 # Decoded-frame cache
 # ----------------------------------------------------------------------------------------------
+
 
 def test_cached_source_serves_downscaled_frames_and_reuses_files(tmp_path):
     from tritoncorr.data.cache import CachedSource
@@ -460,13 +493,16 @@ def test_cached_source_serves_downscaled_frames_and_reuses_files(tmp_path):
     np.testing.assert_array_equal(got, want.numpy())
     with pytest.raises(IndexError):
         cached.read(0, [7])
+
     # a second source finds the files and decodes nothing
     class Boom(SyntheticSource):
         def read(self, video, indices):
             raise AssertionError("decoded again")
+
     again = CachedSource(Boom(3, 7, (48, 80), 0), tmp_path / "cache", 24, progress=False)
     np.testing.assert_array_equal(again.read(1, idx), got)
     import pickle
+
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(again)).read(2, [1]), cached.read(2, [1]))
     # another generator seed has the same names but other frames: its own cache files
     other = CachedSource(SyntheticSource(3, 7, (48, 80), 5), tmp_path / "cache", 24, progress=False)
@@ -475,8 +511,18 @@ def test_cached_source_serves_downscaled_frames_and_reuses_files(tmp_path):
 
 
 def test_cache_config_validation_and_loader(tmp_path):
-    base = dict(source="synthetic", num_workers=0, batch_size=2, clip_len=2, frame_gap=1, crop="full",
-                crop_size=16, synthetic_videos=4, synthetic_frames=5, synthetic_size=(40, 56))
+    base = dict(
+        source="synthetic",
+        num_workers=0,
+        batch_size=2,
+        clip_len=2,
+        frame_gap=1,
+        crop="full",
+        crop_size=16,
+        synthetic_videos=4,
+        synthetic_frames=5,
+        synthetic_size=(40, 56),
+    )
     with pytest.raises(ValueError, match="cache_short_side"):
         DataConfig(cache_dir=str(tmp_path / "c"), cache_short_side=8, **base).validate()
     cfg = DataConfig(cache_dir=str(tmp_path / "c"), cache_short_side=20, **base)
@@ -511,14 +557,18 @@ def test_clip_and_image_loaders_reject_the_same_data_alike(tmp_path):
     from tritoncorr.engine.config import ConfigError
 
     errors = []
-    for build in (lambda: build_clip_loader(DataConfig(source="synthetic", synthetic_videos=3, batch_size=4), seed=0),
-                  lambda: ImageDataConfig(source="synthetic", synthetic_images=3, batch_size=4).build_loader(seed=0)):
+    for build in (
+        lambda: build_clip_loader(DataConfig(source="synthetic", synthetic_videos=3, batch_size=4), seed=0),
+        lambda: ImageDataConfig(source="synthetic", synthetic_images=3, batch_size=4).build_loader(seed=0),
+    ):
         with pytest.raises(ConfigError) as info:
             build()
         errors.append(str(info.value))
     assert all("usable" in e and "give no full batch of 4 per rank with world_size=1" in e for e in errors), errors
     (tmp_path / "empty").mkdir()
-    for build in (lambda: build_clip_loader(DataConfig(source="video", root=str(tmp_path / "empty")), seed=0),
-                  lambda: ImageDataConfig(source="video", root=str(tmp_path / "empty")).build_loader(seed=0)):
+    for build in (
+        lambda: build_clip_loader(DataConfig(source="video", root=str(tmp_path / "empty")), seed=0),
+        lambda: ImageDataConfig(source="video", root=str(tmp_path / "empty")).build_loader(seed=0),
+    ):
         with pytest.raises(DataSourceError, match=str(tmp_path / "empty")):
             build()

@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import pytest
-
 from tritoncorr.evals.davis import (
     GLOBAL_COLUMNS,
     DavisFormatError,

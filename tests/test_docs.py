@@ -35,8 +35,13 @@ _SECTION = re.compile(r"§\s?(\d+(?:\.\d+)*)(?:\s?-\s?(\d+(?:\.\d+)*))?")
 
 
 def _source_files() -> list[Path]:
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"],
-                         cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return sorted(ROOT / p for p in out.split() if (ROOT / p).is_file())
 
 
@@ -122,8 +127,13 @@ def test_every_citation_resolves():
 
 
 def _markdown_files() -> list[Path]:
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.md"],
-                         cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.md"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return sorted(ROOT / p for p in out.split() if (ROOT / p).is_file())
 
 
@@ -141,16 +151,19 @@ def test_markdown_links_resolve():
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("line, ok", [
-    ("see stt.md §4.2 and docs/KERNELS.md", True),
-    ("see stt.md §42", False),
-    ("spec design/methods/dul.md §2", False),
-    ("upstream README.md:156-157", True),
-    ("LIIR spec §4.1, §6.6", True),
-    ("(ARCHITECTURE.md op pattern)", False),
-    ("see docs/NOPE.md", False),
-    ("writes OUT/gpu_check.md and report.md", True),
-])
+@pytest.mark.parametrize(
+    "line, ok",
+    [
+        ("see stt.md §4.2 and docs/KERNELS.md", True),
+        ("see stt.md §42", False),
+        ("spec design/methods/dul.md §2", False),
+        ("upstream README.md:156-157", True),
+        ("LIIR spec §4.1, §6.6", True),
+        ("(ARCHITECTURE.md op pattern)", False),
+        ("see docs/NOPE.md", False),
+        ("writes OUT/gpu_check.md and report.md", True),
+    ],
+)
 def test_checker_flags_what_it_should(line, ok):
     found = _path_problems("x.py", 1, line) + _section_problems("x.py", 1, line, None)
     assert (not found) == ok, found

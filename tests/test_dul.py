@@ -243,8 +243,12 @@ def _small_config(**kw) -> DULConfig:
 def _synthetic_clips(b: int, t: int, size: int, gen: torch.Generator) -> torch.Tensor:
     """Smooth random textures translated by 2 px per frame: (B, T, 3, size, size)."""
     big = size + 2 * t + 2
-    tex = F.interpolate(torch.randn(b, 3, big // 8 + 1, big // 8 + 1, generator=gen), size=(big, big),
-                        mode="bilinear", align_corners=False)
+    tex = F.interpolate(
+        torch.randn(b, 3, big // 8 + 1, big // 8 + 1, generator=gen),
+        size=(big, big),
+        mode="bilinear",
+        align_corners=False,
+    )
     return torch.stack([tex[:, :, 2 * i : 2 * i + size, 2 * i : 2 * i + size] for i in range(t)], dim=1)
 
 

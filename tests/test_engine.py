@@ -50,7 +50,8 @@ def test_step_schedule_counts_epochs_like_steplr():
     assert f(216 * 100) == 0.5 and f(216 * 200 - 1) == 0.5 and f(216 * 200) == 0.25
     s_steps = ScheduleConfig(name="step", unit="steps", step_size=3, gamma=0.1)
     assert [lr_factor(i, s_steps, total_steps=10, steps_per_epoch=1000) for i in range(7)] == pytest.approx(
-        [1, 1, 1, 0.1, 0.1, 0.1, 0.01])
+        [1, 1, 1, 0.1, 0.1, 0.1, 0.01]
+    )
 
 
 def test_multistep_schedule_with_factors():
@@ -59,7 +60,10 @@ def test_multistep_schedule_with_factors():
     got = [lr_factor(i, s, total_steps=20, steps_per_epoch=1) for i in range(10)]
     assert got == pytest.approx([1] * 5 + [0.9] * 3 + [0.75] * 2)
     s2 = ScheduleConfig(name="multistep", unit="steps", milestones=(2,), gamma=0.5)
-    assert lr_factor(1, s2, total_steps=5, steps_per_epoch=1) == 1 and lr_factor(2, s2, total_steps=5, steps_per_epoch=1) == 0.5
+    assert (
+        lr_factor(1, s2, total_steps=5, steps_per_epoch=1) == 1
+        and lr_factor(2, s2, total_steps=5, steps_per_epoch=1) == 0.5
+    )
 
 
 def test_cosine_warmup_matches_stt_check_values():
@@ -121,8 +125,14 @@ def test_checkpoint_roundtrip_atomic_and_keep_last(tmp_path):
     sum(model(batch).values()).backward()
     opt.step()
     for step in (1, 2, 3):
-        ck.save_checkpoint(tmp_path, step, model, opt, {"epoch": 0, "loader": {"epoch": 0, "batch": step},
-                                                         "rng": [ck.get_rng_state()]}, keep_last=2)
+        ck.save_checkpoint(
+            tmp_path,
+            step,
+            model,
+            opt,
+            {"epoch": 0, "loader": {"epoch": 0, "batch": step}, "rng": [ck.get_rng_state()]},
+            keep_last=2,
+        )
     (tmp_path / ".tmp-ckpt-00000009-1").mkdir()  # a half-written checkpoint is never "latest"
     (tmp_path / "ckpt-00000007").mkdir()  # no state.json: incomplete
     assert [s for s, _ in ck.list_checkpoints(tmp_path)] == [2, 3]
@@ -195,7 +205,7 @@ def test_resume_is_exact_via_cli(tmp_path):
 
 def test_sigterm_saves_checkpoint_and_resume_continues(tmp_path):
     cfg = load_recipe(TOY, ["steps=5", "checkpoint.every=0"])
-    ref = train(cfg, tmp_path / "ref", progress=False)
+    train(cfg, tmp_path / "ref", progress=False)
 
     def kill_at_2(row):
         if row["step"] == 2:
@@ -250,25 +260,46 @@ def test_resume_with_tritoncorr_clip_loader(tmp_path):
 def test_accumulation_equals_larger_batch(tmp_path):
     common = ["steps=3", "method.norm=false", "method.random_pair=false", "optim.weight_decay=0"]
     big = train(load_recipe(TOY, common + ["data.batch_size=4"]), tmp_path / "big", progress=False)
-    acc = train(load_recipe(TOY, common + ["data.batch_size=2", "optim.accumulate=2"]), tmp_path / "acc", progress=False)
+    acc = train(
+        load_recipe(TOY, common + ["data.batch_size=2", "optim.accumulate=2"]), tmp_path / "acc", progress=False
+    )
     for x, y in zip(big.rows, acc.rows):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5, abs=1e-7)
-    wa, wb = load_file(str(tmp_path / "big" / "model.safetensors")), load_file(str(tmp_path / "acc" / "model.safetensors"))
+    wa, wb = (
+        load_file(str(tmp_path / "big" / "model.safetensors")),
+        load_file(str(tmp_path / "acc" / "model.safetensors")),
+    )
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
 
 
 def test_grad_clip_bounds_the_update(tmp_path):
     clip = 1e-3
-    cfg = load_recipe(TOY, ["steps=1", "optim.name=sgd", "optim.momentum=0", "optim.weight_decay=0", "optim.lr=1",
-                            "optim.bias_lr_mult=1", f"optim.grad_clip={clip}", "schedule.name=constant",
-                            "schedule.warmup_steps=0"])
+    cfg = load_recipe(
+        TOY,
+        [
+            "steps=1",
+            "optim.name=sgd",
+            "optim.momentum=0",
+            "optim.weight_decay=0",
+            "optim.lr=1",
+            "optim.bias_lr_mult=1",
+            f"optim.grad_clip={clip}",
+            "schedule.name=constant",
+            "schedule.warmup_steps=0",
+        ],
+    )
     seed_all(cfg.seed)
     before = cfg.method.build().state_dict()
     res = train(cfg, tmp_path, progress=False)
     after = load_file(str(tmp_path / "model.safetensors"))
-    delta = torch.sqrt(sum(((after[k] - before[k]) ** 2).sum() for k in before if k.endswith(("weight", "bias"))
-                           and before[k].is_floating_point()))
+    delta = torch.sqrt(
+        sum(
+            ((after[k] - before[k]) ** 2).sum()
+            for k in before
+            if k.endswith(("weight", "bias")) and before[k].is_floating_point()
+        )
+    )
     assert res.rows[0]["grad_norm"] > clip  # the clip was active
     assert float(delta) == pytest.approx(clip, rel=1e-3)
 
@@ -294,9 +325,24 @@ def test_ddp_two_processes_gloo_equals_one_process_double_batch(tmp_path):
     """torchrun --nproc_per_node 2 (gloo): rank r trains on half of each global batch; DDP's averaged
     gradients must give the same weights as one process on the whole batch."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "tritoncorr.cli", "train", TOY + ":ddp", "--steps", "3", "--out", str(tmp_path / "ddp"),
-           "--set", "data.batch_size=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "tritoncorr.cli",
+        "train",
+        TOY + ":ddp",
+        "--steps",
+        "3",
+        "--out",
+        str(tmp_path / "ddp"),
+        "--set",
+        "data.batch_size=2",
+    ]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     cfg = load_recipe(TOY + ":ddp", ["data.batch_size=4"])
@@ -305,7 +351,10 @@ def test_ddp_two_processes_gloo_equals_one_process_double_batch(tmp_path):
     assert [r["step"] for r in a] == [1, 2, 3]  # rank 0 only writes: one line per step
     for x, y in zip(a, b):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
-    wa, wb = load_file(str(tmp_path / "ddp" / "model.safetensors")), load_file(str(tmp_path / "single" / "model.safetensors"))
+    wa, wb = (
+        load_file(str(tmp_path / "ddp" / "model.safetensors")),
+        load_file(str(tmp_path / "single" / "model.safetensors")),
+    )
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
     state = json.loads((tmp_path / "ddp" / "ckpt-00000003" / "state.json").read_text())
@@ -354,8 +403,10 @@ def test_dul_resume_mid_epoch_is_exact(tmp_path, workers):
     train(load_recipe(recipe, common), tmp_path / "a", progress=False)
     train(load_recipe(recipe, common), tmp_path / "b", progress=False, stop_at=3)
     train(load_recipe(recipe, common), tmp_path / "b", progress=False, resume=True)
-    rows = [[(r["step"], r["loss"], r["st"], r["cv"]) for r in read_metrics(tmp_path / run / "metrics.jsonl")]
-            for run in ("a", "b")]
+    rows = [
+        [(r["step"], r["loss"], r["st"], r["cv"]) for r in read_metrics(tmp_path / run / "metrics.jsonl")]
+        for run in ("a", "b")
+    ]
     assert len(rows[0]) == 6 and rows[0] == rows[1]
     wa, wb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -441,8 +492,9 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, kill
     ck.verify_checkpoint(latest)
     leftovers = [p.name for p in run.iterdir() if p.name.startswith(".")]
     assert leftovers  # the half-written file or folder, never renamed into place
-    train(load_recipe(TOY, ["steps=6", "checkpoint.every=2", "checkpoint.keep_last=3"]), run, resume=True,
-          progress=False)
+    train(
+        load_recipe(TOY, ["steps=6", "checkpoint.every=2", "checkpoint.keep_last=3"]), run, resume=True, progress=False
+    )
     assert _losses(run) == _losses(ref)
     assert not any(p.name.startswith(".") for p in run.iterdir())
     wa, wb = load_file(str(ref / "model.safetensors")), load_file(str(run / "model.safetensors"))

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tritoncorr.evals.davis import DavisFormatError, read_index_png, write_palette_png
+from tritoncorr.evals.synthetic import make_synthetic_davis
 from typer.testing import CliRunner
 
 from tritoncorr.cli import app
-from tritoncorr.evals.davis import DavisFormatError, read_index_png, write_palette_png
-from tritoncorr.evals.synthetic import make_synthetic_davis
 from tritoncorr.models import dul_backbone, resnet18
 from tritoncorr.models.loading import load_backbone_weights, save_backbone_weights
 from tritoncorr.visualize import overlay_masks, palette_colors, save_overlay
@@ -36,8 +36,10 @@ def test_results_mode_scores_ground_truth(tiny_davis, tmp_path):
     assert r.exit_code == 0, r.output
     assert "J&F-Mean" in r.output and "synth-000_1" in r.output
     g = (res / "global_results-val.csv").read_text().splitlines()
-    assert g == ["J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay",
-                 "1.000,1.000,1.000,0.000,1.000,1.000,0.000"]
+    assert g == [
+        "J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay",
+        "1.000,1.000,1.000,0.000,1.000,1.000,0.000",
+    ]
     s = (res / "per-sequence_results-val.csv").read_text().splitlines()
     assert s[0] == "Sequence,J-Mean,F-Mean" and s[1] == "synth-000_1,1.000,1.000"
 
@@ -72,8 +74,24 @@ def test_cli_errors_exit_2(tiny_davis, tmp_path):
 def test_full_pipeline_on_tiny_synthetic(tiny_davis, tmp_path):
     pytest.importorskip("tritoncorr.propagation")
     out = tmp_path / "out"
-    r = runner.invoke(app, ["eval", "davis", "--root", str(tiny_davis), "--out", str(out), "--device", "cpu",
-                            "--overlays", "--topk", "3", "--context", "2"])
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            "davis",
+            "--root",
+            str(tiny_davis),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--overlays",
+            "--topk",
+            "3",
+            "--context",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "topk=3" in r.output and "context=2" in r.output and "wall time" in r.output
     for seq in ("synth-000", "synth-001"):
@@ -94,8 +112,21 @@ def test_full_pipeline_on_tiny_synthetic(tiny_davis, tmp_path):
 def test_progress_covers_every_stage(tiny_davis, tmp_path, progress_stages):
     """One progress display over the whole work: features, propagation, decoding, scoring per sequence;
     the steps advanced are the steps announced (the ETA counts them all)."""
-    r = runner.invoke(app, ["eval", "davis", "--root", str(tiny_davis), "--out", str(tmp_path / "out"),
-                            "--device", "cpu", "--context", "2"])
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            "davis",
+            "--root",
+            str(tiny_davis),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--context",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert progress_stages.stages == ["features", "propagating", "decoding", "scoring"] * 2
     assert progress_stages.done == progress_stages.total > 0
@@ -125,6 +156,7 @@ def test_evaluate_features_on_davis_perfect_features(tmp_path):
     """Features that encode the ground-truth ids at full resolution propagate the masks perfectly."""
     prop = pytest.importorskip("tritoncorr.propagation")
     from tritoncorr.evals.davis import DavisDataset
+
     from tritoncorr.evaluate import evaluate_features_on_davis
 
     root = make_synthetic_davis(tmp_path / "D", num_sequences=2, num_frames=4, height=20, width=28, seed=5)
@@ -222,8 +254,21 @@ def test_load_reports_and_raises(tmp_path):
 
 def test_cli_checkpoint_errors(tiny_davis, tmp_path):
     pytest.importorskip("tritoncorr.propagation")
-    r = runner.invoke(app, ["eval", "davis", "--root", str(tiny_davis), "--out", str(tmp_path / "o"),
-                            "--checkpoint", str(tmp_path / "none.safetensors"), "--device", "cpu"])
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            "davis",
+            "--root",
+            str(tiny_davis),
+            "--out",
+            str(tmp_path / "o"),
+            "--checkpoint",
+            str(tmp_path / "none.safetensors"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 2 and "does not exist" in r.output
     r = runner.invoke(app, ["eval", "davis", "--root", str(tiny_davis), "--preset", "nope", "--device", "cpu"])
     assert r.exit_code == 2 and "unknown preset" in r.output
@@ -252,8 +297,25 @@ def test_overlay_blends_and_outlines(tmp_path):
 def test_random_init_seed_option(tiny_davis, tmp_path):
     for seed in (0, 5):
         out = tmp_path / f"seed{seed}"
-        r = runner.invoke(app, ["eval", "davis", "--root", str(tiny_davis), "--out", str(out), "--device", "cpu",
-                                "--seed", str(seed), "--topk", "3", "--context", "2"])
+        r = runner.invoke(
+            app,
+            [
+                "eval",
+                "davis",
+                "--root",
+                str(tiny_davis),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--seed",
+                str(seed),
+                "--topk",
+                "3",
+                "--context",
+                "2",
+            ],
+        )
         assert r.exit_code == 0, r.output
         assert f"random init (seed {seed})" in r.output
     pred = {s: read_index_png(tmp_path / f"seed{s}" / "synth-000" / "00004.png") for s in (0, 5)}

@@ -13,11 +13,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from eval_layouts import make_jhmdb
+from tritoncorr.evals import jhmdb as J
 from typer.testing import CliRunner
 
-from eval_layouts import make_jhmdb
 from tritoncorr.cli import app
-from tritoncorr.evals import jhmdb as J
 from tritoncorr.evaluate import FrameGeometry, evaluate_features_on_jhmdb
 
 runner = CliRunner()
@@ -35,12 +35,12 @@ def _crw_draw(img, pt, sigma):
     x = np.arange(0, size, 1, float)
     y = x[:, np.newaxis]
     x0 = y0 = size // 2
-    g = np.exp(- ((x - x0) ** 2 + (y - y0) ** 2) / (2 * sigma ** 2))
+    g = np.exp(-((x - x0) ** 2 + (y - y0) ** 2) / (2 * sigma**2))
     g_x = max(0, -ul[0]), min(br[0], img.shape[1]) - ul[0]
     g_y = max(0, -ul[1]), min(br[1], img.shape[0]) - ul[1]
     img_x = max(0, ul[0]), min(br[0], img.shape[1])
     img_y = max(0, ul[1]), min(br[1], img.shape[0])
-    img[img_y[0]:img_y[1], img_x[0]:img_x[1]] = g[g_y[0]:g_y[1], g_x[0]:g_x[1]]
+    img[img_y[0] : img_y[1], img_x[0] : img_x[1]] = g[g_y[0] : g_y[1], g_x[0] : g_x[1]]
     return img
 
 
@@ -107,7 +107,9 @@ def _crw_pck(gts, preds_feat, heights, widths, feat_res=40, rng=(0.1, 0.2, 0.3, 
                 for k in range(nowgt.shape[2]):
                     if jnt_visible[j, k] == 0 or k == 0:
                         continue
-                    d = np.linalg.norm(np.subtract([predres[0, j, k], predres[1, j, k]], [nowgt[0, j, k], nowgt[1, j, k]]))
+                    d = np.linalg.norm(
+                        np.subtract([predres[0, j, k], predres[1, j, k]], [nowgt[0, j, k], nowgt[1, j, k]])
+                    )
                     dist_all[j] = np.append(dist_all[j], [[d / now_boxes[k]]])
     out = []
     for thr in rng:
@@ -115,7 +117,7 @@ def _crw_pck(gts, preds_feat, heights, widths, feat_res=40, rng=(0.1, 0.2, 0.3, 
         for p in range(len(dist_all)):
             idxs = np.argwhere(dist_all[p] <= thr)
             pck_all[p, 0] = 100.0 * len(idxs) / len(dist_all[p])
-        pck_all[len(dist_all), 0] = np.mean(pck_all[0:len(dist_all), 0])
+        pck_all[len(dist_all), 0] = np.mean(pck_all[0 : len(dist_all), 0])
         out.append(pck_all[:, 0])
     return np.stack(out, axis=1)  # (16, A): 15 joints + mean
 
@@ -126,8 +128,12 @@ def _crw_pck(gts, preds_feat, heights, widths, feat_res=40, rng=(0.1, 0.2, 0.3, 
 def test_read_mat_matches_scipy(tmp_path):
     sio = pytest.importorskip("scipy.io")
     rng = np.random.default_rng(0)
-    arrays = {"pos_img": rng.normal(size=(2, 15, 7)) * 100, "pos_world": rng.normal(size=(2, 15, 7)).astype(np.float32),
-              "scale": rng.integers(0, 9, (3, 4)).astype(np.int16), "flags": (rng.random((2, 5)) > 0.5).astype(np.uint8)}
+    arrays = {
+        "pos_img": rng.normal(size=(2, 15, 7)) * 100,
+        "pos_world": rng.normal(size=(2, 15, 7)).astype(np.float32),
+        "scale": rng.integers(0, 9, (3, 4)).astype(np.int16),
+        "flags": (rng.random((2, 5)) > 0.5).astype(np.uint8),
+    }
     for compress in (False, True):
         p = tmp_path / f"m{compress}.mat"
         sio.savemat(p, arrays, do_compression=compress)
@@ -297,8 +303,10 @@ def test_dataset_split_files_list_file_and_errors(tmp_path):
     every = J.JhmdbDataset(root, split=2)  # no split-2 files: every clip
     assert len(every) == 3 and "no split files" in every.note
     lst = tmp_path / "test.split.v2.txt"
-    lst.write_text(f"{root}/Rename_Images/run/clip_c {root}/joint_positions/run/clip_c/joint_positions.mat\n"
-                   "Rename_Images/catch/clip_a joint_positions/catch/clip_a/joint_positions.mat\n")
+    lst.write_text(
+        f"{root}/Rename_Images/run/clip_c {root}/joint_positions/run/clip_c/joint_positions.mat\n"
+        "Rename_Images/catch/clip_a joint_positions/catch/clip_a/joint_positions.mat\n"
+    )
     assert [c.name for c in J.JhmdbDataset(root, list_file=lst)] == ["run/clip_c", "catch/clip_a"]
     with pytest.raises(J.JhmdbFormatError, match="not in the evaluated list"):
         J.JhmdbDataset(root, clips=["clip_c"])
@@ -346,8 +354,9 @@ def test_evaluate_static_video_positional_features(tmp_path):
         return eye[None]  # stride 8: 8 x 8 grid, one channel per cell
 
     cfg = dataclasses.replace(task_preset("dul", "jhmdb").config, context=2, radius=3, topk=1)
-    res = evaluate_features_on_jhmdb(features_fn, root=root, out=tmp_path / "o", config=cfg, input_size=(64, 64),
-                                       progress=False, overlays=True)
+    res = evaluate_features_on_jhmdb(
+        features_fn, root=root, out=tmp_path / "o", config=cfg, input_size=(64, 64), progress=False, overlays=True
+    )
     gt = clip.joints()
     geom = FrameGeometry((32, 32), (64, 64), (64, 64), (8, 8))
     codec = J.JointsCodec(gt[:, :, 0])
@@ -365,8 +374,25 @@ def test_evaluate_static_video_positional_features(tmp_path):
 def test_cli_jhmdb_end_to_end(tmp_path):
     root = make_jhmdb(tmp_path / "J")
     out = tmp_path / "out"
-    r = runner.invoke(app, ["eval", "jhmdb", "--root", str(root), "--out", str(out), "--device", "cpu",
-                            "--size", "64", "--context", "2", "--topk", "3"])
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            "jhmdb",
+            "--root",
+            str(root),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--size",
+            "64",
+            "--context",
+            "2",
+            "--topk",
+            "3",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "PCK@0.1" in r.output and "input 64x64" in r.output and "random init (seed 0)" in r.output
     lines = (out / "pck.csv").read_text().splitlines()
@@ -380,8 +406,23 @@ def test_cli_jhmdb_progress_covers_every_stage(tmp_path, progress_stages):
     """One progress display over the whole work: features, propagation, decoding, then scoring; the steps
     advanced are the steps announced (the ETA counts them all)."""
     root = make_jhmdb(tmp_path / "J")
-    r = runner.invoke(app, ["eval", "jhmdb", "--root", str(root), "--out", str(tmp_path / "out"), "--device", "cpu",
-                            "--size", "64", "--context", "2"])
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            "jhmdb",
+            "--root",
+            str(root),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--size",
+            "64",
+            "--context",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert progress_stages.stages == ["features", "propagating", "decoding"] * 2 + ["scoring"]
     assert progress_stages.done == progress_stages.total > 0
@@ -401,8 +442,9 @@ def test_cli_jhmdb_errors(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_jhmdb_mini_random_init(shared_data, tmp_path):
-    r = runner.invoke(app, ["eval", "jhmdb", "--root", str(shared_data / "jhmdb-mini"), "--out", str(tmp_path),
-                            "--device", "cpu"])
+    r = runner.invoke(
+        app, ["eval", "jhmdb", "--root", str(shared_data / "jhmdb-mini"), "--out", str(tmp_path), "--device", "cpu"]
+    )
     assert r.exit_code == 0, r.output
     mean = (tmp_path / "pck.csv").read_text().splitlines()[-1].split(",")
     assert 5.0 < float(mean[2]) < 100.0

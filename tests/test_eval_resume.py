@@ -12,12 +12,12 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from eval_layouts import make_jhmdb, make_vip, make_ytvos
-from tritoncorr.cli import app
 from tritoncorr.evals import resume
 from tritoncorr.evals.synthetic import make_synthetic_davis
+from typer.testing import CliRunner
+
+from tritoncorr.cli import app
 from tritoncorr.methods import inference
 
 runner = CliRunner()
@@ -65,16 +65,25 @@ def _same_tree(a: Path, b: Path, pattern: str) -> None:
 
 TASKS = {
     # task: (make the data, CLI arguments, frames per sequence, number of sequences)
-    "davis": (lambda root: make_synthetic_davis(root, num_sequences=4, num_frames=4, height=32, width=48, seed=3),
-              lambda root: ["--root", str(root)], 4, 4),
-    "vip": (lambda root: make_vip(root, videos=(("v1", 3), ("v2", 3), ("v3", 3), ("v4", 3))),
-            lambda root: ["--root", str(root), "--size", "0"], 3, 4),
+    "davis": (
+        lambda root: make_synthetic_davis(root, num_sequences=4, num_frames=4, height=32, width=48, seed=3),
+        lambda root: ["--root", str(root)],
+        4,
+        4,
+    ),
+    "vip": (
+        lambda root: make_vip(root, videos=(("v1", 3), ("v2", 3), ("v3", 3), ("v4", 3))),
+        lambda root: ["--root", str(root), "--size", "0"],
+        3,
+        4,
+    ),
 }
 
 
 def _run(task: str, root: Path, out: Path, *extra: str):
-    return runner.invoke(app, ["eval", task, *TASKS[task][1](root), "--out", str(out), "--device", "cpu",
-                               "--context", "2", *extra])
+    return runner.invoke(
+        app, ["eval", task, *TASKS[task][1](root), "--out", str(out), "--device", "cpu", "--context", "2", *extra]
+    )
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
@@ -112,8 +121,7 @@ def test_interrupted_evaluation_resumes_to_the_same_csvs(tmp_path, calls, task):
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
-def test_a_kill_between_moving_the_outputs_and_recording_them_redoes_that_sequence(tmp_path, calls, monkeypatch,
-                                                                                   task):
+def test_a_kill_between_moving_the_outputs_and_recording_them_redoes_that_sequence(tmp_path, calls, monkeypatch, task):
     make, _, frames, nseq = TASKS[task]
     root = make(tmp_path / "data")
     whole = tmp_path / "whole"
@@ -168,8 +176,12 @@ def test_a_checkpoint_is_recorded_by_its_hash(tmp_path):
     a = save_backbone_weights(dul_backbone(), tmp_path / "a.safetensors")
     args = ["--checkpoint", str(a), "--context", "2"]
     out = tmp_path / "o"
-    assert runner.invoke(app, ["eval", "davis", "--root", str(root), "--out", str(out), "--device", "cpu", *args]
-                         ).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["eval", "davis", "--root", str(root), "--out", str(out), "--device", "cpu", *args]
+        ).exit_code
+        == 0
+    )
     state = json.loads((out / resume.STATE_FILE).read_text())
     assert state["checkpoint"] == resume.file_sha256(a) and state["checkpoint"].startswith("sha256:")
     a.write_bytes(a.read_bytes()[:-1] + b"\x00")  # another file under the same name

@@ -8,12 +8,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from eval_layouts import make_vip
 from PIL import Image
+from tritoncorr.evals import vip as V
 from typer.testing import CliRunner
 
-from eval_layouts import make_vip
 from tritoncorr.cli import app
-from tritoncorr.evals import vip as V
 from tritoncorr.evaluate import evaluate_features_on_vip, first_frame_codec
 
 runner = CliRunner()
@@ -24,7 +24,7 @@ runner = CliRunner()
 
 def _crw_fast_hist(a, b, n):
     k = (a >= 0) & (a < n)
-    return np.bincount(n * a[k].astype(int) + b[k], minlength=n ** 2).reshape(n, n)
+    return np.bincount(n * a[k].astype(int) + b[k], minlength=n**2).reshape(n, n)
 
 
 def _crw_compute_hist(pre_dir, gt_dir, n_cl=20):
@@ -104,7 +104,9 @@ def test_scores_known_answer(tmp_path):
     g, c = s.write_csvs(tmp_path)
     assert g.read_text().splitlines() == ["Pixel-Acc,Mean-Acc,mIoU,fwIoU", "0.6667,0.7500,0.5000,0.5000"]
     rows = c.read_text().splitlines()
-    assert rows[0] == "Class,IoU,Acc,GT-Pixels" and rows[1] == "background,0.5000,0.5000,2" and rows[3] == "hair,nan,nan,0"
+    assert (
+        rows[0] == "Class,IoU,Acc,GT-Pixels" and rows[1] == "background,0.5000,0.5000,2" and rows[3] == "hair,nan,nan,0"
+    )
     with pytest.raises(ValueError, match="0..19"):
         V.fast_hist(gt, np.array([[0, 20], [1, 0]]))
 
@@ -196,8 +198,24 @@ def test_perfect_features_give_miou_one(tmp_path):
 def test_cli_vip_end_to_end(tmp_path):
     root = make_vip(tmp_path / "VIP")
     out = tmp_path / "out"
-    r = runner.invoke(app, ["eval", "vip", "--root", str(root), "--out", str(out), "--device", "cpu", "--size", "32",
-                            "--context", "2", "--overlays"])
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            "vip",
+            "--root",
+            str(root),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--size",
+            "32",
+            "--context",
+            "2",
+            "--overlays",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "mIoU" in r.output and "input 32x32" in r.output and "for vip" in r.output
     g = (out / "global_results-vip.csv").read_text().splitlines()
@@ -222,8 +240,23 @@ def test_cli_vip_progress_covers_every_stage(tmp_path, progress_stages):
     """One progress display over the whole work: features, propagation, decoding, scoring per video, then
     the total; the steps advanced are the steps announced (the ETA counts them all)."""
     root = make_vip(tmp_path / "VIP")
-    r = runner.invoke(app, ["eval", "vip", "--root", str(root), "--out", str(tmp_path / "out"), "--device", "cpu",
-                            "--size", "32", "--context", "2"])
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            "vip",
+            "--root",
+            str(root),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--size",
+            "32",
+            "--context",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert progress_stages.stages == ["features", "propagating", "decoding", "scoring"] * 2
     assert progress_stages.done == progress_stages.total > 0

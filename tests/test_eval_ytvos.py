@@ -9,14 +9,14 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from eval_layouts import make_ytvos
 from PIL import Image
+from tritoncorr.evals import ytvos as Y
+from tritoncorr.evals.synthetic import synthetic_clip
 from typer.testing import CliRunner
 
-from eval_layouts import make_ytvos
 from tritoncorr.cli import app
-from tritoncorr.evals import ytvos as Y
 from tritoncorr.evaluate import export_features_on_ytvos
-from tritoncorr.evals.synthetic import synthetic_clip
 
 runner = CliRunner()
 
@@ -118,15 +118,33 @@ def test_export_perfect_features_objects_appear_later(tmp_path):
     with zipfile.ZipFile(res.zip_path) as zf:
         names = sorted(zf.namelist())
     assert res.zip_path.name == "ytvos2019-valid-submission.zip"
-    assert names == sorted([f"Annotations/a/{5 * t:05d}.png" for t in range(6)] +
-                           [f"Annotations/b/{5 * t:05d}.png" for t in range(4)])
+    assert names == sorted(
+        [f"Annotations/a/{5 * t:05d}.png" for t in range(6)] + [f"Annotations/b/{5 * t:05d}.png" for t in range(4)]
+    )
 
 
 def test_cli_ytvos_end_to_end(tmp_path):
     root = make_ytvos(tmp_path / "valid")
     out = tmp_path / "out"
-    r = runner.invoke(app, ["eval", "ytvos", "--root", str(root), "--out", str(out), "--device", "cpu",
-                            "--context", "2", "--topk", "3", "--year", "2018"])
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            "ytvos",
+            "--root",
+            str(root),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--context",
+            "2",
+            "--topk",
+            "3",
+            "--year",
+            "2018",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "No local score" in r.output and "ytvos2018-valid-submission.zip" in r.output
     a = [np.asarray(Image.open(out / "Annotations" / "a" / f"{5 * t:05d}.png")) for t in range(6)]
@@ -143,13 +161,13 @@ def test_cli_ytvos_end_to_end(tmp_path):
     assert r.exit_code == 2 and "meta.json" in r.output
 
 
-
 def test_cli_ytvos_progress_covers_every_stage(tmp_path, progress_stages):
     """One progress display over the whole work: each frame's features, propagation and decoding (one
     pass, track_objects), then the zip; the steps advanced are the steps announced (the ETA counts them all)."""
     root = make_ytvos(tmp_path / "valid")
-    r = runner.invoke(app, ["eval", "ytvos", "--root", str(root), "--out", str(tmp_path / "out"), "--device", "cpu",
-                            "--context", "2"])
+    r = runner.invoke(
+        app, ["eval", "ytvos", "--root", str(root), "--out", str(tmp_path / "out"), "--device", "cpu", "--context", "2"]
+    )
     assert r.exit_code == 0, r.output
     assert progress_stages.stages == ["features, propagation, decoding", "writing the zip"]
     assert progress_stages.done == progress_stages.total > 0

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tritoncorr.evals.synthetic import make_synthetic_davis
 from typer.testing import CliRunner
 
 from tritoncorr.cli import app
-from tritoncorr.evals.synthetic import make_synthetic_davis
 from tritoncorr.methods.inference import load_feature_model, method_metadata, read_metadata
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -48,15 +48,24 @@ def test_library_methods_fulfil_the_method_contract():
     from tritoncorr.methods.liir import LIIRConfig
     from tritoncorr.methods.moco import MoCoConfig
 
-    for cfg, name, color in ((DULConfig(key_dim=16, head_hidden=8), "dul", "rgb"), (LIIRConfig(), "liir", "lab"),
-                             (MoCoConfig(queue_size=64), "moco", "rgb")):
+    for cfg, name, color in (
+        (DULConfig(key_dim=16, head_hidden=8), "dul", "rgb"),
+        (LIIRConfig(), "liir", "lab"),
+        (MoCoConfig(queue_size=64), "moco", "rgb"),
+    ):
         model = cfg.build()
         assert isinstance(model, DescribedMethod), type(model).__name__
         info = describe(model)
         assert (info.name, info.color, info.has_features, info.config) == (name, color, True, cfg)
     plain = describe(torch.nn.Conv2d(3, 4, 1))
     assert not isinstance(torch.nn.Conv2d(3, 4, 1), Method)
-    assert (plain.name, plain.color, plain.preset, plain.config, plain.has_features) == (None, "rgb", "dul", None, False)
+    assert (plain.name, plain.color, plain.preset, plain.config, plain.has_features) == (
+        None,
+        "rgb",
+        "dul",
+        None,
+        False,
+    )
 
 
 def test_run_writes_init_and_model_weights_with_metadata(dul_run):
@@ -142,20 +151,55 @@ def test_metadata_that_names_an_unknown_method_is_refused(tmp_path):
     from safetensors.torch import save_file
 
     path = tmp_path / "odd.safetensors"
-    save_file({"w": torch.zeros(1)}, str(path),
-              metadata={"tritoncorr.method": "x", "tritoncorr.method_config": json.dumps({"__class__": "nope:Cfg"})})
+    save_file(
+        {"w": torch.zeros(1)},
+        str(path),
+        metadata={"tritoncorr.method": "x", "tritoncorr.method_config": json.dumps({"__class__": "nope:Cfg"})},
+    )
     with pytest.raises(ValueError, match="odd.safetensors"):
         load_feature_model(path)
 
 
 def test_eval_davis_uses_the_checkpoint_preset(dul_run, tmp_path):
     davis = make_synthetic_davis(tmp_path / "DAVIS", num_sequences=1, num_frames=4, height=40, width=56, seed=2)
-    r = runner.invoke(app, ["eval", "davis", "--root", str(davis), "--out", str(tmp_path / "o"), "--device", "cpu",
-                            "--checkpoint", str(dul_run / "model.safetensors"), "--context", "2"])
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            "davis",
+            "--root",
+            str(davis),
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+            "--checkpoint",
+            str(dul_run / "model.safetensors"),
+            "--context",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "preset 'dul' (from the checkpoint)" in r.output and "dul (DUL)" in r.output
-    r = runner.invoke(app, ["eval", "davis", "--root", str(davis), "--out", str(tmp_path / "o2"), "--device", "cpu",
-                            "--checkpoint", str(dul_run / "init.safetensors"), "--preset", "crw", "--context", "2"])
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            "davis",
+            "--root",
+            str(davis),
+            "--out",
+            str(tmp_path / "o2"),
+            "--device",
+            "cpu",
+            "--checkpoint",
+            str(dul_run / "init.safetensors"),
+            "--preset",
+            "crw",
+            "--context",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "preset 'crw' (set by --preset)" in r.output
 

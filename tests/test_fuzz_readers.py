@@ -89,9 +89,9 @@ def check(reader: str, run, errors: tuple[type[BaseException], ...], names: list
 
 def cases(strategy):
     """Two tests from one body: a short one for the default suite and the ``fuzz`` one."""
+
     def wrap(body):
-        common = dict(deadline=None, database=None, print_blob=True,
-                      suppress_health_check=list(HealthCheck))
+        common = dict(deadline=None, database=None, print_blob=True, suppress_health_check=list(HealthCheck))
 
         @settings(max_examples=QUICK, **common)
         @given(strategy)
@@ -117,8 +117,15 @@ def cases(strategy):
 # ----------------------------------------------------------------------------------------------
 
 ABSURD = (b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\x00\x00\x00\x00", b"\x80\x00\x00\x00", b"\x00\x00\x01\x00")
-mutations = st.lists(st.tuples(st.sampled_from(["flip", "set", "cut", "insert", "absurd", "dup"]),
-                               st.integers(0, 1 << 24), st.binary(min_size=1, max_size=8)), min_size=0, max_size=5)
+mutations = st.lists(
+    st.tuples(
+        st.sampled_from(["flip", "set", "cut", "insert", "absurd", "dup"]),
+        st.integers(0, 1 << 24),
+        st.binary(min_size=1, max_size=8),
+    ),
+    min_size=0,
+    max_size=5,
+)
 
 
 def mutate(data: bytes, muts) -> bytes:
@@ -130,16 +137,16 @@ def mutate(data: bytes, muts) -> bytes:
         if op == "flip":
             b[i] ^= 1 << (val[0] % 8)
         elif op == "set":
-            b[i:i + len(val)] = val
+            b[i : i + len(val)] = val
         elif op == "cut":
             del b[i:]
         elif op == "insert":
             b[i:i] = val * (1 + val[0] % 64)
         elif op == "absurd":
-            b[i:i + 4] = ABSURD[val[0] % len(ABSURD)]
+            b[i : i + 4] = ABSURD[val[0] % len(ABSURD)]
         else:
             j = (pos * 7 + val[0]) % len(b)
-            b[i:i] = b[j:j + 4 * (1 + val[0] % 64)]
+            b[i:i] = b[j : j + 4 * (1 + val[0] % 64)]
     return bytes(b)
 
 
@@ -150,17 +157,18 @@ def fix_png_crcs(data: bytes) -> bytes:
     b = bytearray(data)
     pos = 8
     while pos + 12 <= len(b):
-        (n,) = struct.unpack(">I", b[pos:pos + 4])
+        (n,) = struct.unpack(">I", b[pos : pos + 4])
         end = pos + 8 + n
         if end + 4 > len(b):
             break
-        b[end:end + 4] = struct.pack(">I", zlib.crc32(bytes(b[pos + 4:end])) & 0xFFFFFFFF)
+        b[end : end + 4] = struct.pack(">I", zlib.crc32(bytes(b[pos + 4 : end])) & 0xFFFFFFFF)
         pos = end + 4
     return bytes(b)
 
 
 def png_declaring(width: int, height: int, mode_byte: int = 3, depth: int = 8, idat: bytes = b"") -> bytes:
     """A PNG whose header declares ``width`` x ``height`` (valid CRCs) with little or no pixel data."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
@@ -211,6 +219,7 @@ def image_files(draw) -> bytes:
 
 def _image_readers(data: bytes, reader: str) -> None:
     from tritoncorr.evals.davis import DavisFormatError, read_index_png
+
     from tritoncorr.video import VideoError, read_mask
 
     with tempfile.TemporaryDirectory() as d:
@@ -219,8 +228,12 @@ def _image_readers(data: bytes, reader: str) -> None:
         if reader == "read_mask":
             check("mask images: read_mask (propagate --mask)", lambda: read_mask(path), (VideoError,), [str(path)])
         else:
-            check("mask images: read_index_png (DAVIS / VIP / YouTube-VOS annotations and results)",
-                  lambda: read_index_png(path), (DavisFormatError,), [str(path)])
+            check(
+                "mask images: read_index_png (DAVIS / VIP / YouTube-VOS annotations and results)",
+                lambda: read_index_png(path),
+                (DavisFormatError,),
+                [str(path)],
+            )
 
 
 @cases(st.tuples(image_files(), st.sampled_from(["read_mask", "read_index_png"])))
@@ -232,11 +245,18 @@ def mask_images(x):
 test_mask_images, test_mask_images_fuzz = mask_images
 
 
-@cases(st.tuples(st.integers(1, 2**31 - 1), st.integers(1, 2**31 - 1), st.sampled_from([0, 2, 3, 4, 6]),
-                 st.sampled_from(["read_mask", "read_index_png", "read_rgb"])))
+@cases(
+    st.tuples(
+        st.integers(1, 2**31 - 1),
+        st.integers(1, 2**31 - 1),
+        st.sampled_from([0, 2, 3, 4, 6]),
+        st.sampled_from(["read_mask", "read_index_png", "read_rgb"]),
+    )
+)
 def bombs(x):
     """PNG headers declaring up to 2^31 x 2^31 pixels over a few bytes of data: refused before decoding."""
     from tritoncorr.evals.davis import DavisFormatError, read_rgb
+
     from tritoncorr.video import VideoError, read_mask
 
     w, h, colour, reader = x
@@ -247,8 +267,12 @@ def bombs(x):
         fn = {"read_mask": read_mask, "read_rgb": read_rgb}.get(reader)
         if fn is None:
             from tritoncorr.evals.davis import read_index_png as fn
-        check("decompression bombs (declared sizes up to 2^31 x 2^31)", lambda: fn(path),
-              (VideoError, DavisFormatError), [str(path)])
+        check(
+            "decompression bombs (declared sizes up to 2^31 x 2^31)",
+            lambda: fn(path),
+            (VideoError, DavisFormatError),
+            [str(path)],
+        )
 
 
 test_bombs, test_bombs_fuzz = bombs
@@ -277,13 +301,14 @@ def _mat_seed(compressed: bool, frames: int, seed: int) -> bytes:
 
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as d:
-        data = write_mat(Path(d) / "j.mat", {"pos_img": rng.random((2, 15, frames)) * 50 + 1,
-                                              "scale": rng.random((1, frames))}).read_bytes()
+        data = write_mat(
+            Path(d) / "j.mat", {"pos_img": rng.random((2, 15, frames)) * 50 + 1, "scale": rng.random((1, frames))}
+        ).read_bytes()
     if compressed:  # wrap each top-level element in a miCOMPRESSED element, as MATLAB -v7 writes
         out, pos = bytearray(data[:128]), 128
         while pos + 8 <= len(data):
             _, n = struct.unpack_from("<II", data, pos)
-            el = data[pos:pos + 8 + n + (-n % 8)]
+            el = data[pos : pos + 8 + n + (-n % 8)]
             z = zlib.compress(el)
             out += struct.pack("<II", 15, len(z)) + z
             pos += len(el)
@@ -318,8 +343,12 @@ def mat_files_(data):
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "joint_positions.mat"
         path.write_bytes(data)
-        check("MAT v5 reader: read_joints (JHMDB joint_positions.mat)", lambda: read_joints(path),
-              (JhmdbFormatError,), [str(path)])
+        check(
+            "MAT v5 reader: read_joints (JHMDB joint_positions.mat)",
+            lambda: read_joints(path),
+            (JhmdbFormatError,),
+            [str(path)],
+        )
 
 
 test_mat_files, test_mat_files_fuzz = mat_files_
@@ -329,8 +358,11 @@ test_mat_files, test_mat_files_fuzz = mat_files_
 # Dataset layouts: VIP and YouTube-VOS (meta.json)
 # ----------------------------------------------------------------------------------------------
 
-names = st.one_of(st.sampled_from(["v1", "v2", "videos1", "a", "b", "..", ".", "", "x y", "ü", "a/b"]),
-                  st.text(min_size=1, max_size=6), st.binary(min_size=1, max_size=4))
+names = st.one_of(
+    st.sampled_from(["v1", "v2", "videos1", "a", "b", "..", ".", "", "x y", "ü", "a/b"]),
+    st.text(min_size=1, max_size=6),
+    st.binary(min_size=1, max_size=4),
+)
 
 
 def _fsname(n) -> bytes:
@@ -375,16 +407,21 @@ def _put(root: Path, rel: list[bytes], data: bytes | None) -> None:
 @st.composite
 def vip_layouts(draw):
     videos = draw(st.lists(st.one_of(st.sampled_from(["v1", "v2", "v3"]), names), min_size=0, max_size=3))
-    listed = (list(dict.fromkeys(videos)) if draw(st.booleans()) else  # mostly a consistent list
-              draw(st.lists(st.one_of(st.sampled_from(videos) if videos else names, names), max_size=4)))
+    listed = (
+        list(dict.fromkeys(videos))
+        if draw(st.booleans())
+        # mostly a consistent list
+        else draw(st.lists(st.one_of(st.sampled_from(videos) if videos else names, names), max_size=4))
+    )
     list_text = b"\n".join(_fsname(v) for v in listed) + draw(st.sampled_from([b"", b"\n", b"\n\n  \n"]))
     files = []
     size = (draw(st.integers(1, 12)), draw(st.integers(1, 12)))
     for v in videos:
         for t in sorted(draw(st.lists(st.integers(0, 200), min_size=1, max_size=3, unique=True))):
             stem = f"{t * 25:012d}".encode()
-            files.append(([b"Images", _fsname(v), stem + draw(st.sampled_from([b".jpg", b".png"]))],
-                          draw(file_bytes(size))))
+            files.append(
+                ([b"Images", _fsname(v), stem + draw(st.sampled_from([b".jpg", b".png"]))], draw(file_bytes(size)))
+            )
             if draw(st.integers(0, 3)):
                 files.append(([b"Annotations", b"Category_ids", _fsname(v), stem + b".png"], draw(file_bytes(size))))
     return list_text, files, draw(st.integers(0, 3)) > 0
@@ -419,9 +456,11 @@ def vip_layouts_(x):
 
 test_vip_layouts, test_vip_layouts_fuzz = vip_layouts_
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats() | st.text(max_size=5),
-                           lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
-                           max_leaves=8)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=5),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+    max_leaves=8,
+)
 
 
 @st.composite
@@ -478,8 +517,9 @@ def ytvos_layouts_(x):
                 for t in sorted(v.groups()):
                     v.load_annotation(t)
 
-        check("YouTube-VOS layout + meta.json: YtvosDataset + frames + annotations", run, (YtvosFormatError,),
-              [str(root)])
+        check(
+            "YouTube-VOS layout + meta.json: YtvosDataset + frames + annotations", run, (YtvosFormatError,), [str(root)]
+        )
 
 
 test_ytvos_layouts, test_ytvos_layouts_fuzz = ytvos_layouts_
@@ -498,8 +538,8 @@ def safetensors_files(draw) -> bytes:
 
     kind = draw(st.sampled_from(["structured", "valid-mutated", "header-json"]))
     if kind == "valid-mutated":
-        from safetensors.torch import save as st_save
         import torch
+        from safetensors.torch import save as st_save
 
         meta = {"tritoncorr.method": "dul"} if draw(st.booleans()) else {}
         if draw(st.booleans()):
@@ -515,8 +555,9 @@ def safetensors_files(draw) -> bytes:
         tensors[f"t{i}"] = {"dtype": draw(st.sampled_from(DTYPES)), "shape": shape, "data_offsets": [start, start + n]}
         offset += n
     cfg = {"__class__": draw(st.sampled_from([*registered_names(), "os:system", "x", "", "dul"]))}
-    for k in draw(st.lists(st.sampled_from(["key_dim", "head_hidden", "channels", "depth", "nope", "temperature"]),
-                           max_size=3)):
+    for k in draw(
+        st.lists(st.sampled_from(["key_dim", "head_hidden", "channels", "depth", "nope", "temperature"]), max_size=3)
+    ):
         cfg[k] = draw(json_values)
     meta = {"tritoncorr.method": draw(st.text(max_size=4))}
     if draw(st.booleans()):
@@ -540,8 +581,12 @@ def safetensors_(data):
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "model.safetensors"
         path.write_bytes(data)
-        check("safetensors header + metadata: load_feature_model", lambda: load_feature_model(path),
-              (ValueError, FileNotFoundError), [str(path)])
+        check(
+            "safetensors header + metadata: load_feature_model",
+            lambda: load_feature_model(path),
+            (ValueError, FileNotFoundError),
+            [str(path)],
+        )
 
 
 test_safetensors, test_safetensors_fuzz = safetensors_
@@ -573,13 +618,37 @@ def _template():
 
 
 FIELDS = sorted(_field_paths(_template()))
-odd_values = st.one_of(st.text(max_size=12), st.sampled_from(["nan", "inf", "-inf", "1e400", "-0", "()", "[1,2",
-                                                               "none", "None", "true", "0x10", "1_000", "'a'", "",
-                                                               "9" * 400, "1,2,3", "(1, 2)", "\udcff", "é"]))
+odd_values = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "nan",
+            "inf",
+            "-inf",
+            "1e400",
+            "-0",
+            "()",
+            "[1,2",
+            "none",
+            "None",
+            "true",
+            "0x10",
+            "1_000",
+            "'a'",
+            "",
+            "9" * 400,
+            "1,2,3",
+            "(1, 2)",
+            "\udcff",
+            "é",
+        ]
+    ),
+)
 
 
-@cases(st.lists(st.tuples(st.one_of(st.sampled_from(FIELDS), st.text(max_size=10)), odd_values), min_size=1,
-                max_size=3))
+@cases(
+    st.lists(st.tuples(st.one_of(st.sampled_from(FIELDS), st.text(max_size=10)), odd_values), min_size=1, max_size=3)
+)
 def set_values(overrides):
     """``--set key=value`` with every field of a DUL run and odd values (NaN, 1e400, unbalanced brackets, ...)."""
     from tritoncorr.engine.config import ConfigError, apply_overrides
@@ -592,8 +661,12 @@ def set_values(overrides):
         cfg.data.validate()
 
     keys = [t.partition("=")[0].strip() for t in texts]  # the option as parse_override reads it
-    check("--set values: apply_overrides + validate", run, (ConfigError, ValueError),
-          keys + [k.split(".")[-1] for k in keys] + ["override", "invalid run config", "DataConfig."])
+    check(
+        "--set values: apply_overrides + validate",
+        run,
+        (ConfigError, ValueError),
+        keys + [k.split(".")[-1] for k in keys] + ["override", "invalid run config", "DataConfig."],
+    )
 
 
 test_set_values, test_set_values_fuzz = set_values
@@ -612,8 +685,9 @@ RECIPE_BODIES = [
     "def default():\n    raise SystemExit(3)\n",
     "def default():\n    return RunConfig(method=ToyMethodConfig(), data=ToyDataConfig(), optim=5)\n",
 ]
-RECIPE_HEADER = ("from tritoncorr.engine.config import RunConfig\n"
-                 "from toy_method import ToyDataConfig, ToyMethodConfig\n\n")
+RECIPE_HEADER = (
+    "from tritoncorr.engine.config import RunConfig\nfrom toy_method import ToyDataConfig, ToyMethodConfig\n\n"
+)
 
 
 @cases(st.tuples(st.sampled_from(RECIPE_BODIES), mutations, st.sampled_from(["", ":default", ":other", ":nope"])))
@@ -644,12 +718,16 @@ def _video_seed(kind: str) -> bytes:
     the start), mkv, avi (MPEG-4), gif, webm (VP8), a variable-frame-rate mp4 and a rotated one."""
     if kind in _SEEDS:
         return _SEEDS[kind]
-    import av
 
     suffix, codec, options, rate = {
-        "mp4": (".mp4", "libx264", {}, 25), "mp4-faststart": (".mp4", "libx264", {"movflags": "faststart"}, 25),
-        "mkv": (".mkv", "libx264", {}, 25), "avi": (".avi", "mpeg4", {}, 25), "gif": (".gif", "gif", {}, 10),
-        "webm": (".webm", "libvpx", {}, 25), "vfr": (".mp4", "libx264", {}, 1000), "rotated": (".mp4", "libx264", {}, 25),
+        "mp4": (".mp4", "libx264", {}, 25),
+        "mp4-faststart": (".mp4", "libx264", {"movflags": "faststart"}, 25),
+        "mkv": (".mkv", "libx264", {}, 25),
+        "avi": (".avi", "mpeg4", {}, 25),
+        "gif": (".gif", "gif", {}, 10),
+        "webm": (".webm", "libvpx", {}, 25),
+        "vfr": (".mp4", "libx264", {}, 1000),
+        "rotated": (".mp4", "libx264", {}, 25),
     }[kind]
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as d:
@@ -662,9 +740,10 @@ def _video_seed(kind: str) -> bytes:
                 if kind == "rotated":
                     s.metadata["rotate"] = "90"
                 pts = 0
-                for i in range(6):
-                    frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8),
-                                                       format="rgb24")
+                for _ in range(6):
+                    frame = av.VideoFrame.from_ndarray(
+                        rng.integers(0, 255, (24, 32, 3), dtype=np.uint8), format="rgb24"
+                    )
                     if kind == "vfr":
                         pts += int(rng.integers(10, 200))
                         frame.pts = pts
@@ -784,7 +863,6 @@ def test_absurd_sizes_in_checkpoint_metadata_fail_before_any_allocation(tmp_path
         load_feature_model(path)
 
 
-
 def test_a_mat_zip_bomb_is_refused(tmp_path):
     from tritoncorr.evals.jhmdb import JhmdbFormatError, read_joints
 
@@ -816,9 +894,9 @@ def test_mat_variables_whose_sizes_do_not_fit_their_data_are_format_errors(tmp_p
     path = tmp_path / "joint_positions.mat"
     # the first variable's dimensions element: type 5 (miINT32), 12 bytes (3 dims) -> 6 bytes
     at = good.index(struct.pack("<II", 5, 12))
-    path.write_bytes(good[:at] + struct.pack("<II", 5, 6) + good[at + 8:])
+    path.write_bytes(good[:at] + struct.pack("<II", 5, 6) + good[at + 8 :])
     with pytest.raises(JhmdbFormatError, match="joint_positions.mat: malformed MAT-file"):
         read_joints(path)
-    path.write_bytes(good[:at + 8] + struct.pack("<i", -2) + good[at + 12:])  # a negative dimension
+    path.write_bytes(good[: at + 8] + struct.pack("<i", -2) + good[at + 12 :])  # a negative dimension
     with pytest.raises(JhmdbFormatError, match="joint_positions.mat: malformed MAT-file"):
         read_joints(path)

@@ -14,8 +14,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_gpu_check_dry_run(tmp_path):
     out = tmp_path / "gpu-check"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "gpu_check.jsonl").read_text().splitlines()]
     with (out / "gpu_check.csv").open() as f:
@@ -30,7 +35,11 @@ def test_gpu_check_dry_run(tmp_path):
     assert {r["provider"] for r in rows if r["phase"] == "b"} == {"fused", "reference", "compiled"}
     # c: every recipe trained; d: our propagation and CRW's on the same video
     assert {r["name"] for r in rows if r["phase"] == "c" and r["steps_per_s"] > 0} == {
-        "recipes/dul.py", "recipes/stt_spatial.py", "recipes/stt.py", "recipes/liir.py"}
+        "recipes/dul.py",
+        "recipes/stt_spatial.py",
+        "recipes/stt.py",
+        "recipes/liir.py",
+    }
     assert {"tritoncorr", "crw"} <= {r["provider"] for r in rows if r["phase"] == "d"}
     assert all(r["device"].startswith("CPU") for r in rows)
     table = (out / "gpu_check.md").read_text()

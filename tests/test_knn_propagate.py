@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-from tests.kernel_harness import assert_close_verbose, check_aot_family, fresh_generator, tolerance
 from tritoncorr.kernels.knn_propagate import (
     knn_propagate,
     knn_propagate_dense,
@@ -15,6 +13,8 @@ from tritoncorr.kernels.knn_propagate import (
     window_mask,
 )
 from tritoncorr.kernels.knn_propagate.reference import grid
+
+from tests.kernel_harness import assert_close_verbose, check_aot_family, fresh_generator, tolerance
 
 
 def _inputs(c, h, w, n, lab, *, dtype=torch.float32, seed=None, normalize=True):
@@ -57,8 +57,13 @@ def test_windowed_and_dense_match_reference(case):
     atol, rtol = tolerance(torch.float32)
     # small tiles and frame chunks exercise the tiling and the merge of per-part top-k lists
     for tile, chunk in ((8, 5), (3, 2)):
-        assert_close_verbose(knn_propagate_windowed(q, k, v, tile=tile, frame_chunk=chunk, **kw), ref,
-                             atol=atol, rtol=rtol, name=f"windowed tile={tile}")
+        assert_close_verbose(
+            knn_propagate_windowed(q, k, v, tile=tile, frame_chunk=chunk, **kw),
+            ref,
+            atol=atol,
+            rtol=rtol,
+            name=f"windowed tile={tile}",
+        )
     assert_close_verbose(knn_propagate_dense(q, k, v, chunk=7, **kw), ref, atol=atol, rtol=rtol, name="dense")
     assert_close_verbose(knn_propagate(q, k, v, **kw), ref, atol=atol, rtol=rtol, name="public (cpu)")
 
@@ -80,7 +85,9 @@ def test_reference_against_pixel_loop():
     k[2] = k[1]  # exact duplicate frame with different labels: ties must go to the lower index
     radius, topk, temp = 2, 6, 0.5
     for window, nu in (("disc", 1), ("square", 0)):
-        ref = knn_propagate_reference(q, k, v, radius=radius, topk=topk, temperature=temp, window=window, unrestricted=nu)
+        ref = knn_propagate_reference(
+            q, k, v, radius=radius, topk=topk, temperature=temp, window=window, unrestricted=nu
+        )
         n, lab = k.shape[0], v.shape[1]
         h, w = q.shape[1:]
         for y in range(h):
@@ -90,7 +97,9 @@ def test_reference_against_pixel_loop():
                     for yy in range(h):
                         for xx in range(w):
                             dy, dx = yy - y, xx - x
-                            inside = dy * dy + dx * dx < radius**2 if window == "disc" else max(abs(dy), abs(dx)) <= radius
+                            inside = (
+                                dy * dy + dx * dx < radius**2 if window == "disc" else max(abs(dy), abs(dx)) <= radius
+                            )
                             if f < nu or inside:
                                 s = float((q[:, y, x].double() * k[f, :, yy, xx].double()).sum()) / temp
                                 cands.append((-s, (f * h + yy) * w + xx, f, yy, xx))
@@ -134,15 +143,20 @@ def test_duplicated_frames_all_paths_agree_exactly():
     k[3] = k[0]
     kw = dict(radius=3, topk=10, temperature=0.25, window="disc", unrestricted=1)
     ref = knn_propagate_reference(q, k, v, **kw)
-    assert_close_verbose(knn_propagate_windowed(q, k, v, tile=4, frame_chunk=2, **kw), ref, atol=1e-6, rtol=1e-6, name="windowed")
+    assert_close_verbose(
+        knn_propagate_windowed(q, k, v, tile=4, frame_chunk=2, **kw), ref, atol=1e-6, rtol=1e-6, name="windowed"
+    )
 
 
-@pytest.mark.parametrize("window, unrestricted, counts, topk", [
-    ("disc", 1, [1, 4, 1, 2], 10),  # CRW/DUL early in a video: frame 0 once unrestricted, then repeated
-    ("square", 0, [3, 1, 2], 5),  # STT: frame 0 twice and more
-    ("disc", 2, [2, 3, 1], 32),  # repeated unrestricted frames, top-k above the candidate count
-    ("disc", 0, [5], 4),  # one frame standing for the whole context
-])
+@pytest.mark.parametrize(
+    "window, unrestricted, counts, topk",
+    [
+        ("disc", 1, [1, 4, 1, 2], 10),  # CRW/DUL early in a video: frame 0 once unrestricted, then repeated
+        ("square", 0, [3, 1, 2], 5),  # STT: frame 0 twice and more
+        ("disc", 2, [2, 3, 1], 32),  # repeated unrestricted frames, top-k above the candidate count
+        ("disc", 0, [5], 4),  # one frame standing for the whole context
+    ],
+)
 @pytest.mark.parametrize("exact", [True, False])
 def test_counts_equal_repeated_frames(window, unrestricted, counts, topk, exact):
     """Scoring each distinct frame once and repeating its candidates gives exactly what the repeated
@@ -152,12 +166,18 @@ def test_counts_equal_repeated_frames(window, unrestricted, counts, topk, exact)
     reps = torch.tensor(counts)
     kw = dict(radius=3, topk=topk, temperature=0.25, window=window)
     expanded_unres = sum(counts[:unrestricted])
-    ref = knn_propagate_reference(q, k.repeat_interleave(reps, 0), v.repeat_interleave(reps, 0),
-                                  unrestricted=expanded_unres, **kw)
+    ref = knn_propagate_reference(
+        q, k.repeat_interleave(reps, 0), v.repeat_interleave(reps, 0), unrestricted=expanded_unres, **kw
+    )
     got = knn_propagate_windowed(q, k, v, unrestricted=unrestricted, counts=counts, tile=4, frame_chunk=2, **kw)
     assert_close_verbose(got, ref, atol=1e-6, rtol=1e-6, name="windowed counts")
-    assert_close_verbose(knn_propagate(q, k, v, unrestricted=unrestricted, counts=counts, **kw), ref,
-                         atol=1e-6, rtol=1e-6, name="public counts")
+    assert_close_verbose(
+        knn_propagate(q, k, v, unrestricted=unrestricted, counts=counts, **kw),
+        ref,
+        atol=1e-6,
+        rtol=1e-6,
+        name="public counts",
+    )
 
 
 @pytest.mark.interpreter
@@ -184,8 +204,9 @@ def test_non_contiguous_inputs_cpu():
     vn = torch.cat([v, v], dim=1)[:, ::2]
     assert not (qn.is_contiguous() or kn.is_contiguous() or vn.is_contiguous())
     kw = dict(radius=2, topk=5, temperature=0.1, window="square", unrestricted=1)
-    assert_close_verbose(knn_propagate(qn, kn, vn, **kw), knn_propagate_reference(q, k, vn.contiguous(), **kw),
-                         atol=1e-5, rtol=1e-5)
+    assert_close_verbose(
+        knn_propagate(qn, kn, vn, **kw), knn_propagate_reference(q, k, vn.contiguous(), **kw), atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize(
@@ -238,7 +259,9 @@ def test_torch_compile_fullgraph_cpu():
         return knn_propagate(q * 1.0, k, v, radius=2, topk=4, temperature=0.1, window="disc", unrestricted=1) + 0.0
 
     out = torch.compile(f, fullgraph=True, backend="eager")(q, k, v)
-    torch.testing.assert_close(out, knn_propagate_reference(q, k, v, radius=2, topk=4, temperature=0.1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        out, knn_propagate_reference(q, k, v, radius=2, topk=4, temperature=0.1), atol=1e-5, rtol=1e-5
+    )
 
 
 # ---------------------------------------------------------------- Triton kernel (interpreter on CPU)

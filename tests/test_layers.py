@@ -24,8 +24,18 @@ ROOT = Path(__file__).resolve().parents[1]
 #: (folder, its package name, forbidden module prefixes)
 RULES = [
     ("kernels", "tritoncorr.kernels", ("tritoncorr.methods", "tritoncorr.engine", "tritoncorr.data")),
-    ("evals", "tritoncorr.evals", ("tritoncorr.evaluate", "tritoncorr.video", "tritoncorr.cli", "tritoncorr.propagation",
-                                   "tritoncorr.methods", "tritoncorr.engine")),
+    (
+        "evals",
+        "tritoncorr.evals",
+        (
+            "tritoncorr.evaluate",
+            "tritoncorr.video",
+            "tritoncorr.cli",
+            "tritoncorr.propagation",
+            "tritoncorr.methods",
+            "tritoncorr.engine",
+        ),
+    ),
     ("tritoncorr/models", "tritoncorr.models", ("tritoncorr.methods",)),
     ("tritoncorr/engine", "tritoncorr.engine", ("tritoncorr.methods",)),
 ]
@@ -66,9 +76,17 @@ def violations(folder: str, package: str, forbidden: tuple[str, ...]) -> list[st
     return [f"{file}:{line} imports {module}" for (file, line), module in sorted(first.items())]
 
 
-@pytest.mark.parametrize("folder, package, forbidden", [
-    pytest.param(*rule, id=rule[0], marks=[pytest.mark.xfail(strict=True, reason=PENDING[rule[0]])]
-                 if rule[0] in PENDING else []) for rule in RULES])
+@pytest.mark.parametrize(
+    "folder, package, forbidden",
+    [
+        pytest.param(
+            *rule,
+            id=rule[0],
+            marks=[pytest.mark.xfail(strict=True, reason=PENDING[rule[0]])] if rule[0] in PENDING else [],
+        )
+        for rule in RULES
+    ],
+)
 def test_layer_imports(folder, package, forbidden):
     found = violations(folder, package, forbidden)
     assert not found, f"{folder}/ must not import {', '.join(forbidden)}:\n" + "\n".join(found)
@@ -86,13 +104,19 @@ def test_only_the_cli_layer_imports_typer():
     """The command line is one layer (``tritoncorr/cli/``): library modules report bad input with exceptions,
     and only the CLI turns them into ``error: ...`` and an exit status."""
     found = []
-    for folder, package in (("tritoncorr", "tritoncorr"), ("kernels", "tritoncorr.kernels"),
-                            ("evals", "tritoncorr.evals")):
+    for folder, package in (
+        ("tritoncorr", "tritoncorr"),
+        ("kernels", "tritoncorr.kernels"),
+        ("evals", "tritoncorr.evals"),
+    ):
         for path in sorted((ROOT / folder).rglob("*.py")):
             rel = path.relative_to(ROOT / folder)
             if folder == "tritoncorr" and rel.parts[0] == "cli":
                 continue
             own = ".".join([package, *rel.parent.parts])
-            found += [f"{path.relative_to(ROOT)}:{line} imports {m}" for line, m in imported_modules(path, own)
-                      if m == "typer" or m.startswith("typer.")]
+            found += [
+                f"{path.relative_to(ROOT)}:{line} imports {m}"
+                for line, m in imported_modules(path, own)
+                if m == "typer" or m.startswith("typer.")
+            ]
     assert not found, "only tritoncorr/cli/ may import typer:\n" + "\n".join(found)

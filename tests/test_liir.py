@@ -51,7 +51,7 @@ def _make_gaussian(n_rows: int, n_cols: int, P: int, cx: torch.Tensor, cy: torch
     """The unofficial ``make_gaussian`` (sigma = FWHM = 1): (n_rows, n_cols, P, P), index [.., y, x]."""
     x = torch.arange(P, dtype=torch.float64).repeat(n_cols, 1).repeat(n_rows, 1, 1)
     y = torch.arange(P, dtype=torch.float64).repeat(n_cols, 1).repeat(n_rows, 1, 1)
-    return torch.exp(-4 * math.log(2.0) * ((x - cx).unsqueeze(2) ** 2 + (y - cy).unsqueeze(3) ** 2) / 1.0 ** 2)
+    return torch.exp(-4 * math.log(2.0) * ((x - cx).unsqueeze(2) ** 2 + (y - cy).unsqueeze(3) ** 2) / 1.0**2)
 
 
 def _compact_reference(corr_pixel: torch.Tensor, P: int, m: int = 2, thr: float = 0.5) -> torch.Tensor:
@@ -154,16 +154,21 @@ def _check_against_reference(model, frames, video, seed=3):
     params = [p for p in model.parameters() if p.requires_grad]
     for k in terms:
         torch.testing.assert_close(terms[k], ref[k], rtol=1e-9, atol=1e-12, msg=f"term {k}")
-        for (name, _), a, r in zip([(n, p) for n, p in model.named_parameters() if p.requires_grad],
-                                   _grads(terms[k], params), _grads(ref[k], params)):
+        for (name, _), a, r in zip(
+            [(n, p) for n, p in model.named_parameters() if p.requires_grad],
+            _grads(terms[k], params),
+            _grads(ref[k], params),
+        ):
             torch.testing.assert_close(a, r, rtol=1e-7, atol=1e-10, msg=f"grad of {k} w.r.t. {name}")
     return terms
 
 
 def _fill_bank(model, n_frames, video_ids, gen):
     item = model.bank.item_shape
-    model.bank.enqueue(torch.randn(n_frames, *item, generator=gen, dtype=torch.float64) * 0.3,
-                       torch.as_tensor(video_ids, dtype=torch.int64))
+    model.bank.enqueue(
+        torch.randn(n_frames, *item, generator=gen, dtype=torch.float64) * 0.3,
+        torch.as_tensor(video_ids, dtype=torch.int64),
+    )
     assert model.bank.full
 
 
@@ -173,8 +178,9 @@ def _fill_bank(model, n_frames, video_ids, gen):
 def test_intra_video_terms_match_transcription(torch_backend):
     """rec (window softmax, zero border, decimated values, x20 Huber at full res) + compact M=2, S1 position code."""
     torch.manual_seed(0)
-    model = LIIRConfig(radius=2, feature_dim=8, inter="none", position="feature", position_grid=6,
-                       compact_m=2, compact_threshold=0.05).build()
+    model = LIIRConfig(
+        radius=2, feature_dim=8, inter="none", position="feature", position_grid=6, compact_m=2, compact_threshold=0.05
+    ).build()
     with torch.no_grad():
         model.pos_embed.normal_(0, 0.3)  # zero-init would hide the position term
     terms = _check_against_reference(model, _clips(), torch.tensor([0, 1]))
@@ -186,9 +192,22 @@ def test_points_bank_fused_equals_concatenated_softmax(torch_backend, shift):
     """The fused bank path (window LSE + anchor_lse, value 0) equals ONE softmax over concatenated
     [window logits, other-video bank logits], for rec and compact; position shifting on and off."""
     torch.manual_seed(1)
-    model = LIIRConfig(radius=2, feature_dim=8, inter="points", bank_frames=5, bank_points=3,
-                       position="feature", position_grid=8, position_shift=shift,
-                       compact_m=2, compact_threshold=0.05).build().double()
+    model = (
+        LIIRConfig(
+            radius=2,
+            feature_dim=8,
+            inter="points",
+            bank_frames=5,
+            bank_points=3,
+            position="feature",
+            position_grid=8,
+            position_shift=shift,
+            compact_m=2,
+            compact_threshold=0.05,
+        )
+        .build()
+        .double()
+    )
     with torch.no_grad():
         model.pos_embed.normal_(0, 0.3)
     g = torch.Generator().manual_seed(5)
@@ -196,8 +215,11 @@ def test_points_bank_fused_equals_concatenated_softmax(torch_backend, shift):
     video = torch.tensor([0, 7])  # each sample excludes its own video's rows
     terms = _check_against_reference(model, _clips(), video)
     # the bank took mass: the reconstruction differs from the intra-only one
-    model2 = LIIRConfig(radius=2, feature_dim=8, inter="none", position="feature", position_grid=8,
-                        compact_m=0).build().double()
+    model2 = (
+        LIIRConfig(radius=2, feature_dim=8, inter="none", position="feature", position_grid=8, compact_m=0)
+        .build()
+        .double()
+    )
     model2.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("bank.")})
     torch.manual_seed(3)
     assert not torch.allclose(model2({"frames": _clips()})["rec"], terms["rec"])
@@ -207,9 +229,25 @@ def test_unofficial_maps_bank_matches_code(torch_backend):
     """Profile U: stride-8 branch, momentum keys, 7x7 location-aligned negatives from banked maps
     (first min_len rows of other videos), ONE softmax with max subtraction, 0.5 x Huber."""
     torch.manual_seed(2)
-    model = LIIRConfig(radius=2, feature_dim=8, inter="maps", stride8=True, stride8_dim=6, bank_frames=6,
-                       bank_map_size=3, bank_chunk=2, position="ape", position_grid=16, zero_gamma=True,
-                       compact_m=2, compact_threshold=0.05).build().double()
+    model = (
+        LIIRConfig(
+            radius=2,
+            feature_dim=8,
+            inter="maps",
+            stride8=True,
+            stride8_dim=6,
+            bank_frames=6,
+            bank_map_size=3,
+            bank_chunk=2,
+            position="ape",
+            position_grid=16,
+            zero_gamma=True,
+            compact_m=2,
+            compact_threshold=0.05,
+        )
+        .build()
+        .double()
+    )
     with torch.no_grad():
         model.pos_embed.normal_(0, 0.3)
     g = torch.Generator().manual_seed(6)
@@ -224,8 +262,16 @@ def test_unofficial_maps_bank_matches_code(torch_backend):
 
 def test_unofficial_stage1_online_keys_match_code(torch_backend):
     torch.manual_seed(4)
-    model = LIIRConfig(radius=2, feature_dim=8, inter="none", stride8=True, stride8_keys="online", stride8_dim=6,
-                       position="none", compact_m=0).build()
+    model = LIIRConfig(
+        radius=2,
+        feature_dim=8,
+        inter="none",
+        stride8=True,
+        stride8_keys="online",
+        stride8_dim=6,
+        position="none",
+        compact_m=0,
+    ).build()
     assert model.head8_k is None
     _check_against_reference(model, _clips(), torch.tensor([0, 1]))
 
@@ -235,13 +281,17 @@ def test_maps_bank_lse_equals_explicit_and_chunking(torch_backend):
     q = torch.randn(2, 5, 4, 6, generator=g, dtype=torch.float64, requires_grad=True)
     bank = torch.randn(7, 5, 4, 6, generator=g, dtype=torch.float64)
     index = torch.tensor([[0, 2, 5], [6, 1, 3]])
-    ref = torch.stack([torch.logsumexp(torch.cat([_corr(q[b : b + 1], bank[k : k + 1], 3)[0] for k in index[b]]), 0)
-                       for b in range(2)]).view(2, 4, 6)
+    ref = torch.stack(
+        [
+            torch.logsumexp(torch.cat([_corr(q[b : b + 1], bank[k : k + 1], 3)[0] for k in index[b]]), 0)
+            for b in range(2)
+        ]
+    ).view(2, 4, 6)
     for chunk in (1, 2, 64):
         out = maps_bank_lse(q, bank, index, 3, 1.0, chunk)
         torch.testing.assert_close(out, ref)
-        ga, = torch.autograd.grad(out.sin().sum(), q)
-        gr, = torch.autograd.grad(ref.sin().sum(), q, retain_graph=True)
+        (ga,) = torch.autograd.grad(out.sin().sum(), q)
+        (gr,) = torch.autograd.grad(ref.sin().sum(), q, retain_graph=True)
         torch.testing.assert_close(ga, gr)
 
 
@@ -279,8 +329,11 @@ def test_compactness_template_matches_code_for_m1_m2_m3():
         corr_compact = a.permute(0, 2, 1)
         value, axis = torch.topk(corr_compact, m, dim=-1, sorted=False)
         weight = torch.softmax(value, dim=-1)
-        heat = sum(_make_gaussian(b, hw, P, axis[:, :, i : i + 1] % P, axis[:, :, i : i + 1] // P).flatten(2)
-                   * weight[:, :, i : i + 1] for i in range(m))
+        heat = sum(
+            _make_gaussian(b, hw, P, axis[:, :, i : i + 1] % P, axis[:, :, i : i + 1] // P).flatten(2)
+            * weight[:, :, i : i + 1]
+            for i in range(m)
+        )
         torch.testing.assert_close(compactness_template(a, P, m), heat.permute(0, 2, 1))
         torch.testing.assert_close(compactness_template(a.permute(0, 2, 1), P, m, dim=2), heat)
     # centre value: weight; a neighbour at distance 1: 1/16 of it (FWHM 1 cell)
@@ -296,8 +349,8 @@ def test_compactness_template_matches_code_for_m1_m2_m3():
 
     loss = compactness_loss(p.view(b, P * P, 3, 3), 2, threshold=0.3)
     torch.testing.assert_close(loss, _compact_reference(p, P, 2, 0.3))
-    ga, = torch.autograd.grad(loss, p)
-    gr, = torch.autograd.grad(_compact_reference(p, P, 2, 0.3), p)
+    (ga,) = torch.autograd.grad(loss, p)
+    (gr,) = torch.autograd.grad(_compact_reference(p, P, 2, 0.3), p)
     torch.testing.assert_close(ga, gr)
 
 
@@ -306,8 +359,20 @@ def test_triton_kernels_match_torch_path(monkeypatch):
     """The whole forward (local attention, correlation, anchor_lse) on the Triton kernels (interpreter)
     equals the PyTorch path in float32."""
     torch.manual_seed(0)
-    model = LIIRConfig(radius=2, feature_dim=8, inter="points", bank_frames=3, bank_points=2, position_grid=4,
-                       compact_m=2, compact_threshold=0.05).build().train()
+    model = (
+        LIIRConfig(
+            radius=2,
+            feature_dim=8,
+            inter="points",
+            bank_frames=3,
+            bank_points=2,
+            position_grid=4,
+            compact_m=2,
+            compact_threshold=0.05,
+        )
+        .build()
+        .train()
+    )
     model.bank.enqueue(torch.randn(3, 2, 8) * 0.3, torch.tensor([5, 6, 7]))
     frames = _clips(2, 16, dtype=torch.float32)
     batch = {"frames": frames, "video": torch.tensor([5, 6])}
@@ -360,8 +425,11 @@ def test_model_bank_used_only_when_full_and_enqueues_references(torch_backend, m
     real = liir.points_bank_lse
     monkeypatch.setattr(liir, "points_bank_lse", lambda *a, **k: calls.append(1) or real(*a, **k))
     torch.manual_seed(0)
-    model = LIIRConfig(radius=2, feature_dim=8, inter="points", bank_frames=5, bank_points=3, position_grid=8,
-                       compact_m=0).build().train()
+    model = (
+        LIIRConfig(radius=2, feature_dim=8, inter="points", bank_frames=5, bank_points=3, position_grid=8, compact_m=0)
+        .build()
+        .train()
+    )
     sd = model.state_dict()
     assert {"bank.feats", "bank.video", "bank.ptr", "bank.filled"} <= set(sd)
     frames = _clips(2, 16, dtype=torch.float32)
@@ -434,8 +502,9 @@ def test_backbone_spec_and_features():
 
 def test_stage2_init_copies_head8_into_twin(tmp_path):
     stage1 = LIIRConfig(inter="none", stride8=True, stride8_keys="online", position="ape", position_grid=8).build()
-    stage2 = LIIRConfig(inter="maps", stride8=True, bank_frames=2, bank_map_size=4, position="ape",
-                        position_grid=8).build()
+    stage2 = LIIRConfig(
+        inter="maps", stride8=True, bank_frames=2, bank_map_size=4, position="ape", position_grid=8
+    ).build()
     res = stage2.load_state_dict(stage1.state_dict(), strict=False)
     assert torch.equal(stage2.head8_k.weight, stage1.head8.weight)
     assert not [k for k in res.missing_keys if k.startswith("head8_k.")]
@@ -451,7 +520,15 @@ def test_recipes_settings():
     cfg = load_recipe(f"{RECIPE}:default", validate=False)
     d, o, s, m = cfg.data, cfg.optim, cfg.schedule, cfg.method
     assert (d.source, d.crop_size, d.crop, d.hflip, d.color, d.clip_len, d.order, d.batch_size) == (
-        "frames", 256, "full", False, "lab", 2, "ordered", 12)
+        "frames",
+        256,
+        "full",
+        False,
+        "lab",
+        2,
+        "ordered",
+        12,
+    )
     assert "YouTube-VOS" in d.root
     assert (o.name, o.lr, tuple(o.betas), o.weight_decay) == ("adam", 1e-3, (0.9, 0.999), 0.0)
     # stage-1 milestones in samples: the lr drops once it * 12 > 400k, 600k, 800k, 1M
@@ -460,12 +537,26 @@ def test_recipes_settings():
     assert all(ms * 12 > c >= (ms - 1) * 12 for ms, c in zip(s.milestones, (400_000, 600_000, 800_000, 1_000_000)))
     assert cfg.steps == 174_000 and m.compact_m == 2 and m.inter == "none" and m.radius == 6 and m.temperature == 1.0
     st2 = load_recipe(f"{RECIPE}:stage2", validate=False)
-    assert st2.optim.lr == 1e-4 and st2.method.inter == "points" and (st2.method.bank_frames, st2.method.bank_points) == (1440, 4)
+    assert (
+        st2.optim.lr == 1e-4
+        and st2.method.inter == "points"
+        and (st2.method.bank_frames, st2.method.bank_points) == (1440, 4)
+    )
     assert st2.schedule.milestones == tuple(c // 12 + 1 for c in (55_000, 85_000, 135_000, 175_000, 250_000, 300_000))
     assert st2.schedule.factors == (0.9, 0.75, 0.5, 0.25, 0.125, 0.0625) and st2.steps == 29_000
-    assert [load_recipe(f"{RECIPE}:{n}", validate=False).method.compact_m for n in ("compact_m1", "compact_m3", "no_compact")] == [1, 3, 0]
+    assert [
+        load_recipe(f"{RECIPE}:{n}", validate=False).method.compact_m
+        for n in ("compact_m1", "compact_m3", "no_compact")
+    ] == [1, 3, 0]
     u = load_recipe(f"{RECIPE}:unofficial", validate=False).method
-    assert (u.position, u.inter, u.stride8, u.bank_frames, u.zero_gamma, u.momentum) == ("ape", "maps", True, 960, True, 0.999)
+    assert (u.position, u.inter, u.stride8, u.bank_frames, u.zero_gamma, u.momentum) == (
+        "ape",
+        "maps",
+        True,
+        960,
+        True,
+        0.999,
+    )
     cpu = load_recipe(f"{RECIPE}:cpu", ["data.root=/work/shared/data/videos"])
     assert cpu.data.source == "video" and cpu.device == "cpu" and cpu.data.crop_size // 4 == cpu.method.position_grid
     for name in ("default", "stage2", "unofficial", "cpu", "smoke"):
@@ -479,8 +570,21 @@ def test_default_recipe_without_data_is_a_one_line_error(tmp_path, monkeypatch):
     from tritoncorr.cli import app
 
     monkeypatch.setenv("TRITONCORR_DATA", str(tmp_path / "nowhere"))
-    r = CliRunner().invoke(app, ["train", f"{RECIPE}", "--steps", "1", "--out", str(tmp_path / "run"),
-                                 "--set", "data.num_workers=0", "--set", "data.pin_memory=false"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            f"{RECIPE}",
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "data.num_workers=0",
+            "--set",
+            "data.pin_memory=false",
+        ],
+    )
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output and "nowhere" in r.output
     assert "data.root" in r.output and ":cpu" in r.output
@@ -545,9 +649,15 @@ def test_resume_is_exact_including_the_bank(tmp_path):
     a = [(r["step"], r["loss"], r.get("rec"), r.get("compact"), r["lr"]) for r in full.rows]
     from tritoncorr.engine.curves import read_metrics
 
-    b = [(r["step"], r["loss"], r.get("rec"), r.get("compact"), r["lr"]) for r in read_metrics(tmp_path / "part" / "metrics.jsonl")]
+    b = [
+        (r["step"], r["loss"], r.get("rec"), r.get("compact"), r["lr"])
+        for r in read_metrics(tmp_path / "part" / "metrics.jsonl")
+    ]
     assert [x[0] for x in a] == list(range(1, 5)) and a == b
-    wa, wb = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "part" / "model.safetensors"))
+    wa, wb = (
+        load_file(str(tmp_path / "full" / "model.safetensors")),
+        load_file(str(tmp_path / "part" / "model.safetensors")),
+    )
     assert {"bank.feats", "bank.video", "bank.ptr", "bank.filled"} <= set(wa)
     assert int(wa["bank.filled"]) == 4  # the smoke bank (4 frames) filled and in use
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -13,10 +13,10 @@ import sys
 
 import pytest
 import torch
-
-from tests.kernel_harness import assert_close_verbose, fresh_generator, tolerance
 from tritoncorr.kernels import local_corr as lc
 from tritoncorr.kernels.local_corr import torch_path
+
+from tests.kernel_harness import assert_close_verbose, fresh_generator, tolerance
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -27,8 +27,11 @@ def _rand(gen, *shape, dtype=torch.float32, device="cpu"):
 
 def _inputs(B, C, D, H, W, *, dtype=torch.float32, device="cpu", seed=None):
     g = fresh_generator(seed)
-    return _rand(g, B, C, H, W, dtype=dtype, device=device), _rand(g, B, C, H, W, dtype=dtype, device=device), \
-        _rand(g, B, D, H, W, dtype=dtype, device=device)
+    return (
+        _rand(g, B, C, H, W, dtype=dtype, device=device),
+        _rand(g, B, C, H, W, dtype=dtype, device=device),
+        _rand(g, B, D, H, W, dtype=dtype, device=device),
+    )
 
 
 def _brute_correlation(q, k, r, dil):
@@ -77,15 +80,22 @@ def _dense_attention(q, k, v, r, scale, border):
 @pytest.mark.parametrize("r,dil", [(1, 1), (2, 2), (4, 1)])
 def test_correlation_reference_matches_sampler_definition(r, dil):
     q, k, _ = _inputs(2, 3, 1, 5, 4)
-    assert_close_verbose(lc.local_correlation_reference(q.double(), k.double(), r, dilation=dil),
-                         _brute_correlation(q, k, r, dil), atol=1e-10, rtol=1e-10, name="reference")
+    assert_close_verbose(
+        lc.local_correlation_reference(q.double(), k.double(), r, dilation=dil),
+        _brute_correlation(q, k, r, dil),
+        atol=1e-10,
+        rtol=1e-10,
+        name="reference",
+    )
 
 
 @pytest.mark.parametrize("border", ["truncate", "zero"])
 @pytest.mark.parametrize("r", [1, 3, 7])
 def test_attention_reference_matches_dense_masked_softmax(border, r):
     q, k, v = _inputs(2, 4, 3, 6, 5)
-    out, lse = lc.local_attention_reference(q.double(), k.double(), v.double(), r, scale=0.6, border=border, return_lse=True)
+    out, lse = lc.local_attention_reference(
+        q.double(), k.double(), v.double(), r, scale=0.6, border=border, return_lse=True
+    )
     dout, dlse = _dense_attention(q, k, v, r, 0.6, border)
     assert_close_verbose(out, dout, atol=1e-10, rtol=1e-10, name="out")
     assert_close_verbose(lse, dlse, atol=1e-10, rtol=1e-10, name="lse")
@@ -113,7 +123,10 @@ def test_reference_gradcheck_fp64():
     assert torch.autograd.gradcheck(lambda a, b: lc.local_correlation_reference(a, b, 1, dilation=2), (q, k))
     for border in ("truncate", "zero"):
         assert torch.autograd.gradcheck(
-            lambda a, b, c: lc.local_attention_reference(a, b, c, 2, scale=0.7, border=border, return_lse=True), (q, k, v)
+            lambda a, b, c, border=border: lc.local_attention_reference(
+                a, b, c, 2, scale=0.7, border=border, return_lse=True
+            ),
+            (q, k, v),
         )
 
 
@@ -125,8 +138,13 @@ def test_reference_gradcheck_fp64():
 @pytest.mark.parametrize("B,C,D,H,W,r,dil", [(2, 5, 3, 7, 9, 2, 1), (1, 3, 2, 4, 3, 5, 2), (1, 1, 1, 1, 1, 1, 1)])
 def test_torch_path_matches_reference(torch_backend, B, C, D, H, W, r, dil):
     q, k, v = (t.double() for t in _inputs(B, C, D, H, W))
-    assert_close_verbose(lc.local_correlation(q, k, r, dilation=dil), lc.local_correlation_reference(q, k, r, dilation=dil),
-                         atol=1e-10, rtol=1e-10, name="corr")
+    assert_close_verbose(
+        lc.local_correlation(q, k, r, dilation=dil),
+        lc.local_correlation_reference(q, k, r, dilation=dil),
+        atol=1e-10,
+        rtol=1e-10,
+        name="corr",
+    )
     for border in ("truncate", "zero"):
         out, lse = lc.local_attention(q, k, v, r, scale=0.5, border=border, return_lse=True)
         rout, rlse = lc.local_attention_reference(q, k, v, r, scale=0.5, border=border, return_lse=True)
@@ -135,8 +153,10 @@ def test_torch_path_matches_reference(torch_backend, B, C, D, H, W, r, dil):
 
 
 @pytest.mark.parametrize("chunk", [None, 1, 2, 3], ids=["budget", "1-tile", "2-tiles", "3-tiles"])
-@pytest.mark.parametrize("B,C,D,H,W,r", [(2, 5, 3, 19, 13, 3), (1, 4, 2, 17, 35, 9), (1, 3, 1, 8, 8, 6), (2, 2, 1, 1, 9, 1),
-                                         (1, 3, 2, 9, 41, 2)])
+@pytest.mark.parametrize(
+    "B,C,D,H,W,r",
+    [(2, 5, 3, 19, 13, 3), (1, 4, 2, 17, 35, 9), (1, 3, 1, 8, 8, 6), (2, 2, 1, 1, 9, 1), (1, 3, 2, 9, 41, 2)],
+)
 def test_torch_path_tiles_forward_and_backward(torch_backend, monkeypatch, chunk, B, C, D, H, W, r):
     """The tiled CPU path (8x8 tiles) across several tiles, partial tiles
     and both borders, with the budget's chunks (whole rows here) and chunks of 1, 2 and 3 tiles (rows
@@ -166,7 +186,9 @@ def test_attention_chunk_budget():
             n = torch_path.attn_chunk_tiles(T, R, C, D, nbx, 4, backward)
             one = torch_path.attn_chunk_tiles(T, R, C, D, 1, 4, backward)
             assert 1 <= n <= nbx and one == 1
-            per_tile = torch_path.ATTN_CHUNK_BYTES // max(1, torch_path.attn_chunk_tiles(T, R, C, D, 10**6, 4, backward))
+            per_tile = torch_path.ATTN_CHUNK_BYTES // max(
+                1, torch_path.attn_chunk_tiles(T, R, C, D, 10**6, 4, backward)
+            )
             assert n == nbx or (n + 1) * per_tile > torch_path.ATTN_CHUNK_BYTES
 
 
@@ -175,7 +197,8 @@ def test_torch_path_gradcheck_fp64(torch_backend):
     assert torch.autograd.gradcheck(lambda a, b: lc.local_correlation(a, b, 2, dilation=2), (q, k))
     for border in ("truncate", "zero"):
         assert torch.autograd.gradcheck(
-            lambda a, b, c: lc.local_attention(a, b, c, 2, scale=0.8, border=border, return_lse=True), (q, k, v)
+            lambda a, b, c, border=border: lc.local_attention(a, b, c, 2, scale=0.8, border=border, return_lse=True),
+            (q, k, v),
         )
 
 
@@ -185,7 +208,9 @@ def test_torch_path_low_precision(torch_backend):
         atol, rtol = tolerance(dtype)
         out = lc.local_attention(q, k, v, 2, scale=0.35)
         assert out.dtype == dtype
-        assert_close_verbose(out, lc.local_attention_reference(q, k, v, 2, scale=0.35), atol=atol, rtol=rtol, name=str(dtype))
+        assert_close_verbose(
+            out, lc.local_attention_reference(q, k, v, 2, scale=0.35), atol=atol, rtol=rtol, name=str(dtype)
+        )
         corr = lc.local_correlation(q, k, 2)
         ref = lc.local_correlation_reference(q, k, 2)
         assert_close_verbose(corr, ref, atol=atol * 8, rtol=rtol, name=f"corr {dtype}")  # |values| ~ sqrt(C)
@@ -199,9 +224,13 @@ def test_opcheck_cpu_ops():
     for border in ("truncate", "zero"):
         torch.library.opcheck(ops.local_attention_cpu.default, (q, k, v, 1, 0.5, border))
     out, lse = ops.local_attention_cpu(q.detach(), k.detach(), v.detach(), 1, 0.5, "zero")
-    torch.library.opcheck(ops.local_attention_cpu_bwd.default,
-                          (q.detach(), k.detach(), v.detach(), out, lse, torch.randn_like(out), torch.randn_like(lse), 1, 0.5, "zero"))
-    torch.library.opcheck(ops.local_correlation_cpu_bwd.default, (torch.randn(1, 25, 4, 5), q.detach(), k.detach(), 2, 1))
+    torch.library.opcheck(
+        ops.local_attention_cpu_bwd.default,
+        (q.detach(), k.detach(), v.detach(), out, lse, torch.randn_like(out), torch.randn_like(lse), 1, 0.5, "zero"),
+    )
+    torch.library.opcheck(
+        ops.local_correlation_cpu_bwd.default, (torch.randn(1, 25, 4, 5), q.detach(), k.detach(), 2, 1)
+    )
 
 
 def test_torch_compile_fullgraph_cpu():
@@ -407,8 +436,9 @@ def _aot(names: list[str]):
     import json
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # real compilation, not the interpreter
-    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, json.dumps(names)], capture_output=True, text=True,
-                          env=env, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", _AOT_SCRIPT, json.dumps(names)], capture_output=True, text=True, env=env, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -416,7 +446,9 @@ def _aot(names: list[str]):
 def _assert_no_spills(records):
     assert records
     bad = [r for r in records if r["error"] or r["spills"] != 0 or r["registers"] <= 0]
-    assert not bad, "\n".join(f"{r['kernel']} {r['arch']}: regs={r['registers']} spills={r['spills']} {r['error']}" for r in bad)
+    assert not bad, "\n".join(
+        f"{r['kernel']} {r['arch']}: regs={r['registers']} spills={r['spills']} {r['error']}" for r in bad
+    )
 
 
 def _assert_tensor_cores(records):
@@ -434,8 +466,13 @@ def test_aot_specs_cover_every_kernel():
     from tritoncorr.kernels.local_corr import triton_kernels as tk
 
     specs = family_specs("local_corr")
-    assert {s.fn for s in specs} == {tk._corr_fwd_kernel, tk._corr_bwd_kernel, tk._attn_fwd_kernel,
-                                     tk._attn_bwd_dq_kernel, tk._attn_bwd_dkdv_kernel}
+    assert {s.fn for s in specs} == {
+        tk._corr_fwd_kernel,
+        tk._corr_bwd_kernel,
+        tk._attn_fwd_kernel,
+        tk._attn_bwd_dq_kernel,
+        tk._attn_bwd_dkdv_kernel,
+    }
     names = [s.name for s in specs]
     assert len(names) == len(set(names))
 
@@ -444,8 +481,13 @@ def test_aot_specs_cover_every_kernel():
 def test_aot_representative_configs():
     """The register-heaviest configurations (attention backward at D 3 and D 64, both dtypes),
     sm_80 and sm_90: 0 spills and tensor-core instructions. Every spec is compiled by the slow test below."""
-    names = ["attn_bwd_dkdv_zero_bf16_c64_d3", "attn_bwd_dq_trunc_fp32_c64_d3", "attn_bwd_dkdv_trunc_bf16_c64_d64",
-             "attn_fwd_trunc_bf16_c64_d3", "corr_bwd_dk_bf16_c64"]
+    names = [
+        "attn_bwd_dkdv_zero_bf16_c64_d3",
+        "attn_bwd_dq_trunc_fp32_c64_d3",
+        "attn_bwd_dkdv_trunc_bf16_c64_d64",
+        "attn_fwd_trunc_bf16_c64_d3",
+        "corr_bwd_dk_bf16_c64",
+    ]
     records = _aot(names)
     assert {r["kernel"] for r in records} == set(names)
     _assert_no_spills(records)
@@ -462,7 +504,9 @@ def test_aot_all_configs():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("C,D,H,W,r,border", [(64, 3, 33, 31, 6, "zero"), (160, 1, 21, 19, 12, "truncate"), (8, 2, 5, 3, 4, "zero")])
+@pytest.mark.parametrize(
+    "C,D,H,W,r,border", [(64, 3, 33, 31, 6, "zero"), (160, 1, 21, 19, 12, "truncate"), (8, 2, 5, 3, 4, "zero")]
+)
 def test_gpu_matches_reference(dtype, C, D, H, W, r, border):
     q, k, v = _inputs(2, C, D, H, W, dtype=dtype, device="cuda")
     scale = 1 / math.sqrt(C)
@@ -518,5 +562,9 @@ def test_unfold_attention_matches_reference():
 
     q, k, v = _inputs(2, 4, 3, 6, 7)
     for border in ("truncate", "zero"):
-        assert_close_verbose(unfold_attention(q, k, v, 2, 0.5, border),
-                             lc.local_attention_reference(q, k, v, 2, scale=0.5, border=border), atol=1e-5, rtol=1e-5)
+        assert_close_verbose(
+            unfold_attention(q, k, v, 2, 0.5, border),
+            lc.local_attention_reference(q, k, v, 2, scale=0.5, border=border),
+            atol=1e-5,
+            rtol=1e-5,
+        )

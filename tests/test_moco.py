@@ -35,8 +35,10 @@ def _tiny(**kw) -> MoCo:
 
 def _views(b: int, s: int = 32, seed: int = 0, dtype=torch.float32) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {"view1": torch.randn(b, 3, s, s, generator=g, dtype=dtype),
-            "view2": torch.randn(b, 3, s, s, generator=g, dtype=dtype)}
+    return {
+        "view1": torch.randn(b, 3, s, s, generator=g, dtype=dtype),
+        "view2": torch.randn(b, 3, s, s, generator=g, dtype=dtype),
+    }
 
 
 # ------------------------------------------------------------------------------------ the loss
@@ -194,7 +196,7 @@ def test_split_batchnorm_equals_batchnorm_per_group():
         p.load_state_dict(split.state_dict())
     y = split(x)
     xs = x.detach().clone().requires_grad_(True)
-    y_ref = torch.cat([p(xs[2 * i:2 * i + 2]) for i, p in enumerate(plain)])
+    y_ref = torch.cat([p(xs[2 * i : 2 * i + 2]) for i, p in enumerate(plain)])
     torch.testing.assert_close(y, y_ref)
     w = torch.randn_like(y)
     (y * w).sum().backward()
@@ -208,8 +210,9 @@ def test_split_batchnorm_equals_batchnorm_per_group():
     with pytest.raises(ValueError, match="multiple of bn_group"):
         split(torch.randn(5, 4, 3, 3, dtype=torch.float64))
     split.eval()
-    torch.testing.assert_close(split(x), F.batch_norm(x, split.running_mean, split.running_var, split.weight,
-                                                      split.bias, False))
+    torch.testing.assert_close(
+        split(x), F.batch_norm(x, split.running_mean, split.running_var, split.weight, split.bias, False)
+    )
 
 
 def test_split_bn_keeps_the_torchvision_layout():
@@ -259,8 +262,17 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         m(batch)
         with torch.no_grad():  # this rank's batch alone through the (updated) key encoder, per-rank BN
             local = m._encode(m.key_backbone, m.key_head, batch["view2"])
-        torch.save({"k_eval": k_eval, "direct": direct, "k": captured["k"], "local": local, "queue": m.queue,
-                    "ptr": m.queue_ptr}, f"{out_dir}/r{rank}.pt")
+        torch.save(
+            {
+                "k_eval": k_eval,
+                "direct": direct,
+                "k": captured["k"],
+                "local": local,
+                "queue": m.queue,
+                "ptr": m.queue_ptr,
+            },
+            f"{out_dir}/r{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -345,8 +357,9 @@ def test_moco_views_shapes_ranges_and_seeding():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], a[1]) and not torch.equal(a[0], c[0])
     # with every random operation off but the crop, a full-scale crop of a square image is the resize
-    plain = ImageDataConfig(crop_size=32, scale=(1.0, 1.0), ratio=(1.0, 1.0), jitter_p=0, gray_p=0, blur_p=0,
-                            hflip=False)
+    plain = ImageDataConfig(
+        crop_size=32, scale=(1.0, 1.0), ratio=(1.0, 1.0), jitter_p=0, gray_p=0, blur_p=0, hflip=False
+    )
     sq = torch.from_numpy(img[:32, :32]).permute(2, 0, 1).contiguous()
     v = I.moco_view(sq, plain, torch.Generator().manual_seed(0))
     torch.testing.assert_close(imagenet_denormalize(v), sq.float() / 255, rtol=0, atol=1e-6)
@@ -374,7 +387,7 @@ def _write_images(root: Path, n: int, size=(40, 52)) -> list[Path]:
 
 def _collect(loader, n=None):
     out = []
-    for i, b in enumerate(loader):
+    for b in loader:
         out.append(b)
         if n is not None and len(out) == n:
             break
@@ -383,7 +396,8 @@ def _collect(loader, n=None):
 
 def _same(a: list[dict], b: list[dict]) -> bool:
     return len(a) == len(b) and all(
-        all(torch.equal(x[key], y[key]) for key in ("index", "view1", "view2")) for x, y in zip(a, b))
+        all(torch.equal(x[key], y[key]) for key in ("index", "view1", "view2")) for x, y in zip(a, b)
+    )
 
 
 def test_folder_source_and_exact_mid_epoch_resume(tmp_path):
@@ -445,8 +459,9 @@ def test_unreadable_image_is_named(tmp_path):
     _write_images(tmp_path / "imgs", 4)
     bad = tmp_path / "imgs" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 this is not a jpeg")
-    cfg = ImageDataConfig(source="folder", root=str(tmp_path / "imgs"), batch_size=5, num_workers=0, crop_size=16,
-                          on_error="raise")
+    cfg = ImageDataConfig(
+        source="folder", root=str(tmp_path / "imgs"), batch_size=5, num_workers=0, crop_size=16, on_error="raise"
+    )
     with pytest.raises(OSError, match=r"cannot read image .*broken\.jpg"):
         _collect(cfg.build_loader(seed=0))
     cfg.on_error = "skip"
@@ -489,8 +504,9 @@ def test_video_frame_source_and_cache(tmp_path):
         a = src.read(i)
         assert a.shape == (48, 64, 3) and np.array_equal(a, cached.read(i))
         assert small.read(i).shape == (24, 32, 3)
-    cfg = ImageDataConfig(source="video", root=str(tmp_path / "v"), frame_step=3, batch_size=2, num_workers=0,
-                          crop_size=16)
+    cfg = ImageDataConfig(
+        source="video", root=str(tmp_path / "v"), frame_step=3, batch_size=2, num_workers=0, crop_size=16
+    )
     assert len(_collect(cfg.build_loader(seed=0))) == 3
 
 
@@ -573,8 +589,15 @@ def test_loss_falls_on_a_fixed_batch_with_a_fixed_queue():
 
 
 def test_config_validation():
-    for bad in (dict(depth=101), dict(momentum=1.0), dict(temperature=0.0), dict(queue_size=0),
-                dict(feature_stage="layer5"), dict(feature_pool="mean"), dict(bn_group=-1)):
+    for bad in (
+        dict(depth=101),
+        dict(momentum=1.0),
+        dict(temperature=0.0),
+        dict(queue_size=0),
+        dict(feature_stage="layer5"),
+        dict(feature_pool="mean"),
+        dict(bn_group=-1),
+    ):
         with pytest.raises(ValueError):
             MoCoConfig(**bad)
 

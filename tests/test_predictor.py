@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 from test_propagate_video import colour_features
+from tritoncorr.evals.davis import read_index_png, write_palette_png
 from typer.testing import CliRunner
 
 from tritoncorr import VideoPredictor
-from tritoncorr.evals.davis import read_index_png, write_palette_png
 from tritoncorr.methods.inference import FeatureModel
 from tritoncorr.propagation import PRESETS
 from tritoncorr.video import open_frames, propagate_video, synthetic_video_frame, write_synthetic_video
@@ -54,8 +54,9 @@ def _frames(tmp_path: Path, n: int, size=SIZE) -> np.ndarray:
 def test_two_objects_equal_the_propagate_command_path(tmp_path):
     folder = write_synthetic_video(tmp_path / "clip.mp4", 10, SIZE)
     first = _truth(0)
-    res = propagate_video(open_frames(folder), {0: first}, colour_features, PRESETS["crw"], tmp_path / "cli",
-                          short_side=0, overlay=False)
+    res = propagate_video(
+        open_frames(folder), {0: first}, colour_features, PRESETS["crw"], tmp_path / "cli", short_side=0, overlay=False
+    )
     pred = _colour_predictor()
     state = pred.init_state(folder)
     assert (state.video_height, state.video_width, state.num_frames) == (*SIZE, 10)
@@ -177,8 +178,21 @@ def test_propagate_without_checkpoint_uses_the_embedded_model(tmp_path):
 
     video = write_synthetic_video(tmp_path / "clip.mp4", 3, SIZE)
     write_palette_png(tmp_path / "first.png", _truth(0))
-    res = CliRunner().invoke(app, ["propagate", str(video), "--mask", str(tmp_path / "first.png"), "--out",
-                                   str(tmp_path / "o"), "--device", "cpu", "--no-overlay"], env={"COLUMNS": "300"})
+    res = CliRunner().invoke(
+        app,
+        [
+            "propagate",
+            str(video),
+            "--mask",
+            str(tmp_path / "first.png"),
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+            "--no-overlay",
+        ],
+        env={"COLUMNS": "300"},
+    )
     assert res.exit_code == 0, res.output
     assert "preset 'stt' (from the checkpoint tritoncorr-stt-r18-cpu)" in res.output and "RANDOM" not in res.output
     assert len(list((tmp_path / "o" / "masks").glob("*.png"))) == 3
@@ -195,8 +209,11 @@ def _car_shadow(shared_data: Path, tmp_path: Path, n: int) -> tuple[Path, np.nda
     frames.mkdir()
     for p in sorted(src.glob("*.jpg"))[:n]:
         (frames / p.name).symlink_to(p)
-    first = np.array(__import__("PIL.Image", fromlist=["Image"]).open(
-        shared_data / "davis-mini" / "Annotations" / "480p" / "car-shadow" / "00000.png"))
+    first = np.array(
+        __import__("PIL.Image", fromlist=["Image"]).open(
+            shared_data / "davis-mini" / "Annotations" / "480p" / "car-shadow" / "00000.png"
+        )
+    )
     return frames, first
 
 
@@ -209,15 +226,30 @@ def test_equal_masks_to_the_propagate_command_on_a_real_clip(shared_data, tmp_pa
     torch.manual_seed(5)
     ckpt = save_backbone_weights(dul_backbone(), tmp_path / "backbone.safetensors")
     write_palette_png(tmp_path / "first.png", first)
-    res = CliRunner().invoke(app, ["propagate", str(frames), "--mask", str(tmp_path / "first.png"), "--checkpoint",
-                                   str(ckpt), "--short-side", "120", "--out", str(tmp_path / "cli"), "--no-overlay",
-                                   "--device", "cpu"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "propagate",
+            str(frames),
+            "--mask",
+            str(tmp_path / "first.png"),
+            "--checkpoint",
+            str(ckpt),
+            "--short-side",
+            "120",
+            "--out",
+            str(tmp_path / "cli"),
+            "--no-overlay",
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     pred = VideoPredictor.from_pretrained(str(ckpt), short_side=120, device="cpu")
     state = pred.init_state(frames)
     pred.add_new_mask(state, 0, 1, first == 1)
     n = 0
-    for t, ids, masks in pred.propagate_in_video(state):
+    for t, _ids, masks in pred.propagate_in_video(state):
         png = read_index_png(tmp_path / "cli" / "masks" / f"{t:05d}.png")
         assert (masks[0] == (png == 1)).all(), t
         n += 1
@@ -225,8 +257,21 @@ def test_equal_masks_to_the_propagate_command_on_a_real_clip(shared_data, tmp_pa
 
 
 def test_example_script_runs(shared_data, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["predict_davis_clip.py", "--root", str(shared_data / "davis-mini"),
-                                      "--short-side", "120", "--max-frames", "4", "--out", str(tmp_path / "out")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "predict_davis_clip.py",
+            "--root",
+            str(shared_data / "davis-mini"),
+            "--short-side",
+            "120",
+            "--max-frames",
+            "4",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     runpy.run_path(str(REPO / "examples" / "predict_davis_clip.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "frame   3 object 1: IoU" in out and "mean IoU over 3 object-frames" in out

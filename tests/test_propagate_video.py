@@ -68,6 +68,7 @@ def _whole_video_loop(feats, first, cfg, image_size):
     """The whole-video loop as it was before streaming: every frame's features and labels in memory,
     references gathered with index_select (repeated slots as repeated frames)."""
     from tritoncorr.kernels.knn_propagate import knn_propagate, window_propagate
+
     from tritoncorr.propagation import decode_labels, reference_indices
 
     out = torch.empty((feats.shape[0], *first.shape))
@@ -76,12 +77,26 @@ def _whole_video_loop(feats, first, cfg, image_size):
     for t in range(1, feats.shape[0]):
         sel = torch.tensor(reference_indices(t, cfg.references, cfg.context))
         if cfg.topk is None:
-            pred = window_propagate(feats[t], feats[sel], bank[sel], radius=cfg.radius, temperature=cfg.temperature,
-                                    compact=cfg.compact, compact_threshold=cfg.compact_threshold)
+            pred = window_propagate(
+                feats[t],
+                feats[sel],
+                bank[sel],
+                radius=cfg.radius,
+                temperature=cfg.temperature,
+                compact=cfg.compact,
+                compact_threshold=cfg.compact_threshold,
+            )
         else:
-            pred = knn_propagate(feats[t], feats[sel], bank[sel], radius=cfg.radius, topk=cfg.topk,
-                                 temperature=cfg.temperature, window=cfg.window,
-                                 unrestricted=1 if cfg.unrestricted_first else 0)
+            pred = knn_propagate(
+                feats[t],
+                feats[sel],
+                bank[sel],
+                radius=cfg.radius,
+                topk=cfg.topk,
+                temperature=cfg.temperature,
+                window=cfg.window,
+                unrestricted=1 if cfg.unrestricted_first else 0,
+            )
         out[t] = pred
         if cfg.feedback == "hard":
             ids = decode_labels(pred, image_size, align_corners=cfg.upsample_align_corners).argmax(0)
@@ -108,8 +123,9 @@ def test_streaming_equals_whole_video_propagation(preset):
         outs.append(prop.step(feats[t].clone()))
         most = max(most, len(prop.stored_frames))
     torch.testing.assert_close(torch.stack(outs), ref, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(propagate(feats, first, image_size=(h * s, w * s), **cfg.as_kwargs()), torch.stack(outs),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        propagate(feats, first, image_size=(h * s, w * s), **cfg.as_kwargs()), torch.stack(outs), rtol=0, atol=0
+    )
     # bounded memory: the anchor + the previous-frame window (crw/stt: 20, mast: 5 (+ frame 5))
     assert most <= (cfg.context + 1 if cfg.references != "mast" else 7)
     assert prop.stored_frames[0] == 0
@@ -265,8 +281,7 @@ def test_parse_mask_spec_and_working_size(tmp_path):
 def _run(tmp_path, masks, n=16, preset="crw", **kw):
     video = write_synthetic_video(tmp_path / "clip.mp4", n, SIZE)
     cfg = PRESETS[preset]
-    return propagate_video(open_frames(video), masks, colour_features, cfg, tmp_path / "out",
-                           short_side=0, **kw)
+    return propagate_video(open_frames(video), masks, colour_features, cfg, tmp_path / "out", short_side=0, **kw)
 
 
 def test_propagate_video_writes_masks_and_a_watchable_overlay(tmp_path):
@@ -319,8 +334,9 @@ def test_streamed_video_equals_the_evaluation_path(tmp_path, preset):
     frames = list(open_frames(folder).frames())
     cfg = PRESETS[preset]
     first = _true_ids(0, size)
-    res = propagate_video(open_frames(folder), {0: first}, colour_features, cfg, tmp_path / "o",
-                          color="lab", short_side=0, overlay=False)
+    res = propagate_video(
+        open_frames(folder), {0: first}, colour_features, cfg, tmp_path / "o", color="lab", short_side=0, overlay=False
+    )
     ids_at = propagate_sequence(colour_features, frames, 6, first, cfg, color="lab")
     for t in range(1, 6):
         assert (read_index_png(res.mask_dir / f"{t:05d}.png") == ids_at(t)).all(), t
@@ -330,16 +346,24 @@ def test_frame_folder_keeps_its_frame_names(tmp_path):
     folder = write_synthetic_video(tmp_path / "frames", 5, SIZE)
     for p in sorted(folder.glob("*.png")):
         p.rename(p.with_name(f"img_{int(p.stem) * 10}.png"))
-    res = propagate_video(open_frames(folder), {0: _true_ids(0)}, colour_features, PRESETS["dul"], tmp_path / "o",
-                          short_side=0, overlay=False)
+    res = propagate_video(
+        open_frames(folder),
+        {0: _true_ids(0)},
+        colour_features,
+        PRESETS["dul"],
+        tmp_path / "o",
+        short_side=0,
+        overlay=False,
+    )
     assert sorted(p.stem for p in res.mask_dir.glob("*.png")) == sorted(f"img_{t * 10}" for t in range(5))
 
 
 def test_short_side_runs_smaller_and_writes_full_size_masks(tmp_path):
     video = write_synthetic_video(tmp_path / "clip.mp4", 4, (96, 128))
     ids0 = _true_ids(0, (96, 128))
-    res = propagate_video(open_frames(video), {0: ids0}, colour_features, PRESETS["crw"], tmp_path / "o",
-                          short_side=48, overlay=False)
+    res = propagate_video(
+        open_frames(video), {0: ids0}, colour_features, PRESETS["crw"], tmp_path / "o", short_side=48, overlay=False
+    )
     assert res.work_size == (48, 64) and res.feature_grid == (12, 16)
     assert read_index_png(res.mask_dir / "00003.png").shape == (96, 128)
 
@@ -361,19 +385,51 @@ def test_cli_propagate(tmp_path):
     half = np.asarray(Image.fromarray(_true_ids(0)).resize((SIZE[1] // 2, SIZE[0] // 2), Image.NEAREST))
     write_palette_png(tmp_path / "half.png", half)
     runner = CliRunner()
-    res = runner.invoke(app, ["propagate", str(video), "--mask", str(tmp_path / "first.png"),
-                              "--mask", f"3:{tmp_path / 'later.png'}", "--mask", f"40:{tmp_path / 'later.png'}",
-                              "--out", str(tmp_path / "out"), "--device", "cpu", "--random-init"],
-                        env={"COLUMNS": "200"})
+    res = runner.invoke(
+        app,
+        [
+            "propagate",
+            str(video),
+            "--mask",
+            str(tmp_path / "first.png"),
+            "--mask",
+            f"3:{tmp_path / 'later.png'}",
+            "--mask",
+            f"40:{tmp_path / 'later.png'}",
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--random-init",
+        ],
+        env={"COLUMNS": "200"},
+    )
     assert res.exit_code == 0, res.output
     assert "RANDOM-INIT" in res.output and "frames/s" in res.output
     assert "preset 'dul' (the default for random weights)" in res.output and "from the checkpoint" not in res.output
     assert "frame 40 was not used" in res.output
     assert (tmp_path / "out" / "overlay.mp4").is_file() and len(list((tmp_path / "out" / "masks").glob("*.png"))) == 6
     # a mask at half the size is resized with a warning
-    res = runner.invoke(app, ["propagate", str(video), "--mask", str(tmp_path / "half.png"), "--out",
-                              str(tmp_path / "out2"), "--device", "cpu", "--no-overlay", "--max-frames", "2",
-                              "--random-init", "--precision", "bf16"], env={"COLUMNS": "200"})
+    res = runner.invoke(
+        app,
+        [
+            "propagate",
+            str(video),
+            "--mask",
+            str(tmp_path / "half.png"),
+            "--out",
+            str(tmp_path / "out2"),
+            "--device",
+            "cpu",
+            "--no-overlay",
+            "--max-frames",
+            "2",
+            "--random-init",
+            "--precision",
+            "bf16",
+        ],
+        env={"COLUMNS": "200"},
+    )
     assert res.exit_code == 0, res.output
     assert "resizing the mask" in res.output
     # clear errors
@@ -388,8 +444,9 @@ def test_cli_propagate(tmp_path):
     assert res.exit_code == 2 and "frame 0" in res.output
     res = runner.invoke(app, ["propagate", str(video), "--mask", str(tmp_path / "first.png"), "--precision", "fp8"])
     assert res.exit_code == 2 and "--precision must be one of fp32, bf16" in res.output
-    res = runner.invoke(app, ["propagate", str(video), "--mask", str(tmp_path / "first.png"), "--random-init",
-                              "--checkpoint", "crw"])
+    res = runner.invoke(
+        app, ["propagate", str(video), "--mask", str(tmp_path / "first.png"), "--random-init", "--checkpoint", "crw"]
+    )
     assert res.exit_code == 2 and "exclude each other" in res.output
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -124,15 +124,35 @@ def test_presets():
     assert set(PRESETS["stt"].as_kwargs()) == fields - {"pad"}
     # STT (stt.md §4.2-4.3): no duplicated frame-0 slots, PIL-nearest labels, half-pixel upsampling, min-max
     assert PRESETS["stt"] == PropagationConfig(
-        20, 12, 10, 0.07, "square", False, references="stt", label_downsample="nearest",
-        upsample_align_corners=False, minmax=True)
+        20,
+        12,
+        10,
+        0.07,
+        "square",
+        False,
+        references="stt",
+        label_downsample="nearest",
+        upsample_align_corners=False,
+        minmax=True,
+    )
     # LIIR (liir.md §6.6, §8, unofficial code) and MAST: raw features, tau 1, full window, hard feedback
     for name, radius, compact, pad in (("liir", 14, 2, 4), ("mast", 12, 0, 1)):
         cfg = PRESETS[name]
         assert (cfg.references, cfg.radius, cfg.topk, cfg.temperature, cfg.window, cfg.unrestricted_first) == (
-            "mast", radius, None, 1.0, "square", False)
+            "mast",
+            radius,
+            None,
+            1.0,
+            "square",
+            False,
+        )
         assert (cfg.feedback, cfg.normalize, cfg.compact, cfg.compact_threshold, cfg.foreground_boost) == (
-            "hard", False, compact, 0.1, 1.0)
+            "hard",
+            False,
+            compact,
+            0.1,
+            1.0,
+        )
         assert (cfg.label_downsample, cfg.upsample_align_corners, cfg.minmax, cfg.pad) == ("strided", False, False, pad)
     with pytest.raises(ValueError, match="window"):
         PropagationConfig(window="circle")
@@ -159,7 +179,15 @@ def test_reference_indices():
         assert mast_reference_indices(t) == official(t - 1) == reference_indices(t, "mast", 20)
         assert len(mast_reference_indices(t)) <= 5
     assert [mast_reference_indices(t) for t in (1, 2, 4, 6, 7, 8, 10, 20)] == [
-        [0], [0, 1], [0, 1, 3], [0, 1, 3, 5], [0, 2, 4, 5, 6], [0, 3, 5, 7], [0, 5, 7, 9], [0, 5, 15, 17, 19]]
+        [0],
+        [0, 1],
+        [0, 1, 3],
+        [0, 1, 3, 5],
+        [0, 2, 4, 5, 6],
+        [0, 3, 5, 7],
+        [0, 5, 7, 9],
+        [0, 5, 15, 17, 19],
+    ]
     assert reference_indices(1, "stt", 20) == [0, 0]
     assert reference_indices(5, "stt", 20) == [0, 0, 1, 2, 3, 4]
     assert reference_indices(25, "stt", 20) == [0] + list(range(5, 25))
@@ -197,8 +225,10 @@ def _dense_mast_video(feats, ids0, n_labels, *, radius, compact, image_size, thr
     for t in range(1, t_len):
         i = t - 1
         refs = sorted(set([x for x in [0, 5] if x <= i] + [x for x in range(i, i - 6, -2) if x > 0]))
-        corr = [(f[t].reshape(c, 1, hw) * F.unfold(f[r][None], side, padding=radius).reshape(c, side * side, hw)).sum(0)
-                for r in refs]
+        corr = [
+            (f[t].reshape(c, 1, hw) * F.unfold(f[r][None], side, padding=radius).reshape(c, side * side, hw)).sum(0)
+            for r in refs
+        ]
         a = torch.softmax(torch.cat(corr, 0), 0).reshape(len(refs), side * side, hw)
         if compact:  # ties (rare) to the lower window index, as the kernels do
             nudge = torch.arange(side * side, dtype=torch.float64).view(1, -1, 1) * 1e-15
@@ -228,8 +258,9 @@ def test_mast_liir_presets_equal_dense_reference(name, boost):
     first = encode_labels(ids0, n_labels, (h, w), "strided")
     torch.testing.assert_close(first, F.one_hot(ids0[::4, ::4], n_labels).permute(2, 0, 1).float())
     out = propagate(feats, first, image_size=(h * s, w * s), **cfg.as_kwargs())  # raw features: no norm check
-    preds, outputs = _dense_mast_video(feats, ids0, n_labels, radius=3, compact=cfg.compact,
-                                       image_size=(h * s, w * s), boost=boost)
+    preds, outputs = _dense_mast_video(
+        feats, ids0, n_labels, radius=3, compact=cfg.compact, image_size=(h * s, w * s), boost=boost
+    )
     for t in range(1, t_len):
         torch.testing.assert_close(out[t], preds[t].float(), atol=1e-5, rtol=1e-5, msg=f"frame {t}")
         ids = decode_labels(out[t], (h * s, w * s), align_corners=False).argmax(0)
@@ -245,7 +276,9 @@ def test_liir_preset_triton_matches_dense_reference(triton_backend):
     feats = _raw_video(t_len, c, h, w)
     ids0 = torch.randint(0, n_labels, (h * s, w * s), generator=fresh_generator())
     cfg = dataclasses.replace(PRESETS["liir"], radius=2)
-    out = propagate(feats, encode_labels(ids0, n_labels, (h, w), "strided"), image_size=(h * s, w * s), **cfg.as_kwargs())
+    out = propagate(
+        feats, encode_labels(ids0, n_labels, (h, w), "strided"), image_size=(h * s, w * s), **cfg.as_kwargs()
+    )
     preds, _ = _dense_mast_video(feats, ids0, n_labels, radius=2, compact=2, image_size=(h * s, w * s))
     for t in range(1, t_len):
         torch.testing.assert_close(out[t], preds[t].float(), atol=1e-4, rtol=1e-4, msg=f"frame {t}")
@@ -264,7 +297,12 @@ def test_encode_labels():
     # STT resizes the id map with PIL's nearest filter (mmcv.imresize backend 'pillow')
     from PIL import Image
 
-    for (hh, ww), (h, w) in (((22, 29), (6, 8)), ((480, 854), (60, 107)), ((480, 854), (120, 214)), ((37, 41), (9, 13))):
+    for (hh, ww), (h, w) in (
+        ((22, 29), (6, 8)),
+        ((480, 854), (60, 107)),
+        ((480, 854), (120, 214)),
+        ((37, 41), (9, 13)),
+    ):
         big = torch.randint(0, 7, (hh, ww), generator=g)
         pil = np.asarray(Image.fromarray(big.numpy().astype(np.uint8)).resize((w, h), Image.NEAREST))
         assert torch.equal(encode_labels(big, 7, (h, w), "nearest").argmax(0), torch.from_numpy(pil.astype(np.int64)))
@@ -319,8 +357,10 @@ def test_labels_to_feature_grid_align_corners():
 def _toy_frames(t_len, hh, ww, seed=None):
     g = fresh_generator(seed)
     base = torch.randint(0, 256, (hh, ww, 3), generator=g)
-    return [((base + torch.randint(-20, 21, (hh, ww, 3), generator=g)).clamp(0, 255)).to(torch.uint8).numpy()
-            for _ in range(t_len)]
+    return [
+        ((base + torch.randint(-20, 21, (hh, ww, 3), generator=g)).clamp(0, 255)).to(torch.uint8).numpy()
+        for _ in range(t_len)
+    ]
 
 
 def _toy_features(stride, channels=8, seed=0, ceil_mode=True):
@@ -345,7 +385,9 @@ def test_propagate_sequence_dul_unchanged():
     feats = torch.stack([F.normalize(fn(frame_to_tensor(f)).float(), dim=1)[0] for f in frames])
     onehot = F.one_hot(torch.from_numpy(ids0.astype(np.int64)), 3).permute(2, 0, 1).float()
     first = labels_to_feature_grid(onehot, size=(4, 6))
-    soft = propagate(feats, first, context=2, radius=2, topk=10, temperature=0.05, window="disc", unrestricted_first=True)
+    soft = propagate(
+        feats, first, context=2, radius=2, topk=10, temperature=0.05, window="disc", unrestricted_first=True
+    )
     soft[0] = first
     for t in range(5):
         assert np.array_equal(ids_at(t), labels_to_image(soft[t], (16, 24)).argmax(0).to(torch.uint8).numpy())
@@ -374,8 +416,9 @@ def test_propagate_sequence_liir_pads_and_follows_the_preset():
     ids8 = propagate_sequence(_toy_features(8), frames[:2], 2, ids0, dataclasses.replace(cfg, pad=1), color="lab")
     assert ids8(0).shape == (hh, ww)
     with pytest.raises(ValueError, match="subsampled"):
-        propagate_sequence(_toy_features(4, ceil_mode=False), frames[:2], 2, ids0, dataclasses.replace(cfg, pad=1),
-                           color="lab")
+        propagate_sequence(
+            _toy_features(4, ceil_mode=False), frames[:2], 2, ids0, dataclasses.replace(cfg, pad=1), color="lab"
+        )
 
 
 def test_distinct_slots_merges_repeats_but_not_unrestricted_slots():
@@ -443,7 +486,9 @@ def test_common_preset_covers_the_same_pixel_window_at_stride_4_and_8(stride):
         return F.conv2d(x, weight, stride=stride)
 
     def jaccard(cfg):
-        pred = propagate_sequence(patch_embedding, frames, 2, ids0, dataclasses.replace(cfg, unrestricted_first=False))(1)
+        pred = propagate_sequence(patch_embedding, frames, 2, ids0, dataclasses.replace(cfg, unrestricted_first=False))(
+            1
+        )
         return ((pred == 1) & (truth == 1)).sum() / ((pred == 1) | (truth == 1)).sum()
 
     common = task_preset("common", "davis", stride=stride).config

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tritoncorr.evals.synthetic import make_synthetic_davis
 from typer.testing import CliRunner
 
 from tritoncorr.cli import app
 from tritoncorr.compare import check_settings, paired_comparison
-from tritoncorr.evals.synthetic import make_synthetic_davis
 from tritoncorr.provenance import file_sha256, git_state, read_provenance, settings_differences
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,8 +40,20 @@ def test_eval_folder_records_provenance_and_settings(tmp_path, monkeypatch):
     torch.manual_seed(0)
     save_backbone_weights(dul_backbone(), ckpt)
     out = tmp_path / "ev"
-    args = ["eval", "davis", "--root", str(root), "--checkpoint", str(ckpt), "--out", str(out), "--topk", "5",
-            "--device", "cpu"]
+    args = [
+        "eval",
+        "davis",
+        "--root",
+        str(root),
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--topk",
+        "5",
+        "--device",
+        "cpu",
+    ]
     monkeypatch.setattr("sys.argv", ["/somewhere/bin/tritoncorr", *args])  # as the console script sees it
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
@@ -81,8 +93,14 @@ def _eval_folder(path: Path, jf: list[float], **overrides) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     lines = ["Sequence,J-Mean,F-Mean"] + [f"s{i}_1,{v:.3f},{v:.3f}" for i, v in enumerate(jf)]
     (path / "per-sequence_results-val.csv").write_text("\n".join(lines) + "\n")
-    ev = {"benchmark": "davis", "split": "val", "resolution": "480p", "input_size": None, "precision": "fp32",
-          "propagation": {"topk": 10, "temperature": 0.05, "radius": 12}}
+    ev = {
+        "benchmark": "davis",
+        "split": "val",
+        "resolution": "480p",
+        "input_size": None,
+        "precision": "fp32",
+        "propagation": {"topk": 10, "temperature": 0.05, "radius": 12},
+    }
     for k, v in overrides.items():
         if k in ev["propagation"]:
             ev["propagation"][k] = v

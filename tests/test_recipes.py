@@ -50,11 +50,23 @@ def test_load_named_recipes_and_errors(tmp_path):
 
 
 def test_overrides_are_typed():
-    cfg = load_recipe(TOY, [
-        "optim.lr=3e-4", "steps=1_000", "compile=yes", "optim.betas=(0.8, 0.99)", "schedule.milestones=[10,20]",
-        "schedule.name=multistep", "method.channels=4", "data.size=12", "eval.sequences=bike,car", "name='x y'",
-        "optim.name=sgd", "schedule.factors=()",
-    ])
+    cfg = load_recipe(
+        TOY,
+        [
+            "optim.lr=3e-4",
+            "steps=1_000",
+            "compile=yes",
+            "optim.betas=(0.8, 0.99)",
+            "schedule.milestones=[10,20]",
+            "schedule.name=multistep",
+            "method.channels=4",
+            "data.size=12",
+            "eval.sequences=bike,car",
+            "name='x y'",
+            "optim.name=sgd",
+            "schedule.factors=()",
+        ],
+    )
     assert cfg.optim.lr == 3e-4 and cfg.steps == 1000 and cfg.compile is True
     assert cfg.optim.betas == (0.8, 0.99) and cfg.schedule.milestones == (10, 20)
     assert cfg.method.channels == 4 and cfg.data.size == 12
@@ -62,19 +74,22 @@ def test_overrides_are_typed():
     assert cfg.schedule.factors == ()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optim.lrr=1", r"unknown field 'optim.lrr'; did you mean 'optim.lr'"),
-    ("optm.lr=1", r"unknown field 'optm'; did you mean 'optim'"),
-    ("method.chanels=3", r"did you mean 'method.channels'"),
-    ("optim.lr=fast", r"cannot parse optim.lr='fast' as float"),
-    ("steps=2.5", r"cannot parse steps='2.5' as int"),
-    ("compile=maybe", r"cannot parse compile='maybe' as bool"),
-    ("optim.betas=(0.9)", r"expected 2 values, got 1"),
-    ("optim.name=rmsprop", r"optim.name='rmsprop' is not one of \['adam', 'adamw', 'sgd'\]"),
-    ("optim=3", r"optim is a section \(OptimConfig\); set one of its fields: optim.name"),
-    ("optim.lr", r"must look like section.field=value"),
-    ("optim.lr.x=1", r"optim.lr is not a section"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=1", r"unknown field 'optim.lrr'; did you mean 'optim.lr'"),
+        ("optm.lr=1", r"unknown field 'optm'; did you mean 'optim'"),
+        ("method.chanels=3", r"did you mean 'method.channels'"),
+        ("optim.lr=fast", r"cannot parse optim.lr='fast' as float"),
+        ("steps=2.5", r"cannot parse steps='2.5' as int"),
+        ("compile=maybe", r"cannot parse compile='maybe' as bool"),
+        ("optim.betas=(0.9)", r"expected 2 values, got 1"),
+        ("optim.name=rmsprop", r"optim.name='rmsprop' is not one of \['adam', 'adamw', 'sgd'\]"),
+        ("optim=3", r"optim is a section \(OptimConfig\); set one of its fields: optim.name"),
+        ("optim.lr", r"must look like section.field=value"),
+        ("optim.lr.x=1", r"optim.lr is not a section"),
+    ],
+)
 def test_override_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         load_recipe(TOY, [override])
@@ -128,8 +143,9 @@ def test_resume_resolution_uses_saved_config(tmp_path):
     run.mkdir()
     saved = load_recipe(TOY, ["optim.lr=0.123", "steps=50"])
     (run / "config.json").write_text(json.dumps({**config_to_dict(saved), "__recipe__": TOY}))
-    cfg, run_dir, stop = resolve_config(recipe=TOY, overrides=["log_every=7"], steps=None, seed=None, out=None,
-                                        resume=run)
+    cfg, run_dir, stop = resolve_config(
+        recipe=TOY, overrides=["log_every=7"], steps=None, seed=None, out=None, resume=run
+    )
     assert cfg.optim.lr == 0.123 and cfg.steps == 50 and cfg.log_every == 7 and run_dir == run and stop == 50
     cfg, _, stop = resolve_config(recipe=TOY, overrides=[], steps=80, seed=None, out=None, resume=run)
     assert cfg.steps == 80 and stop == 80  # --steps beyond the horizon extends it

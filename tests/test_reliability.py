@@ -71,12 +71,26 @@ def _sigterm_during_accumulation(trainer: Trainer, after_step: int) -> None:
 # middle of epoch 0 and the resumed steps 2-3 cross into epoch 1.
 _METHODS = {
     # DUL's paper schedule is StepLR per epoch: the drop at epoch 1 happens after the resume
-    "dul": ["data.synthetic_videos=8", "schedule.name=multistep", "schedule.unit=epochs", "schedule.milestones=1",
-            "schedule.gamma=0.5"],
-    "stt": ["data.synthetic_videos=8", "schedule.name=cosine", "schedule.warmup_steps=2",
-            "schedule.warmup_start_factor=0.1"],
-    "liir": ["data.synthetic_videos=8", "schedule.name=multistep", "schedule.unit=steps", "schedule.milestones=2",
-             "schedule.factors=0.75"],
+    "dul": [
+        "data.synthetic_videos=8",
+        "schedule.name=multistep",
+        "schedule.unit=epochs",
+        "schedule.milestones=1",
+        "schedule.gamma=0.5",
+    ],
+    "stt": [
+        "data.synthetic_videos=8",
+        "schedule.name=cosine",
+        "schedule.warmup_steps=2",
+        "schedule.warmup_start_factor=0.1",
+    ],
+    "liir": [
+        "data.synthetic_videos=8",
+        "schedule.name=multistep",
+        "schedule.unit=steps",
+        "schedule.milestones=2",
+        "schedule.factors=0.75",
+    ],
     "stt_spatial": ["data.synthetic_images=16", "schedule.name=cosine", "schedule.min_lr_ratio=0.1"],
 }
 # buffers whose content at the checkpoint the resumed run depends on
@@ -126,7 +140,9 @@ def test_resume_with_another_batch_size_warns_once_and_continues(tmp_path):
     assert "steps per epoch 12 -> 6" in msgs[0]
     assert res.step == 6 and not res.interrupted
     assert json.loads((tmp_path / "run" / "ckpt-00000006" / "state.json").read_text())["loader"] == {
-        "epoch": 0, "batch": 5}  # 4 clips seen = batch 1 of 6, + 4 steps
+        "epoch": 0,
+        "batch": 5,
+    }  # 4 clips seen = batch 1 of 6, + 4 steps
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 7))
     # 4 clips seen = batch 1 of 4: steps 3-7 use batches 1..5 of epoch 0 (6 per epoch), then epoch 1
@@ -175,9 +191,20 @@ def test_format_1_checkpoint_still_resumes_exactly(tmp_path):
 
 
 def test_train_state_roundtrip():
-    st = ck.TrainState(step=4, epoch=1, loader={"epoch": 1, "batch": 2}, rng=[{"a": 1}], world_size=2, batch_size=3,
-                       accumulate=2, steps_per_epoch=5, schedule={"name": "cosine", "factor": 0.5}, elapsed=1.5,
-                       method="dul", rows=[{"step": 1}])
+    st = ck.TrainState(
+        step=4,
+        epoch=1,
+        loader={"epoch": 1, "batch": 2},
+        rng=[{"a": 1}],
+        world_size=2,
+        batch_size=3,
+        accumulate=2,
+        steps_per_epoch=5,
+        schedule={"name": "cosine", "factor": 0.5},
+        elapsed=1.5,
+        method="dul",
+        rows=[{"step": 1}],
+    )
     d = json.loads(json.dumps(st.to_dict()))
     assert "rows" not in d
     back = ck.TrainState.from_dict({**d, "format": 2, "files": {}, "optimizer": {}})
@@ -191,8 +218,18 @@ def test_train_state_roundtrip():
 
 def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "tritoncorr.cli", "train", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "tritoncorr.cli",
+        "train",
+        *args,
+    ]
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -281,19 +318,24 @@ def test_recipe_errors(tmp_path):
     assert "has no config named 'nope'" in line and "toy.py" in line and "available: ddp, default, synthetic" in line
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--set", "optim.lrr=1"], ["unknown field 'optim.lrr'", "did you mean 'optim.lr'"]),
-    (["--set", "methd.channels=3"], ["unknown field 'methd'", "did you mean 'method'"]),
-    (["--set", "optim.lr=fast"], ["cannot parse optim.lr='fast' as float"]),
-    (["--set", "steps=1.5"], ["cannot parse steps='1.5' as int"]),
-    (["--set", "optim.name=rmsprop"], ["optim.name='rmsprop' is not one of ['adam', 'adamw', 'sgd']"]),
-    (["--set", "optim.lr"], ["must look like section.field=value"]),
-    (["--set", "steps=0"], ["invalid run config: steps must be >= 1, got 0"]),
-    (["--set", "optim.lr=-1", "--set", "optim.accumulate=0"],
-     ["invalid run config: optim.lr must be > 0, got -1.0; optim.accumulate must be >= 1, got 0"]),
-    (["--steps", "0"], ["--steps must be >= 1, got 0"]),
-    (["--resume-from", "ckpt-2"], ["--resume-from needs --resume"]),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--set", "optim.lrr=1"], ["unknown field 'optim.lrr'", "did you mean 'optim.lr'"]),
+        (["--set", "methd.channels=3"], ["unknown field 'methd'", "did you mean 'method'"]),
+        (["--set", "optim.lr=fast"], ["cannot parse optim.lr='fast' as float"]),
+        (["--set", "steps=1.5"], ["cannot parse steps='1.5' as int"]),
+        (["--set", "optim.name=rmsprop"], ["optim.name='rmsprop' is not one of ['adam', 'adamw', 'sgd']"]),
+        (["--set", "optim.lr"], ["must look like section.field=value"]),
+        (["--set", "steps=0"], ["invalid run config: steps must be >= 1, got 0"]),
+        (
+            ["--set", "optim.lr=-1", "--set", "optim.accumulate=0"],
+            ["invalid run config: optim.lr must be > 0, got -1.0; optim.accumulate must be >= 1, got 0"],
+        ),
+        (["--steps", "0"], ["--steps must be >= 1, got 0"]),
+        (["--resume-from", "ckpt-2"], ["--resume-from needs --resume"]),
+    ],
+)
 def test_option_errors(tmp_path, args, expected):
     line = _error([TOY, "--out", str(tmp_path / "run"), *args])
     for text in expected:
@@ -306,8 +348,20 @@ def test_data_root_errors(tmp_path):
     smoke = f"{RECIPES / 'dul.py'}:smoke"
 
     def video_run(root: Path, *extra: str) -> str:
-        return _error([smoke, "--set", "data.source=video", "--set", f"data.root={root}", "--set", "data.cache_dir=",
-                       "--out", str(tmp_path / "run"), *extra])
+        return _error(
+            [
+                smoke,
+                "--set",
+                "data.source=video",
+                "--set",
+                f"data.root={root}",
+                "--set",
+                "data.cache_dir=",
+                "--out",
+                str(tmp_path / "run"),
+                *extra,
+            ]
+        )
 
     (tmp_path / "empty").mkdir()
     line = video_run(tmp_path / "empty")
@@ -329,8 +383,19 @@ def test_data_root_errors(tmp_path):
     line = _error([smoke, "--set", "data.batch_size=64", "--out", str(tmp_path / "run")])
     assert "4 usable videos under 'synthetic' give no full batch of 64" in line
     # a missing root: the path it looked at, and a hint line naming the --set key
-    r = runner.invoke(app, ["train", smoke, "--set", "data.source=video", "--set", f"data.root={tmp_path / 'absent'}",
-                            "--out", str(tmp_path / "run")])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            smoke,
+            "--set",
+            "data.source=video",
+            "--set",
+            f"data.root={tmp_path / 'absent'}",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert r.exit_code == 2 and str(tmp_path / "absent") in r.output and "--set data.root=PATH" in r.output
     assert not (tmp_path / "run" / "ckpt-00000001").exists()
 
@@ -344,8 +409,21 @@ def test_videos_that_fail_only_when_read_are_one_error_line(tmp_path, workers):
     for name in ("a.mp4", "b.mp4"):
         video = _write_video(root / name, frames=40, faststart=True)
         video.write_bytes(video.read_bytes()[: video.stat().st_size // 4])
-    line = _error([f"{RECIPES / 'dul.py'}:smoke", "--set", "data.source=video", "--set", f"data.root={root}",
-                   "--set", f"data.num_workers={workers}", "--steps", "1", "--out", str(tmp_path / "run")])
+    line = _error(
+        [
+            f"{RECIPES / 'dul.py'}:smoke",
+            "--set",
+            "data.source=video",
+            "--set",
+            f"data.root={root}",
+            "--set",
+            f"data.num_workers={workers}",
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert f"consecutive unreadable videos under '{root}'" in line and str(root / "a.mp4") in line
     assert "Original Traceback" not in line and "DataLoader worker" not in line
 
@@ -355,8 +433,19 @@ def test_cli_output_of_a_corrupt_video_is_a_warning_line_and_an_error_line(tmp_p
     ``warning:`` line, the folder on one ``error:`` line, then the hint; nothing else."""
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "a.mp4").write_bytes(os.urandom(4096))
-    cmd = [sys.executable, "-m", "tritoncorr.cli", "train", f"{RECIPES / 'dul.py'}:smoke", "--set", "data.source=video",
-           "--set", f"data.root={tmp_path / 'corrupt'}", "--out", str(tmp_path / "run")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tritoncorr.cli",
+        "train",
+        f"{RECIPES / 'dul.py'}:smoke",
+        "--set",
+        "data.source=video",
+        "--set",
+        f"data.root={tmp_path / 'corrupt'}",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ, COLUMNS="80"))
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tritoncorr.evals.davis import DavisDataset, evaluate_results, write_palette_png
+from tritoncorr.evals.synthetic import make_synthetic_davis
 from typer.testing import CliRunner
 
 from tritoncorr.cli import app
-from tritoncorr.evals.davis import DavisDataset, evaluate_results, write_palette_png
-from tritoncorr.evals.synthetic import make_synthetic_davis
 from tritoncorr.report import per_frame_j
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,9 +32,21 @@ def _predictions(root: Path, out: Path, seed: int, drop: float) -> Path:
             m[rng.random(m.shape) < (p if t else 0.0)] = 0
             write_palette_png(out / seq.name / f"{fid}.png", m)
     evaluate_results(root, out).write_csvs(out)
-    (out / "provenance.json").write_text(json.dumps({"eval": {
-        "benchmark": "davis", "split": "val", "resolution": "480p", "root": str(root), "input_size": None,
-        "precision": "fp32", "propagation": {"topk": 10}}}))
+    (out / "provenance.json").write_text(
+        json.dumps(
+            {
+                "eval": {
+                    "benchmark": "davis",
+                    "split": "val",
+                    "resolution": "480p",
+                    "root": str(root),
+                    "input_size": None,
+                    "precision": "fp32",
+                    "propagation": {"topk": 10},
+                }
+            }
+        )
+    )
     return out
 
 
@@ -66,8 +78,9 @@ def test_report_needs_the_frames(two_evals, tmp_path):
         (f / "provenance.json").unlink()
     r = runner.invoke(app, ["eval", "compare", str(a2), str(b2), "--html", str(tmp_path / "r.html")])
     assert r.exit_code == 2 and "--root" in r.output
-    r = runner.invoke(app, ["eval", "compare", str(a2), str(b2), "--html", str(tmp_path / "r.html"),
-                            "--root", str(root)])
+    r = runner.invoke(
+        app, ["eval", "compare", str(a2), str(b2), "--html", str(tmp_path / "r.html"), "--root", str(root)]
+    )
     assert r.exit_code == 0, r.output
 
 
@@ -90,11 +103,15 @@ def test_report_in_headless_chromium(two_evals):
     r = runner.invoke(app, ["eval", "compare", str(a), str(b), "--html", str(html_path), "--bootstrap", "500"])
     assert r.exit_code == 0, r.output
     shot = tmp / "report.png"
-    res = load_page(html_path.as_uri(), screenshot=shot, expressions={
-        "rows": "document.querySelectorAll('#sequences tbody tr.seq').length",
-        "images": "Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length",
-        "all_images": "document.images.length",
-    })
+    res = load_page(
+        html_path.as_uri(),
+        screenshot=shot,
+        expressions={
+            "rows": "document.querySelectorAll('#sequences tbody tr.seq').length",
+            "images": "Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length",
+            "all_images": "document.images.length",
+        },
+    )
     assert res.errors == []
     assert res.values["rows"] == N_SEQ
     assert res.values["images"] == res.values["all_images"] >= 3  # every embedded image decoded
@@ -110,7 +127,8 @@ def test_the_browser_check_catches_errors(tmp_path):
         pytest.skip("chromium is not installed (apt-get install chromium)")
     pytest.importorskip("websocket", reason="websocket-client (test extra) is not installed")
     page = tmp_path / "bad.html"
-    page.write_text('<!DOCTYPE html><html><body><img src="missing.png">'
-                    '<script>console.error("boom")</script></body></html>')
+    page.write_text(
+        '<!DOCTYPE html><html><body><img src="missing.png"><script>console.error("boom")</script></body></html>'
+    )
     res = load_page(page.as_uri())
     assert any("boom" in e for e in res.errors) and any("missing.png" in e for e in res.errors)

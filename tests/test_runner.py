@@ -43,16 +43,26 @@ def _pool_features(stride, channels=6, seed=0):
 # --------------------------------------------------------------------------- resizing
 
 
-@pytest.mark.parametrize("sizes", [((40, 30), (560, 560)), ((560, 560), (40, 30)), ((320, 320), (240, 320)),
-                                   ((480, 854), (560, 560)), ((37, 53), (70, 70))])
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        ((40, 30), (560, 560)),
+        ((560, 560), (40, 30)),
+        ((320, 320), (240, 320)),
+        ((480, 854), (560, 560)),
+        ((37, 53), (70, 70)),
+    ],
+)
 def test_resize_nearest_is_pil_nearest(sizes):
     (h, w), (hh, ww) = sizes
     ids = np.random.default_rng(0).integers(0, 20, (h, w)).astype(np.uint8)
     ref = np.asarray(Image.fromarray(ids).resize((ww, hh), Image.NEAREST))
     np.testing.assert_array_equal(resize_nearest(torch.from_numpy(ids), (hh, ww)).numpy(), ref)
     stack = torch.from_numpy(np.stack([ids, ids[::-1].copy()])).float()
-    np.testing.assert_array_equal(resize_nearest(stack, (hh, ww))[1].numpy(), np.asarray(
-        Image.fromarray(ids[::-1].copy()).resize((ww, hh), Image.NEAREST)))
+    np.testing.assert_array_equal(
+        resize_nearest(stack, (hh, ww))[1].numpy(),
+        np.asarray(Image.fromarray(ids[::-1].copy()).resize((ww, hh), Image.NEAREST)),
+    )
     assert pil_nearest_indices(h, hh).max() <= h - 1
 
 
@@ -67,8 +77,16 @@ def test_frame_to_tensor_resize():
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     np.testing.assert_allclose(x[0].permute(1, 2, 0).numpy(), (crw - mean) / std, atol=1e-4)
     lab = frame_to_tensor(frame, color="lab", size=(16, 20))
-    small = F.interpolate(torch.from_numpy(frame).permute(2, 0, 1)[None].float(), size=(16, 20), mode="bilinear",
-                          align_corners=False)[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    small = (
+        F.interpolate(
+            torch.from_numpy(frame).permute(2, 0, 1)[None].float(), size=(16, 20), mode="bilinear", align_corners=False
+        )[0]
+        .round()
+        .clamp(0, 255)
+        .to(torch.uint8)
+        .permute(1, 2, 0)
+        .numpy()
+    )
     torch.testing.assert_close(lab, frame_to_tensor(small, color="lab"))
     assert torch.equal(frame_to_tensor(frame, size=(24, 36)), frame_to_tensor(frame))
 

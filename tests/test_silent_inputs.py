@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-from typer.testing import CliRunner
-
 from eval_layouts import make_vip
+from PIL import Image
 from test_reliability import _write_video
-from tritoncorr.cli import app
 from tritoncorr.evals.davis import DavisDataset, DavisFormatError, read_index_png
 from tritoncorr.evals.synthetic import make_synthetic_davis
+from typer.testing import CliRunner
+
+from tritoncorr.cli import app
 from tritoncorr.video import read_mask
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -75,8 +75,20 @@ def test_a_video_cut_in_half_warns_with_both_frame_counts(tmp_path):
     m = np.zeros((48, 64), np.uint8)
     m[10:30, 10:40] = 1
     Image.fromarray(m, mode="L").save(mask)
-    r = runner.invoke(app, ["propagate", str(video), "--mask", str(mask), "--out", str(tmp_path / "out"),
-                            "--device", "cpu", "--no-overlay"])
+    r = runner.invoke(
+        app,
+        [
+            "propagate",
+            str(video),
+            "--mask",
+            str(mask),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--no-overlay",
+        ],
+    )
     assert r.exit_code == 0, r.output
     warn = [line for line in r.output.splitlines() if line.startswith("warning:") and "declares 40 frames" in line]
     assert len(warn) == 1, r.output
@@ -85,10 +97,13 @@ def test_a_video_cut_in_half_warns_with_both_frame_counts(tmp_path):
     assert f"the output holds {n} frames" in warn[0] and f"({n} palette PNGs)" in r.output
 
 
-@pytest.mark.parametrize("setting, words", [
-    ("data.root=/nonexistent", ["data.root", "source='synthetic'", "data.source"]),
-    ("data.hf_column=video", ["hf_column", "source='hf'"]),
-])
+@pytest.mark.parametrize(
+    "setting, words",
+    [
+        ("data.root=/nonexistent", ["data.root", "source='synthetic'", "data.source"]),
+        ("data.hf_column=video", ["hf_column", "source='hf'"]),
+    ],
+)
 def test_a_data_option_the_source_does_not_use_is_an_error(tmp_path, setting, words):
     r = runner.invoke(app, ["train", f"{RECIPES / 'dul.py'}:smoke", "--set", setting, "--out", str(tmp_path / "run")])
     assert r.exit_code == 2, r.output
@@ -102,8 +117,9 @@ def test_an_unknown_sequence_suggests_close_names(tmp_path):
     name = DavisDataset(root).names[0]
     with pytest.raises(DavisFormatError, match=f"did you mean '{name}'"):
         DavisDataset(root, sequences=[name + "go"])
-    r = runner.invoke(app, ["eval", "davis", "--root", str(root), "-s", name + "go", "--device", "cpu",
-                            "--out", str(tmp_path / "o")])
+    r = runner.invoke(
+        app, ["eval", "davis", "--root", str(root), "-s", name + "go", "--device", "cpu", "--out", str(tmp_path / "o")]
+    )
     assert r.exit_code == 2 and f"'{name}go': did you mean '{name}'" in r.output, r.output
 
 
@@ -116,16 +132,21 @@ def test_vip_accepts_rgb_predictions_with_equal_channels_and_refuses_coloured_on
         pred = np.where(ids == 255, 0, ids).astype(np.uint8)
         pred[:, : pred.shape[1] // 3] = 13  # a wrong third
         rel = ann.relative_to(root / "Annotations" / "Category_ids")
-        for folder, img in ((res_l, Image.fromarray(pred, mode="L")),
-                            (res_rgb, Image.fromarray(np.repeat(pred[..., None], 3, axis=2), mode="RGB"))):
+        for folder, img in (
+            (res_l, Image.fromarray(pred, mode="L")),
+            (res_rgb, Image.fromarray(np.repeat(pred[..., None], 3, axis=2), mode="RGB")),
+        ):
             (folder / rel.parent).mkdir(parents=True, exist_ok=True)
             img.save(folder / rel)
     outs = []
     for folder in (res_l, res_rgb):
         r = runner.invoke(app, ["eval", "vip", "--root", str(root), "--results", str(folder)])
         assert r.exit_code == 0, r.output
-        outs.append((folder / "vip_global.csv").read_text() if (folder / "vip_global.csv").exists()
-                    else sorted(p.read_text() for p in folder.glob("*.csv")))
+        outs.append(
+            (folder / "vip_global.csv").read_text()
+            if (folder / "vip_global.csv").exists()
+            else sorted(p.read_text() for p in folder.glob("*.csv"))
+        )
     assert outs[0] == outs[1]
     bad = next(res_rgb.rglob("*.png"))
     rgb = np.asarray(Image.open(bad)).copy()

@@ -82,8 +82,20 @@ def off_masked_mse(pred, target, weight):
     return loss.sum() / (weight.sum() + 1e-12)
 
 
-def off_forward_train(fs, lab_gt, ch, fs_t, *, feat_size, radius, rate, T=0.7, flatten_threshold=False,
-                      loss_weight=(1, 1, 1000, 50), temperature_t=0.07):
+def off_forward_train(
+    fs,
+    lab_gt,
+    ch,
+    fs_t,
+    *,
+    feat_size,
+    radius,
+    rate,
+    T=0.7,
+    flatten_threshold=False,
+    loss_weight=(1, 1, 1000, 50),
+    temperature_t=0.07,
+):
     """FW forward_train after the backbones: fs = [res3, res4, res5] each (B, 2, C, h, w), lab_gt the
     clean (B, 2, 3, S, S) Lab, ch the dropped channel, fs_t the teacher res5 (B, 2, C, h, w) or None.
     ``flatten_threshold``: the commented "intended" flatten (global rank) instead of the row-sort bug."""
@@ -164,8 +176,15 @@ def test_loss_terms_match_official_forward_train(torch_backend, select):
 
     ours = model.loss_terms(feats, target, teacher)
     ref, ref_mask, _ = off_forward_train(
-        [feats["layer2"], feats["layer3"], feats["layer4"]], lab, ch, teacher, feat_size=(12, 6), radius=radius,
-        rate=(4, 8), flatten_threshold=(select == "global_quantile"))
+        [feats["layer2"], feats["layer3"], feats["layer4"]],
+        lab,
+        ch,
+        teacher,
+        feat_size=(12, 6),
+        radius=radius,
+        rate=(4, 8),
+        flatten_threshold=(select == "global_quantile"),
+    )
     assert set(ours) == {"rec0", "rec1", "lc", "gc"} == set(ref)
     leaves = list(feats.values())
     for name in ours:
@@ -181,7 +200,8 @@ def test_loss_terms_match_official_forward_train(torch_backend, select):
     assert ours["lc"].item() > 0 and ours["gc"].item() > 0
     # the selection we used is the official one
     corr = __import__("tritoncorr.kernels", fromlist=["local_correlation"]).local_correlation(
-        feats["layer3"][:, 1].detach(), feats["layer3"][:, 0].detach(), radius[1])
+        feats["layer3"][:, 1].detach(), feats["layer3"][:, 0].detach(), radius[1]
+    )
     mask = entropy_mask(correlation_entropy(corr), 0.7, select)
     assert torch.equal(mask, ref_mask)
     assert 0 < mask.sum() < mask.numel()
@@ -205,7 +225,9 @@ def test_loss_terms_triton_kernels_match_torch_path(monkeypatch):
         grads = torch.autograd.grad(sum(terms.values()), list(leaves.values()))
         results[backend] = ({k: v.double() for k, v in terms.items()}, [x.double() for x in grads])
     for name in results["torch"][0]:
-        torch.testing.assert_close(results["triton"][0][name], results["torch"][0][name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(
+            results["triton"][0][name], results["torch"][0][name], rtol=1e-4, atol=1e-5, msg=name
+        )
     for a, r in zip(results["triton"][1], results["torch"][1]):
         torch.testing.assert_close(a, r, rtol=1e-3, atol=1e-5)
 
@@ -221,8 +243,12 @@ def test_pooled_label_equals_dense_avg_pool_chain(torch_backend):
     ours = pooled_window_target(fine, r0, r1)  # (B, 49, 8, 8)
     dense = off_non_local_correlation(tar, ref[:, None], mask=off_make_mask(hf, r0).double())[:, 0] * 1.0
     # the same dense c^0 with the 0.7 scale
-    dense = torch.softmax((torch.einsum("bci,bcj->bij", tar.flatten(2), ref.flatten(2)) * 0.7)
-                          .masked_fill(~off_make_mask(hf, r0).bool(), float("-inf")), dim=-1)
+    dense = torch.softmax(
+        (torch.einsum("bci,bcj->bij", tar.flatten(2), ref.flatten(2)) * 0.7).masked_fill(
+            ~off_make_mask(hf, r0).bool(), float("-inf")
+        ),
+        dim=-1,
+    )
     c1_ = F.avg_pool2d(dense.reshape(b, -1, hf, hf), 2).flatten(-2).permute(0, 2, 1).reshape(b, -1, hf, hf)
     target = F.avg_pool2d(c1_, 2).flatten(-2).permute(0, 2, 1)  # (B, 64, 64) coarse query x coarse ref
     hc = hf // 2
@@ -248,16 +274,21 @@ def _explicit_reconstruction(q, k, v, radius, scale):
     for bi in range(b):
         for y in range(h):
             for x in range(w):
-                cells = [(yy, xx) for yy in range(y - radius, y + radius + 1) for xx in range(x - radius, x + radius + 1)
-                         if 0 <= yy < h and 0 <= xx < w]
+                cells = [
+                    (yy, xx)
+                    for yy in range(y - radius, y + radius + 1)
+                    for xx in range(x - radius, x + radius + 1)
+                    if 0 <= yy < h and 0 <= xx < w
+                ]
                 logits = torch.stack([(q[bi, :, y, x] * k[bi, :, yy, xx]).sum() for yy, xx in cells]) * scale
                 p = torch.softmax(logits, 0)
                 out[bi, :, y, x] = sum(pi * v[bi, :, yy, xx] for pi, (yy, xx) in zip(p, cells))
     return out
 
 
-@pytest.mark.parametrize("backend,dtype", [("torch", torch.float64),
-                                           pytest.param("triton", torch.float32, marks=pytest.mark.interpreter)])
+@pytest.mark.parametrize(
+    "backend,dtype", [("torch", torch.float64), pytest.param("triton", torch.float32, marks=pytest.mark.interpreter)]
+)
 def test_local_attention_reconstruction_equals_explicit_softmax(backend, dtype, monkeypatch):
     from tritoncorr.methods.common import window_reconstruct
 
@@ -276,8 +307,9 @@ def test_local_attention_reconstruction_equals_explicit_softmax(backend, dtype, 
     ga = torch.autograd.grad((ours.double() * dout).sum(), (q, k, v))
     gr = torch.autograd.grad((ref * dout).sum(), (q, k, v))
     for a, r_ in zip(ga, gr):
-        torch.testing.assert_close(a, r_, **(dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64
-                                             else dict(rtol=1e-3, atol=1e-4)))
+        torch.testing.assert_close(
+            a, r_, **(dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=1e-3, atol=1e-4))
+        )
 
 
 def test_window_softmax_rows_and_cell_counts():
@@ -331,7 +363,10 @@ def test_features_pyramid_and_metadata():
     model.eval()
     out = model.backbone(x)
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "layer2": (2, 128, 16, 20), "layer3": (2, 256, 8, 10), "layer4": (2, 512, 2, 3)}
+        "layer2": (2, 128, 16, 20),
+        "layer3": (2, 256, 8, 10),
+        "layer4": (2, 512, 2, 3),
+    }
     torch.testing.assert_close(model.features(x), out["layer3"])
     r50 = STTConfig(depth=50, use_teacher=False, student_init="scratch").build()
     assert r50.backbone.channels == {"layer1": 256, "layer2": 512, "layer3": 1024}
@@ -471,7 +506,13 @@ def test_recipes_official_settings():
 
     cfg = load_recipe(f"{RECIPE}:default", validate=False)
     m, d, o, s = cfg.method, cfg.data, cfg.optim, cfg.schedule
-    assert (m.depth, tuple(m.radii), m.local_weight, m.global_weight, m.entropy_fraction) == (50, (12, 6), 1000, 50, 0.7)
+    assert (m.depth, tuple(m.radii), m.local_weight, m.global_weight, m.entropy_fraction) == (
+        50,
+        (12, 6),
+        1000,
+        50,
+        0.7,
+    )
     assert (m.teacher_temperature, tuple(m.rec_weights), m.student_init) == (0.07, (1.0, 1.0), "teacher")
     assert (d.clip_len, d.frame_gap, d.crop, d.crop_size, d.color, d.batch_size) == (2, 1, "resized", 256, "lab", 16)
     assert tuple(d.area_range) == (0.6, 1.0) and tuple(d.aspect_range) == (1.5, 2.0) and d.hflip
@@ -490,8 +531,8 @@ def test_recipes_official_settings():
 
 
 def test_smoke_recipe_lowers_its_loss():
-    from tritoncorr.engine.loop import build_loader, seed_all
     from tritoncorr.engine.distributed import DistInfo
+    from tritoncorr.engine.loop import build_loader, seed_all
     from tritoncorr.engine.optim import build_optimizer
     from tritoncorr.engine.recipe import load_recipe
 
@@ -527,14 +568,19 @@ def test_resume_is_exact(tmp_path):
     full = train(load_recipe(f"{RECIPE}:smoke", ["steps=4"]), tmp_path / "full", progress=False)
     part_cfg = load_recipe(f"{RECIPE}:smoke", ["steps=4", "checkpoint.every=2"])
     train(part_cfg, tmp_path / "part", stop_at=2, progress=False)
-    resumed = train(load_recipe(f"{RECIPE}:smoke", ["steps=4", "checkpoint.every=2"]), tmp_path / "part",
-                    resume=True, progress=False)
+    resumed = train(
+        load_recipe(f"{RECIPE}:smoke", ["steps=4", "checkpoint.every=2"]),
+        tmp_path / "part",
+        resume=True,
+        progress=False,
+    )
     rows_full = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     rows_part = [json.loads(line) for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     assert resumed.step == full.step == 4 and len(rows_part) == 4
     for a, b in zip(rows_full, rows_part):
-        assert {k: a[k] for k in ("step", "loss", "rec0", "rec1", "lc", "gc", "lr")} == \
-               {k: b[k] for k in ("step", "loss", "rec0", "rec1", "lc", "gc", "lr")}
+        assert {k: a[k] for k in ("step", "loss", "rec0", "rec1", "lc", "gc", "lr")} == {
+            k: b[k] for k in ("step", "loss", "rec0", "rec1", "lc", "gc", "lr")
+        }
     wa = load_file(str(tmp_path / "full" / "model.safetensors"))
     wb = load_file(str(tmp_path / "part" / "model.safetensors"))
     assert wa.keys() == wb.keys() and any(k.startswith("teacher.") for k in wa)

@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from tritoncorr.evals.synthetic import make_synthetic_davis
 from typer.testing import CliRunner
 
 from tritoncorr.cli import app
-from tritoncorr.evals.synthetic import make_synthetic_davis
 from tritoncorr.evaluate import evaluate_features_on_davis
 from tritoncorr.feature_cache import FeatureCache
 from tritoncorr.propagation import PRESETS
@@ -21,8 +21,9 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def davis(tmp_path_factory):
-    return make_synthetic_davis(tmp_path_factory.mktemp("sweep") / "DAVIS", num_sequences=2, num_frames=5,
-                                height=128, width=192, seed=11)
+    return make_synthetic_davis(
+        tmp_path_factory.mktemp("sweep") / "DAVIS", num_sequences=2, num_frames=5, height=128, width=192, seed=11
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,22 +39,32 @@ def _cache(tmp_path, weights="w"):
 
 def test_sweep_scores_equal_one_eval_per_setting(davis, features_fn, tmp_path):
     settings = grid_settings({"topk": [1, 10], "temperature": [0.05, 0.5]})
-    assert settings == [{"topk": 1, "temperature": 0.05}, {"topk": 1, "temperature": 0.5},
-                        {"topk": 10, "temperature": 0.05}, {"topk": 10, "temperature": 0.5}]
+    assert settings == [
+        {"topk": 1, "temperature": 0.05},
+        {"topk": 1, "temperature": 0.5},
+        {"topk": 10, "temperature": 0.05},
+        {"topk": 10, "temperature": 0.5},
+    ]
     results, _ = sweep_davis(features_fn, root=davis, config=PRESETS["dul"], settings=settings, progress=False)
     jfs = []
     for s, scores in results:
-        ref = evaluate_features_on_davis(features_fn, root=davis, out=tmp_path / str(s),
-                                         config=dataclasses.replace(PRESETS["dul"], **s), progress=False)
-        assert [(o.name, o.j_mean, o.f_mean) for o in scores.objects] == \
-            [(o.name, o.j_mean, o.f_mean) for o in ref.objects]
+        ref = evaluate_features_on_davis(
+            features_fn,
+            root=davis,
+            out=tmp_path / str(s),
+            config=dataclasses.replace(PRESETS["dul"], **s),
+            progress=False,
+        )
+        assert [(o.name, o.j_mean, o.f_mean) for o in scores.objects] == [
+            (o.name, o.j_mean, o.f_mean) for o in ref.objects
+        ]
         jfs.append(scores.jf_mean)
     assert len(set(jfs)) > 1  # the settings do change the result here
 
 
 def test_feature_cache_is_written_then_read(davis, features_fn, tmp_path):
     cache = _cache(tmp_path)
-    out1 = evaluate_features_on_davis(features_fn, root=davis, out=tmp_path / "a", progress=False, feature_cache=cache)
+    evaluate_features_on_davis(features_fn, root=davis, out=tmp_path / "a", progress=False, feature_cache=cache)
     files = sorted(p.name for p in cache.folder.glob("*.safetensors"))
     assert files == ["synth-000.safetensors", "synth-001.safetensors"] and (cache.folder / "key.json").is_file()
 
@@ -61,8 +72,9 @@ def test_feature_cache_is_written_then_read(davis, features_fn, tmp_path):
         raise AssertionError("features recomputed despite the cache")
 
     cfg = dataclasses.replace(PRESETS["dul"], topk=3)
-    out2 = evaluate_features_on_davis(no_features, root=davis, out=tmp_path / "b", progress=False,
-                                      feature_cache=cache, config=cfg)
+    out2 = evaluate_features_on_davis(
+        no_features, root=davis, out=tmp_path / "b", progress=False, feature_cache=cache, config=cfg
+    )
     ref = evaluate_features_on_davis(features_fn, root=davis, out=tmp_path / "c", progress=False, config=cfg)
     assert [o.j_mean for o in out2.objects] == [o.j_mean for o in ref.objects]
     # another key (other weights, precision, input size ...) is another folder; a stale file is recomputed
@@ -98,8 +110,22 @@ def test_parse_values():
 
 def test_sweep_cli_table_csv_and_cache(davis, tmp_path):
     out = tmp_path / "sw"
-    args = ["eval", "sweep", "--root", str(davis), "--topk", "1,10", "--temperature", "0.05", "--device", "cpu",
-            "--cache-features", str(tmp_path / "cache"), "--out", str(out)]
+    args = [
+        "eval",
+        "sweep",
+        "--root",
+        str(davis),
+        "--topk",
+        "1,10",
+        "--temperature",
+        "0.05",
+        "--device",
+        "cpu",
+        "--cache-features",
+        str(tmp_path / "cache"),
+        "--out",
+        str(out),
+    ]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "2 setting(s)" in r.output and "best" in r.output

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from tritoncorr.evals.davis import DavisDataset
 from tritoncorr.evals.synthetic import make_synthetic_davis, synthetic_clip
 

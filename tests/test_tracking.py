@@ -18,8 +18,9 @@ TOY = str(ROOT / "tests" / "recipes" / "toy.py")
 
 
 def _event_accumulator(logdir: Path):
-    ea_mod = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
-                                 reason="the [tb] extra (tensorboard) is not installed")
+    ea_mod = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator", reason="the [tb] extra (tensorboard) is not installed"
+    )
     acc = ea_mod.EventAccumulator(str(logdir), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
     return acc
@@ -32,15 +33,34 @@ def test_smoke_run_with_tensorboard_writes_events_tensorboard_reads(tmp_path):
     from tritoncorr.cli import app
 
     run = tmp_path / "run"
-    res = CliRunner().invoke(app, ["train", f"{ROOT / 'recipes' / 'dul.py'}:smoke", "--steps", "2",
-                                   "--set", "log.backends=[tensorboard]", "--out", str(run)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            f"{ROOT / 'recipes' / 'dul.py'}:smoke",
+            "--steps",
+            "2",
+            "--set",
+            "log.backends=[tensorboard]",
+            "--out",
+            str(run),
+        ],
+    )
     assert res.exit_code == 0, res.output
     events = list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1
     acc = _event_accumulator(run / "tensorboard")
     tags = set(acc.Tags()["scalars"])
-    expected = {"train/loss", "train/st", "train/cv", "train/lr", "train/step_time", "throughput/steps_per_s",
-                "throughput/clips_per_s", "memory/peak_mib"}
+    expected = {
+        "train/loss",
+        "train/st",
+        "train/cv",
+        "train/lr",
+        "train/step_time",
+        "throughput/steps_per_s",
+        "throughput/clips_per_s",
+        "memory/peak_mib",
+    }
     assert expected <= tags, tags
     rows = read_metrics(run / "metrics.jsonl")
     loss = [(e.step, e.value) for e in acc.Scalars("train/loss")]
@@ -50,12 +70,14 @@ def test_smoke_run_with_tensorboard_writes_events_tensorboard_reads(tmp_path):
 
 def test_validation_masks_are_logged_as_images(tmp_path):
     pytest.importorskip("tensorboard", reason="the [tb] extra (tensorboard) is not installed")
-    from tritoncorr.engine.loop import train
     from tritoncorr.evals.synthetic import make_synthetic_davis
 
+    from tritoncorr.engine.loop import train
+
     root = make_synthetic_davis(tmp_path / "davis", num_sequences=1, num_frames=4, height=32, width=48)
-    cfg = load_recipe(TOY, ["steps=2", "eval.every=2", f"eval.davis_root={root}", "log.backends=[tensorboard]",
-                            "log.val_frames=3"])
+    cfg = load_recipe(
+        TOY, ["steps=2", "eval.every=2", f"eval.davis_root={root}", "log.backends=[tensorboard]", "log.val_frames=3"]
+    )
     train(cfg, tmp_path / "run", progress=False)
     acc = _event_accumulator(tmp_path / "run" / "tensorboard")
     assert "val/jf" in acc.Tags()["scalars"]
@@ -101,8 +123,19 @@ def test_tags():
 
 
 def test_curves_one_panel_per_series(tmp_path):
-    rows = [{"step": i, "epoch": 0, "loss": 3.0 / i, "st": 2.0 / i, "lr": 1e-3, "time": i, "step_time": 0.5,
-             "memory/peak_mib": 700.0} for i in range(1, 60)]
+    rows = [
+        {
+            "step": i,
+            "epoch": 0,
+            "loss": 3.0 / i,
+            "st": 2.0 / i,
+            "lr": 1e-3,
+            "time": i,
+            "step_time": 0.5,
+            "memory/peak_mib": 700.0,
+        }
+        for i in range(1, 60)
+    ]
     rows[-1]["val/jf"] = 0.5
     series = series_from_rows(rows)
     assert list(series) == ["loss", "st", "lr", "step_time", "memory/peak_mib", "val/jf"]

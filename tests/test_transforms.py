@@ -18,6 +18,7 @@ def _gen(seed: int) -> torch.Generator:
 # Lab
 # ----------------------------------------------------------------------------------------------
 
+
 def _lab_reference_f64(rgb: np.ndarray) -> np.ndarray:
     """CIE Lab (D65, OpenCV's constants) in float64, written independently of the library: (..., 3) HWC."""
     lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
@@ -116,6 +117,7 @@ def test_channel_dropout():
 # Clip augmentations
 # ----------------------------------------------------------------------------------------------
 
+
 def _ramp_clip(t: int, h: int, w: int) -> torch.Tensor:
     """Frames that differ by a constant: frame k = base + 0.01 k, base asymmetric left/right."""
     yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
@@ -128,8 +130,16 @@ def test_augment_clip_same_params_for_all_frames(mode):
     clip = _ramp_clip(4, 45, 61)
     flips = set()
     for seed in range(6):
-        out = T.augment_clip(clip, crop_mode=mode, crop_size=23, short_side=(29, 37), area_range=(0.6, 1.0),
-                             aspect_range=(1.2, 1.5), flip=True, generator=_gen(seed))
+        out = T.augment_clip(
+            clip,
+            crop_mode=mode,
+            crop_size=23,
+            short_side=(29, 37),
+            area_range=(0.6, 1.0),
+            aspect_range=(1.2, 1.5),
+            flip=True,
+            generator=_gen(seed),
+        )
         assert out.shape == (4, 3, 23, 23)
         # resizing/cropping/flipping are linear and the same for every frame: frames still differ by 0.01 k
         for k in range(1, 4):
@@ -152,8 +162,9 @@ def test_uint8_resize_follows_pil_and_float():
         assert np.abs(got[0].permute(1, 2, 0).numpy().astype(int) - pil.astype(int)).max() <= 1
     clip = torch.from_numpy(rng.integers(0, 256, (3, 3, 40, 52), dtype=np.uint8))
     for mode in ("random", "resized"):
-        kw = dict(crop_mode=mode, crop_size=17, short_side=(20, 26), area_range=(0.6, 1.0), aspect_range=(1.0, 1.4),
-                  flip=True)
+        kw = dict(
+            crop_mode=mode, crop_size=17, short_side=(20, 26), area_range=(0.6, 1.0), aspect_range=(1.0, 1.4), flip=True
+        )
         a = T.augment_clip(clip, generator=_gen(4), **kw)
         b = T.augment_clip(clip.float() / 255, generator=_gen(4), **kw)
         assert a.dtype == torch.uint8
@@ -162,12 +173,24 @@ def test_uint8_resize_follows_pil_and_float():
 
 def test_random_crop_is_resize_then_crop():
     clip = torch.rand(2, 3, 40, 50)
-    out = T.augment_clip(clip, crop_mode="random", crop_size=24, short_side=(30, 31), area_range=(0.6, 1.0),
-                         aspect_range=(1.0, 1.0), flip=False, generator=_gen(3))
+    out = T.augment_clip(
+        clip,
+        crop_mode="random",
+        crop_size=24,
+        short_side=(30, 31),
+        area_range=(0.6, 1.0),
+        aspect_range=(1.0, 1.0),
+        flip=False,
+        generator=_gen(3),
+    )
     resized = T.resize_shorter_side(clip, 30)
     assert resized.shape[-2:] == (30, 37)  # int(30 * 50 / 40)
-    hits = [(i, j) for i in range(30 - 24 + 1) for j in range(37 - 24 + 1)
-            if torch.allclose(resized[..., i:i + 24, j:j + 24], out)]
+    hits = [
+        (i, j)
+        for i in range(30 - 24 + 1)
+        for j in range(37 - 24 + 1)
+        if torch.allclose(resized[..., i : i + 24, j : j + 24], out)
+    ]
     assert len(hits) == 1
 
 
@@ -187,6 +210,7 @@ def test_short_side_and_resized_crop_ranges():
 # ----------------------------------------------------------------------------------------------
 # DUL view transform
 # ----------------------------------------------------------------------------------------------
+
 
 def _params_from_affine(a: torch.Tensor, S: int):
     f = 1 if a[0, 0] > 0 else -1
@@ -229,7 +253,9 @@ def test_view_transform_equals_flip_crop_resize():
     for b in range(6):
         f, side, top, left = _params_from_affine(A[b], S)
         x = clips[b].flip(-1) if f < 0 else clips[b]
-        ref = F.interpolate(x[..., top:top + side, left:left + side], size=(S, S), mode="bilinear", align_corners=False)
+        ref = F.interpolate(
+            x[..., top : top + side, left : left + side], size=(S, S), mode="bilinear", align_corners=False
+        )
         # interior: identical; the outermost ring samples past the crop's last pixel centre, where
         # crop-then-resize replicates the crop edge but the view uses the real neighbouring pixel
         torch.testing.assert_close(views[b][..., 1:-1, 1:-1], ref[..., 1:-1, 1:-1], atol=2e-5, rtol=0)
@@ -257,9 +283,11 @@ def test_view_transform_maps_points_back():
             continue
         # sub-pixel dot position in the view: weighted centroid of the bilinear footprint
         w = v / v.sum()
-        yy, xx = torch.meshgrid(torch.arange(S, dtype=torch.float32), torch.arange(S, dtype=torch.float32), indexing="ij")
+        yy, xx = torch.meshgrid(
+            torch.arange(S, dtype=torch.float32), torch.arange(S, dtype=torch.float32), indexing="ij"
+        )
         p_view = torch.stack([(w * xx).sum(), (w * yy).sum()])
-        p_main = T.to_pixels(T.affine_apply(A[b:b + 1], T.to_normalised(p_view, S)[None, None])[0, 0], S)
+        p_main = T.to_pixels(T.affine_apply(A[b : b + 1], T.to_normalised(p_view, S)[None, None])[0, 0], S)
         # the centroid of a sampled tent is within ~0.1 px of its peak; a wrong flip sign, offset
         # normalisation or the reference's truncated scale would be off by 0.5 px or (much) more
         err = (p_main - torch.stack([xs[b], ys[b]]).float()).abs().max()

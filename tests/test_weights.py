@@ -98,8 +98,9 @@ def _crw_bytes(tmp_path: Path, seed: int = 0) -> tuple[bytes, torch.nn.Module]:
 
 def _register(monkeypatch, server, name="crw-test", data=b"", **kw) -> weights.PublishedWeights:
     server.files[f"/{name}.pth"] = data
-    entry = weights.PublishedWeights(name, f"{server.url}/{name}.pth", f"{name}.pth", "crw", "test", None, "test",
-                                     "MIT", **kw)
+    entry = weights.PublishedWeights(
+        name, f"{server.url}/{name}.pth", f"{name}.pth", "crw", "test", None, "test", "MIT", **kw
+    )
     monkeypatch.setitem(weights.REGISTRY, name, entry)
     return entry
 
@@ -240,7 +241,9 @@ def test_hf_spec_offline_error(cache, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("TRITONCORR_OFFLINE", "1")
-    with pytest.raises(weights.WeightsError, match="cannot fetch model.pth from the Hugging Face repository owner/repo"):
+    with pytest.raises(
+        weights.WeightsError, match="cannot fetch model.pth from the Hugging Face repository owner/repo"
+    ):
         weights.resolve_checkpoint("hf://owner/repo/model.pth")
     with pytest.raises(weights.WeightsError, match="expected hf://OWNER/REPO/PATH"):
         weights.resolve_checkpoint("hf://just-a-name")

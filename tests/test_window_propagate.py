@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tritoncorr.kernels.window_propagate import window_propagate, window_propagate_reference, window_propagate_windowed
 
 from tests.kernel_harness import assert_close_verbose, check_aot_family, fresh_generator, tolerance
-from tritoncorr.kernels.window_propagate import window_propagate, window_propagate_reference, window_propagate_windowed
 
 
 def _raw_inputs(c, h, w, n, lab, *, dtype=torch.float32, seed=None, offset=0.0, onehot=False):
@@ -85,7 +85,9 @@ def test_window_reference_against_spec_loop():
         c, h, w, n, lab, r, m, temp = case
         q, k, v = _raw_inputs(c, h, w, n, lab)
         ref = window_propagate_reference(q, k, v, radius=r, temperature=temp, compact=m, compact_threshold=0.1)
-        assert_close_verbose(ref, _spec_window_loop(q, k, v, r, temp, m, 0.1), atol=1e-6, rtol=1e-6, name=f"loop {case}")
+        assert_close_verbose(
+            ref, _spec_window_loop(q, k, v, r, temp, m, 0.1), atol=1e-6, rtol=1e-6, name=f"loop {case}"
+        )
 
 
 def _mixed_threshold(q, k, radius, temperature):
@@ -94,8 +96,16 @@ def _mixed_threshold(q, k, radius, temperature):
     to the threshold."""
     c, h, w = q.shape
     side = 2 * radius + 1
-    logits = torch.cat([(q.double().reshape(c, 1, -1) * F.unfold(k[i : i + 1].double(), side, padding=radius)
-                         .reshape(c, side * side, -1)).sum(0) / temperature for i in range(k.shape[0])])
+    logits = torch.cat(
+        [
+            (
+                q.double().reshape(c, 1, -1)
+                * F.unfold(k[i : i + 1].double(), side, padding=radius).reshape(c, side * side, -1)
+            ).sum(0)
+            / temperature
+            for i in range(k.shape[0])
+        ]
+    )
     top = torch.softmax(logits, 0).reshape(k.shape[0], side * side, -1).amax(1).flatten().sort().values
     i = len(top) // 2
     return float((top[i - 1] + top[i]) / 2) if len(top) > 1 else 0.1
@@ -109,7 +119,9 @@ def test_window_windowed_matches_reference(case):
     ref = window_propagate_reference(q, k, v, **kw)
     atol, rtol = tolerance(torch.float32)
     for tile in (16, 4, 3):  # tiles crossing the borders in every way
-        assert_close_verbose(window_propagate_windowed(q, k, v, tile=tile, **kw), ref, atol=atol, rtol=rtol, name=f"tile {tile}")
+        assert_close_verbose(
+            window_propagate_windowed(q, k, v, tile=tile, **kw), ref, atol=atol, rtol=rtol, name=f"tile {tile}"
+        )
     assert_close_verbose(window_propagate(q, k, v, **kw), ref, atol=atol, rtol=rtol, name="public (cpu)")
     if m:  # the rule is exercised: some references replaced, not all (else the case tests nothing)
         soft = window_propagate_reference(q, k, v, **{**kw, "compact": 0})
@@ -137,9 +149,13 @@ def test_window_zero_border_semantics():
     k = torch.zeros(n, 3, h, w)
     v = torch.ones(n, 1, h, w)
     ys, xs = torch.arange(h)[:, None], torch.arange(w)[None, :]
-    inside = ((ys + torch.arange(-r, r + 1).view(-1, 1, 1)).clamp(0, h - 1) == ys + torch.arange(-r, r + 1).view(-1, 1, 1))
+    inside = (ys + torch.arange(-r, r + 1).view(-1, 1, 1)).clamp(0, h - 1) == ys + torch.arange(-r, r + 1).view(
+        -1, 1, 1
+    )
     rows = inside.sum(0)  # (h, 1) in-image window rows
-    cols = ((xs + torch.arange(-r, r + 1).view(-1, 1, 1)).clamp(0, w - 1) == xs + torch.arange(-r, r + 1).view(-1, 1, 1)).sum(0)
+    cols = (
+        (xs + torch.arange(-r, r + 1).view(-1, 1, 1)).clamp(0, w - 1) == xs + torch.arange(-r, r + 1).view(-1, 1, 1)
+    ).sum(0)
     expected = (rows * cols).float()[None] / (2 * r + 1) ** 2  # fraction of in-image cells
     for fn in (window_propagate_reference, window_propagate_windowed):
         torch.testing.assert_close(fn(q, k, v, radius=r), expected.expand(1, h, w))
@@ -215,15 +231,25 @@ def test_window_triton_phantom_ties_and_non_contiguous(triton_backend):
     k = -10 * torch.ones(1, 2, 1, 3)
     v = torch.rand(1, 2, 1, 3, generator=fresh_generator())
     kw = dict(radius=1, compact=2, compact_threshold=0.1)
-    assert_close_verbose(window_propagate(q, k, v, **kw), window_propagate_reference(q, k, v, **kw),
-                         atol=1e-6, rtol=1e-6, name="phantom ties")
+    assert_close_verbose(
+        window_propagate(q, k, v, **kw),
+        window_propagate_reference(q, k, v, **kw),
+        atol=1e-6,
+        rtol=1e-6,
+        name="phantom ties",
+    )
     q, k, v = _raw_inputs(4, 4, 6, 2, 2)
     qn = q.transpose(1, 2).contiguous().transpose(1, 2)
     kn = k.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
     vn = v.transpose(2, 3).contiguous().transpose(2, 3)
     kw = dict(radius=2, compact=2, compact_threshold=0.1)
-    assert_close_verbose(window_propagate(qn, kn, vn, **kw), window_propagate_reference(q, k, v, **kw),
-                         atol=1e-4, rtol=1e-4, name="non-contiguous")
+    assert_close_verbose(
+        window_propagate(qn, kn, vn, **kw),
+        window_propagate_reference(q, k, v, **kw),
+        atol=1e-4,
+        rtol=1e-4,
+        name="non-contiguous",
+    )
 
 
 @pytest.mark.gpu
@@ -237,7 +263,9 @@ def test_cuda_window_triton_matches_reference(dtype, compact):
     ref = window_propagate_windowed(q, k, v, **kw)
     atol, rtol = tolerance(dtype)
     assert_close_verbose(out.cpu(), ref, atol=atol, rtol=rtol, name=f"cuda {dtype} M{compact}")
-    torch.library.opcheck(torch.ops.tritoncorr.window_propagate.default, (q.cuda(), k.cuda(), v.cuda(), 14, 1.0, compact, 0.1))
+    torch.library.opcheck(
+        torch.ops.tritoncorr.window_propagate.default, (q.cuda(), k.cuda(), v.cuda(), 14, 1.0, compact, 0.1)
+    )
 
 
 @pytest.mark.aot

@@ -77,8 +77,9 @@ class ToyMethod(nn.Module):
 def toy_clip(video: int, epoch: int, seed: int, clip_len: int, size: int) -> torch.Tensor:
     """A moving-blob clip (T, 3, S, S), deterministic in (video, epoch, seed)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + video * 7919 + epoch)
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
     centre = torch.rand(2, generator=g) * size
     vel = (torch.rand(2, generator=g) - 0.5) * 2
     colour = torch.rand(3, 1, 1, generator=g) * 2 - 1
@@ -118,7 +119,7 @@ class ToyLoader:
                 # what Ctrl-C does to a DataLoader with workers: the workers die, the fetch fails
                 os.kill(os.getpid(), signal.SIGINT)
                 raise RuntimeError("DataLoader worker (pid 0) exited unexpectedly")
-            ids = perm[self.batch * self.global_batch:(self.batch + 1) * self.global_batch][self.rank::self.world]
+            ids = perm[self.batch * self.global_batch : (self.batch + 1) * self.global_batch][self.rank :: self.world]
             clips = [toy_clip(int(v), self.epoch, self.seed, self.cfg.clip_len, self.cfg.size) for v in ids]
             self.batch += 1
             yield {

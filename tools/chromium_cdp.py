@@ -80,17 +80,36 @@ class _Session:
         self.ws.settimeout(60)
 
 
-def load_page(url: str, *, expressions: dict[str, str] | None = None, screenshot: Path | None = None,
-              width: int = 1400, height: int = 2000) -> PageResult:
+def load_page(
+    url: str,
+    *,
+    expressions: dict[str, str] | None = None,
+    screenshot: Path | None = None,
+    width: int = 1400,
+    height: int = 2000,
+) -> PageResult:
     """Load ``url`` headless; return its console/log errors, its requests and the values of ``expressions``."""
     exe = chromium_path()
     if exe is None:
         raise FileNotFoundError("no chromium on PATH")
     profile = tempfile.mkdtemp(prefix="tc-chromium-")
     proc = subprocess.Popen(
-        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
-         "--remote-debugging-port=0", f"--user-data-dir={profile}", f"--window-size={width},{height}",
-         "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         ws_url = None
         end = time.monotonic() + 60
@@ -108,8 +127,11 @@ def load_page(url: str, *, expressions: dict[str, str] | None = None, screenshot
         sid = s.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Runtime", "Log", "Page", "Network"):
             s.send(f"{domain}.enable", session=sid)
-        s.send("Emulation.setDeviceMetricsOverride",
-               {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=sid)
+        s.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            session=sid,
+        )
         s.events.clear()
         s.send("Page.navigate", {"url": url}, session=sid)
         s.wait_for("Page.loadEventFired")
@@ -118,8 +140,10 @@ def load_page(url: str, *, expressions: dict[str, str] | None = None, screenshot
         for ev in s.events:
             m, p = ev.get("method"), ev.get("params", {})
             if m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "warning", "assert"):
-                res.errors.append(f"console.{p['type']}: " + " ".join(str(a.get("value", a.get("description")))
-                                                                     for a in p.get("args", [])))
+                res.errors.append(
+                    f"console.{p['type']}: "
+                    + " ".join(str(a.get("value", a.get("description"))) for a in p.get("args", []))
+                )
             elif m == "Runtime.exceptionThrown":
                 res.errors.append("exception: " + p.get("exceptionDetails", {}).get("text", ""))
             elif m == "Log.entryAdded" and p.get("entry", {}).get("level") in ("error", "warning"):

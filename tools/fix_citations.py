@@ -34,8 +34,13 @@ REWRITES: list[tuple[re.Pattern[str], str]] = [
 
 def tracked_python_files(root: Path = ROOT) -> list[Path]:
     """The ``.py`` files git tracks (plus untracked, not ignored ones), this script and its test excluded."""
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"],
-                         cwd=root, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     skip = {Path(__file__).resolve(), (root / "tests" / "test_docs.py").resolve()}
     return [root / p for p in out.split() if (root / p).resolve() not in skip and (root / p).is_file()]
 

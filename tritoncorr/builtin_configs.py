@@ -20,5 +20,13 @@ def builtin_configs() -> dict[str, type]:
     from tritoncorr.methods.stt import STTConfig, STTDataConfig
     from tritoncorr.models.convert import ConvertedConfig
 
-    return {"dul": DULConfig, "stt": STTConfig, "liir": LIIRConfig, "moco": MoCoConfig, "converted": ConvertedConfig,
-            "data": DataConfig, "stt_data": STTDataConfig, "image_data": ImageDataConfig}
+    return {
+        "dul": DULConfig,
+        "stt": STTConfig,
+        "liir": LIIRConfig,
+        "moco": MoCoConfig,
+        "converted": ConvertedConfig,
+        "data": DataConfig,
+        "stt_data": STTDataConfig,
+        "image_data": ImageDataConfig,
+    }

@@ -28,8 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MIN_SEQUENCES", "ComparisonError", "PairedComparison", "check_settings", "read_sequence_scores",
-           "paired_comparison"]
+__all__ = [
+    "MIN_SEQUENCES",
+    "ComparisonError",
+    "PairedComparison",
+    "check_settings",
+    "read_sequence_scores",
+    "paired_comparison",
+]
 
 MIN_SEQUENCES = 5
 
@@ -131,8 +137,14 @@ class PairedComparison:
         return "no clear difference"
 
 
-def paired_comparison(baseline: dict[str, float], other: dict[str, float], *, n_boot: int = 10000,
-                      seed: int = 0, min_sequences: int = MIN_SEQUENCES) -> PairedComparison:
+def paired_comparison(
+    baseline: dict[str, float],
+    other: dict[str, float],
+    *,
+    n_boot: int = 10000,
+    seed: int = 0,
+    min_sequences: int = MIN_SEQUENCES,
+) -> PairedComparison:
     """Compare ``other`` with ``baseline`` sequence by sequence (seeded paired bootstrap, 95% interval);
     the verdict needs ``min_sequences`` paired sequences."""
     common = sorted(set(baseline) & set(other))
@@ -144,8 +156,18 @@ def paired_comparison(baseline: dict[str, float], other: dict[str, float], *, n_
     rng = np.random.default_rng(seed)
     means = d[rng.integers(0, n, size=(int(n_boot), n))].mean(axis=1)
     lo, hi = np.percentile(means, [2.5, 97.5])
-    return PairedComparison(common, d, float(d.mean()), se, float(lo), float(hi), float((means > 0).mean()),
-                            int((d > 0).sum()), int((d < 0).sum()), int(min_sequences))
+    return PairedComparison(
+        common,
+        d,
+        float(d.mean()),
+        se,
+        float(lo),
+        float(hi),
+        float((means > 0).mean()),
+        int((d > 0).sum()),
+        int((d < 0).sum()),
+        int(min_sequences),
+    )
 
 
 def _provenances(folder: Path) -> list[tuple[Path, dict | None]]:
@@ -169,8 +191,11 @@ def check_settings(folders: list[Path]) -> tuple[list[str], list[str]]:
     from tritoncorr.provenance import settings_differences
 
     records = [(i, p, rec) for i, f in enumerate(folders) for p, rec in _provenances(Path(f))]
-    notes = [f"{p}: no provenance.json with evaluation settings; its settings cannot be checked"
-             for _, p, rec in records if not (rec or {}).get("eval")]
+    notes = [
+        f"{p}: no provenance.json with evaluation settings; its settings cannot be checked"
+        for _, p, rec in records
+        if not (rec or {}).get("eval")
+    ]
     with_settings = [(i, p, rec) for i, p, rec in records if (rec or {}).get("eval")]
     diffs = []
     if with_settings:
@@ -179,5 +204,3 @@ def check_settings(folders: list[Path]) -> tuple[list[str], list[str]]:
             for d in settings_differences(ref, rec):
                 diffs.append(f"[{chr(65 + i)}] {p} vs [{chr(65 + i0)}] {p0}: {d}")
     return diffs, notes
-
-

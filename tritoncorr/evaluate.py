@@ -46,8 +46,8 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import warnings
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,8 +102,9 @@ class VideoFormatError(ValueError):
     """A video whose frames do not fit together (sizes differ) or do not fit its annotation."""
 
 
-def frame_to_tensor(frame: np.ndarray, device: torch.device | str = "cpu", color: str = "rgb",
-                    size: tuple[int, int] | None = None) -> torch.Tensor:
+def frame_to_tensor(
+    frame: np.ndarray, device: torch.device | str = "cpu", color: str = "rgb", size: tuple[int, int] | None = None
+) -> torch.Tensor:
     """uint8 RGB ``(H, W, 3)`` -> float32 ``(1, 3, H, W)`` on ``device`` in the model's input colour space.
 
     ``color="rgb"``: ImageNet-normalised RGB (DUL, CRW, MoCo); ``"lab"``: OpenCV-float Lab normalised as
@@ -230,8 +231,9 @@ class LabelCodec(Protocol):
     def decode(self, soft: torch.Tensor, geometry: FrameGeometry, config) -> Any: ...
 
 
-def frame_features(features_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                   padded: tuple[int, int], normalize: bool) -> torch.Tensor:
+def frame_features(
+    features_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, padded: tuple[int, int], normalize: bool
+) -> torch.Tensor:
     """One frame's features: ``x`` ``(1, 3, h', w')`` (network input, :func:`frame_to_tensor`)
     zero-padded right/bottom to ``padded`` (0 in the normalised input space; Lab: L* = 50 grey),
     ``features_fn``, float32, L2-normalised over channels when ``normalize`` -> ``(C, h, w)``."""
@@ -298,7 +300,9 @@ def compute_features(
             feats = torch.empty((num_frames, *f.shape), dtype=torch.float32, device=f.device)
             geometry = FrameGeometry((H, W), (hi, wi), (hp, wp), tuple(f.shape[-2:]))
         elif tuple(f.shape) != tuple(feats.shape[1:]):
-            raise ValueError(f"features_fn returned {tuple(f.shape)} for frame {t}, {tuple(feats.shape[1:])} for frame 0")
+            raise ValueError(
+                f"features_fn returned {tuple(f.shape)} for frame {t}, {tuple(feats.shape[1:])} for frame 0"
+            )
         feats[t] = f
         if on_frame is not None:
             on_frame(t)
@@ -324,8 +328,14 @@ class PropagatedVideo:
 
 
 @torch.no_grad()
-def propagate_labels(video: VideoFeatures, codec: LabelCodec, config=None, *, start: int = 0,
-                     on_frame: Callable[[int], None] | None = None) -> PropagatedVideo:
+def propagate_labels(
+    video: VideoFeatures,
+    codec: LabelCodec,
+    config=None,
+    *,
+    start: int = 0,
+    on_frame: Callable[[int], None] | None = None,
+) -> PropagatedVideo:
     """Encode the annotation of frame ``start`` with ``codec`` and propagate it through frames ``start ..``.
 
     The propagation itself is :func:`tritoncorr.propagation.propagate` with every field of ``config``
@@ -340,7 +350,9 @@ def propagate_labels(video: VideoFeatures, codec: LabelCodec, config=None, *, st
     g = video.geometry
     first = codec.encode(g, cfg, device=feats.device).to(device=feats.device, dtype=torch.float32)
     if first.dim() != 3 or tuple(first.shape[1:]) != tuple(g.grid):
-        raise RuntimeError(f"{type(codec).__name__}.encode returned {tuple(first.shape)}, expected (L, {g.grid[0]}, {g.grid[1]})")
+        raise RuntimeError(
+            f"{type(codec).__name__}.encode returned {tuple(first.shape)}, expected (L, {g.grid[0]}, {g.grid[1]})"
+        )
     soft = propagate(feats, first, image_size=g.padded_size, on_frame=on_frame, **cfg.as_kwargs())
     if tuple(soft.shape) != (feats.shape[0], *first.shape):
         raise RuntimeError(f"propagate returned {tuple(soft.shape)}, expected {(feats.shape[0], *first.shape)}")
@@ -349,12 +361,29 @@ def propagate_labels(video: VideoFeatures, codec: LabelCodec, config=None, *, st
     return PropagatedVideo(soft, g, codec, cfg, start)
 
 
-def propagate_video(features_fn, frames, num_frames: int, codec: LabelCodec, config=None, *,
-                    input_size: tuple[int, int] | None = None, device: torch.device | str = "cpu",
-                    color: str = "rgb", on_frame: Callable[[int], None] | None = None) -> PropagatedVideo:
+def propagate_video(
+    features_fn,
+    frames,
+    num_frames: int,
+    codec: LabelCodec,
+    config=None,
+    *,
+    input_size: tuple[int, int] | None = None,
+    device: torch.device | str = "cpu",
+    color: str = "rgb",
+    on_frame: Callable[[int], None] | None = None,
+) -> PropagatedVideo:
     """:func:`compute_features` then :func:`propagate_labels` from frame 0."""
-    vf = compute_features(features_fn, frames, num_frames, config=config, input_size=input_size,
-                          device=device, color=color, on_frame=on_frame)
+    vf = compute_features(
+        features_fn,
+        frames,
+        num_frames,
+        config=config,
+        input_size=input_size,
+        device=device,
+        color=color,
+        on_frame=on_frame,
+    )
     return propagate_labels(vf, codec, config)
 
 
@@ -387,7 +416,9 @@ class MaskCodec:
         lut[lab] = np.arange(lab.size)
         ch = lut[ids]
         if (ch < 0).any():
-            raise ValueError(f"ids {sorted(set(np.unique(ids[ch < 0]).tolist()))} are not among the labels {lab.tolist()}")
+            raise ValueError(
+                f"ids {sorted(set(np.unique(ids[ch < 0]).tolist()))} are not among the labels {lab.tolist()}"
+            )
         self.size = tuple(ids.shape)
         self.labels = lab
         self.channels = ch
@@ -405,8 +436,10 @@ class MaskCodec:
 
         cfg = _as_config(config)
         if tuple(geometry.size) != self.size:
-            raise VideoFormatError(f"the annotation is {self.size[1]}x{self.size[0]} but the frames are "
-                                   f"{geometry.size[1]}x{geometry.size[0]}")
+            raise VideoFormatError(
+                f"the annotation is {self.size[1]}x{self.size[0]} but the frames are "
+                f"{geometry.size[1]}x{geometry.size[0]}"
+            )
         ch = torch.from_numpy(self.channels).to(device if device is not None else "cpu")
         (hi, wi), (hp, wp) = geometry.input_size, geometry.padded_size
         if geometry.resized:
@@ -473,8 +506,17 @@ def propagate_sequence(
     cfg = _as_config(config)
     codec = MaskCodec(first_ids)
     try:
-        vf = compute_features(features_fn, frames, num_frames, config=cfg, input_size=input_size, size=codec.size,
-                              device=device, color=color, on_frame=on_frame)
+        vf = compute_features(
+            features_fn,
+            frames,
+            num_frames,
+            config=cfg,
+            input_size=input_size,
+            size=codec.size,
+            device=device,
+            color=color,
+            on_frame=on_frame,
+        )
     except VideoFormatError as err:
         raise DavisFormatError(str(err)) from None
     return propagate_labels(vf, codec, cfg).decode
@@ -537,16 +579,27 @@ def evaluate_features_on_davis(
         with VideoProgress(progress, [len(s) for s in todo], passes=4) as bar:
 
             def commit(seq, stage: Path, objects) -> None:
-                folder.commit(seq.name, stage, [seq.name, f"overlays/{seq.name}"],
-                              {"objects": objects_to_json(objects)})
+                folder.commit(
+                    seq.name, stage, [seq.name, f"overlays/{seq.name}"], {"objects": objects_to_json(objects)}
+                )
                 bar.advance(len(seq))
 
             for seq in todo:
                 bar.start(seq.name)
                 stage = folder.staging(seq.name)
                 codec = MaskCodec(seq.load_mask(0))
-                vf = sequence_features(features_fn, seq.name, seq.load_frame, len(seq), codec.size, config=config,
-                                       device=device, color=color, cache=feature_cache, bar=bar)
+                vf = sequence_features(
+                    features_fn,
+                    seq.name,
+                    seq.load_frame,
+                    len(seq),
+                    codec.size,
+                    config=config,
+                    device=device,
+                    color=color,
+                    cache=feature_cache,
+                    bar=bar,
+                )
                 bar.stage("propagating")
                 prop = propagate_labels(vf, codec, config, on_frame=bar.frame)
                 bar.frame()  # frame 0 is the annotation
@@ -579,9 +632,20 @@ def evaluate_features_on_davis(
     return scores
 
 
-def sequence_features(features_fn, name: str, frames, num_frames: int, size: tuple[int, int], *, config, device,
-                      color: str = "rgb", input_size: tuple[int, int] | None = None, cache=None,
-                      bar: "VideoProgress | None" = None) -> VideoFeatures:
+def sequence_features(
+    features_fn,
+    name: str,
+    frames,
+    num_frames: int,
+    size: tuple[int, int],
+    *,
+    config,
+    device,
+    color: str = "rgb",
+    input_size: tuple[int, int] | None = None,
+    cache=None,
+    bar: "VideoProgress | None" = None,
+) -> VideoFeatures:
     """:func:`compute_features` of one video, read from / written to ``cache``
     (:class:`tritoncorr.feature_cache.FeatureCache`) when given; ``bar`` counts its frames either way.
     Frame-size errors are :class:`DavisFormatError`."""
@@ -594,8 +658,17 @@ def sequence_features(features_fn, name: str, frames, num_frames: int, size: tup
             bar.advance(num_frames)
         return VideoFeatures(vf.feats.to(device), vf.geometry)
     try:
-        vf = compute_features(features_fn, frames, num_frames, config=config, input_size=input_size, size=size,
-                              device=device, color=color, on_frame=bar.frame if bar is not None else None)
+        vf = compute_features(
+            features_fn,
+            frames,
+            num_frames,
+            config=config,
+            input_size=input_size,
+            size=size,
+            device=device,
+            color=color,
+            on_frame=bar.frame if bar is not None else None,
+        )
     except VideoFormatError as err:
         raise DavisFormatError(str(err)) from None
     if cache is not None:
@@ -611,8 +684,9 @@ class VideoProgress:
     scoring = 4), so that the bar and its ETA cover the whole work, not only the features.
     """
 
-    def __init__(self, enabled: bool, lengths: Sequence[int], label: str = "propagating", unit: str = "sequence",
-                 passes: int = 1):
+    def __init__(
+        self, enabled: bool, lengths: Sequence[int], label: str = "propagating", unit: str = "sequence", passes: int = 1
+    ):
         self.enabled, self.lengths, self.label, self.unit = bool(enabled), list(lengths), label, unit
         self.passes = int(passes)
         self.bar = None
@@ -621,16 +695,28 @@ class VideoProgress:
 
     def __enter__(self) -> "VideoProgress":
         if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            self.bar = Progress(TextColumn(f"{{task.description}} {self.unit} {{task.fields[seqs]}} {{task.fields[seq]}}"),
-                                BarColumn(), MofNCompleteColumn(),
-                                TextColumn("frames" if self.passes == 1 else f"frame-steps ({self.passes} per frame)"),
-                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+            self.bar = Progress(
+                TextColumn(f"{{task.description}} {self.unit} {{task.fields[seqs]}} {{task.fields[seq]}}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("frames" if self.passes == 1 else f"frame-steps ({self.passes} per frame)"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+            )
             self.bar.__enter__()
-            self.task = self.bar.add_task(self.label, total=self.passes * sum(self.lengths), seq="",
-                                          seqs=f"0/{len(self.lengths)}")
+            self.task = self.bar.add_task(
+                self.label, total=self.passes * sum(self.lengths), seq="", seqs=f"0/{len(self.lengths)}"
+            )
         return self
 
     def stage(self, text: str) -> None:
@@ -723,14 +809,23 @@ class _Propagation:
     color: str
     overlays: bool
 
-    def from_first_frame(self, video, codec: LabelCodec, bar: VideoProgress,
-                         size: tuple[int, int] | None = None) -> PropagatedVideo:
+    def from_first_frame(
+        self, video, codec: LabelCodec, bar: VideoProgress, size: tuple[int, int] | None = None
+    ) -> PropagatedVideo:
         """Features of every frame of ``video`` (its ``load_frame``; ``size``: the size every frame must have),
         then ``codec``'s first-frame labels propagated: two steps of ``bar`` per frame."""
         bar.stage("features")
-        vf = compute_features(self.features_fn, video.load_frame, len(video), config=self.config,
-                              input_size=self.input_size, size=size, device=self.device, color=self.color,
-                              on_frame=bar.frame)
+        vf = compute_features(
+            self.features_fn,
+            video.load_frame,
+            len(video),
+            config=self.config,
+            input_size=self.input_size,
+            size=size,
+            device=self.device,
+            color=self.color,
+            on_frame=bar.frame,
+        )
         bar.stage("propagating")
         prop = propagate_labels(vf, codec, self.config, on_frame=bar.frame)
         bar.frame()  # frame 0 is the annotation
@@ -762,7 +857,9 @@ class JhmdbBenchmark:
         pred = np.stack([_decoded(prop, t, bar) for t in range(len(clip))], axis=-1)  # (2, J, T)
         n = min(pred.shape[-1], gt.shape[-1])
         if gt.shape[-1] != len(clip):
-            warnings.warn(f"{clip.mat}: {gt.shape[-1]} annotated frames for {len(clip)} images; scoring {n}")
+            warnings.warn(
+                f"{clip.mat}: {gt.shape[-1]} annotated frames for {len(clip)} images; scoring {n}", stacklevel=1
+            )
         kp = stage / "keypoints" / f"{clip.name}.npy"
         kp.parent.mkdir(parents=True, exist_ok=True)
         np.save(kp, pred)
@@ -771,8 +868,9 @@ class JhmdbBenchmark:
 
             for t in range(len(clip)):
                 g = gt[:, :, t] if t < gt.shape[-1] else None
-                save_joints_overlay(stage / "overlays" / clip.name / f"{clip.frames[t].stem}.jpg",
-                                    clip.load_frame(t), pred[:, :, t], g)
+                save_joints_overlay(
+                    stage / "overlays" / clip.name / f"{clip.frames[t].stem}.jpg", clip.load_frame(t), pred[:, :, t], g
+                )
         return [f"keypoints/{clip.name}.npy", f"overlays/{clip.name}"], {"frames": n}
 
     def score(self, out: Path, records: list[dict]):
@@ -836,8 +934,10 @@ class VipBenchmark:
     def score(self, out: Path, records: list[dict]):
         from tritoncorr.evals.vip import VipScores
 
-        scores = VipScores(np.sum([np.asarray(r["hist"], np.int64) for r in records], axis=0),
-                           frames=sum(int(r["frames"]) for r in records))
+        scores = VipScores(
+            np.sum([np.asarray(r["hist"], np.int64) for r in records], axis=0),
+            frames=sum(int(r["frames"]) for r in records),
+        )
         scores.write_csvs(out)
         return scores
 
@@ -874,9 +974,17 @@ class YtvosBenchmark:
             write(t, np.zeros(v.size, np.uint8))
         frames = (v.load_frame(t) for t in range(first, len(v)))
         try:
-            for t, ids in track_objects(frames, masks, self.prop.features_fn, self.prop.config, color=self.prop.color,
-                                        short_side=0, work_size=self.prop.input_size, device=self.prop.device,
-                                        start=first):
+            for t, ids in track_objects(
+                frames,
+                masks,
+                self.prop.features_fn,
+                self.prop.config,
+                color=self.prop.color,
+                short_side=0,
+                work_size=self.prop.input_size,
+                device=self.prop.device,
+                start=first,
+            ):
                 write(t, ids.astype(np.uint8))
         except (VideoFormatError, ValueError) as err:
             raise YtvosFormatError(f"video {v.name!r}: {err}") from err
@@ -889,8 +997,14 @@ class YtvosBenchmark:
         zip_path = None
         if self.make_zip:
             zip_path = zip_annotations(out, out / f"ytvos{self.year}-valid-submission.zip", names)
-        return YtvosExport(out / "Annotations", zip_path, len(self.videos), sum(len(v) for v in self.videos),
-                           sum(len(v.starts) for v in self.videos), list(self.dataset.notes))
+        return YtvosExport(
+            out / "Annotations",
+            zip_path,
+            len(self.videos),
+            sum(len(v) for v in self.videos),
+            sum(len(v.starts) for v in self.videos),
+            list(self.dataset.notes),
+        )
 
 
 def _task_config(config, task: str):

@@ -52,9 +52,14 @@ class FeatureCache:
     precision: str
 
     def identity(self) -> dict[str, Any]:
-        return {"weights": self.weights, "input_size": list(self.input_size) if self.input_size else None,
-                "pad": int(self.pad), "normalize": bool(self.normalize), "color": self.color,
-                "precision": self.precision}
+        return {
+            "weights": self.weights,
+            "input_size": list(self.input_size) if self.input_size else None,
+            "pad": int(self.pad),
+            "normalize": bool(self.normalize),
+            "color": self.color,
+            "precision": self.precision,
+        }
 
     @property
     def key(self) -> str:
@@ -100,9 +105,18 @@ class FeatureCache:
         if not key_file.is_file():
             key_file.write_text(json.dumps(self.identity(), indent=2) + "\n")
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        meta = {"num_frames": str(len(video)), "identity": json.dumps(self.identity()),
-                "geometry": json.dumps({"size": list(g.size), "input_size": list(g.input_size),
-                                        "padded_size": list(g.padded_size), "grid": list(g.grid)})}
+        meta = {
+            "num_frames": str(len(video)),
+            "identity": json.dumps(self.identity()),
+            "geometry": json.dumps(
+                {
+                    "size": list(g.size),
+                    "input_size": list(g.input_size),
+                    "padded_size": list(g.padded_size),
+                    "grid": list(g.grid),
+                }
+            ),
+        }
         path = self.path(sequence)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         save_file({"feats": video.feats.detach().to("cpu", dtype).contiguous()}, str(tmp), metadata=meta)

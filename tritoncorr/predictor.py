@@ -120,26 +120,31 @@ def track_objects(
         elif frame.shape[:2] != (H0, W0):
             raise ValueError(f"frame {t} is {frame.shape[1]}x{frame.shape[0]}, the first frame {W0}x{H0}")
 
+        # work_channels and to_video are called in this iteration only: H, W, Hp, Wp, H0, W0 are this frame's
+        # (fixed from frame 0 on)
         def work_channels(ids_video: np.ndarray) -> torch.Tensor:
-            small = _resize_ids(ids_video, (H, W))
+            small = _resize_ids(ids_video, (H, W))  # noqa: B023
             ch = np.zeros(small.shape, np.int64)
             for i, c in lut.items():
                 ch[small == i] = c
             ch = torch.from_numpy(ch).to(device)
-            return F.pad(ch, (0, Wp - W, 0, Hp - H)) if (Hp, Wp) != (H, W) else ch
+            return F.pad(ch, (0, Wp - W, 0, Hp - H)) if (Hp, Wp) != (H, W) else ch  # noqa: B023
 
         def to_video(soft: torch.Tensor) -> torch.Tensor:
-            up = decode_labels(soft, (Hp, Wp), align_corners=cfg.upsample_align_corners, minmax=cfg.minmax)[:, :H, :W]
-            if (H, W) != (H0, W0):
-                up = F.interpolate(up[None], size=(H0, W0), mode="bilinear", align_corners=False)[0]
+            up = decode_labels(soft, (Hp, Wp), align_corners=cfg.upsample_align_corners, minmax=cfg.minmax)  # noqa: B023
+            up = up[:, :H, :W]  # noqa: B023
+            if (H, W) != (H0, W0):  # noqa: B023
+                up = F.interpolate(up[None], size=(H0, W0), mode="bilinear", align_corners=False)[0]  # noqa: B023
             return id_of[channel_argmax(up)]
 
-        feats = frame_features(features_fn, frame_to_tensor(resize_frame(frame, (H, W)), device, color),
-                               (Hp, Wp), cfg.normalize)
+        feats = frame_features(
+            features_fn, frame_to_tensor(resize_frame(frame, (H, W)), device, color), (Hp, Wp), cfg.normalize
+        )
         if k == 0:
             ids_out = torch.from_numpy(masks[t].astype(np.int64))
-            prop.start(feats, encode_labels(work_channels(masks[t]), n_labels, tuple(feats.shape[1:]),
-                                            cfg.label_downsample))
+            prop.start(
+                feats, encode_labels(work_channels(masks[t]), n_labels, tuple(feats.shape[1:]), cfg.label_downsample)
+            )
         else:
             soft = prop.step(feats)
             ids_out = to_video(soft).cpu()
@@ -210,8 +215,14 @@ def _frames_of(video: Any, fps: float | None) -> PredictorState:
     if first.ndim != 3 or first.shape[-1] != 3:
         raise ValueError(f"frames must be (H, W, 3) uint8 RGB, got shape {first.shape}")
     rest = (_as_uint8(np.asarray(f)) for f in it)
-    return PredictorState(first.shape[0], first.shape[1], None, lambda: itertools.chain([first], rest),
-                          single_pass=True, fps=float(fps or 24.0))
+    return PredictorState(
+        first.shape[0],
+        first.shape[1],
+        None,
+        lambda: itertools.chain([first], rest),
+        single_pass=True,
+        fps=float(fps or 24.0),
+    )
 
 
 def _as_uint8(a: np.ndarray) -> np.ndarray:
@@ -250,9 +261,17 @@ class VideoPredictor:
         self.device = torch.device(device)
 
     @classmethod
-    def from_pretrained(cls, checkpoint: str | Path | None = None, *, preset: str | None = None,
-                        short_side: int = 480, device: str = "auto", precision: str = "fp32",
-                        random_init: bool = False, seed: int = 0) -> "VideoPredictor":
+    def from_pretrained(
+        cls,
+        checkpoint: str | Path | None = None,
+        *,
+        preset: str | None = None,
+        short_side: int = 480,
+        device: str = "auto",
+        precision: str = "fp32",
+        random_init: bool = False,
+        seed: int = 0,
+    ) -> "VideoPredictor":
         """A predictor from a checkpoint: a registered name (``tritoncorr weights list``), a path, an
         ``https://`` URL or ``hf://OWNER/REPO/PATH``; ``None`` = the embedded default
         (:data:`tritoncorr.weights.DEFAULT_NAME`). ``random_init=True`` (no checkpoint) uses random
@@ -264,8 +283,10 @@ class VideoPredictor:
         if random_init:
             if checkpoint is not None:
                 raise ValueError("random_init=True takes no checkpoint")
-            warnings.warn(f"VideoPredictor with RANDOM-INIT weights (seed {seed}): the masks will not follow the "
-                          "objects well", stacklevel=2)
+            warnings.warn(
+                f"VideoPredictor with RANDOM-INIT weights (seed {seed}): the masks will not follow the objects well",
+                stacklevel=2,
+            )
         elif checkpoint is None:
             checkpoint = DEFAULT_NAME
         if device == "auto":
@@ -286,7 +307,9 @@ class VideoPredictor:
         state.masks.clear()
         state.obj_ids.clear()
 
-    def add_new_mask(self, state: PredictorState, frame_idx: int, obj_id: int, mask) -> tuple[int, list[int], np.ndarray]:
+    def add_new_mask(
+        self, state: PredictorState, frame_idx: int, obj_id: int, mask
+    ) -> tuple[int, list[int], np.ndarray]:
         """Give object ``obj_id`` the mask ``mask`` (``(H, W)`` bool / 0-1, the video's size) at frame
         ``frame_idx``: a new object, or a correction that restarts it from that frame.
 
@@ -298,8 +321,10 @@ class VideoPredictor:
         if m.ndim == 3 and m.shape[0] == 1:
             m = m[0]
         if m.shape != (state.video_height, state.video_width):
-            raise ValueError(f"mask of object {obj_id} at frame {frame_idx} is {tuple(m.shape)}, the video frames are "
-                             f"({state.video_height}, {state.video_width})")
+            raise ValueError(
+                f"mask of object {obj_id} at frame {frame_idx} is {tuple(m.shape)}, the video frames are "
+                f"({state.video_height}, {state.video_width})"
+            )
         m = m > 0.5 if np.issubdtype(m.dtype, np.floating) else m.astype(bool)
         if not m.any():
             raise ValueError(f"mask of object {obj_id} at frame {frame_idx} is empty")
@@ -327,8 +352,9 @@ class VideoPredictor:
 
     # ------------------------------------------------------------------ propagation
 
-    def propagate_in_video(self, state: PredictorState, start_frame_idx: int | None = None,
-                           max_frame_num_to_track: int | None = None) -> Iterator[tuple[int, list[int], np.ndarray]]:
+    def propagate_in_video(
+        self, state: PredictorState, start_frame_idx: int | None = None, max_frame_num_to_track: int | None = None
+    ) -> Iterator[tuple[int, list[int], np.ndarray]]:
         """Yield ``(frame_idx, obj_ids, masks)`` for every frame from ``start_frame_idx`` (default: the
         first annotated frame) to ``start_frame_idx + max_frame_num_to_track`` (inclusive; default: the
         end); ``masks`` bool ``(len(obj_ids), H, W)`` at the video's resolution, ``obj_ids`` in the
@@ -338,8 +364,10 @@ class VideoPredictor:
         if not state.masks:
             raise ValueError("add_new_mask first: the state has no masks")
         if state.single_pass and state.consumed:
-            raise RuntimeError("this state's frames came from an iterator and were already read; "
-                               "call init_state again with a new iterator (or pass a file, folder or array)")
+            raise RuntimeError(
+                "this state's frames came from an iterator and were already read; "
+                "call init_state again with a new iterator (or pass a file, folder or array)"
+            )
         first = min(state.masks)
         lo = first if start_frame_idx is None else max(int(start_frame_idx), first)
         hi = None if max_frame_num_to_track is None else lo + int(max_frame_num_to_track)
@@ -348,8 +376,16 @@ class VideoPredictor:
         raw = state.frames()
         state.consumed = True
         frames = itertools.islice(raw, first, None if hi is None else hi + 1)
-        stream = track_objects(frames, maps, self.model.features, self.config, color=self.model.color,
-                               short_side=self.short_side, device=self.device, start=first)
+        stream = track_objects(
+            frames,
+            maps,
+            self.model.features,
+            self.config,
+            color=self.model.color,
+            short_side=self.short_side,
+            device=self.device,
+            start=first,
+        )
         try:
             for t, ids in stream:
                 if t < lo:

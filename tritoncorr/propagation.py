@@ -186,18 +186,51 @@ class PropagationConfig:
 PRESETS: dict[str, PropagationConfig] = {
     "dul": PropagationConfig(context=20, radius=12, topk=10, temperature=0.05, window="disc", unrestricted_first=True),
     "crw": PropagationConfig(context=20, radius=12, topk=10, temperature=0.05, window="disc", unrestricted_first=True),
-    "stt": PropagationConfig(context=20, radius=12, topk=10, temperature=0.07, window="square", unrestricted_first=False,
-                             references="stt", label_downsample="nearest", upsample_align_corners=False, minmax=True),
-    "liir": PropagationConfig(radius=14, topk=None, temperature=1.0, window="square", unrestricted_first=False,
-                              references="mast", feedback="hard", normalize=False, compact=2, label_downsample="strided",
-                              upsample_align_corners=False, pad=4),
-    "mast": PropagationConfig(radius=12, topk=None, temperature=1.0, window="square", unrestricted_first=False,
-                              references="mast", feedback="hard", normalize=False, compact=0, label_downsample="strided",
-                              upsample_align_corners=False, pad=1),
+    "stt": PropagationConfig(
+        context=20,
+        radius=12,
+        topk=10,
+        temperature=0.07,
+        window="square",
+        unrestricted_first=False,
+        references="stt",
+        label_downsample="nearest",
+        upsample_align_corners=False,
+        minmax=True,
+    ),
+    "liir": PropagationConfig(
+        radius=14,
+        topk=None,
+        temperature=1.0,
+        window="square",
+        unrestricted_first=False,
+        references="mast",
+        feedback="hard",
+        normalize=False,
+        compact=2,
+        label_downsample="strided",
+        upsample_align_corners=False,
+        pad=4,
+    ),
+    "mast": PropagationConfig(
+        radius=12,
+        topk=None,
+        temperature=1.0,
+        window="square",
+        unrestricted_first=False,
+        references="mast",
+        feedback="hard",
+        normalize=False,
+        compact=0,
+        label_downsample="strided",
+        upsample_align_corners=False,
+        pad=1,
+    ),
     # The protocol-neutral preset: DUL's kNN protocol for any method (radius rescaled to the model's stride
     # by task_preset, frames padded to a multiple of the stride).
-    "common": PropagationConfig(context=20, radius=12, topk=10, temperature=0.05, window="disc", unrestricted_first=True,
-                                pad=8),
+    "common": PropagationConfig(
+        context=20, radius=12, topk=10, temperature=0.05, window="disc", unrestricted_first=True, pad=8
+    ),
 }
 
 #: The feature stride each preset's ``radius`` (in feature cells) was written for; ``task_preset(...,
@@ -243,7 +276,9 @@ def _check_inputs(feats: torch.Tensor, first_labels: torch.Tensor, check_unit_no
     if feats.dtype not in _FLOAT:
         raise TypeError(f"feats dtype {feats.dtype} must be float32, float16 or bfloat16")
     if not isinstance(first_labels, torch.Tensor) or first_labels.dim() != 3:
-        raise ValueError(f"first_labels must be an (L, h, w) tensor, got {getattr(first_labels, 'shape', type(first_labels))}")
+        raise ValueError(
+            f"first_labels must be an (L, h, w) tensor, got {getattr(first_labels, 'shape', type(first_labels))}"
+        )
     if not first_labels.is_floating_point():
         raise TypeError(f"first_labels must be a float (soft label) tensor, got {first_labels.dtype}")
     if first_labels.device != feats.device:
@@ -308,9 +343,21 @@ def propagate(
     """
     _check_inputs(feats, first_labels, check_unit_norm and normalize)
     cfg = PropagationConfig(
-        context, radius, None if topk is None else int(topk), float(temperature), window, bool(unrestricted_first),
-        references, feedback, bool(normalize), int(compact), float(compact_threshold), float(foreground_boost),
-        label_downsample, bool(upsample_align_corners), bool(minmax),
+        context,
+        radius,
+        None if topk is None else int(topk),
+        float(temperature),
+        window,
+        bool(unrestricted_first),
+        references,
+        feedback,
+        bool(normalize),
+        int(compact),
+        float(compact_threshold),
+        float(foreground_boost),
+        label_downsample,
+        bool(upsample_align_corners),
+        bool(minmax),
     )
     n_frames = feats.shape[0]
     out = torch.empty((n_frames,) + tuple(first_labels.shape), dtype=torch.float32, device=feats.device)
@@ -373,8 +420,14 @@ class StreamingPropagator:
     crw/stt policies, 5 for mast): O(1) in the video length.
     """
 
-    def __init__(self, config: PropagationConfig | None = None, *, image_size: tuple[int, int] | None = None,
-                 check_unit_norm: bool = True, **overrides):
+    def __init__(
+        self,
+        config: PropagationConfig | None = None,
+        *,
+        image_size: tuple[int, int] | None = None,
+        check_unit_norm: bool = True,
+        **overrides,
+    ):
         cfg = config if config is not None else PropagationConfig()
         if overrides:
             cfg = dataclasses.replace(cfg, **overrides)
@@ -408,14 +461,16 @@ class StreamingPropagator:
         if feats.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise TypeError(f"feats dtype {feats.dtype} must be float32, float16 or bfloat16")
         if self.grid is not None and tuple(feats.shape[1:]) != self.grid:
-            raise ValueError(f"frame {self.t + 1}: feature grid {tuple(feats.shape[1:])} differs from the first "
-                             f"frame's {self.grid}")
+            raise ValueError(
+                f"frame {self.t + 1}: feature grid {tuple(feats.shape[1:])} differs from the first frame's {self.grid}"
+            )
         if self.check_unit_norm and self.config.normalize:
             dev = (feats.float().norm(dim=0) - 1).abs().max().item()
             if not dev <= 2e-2:
                 raise ValueError(
                     f"frame {self.t + 1}: features must be L2-normalised over channels (max |norm - 1| = {dev:.3g}); "
-                    "use torch.nn.functional.normalize(feats, dim=0) or pass check_unit_norm=False")
+                    "use torch.nn.functional.normalize(feats, dim=0) or pass check_unit_norm=False"
+                )
 
     # ------------------------------------------------------------------ frames
 
@@ -426,8 +481,10 @@ class StreamingPropagator:
         if not isinstance(labels, torch.Tensor) or labels.dim() != 3 or not labels.is_floating_point():
             raise ValueError(f"labels must be a float (L, h, w) tensor, got {getattr(labels, 'shape', type(labels))}")
         if tuple(labels.shape[1:]) != tuple(feats.shape[1:]):
-            raise ValueError(f"labels spatial size {tuple(labels.shape[1:])} must match the feature grid "
-                             f"{tuple(feats.shape[1:])}; use labels_to_feature_grid()")
+            raise ValueError(
+                f"labels spatial size {tuple(labels.shape[1:])} must match the feature grid "
+                f"{tuple(feats.shape[1:])}; use labels_to_feature_grid()"
+            )
         if labels.device != feats.device:
             raise ValueError(f"labels are on {labels.device} but feats on {feats.device}")
         self.grid = tuple(feats.shape[1:])
@@ -448,17 +505,26 @@ class StreamingPropagator:
         cfg = self.config
         if cfg.topk is None:
             pred = window_propagate(
-                feats, torch.stack([self._feats[i] for i in refs]), torch.stack([self._labels[i] for i in refs]),
-                radius=cfg.radius, temperature=cfg.temperature, compact=cfg.compact,
+                feats,
+                torch.stack([self._feats[i] for i in refs]),
+                torch.stack([self._labels[i] for i in refs]),
+                radius=cfg.radius,
+                temperature=cfg.temperature,
+                compact=cfg.compact,
                 compact_threshold=cfg.compact_threshold,
             )
         else:
             frames, counts = distinct_slots(refs, 1 if cfg.unrestricted_first else 0)
             pred = knn_propagate(
-                feats, _stack_channels_last([self._feats[i] for i in frames]),
+                feats,
+                _stack_channels_last([self._feats[i] for i in frames]),
                 torch.stack([self._labels[i] for i in frames]),
-                radius=cfg.radius, topk=cfg.topk, temperature=cfg.temperature, window=cfg.window,
-                unrestricted=1 if cfg.unrestricted_first else 0, counts=counts,
+                radius=cfg.radius,
+                topk=cfg.topk,
+                temperature=cfg.temperature,
+                window=cfg.window,
+                unrestricted=1 if cfg.unrestricted_first else 0,
+                counts=counts,
             )
         if cfg.foreground_boost != 1.0:
             pred[1:] *= cfg.foreground_boost
@@ -502,8 +568,11 @@ class StreamingPropagator:
         if tuple(labels.shape) != (self.num_labels, *self.grid):
             raise ValueError(f"labels must be {(self.num_labels, *self.grid)}, got {tuple(labels.shape)}")
         dev = self._feats[self.t].device
-        own = torch.ones(self.num_labels, dtype=torch.bool, device=dev) if channels is None \
+        own = (
+            torch.ones(self.num_labels, dtype=torch.bool, device=dev)
+            if channels is None
             else torch.as_tensor(channels, dtype=torch.bool, device=dev).reshape(-1)
+        )
         if own.numel() != self.num_labels:
             raise ValueError(f"channels must have {self.num_labels} entries, got {own.numel()}")
         self._labels[self.t] = labels.float().to(dev)
@@ -545,7 +614,9 @@ def encode_labels(ids: torch.Tensor, num_labels: int, size: tuple[int, int], met
     PIL-style nearest resize (``F.interpolate(mode="nearest-exact")``), then one-hot.
     """
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.is_floating_point():
-        raise ValueError(f"ids must be an (H, W) integer tensor, got {getattr(ids, 'shape', type(ids))} {getattr(ids, 'dtype', '')}")
+        raise ValueError(
+            f"ids must be an (H, W) integer tensor, got {getattr(ids, 'shape', type(ids))} {getattr(ids, 'dtype', '')}"
+        )
     h, w = (int(s) for s in size)
     ids = ids.long()
     if method == "bilinear":
@@ -561,7 +632,9 @@ def encode_labels(ids: torch.Tensor, num_labels: int, size: tuple[int, int], met
     return F.one_hot(small, num_labels).permute(2, 0, 1).float().contiguous()
 
 
-def decode_labels(soft: torch.Tensor, size: tuple[int, int], *, align_corners: bool = True, minmax: bool = False) -> torch.Tensor:
+def decode_labels(
+    soft: torch.Tensor, size: tuple[int, int], *, align_corners: bool = True, minmax: bool = False
+) -> torch.Tensor:
     """(L, h, w) predictions -> (L, H, W) float32 at ``size = (H, W)``: bilinear upsampling.
 
     ``align_corners=True`` is DUL's decoding (:func:`labels_to_image`); ``False`` MAST/LIIR/STT's.

@@ -37,8 +37,17 @@ FILENAME = "provenance.json"
 # the evaluation settings that must agree for two folders' numbers to be comparable
 EVAL_SETTINGS = ("benchmark", "split", "resolution", "input_size", "precision", "propagation")
 
-__all__ = ["EVAL_SETTINGS", "FILENAME", "collect", "file_sha256", "git_state", "read_provenance",
-           "record_run_session", "settings_differences", "write_eval_provenance"]
+__all__ = [
+    "EVAL_SETTINGS",
+    "FILENAME",
+    "collect",
+    "file_sha256",
+    "git_state",
+    "read_provenance",
+    "record_run_session",
+    "settings_differences",
+    "write_eval_provenance",
+]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -166,9 +175,19 @@ def read_provenance(folder: str | Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def write_eval_provenance(out: str | Path, *, benchmark: str, checkpoint: str | Path | None, model: str,
-                          preset: str, config: Any, input_size: tuple[int, int] | None, precision: str,
-                          device: Any = None, **settings: Any) -> Path:
+def write_eval_provenance(
+    out: str | Path,
+    *,
+    benchmark: str,
+    checkpoint: str | Path | None,
+    model: str,
+    preset: str,
+    config: Any,
+    input_size: tuple[int, int] | None,
+    precision: str,
+    device: Any = None,
+    **settings: Any,
+) -> Path:
     """Write ``<out>/provenance.json`` for an evaluation: :func:`collect` plus its ``eval`` settings.
 
     ``config`` is the ``PropagationConfig`` (all its fields are recorded); ``settings`` adds the
@@ -187,8 +206,9 @@ def write_eval_provenance(out: str | Path, *, benchmark: str, checkpoint: str | 
     return _write_json(Path(out) / FILENAME, rec)
 
 
-def record_run_session(run: str | Path, *, start_step: int, weights: str | Path | None = None,
-                       device: Any = None) -> Path:
+def record_run_session(
+    run: str | Path, *, start_step: int, weights: str | Path | None = None, device: Any = None
+) -> Path:
     """Append this session (a start or a resume at ``start_step``, from the weights file ``weights``:
     ``init.safetensors``, ``init_from`` or the resumed checkpoint's) to ``<run>/provenance.json``."""
     run = Path(run)

@@ -103,11 +103,14 @@ def _dataset(folders: list[Path], split: str | None, root: Path | None, sequence
     ev = _settings(folders[0])
     root = Path(root) if root is not None else (Path(ev["root"]) if ev.get("root") else None)
     if root is None or not root.is_dir():
-        raise ComparisonError(f"the report needs the DAVIS frames and ground truth: pass --root (the root recorded in "
-                              f"{folders[0]}/provenance.json is {ev.get('root')!r})")
+        raise ComparisonError(
+            f"the report needs the DAVIS frames and ground truth: pass --root (the root recorded in "
+            f"{folders[0]}/provenance.json is {ev.get('root')!r})"
+        )
     try:
-        return DavisDataset(root, split or ev.get("split") or "val", ev.get("resolution") or "480p", sequences,
-                            require_all_masks=True)
+        return DavisDataset(
+            root, split or ev.get("split") or "val", ev.get("resolution") or "480p", sequences, require_all_masks=True
+        )
     except DavisFormatError as err:
         raise ComparisonError(str(err)) from None
 
@@ -122,8 +125,14 @@ def _diff_chart(seqs: list[str], results: list[PairedComparison], labels: list[s
     for k, (r, lab) in enumerate(zip(results, labels)):
         d = dict(zip(r.sequences, r.diffs))
         vals = np.array([d.get(s, np.nan) for s in seqs])
-        ax.bar(x + (k - (len(results) - 1) / 2) * width, vals, width, label=f"{lab} - A",
-               color=[("tab:green" if v > 0 else "tab:red") for v in np.nan_to_num(vals)], alpha=0.5 + 0.4 / (k + 1))
+        ax.bar(
+            x + (k - (len(results) - 1) / 2) * width,
+            vals,
+            width,
+            label=f"{lab} - A",
+            color=[("tab:green" if v > 0 else "tab:red") for v in np.nan_to_num(vals)],
+            alpha=0.5 + 0.4 / (k + 1),
+        )
         if r.enough:
             ax.axhspan(r.ci_low, r.ci_high, color=f"C{k}", alpha=0.15, label=f"95% interval of the mean ({lab})")
         ax.axhline(r.mean, color=f"C{k}", lw=1, ls="--")
@@ -144,7 +153,7 @@ def _j_curves(names: list[str], curves: dict[str, list[np.ndarray]], labels: lis
     rows = (len(names) + cols - 1) // cols
     fig = Figure(figsize=(4.2 * cols, 2.6 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax in axes[len(names):]:
+    for ax in axes[len(names) :]:
         ax.set_axis_off()
     for ax, name in zip(axes, names):
         for k, (j, lab) in enumerate(zip(curves[name], labels)):
@@ -163,7 +172,9 @@ def _strip(seq, preds: list[np.ndarray], frames: int = STRIP_FRAMES) -> np.ndarr
     """Rows: ground truth, then each prediction; ``frames`` evenly spaced frames; height 160 each."""
     from tritoncorr.visualize import overlay_strip
 
-    idx = np.unique(np.linspace(1, len(seq) - 2, num=frames).round().astype(int)) if len(seq) > 2 else np.arange(len(seq))
+    idx = (
+        np.unique(np.linspace(1, len(seq) - 2, num=frames).round().astype(int)) if len(seq) > 2 else np.arange(len(seq))
+    )
     imgs = [seq.load_frame(int(t)) for t in idx]
     rows = [overlay_strip(imgs, [seq.load_mask(int(t)) for t in idx], height=160)]
     rows += [overlay_strip(imgs, [p[t] for t in idx], height=160) for p in preds]
@@ -185,9 +196,18 @@ figure{margin:12px 0}figcaption{font-size:0.9em;color:#555}
 """
 
 
-def write_report(path: str | Path, folders: list[Path], scores: list[dict[str, float]],
-                 results: list[PairedComparison], *, split: str | None = None, root: Path | None = None,
-                 settings_diffs: list[str] | None = None, n_boot: int = 10000, seed: int = 0) -> Path:
+def write_report(
+    path: str | Path,
+    folders: list[Path],
+    scores: list[dict[str, float]],
+    results: list[PairedComparison],
+    *,
+    split: str | None = None,
+    root: Path | None = None,
+    settings_diffs: list[str] | None = None,
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> Path:
     """Write the report (see the module docstring) to ``path`` and return it.
 
     Args:
@@ -215,35 +235,42 @@ def write_report(path: str | Path, folders: list[Path], scores: list[dict[str, f
         curves[seq.name] = [per_frame_j(gt, p) for p in preds[seq.name]]
 
     e = html.escape
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>tritoncorr eval compare</title>"
-             f"<style>{_CSS}</style></head><body>",
-             "<h1>tritoncorr eval compare</h1><ul>"]
+    parts = [
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>tritoncorr eval compare</title>'
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>tritoncorr eval compare</h1><ul>",
+    ]
     for lab, f in zip(labels, folders):
         parts.append(f"<li><b>[{lab}]</b> <code>{e(str(f))}</code>{' (baseline)' if lab == 'A' else ''}</li>")
     parts.append("</ul>")
     if settings_diffs:
-        parts.append("<p class=\"bad\">The recorded evaluation settings differ (compared anyway):</p><ul>")
-        parts += [f"<li class=\"bad\">{e(d)}</li>" for d in settings_diffs]
+        parts.append('<p class="bad">The recorded evaluation settings differ (compared anyway):</p><ul>')
+        parts += [f'<li class="bad">{e(d)}</li>' for d in settings_diffs]
         parts.append("</ul>")
 
-    parts.append(f"<h2>Paired differences against [A]</h2><p>Bootstrap over sequences: {n_boot} resamples, "
-                 f"seed {seed}; 95% percentile interval of the mean difference.</p>")
-    parts.append("<table id=\"summary\"><thead><tr><th></th><th>n</th><th>mean diff</th><th>std err</th>"
-                 "<th>95% interval</th><th>P(better)</th><th>wins/losses</th><th>verdict</th></tr></thead><tbody>")
+    parts.append(
+        f"<h2>Paired differences against [A]</h2><p>Bootstrap over sequences: {n_boot} resamples, "
+        f"seed {seed}; 95% percentile interval of the mean difference.</p>"
+    )
+    parts.append(
+        '<table id="summary"><thead><tr><th></th><th>n</th><th>mean diff</th><th>std err</th>'
+        "<th>95% interval</th><th>P(better)</th><th>wins/losses</th><th>verdict</th></tr></thead><tbody>"
+    )
     for lab, r in zip(labels[1:], results):
         if r.enough:
             verdict = f"{lab} {r.verdict}" + (" than A" if r.verdict in ("better", "worse") else "")
             ci, pb = f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}]", f"{r.p_better:.3f}"
         else:
-            verdict = (f"no verdict: only {len(r.sequences)} paired sequence(s), at least {r.min_sequences} "
-                       "are needed")
+            verdict = f"no verdict: only {len(r.sequences)} paired sequence(s), at least {r.min_sequences} are needed"
             ci = pb = "-"
         se = f"{r.se:.4f}" if np.isfinite(r.se) else "-"
-        parts.append(f"<tr><td>[{lab}]</td><td>{len(r.sequences)}</td><td>{r.mean:+.4f}</td><td>{se}</td>"
-                     f"<td>{ci}</td><td>{pb}</td><td>{r.wins}/{r.losses}</td><td>{e(verdict)}</td></tr>")
+        parts.append(
+            f"<tr><td>[{lab}]</td><td>{len(r.sequences)}</td><td>{r.mean:+.4f}</td><td>{se}</td>"
+            f"<td>{ci}</td><td>{pb}</td><td>{r.wins}/{r.losses}</td><td>{e(verdict)}</td></tr>"
+        )
     parts.append("</tbody></table>")
 
-    parts.append("<h2>J&amp;F per sequence</h2><table id=\"sequences\"><thead><tr><th>sequence</th>")
+    parts.append('<h2>J&amp;F per sequence</h2><table id="sequences"><thead><tr><th>sequence</th>')
     for i, lab in enumerate(labels):
         parts.append(f"<th>[{lab}] J&amp;F</th>" + (f"<th>{lab} - A</th>" if i else ""))
     parts.append("</tr></thead><tbody>")
@@ -255,25 +282,29 @@ def write_report(path: str | Path, folders: list[Path], scores: list[dict[str, f
                 if s in sc and s in scores[0]:
                     d = sc[s] - scores[0][s]
                     cls = "win" if d > 0 else "loss" if d < 0 else ""
-                    cells.append(f"<td class=\"{cls}\">{d:+.3f}</td>")
+                    cells.append(f'<td class="{cls}">{d:+.3f}</td>')
                 else:
                     cells.append("<td>-</td>")
-        parts.append(f"<tr class=\"seq\"><td>{e(s)}</td>{''.join(cells)}</tr>")
+        parts.append(f'<tr class="seq"><td>{e(s)}</td>{"".join(cells)}</tr>')
     mean_cells = []
     for i, sc in enumerate(scores):
         mean_cells.append(f"<td>{np.mean(list(sc.values())):.3f}</td>")
         if i:
             mean_cells.append(f"<td>{results[i - 1].mean:+.3f}</td>")
-    parts.append(f"<tr class=\"mean\"><td>mean</td>{''.join(mean_cells)}</tr></tbody></table>")
+    parts.append(f'<tr class="mean"><td>mean</td>{"".join(mean_cells)}</tr></tbody></table>')
 
-    parts.append(f"<figure><img alt=\"paired differences per sequence\" src=\"{_diff_chart(common, results, labels[1:])}\">"
-                 "<figcaption>Bars: each sequence's J&amp;F difference to A; dashed line: their mean; band: the "
-                 "bootstrap 95% interval of the mean.</figcaption></figure>")
+    parts.append(
+        f'<figure><img alt="paired differences per sequence" src="{_diff_chart(common, results, labels[1:])}">'
+        "<figcaption>Bars: each sequence's J&amp;F difference to A; dashed line: their mean; band: the "
+        "bootstrap 95% interval of the mean.</figcaption></figure>"
+    )
     names = [s.name for s in ds]
-    parts.append("<h2>Per-frame J</h2>"
-                 f"<figure><img alt=\"per-frame J curves\" src=\"{_j_curves(names, curves, labels)}\">"
-                 "<figcaption>Region similarity J (IoU) per frame, averaged over each sequence's objects, frames "
-                 "1 .. T-2 (the frames the toolkit scores).</figcaption></figure>")
+    parts.append(
+        "<h2>Per-frame J</h2>"
+        f'<figure><img alt="per-frame J curves" src="{_j_curves(names, curves, labels)}">'
+        "<figcaption>Region similarity J (IoU) per frame, averaged over each sequence's objects, frames "
+        "1 .. T-2 (the frames the toolkit scores).</figcaption></figure>"
+    )
 
     parts.append("<h2>Largest wins and losses</h2>")
     by_name = {s.name: s for s in ds}
@@ -284,9 +315,11 @@ def write_report(path: str | Path, folders: list[Path], scores: list[dict[str, f
         for kind, i in picks:
             name = r.sequences[i]
             strip = _strip(by_name[name], [preds[name][0], preds[name][k]])
-            parts.append(f"<figure><img alt=\"{kind} {e(name)}\" src=\"{_png_uri(strip)}\"><figcaption>{kind} of "
-                         f"[{lab}] on <b>{e(name)}</b> ({r.diffs[i]:+.3f} J&amp;F): rows = ground truth, [A], "
-                         f"[{lab}]</figcaption></figure>")
+            parts.append(
+                f'<figure><img alt="{kind} {e(name)}" src="{_png_uri(strip)}"><figcaption>{kind} of '
+                f"[{lab}] on <b>{e(name)}</b> ({r.diffs[i]:+.3f} J&amp;F): rows = ground truth, [A], "
+                f"[{lab}]</figcaption></figure>"
+            )
         if not picks:
             parts.append(f"<p>[{lab}] and [A] score alike on every sequence.</p>")
     parts.append("</body></html>\n")

@@ -39,7 +39,9 @@ def parse_values(text: str | None, cast, name: str) -> list:
                     raise ValueError
                 v = int(v)
         except ValueError:
-            raise ValueError(f"--{name}: {part!r} is not a {cast.__name__} (give a comma-separated list, e.g. 5,10)") from None
+            raise ValueError(
+                f"--{name}: {part!r} is not a {cast.__name__} (give a comma-separated list, e.g. 5,10)"
+            ) from None
         out.append(v)
     return list(dict.fromkeys(out))
 
@@ -67,9 +69,21 @@ def grid_settings(values: dict[str, list]) -> list[dict[str, Any]]:
 
 
 @torch.no_grad()
-def sweep_davis(features_fn, *, root, split: str = "val", resolution: str = "480p", sequences=None, config,
-                settings: list[dict[str, Any]], device="cpu", color: str = "rgb", cache=None, progress: bool = True,
-                workers: int = 0):
+def sweep_davis(
+    features_fn,
+    *,
+    root,
+    split: str = "val",
+    resolution: str = "480p",
+    sequences=None,
+    config,
+    settings: list[dict[str, Any]],
+    device="cpu",
+    color: str = "rgb",
+    cache=None,
+    progress: bool = True,
+    workers: int = 0,
+):
     """Score every setting (``config`` with each dict of ``settings`` replaced) on the DAVIS sequences.
 
     Returns:
@@ -89,16 +103,29 @@ def sweep_davis(features_fn, *, root, split: str = "val", resolution: str = "480
             for seq in ds:
                 bar.start(seq.name)
                 codec = MaskCodec(seq.load_mask(0))
-                vf = sequence_features(features_fn, seq.name, seq.load_frame, len(seq), codec.size, config=config,
-                                       device=device, color=color, cache=cache, bar=bar)
+                vf = sequence_features(
+                    features_fn,
+                    seq.name,
+                    seq.load_frame,
+                    len(seq),
+                    codec.size,
+                    config=config,
+                    device=device,
+                    color=color,
+                    cache=cache,
+                    bar=bar,
+                )
                 gt = seq.load_masks()
                 for k, cfg in enumerate(configs):
                     bar.stage(f"setting {k + 1}/{len(configs)}: propagating")
                     prop = propagate_labels(vf, codec, cfg, on_frame=bar.frame)
                     bar.frame()
                     bar.stage(f"setting {k + 1}/{len(configs)}: decoding")
-                    pred = np.stack([prop.decode(t) for t in range(1, len(seq) - 1)]) if len(seq) > 2 else \
-                        np.zeros((0, *seq.size), np.uint8)
+                    pred = (
+                        np.stack([prop.decode(t) for t in range(1, len(seq) - 1)])
+                        if len(seq) > 2
+                        else np.zeros((0, *seq.size), np.uint8)
+                    )
                     bar.advance(len(seq))
                     del prop
                     if pool is not None:

@@ -101,8 +101,10 @@ def _image_rgb(path: Path) -> np.ndarray:
 
 
 def _open_folder(path: Path, fps: float | None) -> FrameSource:
-    files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-                   key=lambda p: _natural_key(p.name))
+    files = sorted(
+        (p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+        key=lambda p: _natural_key(p.name),
+    )
     if not files:
         raise VideoError(f"frame folder {path} has no images ({', '.join(IMAGE_SUFFIXES)})")
     first = _image_rgb(files[0])
@@ -111,8 +113,10 @@ def _open_folder(path: Path, fps: float | None) -> FrameSource:
         for f in files:
             img = _image_rgb(f)
             if img.shape != first.shape:
-                raise VideoError(f"frame {f.name} is {img.shape[1]}x{img.shape[0]}, the first frame "
-                                 f"{first.shape[1]}x{first.shape[0]}")
+                raise VideoError(
+                    f"frame {f.name} is {img.shape[1]}x{img.shape[0]}, the first frame "
+                    f"{first.shape[1]}x{first.shape[0]}"
+                )
             yield img
 
     return FrameSource(path, first.shape[:2], float(fps or 24.0), len(files), frames, [f.stem for f in files])
@@ -249,7 +253,7 @@ def _interior(labels: np.ndarray) -> np.ndarray:
     same = np.ones((h, w), bool)
     for dy in (0, 1, 2):
         for dx in (0, 1, 2):
-            same &= p[dy:dy + h, dx:dx + w] == labels
+            same &= p[dy : dy + h, dx : dx + w] == labels
     return same
 
 
@@ -278,12 +282,13 @@ def _rgb_mask_ids(rgb: np.ndarray, path: Path) -> np.ndarray:
         if centres:
             d = ((rgb_of[centres] - rgb_of[i]) ** 2).sum(1)
             j = int(d.argmin())
-            if d[j] <= COLOUR_TOLERANCE ** 2:
+            if d[j] <= COLOUR_TOLERANCE**2:
                 centre_of[i] = centres[j]
                 continue
         if len(centres) > 1024:
-            raise VideoError(f"mask {path} has over 1024 distinct colour groups: not a mask (a photo?); use a "
-                             "palette or binary PNG")
+            raise VideoError(
+                f"mask {path} has over 1024 distinct colour groups: not a mask (a photo?); use a palette or binary PNG"
+            )
         centres.append(int(i))
         centre_of[i] = i
     group = centre_of[inverse].reshape(rgb.shape[:2])
@@ -294,16 +299,20 @@ def _rgb_mask_ids(rgb: np.ndarray, path: Path) -> np.ndarray:
             d = ((rgb_of[big] - rgb_of[c]) ** 2).sum(1)
             centre_of[centre_of == c] = big[int(d.argmin())]
     if len(big) < len(colours):
-        warnings.warn(f"mask {path} has {len(colours)} colours: treated as {len(big)} (near-duplicate and rare "
-                      f"colours, e.g. JPEG noise along the edges, joined the nearest frequent colour); save masks "
-                      "as PNG (palette or binary) to avoid this", stacklevel=3)
-    black = [c for c in big if (rgb_of[c] ** 2).sum() <= COLOUR_TOLERANCE ** 2]
+        warnings.warn(
+            f"mask {path} has {len(colours)} colours: treated as {len(big)} (near-duplicate and rare "
+            f"colours, e.g. JPEG noise along the edges, joined the nearest frequent colour); save masks "
+            "as PNG (palette or binary) to avoid this",
+            stacklevel=3,
+        )
+    black = [c for c in big if (rgb_of[c] ** 2).sum() <= COLOUR_TOLERANCE**2]
     objects = sorted((c for c in big if c not in black), key=lambda c: colours[c])
     if len(objects) > 254:
         raise VideoError(f"mask {path} has {len(objects)} colours: not a mask (use a palette or binary PNG)")
     near = [int(((pal - rgb_of[c]) ** 2).sum(1).argmin()) for c in objects]
-    on_palette = all(n != 0 and ((pal[n] - rgb_of[c]) ** 2).sum() <= PALETTE_TOLERANCE ** 2
-                     for n, c in zip(near, objects))
+    on_palette = all(
+        n != 0 and ((pal[n] - rgb_of[c]) ** 2).sum() <= PALETTE_TOLERANCE**2 for n, c in zip(near, objects)
+    )
     lut = np.zeros(len(colours), np.uint8)
     for k, c in enumerate(objects):
         lut[c] = near[k] if on_palette and len(set(near)) == len(near) else k + 1
@@ -324,11 +333,12 @@ def fit_mask(ids: np.ndarray, frame_size: tuple[int, int], name: str) -> np.ndar
     if (h, w) == (H, W):
         return ids
     if abs((w / h) / (W / H) - 1) <= 0.01:
-        warnings.warn(f"mask {name} is {w}x{h} but the frames are {W}x{H}: resizing the mask (nearest)",
-                      stacklevel=2)
+        warnings.warn(f"mask {name} is {w}x{h} but the frames are {W}x{H}: resizing the mask (nearest)", stacklevel=2)
         return _resize_ids(ids, (H, W))
-    raise VideoError(f"mask {name} is {w}x{h} but the video frames are {W}x{H} (another aspect ratio): "
-                     "draw the mask on a frame of this video")
+    raise VideoError(
+        f"mask {name} is {w}x{h} but the video frames are {W}x{H} (another aspect ratio): "
+        "draw the mask on a frame of this video"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -423,8 +433,9 @@ def propagate_video(
     t0 = time.perf_counter()
     frames = source.frames()
     seen = _Frames()
-    stream = track_objects(iter(seen), masks, features, config, color=color, short_side=short_side, device=device,
-                           start=0)
+    stream = track_objects(
+        iter(seen), masks, features, config, color=color, short_side=short_side, device=device, start=0
+    )
     try:
         for t, ids in stream:
             ids_out = ids.astype(np.uint8)
@@ -445,11 +456,22 @@ def propagate_video(
         raise VideoError(f"{source.path}: no frames were decoded")
     expected = source.num_frames if max_frames is None else min(source.num_frames or max_frames, max_frames)
     if source.num_frames and n < expected:
-        warnings.warn(f"{source.path} declares {source.num_frames} frames but only {n} could be decoded (a cut or "
-                      f"damaged file?): the output holds {n} frames", stacklevel=2)
-    return PropagationResult(n, time.perf_counter() - t0, mask_dir, writer.path if writer is not None else None,
-                             ids_all, (H0, W0), working_size(source.size, short_side), tuple(grid),
-                             sorted(k for k in masks if k >= n))
+        warnings.warn(
+            f"{source.path} declares {source.num_frames} frames but only {n} could be decoded (a cut or "
+            f"damaged file?): the output holds {n} frames",
+            stacklevel=2,
+        )
+    return PropagationResult(
+        n,
+        time.perf_counter() - t0,
+        mask_dir,
+        writer.path if writer is not None else None,
+        ids_all,
+        (H0, W0),
+        working_size(source.size, short_side),
+        tuple(grid),
+        sorted(k for k in masks if k >= n),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -474,13 +496,14 @@ def synthetic_video_frame(t: int, size: tuple[int, int] = (96, 128), seed: int =
     s = max(3, min(h, w) // 5)
     x0 = int((w - s - 1) * (0.5 + 0.5 * np.sin(2 * np.pi * t / 90.0)))
     y0 = h - s - max(1, h // 16)
-    frame[y0:y0 + s, x0:x0 + s] = (40, 60, 220)
-    ids[y0:y0 + s, x0:x0 + s] = 2
+    frame[y0 : y0 + s, x0 : x0 + s] = (40, 60, 220)
+    ids[y0 : y0 + s, x0 : x0 + s] = 2
     return frame, ids
 
 
-def write_synthetic_video(path: str | Path, num_frames: int, size: tuple[int, int] = (96, 128), fps: float = 25,
-                          seed: int = 0) -> Path:
+def write_synthetic_video(
+    path: str | Path, num_frames: int, size: tuple[int, int] = (96, 128), fps: float = 25, seed: int = 0
+) -> Path:
     """Write :func:`synthetic_video_frame` 0..num_frames-1 as a video (H.264 / MPEG-4) or, when ``path``
     has no video suffix, as a folder of PNG frames. Returns ``path``."""
     path = Path(path)

@@ -51,7 +51,9 @@ def overlay_masks(frame: np.ndarray, ids: np.ndarray, *, alpha: float = 0.5, con
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def save_overlay(path: str | Path, frame: np.ndarray, ids: np.ndarray, *, alpha: float = 0.5, quality: int = 90) -> Path:
+def save_overlay(
+    path: str | Path, frame: np.ndarray, ids: np.ndarray, *, alpha: float = 0.5, quality: int = 90
+) -> Path:
     """Write :func:`overlay_masks` of ``frame`` and ``ids`` as a JPEG (or PNG by suffix) at ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +90,7 @@ def overlay_strip(frames, ids, *, height: int | None = None, gap: int = 4, alpha
     out = np.full((h, width, 3), 255, dtype=np.uint8)
     x = 0
     for t in tiles:
-        out[:, x:x + t.shape[1]] = t
+        out[:, x : x + t.shape[1]] = t
         x += t.shape[1] + gap
     return out
 
@@ -162,8 +164,9 @@ class OverlayVideoWriter:
         return False
 
 
-def draw_joints(frame: np.ndarray, joints: np.ndarray, *, parents=None, color=None, radius: int = 3,
-                width: int = 2) -> np.ndarray:
+def draw_joints(
+    frame: np.ndarray, joints: np.ndarray, *, parents=None, color=None, radius: int = 3, width: int = 2
+) -> np.ndarray:
     """Draw keypoints (and their skeleton) on a copy of a frame.
 
     Args:
@@ -211,8 +214,9 @@ def draw_joints(frame: np.ndarray, joints: np.ndarray, *, parents=None, color=No
     return np.asarray(img)
 
 
-def save_joints_overlay(path: str | Path, frame: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = None,
-                        *, quality: int = 90) -> Path:
+def save_joints_overlay(
+    path: str | Path, frame: np.ndarray, pred: np.ndarray, gt: np.ndarray | None = None, *, quality: int = 90
+) -> Path:
     """Write ``frame`` with the true joints (white, when given) and the predicted ones (coloured) as a JPEG/PNG."""
     img = frame
     if gt is not None:
@@ -228,4 +232,12 @@ def save_joints_overlay(path: str | Path, frame: np.ndarray, pred: np.ndarray, g
     return path
 
 
-__all__ = ["OverlayVideoWriter", "draw_joints", "overlay_masks", "overlay_strip", "palette_colors", "save_joints_overlay", "save_overlay"]
+__all__ = [
+    "OverlayVideoWriter",
+    "draw_joints",
+    "overlay_masks",
+    "overlay_strip",
+    "palette_colors",
+    "save_joints_overlay",
+    "save_overlay",
+]

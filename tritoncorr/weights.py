@@ -118,8 +118,7 @@ _DUL_README = "github.com/visinf/dense-ulearn-vos README (Training)"
 _STT_README = "github.com/qianduoduolr/Spa-then-Temp README (Model Zoo)"
 _LIIR = "https://github.com/shasha521/LIIR_pytorch/releases/download/v1.0/"
 _LIIR_README = "github.com/shasha521/LIIR_pytorch README (Results and Models)"
-_D4_NOTE = ("stride 4: STT evaluates DAVIS with a radius-35 window, the kernels take radius <= 32 "
-            "(--radius 32)")
+_D4_NOTE = "stride 4: STT evaluates DAVIS with a radius-35 window, the kernels take radius <= 32 (--radius 32)"
 
 #: The embedded default checkpoint (shipped in the package).
 DEFAULT_NAME = "tritoncorr-stt-r18-cpu"
@@ -128,60 +127,187 @@ DEFAULT_NAME = "tritoncorr-stt-r18-cpu"
 def _entries() -> list[PublishedWeights]:
     return [
         PublishedWeights(
-            DEFAULT_NAME, "", "stt-r18-cpu.safetensors", "tritoncorr", "STT (ResNet-18 stride 8), trained here on CPU",
-            None, "README (davis-dev, 10 sequences)", "Apache-2.0",
+            DEFAULT_NAME,
+            "",
+            "stt-r18-cpu.safetensors",
+            "tritoncorr",
+            "STT (ResNet-18 stride 8), trained here on CPU",
+            None,
+            "README (davis-dev, 10 sequences)",
+            "Apache-2.0",
             package_file="assets/stt-r18-cpu.safetensors",
             note="embedded default; trained on 13 Apache-2.0 / MIT / BSD-3 clips",
-            measured=("davis-dev (10 sequences, propagate --short-side 240 --precision bf16): J&F 0.522 vs 0.514 "
-                      "for random init, +0.008, 95% interval [-0.040, +0.061], 5 wins / 5 losses: no clear "
-                      "difference (README, 'The embedded default checkpoint')")),
+            measured=(
+                "davis-dev (10 sequences, propagate --short-side 240 --precision bf16): J&F 0.522 vs 0.514 "
+                "for random init, +0.008, 95% interval [-0.040, +0.061], 5 wins / 5 losses: no clear "
+                "difference (README, 'The embedded default checkpoint')"
+            ),
+        ),
         PublishedWeights(
-            "crw", "https://github.com/ajabri/videowalk/raw/master/pretrained.pth", "crw-pretrained.pth", "crw",
-            "CRW (Jabri et al. 2020), Kinetics", 67.6, "github.com/ajabri/videowalk README (pretrained.pth)", "MIT"),
+            "crw",
+            "https://github.com/ajabri/videowalk/raw/master/pretrained.pth",
+            "crw-pretrained.pth",
+            "crw",
+            "CRW (Jabri et al. 2020), Kinetics",
+            67.6,
+            "github.com/ajabri/videowalk README (pretrained.pth)",
+            "MIT",
+        ),
         PublishedWeights(
-            "dul-ytvos", _DUL + "ytvos_e060_res4.pth", "ytvos_e060_res4.pth", "dul", "DUL (Araslanov et al. 2021), YouTube-VOS",
-            69.3, _DUL_README, "Apache-2.0", published_md5_head="c3ae3", published_md5_tail="55faf"),
+            "dul-ytvos",
+            _DUL + "ytvos_e060_res4.pth",
+            "ytvos_e060_res4.pth",
+            "dul",
+            "DUL (Araslanov et al. 2021), YouTube-VOS",
+            69.3,
+            _DUL_README,
+            "Apache-2.0",
+            published_md5_head="c3ae3",
+            published_md5_tail="55faf",
+        ),
         PublishedWeights(
-            "dul-oxuva", _DUL + "oxuva_e430_res4.pth", "oxuva_e430_res4.pth", "dul", "DUL, OxUvA",
-            65.3, _DUL_README, "Apache-2.0", published_md5_head="af541", published_md5_tail="d09b3"),
+            "dul-oxuva",
+            _DUL + "oxuva_e430_res4.pth",
+            "oxuva_e430_res4.pth",
+            "dul",
+            "DUL, OxUvA",
+            65.3,
+            _DUL_README,
+            "Apache-2.0",
+            published_md5_head="af541",
+            published_md5_tail="d09b3",
+        ),
         PublishedWeights(
-            "dul-trackingnet", _DUL + "trackingnet_e088_res4.pth", "trackingnet_e088_res4.pth", "dul", "DUL, TrackingNet",
-            69.4, _DUL_README, "Apache-2.0", published_md5_head="3e7e9", published_md5_tail="95fa9"),
+            "dul-trackingnet",
+            _DUL + "trackingnet_e088_res4.pth",
+            "trackingnet_e088_res4.pth",
+            "dul",
+            "DUL, TrackingNet",
+            69.4,
+            _DUL_README,
+            "Apache-2.0",
+            published_md5_head="3e7e9",
+            published_md5_tail="95fa9",
+        ),
         PublishedWeights(
-            "dul-kinetics", _DUL + "kinetics_e026_res4.pth", "kinetics_e026_res4.pth", "dul", "DUL, Kinetics-400",
-            68.7, _DUL_README, "Apache-2.0", published_md5_head="086db", published_md5_tail="a7d98"),
+            "dul-kinetics",
+            _DUL + "kinetics_e026_res4.pth",
+            "kinetics_e026_res4.pth",
+            "dul",
+            "DUL, Kinetics-400",
+            68.7,
+            _DUL_README,
+            "Apache-2.0",
+            published_md5_head="086db",
+            published_md5_tail="a7d98",
+        ),
         PublishedWeights(
-            "stt-r18-temporal-d8", "https://drive.google.com/file/d/1roBP0p0n8mIt0HvBsk6Wkszc6vuVUbxE/view",
-            "stt-r18-temporal-d8.pth", "stt", "STT (Li & Liu 2023), ResNet-18 temporal only, stride 8", 69.2,
-            _STT_README, "MIT", variant="d8"),
+            "stt-r18-temporal-d8",
+            "https://drive.google.com/file/d/1roBP0p0n8mIt0HvBsk6Wkszc6vuVUbxE/view",
+            "stt-r18-temporal-d8.pth",
+            "stt",
+            "STT (Li & Liu 2023), ResNet-18 temporal only, stride 8",
+            69.2,
+            _STT_README,
+            "MIT",
+            variant="d8",
+        ),
         PublishedWeights(
-            "stt-r18-d8", "https://drive.google.com/file/d/1kksNGOklpPmlai6ljAIu1-dAcxSgMgml/view", "stt-r18-d8.pth",
-            "stt", "STT, ResNet-18, stride 8", 70.7, _STT_README, "MIT", variant="d8"),
+            "stt-r18-d8",
+            "https://drive.google.com/file/d/1kksNGOklpPmlai6ljAIu1-dAcxSgMgml/view",
+            "stt-r18-d8.pth",
+            "stt",
+            "STT, ResNet-18, stride 8",
+            70.7,
+            _STT_README,
+            "MIT",
+            variant="d8",
+        ),
         PublishedWeights(
-            "stt-r50-d8", "https://drive.google.com/file/d/190ND_w4yJC7njdWtmw5bJ-tl5VL8PSJ7/view", "stt-r50-d8.pth",
-            "stt", "STT, ResNet-50, stride 8", 71.2, _STT_README, "MIT", variant="d8"),
+            "stt-r50-d8",
+            "https://drive.google.com/file/d/190ND_w4yJC7njdWtmw5bJ-tl5VL8PSJ7/view",
+            "stt-r50-d8.pth",
+            "stt",
+            "STT, ResNet-50, stride 8",
+            71.2,
+            _STT_README,
+            "MIT",
+            variant="d8",
+        ),
         PublishedWeights(
-            "stt-r18-d4", "https://drive.google.com/file/d/1ZJHyWMOpWhfmX6vMX5Qkm_2qkqS0grNM/view", "stt-r18-d4.pth",
-            "stt", "STT, ResNet-18, stride 4", 73.5, _STT_README, "MIT", variant="d4", note=_D4_NOTE),
+            "stt-r18-d4",
+            "https://drive.google.com/file/d/1ZJHyWMOpWhfmX6vMX5Qkm_2qkqS0grNM/view",
+            "stt-r18-d4.pth",
+            "stt",
+            "STT, ResNet-18, stride 4",
+            73.5,
+            _STT_README,
+            "MIT",
+            variant="d4",
+            note=_D4_NOTE,
+        ),
         PublishedWeights(
-            "stt-r50-d4", "https://drive.google.com/file/d/1HZYXhfaCDG9IeKX8ESBGHBn-kUrHC8Q8/view", "stt-r50-d4.pth",
-            "stt", "STT, ResNet-50, stride 4", 74.1, _STT_README, "MIT", variant="d4", note=_D4_NOTE),
+            "stt-r50-d4",
+            "https://drive.google.com/file/d/1HZYXhfaCDG9IeKX8ESBGHBn-kUrHC8Q8/view",
+            "stt-r50-d4.pth",
+            "stt",
+            "STT, ResNet-50, stride 4",
+            74.1,
+            _STT_README,
+            "MIT",
+            variant="d4",
+            note=_D4_NOTE,
+        ),
         PublishedWeights(
-            "mast", "https://drive.google.com/file/d/1vjiBdom75QzwCF5jnMRsxz897XyotVO8/view", "mast.pt", "mast",
-            "MAST (Lai et al. 2020)", 65.5, "MAST paper (as cited in LIIR's Table 2); github.com/zlai0/MAST README link",
-            "not stated"),
+            "mast",
+            "https://drive.google.com/file/d/1vjiBdom75QzwCF5jnMRsxz897XyotVO8/view",
+            "mast.pt",
+            "mast",
+            "MAST (Lai et al. 2020)",
+            65.5,
+            "MAST paper (as cited in LIIR's Table 2); github.com/zlai0/MAST README link",
+            "not stated",
+        ),
         PublishedWeights(
-            "liir-ape", _LIIR + "APE_669.pt", "APE_669.pt", "liir", "LIIR reproduction (LIIR_pytorch), APE",
-            66.9, _LIIR_README, "not stated"),
+            "liir-ape",
+            _LIIR + "APE_669.pt",
+            "APE_669.pt",
+            "liir",
+            "LIIR reproduction (LIIR_pytorch), APE",
+            66.9,
+            _LIIR_README,
+            "not stated",
+        ),
         PublishedWeights(
-            "liir-ape-compact", _LIIR + "APE_compact_690.pt", "APE_compact_690.pt", "liir",
-            "LIIR reproduction, APE + compact prior", 69.0, _LIIR_README, "not stated"),
+            "liir-ape-compact",
+            _LIIR + "APE_compact_690.pt",
+            "APE_compact_690.pt",
+            "liir",
+            "LIIR reproduction, APE + compact prior",
+            69.0,
+            _LIIR_README,
+            "not stated",
+        ),
         PublishedWeights(
-            "liir-ape-intervideo", _LIIR + "APE_intervideo_699.pt", "APE_intervideo_699.pt", "liir",
-            "LIIR reproduction, APE + inter-video", 69.9, _LIIR_README, "not stated"),
+            "liir-ape-intervideo",
+            _LIIR + "APE_intervideo_699.pt",
+            "APE_intervideo_699.pt",
+            "liir",
+            "LIIR reproduction, APE + inter-video",
+            69.9,
+            _LIIR_README,
+            "not stated",
+        ),
         PublishedWeights(
-            "liir-ape-compact-intervideo", _LIIR + "APE_compact_intervideo_722.pt", "APE_compact_intervideo_722.pt",
-            "liir", "LIIR reproduction, APE + inter-video + compact prior", 72.2, _LIIR_README, "not stated"),
+            "liir-ape-compact-intervideo",
+            _LIIR + "APE_compact_intervideo_722.pt",
+            "APE_compact_intervideo_722.pt",
+            "liir",
+            "LIIR reproduction, APE + inter-video + compact prior",
+            72.2,
+            _LIIR_README,
+            "not stated",
+        ),
     ]
 
 
@@ -258,8 +384,9 @@ def _progress(total: int | None, done: int, label: str):
     return bar, task
 
 
-def download_file(url: str, dst: Path, *, sha256: str = "", timeout: float = 60.0, progress: bool = True,
-                  place_hint: str = "") -> str:
+def download_file(
+    url: str, dst: Path, *, sha256: str = "", timeout: float = 60.0, progress: bool = True, place_hint: str = ""
+) -> str:
     """Download ``url`` to ``dst`` atomically, resuming ``dst.part`` when present; returns the SHA-256.
 
     Raises:
@@ -290,8 +417,10 @@ def download_file(url: str, dst: Path, *, sha256: str = "", timeout: float = 60.
     if resp is not None:
         with resp:
             if "text/html" in (resp.headers.get("Content-Type") or ""):
-                raise WeightsError(f"{url} returned a web page, not the checkpoint (Google Drive asks a browser to "
-                                   f"confirm large files); {hint}")
+                raise WeightsError(
+                    f"{url} returned a web page, not the checkpoint (Google Drive asks a browser to "
+                    f"confirm large files); {hint}"
+                )
             if have and resp.status != 206:
                 have = 0  # the server ignored Range: start over
             length = resp.headers.get("Content-Length")
@@ -306,8 +435,10 @@ def download_file(url: str, dst: Path, *, sha256: str = "", timeout: float = 60.
                         try:
                             block = resp.read(CHUNK)
                         except (OSError, urllib.error.URLError) as err:
-                            raise WeightsError(f"download of {url} interrupted after {part.stat().st_size} bytes "
-                                               f"({err}); run the same command again to resume") from err
+                            raise WeightsError(
+                                f"download of {url} interrupted after {part.stat().st_size} bytes "
+                                f"({err}); run the same command again to resume"
+                            ) from err
                         if not block:
                             break
                         f.write(block)
@@ -318,13 +449,16 @@ def download_file(url: str, dst: Path, *, sha256: str = "", timeout: float = 60.
                     bar.stop()
             got = part.stat().st_size
             if total is not None and got < total:
-                raise WeightsError(f"download of {url} interrupted after {got} of {total} bytes; run the same command "
-                                   "again to resume")
+                raise WeightsError(
+                    f"download of {url} interrupted after {got} of {total} bytes; run the same command again to resume"
+                )
     digest = file_sha256(part)
     if sha256 and digest != sha256.lower():
         part.unlink()
-        raise WeightsError(f"{dst.name} from {url}: SHA-256 {digest} does not match the expected {sha256}; the file "
-                           "was deleted (corrupted transfer or a changed file on the server)")
+        raise WeightsError(
+            f"{dst.name} from {url}: SHA-256 {digest} does not match the expected {sha256}; the file "
+            "was deleted (corrupted transfer or a changed file on the server)"
+        )
     part.replace(dst)
     return digest
 
@@ -374,17 +508,22 @@ def _check_raw(raw: Path, record: dict, entry: PublishedWeights | None) -> None:
     digest = file_sha256(raw)
     want = (entry.sha256 if entry is not None and entry.sha256 else "") or record.get("sha256", "")
     if want and digest != want:
-        raise WeightsError(f"{raw}: SHA-256 {digest} differs from the recorded {want} (the cached file changed); "
-                           f"delete {raw.parent} and download again")
+        raise WeightsError(
+            f"{raw}: SHA-256 {digest} differs from the recorded {want} (the cached file changed); "
+            f"delete {raw.parent} and download again"
+        )
     if entry is not None and (entry.published_md5_head or entry.published_md5_tail):
         md5 = file_sha256(raw, "md5")
         if not (md5.startswith(entry.published_md5_head) and md5.endswith(entry.published_md5_tail)):
-            raise WeightsError(f"{raw}: MD5 {md5} does not match the {entry.published_md5_head}...{entry.published_md5_tail} the "
-                               f"authors publish ({entry.reported_in}); delete {raw.parent} and download again")
+            raise WeightsError(
+                f"{raw}: MD5 {md5} does not match the {entry.published_md5_head}...{entry.published_md5_tail} the "
+                f"authors publish ({entry.reported_in}); delete {raw.parent} and download again"
+            )
 
 
-def _fetch_url(key: str, url: str, filename: str, fmt: str, variant: str, entry: PublishedWeights | None,
-               progress: bool) -> Path:
+def _fetch_url(
+    key: str, url: str, filename: str, fmt: str, variant: str, entry: PublishedWeights | None, progress: bool
+) -> Path:
     d = _entry_dir(key)
     d.mkdir(parents=True, exist_ok=True)
     raw = d / filename
@@ -392,8 +531,13 @@ def _fetch_url(key: str, url: str, filename: str, fmt: str, variant: str, entry:
     if not raw.is_file():
         hint = f"download {entry.url if entry else url} by hand and place it at {raw}"
         digest = download_file(url, raw, sha256=entry.sha256 if entry else "", progress=progress, place_hint=hint)
-        record = {"url": url, "file": filename, "size": raw.stat().st_size, "sha256": digest,
-                  "downloaded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        record = {
+            "url": url,
+            "file": filename,
+            "size": raw.stat().st_size,
+            "sha256": digest,
+            "downloaded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         try:
             _check_raw(raw, record, entry)
         except WeightsError:
@@ -401,8 +545,13 @@ def _fetch_url(key: str, url: str, filename: str, fmt: str, variant: str, entry:
             raise
         _write_record(d, record)
     elif not record.get("sha256"):  # placed by hand: record it now
-        record = {"url": url, "file": filename, "size": raw.stat().st_size, "sha256": file_sha256(raw),
-                  "placed_by_hand": True}
+        record = {
+            "url": url,
+            "file": filename,
+            "size": raw.stat().st_size,
+            "sha256": file_sha256(raw),
+            "placed_by_hand": True,
+        }
         _check_raw(raw, record, entry)
         _write_record(d, record)
     done = _converted(d, record)
@@ -424,8 +573,9 @@ def _fetch_hf(spec: str, progress: bool) -> Path:
     try:
         local = Path(hf_hub_download(repo, path, revision=revision, local_files_only=_offline()))
     except Exception as err:  # huggingface_hub raises many types (offline, 404, gated, network)
-        raise WeightsError(f"cannot fetch {path} from the Hugging Face repository {repo}: "
-                           f"{type(err).__name__}: {err}") from err
+        raise WeightsError(
+            f"cannot fetch {path} from the Hugging Face repository {repo}: {type(err).__name__}: {err}"
+        ) from err
     key = "hf-" + re.sub(r"[^\w.-]", "_", f"{repo}--{revision or 'main'}--{path}")[:120]
     d = _entry_dir(key)
     d.mkdir(parents=True, exist_ok=True)
@@ -447,7 +597,9 @@ def fetch(name: str, *, progress: bool = True) -> Path:
     if entry.package_file:
         path = _package_path(entry)
         if not path.is_file():
-            raise WeightsError(f"the embedded checkpoint {path} is missing from this installation (reinstall tritoncorr)")
+            raise WeightsError(
+                f"the embedded checkpoint {path} is missing from this installation (reinstall tritoncorr)"
+            )
         return path
     return _fetch_url(name, entry.download_url(), entry.filename, entry.format, entry.variant, entry, progress)
 
@@ -455,8 +607,10 @@ def fetch(name: str, *, progress: bool = True) -> Path:
 def _unknown_message(spec: str) -> str:
     close = difflib.get_close_matches(spec, list(REGISTRY), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return (f"checkpoint {spec!r} is not a file or folder, nor a registered name{hint} "
-            "(tritoncorr weights list), an https:// URL or hf://OWNER/REPO/PATH")
+    return (
+        f"checkpoint {spec!r} is not a file or folder, nor a registered name{hint} "
+        "(tritoncorr weights list), an https:// URL or hf://OWNER/REPO/PATH"
+    )
 
 
 def resolve_checkpoint(spec: str | Path | None, *, progress: bool = True) -> Path | None:
@@ -471,8 +625,9 @@ def resolve_checkpoint(spec: str | Path | None, *, progress: bool = True) -> Pat
         return None
     s = str(spec)
     if s.startswith(("https://", "http://")):
-        return _fetch_url(_url_key(s), s, Path(urllib.parse.urlparse(s).path).name or "checkpoint.pth", "auto", "",
-                          None, progress)
+        return _fetch_url(
+            _url_key(s), s, Path(urllib.parse.urlparse(s).path).name or "checkpoint.pth", "auto", "", None, progress
+        )
     if s.startswith("hf://"):
         return _fetch_hf(s, progress)
     path = Path(s).expanduser()
@@ -481,8 +636,10 @@ def resolve_checkpoint(spec: str | Path | None, *, progress: bool = True) -> Pat
     if s in REGISTRY:
         return fetch(s, progress=progress)
     if "/" in s or os.sep in s or path.suffix:
-        raise FileNotFoundError(f"checkpoint {s} does not exist (a .safetensors / .pth file or a run folder; "
-                                "or a registered name: tritoncorr weights list)")
+        raise FileNotFoundError(
+            f"checkpoint {s} does not exist (a .safetensors / .pth file or a run folder; "
+            "or a registered name: tritoncorr weights list)"
+        )
     raise WeightsError(_unknown_message(s))
 
 
@@ -504,8 +661,10 @@ def verify(name: str) -> list[tuple[str, str, str]]:
     if conv.is_file():
         digest = file_sha256(conv)
         if digest != record.get("converted_sha256"):
-            raise WeightsError(f"{conv}: SHA-256 {digest} differs from the recorded {record.get('converted_sha256')}; "
-                               f"delete it (it is converted again from the verified download)")
+            raise WeightsError(
+                f"{conv}: SHA-256 {digest} differs from the recorded {record.get('converted_sha256')}; "
+                f"delete it (it is converted again from the verified download)"
+            )
         rows.append((str(conv), digest, "ok (converted)"))
     return rows
 
@@ -541,11 +700,14 @@ def export_inference_weights(src: str | Path, dst: str | Path, *, half: bool = T
     src = resolve_weights_path(Path(src))
     meta = read_metadata(src)
     if meta.get("tritoncorr.method") != "stt":
-        raise WeightsError(f"{src}: export_inference_weights takes an STT training checkpoint, got method "
-                           f"{meta.get('tritoncorr.method', 'none')!r}")
+        raise WeightsError(
+            f"{src}: export_inference_weights takes an STT training checkpoint, got method "
+            f"{meta.get('tritoncorr.method', 'none')!r}"
+        )
     cfg = json.loads(meta.get("tritoncorr.method_config", "{}"))
-    conv = dataclasses.replace(default_config("stt", "d8"), depth=int(cfg.get("depth", 18)),
-                               padding_mode=str(cfg.get("padding_mode", "zeros")))
+    conv = dataclasses.replace(
+        default_config("stt", "d8"), depth=int(cfg.get("depth", 18)), padding_mode=str(cfg.get("padding_mode", "zeros"))
+    )
     model = conv.build()
     sd = load_file(str(src))
     want = model.state_dict()

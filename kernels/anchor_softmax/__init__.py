@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import torch
 
-from .._utils import FLOAT_DTYPES, check_tensor, check_temperature, use_triton
+from .._utils import FLOAT_DTYPES, check_temperature, check_tensor, use_triton
 from .reference import anchor_argmax_reference, anchor_lse_reference, anchor_nll_reference, compute_dtype
 from .torch_path import CHUNK_ROWS, group_argmax, nll_backward, nll_forward
 
@@ -74,8 +74,9 @@ def _out_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @torch.library.custom_op("tritoncorr::anchor_nll", mutates_args=())
-def _anchor_nll_op(features: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor,
-                   temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _anchor_nll_op(
+    features: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, lse), each (P,), by the chunked PyTorch path."""
     return nll_forward(features, anchors, labels, temperature)
 
@@ -88,17 +89,25 @@ def _(features, anchors, labels, temperature):
 
 
 @torch.library.custom_op("tritoncorr::anchor_nll_backward", mutates_args=())
-def _anchor_nll_backward_op(features: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor,
-                            lse: torch.Tensor, grad_loss: torch.Tensor, grad_lse: torch.Tensor,
-                            temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _anchor_nll_backward_op(
+    features: torch.Tensor,
+    anchors: torch.Tensor,
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    grad_loss: torch.Tensor,
+    grad_lse: torch.Tensor,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_features (P, K), grad_anchors (A, K)) by the chunked PyTorch path (logits recomputed per chunk)."""
     return nll_backward(features, anchors, labels, lse, grad_loss, grad_lse, temperature)
 
 
 @_anchor_nll_backward_op.register_fake
 def _(features, anchors, labels, lse, grad_loss, grad_lse, temperature):
-    return (torch.empty_like(features, memory_format=torch.contiguous_format),
-            torch.empty_like(anchors, memory_format=torch.contiguous_format))
+    return (
+        torch.empty_like(features, memory_format=torch.contiguous_format),
+        torch.empty_like(anchors, memory_format=torch.contiguous_format),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -125,8 +134,9 @@ _anchor_nll_op.register_autograd(_backward_with(_anchor_nll_backward_op), setup_
 
 
 @torch.library.custom_op("tritoncorr::anchor_argmax", mutates_args=())
-def _anchor_argmax_op(features: torch.Tensor, anchors: torch.Tensor, feature_group: torch.Tensor,
-                      anchor_group: torch.Tensor) -> torch.Tensor:
+def _anchor_argmax_op(
+    features: torch.Tensor, anchors: torch.Tensor, feature_group: torch.Tensor, anchor_group: torch.Tensor
+) -> torch.Tensor:
     """(P,) int64 group-restricted argmax by the chunked PyTorch path."""
     return group_argmax(features, anchors, feature_group, anchor_group)
 
@@ -134,7 +144,6 @@ def _anchor_argmax_op(features: torch.Tensor, anchors: torch.Tensor, feature_gro
 @_anchor_argmax_op.register_fake
 def _(features, anchors, feature_group, anchor_group):
     return features.new_empty((features.shape[0],), dtype=torch.int64)
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +161,8 @@ def _check_pair(features: torch.Tensor, anchors: torch.Tensor) -> None:
         raise TypeError(f"anchors dtype {anchors.dtype} differs from features dtype {features.dtype}")
     if anchors.shape[1] != features.shape[1]:
         raise ValueError(
-            f"features (P, K) = {tuple(features.shape)} and anchors (A, K) = {tuple(anchors.shape)} disagree on K")
+            f"features (P, K) = {tuple(features.shape)} and anchors (A, K) = {tuple(anchors.shape)} disagree on K"
+        )
     if features.shape[1] == 0:
         raise ValueError("features and anchors need K >= 1 channels")
     if anchors.shape[0] == 0:
@@ -163,8 +173,10 @@ def _triton_path(*tensors: torch.Tensor) -> bool:
     if not use_triton(*tensors):
         return False
     if tensors[0].dtype == torch.float64:
-        raise TypeError("the Triton anchor-softmax kernels take fp32/bf16/fp16 inputs, not fp64 "
-                        "(use TRITONCORR_BACKEND=torch for fp64)")
+        raise TypeError(
+            "the Triton anchor-softmax kernels take fp32/bf16/fp16 inputs, not fp64 "
+            "(use TRITONCORR_BACKEND=torch for fp64)"
+        )
     return True
 
 
@@ -174,8 +186,7 @@ def _nll_and_lse(features, anchors, labels, temperature):
     return _anchor_nll_op(features, anchors, labels, temperature)
 
 
-def anchor_nll(features: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor,
-               temperature: float) -> torch.Tensor:
+def anchor_nll(features: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
     """Per-row NLL of the softmax over anchors, without materialising the (P, A) logits.
 
     Args:
@@ -211,8 +222,9 @@ def anchor_lse(features: torch.Tensor, anchors: torch.Tensor, temperature: float
     return _nll_and_lse(features, anchors, labels, temperature)[1]
 
 
-def anchor_argmax(features: torch.Tensor, anchors: torch.Tensor, feature_group: torch.Tensor,
-                  anchor_group: torch.Tensor) -> torch.Tensor:
+def anchor_argmax(
+    features: torch.Tensor, anchors: torch.Tensor, feature_group: torch.Tensor, anchor_group: torch.Tensor
+) -> torch.Tensor:
     """Group-restricted argmax over anchors (DUL pseudo labels); no gradient.
 
     Args:
@@ -247,8 +259,6 @@ def anchor_soft_assignment(features_rows: torch.Tensor, anchors: torch.Tensor, t
     temperature = check_temperature(temperature)
     cdt = compute_dtype(features_rows.dtype)
     return torch.softmax(features_rows.to(cdt) @ anchors.to(cdt).T / temperature, dim=1)
-
-
 
 
 # names used by tritoncorr.bench.anchor_softmax (the Triton ones import Triton on first access)

@@ -15,8 +15,9 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def anchor_nll_reference(features: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor,
-                         temperature: float) -> torch.Tensor:
+def anchor_nll_reference(
+    features: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """(P,) ``F.cross_entropy(features @ anchors.T / temperature, labels, ignore_index=-1, reduction="none")``.
 
     Explicit (P, A) logits, computed in the inputs' dtype (upcast the inputs for an fp32/fp64 reference).
@@ -30,8 +31,9 @@ def anchor_lse_reference(features: torch.Tensor, anchors: torch.Tensor, temperat
     return torch.logsumexp(features @ anchors.T / temperature, dim=1)
 
 
-def anchor_argmax_reference(features: torch.Tensor, anchors: torch.Tensor, feature_group: torch.Tensor,
-                            anchor_group: torch.Tensor) -> torch.Tensor:
+def anchor_argmax_reference(
+    features: torch.Tensor, anchors: torch.Tensor, feature_group: torch.Tensor, anchor_group: torch.Tensor
+) -> torch.Tensor:
     """(P,) int64: argmax over anchors of the same group of ``features @ anchors.T`` (explicit logits, fp32 or
     wider); first index on ties; -1 where the row's group has no anchor."""
     scores = features.to(compute_dtype(features.dtype)) @ anchors.to(compute_dtype(features.dtype)).T

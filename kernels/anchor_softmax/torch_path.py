@@ -86,4 +86,3 @@ def group_argmax(features, anchors, feature_group, anchor_group):
         out[s:e] = torch.where(valid.any(dim=1), idx, torch.full_like(idx, -1))
         del z, valid  # one (chunk, A) matrix at a time
     return out
-

@@ -24,9 +24,21 @@ __all__ = ["launch_fwd", "launch_bwd", "launch_argmax", "aot_specs"]
 
 @triton.jit
 def _logits_tile(
-    f_ptr, q_ptr, rows, cols, P, A, K,
-    stride_fp, stride_fk, stride_qa, stride_qk,
-    BLOCK_P: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    f_ptr,
+    q_ptr,
+    rows,
+    cols,
+    P,
+    A,
+    K,
+    stride_fp,
+    stride_fk,
+    stride_qa,
+    stride_qk,
+    BLOCK_P: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     """fp32 (BLOCK_P, BLOCK_A) tile of ``features[rows] @ anchors[cols].T`` (zeros outside)."""
@@ -36,21 +48,36 @@ def _logits_tile(
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < K
-        f = tl.load(f_ptr + rows[:, None] * stride_fp + ks[None, :] * stride_fk,
-                    mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        q = tl.load(q_ptr + cols[:, None] * stride_qa + ks[None, :] * stride_qk,
-                    mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        f = tl.load(
+            f_ptr + rows[:, None] * stride_fp + ks[None, :] * stride_fk, mask=row_ok[:, None] & k_ok[None, :], other=0.0
+        )
+        q = tl.load(
+            q_ptr + cols[:, None] * stride_qa + ks[None, :] * stride_qk, mask=col_ok[:, None] & k_ok[None, :], other=0.0
+        )
         acc = dot_acc(f, tl.trans(q), acc, INPUT_PRECISION, UPCAST)
     return acc
 
 
 @triton.jit(do_not_specialize=["P"])
 def _nll_fwd_kernel(
-    f_ptr, q_ptr, lab_ptr, loss_ptr, lse_ptr,
-    P, A, K,
-    stride_fp, stride_fk, stride_qa, stride_qk, stride_lab,
+    f_ptr,
+    q_ptr,
+    lab_ptr,
+    loss_ptr,
+    lse_ptr,
+    P,
+    A,
+    K,
+    stride_fp,
+    stride_fk,
+    stride_qa,
+    stride_qk,
+    stride_lab,
     scale,
-    BLOCK_P: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     """One program = BLOCK_P rows; streams anchor tiles with an online log-sum-exp."""
@@ -64,8 +91,27 @@ def _nll_fwd_kernel(
     z_label = tl.zeros((BLOCK_P,), dtype=tl.float32)
     for a0 in range(0, A, BLOCK_A):
         cols = a0 + tl.arange(0, BLOCK_A)
-        z = _logits_tile(f_ptr, q_ptr, rows, cols, P, A, K, stride_fp, stride_fk, stride_qa, stride_qk,
-                         BLOCK_P, BLOCK_A, BLOCK_K, INPUT_PRECISION, UPCAST) * scale
+        z = (
+            _logits_tile(
+                f_ptr,
+                q_ptr,
+                rows,
+                cols,
+                P,
+                A,
+                K,
+                stride_fp,
+                stride_fk,
+                stride_qa,
+                stride_qk,
+                BLOCK_P,
+                BLOCK_A,
+                BLOCK_K,
+                INPUT_PRECISION,
+                UPCAST,
+            )
+            * scale
+        )
         z = tl.where((cols < A)[None, :], z, float("-inf"))
         m_new = tl.maximum(m, tl.max(z, axis=1))
         s_sum = s_sum * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), axis=1)
@@ -101,11 +147,27 @@ def _dlogits(z, cols, col_ok, labels, lse, g_loss, g_tot, scale):
 
 @triton.jit(do_not_specialize=["P"])
 def _nll_bwd_features_kernel(
-    f_ptr, q_ptr, lab_ptr, lse_ptr, gl_ptr, gs_ptr, df_ptr,
-    P, A, K,
-    stride_fp, stride_fk, stride_qa, stride_qk, stride_dfp, stride_dfk,
+    f_ptr,
+    q_ptr,
+    lab_ptr,
+    lse_ptr,
+    gl_ptr,
+    gs_ptr,
+    df_ptr,
+    P,
+    A,
+    K,
+    stride_fp,
+    stride_fk,
+    stride_qa,
+    stride_qk,
+    stride_dfp,
+    stride_dfk,
     scale,
-    BLOCK_P: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
@@ -124,23 +186,63 @@ def _nll_bwd_features_kernel(
     for a0 in range(0, A, BLOCK_A):
         cols = a0 + tl.arange(0, BLOCK_A)
         col_ok = cols < A
-        z = _logits_tile(f_ptr, q_ptr, rows, cols, P, A, K, stride_fp, stride_fk, stride_qa, stride_qk,
-                         BLOCK_P, BLOCK_A, BLOCK_K, INPUT_PRECISION, UPCAST) * scale
+        z = (
+            _logits_tile(
+                f_ptr,
+                q_ptr,
+                rows,
+                cols,
+                P,
+                A,
+                K,
+                stride_fp,
+                stride_fk,
+                stride_qa,
+                stride_qk,
+                BLOCK_P,
+                BLOCK_A,
+                BLOCK_K,
+                INPUT_PRECISION,
+                UPCAST,
+            )
+            * scale
+        )
         dz = _dlogits(z, cols, col_ok, labels, lse, g_loss, g_tot, scale)
-        q = tl.load(q_ptr + cols[:, None] * stride_qa + kd[None, :] * stride_qk,
-                    mask=col_ok[:, None] & kd_ok[None, :], other=0.0)
+        q = tl.load(
+            q_ptr + cols[:, None] * stride_qa + kd[None, :] * stride_qk,
+            mask=col_ok[:, None] & kd_ok[None, :],
+            other=0.0,
+        )
         acc = dot_acc(dz.to(q.dtype), q, acc, INPUT_PRECISION, UPCAST)
-    tl.store(df_ptr + rows[:, None] * stride_dfp + kd[None, :] * stride_dfk,
-             acc.to(df_ptr.dtype.element_ty), mask=row_ok[:, None] & kd_ok[None, :])
+    tl.store(
+        df_ptr + rows[:, None] * stride_dfp + kd[None, :] * stride_dfk,
+        acc.to(df_ptr.dtype.element_ty),
+        mask=row_ok[:, None] & kd_ok[None, :],
+    )
 
 
 @triton.jit(do_not_specialize=["P", "rows_per_split"])
 def _nll_bwd_anchors_kernel(
-    f_ptr, q_ptr, lab_ptr, lse_ptr, gl_ptr, gs_ptr, part_ptr,
-    P, A, K, rows_per_split,
-    stride_fp, stride_fk, stride_qa, stride_qk,
+    f_ptr,
+    q_ptr,
+    lab_ptr,
+    lse_ptr,
+    gl_ptr,
+    gs_ptr,
+    part_ptr,
+    P,
+    A,
+    K,
+    rows_per_split,
+    stride_fp,
+    stride_fk,
+    stride_qa,
+    stride_qk,
     scale,
-    BLOCK_P: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
@@ -161,22 +263,55 @@ def _nll_bwd_anchors_kernel(
         rows = p0 + tl.arange(0, BLOCK_P).to(tl.int64)
         row_ok = rows < p_end
         labels, lse, g_loss, g_tot = _row_grads(lab_ptr, lse_ptr, gl_ptr, gs_ptr, rows, row_ok)
-        z = _logits_tile(f_ptr, q_ptr, rows, cols, P, A, K, stride_fp, stride_fk, stride_qa, stride_qk,
-                         BLOCK_P, BLOCK_A, BLOCK_K, INPUT_PRECISION, UPCAST) * scale
+        z = (
+            _logits_tile(
+                f_ptr,
+                q_ptr,
+                rows,
+                cols,
+                P,
+                A,
+                K,
+                stride_fp,
+                stride_fk,
+                stride_qa,
+                stride_qk,
+                BLOCK_P,
+                BLOCK_A,
+                BLOCK_K,
+                INPUT_PRECISION,
+                UPCAST,
+            )
+            * scale
+        )
         dz = _dlogits(z, cols, col_ok, labels, lse, g_loss, g_tot, scale)
-        f = tl.load(f_ptr + rows[:, None] * stride_fp + kd[None, :] * stride_fk,
-                    mask=row_ok[:, None] & kd_ok[None, :], other=0.0)
+        f = tl.load(
+            f_ptr + rows[:, None] * stride_fp + kd[None, :] * stride_fk,
+            mask=row_ok[:, None] & kd_ok[None, :],
+            other=0.0,
+        )
         acc = dot_acc(tl.trans(dz.to(f.dtype)), f, acc, INPUT_PRECISION, UPCAST)
-    tl.store(part_ptr + pid_s * A * K + (cols[:, None] * K + kd[None, :]), acc,
-             mask=col_ok[:, None] & kd_ok[None, :])
+    tl.store(part_ptr + pid_s * A * K + (cols[:, None] * K + kd[None, :]), acc, mask=col_ok[:, None] & kd_ok[None, :])
 
 
 @triton.jit(do_not_specialize=["P"])
 def _argmax_kernel(
-    f_ptr, q_ptr, fg_ptr, ag_ptr, out_ptr,
-    P, A, K,
-    stride_fp, stride_fk, stride_qa, stride_qk,
-    BLOCK_P: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    f_ptr,
+    q_ptr,
+    fg_ptr,
+    ag_ptr,
+    out_ptr,
+    P,
+    A,
+    K,
+    stride_fp,
+    stride_fk,
+    stride_qa,
+    stride_qk,
+    BLOCK_P: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     """out[p] = argmax over anchors a with ag[a] == fg[p] of <f_p, q_a> (lowest index on ties, -1 if none)."""
@@ -190,8 +325,24 @@ def _argmax_kernel(
         cols = a0 + tl.arange(0, BLOCK_A)
         col_ok = cols < A
         ag = tl.load(ag_ptr + cols, mask=col_ok, other=0)
-        z = _logits_tile(f_ptr, q_ptr, rows, cols, P, A, K, stride_fp, stride_fk, stride_qa, stride_qk,
-                         BLOCK_P, BLOCK_A, BLOCK_K, INPUT_PRECISION, UPCAST)
+        z = _logits_tile(
+            f_ptr,
+            q_ptr,
+            rows,
+            cols,
+            P,
+            A,
+            K,
+            stride_fp,
+            stride_fk,
+            stride_qa,
+            stride_qk,
+            BLOCK_P,
+            BLOCK_A,
+            BLOCK_K,
+            INPUT_PRECISION,
+            UPCAST,
+        )
         valid = col_ok[None, :] & (ag[None, :] == fg[:, None])
         z = tl.where(valid, z, float("-inf"))
         tile_max = tl.max(z, axis=1)
@@ -258,10 +409,12 @@ _TUNED: dict[tuple[str, str], object] = {}
 def _tuned(name: str, dclass: str):
     key = (name, dclass)
     if key not in _TUNED:
-        configs = [triton.Config({"BLOCK_P": bp, "BLOCK_A": ba}, num_warps=w, num_stages=st)
-                   for bp, ba, w, st in CONFIGS[key]]
+        configs = [
+            triton.Config({"BLOCK_P": bp, "BLOCK_A": ba}, num_warps=w, num_stages=st) for bp, ba, w, st in CONFIGS[key]
+        ]
         _TUNED[key] = triton.autotune(configs=configs, key=["A", "K", "BLOCK_K", "INPUT_PRECISION", "UPCAST"])(
-            KERNELS[name])
+            KERNELS[name]
+        )
     return _TUNED[key]
 
 
@@ -315,11 +468,24 @@ def launch_fwd(wrap, features, anchors, labels, temperature):
     kernel, meta = _kernel_and_meta("fwd", features.dtype)
     grid = lambda m: (cdiv(P, m["BLOCK_P"]),)  # noqa: E731
     wrap(kernel)[grid](
-        features, anchors, labels, loss, lse,
-        P, A, K,
-        features.stride(0), features.stride(1), anchors.stride(0), anchors.stride(1), labels.stride(0),
+        features,
+        anchors,
+        labels,
+        loss,
+        lse,
+        P,
+        A,
+        K,
+        features.stride(0),
+        features.stride(1),
+        anchors.stride(0),
+        anchors.stride(1),
+        labels.stride(0),
         1.0 / float(temperature),
-        BLOCK_K=_block_k(K), INPUT_PRECISION=_input_precision(features.dtype), UPCAST=upcast_bf16_dot(features.dtype), **meta,
+        BLOCK_K=_block_k(K),
+        INPUT_PRECISION=_input_precision(features.dtype),
+        UPCAST=upcast_bf16_dot(features.dtype),
+        **meta,
     )
     return loss, lse
 
@@ -344,12 +510,28 @@ def launch_bwd(wrap, features, anchors, labels, lse, grad_loss, grad_lse, temper
     kernel, meta = _kernel_and_meta("bwd_features", features.dtype)
     grid = lambda m: (cdiv(P, m["BLOCK_P"]), cdiv(K, block_d))  # noqa: E731
     wrap(kernel)[grid](
-        features, anchors, labels, lse, grad_loss, grad_lse, grad_features,
-        P, A, K,
-        features.stride(0), features.stride(1), anchors.stride(0), anchors.stride(1),
-        grad_features.stride(0), grad_features.stride(1),
+        features,
+        anchors,
+        labels,
+        lse,
+        grad_loss,
+        grad_lse,
+        grad_features,
+        P,
+        A,
+        K,
+        features.stride(0),
+        features.stride(1),
+        anchors.stride(0),
+        anchors.stride(1),
+        grad_features.stride(0),
+        grad_features.stride(1),
         scale,
-        BLOCK_K=block_k, BLOCK_D=block_d, INPUT_PRECISION=precision, UPCAST=upcast_bf16_dot(features.dtype), **meta,
+        BLOCK_K=block_k,
+        BLOCK_D=block_d,
+        INPUT_PRECISION=precision,
+        UPCAST=upcast_bf16_dot(features.dtype),
+        **meta,
     )
 
     align = _split_align(features.dtype)
@@ -360,11 +542,27 @@ def launch_bwd(wrap, features, anchors, labels, lse, grad_loss, grad_lse, temper
     kernel, meta = _kernel_and_meta("bwd_anchors", features.dtype)
     grid = lambda m: (cdiv(A, m["BLOCK_A"]), cdiv(K, block_d), splits)  # noqa: E731
     wrap(kernel)[grid](
-        features, anchors, labels, lse, grad_loss, grad_lse, partial,
-        P, A, K, rows_per_split,
-        features.stride(0), features.stride(1), anchors.stride(0), anchors.stride(1),
+        features,
+        anchors,
+        labels,
+        lse,
+        grad_loss,
+        grad_lse,
+        partial,
+        P,
+        A,
+        K,
+        rows_per_split,
+        features.stride(0),
+        features.stride(1),
+        anchors.stride(0),
+        anchors.stride(1),
         scale,
-        BLOCK_K=block_k, BLOCK_D=block_d, INPUT_PRECISION=precision, UPCAST=upcast_bf16_dot(features.dtype), **meta,
+        BLOCK_K=block_k,
+        BLOCK_D=block_d,
+        INPUT_PRECISION=precision,
+        UPCAST=upcast_bf16_dot(features.dtype),
+        **meta,
     )
     grad_anchors = partial[0] if splits == 1 else partial.sum(dim=0)  # fixed order: deterministic
     return grad_features, grad_anchors.to(anchors.dtype).clone(memory_format=torch.contiguous_format)
@@ -382,10 +580,22 @@ def launch_argmax(wrap, features, anchors, feature_group, anchor_group):
     kernel, meta = _kernel_and_meta("argmax", features.dtype)
     grid = lambda m: (cdiv(P, m["BLOCK_P"]),)  # noqa: E731
     wrap(kernel)[grid](
-        features, anchors, feature_group, anchor_group, out,
-        P, A, K,
-        features.stride(0), features.stride(1), anchors.stride(0), anchors.stride(1),
-        BLOCK_K=_block_k(K), INPUT_PRECISION=_input_precision(features.dtype), UPCAST=upcast_bf16_dot(features.dtype), **meta,
+        features,
+        anchors,
+        feature_group,
+        anchor_group,
+        out,
+        P,
+        A,
+        K,
+        features.stride(0),
+        features.stride(1),
+        anchors.stride(0),
+        anchors.stride(1),
+        BLOCK_K=_block_k(K),
+        INPUT_PRECISION=_input_precision(features.dtype),
+        UPCAST=upcast_bf16_dot(features.dtype),
+        **meta,
     )
     return out
 
@@ -396,27 +606,34 @@ def no_wrap(kernel):
 
 
 @torch.library.triton_op("tritoncorr::anchor_nll_triton", mutates_args=())
-def _anchor_nll_triton_op(features: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor,
-                          temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _anchor_nll_triton_op(
+    features: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, lse), each (P,) fp32, by the fused Triton forward kernel."""
     return launch_fwd(torch.library.wrap_triton, features, anchors, labels, temperature)
 
 
 @torch.library.triton_op("tritoncorr::anchor_nll_backward_triton", mutates_args=())
-def _anchor_nll_backward_triton_op(features: torch.Tensor, anchors: torch.Tensor, labels: torch.Tensor,
-                                   lse: torch.Tensor, grad_loss: torch.Tensor, grad_lse: torch.Tensor,
-                                   temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _anchor_nll_backward_triton_op(
+    features: torch.Tensor,
+    anchors: torch.Tensor,
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    grad_loss: torch.Tensor,
+    grad_lse: torch.Tensor,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_features, grad_anchors) by the two fused Triton backward kernels."""
     return launch_bwd(torch.library.wrap_triton, features, anchors, labels, lse, grad_loss, grad_lse, temperature)
 
 
-_anchor_nll_triton_op.register_autograd(_backward_with(_anchor_nll_backward_triton_op),
-                                        setup_context=_setup_context)
+_anchor_nll_triton_op.register_autograd(_backward_with(_anchor_nll_backward_triton_op), setup_context=_setup_context)
 
 
 @torch.library.triton_op("tritoncorr::anchor_argmax_triton", mutates_args=())
-def _anchor_argmax_triton_op(features: torch.Tensor, anchors: torch.Tensor, feature_group: torch.Tensor,
-                             anchor_group: torch.Tensor) -> torch.Tensor:
+def _anchor_argmax_triton_op(
+    features: torch.Tensor, anchors: torch.Tensor, feature_group: torch.Tensor, anchor_group: torch.Tensor
+) -> torch.Tensor:
     """(P,) int64 group-restricted argmax by the fused Triton kernel."""
     return launch_argmax(torch.library.wrap_triton, features, anchors, feature_group, anchor_group)
 
@@ -431,8 +648,18 @@ argmax_op = _anchor_argmax_triton_op
 # ---------------------------------------------------------------------------------------------
 
 _AOT_POINTERS = {
-    "f_ptr": "{dt}", "q_ptr": "{dt}", "df_ptr": "{dt}", "lab_ptr": "i64", "fg_ptr": "i64", "ag_ptr": "i64",
-    "out_ptr": "i64", "loss_ptr": "fp32", "lse_ptr": "fp32", "gl_ptr": "fp32", "gs_ptr": "fp32", "part_ptr": "fp32",
+    "f_ptr": "{dt}",
+    "q_ptr": "{dt}",
+    "df_ptr": "{dt}",
+    "lab_ptr": "i64",
+    "fg_ptr": "i64",
+    "ag_ptr": "i64",
+    "out_ptr": "i64",
+    "loss_ptr": "fp32",
+    "lse_ptr": "fp32",
+    "gl_ptr": "fp32",
+    "gs_ptr": "fp32",
+    "part_ptr": "fp32",
 }
 
 
@@ -447,8 +674,15 @@ def kernel_spec(name: str, dt: str, K: int, config: tuple[int, int, int, int]):
         constexprs["BLOCK_D"] = _block_d(K, dtype)
     pointers = {arg: kind.format(dt=dt) for arg, kind in _AOT_POINTERS.items()}
     label = ",".join(f"{k}={v}" for k, v in constexprs.items() if k.startswith("BLOCK"))
-    return aot_spec(f"anchor_softmax.{name}[{dt},{label},w={w},s={st}]", fn, constexprs, pointers,
-                    floats=("scale",), num_warps=w, num_stages=st)
+    return aot_spec(
+        f"anchor_softmax.{name}[{dt},{label},w={w},s={st}]",
+        fn,
+        constexprs,
+        pointers,
+        floats=("scale",),
+        num_warps=w,
+        num_stages=st,
+    )
 
 
 def aot_specs(fixed_only: bool = False) -> list:

@@ -92,11 +92,27 @@ __all__ = [
 
 @torch.library.custom_op("tritoncorr::knn_propagate_windowed", mutates_args=())
 def _knn_propagate_windowed_op(
-    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-    radius: int, topk: int, temperature: float, window: str, unrestricted: int, counts: list[int] | None = None,
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    radius: int,
+    topk: int,
+    temperature: float,
+    window: str,
+    unrestricted: int,
+    counts: list[int] | None = None,
 ) -> torch.Tensor:
-    return knn_propagate_windowed(query, keys, values, radius=radius, topk=topk, temperature=temperature,
-                                  window=window, unrestricted=unrestricted, counts=counts)
+    return knn_propagate_windowed(
+        query,
+        keys,
+        values,
+        radius=radius,
+        topk=topk,
+        temperature=temperature,
+        window=window,
+        unrestricted=unrestricted,
+        counts=counts,
+    )
 
 
 @_knn_propagate_windowed_op.register_fake
@@ -147,11 +163,13 @@ def knn_propagate(
     if use_triton(query, keys, values):
         kernels = _kernels()  # registers tritoncorr::knn_propagate
         if query.is_cuda:
-            return torch.ops.tritoncorr.knn_propagate(query, keys, values, radius, topk, temperature, window, unrestricted)
+            return torch.ops.tritoncorr.knn_propagate(
+                query, keys, values, radius, topk, temperature, window, unrestricted
+            )
         return kernels.launch(query, keys, values, radius, topk, temperature, window, unrestricted)
-    return torch.ops.tritoncorr.knn_propagate_windowed(query, keys, values, radius, topk, temperature, window,
-                                                       unrestricted, counts)
-
+    return torch.ops.tritoncorr.knn_propagate_windowed(
+        query, keys, values, radius, topk, temperature, window, unrestricted, counts
+    )
 
 
 def _kernels():
@@ -160,4 +178,3 @@ def _kernels():
     from . import triton_kernels
 
     return triton_kernels
-

@@ -14,8 +14,18 @@ import torch
 
 from .._utils import MAX_RADIUS, check_frames, check_int, check_temperature
 
-__all__ = ["knn_propagate_reference", "knn_propagate_dense", "window_mask", "validate", "window_reach",
-           "WINDOWS", "MAX_TOPK", "MAX_LABELS", "MAX_RADIUS", "CRW_MASK"]
+__all__ = [
+    "knn_propagate_reference",
+    "knn_propagate_dense",
+    "window_mask",
+    "validate",
+    "window_reach",
+    "WINDOWS",
+    "MAX_TOPK",
+    "MAX_LABELS",
+    "MAX_RADIUS",
+    "CRW_MASK",
+]
 
 WINDOWS = ("disc", "square")
 MAX_TOPK = 32
@@ -49,7 +59,9 @@ def window_reach(radius: int, window: str) -> int:
     return radius - 1 if window == "disc" else radius
 
 
-def window_mask(qy: torch.Tensor, qx: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor, radius: int, window: str) -> torch.Tensor:
+def window_mask(
+    qy: torch.Tensor, qx: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor, radius: int, window: str
+) -> torch.Tensor:
     """Bool (Q, K): key cell (ky, kx) lies in the window of query cell (qy, qx). Inputs (Q,) and (K,)."""
     dy = ky[None, :] - qy[:, None]
     dx = kx[None, :] - qx[:, None]

@@ -69,10 +69,17 @@ def knn_propagate_windowed(
         first_slot = torch.cumsum(count_t, 0) - count_t
         copies = torch.arange(max(counts), device=dev)
     # window offsets (dy, dx) in row-major order, (1, D) each
-    oy, ox = torch.meshgrid(torch.arange(-reach, reach + 1, device=dev), torch.arange(-reach, reach + 1, device=dev),
-                            indexing="ij")
-    in_window = window_mask(torch.zeros(1, dtype=torch.long, device=dev), torch.zeros(1, dtype=torch.long, device=dev),
-                            oy.reshape(-1), ox.reshape(-1), radius, window)[0]
+    oy, ox = torch.meshgrid(
+        torch.arange(-reach, reach + 1, device=dev), torch.arange(-reach, reach + 1, device=dev), indexing="ij"
+    )
+    in_window = window_mask(
+        torch.zeros(1, dtype=torch.long, device=dev),
+        torch.zeros(1, dtype=torch.long, device=dev),
+        oy.reshape(-1),
+        ox.reshape(-1),
+        radius,
+        window,
+    )[0]
     off_y, off_x = oy.reshape(-1)[in_window][None, :], ox.reshape(-1)[in_window][None, :]
     n_off = off_y.shape[1]
     for ty0 in range(0, h, tile):
@@ -90,8 +97,17 @@ def knn_propagate_windowed(
                 su = qt @ k_unres[u].T  # (nq, h*w)
                 v_u, i_u = topk_lowest_index(su, topk)
                 del su
-                _add_candidates(cand_v, cand_f, cand_y, cand_x, v_u, torch.full_like(i_u, u), i_u // w, i_u % w,
-                                None if counts is None else (count_t, first_slot, copies))
+                _add_candidates(
+                    cand_v,
+                    cand_f,
+                    cand_y,
+                    cand_x,
+                    v_u,
+                    torch.full_like(i_u, u),
+                    i_u // w,
+                    i_u % w,
+                    None if counts is None else (count_t, first_slot, copies),
+                )
             if nw:
                 # each query's window cells (row-major offsets, so increasing candidate index) as
                 # indices into the tile's rectangle; cells outside the image are clamped and masked
@@ -113,8 +129,17 @@ def knn_propagate_windowed(
                 v_w, i_w = topk_lowest_index(sw.view(nq, nf * n_off), topk)
                 del sw
                 r = cell.gather(1, i_w % n_off)
-                _add_candidates(cand_v, cand_f, cand_y, cand_x, v_w, f0 + i_w // n_off, ry0 + r // rw, rx0 + r % rw,
-                                None if counts is None else (count_t, first_slot, copies))
+                _add_candidates(
+                    cand_v,
+                    cand_f,
+                    cand_y,
+                    cand_x,
+                    v_w,
+                    f0 + i_w // n_off,
+                    ry0 + r // rw,
+                    rx0 + r % rw,
+                    None if counts is None else (count_t, first_slot, copies),
+                )
             if len(cand_v) == 1 and counts is None:
                 top_v, fr, cy, cx = cand_v[0], cand_f[0], cand_y[0], cand_x[0]
             else:
@@ -155,4 +180,3 @@ def _add_candidates(cand_v, cand_f, cand_y, cand_x, v, f, y, x, repeat) -> None:
     cand_f.append((first_slot[f][:, :, None] + copies).reshape(q, k * m))
     cand_y.append(y[:, :, None].expand(q, k, m).reshape(q, k * m))
     cand_x.append(x[:, :, None].expand(q, k, m).reshape(q, k * m))
-

@@ -25,15 +25,43 @@ __all__ = ["aot_specs", "launch"]
 
 @triton.jit
 def _knn_propagate_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr,
-    H, W, C, L, N, NU, RADIUS, REACH, inv_t,
-    s_qc, s_qy, s_qx,
-    s_kn, s_kc, s_ky, s_kx,
-    s_vn, s_vl, s_vy, s_vx,
-    s_ol, s_oy, s_ox,
-    TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
-    BLOCK_L: tl.constexpr, KP: tl.constexpr, TOPK: tl.constexpr, SQUARE: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    o_ptr,
+    H,
+    W,
+    C,
+    L,
+    N,
+    NU,
+    RADIUS,
+    REACH,
+    inv_t,
+    s_qc,
+    s_qy,
+    s_qx,
+    s_kn,
+    s_kc,
+    s_ky,
+    s_kx,
+    s_vn,
+    s_vl,
+    s_vy,
+    s_vx,
+    s_ol,
+    s_oy,
+    s_ox,
+    TILE_H: tl.constexpr,
+    TILE_W: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    KP: tl.constexpr,
+    TOPK: tl.constexpr,
+    SQUARE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     """One program = one TILE_H x TILE_W tile of query pixels; writes out[:, tile] (L, TILE_H, TILE_W)."""
     BLOCK_Q: tl.constexpr = TILE_H * TILE_W
@@ -62,9 +90,31 @@ def _knn_propagate_kernel(
             kvalid = kp < HW
             ky = kp // W
             kx = kp % W
-            s = tile_scores(q_ptr, k_ptr, qy, qx, qvalid, ky, kx, kvalid, tl.cast(fr, tl.int64), C,
-                              s_qc, s_qy, s_qx, s_kn, s_kc, s_ky, s_kx, inv_t,
-                              BLOCK_Q, BLOCK_K, BLOCK_C, INPUT_PRECISION, UPCAST)
+            s = tile_scores(
+                q_ptr,
+                k_ptr,
+                qy,
+                qx,
+                qvalid,
+                ky,
+                kx,
+                kvalid,
+                tl.cast(fr, tl.int64),
+                C,
+                s_qc,
+                s_qy,
+                s_qx,
+                s_kn,
+                s_kc,
+                s_ky,
+                s_kx,
+                inv_t,
+                BLOCK_Q,
+                BLOCK_K,
+                BLOCK_C,
+                INPUT_PRECISION,
+                UPCAST,
+            )
             ok = qvalid[:, None] & kvalid[None, :]
             s = tl.where(ok, s, float("-inf"))
             cand = (fr * HW + kp)[None, :]
@@ -83,9 +133,31 @@ def _knn_propagate_kernel(
             kvalid = j < RN
             ky = ry0 + j // RW
             kx = rx0 + j % RW
-            s = tile_scores(q_ptr, k_ptr, qy, qx, qvalid, ky, kx, kvalid, tl.cast(fr, tl.int64), C,
-                              s_qc, s_qy, s_qx, s_kn, s_kc, s_ky, s_kx, inv_t,
-                              BLOCK_Q, BLOCK_K, BLOCK_C, INPUT_PRECISION, UPCAST)
+            s = tile_scores(
+                q_ptr,
+                k_ptr,
+                qy,
+                qx,
+                qvalid,
+                ky,
+                kx,
+                kvalid,
+                tl.cast(fr, tl.int64),
+                C,
+                s_qc,
+                s_qy,
+                s_qx,
+                s_kn,
+                s_kc,
+                s_ky,
+                s_kx,
+                inv_t,
+                BLOCK_Q,
+                BLOCK_K,
+                BLOCK_C,
+                INPUT_PRECISION,
+                UPCAST,
+            )
             dy = ky[None, :] - qy[:, None]
             dx = kx[None, :] - qx[:, None]
             if SQUARE:
@@ -118,11 +190,11 @@ def _knn_propagate_kernel(
             u_t = tl.sum(tl.where(pick & used, 1, 0), 1) > 0
             pos = id_t % HW
             v_off = (id_t // HW).to(tl.int64) * s_vn + (pos // W).to(tl.int64) * s_vy + (pos % W).to(tl.int64) * s_vx
-            vals = tl.load(v_ptr + v_off[:, None] + ll[None, :].to(tl.int64) * s_vl,
-                           mask=u_t[:, None] & lmask[None, :], other=0.0).to(tl.float32)
+            vals = tl.load(
+                v_ptr + v_off[:, None] + ll[None, :].to(tl.int64) * s_vl, mask=u_t[:, None] & lmask[None, :], other=0.0
+            ).to(tl.float32)
             res += w_t[:, None] * vals
-        tl.store(o_ptr + o_off[:, None] + ll[None, :].to(tl.int64) * s_ol, res,
-                 mask=qvalid[:, None] & lmask[None, :])
+        tl.store(o_ptr + o_off[:, None] + ll[None, :].to(tl.int64) * s_ol, res, mask=qvalid[:, None] & lmask[None, :])
 
 
 # Launch configurations (BLOCK_K, num_warps, num_stages) per feature precision; the first one is
@@ -163,14 +235,34 @@ def launch(query, keys, values, radius, topk, temperature, window, unrestricted,
     tile_h = _TILE_H[fam]
     grid = (cdiv(h, tile_h) * cdiv(w, TILE_W),)
     args = (
-        query, keys, values, out,
-        h, w, c, lab, n, unrestricted, radius, window_reach(radius, window), 1.0 / float(temperature),
-        *query.stride(), *keys.stride(), *values.stride(), *out.stride(),
+        query,
+        keys,
+        values,
+        out,
+        h,
+        w,
+        c,
+        lab,
+        n,
+        unrestricted,
+        radius,
+        window_reach(radius, window),
+        1.0 / float(temperature),
+        *query.stride(),
+        *keys.stride(),
+        *values.stride(),
+        *out.stride(),
     )
     common = dict(
-        TILE_H=tile_h, TILE_W=TILE_W, BLOCK_C=feature_block_c(c, query.dtype), BLOCK_L=_BLOCK_L,
-        KP=max(2, next_power_of_2(topk)), TOPK=topk, SQUARE=window == "square",
-        INPUT_PRECISION=feature_precision(query.dtype), UPCAST=upcast_bf16_dot(query.dtype),
+        TILE_H=tile_h,
+        TILE_W=TILE_W,
+        BLOCK_C=feature_block_c(c, query.dtype),
+        BLOCK_L=_BLOCK_L,
+        KP=max(2, next_power_of_2(topk)),
+        TOPK=topk,
+        SQUARE=window == "square",
+        INPUT_PRECISION=feature_precision(query.dtype),
+        UPCAST=upcast_bf16_dot(query.dtype),
     )
     if autotune_enabled():
         kernel = _AUTOTUNED[fam]
@@ -184,8 +276,14 @@ def launch(query, keys, values, radius, topk, temperature, window, unrestricted,
 
 @torch.library.triton_op("tritoncorr::knn_propagate", mutates_args=())
 def _knn_propagate_triton_op(
-    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-    radius: int, topk: int, temperature: float, window: str, unrestricted: int,
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    radius: int,
+    topk: int,
+    temperature: float,
+    window: str,
+    unrestricted: int,
 ) -> torch.Tensor:
     return launch(query, keys, values, radius, topk, temperature, window, unrestricted, wrap=torch.library.wrap_triton)
 
@@ -202,12 +300,27 @@ def aot_specs(fixed_only: bool = False) -> list:
         torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
         fam = _family(torch_dtype)
         bk, nw, ns = _CONFIGS[fam][cfg]
-        constexprs = dict(TILE_H=_TILE_H[fam], TILE_W=TILE_W, BLOCK_K=bk, BLOCK_C=feature_block_c(512, torch_dtype),
-                          BLOCK_L=_BLOCK_L, KP=16, TOPK=10, SQUARE=square,
-                          INPUT_PRECISION=feature_precision(torch_dtype), UPCAST=False)
-        specs.append(aot_spec(
-            f"knn_propagate[{dtype},{'square' if square else 'disc'},BK{bk},w{nw},s{ns}]", _knn_propagate_kernel,
-            constexprs, {"q_ptr": dtype, "k_ptr": dtype, "v_ptr": "fp32", "o_ptr": "fp32"}, floats=("inv_t",),
-            num_warps=nw, num_stages=ns,
-        ))
+        constexprs = dict(
+            TILE_H=_TILE_H[fam],
+            TILE_W=TILE_W,
+            BLOCK_K=bk,
+            BLOCK_C=feature_block_c(512, torch_dtype),
+            BLOCK_L=_BLOCK_L,
+            KP=16,
+            TOPK=10,
+            SQUARE=square,
+            INPUT_PRECISION=feature_precision(torch_dtype),
+            UPCAST=False,
+        )
+        specs.append(
+            aot_spec(
+                f"knn_propagate[{dtype},{'square' if square else 'disc'},BK{bk},w{nw},s{ns}]",
+                _knn_propagate_kernel,
+                constexprs,
+                {"q_ptr": dtype, "k_ptr": dtype, "v_ptr": "fp32", "o_ptr": "fp32"},
+                floats=("inv_t",),
+                num_warps=nw,
+                num_stages=ns,
+            )
+        )
     return specs

@@ -78,7 +78,9 @@ def _corr_cpu(query: torch.Tensor, key: torch.Tensor, radius: int, dilation: int
 
 
 @torch.library.custom_op("tritoncorr::local_correlation_cpu_bwd", mutates_args=())
-def _corr_cpu_bwd(grad: torch.Tensor, query: torch.Tensor, key: torch.Tensor, radius: int, dilation: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _corr_cpu_bwd(
+    grad: torch.Tensor, query: torch.Tensor, key: torch.Tensor, radius: int, dilation: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     return torch_corr_bwd(grad, query, key, radius, dilation)
 
 
@@ -112,14 +114,24 @@ _corr_cpu.register_autograd(_corr_backward_cpu, setup_context=corr_setup)
 
 
 @torch.library.custom_op("tritoncorr::local_attention_cpu", mutates_args=())
-def _attn_cpu(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, radius: int, scale: float, border: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _attn_cpu(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, radius: int, scale: float, border: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     return torch_attn_fwd(query, key, value, radius, scale, border)
 
 
 @torch.library.custom_op("tritoncorr::local_attention_cpu_bwd", mutates_args=())
 def _attn_cpu_bwd(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-    dout: torch.Tensor, dlse: torch.Tensor, radius: int, scale: float, border: str,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    dout: torch.Tensor,
+    dlse: torch.Tensor,
+    radius: int,
+    scale: float,
+    border: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch_attn_bwd(query, key, value, out, lse, dout, dlse, radius, scale, border)
 
@@ -185,7 +197,9 @@ def _check_features(query: torch.Tensor, key: torch.Tensor) -> None:
     check_tensor("query", query, ndim=4, dtypes=_CPU_DTYPES)
     check_tensor("key", key, ndim=4, dtypes=_CPU_DTYPES, device=query.device)
     if key.shape != query.shape:
-        raise ValueError(f"key must have the shape of query (B, C, H, W) = {tuple(query.shape)}, got {tuple(key.shape)}")
+        raise ValueError(
+            f"key must have the shape of query (B, C, H, W) = {tuple(query.shape)}, got {tuple(key.shape)}"
+        )
     if key.dtype != query.dtype:
         raise TypeError(f"query and key must share a dtype, got {query.dtype} and {key.dtype}")
 
@@ -199,11 +213,14 @@ def _check_precision(input_precision) -> str:
 def _triton_dtype_ok(*tensors: torch.Tensor) -> None:
     for t in tensors:
         if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"the Triton path supports float32/float16/bfloat16, got {t.dtype}; use TRITONCORR_BACKEND=torch for float64")
+            raise TypeError(
+                f"the Triton path supports float32/float16/bfloat16, got {t.dtype}; use TRITONCORR_BACKEND=torch for float64"
+            )
 
 
-def local_correlation(query: torch.Tensor, key: torch.Tensor, radius: int, *, dilation: int = 1,
-                      input_precision: str = "tf32") -> torch.Tensor:
+def local_correlation(
+    query: torch.Tensor, key: torch.Tensor, radius: int, *, dilation: int = 1, input_precision: str = "tf32"
+) -> torch.Tensor:
     """Windowed dot products, ``spatial_correlation_sampler`` semantics (kernel 1, patch 2r+1).
 
     Args:

@@ -17,7 +17,9 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def local_correlation_reference(query: torch.Tensor, key: torch.Tensor, radius: int, *, dilation: int = 1) -> torch.Tensor:
+def local_correlation_reference(
+    query: torch.Tensor, key: torch.Tensor, radius: int, *, dilation: int = 1
+) -> torch.Tensor:
     """``(B, C, H, W), (B, C, H, W) -> (B, (2r+1)^2, H, W)`` via ``F.unfold`` with zero padding.
 
     Computed in float32 (float64 for float64 inputs); returned in that accumulation dtype.

@@ -17,12 +17,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._tiles import (add_chunk_regions, attention_tile, block_geometry, chunk_queries, chunk_regions,
-                      chunk_regions_in_image, window_in_region)
+from .._tiles import (
+    add_chunk_regions,
+    attention_tile,
+    block_geometry,
+    chunk_queries,
+    chunk_regions,
+    chunk_regions_in_image,
+    window_in_region,
+)
 from .reference import acc_dtype
 
-__all__ = ["ATTN_CHUNK_BYTES", "attn_chunk_tiles", "torch_corr_fwd", "torch_corr_bwd", "torch_attn_fwd",
-           "torch_attn_bwd"]
+__all__ = [
+    "ATTN_CHUNK_BYTES",
+    "attn_chunk_tiles",
+    "torch_corr_fwd",
+    "torch_corr_bwd",
+    "torch_attn_fwd",
+    "torch_attn_bwd",
+]
+
 
 def _offsets(radius: int, dilation: int):
     """(n, dy, dx) for every window cell, n = (dy/dil + r) * P + (dx/dil + r)."""
@@ -92,7 +106,7 @@ def _write_tiles(dst, blk, b, y0, x0, T, n):
     X, H, W = dst.shape[1:]
     y1, x1 = min(y0 + T, H), min(x0 + n * T, W)
     img = blk.reshape(n, T, T, X).permute(3, 1, 0, 2).reshape(X, T, n * T)
-    dst[b, :, y0:y1, x0:x1] = img[:, :y1 - y0, :x1 - x0]
+    dst[b, :, y0:y1, x0:x1] = img[:, : y1 - y0, : x1 - x0]
 
 
 def torch_attn_fwd(query, key, value, radius, scale, border, tile=None):
@@ -102,22 +116,22 @@ def torch_attn_fwd(query, key, value, radius, scale, border, tile=None):
     acc = acc_dtype(query.dtype)
     T, R, _, nbx = block_geometry(H, W, radius, tile or attention_tile(radius))
     n_chunk = attn_chunk_tiles(T, R, C, D, nbx, torch.tensor([], dtype=acc).element_size(), backward=False)
-    win = window_in_region(T, R, radius, query.device)                   # (T2, R2)
+    win = window_in_region(T, R, radius, query.device)  # (T2, R2)
     out = torch.empty((B, D, H, W), dtype=value.dtype, device=query.device)
     lse = torch.empty((B, 1, H, W), dtype=acc, device=query.device)
     for b in range(B):
         for y0 in range(0, H, T):
             for j0 in range(0, nbx, n_chunk):
                 n, x0 = min(n_chunk, nbx - j0), j0 * T
-                q = chunk_queries(query, b, y0, x0, T, n, acc)               # (n, T2, C)
-                k = chunk_regions(key, b, y0, x0, T, radius, n, acc)         # (n, C, R2)
-                s = torch.matmul(q, k).mul_(scale)                           # (n, T2, R2)
+                q = chunk_queries(query, b, y0, x0, T, n, acc)  # (n, T2, C)
+                k = chunk_regions(key, b, y0, x0, T, radius, n, acc)  # (n, C, R2)
+                s = torch.matmul(q, k).mul_(scale)  # (n, T2, R2)
                 del q, k
                 s.masked_fill_(~_attn_mask(win, border, H, W, y0, x0, T, radius, n, query.device), float("-inf"))
-                l = torch.logsumexp(s, dim=-1, keepdim=True)                 # (n, T2, 1)
+                l = torch.logsumexp(s, dim=-1, keepdim=True)  # (n, T2, 1)
                 p = s.sub_(l).exp_()
-                v = chunk_regions(value, b, y0, x0, T, radius, n, acc)       # (n, D, R2)
-                o = torch.matmul(p, v.transpose(-1, -2))                     # (n, T2, D)
+                v = chunk_regions(value, b, y0, x0, T, radius, n, acc)  # (n, D, R2)
+                o = torch.matmul(p, v.transpose(-1, -2))  # (n, T2, D)
                 del p, v
                 _write_tiles(out, o, b, y0, x0, T, n)
                 _write_tiles(lse, l, b, y0, x0, T, n)
@@ -143,15 +157,15 @@ def torch_attn_bwd(query, key, value, out, lse, dout, dlse, radius, scale, borde
         for y0 in range(0, H, T):
             for j0 in range(0, nbx, n_chunk):
                 n, x0 = min(n_chunk, nbx - j0), j0 * T
-                q = chunk_queries(query, b, y0, x0, T, n, acc)               # (n, T2, C)
-                do = chunk_queries(dout, b, y0, x0, T, n, acc)               # (n, T2, D)
-                l = chunk_queries(lse_map, b, y0, x0, T, n, acc)             # (n, T2, 1)
-                dl = chunk_queries(delta, b, y0, x0, T, n, acc)              # (n, T2, 1)
-                k = chunk_regions(key, b, y0, x0, T, radius, n, acc)         # (n, C, R2)
-                v = chunk_regions(value, b, y0, x0, T, radius, n, acc)       # (n, D, R2)
-                p = torch.matmul(q, k).mul_(scale).sub_(l).exp_()            # (n, T2, R2); beyond-image queries: q = 0
+                q = chunk_queries(query, b, y0, x0, T, n, acc)  # (n, T2, C)
+                do = chunk_queries(dout, b, y0, x0, T, n, acc)  # (n, T2, D)
+                l = chunk_queries(lse_map, b, y0, x0, T, n, acc)  # (n, T2, 1)
+                dl = chunk_queries(delta, b, y0, x0, T, n, acc)  # (n, T2, 1)
+                k = chunk_regions(key, b, y0, x0, T, radius, n, acc)  # (n, C, R2)
+                v = chunk_regions(value, b, y0, x0, T, radius, n, acc)  # (n, D, R2)
+                p = torch.matmul(q, k).mul_(scale).sub_(l).exp_()  # (n, T2, R2); beyond-image queries: q = 0
                 p.masked_fill_(~_attn_mask(win, border, H, W, y0, x0, T, radius, n, query.device), 0.0)
-                ds = torch.matmul(do, v).sub_(dl).mul_(p).mul_(scale)        # (n, T2, R2)
+                ds = torch.matmul(do, v).sub_(dl).mul_(p).mul_(scale)  # (n, T2, R2)
                 del v
                 _write_tiles(dq, torch.matmul(ds, k.transpose(-1, -2)), b, y0, x0, T, n)
                 del k  # before dK's rectangles exist: one (n, C, R2) block alive at a time

@@ -118,9 +118,22 @@ def _window(iy, ix, ry, rx, exists, radius):
 
 
 @triton.jit
-def _scores(A, sac, a_off, a_ok, B, sbc, b_off, b_ok, C,
-            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-            PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _scores(
+    A,
+    sac,
+    a_off,
+    a_ok,
+    B,
+    sbc,
+    b_off,
+    b_ok,
+    C,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """``(BLOCK_M, BLOCK_N)`` fp32 dot products between the pixels ``a_off`` of map A and ``b_off`` of map
     B (pixel offsets into one image, channel strides ``sac`` / ``sbc``; masked pixels read zeros)."""
     s = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -141,13 +154,32 @@ def _scores(A, sac, a_off, a_ok, B, sbc, b_off, b_ok, C,
 
 @triton.jit
 def _corr_fwd_kernel(
-    Q, K, Out,
-    C, H, W, radius, dil,
-    sqb, sqc, sqh, sqw,
-    skb, skc, skh, skw,
-    sob, son, soh, sow,
-    TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    Q,
+    K,
+    Out,
+    C,
+    H,
+    W,
+    radius,
+    dil,
+    sqb,
+    sqc,
+    sqh,
+    sqw,
+    skb,
+    skc,
+    skh,
+    skw,
+    sob,
+    son,
+    soh,
+    sow,
+    TILE_H: tl.constexpr,
+    TILE_W: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     """out[b, n(q, k), q] = <q, k> for every query pixel q of the tile and key k of its window."""
     BLOCK_M: tl.constexpr = TILE_H * TILE_W
@@ -157,8 +189,22 @@ def _corr_fwd_kernel(
     RN = (TILE_H + 2 * radius) * (TILE_W + 2 * radius)
     for n0 in range(0, RN, BLOCK_N):
         ry, rx, ky, kx, exists, inside = _rect_block(n0, y0, x0, H, W, radius, dil, BLOCK_N, TILE_H, TILE_W)
-        s = _scores(Q + b * sqb, sqc, qy * sqh + qx * sqw, q_ok, K + b * skb, skc, ky * skh + kx * skw, inside, C,
-                    BLOCK_M, BLOCK_N, BLOCK_C, PRECISION, UPCAST)
+        s = _scores(
+            Q + b * sqb,
+            sqc,
+            qy * sqh + qx * sqw,
+            q_ok,
+            K + b * skb,
+            skc,
+            ky * skh + kx * skw,
+            inside,
+            C,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_C,
+            PRECISION,
+            UPCAST,
+        )
         cell = (ry[None, :] - iy[:, None]) * P + (rx[None, :] - ix[:, None])
         ok = _window(iy, ix, ry, rx, exists, radius) & q_ok[:, None]
         tl.store(Out + b * sob + cell * son + (qy * soh + qx * sow)[:, None], s.to(Out.dtype.element_ty), mask=ok)
@@ -166,13 +212,33 @@ def _corr_fwd_kernel(
 
 @triton.jit
 def _corr_bwd_kernel(
-    G, Src, Dst,
-    C, H, W, radius, dil,
-    sgb, sgn, sgh, sgw,
-    ssb, ssc, ssh, ssw,
-    sdb, sdc, sdh, sdw,
-    FOR_KEY: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_CO: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    G,
+    Src,
+    Dst,
+    C,
+    H,
+    W,
+    radius,
+    dil,
+    sgb,
+    sgn,
+    sgh,
+    sgw,
+    ssb,
+    ssc,
+    ssh,
+    ssw,
+    sdb,
+    sdc,
+    sdh,
+    sdw,
+    FOR_KEY: tl.constexpr,
+    TILE_H: tl.constexpr,
+    TILE_W: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_CO: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     """FOR_KEY=False: dq[tile] = G[tile, rect] @ k[rect] (Src = key). FOR_KEY=True: the tile holds key
     pixels and the rectangle query pixels: dk[tile] = G^T[tile, rect] @ q[rect] (Src = query).
@@ -196,11 +262,17 @@ def _corr_bwd_kernel(
             cell = (ry[None, :] - iy[:, None]) * P + (rx[None, :] - ix[:, None])
             g_pix = (ty * sgh + tx * sgw)[:, None]
         g = tl.load(G + b * sgb + cell * sgn + g_pix, mask=ok, other=0.0)
-        src = tl.load(Src + b * ssb + co[None, :] * ssc + (ry_img * ssh + rx_img * ssw)[:, None],
-                      mask=inside[:, None] & co_ok[None, :], other=0.0)
+        src = tl.load(
+            Src + b * ssb + co[None, :] * ssc + (ry_img * ssh + rx_img * ssw)[:, None],
+            mask=inside[:, None] & co_ok[None, :],
+            other=0.0,
+        )
         acc = dot_acc(g.to(Src.dtype.element_ty), src, acc, PRECISION, UPCAST)
-    tl.store(Dst + b * sdb + co[None, :] * sdc + (ty * sdh + tx * sdw)[:, None], acc.to(Dst.dtype.element_ty),
-             mask=t_ok[:, None] & co_ok[None, :])
+    tl.store(
+        Dst + b * sdb + co[None, :] * sdc + (ty * sdh + tx * sdw)[:, None],
+        acc.to(Dst.dtype.element_ty),
+        mask=t_ok[:, None] & co_ok[None, :],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,15 +282,44 @@ def _corr_bwd_kernel(
 
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, Out, Lse,
-    scale, C, D, H, W, radius,
-    sqb, sqc, sqh, sqw,
-    skb, skc, skh, skw,
-    svb, svc, svh, svw,
-    sob, soc, soh, sow,
-    slb, slh, slw,
-    ZERO_BORDER: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    Q,
+    K,
+    V,
+    Out,
+    Lse,
+    scale,
+    C,
+    D,
+    H,
+    W,
+    radius,
+    sqb,
+    sqc,
+    sqh,
+    sqw,
+    skb,
+    skc,
+    skh,
+    skw,
+    svb,
+    svc,
+    svh,
+    svw,
+    sob,
+    soc,
+    soh,
+    sow,
+    slb,
+    slh,
+    slw,
+    ZERO_BORDER: tl.constexpr,
+    TILE_H: tl.constexpr,
+    TILE_W: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     BLOCK_M: tl.constexpr = TILE_H * TILE_W
     b = tl.program_id(1).to(tl.int64)
@@ -232,8 +333,25 @@ def _attn_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for n0 in range(0, RN, BLOCK_N):
         ry, rx, ky, kx, exists, inside = _rect_block(n0, y0, x0, H, W, radius, 1, BLOCK_N, TILE_H, TILE_W)
-        s = _scores(Q + b * sqb, sqc, qy * sqh + qx * sqw, q_ok, K + b * skb, skc, ky * skh + kx * skw, inside, C,
-                    BLOCK_M, BLOCK_N, BLOCK_C, PRECISION, UPCAST) * scale2
+        s = (
+            _scores(
+                Q + b * sqb,
+                sqc,
+                qy * sqh + qx * sqw,
+                q_ok,
+                K + b * skb,
+                skc,
+                ky * skh + kx * skw,
+                inside,
+                C,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_C,
+                PRECISION,
+                UPCAST,
+            )
+            * scale2
+        )
         ok = _window(iy, ix, ry, rx, exists, radius)
         if not ZERO_BORDER:  # truncated window: out-of-image cells leave the softmax
             ok = ok & inside[None, :]
@@ -242,31 +360,77 @@ def _attn_fwd_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(V + b * svb + dd[None, :] * svc + (ky * svh + kx * svw)[:, None],
-                    mask=inside[:, None] & d_ok[None, :], other=0.0)
+        v = tl.load(
+            V + b * svb + dd[None, :] * svc + (ky * svh + kx * svw)[:, None],
+            mask=inside[:, None] & d_ok[None, :],
+            other=0.0,
+        )
         acc = dot_acc(p.to(V.dtype.element_ty), v, acc * alpha[:, None], PRECISION, UPCAST)
         m_i = m_new
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = acc / l_safe[:, None]
-    tl.store(Out + b * sob + dd[None, :] * soc + (qy * soh + qx * sow)[:, None], out.to(Out.dtype.element_ty),
-             mask=q_ok[:, None] & d_ok[None, :])
+    tl.store(
+        Out + b * sob + dd[None, :] * soc + (qy * soh + qx * sow)[:, None],
+        out.to(Out.dtype.element_ty),
+        mask=q_ok[:, None] & d_ok[None, :],
+    )
     tl.store(Lse + b * slb + qy * slh + qx * slw, (m_i + tl.log2(l_safe)) * LN2, mask=q_ok)
 
 
 @triton.jit
 def _attn_bwd_dq_kernel(
-    Q, K, V, DO, Lse, Delta, DQ, DS, PV,
-    scale, C, D, H, W, radius,
-    sqb, sqc, sqh, sqw,
-    skb, skc, skh, skw,
-    svb, svc, svh, svw,
-    sdob, sdoc, sdoh, sdow,
-    slb, slh, slw,
-    sdqb, sdqc, sdqh, sdqw,
-    svolb, svoln, svolh, svolw,
-    ZERO_BORDER: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_D: tl.constexpr, STORE_VOLUMES: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    Q,
+    K,
+    V,
+    DO,
+    Lse,
+    Delta,
+    DQ,
+    DS,
+    PV,
+    scale,
+    C,
+    D,
+    H,
+    W,
+    radius,
+    sqb,
+    sqc,
+    sqh,
+    sqw,
+    skb,
+    skc,
+    skh,
+    skw,
+    svb,
+    svc,
+    svh,
+    svw,
+    sdob,
+    sdoc,
+    sdoh,
+    sdow,
+    slb,
+    slh,
+    slw,
+    sdqb,
+    sdqc,
+    sdqh,
+    sdqw,
+    svolb,
+    svoln,
+    svolh,
+    svolw,
+    ZERO_BORDER: tl.constexpr,
+    TILE_H: tl.constexpr,
+    TILE_W: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_CO: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    STORE_VOLUMES: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     """dq[i] = scale * sum_j P_ij (dP_ij - delta_i) k_j over the window of query i, for the output
     channels of this program's block (``program_id(2)``).
@@ -286,53 +450,118 @@ def _attn_bwd_dq_kernel(
     q_pix = qy * sqh + qx * sqw
     lse2 = tl.load(Lse + b * slb + qy * slh + qx * slw, mask=q_ok, other=0.0) * LOG2E
     delta = tl.load(Delta + b * slb + qy * slh + qx * slw, mask=q_ok, other=0.0)
-    do = tl.load(DO + b * sdob + dd[None, :] * sdoc + (qy * sdoh + qx * sdow)[:, None],
-                 mask=q_ok[:, None] & d_ok[None, :], other=0.0)
+    do = tl.load(
+        DO + b * sdob + dd[None, :] * sdoc + (qy * sdoh + qx * sdow)[:, None],
+        mask=q_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
     RN = (TILE_H + 2 * radius) * (TILE_W + 2 * radius)
     acc = tl.zeros([BLOCK_M, BLOCK_CO], dtype=tl.float32)
     for n0 in range(0, RN, BLOCK_N):
         ry, rx, ky, kx, exists, inside = _rect_block(n0, y0, x0, H, W, radius, 1, BLOCK_N, TILE_H, TILE_W)
         k_pix = ky * skh + kx * skw
-        s = _scores(Q + b * sqb, sqc, q_pix, q_ok, K + b * skb, skc, k_pix, inside, C,
-                    BLOCK_M, BLOCK_N, BLOCK_C, PRECISION, UPCAST)
+        s = _scores(
+            Q + b * sqb,
+            sqc,
+            q_pix,
+            q_ok,
+            K + b * skb,
+            skc,
+            k_pix,
+            inside,
+            C,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_C,
+            PRECISION,
+            UPCAST,
+        )
         ok = _window(iy, ix, ry, rx, exists, radius) & q_ok[:, None]
         if not ZERO_BORDER:
             ok = ok & inside[None, :]
         p = tl.where(ok, tl.exp2(s * scale2 - lse2[:, None]), 0.0)
-        vt = tl.load(V + b * svb + dd[:, None] * svc + (ky * svh + kx * svw)[None, :],
-                     mask=d_ok[:, None] & inside[None, :], other=0.0)
+        vt = tl.load(
+            V + b * svb + dd[:, None] * svc + (ky * svh + kx * svw)[None, :],
+            mask=d_ok[:, None] & inside[None, :],
+            other=0.0,
+        )
         dp = dot_acc(do, vt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PRECISION, UPCAST)
         ds = p * (dp - delta[:, None]) * scale_f
         if STORE_VOLUMES:
             P = 2 * radius + 1
-            vol = svolb * b + ((ry[None, :] - iy[:, None]) * P + (rx[None, :] - ix[:, None])) * svoln \
+            vol = (
+                svolb * b
+                + ((ry[None, :] - iy[:, None]) * P + (rx[None, :] - ix[:, None])) * svoln
                 + (qy * svolh + qx * svolw)[:, None]
+            )
             in_window = _window(iy, ix, ry, rx, exists, radius) & q_ok[:, None]
             tl.store(DS + vol, ds.to(DS.dtype.element_ty), mask=in_window)
             tl.store(PV + vol, p.to(PV.dtype.element_ty), mask=in_window)
         else:
-            kb = tl.load(K + b * skb + co[None, :] * skc + k_pix[:, None], mask=inside[:, None] & co_ok[None, :],
-                         other=0.0)
+            kb = tl.load(
+                K + b * skb + co[None, :] * skc + k_pix[:, None], mask=inside[:, None] & co_ok[None, :], other=0.0
+            )
             acc = dot_acc(ds.to(K.dtype.element_ty), kb, acc, PRECISION, UPCAST)
     if not STORE_VOLUMES:
-        tl.store(DQ + b * sdqb + co[None, :] * sdqc + (qy * sdqh + qx * sdqw)[:, None], acc.to(DQ.dtype.element_ty),
-                 mask=q_ok[:, None] & co_ok[None, :])
+        tl.store(
+            DQ + b * sdqb + co[None, :] * sdqc + (qy * sdqh + qx * sdqw)[:, None],
+            acc.to(DQ.dtype.element_ty),
+            mask=q_ok[:, None] & co_ok[None, :],
+        )
 
 
 @triton.jit
 def _attn_bwd_dkdv_kernel(
-    Q, K, V, DO, Lse, Delta, DK, DV,
-    scale, C, D, H, W, radius,
-    sqb, sqc, sqh, sqw,
-    skb, skc, skh, skw,
-    svb, svc, svh, svw,
-    sdob, sdoc, sdoh, sdow,
-    slb, slh, slw,
-    sdkb, sdkc, sdkh, sdkw,
-    sdvb, sdvc, sdvh, sdvw,
-    ZERO_BORDER: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    Q,
+    K,
+    V,
+    DO,
+    Lse,
+    Delta,
+    DK,
+    DV,
+    scale,
+    C,
+    D,
+    H,
+    W,
+    radius,
+    sqb,
+    sqc,
+    sqh,
+    sqw,
+    skb,
+    skc,
+    skh,
+    skw,
+    svb,
+    svc,
+    svh,
+    svw,
+    sdob,
+    sdoc,
+    sdoh,
+    sdow,
+    slb,
+    slh,
+    slw,
+    sdkb,
+    sdkc,
+    sdkh,
+    sdkw,
+    sdvb,
+    sdvc,
+    sdvh,
+    sdvw,
+    ZERO_BORDER: tl.constexpr,
+    TILE_H: tl.constexpr,
+    TILE_W: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_CO: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     """For key pixel j of the tile: dk[j] = scale * sum_i P_ij (dP_ij - delta_i) q_i and
     dv[j] = sum_i P_ij dO_i over the queries i of the rectangle whose window holds j. dK for this
@@ -348,8 +577,9 @@ def _attn_bwd_dkdv_kernel(
     scale_f = tl.cast(scale, tl.float32)
     scale2 = scale_f * LOG2E
     k_pix = ky * skh + kx * skw
-    v = tl.load(V + b * svb + dd[None, :] * svc + (ky * svh + kx * svw)[:, None],
-                mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+    v = tl.load(
+        V + b * svb + dd[None, :] * svc + (ky * svh + kx * svw)[:, None], mask=k_ok[:, None] & d_ok[None, :], other=0.0
+    )
     RN = (TILE_H + 2 * radius) * (TILE_W + 2 * radius)
     acc_k = tl.zeros([BLOCK_M, BLOCK_CO], dtype=tl.float32)
     acc_v = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -358,24 +588,47 @@ def _attn_bwd_dkdv_kernel(
         # exactly when query (ry, rx) would be in the window of (iy, ix): the same mask
         ry, rx, qy, qx, exists, q_in = _rect_block(n0, y0, x0, H, W, radius, 1, BLOCK_N, TILE_H, TILE_W)
         q_pix = qy * sqh + qx * sqw
-        st = _scores(K + b * skb, skc, k_pix, k_ok, Q + b * sqb, sqc, q_pix, q_in, C,
-                     BLOCK_M, BLOCK_N, BLOCK_C, PRECISION, UPCAST)
+        st = _scores(
+            K + b * skb,
+            skc,
+            k_pix,
+            k_ok,
+            Q + b * sqb,
+            sqc,
+            q_pix,
+            q_in,
+            C,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_C,
+            PRECISION,
+            UPCAST,
+        )
         lse2 = tl.load(Lse + b * slb + qy * slh + qx * slw, mask=q_in, other=0.0) * LOG2E
         delta = tl.load(Delta + b * slb + qy * slh + qx * slw, mask=q_in, other=0.0)
         ok = _window(iy, ix, ry, rx, exists, radius) & q_in[None, :] & k_ok[:, None]
         pt = tl.where(ok, tl.exp2(st * scale2 - lse2[None, :]), 0.0)
-        do = tl.load(DO + b * sdob + dd[None, :] * sdoc + (qy * sdoh + qx * sdow)[:, None],
-                     mask=q_in[:, None] & d_ok[None, :], other=0.0)                        # (BLOCK_N, BLOCK_D)
+        do = tl.load(
+            DO + b * sdob + dd[None, :] * sdoc + (qy * sdoh + qx * sdow)[:, None],
+            mask=q_in[:, None] & d_ok[None, :],
+            other=0.0,
+        )  # (BLOCK_N, BLOCK_D)
         dpt = dot_acc(v, tl.trans(do), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), PRECISION, UPCAST)
         dst = pt * (dpt - delta[None, :]) * scale_f
         qb = tl.load(Q + b * sqb + co[None, :] * sqc + q_pix[:, None], mask=q_in[:, None] & co_ok[None, :], other=0.0)
         acc_k = dot_acc(dst.to(Q.dtype.element_ty), qb, acc_k, PRECISION, UPCAST)
         acc_v = dot_acc(pt.to(DO.dtype.element_ty), do, acc_v, PRECISION, UPCAST)
-    tl.store(DK + b * sdkb + co[None, :] * sdkc + (ky * sdkh + kx * sdkw)[:, None], acc_k.to(DK.dtype.element_ty),
-             mask=k_ok[:, None] & co_ok[None, :])
+    tl.store(
+        DK + b * sdkb + co[None, :] * sdkc + (ky * sdkh + kx * sdkw)[:, None],
+        acc_k.to(DK.dtype.element_ty),
+        mask=k_ok[:, None] & co_ok[None, :],
+    )
     if pid_c == 0:
-        tl.store(DV + b * sdvb + dd[None, :] * sdvc + (ky * sdvh + kx * sdvw)[:, None], acc_v.to(DV.dtype.element_ty),
-                 mask=k_ok[:, None] & d_ok[None, :])
+        tl.store(
+            DV + b * sdvb + dd[None, :] * sdvc + (ky * sdvh + kx * sdvw)[:, None],
+            acc_v.to(DV.dtype.element_ty),
+            mask=k_ok[:, None] & d_ok[None, :],
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,8 +698,19 @@ def launch_corr_fwd(query, key, radius: int, dilation: int, precision: str):
     _check_offsets(query, key, out)
     cfg = launch_config(C, 1, query.dtype)
     wrap_triton(_corr_fwd_kernel)[(_grid_tiles(H, W, dilation), B)](
-        query, key, out, C, H, W, radius, dilation, *_s(query), *_s(key), *_s(out),
-        PRECISION=precision, **_meta(cfg, "TILE_H", "TILE_W", "BLOCK_N", "BLOCK_C", "UPCAST", "num_warps", "num_stages"),
+        query,
+        key,
+        out,
+        C,
+        H,
+        W,
+        radius,
+        dilation,
+        *_s(query),
+        *_s(key),
+        *_s(out),
+        PRECISION=precision,
+        **_meta(cfg, "TILE_H", "TILE_W", "BLOCK_N", "BLOCK_C", "UPCAST", "num_warps", "num_stages"),
     )
     return out
 
@@ -462,8 +726,19 @@ def launch_corr_bwd(grad, query, key, radius: int, dilation: int, precision: str
     grid = (_grid_tiles(H, W, dilation), B, triton.cdiv(C, cfg["BLOCK_CO"]))
     for src, dst, for_key in ((key, dq, False), (query, dk, True)):
         wrap_triton(_corr_bwd_kernel)[grid](
-            grad, src, dst, C, H, W, radius, dilation, *_s(grad), *_s(src), *_s(dst),
-            FOR_KEY=for_key, PRECISION=precision,
+            grad,
+            src,
+            dst,
+            C,
+            H,
+            W,
+            radius,
+            dilation,
+            *_s(grad),
+            *_s(src),
+            *_s(dst),
+            FOR_KEY=for_key,
+            PRECISION=precision,
             **_meta(cfg, "TILE_H", "TILE_W", "BLOCK_N", "BLOCK_CO", "UPCAST", "num_warps", "num_stages"),
         )
     return dq, dk
@@ -479,9 +754,24 @@ def launch_attn_fwd(query, key, value, radius: int, scale: float, border: str, p
     _check_offsets(query, key, value)
     cfg = launch_config(C, D, query.dtype)
     wrap_triton(_attn_fwd_kernel)[(_grid_tiles(H, W), B)](
-        query, key, value, out, lse, float(scale), C, D, H, W, radius,
-        *_s(query), *_s(key), *_s(value), *_s(out), *_s(lse),
-        ZERO_BORDER=border == "zero", PRECISION=precision,
+        query,
+        key,
+        value,
+        out,
+        lse,
+        float(scale),
+        C,
+        D,
+        H,
+        W,
+        radius,
+        *_s(query),
+        *_s(key),
+        *_s(value),
+        *_s(out),
+        *_s(lse),
+        ZERO_BORDER=border == "zero",
+        PRECISION=precision,
         **_meta(cfg, "TILE_H", "TILE_W", "BLOCK_N", "BLOCK_C", "BLOCK_D", "UPCAST", "num_warps", "num_stages"),
     )
     return out, lse
@@ -514,25 +804,85 @@ def launch_attn_bwd(query, key, value, out, lse, dout, dlse, radius: int, scale:
     ds = alloc_output((B, P * P, H, W), dtype=query.dtype, device=query.device) if volumes else dq
     pv = alloc_output((B, P * P, H, W), dtype=query.dtype, device=query.device) if volumes else dq
     grid = (_grid_tiles(H, W), B, 1 if volumes else triton.cdiv(C, cfg["BLOCK_CO"]))
-    meta = dict(ZERO_BORDER=border == "zero", PRECISION=precision, BLOCK_N=cfg["BLOCK_N_BWD"],
-                **_meta(cfg, "TILE_H", "TILE_W", "BLOCK_C", "BLOCK_CO", "BLOCK_D", "UPCAST", "num_warps", "num_stages"))
+    meta = dict(
+        ZERO_BORDER=border == "zero",
+        PRECISION=precision,
+        BLOCK_N=cfg["BLOCK_N_BWD"],
+        **_meta(cfg, "TILE_H", "TILE_W", "BLOCK_C", "BLOCK_CO", "BLOCK_D", "UPCAST", "num_warps", "num_stages"),
+    )
     wrap_triton(_attn_bwd_dq_kernel)[grid](
-        query, key, value, dout, lse, delta, dq, ds, pv, float(scale), C, D, H, W, radius,
-        *_s(query), *_s(key), *_s(value), *_s(dout), *_s(lse), *_s(dq), *_s(ds), STORE_VOLUMES=volumes, **meta,
+        query,
+        key,
+        value,
+        dout,
+        lse,
+        delta,
+        dq,
+        ds,
+        pv,
+        float(scale),
+        C,
+        D,
+        H,
+        W,
+        radius,
+        *_s(query),
+        *_s(key),
+        *_s(value),
+        *_s(dout),
+        *_s(lse),
+        *_s(dq),
+        *_s(ds),
+        STORE_VOLUMES=volumes,
+        **meta,
     )
     if volumes:
-        corr_meta = dict(PRECISION=precision, **_meta(cfg, "TILE_H", "TILE_W", "BLOCK_N", "UPCAST", "num_warps", "num_stages"))
+        corr_meta = dict(
+            PRECISION=precision, **_meta(cfg, "TILE_H", "TILE_W", "BLOCK_N", "UPCAST", "num_warps", "num_stages")
+        )
         for vol, src, dst, for_key in ((ds, key, dq, False), (ds, query, dk, True), (pv, dout, dv, True)):
             channels = src.shape[1]
             block_co = launch_config(channels, 1, query.dtype)["BLOCK_CO"]
             wrap_triton(_corr_bwd_kernel)[(_grid_tiles(H, W), B, triton.cdiv(channels, block_co))](
-                vol, src, dst, channels, H, W, radius, 1, *_s(vol), *_s(src), *_s(dst),
-                FOR_KEY=for_key, BLOCK_CO=block_co, **corr_meta,
+                vol,
+                src,
+                dst,
+                channels,
+                H,
+                W,
+                radius,
+                1,
+                *_s(vol),
+                *_s(src),
+                *_s(dst),
+                FOR_KEY=for_key,
+                BLOCK_CO=block_co,
+                **corr_meta,
             )
         return dq, dk, dv
     wrap_triton(_attn_bwd_dkdv_kernel)[grid](
-        query, key, value, dout, lse, delta, dk, dv, float(scale), C, D, H, W, radius,
-        *_s(query), *_s(key), *_s(value), *_s(dout), *_s(lse), *_s(dk), *_s(dv), **meta,
+        query,
+        key,
+        value,
+        dout,
+        lse,
+        delta,
+        dk,
+        dv,
+        float(scale),
+        C,
+        D,
+        H,
+        W,
+        radius,
+        *_s(query),
+        *_s(key),
+        *_s(value),
+        *_s(dout),
+        *_s(lse),
+        *_s(dk),
+        *_s(dv),
+        **meta,
     )
     return dq, dk, dv
 
@@ -548,21 +898,32 @@ def _corr_op(query: torch.Tensor, key: torch.Tensor, radius: int, dilation: int,
 
 
 @triton_op("tritoncorr::local_correlation_triton_bwd", mutates_args=())
-def _corr_bwd_op(grad: torch.Tensor, query: torch.Tensor, key: torch.Tensor, radius: int, dilation: int,
-                 precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _corr_bwd_op(
+    grad: torch.Tensor, query: torch.Tensor, key: torch.Tensor, radius: int, dilation: int, precision: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     return launch_corr_bwd(grad, query, key, radius, dilation, precision)
 
 
 @triton_op("tritoncorr::local_attention_triton", mutates_args=())
-def _attn_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, radius: int, scale: float, border: str,
-             precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _attn_op(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, radius: int, scale: float, border: str, precision: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     return launch_attn_fwd(query, key, value, radius, scale, border, precision)
 
 
 @triton_op("tritoncorr::local_attention_triton_bwd", mutates_args=())
 def _attn_bwd_op(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-    dout: torch.Tensor, dlse: torch.Tensor, radius: int, scale: float, border: str, precision: str,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    dout: torch.Tensor,
+    dlse: torch.Tensor,
+    radius: int,
+    scale: float,
+    border: str,
+    precision: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return launch_attn_bwd(query, key, value, out, lse, dout, dlse, radius, scale, border, precision)
 
@@ -603,29 +964,66 @@ def aot_specs() -> list:
         for label, C, D in AOT_SHAPES:
             cfg = launch_config(C, D, dtype, interpret=False)
             opts = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-            const = dict(PRECISION="tf32", UPCAST=False, TILE_H=cfg["TILE_H"], TILE_W=cfg["TILE_W"], BLOCK_N=cfg["BLOCK_N"])
+            const = dict(
+                PRECISION="tf32", UPCAST=False, TILE_H=cfg["TILE_H"], TILE_W=cfg["TILE_W"], BLOCK_N=cfg["BLOCK_N"]
+            )
             if C in corr_channels and D == min(d for _, c, d in AOT_SHAPES if c == C):
                 pointers = dict.fromkeys(("Q", "K", "Out"), tp)
-                specs.append(aot_spec(f"corr_fwd_{tp}_c{C}", _corr_fwd_kernel, dict(const, BLOCK_C=cfg["BLOCK_C"]),
-                                      pointers, **opts))
+                specs.append(
+                    aot_spec(
+                        f"corr_fwd_{tp}_c{C}", _corr_fwd_kernel, dict(const, BLOCK_C=cfg["BLOCK_C"]), pointers, **opts
+                    )
+                )
                 for for_key in (False, True):
                     c = dict(const, FOR_KEY=for_key, BLOCK_CO=cfg["BLOCK_CO"])
-                    specs.append(aot_spec(f"corr_bwd_{'dk' if for_key else 'dq'}_{tp}_c{C}", _corr_bwd_kernel, c,
-                                          dict.fromkeys(("G", "Src", "Dst"), tp), **opts))
+                    specs.append(
+                        aot_spec(
+                            f"corr_bwd_{'dk' if for_key else 'dq'}_{tp}_c{C}",
+                            _corr_bwd_kernel,
+                            c,
+                            dict.fromkeys(("G", "Src", "Dst"), tp),
+                            **opts,
+                        )
+                    )
             volumes = C > FUSED_MAX_C
             for zero in (False, True):
                 border = "zero" if zero else "trunc"
                 c = dict(const, ZERO_BORDER=zero, BLOCK_C=cfg["BLOCK_C"], BLOCK_D=cfg["BLOCK_D"])
-                specs.append(aot_spec(f"attn_fwd_{border}_{tp}_{label}", _attn_fwd_kernel, c,
-                                      {**dict.fromkeys(("Q", "K", "V", "Out"), tp), "Lse": "fp32"}, floats=("scale",),
-                                      **opts))
+                specs.append(
+                    aot_spec(
+                        f"attn_fwd_{border}_{tp}_{label}",
+                        _attn_fwd_kernel,
+                        c,
+                        {**dict.fromkeys(("Q", "K", "V", "Out"), tp), "Lse": "fp32"},
+                        floats=("scale",),
+                        **opts,
+                    )
+                )
                 c = dict(c, BLOCK_CO=cfg["BLOCK_CO"], BLOCK_N=cfg["BLOCK_N_BWD"])
-                pointers = {**dict.fromkeys(("Q", "K", "V", "DO", "DQ", "DS", "PV", "DK", "DV"), tp),
-                            "Lse": "fp32", "Delta": "fp32"}
-                specs.append(aot_spec(f"attn_bwd_{'volumes' if volumes else 'dq'}_{border}_{tp}_{label}",
-                                      _attn_bwd_dq_kernel, dict(c, STORE_VOLUMES=volumes), pointers,
-                                      floats=("scale",), **opts))
+                pointers = {
+                    **dict.fromkeys(("Q", "K", "V", "DO", "DQ", "DS", "PV", "DK", "DV"), tp),
+                    "Lse": "fp32",
+                    "Delta": "fp32",
+                }
+                specs.append(
+                    aot_spec(
+                        f"attn_bwd_{'volumes' if volumes else 'dq'}_{border}_{tp}_{label}",
+                        _attn_bwd_dq_kernel,
+                        dict(c, STORE_VOLUMES=volumes),
+                        pointers,
+                        floats=("scale",),
+                        **opts,
+                    )
+                )
                 if not volumes:  # wide features take dQ, dK, dV from the correlation backward (specs above)
-                    specs.append(aot_spec(f"attn_bwd_dkdv_{border}_{tp}_{label}", _attn_bwd_dkdv_kernel, c, pointers,
-                                          floats=("scale",), **opts))
+                    specs.append(
+                        aot_spec(
+                            f"attn_bwd_dkdv_{border}_{tp}_{label}",
+                            _attn_bwd_dkdv_kernel,
+                            c,
+                            pointers,
+                            floats=("scale",),
+                            **opts,
+                        )
+                    )
     return specs

@@ -53,11 +53,23 @@ __all__ = [
 
 @torch.library.custom_op("tritoncorr::window_propagate_windowed", mutates_args=())
 def _window_propagate_windowed_op(
-    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-    radius: int, temperature: float, compact: int, compact_threshold: float,
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    radius: int,
+    temperature: float,
+    compact: int,
+    compact_threshold: float,
 ) -> torch.Tensor:
-    return window_propagate_windowed(query, keys, values, radius=radius, temperature=temperature,
-                                     compact=compact, compact_threshold=compact_threshold)
+    return window_propagate_windowed(
+        query,
+        keys,
+        values,
+        radius=radius,
+        temperature=temperature,
+        compact=compact,
+        compact_threshold=compact_threshold,
+    )
 
 
 @_window_propagate_windowed_op.register_fake
@@ -95,9 +107,13 @@ def window_propagate(
     if use_triton(query, keys, values):
         kernels = _kernels()  # registers tritoncorr::window_propagate
         if query.is_cuda:
-            return torch.ops.tritoncorr.window_propagate(query, keys, values, radius, temperature, compact, compact_threshold)
+            return torch.ops.tritoncorr.window_propagate(
+                query, keys, values, radius, temperature, compact, compact_threshold
+            )
         return kernels.launch(query, keys, values, radius, temperature, compact, compact_threshold)
-    return torch.ops.tritoncorr.window_propagate_windowed(query, keys, values, radius, temperature, compact, compact_threshold)
+    return torch.ops.tritoncorr.window_propagate_windowed(
+        query, keys, values, radius, temperature, compact, compact_threshold
+    )
 
 
 def _kernels():
@@ -106,4 +122,3 @@ def _kernels():
     from . import triton_kernels
 
     return triton_kernels
-

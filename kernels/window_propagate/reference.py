@@ -26,8 +26,10 @@ def validate(query, keys, values, radius, temperature, compact, compact_threshol
     check_int("radius", radius, 0, MAX_RADIUS)
     check_int("compact", compact, 0, MAX_COMPACT, what=" (the number of Gaussians M)")
     if compact > (2 * radius + 1) ** 2:
-        raise ValueError(f"compact={compact} Gaussians need at least as many window cells, "
-                         f"radius={radius} has {(2 * radius + 1) ** 2}")
+        raise ValueError(
+            f"compact={compact} Gaussians need at least as many window cells, "
+            f"radius={radius} has {(2 * radius + 1) ** 2}"
+        )
     check_temperature(temperature)
     if not (isinstance(compact_threshold, (int, float)) and math.isfinite(compact_threshold)):
         raise ValueError(f"compact_threshold={compact_threshold!r} must be a finite number")

@@ -30,10 +30,36 @@ TILE_W = PROPAGATION_TILE[1]
 
 
 @triton.jit
-def _windowtile_scores(q_ptr, k_ptr, qy, qx, qvalid, j, RN, RW, ry0, rx0, H, W, RADIUS, fr, C,
-                         s_qc, s_qy, s_qx, s_kn, s_kc, s_ky, s_kx, inv_t,
-                         BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
-                         INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+def _windowtile_scores(
+    q_ptr,
+    k_ptr,
+    qy,
+    qx,
+    qvalid,
+    j,
+    RN,
+    RW,
+    ry0,
+    rx0,
+    H,
+    W,
+    RADIUS,
+    fr,
+    C,
+    s_qc,
+    s_qy,
+    s_qx,
+    s_kn,
+    s_kc,
+    s_ky,
+    s_kx,
+    inv_t,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     """Scores of the tile's queries against rectangle cells ``j`` of reference ``fr``, -inf outside
     each query's window; also which cells are in the image and their clamped coordinates (for the
     value loads; out-of-image cells load zeros, the zero border)."""
@@ -43,9 +69,31 @@ def _windowtile_scores(q_ptr, k_ptr, qy, qx, qvalid, j, RN, RW, ry0, rx0, H, W, 
     kin = jv & (ky >= 0) & (ky < H) & (kx >= 0) & (kx < W)
     kyc = tl.minimum(tl.maximum(ky, 0), H - 1)
     kxc = tl.minimum(tl.maximum(kx, 0), W - 1)
-    s = tile_scores(q_ptr, k_ptr, qy, qx, qvalid, kyc, kxc, kin, tl.cast(fr, tl.int64), C,
-                      s_qc, s_qy, s_qx, s_kn, s_kc, s_ky, s_kx, inv_t,
-                      BLOCK_Q, BLOCK_K, BLOCK_C, INPUT_PRECISION, UPCAST)
+    s = tile_scores(
+        q_ptr,
+        k_ptr,
+        qy,
+        qx,
+        qvalid,
+        kyc,
+        kxc,
+        kin,
+        tl.cast(fr, tl.int64),
+        C,
+        s_qc,
+        s_qy,
+        s_qx,
+        s_kn,
+        s_kc,
+        s_ky,
+        s_kx,
+        inv_t,
+        BLOCK_Q,
+        BLOCK_K,
+        BLOCK_C,
+        INPUT_PRECISION,
+        UPCAST,
+    )
     dy = ky[None, :] - qy[:, None]
     dx = kx[None, :] - qx[:, None]
     ok = (tl.abs(dy) <= RADIUS) & (tl.abs(dx) <= RADIUS) & jv[None, :] & qvalid[:, None]
@@ -54,15 +102,42 @@ def _windowtile_scores(q_ptr, k_ptr, qy, qx, qvalid, j, RN, RW, ry0, rx0, H, W, 
 
 @triton.jit
 def _window_propagate_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr,
-    H, W, C, L, N, RADIUS, inv_t, threshold,
-    s_qc, s_qy, s_qx,
-    s_kn, s_kc, s_ky, s_kx,
-    s_vn, s_vl, s_vy, s_vx,
-    s_ol, s_oy, s_ox,
-    TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
-    BLOCK_L: tl.constexpr, COMPACT: tl.constexpr, MP: tl.constexpr, STAMP: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    o_ptr,
+    H,
+    W,
+    C,
+    L,
+    N,
+    RADIUS,
+    inv_t,
+    threshold,
+    s_qc,
+    s_qy,
+    s_qx,
+    s_kn,
+    s_kc,
+    s_ky,
+    s_kx,
+    s_vn,
+    s_vl,
+    s_vy,
+    s_vx,
+    s_ol,
+    s_oy,
+    s_ox,
+    TILE_H: tl.constexpr,
+    TILE_W: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    COMPACT: tl.constexpr,
+    MP: tl.constexpr,
+    STAMP: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     """One program = one TILE_H x TILE_W tile of query pixels; writes out[:, tile] (L, TILE_H, TILE_W).
 
@@ -101,8 +176,35 @@ def _window_propagate_kernel(
     for fr in range(0, N):
         for j0 in range(0, RN, BLOCK_K):
             s, kin, kyc, kxc = _windowtile_scores(
-                q_ptr, k_ptr, qy, qx, qvalid, j0 + offs_k, RN, RW, ry0, rx0, H, W, RADIUS, fr, C,
-                s_qc, s_qy, s_qx, s_kn, s_kc, s_ky, s_kx, inv_t, BLOCK_Q, BLOCK_K, BLOCK_C, INPUT_PRECISION, UPCAST)
+                q_ptr,
+                k_ptr,
+                qy,
+                qx,
+                qvalid,
+                j0 + offs_k,
+                RN,
+                RW,
+                ry0,
+                rx0,
+                H,
+                W,
+                RADIUS,
+                fr,
+                C,
+                s_qc,
+                s_qy,
+                s_qx,
+                s_kn,
+                s_kc,
+                s_ky,
+                s_kx,
+                inv_t,
+                BLOCK_Q,
+                BLOCK_K,
+                BLOCK_C,
+                INPUT_PRECISION,
+                UPCAST,
+            )
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             alpha = tl.exp(m_i - m_safe)
@@ -110,8 +212,11 @@ def _window_propagate_kernel(
             l_i = l_i * alpha + tl.sum(pr, 1)
             if COMPACT == 0:
                 v_off = fr * s_vn + kyc.to(tl.int64) * s_vy + kxc.to(tl.int64) * s_vx
-                vb = tl.load(v_ptr + v_off[:, None] + offs_l[None, :].to(tl.int64) * s_vl,
-                             mask=kin[:, None] & lmask[None, :], other=0.0).to(tl.float32)
+                vb = tl.load(
+                    v_ptr + v_off[:, None] + offs_l[None, :].to(tl.int64) * s_vl,
+                    mask=kin[:, None] & lmask[None, :],
+                    other=0.0,
+                ).to(tl.float32)
                 acc = tl.dot(pr, vb, acc * alpha[:, None], input_precision="tf32x3")
             m_i = m_new
 
@@ -129,12 +234,42 @@ def _window_propagate_kernel(
             for j0 in range(0, RN, BLOCK_K):
                 j = j0 + offs_k
                 s, kin, kyc, kxc = _windowtile_scores(
-                    q_ptr, k_ptr, qy, qx, qvalid, j, RN, RW, ry0, rx0, H, W, RADIUS, fr, C,
-                    s_qc, s_qy, s_qx, s_kn, s_kc, s_ky, s_kx, inv_t, BLOCK_Q, BLOCK_K, BLOCK_C, INPUT_PRECISION, UPCAST)
+                    q_ptr,
+                    k_ptr,
+                    qy,
+                    qx,
+                    qvalid,
+                    j,
+                    RN,
+                    RW,
+                    ry0,
+                    rx0,
+                    H,
+                    W,
+                    RADIUS,
+                    fr,
+                    C,
+                    s_qc,
+                    s_qy,
+                    s_qx,
+                    s_kn,
+                    s_kc,
+                    s_ky,
+                    s_kx,
+                    inv_t,
+                    BLOCK_Q,
+                    BLOCK_K,
+                    BLOCK_C,
+                    INPUT_PRECISION,
+                    UPCAST,
+                )
                 pr = tl.exp(s - lse[:, None])
                 v_off = fr * s_vn + kyc.to(tl.int64) * s_vy + kxc.to(tl.int64) * s_vx
-                vb = tl.load(v_ptr + v_off[:, None] + offs_l[None, :].to(tl.int64) * s_vl,
-                             mask=kin[:, None] & lmask[None, :], other=0.0).to(tl.float32)
+                vb = tl.load(
+                    v_ptr + v_off[:, None] + offs_l[None, :].to(tl.int64) * s_vl,
+                    mask=kin[:, None] & lmask[None, :],
+                    other=0.0,
+                ).to(tl.float32)
                 soft = tl.dot(pr, vb, soft, input_precision="tf32x3")
                 cand = j[None, :] + tl.zeros((BLOCK_Q, BLOCK_K), tl.int32)
                 tv, ti = merge_topk(s, cand, tv, ti)
@@ -157,21 +292,28 @@ def _window_propagate_kernel(
                     yy = cy + ey
                     xx = cx + ex
                     g = tl.exp2(-4.0 * (ey * ey + ex * ex).to(tl.float32))
-                    ok = (conf & (tl.abs(yy - qy) <= RADIUS) & (tl.abs(xx - qx) <= RADIUS)
-                          & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W))
+                    ok = (
+                        conf
+                        & (tl.abs(yy - qy) <= RADIUS)
+                        & (tl.abs(xx - qx) <= RADIUS)
+                        & (yy >= 0)
+                        & (yy < H)
+                        & (xx >= 0)
+                        & (xx < W)
+                    )
                     yc = tl.minimum(tl.maximum(yy, 0), H - 1)
                     xc = tl.minimum(tl.maximum(xx, 0), W - 1)
                     v_off = fr * s_vn + yc.to(tl.int64) * s_vy + xc.to(tl.int64) * s_vx
-                    vals = tl.load(v_ptr + v_off[:, None] + offs_l[None, :].to(tl.int64) * s_vl,
-                                   mask=ok[:, None] & lmask[None, :], other=0.0).to(tl.float32)
+                    vals = tl.load(
+                        v_ptr + v_off[:, None] + offs_l[None, :].to(tl.int64) * s_vl,
+                        mask=ok[:, None] & lmask[None, :],
+                        other=0.0,
+                    ).to(tl.float32)
                     stamp += (w_m * g)[:, None] * vals
             res += tl.where(conf[:, None], stamp, soft)
 
     o_off = qy.to(tl.int64) * s_oy + qx.to(tl.int64) * s_ox
-    tl.store(o_ptr + o_off[:, None] + offs_l[None, :].to(tl.int64) * s_ol, res,
-             mask=qvalid[:, None] & lmask[None, :])
-
-
+    tl.store(o_ptr + o_off[:, None] + offs_l[None, :].to(tl.int64) * s_ol, res, mask=qvalid[:, None] & lmask[None, :])
 
 
 # (TILE_H, BLOCK_K, num_warps, num_stages) per feature precision (fixed; no autotuning for this mode
@@ -198,24 +340,51 @@ def launch(query, keys, values, radius, temperature, compact, compact_threshold,
     tile_h, bk, nw, ns = _config(query.dtype)
     grid = (cdiv(h, tile_h) * cdiv(w, TILE_W),)
     args = (
-        query, keys, values, out,
-        h, w, c, lab, n, radius, 1.0 / float(temperature), float(compact_threshold),
-        *query.stride(), *keys.stride(), *values.stride(), *out.stride(),
+        query,
+        keys,
+        values,
+        out,
+        h,
+        w,
+        c,
+        lab,
+        n,
+        radius,
+        1.0 / float(temperature),
+        float(compact_threshold),
+        *query.stride(),
+        *keys.stride(),
+        *values.stride(),
+        *out.stride(),
     )
     kernel = _window_propagate_kernel
     (wrap(kernel) if wrap else kernel)[grid](
-        *args, TILE_H=tile_h, TILE_W=TILE_W, BLOCK_K=bk, BLOCK_C=feature_block_c(c, query.dtype),
-        BLOCK_L=_block_l(lab), COMPACT=compact, MP=max(2, next_power_of_2(compact)), STAMP=COMPACT_STAMP,
-        INPUT_PRECISION=feature_precision(query.dtype), UPCAST=upcast_bf16_dot(query.dtype),
-        num_warps=nw, num_stages=ns,
+        *args,
+        TILE_H=tile_h,
+        TILE_W=TILE_W,
+        BLOCK_K=bk,
+        BLOCK_C=feature_block_c(c, query.dtype),
+        BLOCK_L=_block_l(lab),
+        COMPACT=compact,
+        MP=max(2, next_power_of_2(compact)),
+        STAMP=COMPACT_STAMP,
+        INPUT_PRECISION=feature_precision(query.dtype),
+        UPCAST=upcast_bf16_dot(query.dtype),
+        num_warps=nw,
+        num_stages=ns,
     )
     return out
 
 
 @torch.library.triton_op("tritoncorr::window_propagate", mutates_args=())
 def _window_propagate_triton_op(
-    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-    radius: int, temperature: float, compact: int, compact_threshold: float,
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    radius: int,
+    temperature: float,
+    compact: int,
+    compact_threshold: float,
 ) -> torch.Tensor:
     return launch(query, keys, values, radius, temperature, compact, compact_threshold, wrap=torch.library.wrap_triton)
 
@@ -229,12 +398,27 @@ def aot_specs(fixed_only: bool = False) -> list:
         torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
         tile_h, bk, nw, ns = _config(torch_dtype)
         for compact in (0, 2, 3):
-            constexprs = dict(TILE_H=tile_h, TILE_W=TILE_W, BLOCK_K=bk, BLOCK_C=feature_block_c(64, torch_dtype),
-                              BLOCK_L=16, COMPACT=compact, MP=max(2, next_power_of_2(compact)), STAMP=COMPACT_STAMP,
-                              INPUT_PRECISION=feature_precision(torch_dtype), UPCAST=False)
-            specs.append(aot_spec(
-                f"window_propagate[{dtype},M{compact},BK{bk},w{nw},s{ns}]", _window_propagate_kernel, constexprs,
-                {"q_ptr": dtype, "k_ptr": dtype, "v_ptr": "fp32", "o_ptr": "fp32"}, floats=("inv_t", "threshold"),
-                num_warps=nw, num_stages=ns,
-            ))
+            constexprs = dict(
+                TILE_H=tile_h,
+                TILE_W=TILE_W,
+                BLOCK_K=bk,
+                BLOCK_C=feature_block_c(64, torch_dtype),
+                BLOCK_L=16,
+                COMPACT=compact,
+                MP=max(2, next_power_of_2(compact)),
+                STAMP=COMPACT_STAMP,
+                INPUT_PRECISION=feature_precision(torch_dtype),
+                UPCAST=False,
+            )
+            specs.append(
+                aot_spec(
+                    f"window_propagate[{dtype},M{compact},BK{bk},w{nw},s{ns}]",
+                    _window_propagate_kernel,
+                    constexprs,
+                    {"q_ptr": dtype, "k_ptr": dtype, "v_ptr": "fp32", "o_ptr": "fp32"},
+                    floats=("inv_t", "threshold"),
+                    num_warps=nw,
+                    num_stages=ns,
+                )
+            )
     return specs

@@ -16,8 +16,9 @@ def default() -> RunConfig:
         name="toy",
         method=ToyMethodConfig(),
         data=ToyDataConfig(),
-        optim=OptimConfig(name="adam", lr=3e-3, betas=(0.5, 0.999), weight_decay=5e-4, bias_lr_mult=2.0,
-                          no_decay_bias=True),
+        optim=OptimConfig(
+            name="adam", lr=3e-3, betas=(0.5, 0.999), weight_decay=5e-4, bias_lr_mult=2.0, no_decay_bias=True
+        ),
         schedule=ScheduleConfig(name="cosine", warmup_steps=2, warmup_start_factor=0.1, min_lr_ratio=0.01),
         checkpoint=CheckpointConfig(every=2, keep_last=2),
         steps=8,
@@ -41,8 +42,17 @@ def synthetic() -> RunConfig:
     from tritoncorr.data.config import DataConfig
 
     cfg = default()
-    cfg.data = DataConfig(source="synthetic", clip_len=3, batch_size=2, num_workers=0, crop_size=32,
-                          short_side=(32, 40), synthetic_videos=6, synthetic_frames=8, synthetic_size=(40, 48))
+    cfg.data = DataConfig(
+        source="synthetic",
+        clip_len=3,
+        batch_size=2,
+        num_workers=0,
+        crop_size=32,
+        short_side=(32, 40),
+        synthetic_videos=6,
+        synthetic_frames=8,
+        synthetic_size=(40, 48),
+    )
     return cfg
 
 

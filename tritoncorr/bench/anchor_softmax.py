@@ -85,8 +85,17 @@ def _lse_fns(device: torch.device) -> dict[str, Callable[[], Callable]]:
     return {"triton": triton_fn, "eager": eager_fn, "compiled": compiled_fn, "torch": torch_fn}
 
 
-def _lse_factory(build: Callable[[], Callable], dense: bool, P: int, A: int, K: int, temperature: float,
-                 dtype: torch.dtype, device: torch.device, mode: str) -> Callable[[], Callable[[], object]]:
+def _lse_factory(
+    build: Callable[[], Callable],
+    dense: bool,
+    P: int,
+    A: int,
+    K: int,
+    temperature: float,
+    dtype: torch.dtype,
+    device: torch.device,
+    mode: str,
+) -> Callable[[], Callable[[], object]]:
     def factory():
         with torch._functorch.config.patch(donated_buffer=False):  # see _nll_factory
             return _build()
@@ -122,8 +131,16 @@ def _loss_fns(device: torch.device) -> dict[str, Callable[[], Callable]]:
     return {"triton": triton_fn, "eager": eager_fn, "compiled": compiled_fn, "torch": torch_fn}
 
 
-def _nll_factory(build: Callable[[], Callable], dense: bool, P: int, A: int, K: int, dtype: torch.dtype,
-                 device: torch.device, mode: str) -> Callable[[], Callable[[], object]]:
+def _nll_factory(
+    build: Callable[[], Callable],
+    dense: bool,
+    P: int,
+    A: int,
+    K: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    mode: str,
+) -> Callable[[], Callable[[], object]]:
     def factory():
         # "bwd" times repeated backward passes of one graph (retain_graph=True); torch.compile's
         # donated buffers forbid that, so they are switched off while the provider is built.
@@ -179,8 +196,11 @@ def cases(device: torch.device, quick: bool, *, tiny: bool = False) -> list[Benc
         return _cases(device, [("B16xT5x8x8", 16 * 5 * 8 * 8)], (1024, 1440, 64), quick=False, A=A, K=K)
     # quick: DUL's training shape and LIIR's bank, fwd+bwd only, without torch.compile (its compile time
     # alone exceeds the quick budget): the same ratios as the full rows
-    shapes = [("B16xT5x32x32", 16 * 5 * 32 * 32)] if quick else [("B16xT5x32x32", 16 * 5 * 32 * 32),
-                                                                   ("B16xT5x64x64", 16 * 5 * 64 * 64)]
+    shapes = (
+        [("B16xT5x32x32", 16 * 5 * 32 * 32)]
+        if quick
+        else [("B16xT5x32x32", 16 * 5 * 32 * 32), ("B16xT5x64x64", 16 * 5 * 64 * 64)]
+    )
     return _cases(device, shapes, (4096, 1440 * 4, 64), quick=quick, A=A, K=K)
 
 
@@ -205,27 +225,45 @@ def _cases(device: torch.device, shapes, bank: tuple[int, int, int], *, quick: b
                     continue
                 providers = {
                     name: _nll_factory(build, name in ("eager", "compiled"), P, A, K, dtype, device, mode)
-                    for name, build in _loss_fns(device).items() if name not in skip
+                    for name, build in _loss_fns(device).items()
+                    if name not in skip
                 }
                 out.append(BenchCase("anchor_nll", shape, mode, providers, flops=flops, bytes=nbytes))
             if quick:
                 continue
-            out.append(BenchCase(
-                "anchor_argmax", shape, "fwd",
-                {p: _argmax_factory(p, P, A, K, dtype, device) for p in ("triton", "eager", "compiled", "torch")},
-                flops=2.0 * P * A * K, bytes=(P * K + A * K) * elt + 3 * P * 8 + A * 8,
-            ))
+            out.append(
+                BenchCase(
+                    "anchor_argmax",
+                    shape,
+                    "fwd",
+                    {p: _argmax_factory(p, P, A, K, dtype, device) for p in ("triton", "eager", "compiled", "torch")},
+                    flops=2.0 * P * A * K,
+                    bytes=(P * K + A * K) * elt + 3 * P * 8 + A * 8,
+                )
+            )
         # LIIR's inter-video bank (anchor_lse), see the module docstring
         P, A_bank, K_bank = bank
         shape = f"LIIR bank P={P} A={A_bank} K={K_bank} {dname}"
-        for mode, flops in (("fwd", 2.0 * P * A_bank * K_bank), ("bwd", 2.0 * P * A_bank * K_bank * 2),
-                            ("fwd+bwd", 2.0 * P * A_bank * K_bank * 3)):
+        for mode, flops in (
+            ("fwd", 2.0 * P * A_bank * K_bank),
+            ("bwd", 2.0 * P * A_bank * K_bank * 2),
+            ("fwd+bwd", 2.0 * P * A_bank * K_bank * 3),
+        ):
             if quick and mode != "fwd+bwd":
                 continue
             providers = {
                 name: _lse_factory(build, name in ("eager", "compiled"), P, A_bank, K_bank, 1.0, dtype, device, mode)
-                for name, build in _lse_fns(device).items() if name not in skip
+                for name, build in _lse_fns(device).items()
+                if name not in skip
             }
-            out.append(BenchCase("anchor_lse", shape, mode, providers, flops=flops,
-                                 bytes=(P * K_bank + A_bank * K_bank) * elt * (1 if mode == "fwd" else 2) + P * 8))
+            out.append(
+                BenchCase(
+                    "anchor_lse",
+                    shape,
+                    mode,
+                    providers,
+                    flops=flops,
+                    bytes=(P * K_bank + A_bank * K_bank) * elt * (1 if mode == "fwd" else 2) + P * 8,
+                )
+            )
     return out

@@ -72,6 +72,7 @@ def run_for_mode(fn: Callable[[], torch.Tensor], inputs: list[torch.Tensor], mod
     repeated with ``retain_graph``) or ``"fwd+bwd"`` (``fn()`` and its gradients for an output gradient of
     ones). Called once here as a warm-up (compiles Triton / ``torch.compile`` outside the timed calls)."""
     if mode == "fwd":
+
         def run():
             with torch.no_grad():
                 return fn()
@@ -82,9 +83,11 @@ def run_for_mode(fn: Callable[[], torch.Tensor], inputs: list[torch.Tensor], mod
         def run():
             return torch.autograd.grad(out, inputs, grad, retain_graph=True)
     else:
+
         def run():
             out = fn()
             return torch.autograd.grad(out, inputs, torch.ones_like(out))
+
     run()
     return run
 
@@ -124,7 +127,8 @@ def _cpu_peak_bytes(fn: Callable[[], Any]) -> int:
         result = fn()
         del result
     events = [
-        e for e in prof.profiler.kineto_results.events()
+        e
+        for e in prof.profiler.kineto_results.events()
         if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
     ]
     events.sort(key=lambda e: e.start_ns())
@@ -156,7 +160,9 @@ def time_fn(fn: Callable[[], Any], device: torch.device, *, quick: bool) -> tupl
     if device.type == "cuda":
         import triton.testing
 
-        q = triton.testing.do_bench(fn, warmup=25 if quick else 100, rep=100 if quick else 500, quantiles=[0.5, 0.2, 0.8])
+        q = triton.testing.do_bench(
+            fn, warmup=25 if quick else 100, rep=100 if quick else 500, quantiles=[0.5, 0.2, 0.8]
+        )
         return float(q[0]), float(q[1]), float(q[2])
     fn()  # warm-up
     reps = 3 if quick else 7

@@ -42,7 +42,7 @@ def _video(t: int, h: int, w: int) -> tuple[list[np.ndarray], np.ndarray]:
     scene = F.interpolate(base, size=(h, w + pan), mode="bilinear", align_corners=False)[0]
     frames = []
     for i in range(t):
-        img = (scene[:, :, 2 * i:2 * i + w] + 0.02 * torch.randn(3, h, w, generator=g)).clamp(0, 1)
+        img = (scene[:, :, 2 * i : 2 * i + w] + 0.02 * torch.randn(3, h, w, generator=g)).clamp(0, 1)
         frames.append((img.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
     yy, xx = np.mgrid[:h, :w]
     mask = (((yy - h / 2) / (h / 4)) ** 2 + ((xx - w / 2) / (w / 5)) ** 2 < 1).astype(np.uint8)
@@ -70,6 +70,7 @@ def _ours_factory(device: torch.device, t: int, h: int, w: int, precision: str):
 
 def _slots_factory(device: torch.device, t: int, h: int, w: int, dense: bool):
     """Propagation over every context slot: CRW's dense affinity (``dense``) or our kernel path."""
+
     def factory():
         from tritoncorr.evaluate import frame_to_tensor
         from tritoncorr.kernels.knn_propagate import knn_propagate, knn_propagate_dense
@@ -86,11 +87,22 @@ def _slots_factory(device: torch.device, t: int, h: int, w: int, dense: bool):
             labels = [encode_labels(torch.from_numpy(mask).to(device), 2, tuple(feats.shape[-2:]))]
             for i in range(1, t):
                 sel = context_indices(i, cfg.context)
-                labels.append((knn_propagate_dense if dense else knn_propagate)(
-                    feats[i], feats[sel], torch.stack([labels[s] for s in sel]),
-                    radius=cfg.radius, topk=cfg.topk, temperature=cfg.temperature, window=cfg.window, unrestricted=1))
-            return [channel_argmax(decode_labels(lab, (h, w), align_corners=True)).to(torch.uint8).cpu().numpy()
-                    for lab in labels]
+                labels.append(
+                    (knn_propagate_dense if dense else knn_propagate)(
+                        feats[i],
+                        feats[sel],
+                        torch.stack([labels[s] for s in sel]),
+                        radius=cfg.radius,
+                        topk=cfg.topk,
+                        temperature=cfg.temperature,
+                        window=cfg.window,
+                        unrestricted=1,
+                    )
+                )
+            return [
+                channel_argmax(decode_labels(lab, (h, w), align_corners=True)).to(torch.uint8).cpu().numpy()
+                for lab in labels
+            ]
 
         return run
 

@@ -33,7 +33,9 @@ from tritoncorr.kernels.local_corr.reference import window_valid
 _CPU_VOLUME_LIMIT_BYTES = 2 * 2**30  # the unfold provider holds a few (B, P*P, H, W) fp32 volumes
 
 
-def unfold_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, radius: int, scale: float, border: str) -> torch.Tensor:
+def unfold_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, radius: int, scale: float, border: str
+) -> torch.Tensor:
     """Sampler + softmax + unfold local attention, as MAST/LIIR's colorizer computes it.
 
     query, key ``(B, C, H, W)``, value ``(B, D, H, W)`` -> ``(B, D, H, W)``; materialises the volume.
@@ -54,7 +56,9 @@ def _attention_fns(device: torch.device) -> dict[str, Callable[[], Callable]]:
     def triton_fn():
         if device.type != "cuda":
             raise SkipProvider("Triton kernels need a CUDA device")
-        return lambda q, k, v, r, s, b: mod._kernels().attn_op(q, k, v, r, s, b, "tf32")[0]  # bf16 rows: tensor cores as they come
+        return lambda q, k, v, r, s, b: mod._kernels().attn_op(q, k, v, r, s, b, "tf32")[
+            0
+        ]  # bf16 rows: tensor cores as they come
 
     def torch_fn():
         return lambda q, k, v, r, s, b: mod._attn_cpu(q, k, v, r, s, b)[0]
@@ -77,7 +81,11 @@ def _inputs(B, C, D, H, W, dtype, device, requires_grad):
 def _attn_factory(provider: str, build, B, C, D, H, W, radius, scale, border, dtype, device, mode):
     def factory():
         P2 = (2 * radius + 1) ** 2
-        if provider == "unfold" and device.type == "cpu" and 4 * B * P2 * H * W * max(D, 2) * 4 > _CPU_VOLUME_LIMIT_BYTES:
+        if (
+            provider == "unfold"
+            and device.type == "cpu"
+            and 4 * B * P2 * H * W * max(D, 2) * 4 > _CPU_VOLUME_LIMIT_BYTES
+        ):
             raise SkipProvider("the (B, P*P, H, W) volumes are too large for CPU")
         fn = build()
         q, k, v = _inputs(B, C, D, H, W, dtype, device, requires_grad=(mode != "fwd"))
@@ -154,7 +162,9 @@ def cases(device: torch.device, quick: bool, *, tiny: bool = False) -> list[Benc
                     name: _attn_factory(name, build, B, C, D, H, W, r, scale, border, dtype, device, mode)
                     for name, build in _attention_fns(device).items()
                 }
-                out.append(BenchCase("local_attention", shape, mode, providers, flops=float(flops), bytes=float(nbytes)))
+                out.append(
+                    BenchCase("local_attention", shape, mode, providers, flops=float(flops), bytes=float(nbytes))
+                )
         for label, b_cuda, b_cpu, C, H, W, r in corr_shapes:
             B = b_cuda if cuda else b_cpu
             shape = f"{label} B{B}{'' if cuda else ' (cpu batch)'} {dname}"
@@ -166,6 +176,10 @@ def cases(device: torch.device, quick: bool, *, tiny: bool = False) -> list[Benc
             ):
                 if quick and mode != "fwd+bwd":
                     continue
-                providers = {p: _corr_factory(p, B, C, H, W, r, dtype, device, mode) for p in ("triton", "torch", "unfold")}
-                out.append(BenchCase("local_correlation", shape, mode, providers, flops=float(flops), bytes=float(nbytes)))
+                providers = {
+                    p: _corr_factory(p, B, C, H, W, r, dtype, device, mode) for p in ("triton", "torch", "unfold")
+                }
+                out.append(
+                    BenchCase("local_correlation", shape, mode, providers, flops=float(flops), bytes=float(nbytes))
+                )
     return out

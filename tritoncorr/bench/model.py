@@ -45,7 +45,9 @@ class Device:
 
     def peak_tflops(self, dtype: str) -> float:
         """``dtype``: "bf16"/"fp16" (tensor cores), "tf32" (fp32 inputs on tensor cores), "fp32" (FMA)."""
-        return {"bf16": self.bf16_tflops, "fp16": self.bf16_tflops, "tf32": self.tf32_tflops}.get(dtype, self.fp32_tflops)
+        return {"bf16": self.bf16_tflops, "fp16": self.bf16_tflops, "tf32": self.tf32_tflops}.get(
+            dtype, self.fp32_tflops
+        )
 
 
 #: Vendors' data sheets (dense). H200: the H100 SXM's compute with HBM3e.
@@ -95,7 +97,12 @@ def limit(case: ModelCase, device: Device) -> tuple[str, float]:
 
 def disc_cells(radius: int) -> int:
     """Window cells of the propagation disc ``dy^2 + dx^2 < r^2``."""
-    return sum(1 for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1) if dy * dy + dx * dx < radius * radius)
+    return sum(
+        1
+        for dy in range(-radius, radius + 1)
+        for dx in range(-radius, radius + 1)
+        if dy * dy + dx * dx < radius * radius
+    )
 
 
 _ELT = {"bf16": 2, "fp16": 2, "tf32": 4, "fp32": 4}
@@ -109,15 +116,31 @@ def _attention(label: str, B: int, C: int, D: int, H: int, W: int, r: int, dtype
     e = _ELT[dtype]
     bd, n_co = max(_BLOCK_D, D), math.ceil(C / _BLOCK_CO)
     params = dict(B=B, C=C, D=D, H=H, W=W, radius=r)
-    fwd = ModelCase("local_attention", label, "fwd", dtype, 2 * n * cells * (C + D), n * ((2 * C + 2 * D) * e + 4),
-                    2 * n * rect * (C + bd), params)
+    fwd = ModelCase(
+        "local_attention",
+        label,
+        "fwd",
+        dtype,
+        2 * n * cells * (C + D),
+        n * ((2 * C + 2 * D) * e + 4),
+        2 * n * rect * (C + bd),
+        params,
+    )
     # backward: scores recomputed, dP, dQ, dK, dV; reads q, k, v, dO, lse, delta; writes dq, dk, dv
     if C <= _FUSED_MAX_C:  # dQ and dK/dV kernels, scores recomputed once per output-channel block
         executed = 2 * n * rect * (n_co * (2 * C + 2 * bd) + 2 * C + bd)
     else:  # scores once, dS / P volumes, then dQ, dK, dV as correlation-backward tile GEMMs
         executed = 2 * n * rect * (C + bd + 2 * C + max(_BLOCK_D, D))
-    bwd = ModelCase("local_attention", label, "bwd", dtype, 2 * n * cells * (3 * C + 2 * D),
-                    n * ((5 * C + 4 * D) * e + 8), executed, params)
+    bwd = ModelCase(
+        "local_attention",
+        label,
+        "bwd",
+        dtype,
+        2 * n * cells * (3 * C + 2 * D),
+        n * ((5 * C + 4 * D) * e + 8),
+        executed,
+        params,
+    )
     return [fwd, bwd]
 
 
@@ -126,8 +149,26 @@ def _correlation(label: str, B: int, C: int, H: int, W: int, r: int, dtype: str)
     e = _ELT[dtype]
     params = dict(B=B, C=C, H=H, W=W, radius=r)
     return [
-        ModelCase("local_correlation", label, "fwd", dtype, 2 * n * cells * C, n * (2 * C + cells) * e, 2 * n * rect * C, params),
-        ModelCase("local_correlation", label, "bwd", dtype, 4 * n * cells * C, n * (4 * C + cells) * e, 4 * n * rect * C, params),
+        ModelCase(
+            "local_correlation",
+            label,
+            "fwd",
+            dtype,
+            2 * n * cells * C,
+            n * (2 * C + cells) * e,
+            2 * n * rect * C,
+            params,
+        ),
+        ModelCase(
+            "local_correlation",
+            label,
+            "bwd",
+            dtype,
+            4 * n * cells * C,
+            n * (4 * C + cells) * e,
+            4 * n * rect * C,
+            params,
+        ),
     ]
 
 

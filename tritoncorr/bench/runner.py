@@ -23,6 +23,7 @@ from tritoncorr.bench.model import Device, device_for
 
 FAMILIES = ("knn_propagate", "local_corr", "anchor_softmax", "eval_davis")
 
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -49,7 +50,9 @@ def load_cases(families: list[str], device: torch.device, quick: bool) -> list[B
     return cases
 
 
-def run_case(case: BenchCase, device: torch.device, *, quick: bool, on_result: Callable[[BenchResult], None] | None = None) -> list[BenchResult]:
+def run_case(
+    case: BenchCase, device: torch.device, *, quick: bool, on_result: Callable[[BenchResult], None] | None = None
+) -> list[BenchResult]:
     results: list[BenchResult] = []
     roof = roofline_for(device)
     for provider, factory in case.providers.items():
@@ -57,9 +60,37 @@ def run_case(case: BenchCase, device: torch.device, *, quick: bool, on_result: C
         try:
             fn = factory()
         except SkipProvider as skip:
-            result = BenchResult(case.kernel, case.shape, case.mode, provider, dev, float("nan"), float("nan"), float("nan"), float("nan"), None, None, None, note=f"skipped: {skip}")
+            result = BenchResult(
+                case.kernel,
+                case.shape,
+                case.mode,
+                provider,
+                dev,
+                float("nan"),
+                float("nan"),
+                float("nan"),
+                float("nan"),
+                None,
+                None,
+                None,
+                note=f"skipped: {skip}",
+            )
         except torch.OutOfMemoryError as exc:
-            result = BenchResult(case.kernel, case.shape, case.mode, provider, dev, float("nan"), float("nan"), float("nan"), float("nan"), None, None, None, note=f"out of memory: {str(exc).splitlines()[0]}")
+            result = BenchResult(
+                case.kernel,
+                case.shape,
+                case.mode,
+                provider,
+                dev,
+                float("nan"),
+                float("nan"),
+                float("nan"),
+                float("nan"),
+                None,
+                None,
+                None,
+                note=f"out of memory: {str(exc).splitlines()[0]}",
+            )
         else:
             p50, p20, p80 = time_fn(fn, device, quick=quick)
             peak = peak_memory_bytes(fn, device) / 2**20
@@ -70,7 +101,9 @@ def run_case(case: BenchCase, device: torch.device, *, quick: bool, on_result: C
                 pct = 100.0 * tflops / roof.bf16_tflops
             elif roof is not None and gbps is not None:
                 pct = 100.0 * gbps / (roof.tbps * 1e3)
-            result = BenchResult(case.kernel, case.shape, case.mode, provider, dev, p50, p20, p80, peak, tflops, gbps, pct)
+            result = BenchResult(
+                case.kernel, case.shape, case.mode, provider, dev, p50, p20, p80, peak, tflops, gbps, pct
+            )
             del fn
         results.append(result)
         if on_result is not None:
@@ -107,4 +140,10 @@ def append_csv(path: Path, results: list[BenchResult]) -> None:
 
 def write_json(path: Path, results: list[BenchResult]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"environment": environment(), "results": [dataclasses.asdict(r) for r in results]}, indent=2, allow_nan=True))
+    path.write_text(
+        json.dumps(
+            {"environment": environment(), "results": [dataclasses.asdict(r) for r in results]},
+            indent=2,
+            allow_nan=True,
+        )
+    )

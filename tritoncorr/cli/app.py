@@ -25,6 +25,7 @@ import typer
 from tritoncorr import __version__
 from tritoncorr.cli.options import (
     CHECKPOINT_HELP,
+    DEFAULT_OPTIONS,
     SIZE_HELP,
     CacheFeatures,
     Device,
@@ -45,11 +46,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-eval_app = typer.Typer(help="Evaluate on a benchmark (DAVIS-2017 J&F, JHMDB PCK, VIP mIoU, YouTube-VOS export) and "
-                       "compare evaluations.", no_args_is_help=True)
+eval_app = typer.Typer(
+    help="Evaluate on a benchmark (DAVIS-2017 J&F, JHMDB PCK, VIP mIoU, YouTube-VOS export) and compare evaluations.",
+    no_args_is_help=True,
+)
 app.add_typer(eval_app, name="eval")
-weights_app = typer.Typer(help="Published checkpoints by name: list, download (into $TRITONCORR_CACHE, default "
-                          "~/.cache/tritoncorr), verify.", no_args_is_help=True)
+weights_app = typer.Typer(
+    help="Published checkpoints by name: list, download (into $TRITONCORR_CACHE, default ~/.cache/tritoncorr), verify.",
+    no_args_is_help=True,
+)
 app.add_typer(weights_app, name="weights")
 
 
@@ -73,13 +78,17 @@ def main(
 def eval_davis(
     root: Annotated[
         Optional[Path],
-        typer.Option(help="DAVIS-2017 root (JPEGImages/, Annotations/, ImageSets/). Default: $TRITONCORR_DATA/DAVIS "
-                     "or ~/.cache/tritoncorr/DAVIS; if absent, a generated synthetic set (not DAVIS numbers)."),
+        typer.Option(
+            help="DAVIS-2017 root (JPEGImages/, Annotations/, ImageSets/). Default: $TRITONCORR_DATA/DAVIS "
+            "or ~/.cache/tritoncorr/DAVIS; if absent, a generated synthetic set (not DAVIS numbers)."
+        ),
     ] = None,
     results: Annotated[
         Optional[Path],
-        typer.Option(help="Score an existing folder of result PNGs (<seq>/<frame>.png, DAVIS palette) instead of "
-                     "running propagation. The two CSVs are written into this folder."),
+        typer.Option(
+            help="Score an existing folder of result PNGs (<seq>/<frame>.png, DAVIS palette) instead of "
+            "running propagation. The two CSVs are written into this folder."
+        ),
     ] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder for PNGs, CSVs and overlays.")] = None,
     split: Split = "val",
@@ -87,7 +96,7 @@ def eval_davis(
     sequences: Annotated[
         Optional[list[str]], typer.Option("--sequence", "-s", help="Evaluate only these sequences (repeatable).")
     ] = None,
-    opts: PropagationOptions = PropagationOptions(),
+    opts: PropagationOptions = DEFAULT_OPTIONS,
     overlays: MaskOverlays = False,
     overwrite: Overwrite = False,
     cache_features: CacheFeatures = None,
@@ -96,23 +105,37 @@ def eval_davis(
     """DAVIS-2017 semi-supervised J&F, exactly as the official toolkit computes it."""
     from tritoncorr.cli.evaluate import eval_davis_cli
 
-    eval_davis_cli(root=root, results=results, opts=opts, out=out, split=split, resolution=resolution,
-                   sequences=sequences, overlays=overlays, overwrite=overwrite, cache_features=cache_features,
-                   workers=workers)
+    eval_davis_cli(
+        root=root,
+        results=results,
+        opts=opts,
+        out=out,
+        split=split,
+        resolution=resolution,
+        sequences=sequences,
+        overlays=overlays,
+        overwrite=overwrite,
+        cache_features=cache_features,
+        workers=workers,
+    )
 
 
 @eval_app.command("sweep")
 @with_options("checkpoint", "seed", "preset", "device", "precision")
 def eval_sweep(
-    root: Annotated[Optional[Path], typer.Option(help="DAVIS-2017 root. Default: $TRITONCORR_DATA/DAVIS or "
-                                                 "~/.cache/tritoncorr/DAVIS.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (sweep-<split>.csv). Default: eval-sweep/<split>.")] = None,
+    root: Annotated[
+        Optional[Path],
+        typer.Option(help="DAVIS-2017 root. Default: $TRITONCORR_DATA/DAVIS or ~/.cache/tritoncorr/DAVIS."),
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Output folder (sweep-<split>.csv). Default: eval-sweep/<split>.")
+    ] = None,
     split: Split = "val",
     resolution: Resolution = "480p",
     sequences: Annotated[
         Optional[list[str]], typer.Option("--sequence", "-s", help="Only these sequences (repeatable).")
     ] = None,
-    opts: PropagationOptions = PropagationOptions(),
+    opts: PropagationOptions = DEFAULT_OPTIONS,
     topk: Annotated[Optional[str], typer.Option(help="Top-k values, comma-separated (e.g. 5,10,20).")] = None,
     temperature: Annotated[Optional[str], typer.Option(help="Temperatures, comma-separated.")] = None,
     radius: Annotated[Optional[str], typer.Option(help="Radii in feature cells, comma-separated.")] = None,
@@ -124,83 +147,152 @@ def eval_sweep(
     --preset is the setting the grid starts from."""
     from tritoncorr.cli.evaluate import eval_sweep_cli
 
-    eval_sweep_cli(root=root, opts=opts, out=out, split=split, resolution=resolution, sequences=sequences,
-                   context=context, radius=radius, topk=topk, temperature=temperature, cache_features=cache_features,
-                   workers=workers)
+    eval_sweep_cli(
+        root=root,
+        opts=opts,
+        out=out,
+        split=split,
+        resolution=resolution,
+        sequences=sequences,
+        context=context,
+        radius=radius,
+        topk=topk,
+        temperature=temperature,
+        cache_features=cache_features,
+        workers=workers,
+    )
 
 
 @eval_app.command("compare")
 def eval_compare(
     folders: Annotated[
-        list[Path], typer.Argument(help="Evaluation output folders of the same DAVIS set (tritoncorr eval davis --out); "
-                                   "the first is the baseline.")
+        list[Path],
+        typer.Argument(
+            help="Evaluation output folders of the same DAVIS set (tritoncorr eval davis --out); "
+            "the first is the baseline."
+        ),
     ],
-    split: Annotated[Optional[str], typer.Option(help="Which per-sequence_results-<split>.csv (default: the only one).")] = None,
-    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Also write the table and statistics as CSV.")] = None,
+    split: Annotated[
+        Optional[str], typer.Option(help="Which per-sequence_results-<split>.csv (default: the only one).")
+    ] = None,
+    csv_path: Annotated[
+        Optional[Path], typer.Option("--csv", help="Also write the table and statistics as CSV.")
+    ] = None,
     bootstrap: Annotated[int, typer.Option(help="Paired-bootstrap resamples.")] = 10000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
-    allow_different_settings: Annotated[bool, typer.Option(
-        "--allow-different-settings", help="Compare even when the folders' recorded evaluation settings differ "
-        "(split, resolution, input size, precision, propagation fields); the differences are still printed.")] = False,
-    min_sequences: Annotated[int, typer.Option(
-        min=1, help="No verdict below this many paired sequences.")] = 5,
-    html: Annotated[Optional[Path], typer.Option(
-        help="Also write a self-contained HTML report: per-sequence table, per-frame J curves, overlay strips of "
-             "the largest wins and losses.")] = None,
-    root: Annotated[Optional[Path], typer.Option(
-        help="DAVIS root for the report's frames and per-frame scores (default: the one recorded in the "
-             "first folder's provenance.json).")] = None,
+    allow_different_settings: Annotated[
+        bool,
+        typer.Option(
+            "--allow-different-settings",
+            help="Compare even when the folders' recorded evaluation settings differ "
+            "(split, resolution, input size, precision, propagation fields); the differences are still printed.",
+        ),
+    ] = False,
+    min_sequences: Annotated[int, typer.Option(min=1, help="No verdict below this many paired sequences.")] = 5,
+    html: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Also write a self-contained HTML report: per-sequence table, per-frame J curves, overlay strips of "
+            "the largest wins and losses."
+        ),
+    ] = None,
+    root: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="DAVIS root for the report's frames and per-frame scores (default: the one recorded in the "
+            "first folder's provenance.json)."
+        ),
+    ] = None,
 ) -> None:
     """Compare evaluations sequence by sequence: paired J&F differences, standard error, bootstrap 95% interval."""
     from tritoncorr.cli.compare import compare_cli
 
-    compare_cli(list(folders), split=split, csv_path=csv_path, n_boot=bootstrap, seed=seed,
-                allow_different_settings=allow_different_settings, min_sequences=min_sequences, html_path=html,
-                root=root)
+    compare_cli(
+        list(folders),
+        split=split,
+        csv_path=csv_path,
+        n_boot=bootstrap,
+        seed=seed,
+        allow_different_settings=allow_different_settings,
+        min_sequences=min_sequences,
+        html_path=html,
+        root=root,
+    )
 
 
 @eval_app.command("jhmdb")
 @with_options()
 def eval_jhmdb(
     root: Annotated[
-        Optional[Path], typer.Option(help="JHMDB root (Rename_Images/, joint_positions/, splits/). Default: "
-                                     "$TRITONCORR_DATA/JHMDB or ~/.cache/tritoncorr/JHMDB.")
+        Optional[Path],
+        typer.Option(
+            help="JHMDB root (Rename_Images/, joint_positions/, splits/). Default: "
+            "$TRITONCORR_DATA/JHMDB or ~/.cache/tritoncorr/JHMDB."
+        ),
     ] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (pck.csv, per-clip.csv, keypoints/, overlays/).")] = None,
-    split: Annotated[int, typer.Option(help="JHMDB split (1, 2, 3): its test clips (splits/*_test_split<N>.txt); "
-                                       "every clip when there are no split files.")] = 1,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Output folder (pck.csv, per-clip.csv, keypoints/, overlays/).")
+    ] = None,
+    split: Annotated[
+        int,
+        typer.Option(
+            help="JHMDB split (1, 2, 3): its test clips (splits/*_test_split<N>.txt); "
+            "every clip when there are no split files."
+        ),
+    ] = 1,
     list_file: Annotated[
-        Optional[Path], typer.Option("--list", help="A CRW-style list of '<frames folder> <mat file>' lines "
-                                     "(test.split.v2.txt) instead of the split files.")
+        Optional[Path],
+        typer.Option(
+            "--list",
+            help="A CRW-style list of '<frames folder> <mat file>' lines "
+            "(test.split.v2.txt) instead of the split files.",
+        ),
     ] = None,
     clips: Annotated[Optional[list[str]], typer.Option("--clip", "-s", help="Only these clips (repeatable).")] = None,
-    opts: PropagationOptions = PropagationOptions(),
+    opts: PropagationOptions = DEFAULT_OPTIONS,
     size: Annotated[Optional[int], typer.Option(help=SIZE_HELP + " (320).")] = None,
-    overlays: Annotated[bool, typer.Option(help="Also draw predicted (coloured) and true (white) joints on the frames.")] = False,
+    overlays: Annotated[
+        bool, typer.Option(help="Also draw predicted (coloured) and true (white) joints on the frames.")
+    ] = False,
     overwrite: Overwrite = False,
 ) -> None:
     """JHMDB pose propagation: PCK@0.1..0.5 (mean of the 15 per-joint PCKs), exactly as CRW's eval_pck.py."""
     from tritoncorr.cli.evaluate import eval_jhmdb_cli
 
-    eval_jhmdb_cli(root=root, opts=opts, out=out, split=split, list_file=list_file, clips=clips, size=size,
-                   overlays=overlays, overwrite=overwrite)
+    eval_jhmdb_cli(
+        root=root,
+        opts=opts,
+        out=out,
+        split=split,
+        list_file=list_file,
+        clips=clips,
+        size=size,
+        overlays=overlays,
+        overwrite=overwrite,
+    )
 
 
 @eval_app.command("vip")
 @with_options()
 def eval_vip(
     root: Annotated[
-        Optional[Path], typer.Option(help="VIP_Fine root (Images/, Annotations/Category_ids/, lists/). Default: "
-                                     "$TRITONCORR_DATA/VIP_Fine or ~/.cache/tritoncorr/VIP_Fine.")
+        Optional[Path],
+        typer.Option(
+            help="VIP_Fine root (Images/, Annotations/Category_ids/, lists/). Default: "
+            "$TRITONCORR_DATA/VIP_Fine or ~/.cache/tritoncorr/VIP_Fine."
+        ),
     ] = None,
     results: Annotated[
-        Optional[Path], typer.Option(help="Score an existing folder of predictions (<video>/<frame>.png of category "
-                                     "ids) instead of propagating. The CSVs are written into it.")
+        Optional[Path],
+        typer.Option(
+            help="Score an existing folder of predictions (<video>/<frame>.png of category "
+            "ids) instead of propagating. The CSVs are written into it."
+        ),
     ] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (predictions, CSVs, overlays/).")] = None,
     split: Annotated[str, typer.Option(help="lists/<split>_videos.txt")] = "val",
     videos: Videos = None,
-    opts: PropagationOptions = PropagationOptions(),
+    opts: PropagationOptions = DEFAULT_OPTIONS,
     size: Annotated[Optional[int], typer.Option(help=SIZE_HELP + " (560).")] = None,
     overlays: Annotated[bool, typer.Option(help="Also write frames with coloured parts for viewing.")] = False,
     overwrite: Overwrite = False,
@@ -208,21 +300,33 @@ def eval_vip(
     """VIP human-part propagation: mIoU over 20 classes (plus pixel / mean class accuracy, fwIoU), as CRW's eval_vip.py."""
     from tritoncorr.cli.evaluate import eval_vip_cli
 
-    eval_vip_cli(root=root, results=results, opts=opts, out=out, split=split, videos=videos, size=size,
-                 overlays=overlays, overwrite=overwrite)
+    eval_vip_cli(
+        root=root,
+        results=results,
+        opts=opts,
+        out=out,
+        split=split,
+        videos=videos,
+        size=size,
+        overlays=overlays,
+        overwrite=overwrite,
+    )
 
 
 @eval_app.command("ytvos")
 @with_options()
 def eval_ytvos(
     root: Annotated[
-        Optional[Path], typer.Option(help="YouTube-VOS valid folder (JPEGImages/, Annotations/, meta.json). Default: "
-                                     "$TRITONCORR_DATA/YouTube-VOS/<year>/valid or the same under ~/.cache/tritoncorr.")
+        Optional[Path],
+        typer.Option(
+            help="YouTube-VOS valid folder (JPEGImages/, Annotations/, meta.json). Default: "
+            "$TRITONCORR_DATA/YouTube-VOS/<year>/valid or the same under ~/.cache/tritoncorr."
+        ),
     ] = None,
     year: Annotated[str, typer.Option(help="2018 or 2019.")] = "2018",
     out: Annotated[Optional[Path], typer.Option(help="Output folder (Annotations/, the zip, overlays/).")] = None,
     videos: Videos = None,
-    opts: PropagationOptions = PropagationOptions(),
+    opts: PropagationOptions = DEFAULT_OPTIONS,
     size: Annotated[Optional[int], typer.Option(help=SIZE_HELP + " (native).")] = None,
     overlays: MaskOverlays = False,
     make_zip: Annotated[bool, typer.Option("--zip/--no-zip", help="Write the submission zip.")] = True,
@@ -231,8 +335,17 @@ def eval_ytvos(
     """YouTube-VOS valid: export the predictions (Annotations/ and a zip) for the evaluation server; no local score."""
     from tritoncorr.cli.evaluate import eval_ytvos_cli
 
-    eval_ytvos_cli(root=root, year=year, opts=opts, out=out, videos=videos, size=size, overlays=overlays,
-                   make_zip=make_zip, overwrite=overwrite)
+    eval_ytvos_cli(
+        root=root,
+        year=year,
+        opts=opts,
+        out=out,
+        videos=videos,
+        size=size,
+        overlays=overlays,
+        make_zip=make_zip,
+        overwrite=overwrite,
+    )
 
 
 @app.command()
@@ -246,16 +359,27 @@ def train(
     out: Annotated[Optional[Path], typer.Option(help="Output folder (checkpoints, metrics.jsonl, curves).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Resume from this run folder's last checkpoint.")] = None,
     resume_from: Annotated[
-        Optional[str], typer.Option(help="With --resume: continue from this older checkpoint (ckpt-N or N) instead of "
-                                    "the newest, e.g. when the newest is damaged.")
+        Optional[str],
+        typer.Option(
+            help="With --resume: continue from this older checkpoint (ckpt-N or N) instead of "
+            "the newest, e.g. when the newest is damaged."
+        ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
 ) -> None:
     """Train a method from a recipe (single process, or several under torchrun)."""
     from tritoncorr.cli.train import train_cli
 
-    train_cli(recipe=recipe, overrides=set_ or [], steps=steps, seed=seed, out=out, resume=resume, dry_run=dry_run,
-              resume_from=resume_from)
+    train_cli(
+        recipe=recipe,
+        overrides=set_ or [],
+        steps=steps,
+        seed=seed,
+        out=out,
+        resume=resume,
+        dry_run=dry_run,
+        resume_from=resume_from,
+    )
 
 
 @app.command()
@@ -266,20 +390,31 @@ def bench(
     aot: Annotated[bool, typer.Option("--aot", help="Print the ahead-of-time compile report (sm_80, sm_90).")] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to PATH.")] = None,
     csv_path: Annotated[
-        Optional[Path], typer.Option("--csv", help="Append the timing rows to this CSV (default: OUT/bench.csv, "
-                                     "OUT/bench-quick.csv with --quick).")
+        Optional[Path],
+        typer.Option(
+            "--csv",
+            help="Append the timing rows to this CSV (default: OUT/bench.csv, OUT/bench-quick.csv with --quick).",
+        ),
     ] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Results folder (default: ~/.cache/tritoncorr/bench, or "
-                                                "$XDG_CACHE_HOME/tritoncorr/bench).")] = None,
-    quick: Annotated[bool, typer.Option(help="One training shape per kernel family, fwd+bwd rows, no torch.compile "
-                                        "and no end-to-end case: the full rows' ratios in about a minute.")] = False,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(help="Results folder (default: ~/.cache/tritoncorr/bench, or $XDG_CACHE_HOME/tritoncorr/bench)."),
+    ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            help="One training shape per kernel family, fwd+bwd rows, no torch.compile "
+            "and no end-to-end case: the full rows' ratios in about a minute."
+        ),
+    ] = False,
     device: Device = "auto",
 ) -> None:
     """Benchmark the kernels against their PyTorch references (time, peak memory, roofline)."""
     from tritoncorr.cli.bench import bench_cli
 
-    bench_cli(kernels=kernels or [], aot=aot, json_path=json_path, csv_path=csv_path, quick=quick, device=device,
-              out=out)
+    bench_cli(
+        kernels=kernels or [], aot=aot, json_path=json_path, csv_path=csv_path, quick=quick, device=device, out=out
+    )
 
 
 @weights_app.command("list")
@@ -312,10 +447,17 @@ def weights_verify(
 
 @app.command()
 def convert(
-    src: Annotated[Path, typer.Argument(help="Published checkpoint (.pth / .pth.tar / .pt / .tar / .safetensors), "
-                                        "read with torch.load(weights_only=True): no pickled code runs.")],
+    src: Annotated[
+        Path,
+        typer.Argument(
+            help="Published checkpoint (.pth / .pth.tar / .pt / .tar / .safetensors), "
+            "read with torch.load(weights_only=True): no pickled code runs."
+        ),
+    ],
     to: Annotated[Path, typer.Option("--to", help="Output .safetensors (weights + method, input colour, preset).")],
-    fmt: Annotated[str, typer.Option("--format", help="auto, crw, dul, stt, mast, liir, moco or torchvision.")] = "auto",
+    fmt: Annotated[
+        str, typer.Option("--format", help="auto, crw, dul, stt, mast, liir, moco or torchvision.")
+    ] = "auto",
     variant: Annotated[
         Optional[str], typer.Option(help="Variant of the format: stt d8 (default, stride 8) or d4 (stride 4).")
     ] = None,
@@ -333,22 +475,39 @@ def convert(
 def propagate(
     video: Annotated[Path, typer.Argument(help="A video file (.mp4, .webm, .mov, .avi, ...) or a folder of frames.")],
     mask: Annotated[
-        list[str], typer.Option("--mask", "-m", help="FIRST.png: palette or binary PNG of frame 0 (several object ids "
-                                "allowed). Later masks as FRAME:PATH (e.g. 120:later.png) restart the objects they "
-                                "contain and add new ones from that frame on. Repeatable.")
+        list[str],
+        typer.Option(
+            "--mask",
+            "-m",
+            help="FIRST.png: palette or binary PNG of frame 0 (several object ids "
+            "allowed). Later masks as FRAME:PATH (e.g. 120:later.png) restart the objects they "
+            "contain and add new ones from that frame on. Repeatable.",
+        ),
     ],
-    checkpoint: Annotated[Optional[str], typer.Option(
-        help=CHECKPOINT_HELP + " Default: the embedded tritoncorr-stt-r18-cpu.")] = None,
-    opts: PropagationOptions = PropagationOptions(),
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (masks/*.png, overlay.mp4). "
-                                                "Default: propagate/<video name>.")] = None,
-    short_side: Annotated[int, typer.Option(help="Downscale frames whose shorter side is larger than this "
-                                            "(0 = native resolution). Smaller is faster (about quadratically) and "
-                                            "changes the result: see the README.")] = 480,
+    checkpoint: Annotated[
+        Optional[str], typer.Option(help=CHECKPOINT_HELP + " Default: the embedded tritoncorr-stt-r18-cpu.")
+    ] = None,
+    opts: PropagationOptions = DEFAULT_OPTIONS,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Output folder (masks/*.png, overlay.mp4). Default: propagate/<video name>.")
+    ] = None,
+    short_side: Annotated[
+        int,
+        typer.Option(
+            help="Downscale frames whose shorter side is larger than this "
+            "(0 = native resolution). Smaller is faster (about quadratically) and "
+            "changes the result: see the README."
+        ),
+    ] = 480,
     max_frames: Annotated[Optional[int], typer.Option(help="Stop after this many frames.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random weights (--random-init).")] = 0,
-    random_init: Annotated[bool, typer.Option("--random-init", help="Random weights instead of a checkpoint "
-                                              "(a baseline; masks will not follow objects well).")] = False,
+    random_init: Annotated[
+        bool,
+        typer.Option(
+            "--random-init",
+            help="Random weights instead of a checkpoint (a baseline; masks will not follow objects well).",
+        ),
+    ] = False,
     overlay: Annotated[bool, typer.Option(help="Write overlay.mp4 (masks blended over the frames).")] = True,
     fps: Annotated[Optional[float], typer.Option(help="Frame rate of a frame folder / override the video's.")] = None,
     alpha: Annotated[float, typer.Option(help="Mask opacity in the overlay.")] = 0.5,
@@ -358,9 +517,18 @@ def propagate(
 
     from tritoncorr.cli.propagate import propagate_cli
 
-    propagate_cli(video=video, mask_specs=list(mask), opts=dataclasses.replace(opts, checkpoint=checkpoint, seed=seed),
-                  out=out, short_side=short_side, max_frames=max_frames, overlay=overlay, fps=fps, alpha=alpha,
-                  random_init=random_init)
+    propagate_cli(
+        video=video,
+        mask_specs=list(mask),
+        opts=dataclasses.replace(opts, checkpoint=checkpoint, seed=seed),
+        out=out,
+        short_side=short_side,
+        max_frames=max_frames,
+        overlay=overlay,
+        fps=fps,
+        alpha=alpha,
+        random_init=random_init,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

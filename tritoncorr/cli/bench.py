@@ -34,19 +34,41 @@ def model_table(console: Console) -> list[dict]:
 
     devices = [DEVICES["H100 SXM"], DEVICES["H200"]]
     table = Table(title="Roofline model at the papers' shapes (useful work; the limit a GPU run is measured against)")
-    for col in ("kernel", "shape", "pass", "dtype", "GFLOP", "executed / useful", "min MB", "FLOP/B",
-                *(f"{d.name}: bound, t_min us" for d in devices)):
+    for col in (
+        "kernel",
+        "shape",
+        "pass",
+        "dtype",
+        "GFLOP",
+        "executed / useful",
+        "min MB",
+        "FLOP/B",
+        *(f"{d.name}: bound, t_min us" for d in devices),
+    ):
         table.add_column(col, justify="left" if col in ("kernel", "shape", "pass", "dtype") else "right")
     rows = []
     for case in paper_cases():
         limits = [limit(case, d) for d in devices]
         overhead = case.executed / case.flops if case.executed else None
-        table.add_row(case.kernel, case.shape, case.mode, case.dtype, f"{case.flops / 1e9:.1f}", _fmt(overhead),
-                      f"{case.bytes / 2**20:.1f}", f"{case.intensity:.0f}",
-                      *(f"{bound}, {ms * 1e3:.0f}" for bound, ms in limits))
-        rows.append({**dataclasses.asdict(case), "intensity": case.intensity,
-                     **{f"{d.name} bound": b for d, (b, _) in zip(devices, limits)},
-                     **{f"{d.name} t_min_ms": ms for d, (_, ms) in zip(devices, limits)}})
+        table.add_row(
+            case.kernel,
+            case.shape,
+            case.mode,
+            case.dtype,
+            f"{case.flops / 1e9:.1f}",
+            _fmt(overhead),
+            f"{case.bytes / 2**20:.1f}",
+            f"{case.intensity:.0f}",
+            *(f"{bound}, {ms * 1e3:.0f}" for bound, ms in limits),
+        )
+        rows.append(
+            {
+                **dataclasses.asdict(case),
+                "intensity": case.intensity,
+                **{f"{d.name} bound": b for d, (b, _) in zip(devices, limits)},
+                **{f"{d.name} t_min_ms": ms for d, (_, ms) in zip(devices, limits)},
+            }
+        )
     console.print(table)
     return rows
 
@@ -67,17 +89,30 @@ def aot_cli(json_path: Path | None, console: Console) -> None:
             for arch in ARCHS:
                 rec = compile_spec(spec, arch)
                 records.append(rec)
-                table.add_row(rec.kernel, rec.arch, str(rec.num_warps), str(rec.registers), str(rec.spills),
-                              str(rec.shared_bytes), str(rec.mma), str(rec.wgmma), _aot_status(rec))
+                table.add_row(
+                    rec.kernel,
+                    rec.arch,
+                    str(rec.num_warps),
+                    str(rec.registers),
+                    str(rec.spills),
+                    str(rec.shared_bytes),
+                    str(rec.mma),
+                    str(rec.wgmma),
+                    _aot_status(rec),
+                )
     console.print(table)
     model = model_table(console)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps({"kernels": [dataclasses.asdict(r) for r in records], "model": model}, indent=2))
+        json_path.write_text(
+            json.dumps({"kernels": [dataclasses.asdict(r) for r in records], "model": model}, indent=2)
+        )
         console.print(f"wrote {json_path}")
     failed = [r for r in records if r.error or r.spills != 0 or not _uses_tensor_cores(r)]
     if failed:
-        console.print(f"[red]{len(failed)} kernel configuration(s) failed to compile, spill or (16-bit) miss the tensor cores[/red]")
+        console.print(
+            f"[red]{len(failed)} kernel configuration(s) failed to compile, spill or (16-bit) miss the tensor cores[/red]"
+        )
         raise typer.Exit(code=1)
 
 
@@ -99,8 +134,16 @@ def _aot_status(rec) -> str:
     return "[green]ok[/green]" if rec.mma + rec.wgmma else "[green]ok (exact fp32 FMAs)[/green]"
 
 
-def bench_cli(*, kernels: list[str], aot: bool, json_path: Path | None, csv_path: Path | None, quick: bool, device: str,
-              out: Path | None = None) -> None:
+def bench_cli(
+    *,
+    kernels: list[str],
+    aot: bool,
+    json_path: Path | None,
+    csv_path: Path | None,
+    quick: bool,
+    device: str,
+    out: Path | None = None,
+) -> None:
     console = Console()
     if aot:
         aot_cli(json_path, console)
@@ -131,10 +174,36 @@ def bench_cli(*, kernels: list[str], aot: bool, json_path: Path | None, csv_path
             progress.advance(task)
 
     table = Table(title=f"tritoncorr bench on {device_name(dev)}")
-    for col in ("kernel", "shape", "mode", "provider", "p50 ms", "p20 ms", "p80 ms", "peak MiB", "TFLOP/s", "GB/s", "% roof", "note"):
+    for col in (
+        "kernel",
+        "shape",
+        "mode",
+        "provider",
+        "p50 ms",
+        "p20 ms",
+        "p80 ms",
+        "peak MiB",
+        "TFLOP/s",
+        "GB/s",
+        "% roof",
+        "note",
+    ):
         table.add_column(col, justify="left" if col in ("kernel", "shape", "mode", "provider", "note") else "right")
     for r in results:
-        table.add_row(r.kernel, r.shape, r.mode, r.provider, _fmt(r.p50_ms), _fmt(r.p20_ms), _fmt(r.p80_ms), _fmt(r.peak_mb), _fmt(r.tflops), _fmt(r.gbps), _fmt(r.roofline_pct), r.note)
+        table.add_row(
+            r.kernel,
+            r.shape,
+            r.mode,
+            r.provider,
+            _fmt(r.p50_ms),
+            _fmt(r.p20_ms),
+            _fmt(r.p80_ms),
+            _fmt(r.peak_mb),
+            _fmt(r.tflops),
+            _fmt(r.gbps),
+            _fmt(r.roofline_pct),
+            r.note,
+        )
     console.print(table)
     _print_ratios(results, console)
     csv_path = csv_path or (out or default_out()) / ("bench-quick.csv" if quick else "bench.csv")
@@ -166,7 +235,9 @@ def _print_ratios(results, console: Console) -> None:
             if r is base:
                 continue
             mem = base.peak_mb / r.peak_mb if r.peak_mb > 0 else float("inf")
-            table.add_row(kernel, shape, mode, name, base.provider, f"{base.p50_ms / r.p50_ms:.2f}x", f"{mem:.1f}x less")
+            table.add_row(
+                kernel, shape, mode, name, base.provider, f"{base.p50_ms / r.p50_ms:.2f}x", f"{mem:.1f}x less"
+            )
             rows += 1
     if rows:
         console.print(table)

@@ -41,8 +41,10 @@ def dataset_root(root: Path | None, what: str, *names: str) -> Path:
     if root is None:
         root = find_dataset(*names)
         if root is None:
-            fail(f"no {what} found under $TRITONCORR_DATA or ~/.cache/tritoncorr (looked for {', '.join(names)}): "
-                 "pass --root")
+            fail(
+                f"no {what} found under $TRITONCORR_DATA or ~/.cache/tritoncorr (looked for {', '.join(names)}): "
+                "pass --root"
+            )
     if not Path(root).is_dir():
         fail(f"{what} root {root} does not exist")
     return Path(root)

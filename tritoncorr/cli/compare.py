@@ -33,19 +33,23 @@ def _check_settings(console, folders: list[Path], allow_different_settings: bool
     for note in notes:
         console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
     if diffs:
-        head = "the evaluation settings differ" + (" (compared anyway: --allow-different-settings)"
-                                                  if allow_different_settings else "")
+        head = "the evaluation settings differ" + (
+            " (compared anyway: --allow-different-settings)" if allow_different_settings else ""
+        )
         console.print(f"[{'yellow' if allow_different_settings else 'red'}]{head}:[/]", soft_wrap=True)
         for d in diffs:
             console.print(f"  {d}", highlight=False, soft_wrap=True)
         if not allow_different_settings:
-            fail("refusing to compare evaluations made with different settings; rerun them alike, or pass "
-                 "--allow-different-settings")
+            fail(
+                "refusing to compare evaluations made with different settings; rerun them alike, or pass "
+                "--allow-different-settings"
+            )
     return diffs
 
 
-def _print_table(console, names: list[str], seqs: list[str], scores: list[dict[str, float]],
-                 results: list[PairedComparison]) -> None:
+def _print_table(
+    console, names: list[str], seqs: list[str], scores: list[dict[str, float]], results: list[PairedComparison]
+) -> None:
     """J&F per sequence of every folder, with each folder's difference to the first and the means."""
     from rich.table import Table
 
@@ -81,23 +85,40 @@ def _print_summary(console, results: list[PairedComparison], n_boot: int, seed: 
     for i, r in enumerate(results, start=1):
         se = f"{r.se:.4f}" if math.isfinite(r.se) else "-"
         ci = f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}]" if r.enough else "-"
-        summary.add_row(f"[{chr(65 + i)}]", str(len(r.sequences)), f"{r.mean:+.4f}", se, ci,
-                        f"{r.p_better:.3f}" if r.enough else "-", f"{r.wins}/{r.losses}", _verdict_text(r, i))
+        summary.add_row(
+            f"[{chr(65 + i)}]",
+            str(len(r.sequences)),
+            f"{r.mean:+.4f}",
+            se,
+            ci,
+            f"{r.p_better:.3f}" if r.enough else "-",
+            f"{r.wins}/{r.losses}",
+            _verdict_text(r, i),
+        )
     console.print(summary)
     for i, r in enumerate(results, start=1):
         if not r.enough:
-            console.print(f"[{chr(65 + i)}] vs [A]: [bold]no verdict[/bold]: only {len(r.sequences)} paired "
-                          f"sequence(s), at least {r.min_sequences} are needed (a bootstrap over so few sequences "
-                          f"says nothing; evaluate more sequences, e.g. all of davis-dev). Mean J&F difference "
-                          f"{r.mean:+.4f}.", highlight=False, soft_wrap=True)
+            console.print(
+                f"[{chr(65 + i)}] vs [A]: [bold]no verdict[/bold]: only {len(r.sequences)} paired "
+                f"sequence(s), at least {r.min_sequences} are needed (a bootstrap over so few sequences "
+                f"says nothing; evaluate more sequences, e.g. all of davis-dev). Mean J&F difference "
+                f"{r.mean:+.4f}.",
+                highlight=False,
+                soft_wrap=True,
+            )
             continue
-        console.print(f"[{chr(65 + i)}] vs [A] over {len(r.sequences)} sequences: mean J&F difference {r.mean:+.4f} "
-                      f"(95% interval [{r.ci_low:+.4f}, {r.ci_high:+.4f}], better in {r.p_better:.1%} of resamples): "
-                      f"{_verdict_text(r, i)}", highlight=False, soft_wrap=True)
+        console.print(
+            f"[{chr(65 + i)}] vs [A] over {len(r.sequences)} sequences: mean J&F difference {r.mean:+.4f} "
+            f"(95% interval [{r.ci_low:+.4f}, {r.ci_high:+.4f}], better in {r.p_better:.1%} of resamples): "
+            f"{_verdict_text(r, i)}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
-def _write_csv(csv_path: Path, names: list[str], seqs: list[str], scores: list[dict[str, float]],
-               results: list[PairedComparison]) -> None:
+def _write_csv(
+    csv_path: Path, names: list[str], seqs: list[str], scores: list[dict[str, float]], results: list[PairedComparison]
+) -> None:
     """The J&F table, an empty row, then one row of statistics per compared folder."""
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with open(csv_path, "w", newline="") as f:
@@ -106,16 +127,51 @@ def _write_csv(csv_path: Path, names: list[str], seqs: list[str], scores: list[d
         for s in seqs:
             w.writerow([s] + [f"{sc[s]:.6f}" if s in sc else "" for sc in scores])
         w.writerow([])
-        w.writerow(["compared", "baseline", "n", "mean_diff", "std_err", "ci_low", "ci_high", "p_better",
-                    "wins", "losses", "verdict"])
+        w.writerow(
+            [
+                "compared",
+                "baseline",
+                "n",
+                "mean_diff",
+                "std_err",
+                "ci_low",
+                "ci_high",
+                "p_better",
+                "wins",
+                "losses",
+                "verdict",
+            ]
+        )
         for n, r in zip(names[1:], results):
-            w.writerow([n, names[0], len(r.sequences), f"{r.mean:.6f}", f"{r.se:.6f}", f"{r.ci_low:.6f}",
-                        f"{r.ci_high:.6f}", f"{r.p_better:.4f}", r.wins, r.losses, r.verdict])
+            w.writerow(
+                [
+                    n,
+                    names[0],
+                    len(r.sequences),
+                    f"{r.mean:.6f}",
+                    f"{r.se:.6f}",
+                    f"{r.ci_low:.6f}",
+                    f"{r.ci_high:.6f}",
+                    f"{r.p_better:.4f}",
+                    r.wins,
+                    r.losses,
+                    r.verdict,
+                ]
+            )
 
 
-def compare_cli(folders: list[Path], *, split: str | None, csv_path: Path | None, n_boot: int, seed: int,
-                allow_different_settings: bool = False, min_sequences: int = MIN_SEQUENCES,
-                html_path: Path | None = None, root: Path | None = None) -> list[PairedComparison]:
+def compare_cli(
+    folders: list[Path],
+    *,
+    split: str | None,
+    csv_path: Path | None,
+    n_boot: int,
+    seed: int,
+    allow_different_settings: bool = False,
+    min_sequences: int = MIN_SEQUENCES,
+    html_path: Path | None = None,
+    root: Path | None = None,
+) -> list[PairedComparison]:
     """``tritoncorr eval compare``: print the per-sequence table and the paired statistics (first = baseline);
     ``html_path``: also write the self-contained HTML report (:mod:`tritoncorr.report`)."""
     from rich.console import Console
@@ -126,8 +182,9 @@ def compare_cli(folders: list[Path], *, split: str | None, csv_path: Path | None
     diffs = _check_settings(console, folders, allow_different_settings)
     try:
         scores = [read_sequence_scores(f, split) for f in folders]
-        results = [paired_comparison(scores[0], s, n_boot=n_boot, seed=seed, min_sequences=min_sequences)
-                   for s in scores[1:]]
+        results = [
+            paired_comparison(scores[0], s, n_boot=n_boot, seed=seed, min_sequences=min_sequences) for s in scores[1:]
+        ]
     except ComparisonError as err:
         fail(str(err))
     names = [str(f) for f in folders]
@@ -138,8 +195,17 @@ def compare_cli(folders: list[Path], *, split: str | None, csv_path: Path | None
         from tritoncorr.report import write_report
 
         try:
-            write_report(html_path, folders, scores, results, split=split, root=root, settings_diffs=diffs,
-                         n_boot=n_boot, seed=seed)
+            write_report(
+                html_path,
+                folders,
+                scores,
+                results,
+                split=split,
+                root=root,
+                settings_diffs=diffs,
+                n_boot=n_boot,
+                seed=seed,
+            )
         except ComparisonError as err:
             fail(str(err))
         console.print(f"wrote {html_path}")

@@ -63,8 +63,10 @@ def task_settings(console, opts: PropagationOptions, task: str, size: int | None
     fields = ", ".join(f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config))
     console.print(f"model: {fmodel.description}; device {dev}", soft_wrap=True)
     origin = "from the checkpoint" if opts.preset is None else "set by --preset"
-    console.print(f"propagation preset {name!r} ({origin}) for {task}, input {_size_text(input_size)}: {fields}"
-                  f" [{tp.source}]", soft_wrap=True)
+    console.print(
+        f"propagation preset {name!r} ({origin}) for {task}, input {_size_text(input_size)}: {fields} [{tp.source}]",
+        soft_wrap=True,
+    )
     return TaskSettings(fmodel, config, input_size, dev)
 
 
@@ -73,13 +75,23 @@ def record_provenance(out: Path, benchmark: str, opts: PropagationOptions, ts: T
     settings (:func:`tritoncorr.provenance.write_eval_provenance`)."""
     from tritoncorr.provenance import write_eval_provenance
 
-    write_eval_provenance(out, benchmark=benchmark, checkpoint=opts.checkpoint, model=ts.fmodel.description,
-                          preset=opts.preset if opts.preset is not None else ts.fmodel.preset, config=ts.config,
-                          input_size=ts.input_size, precision=opts.precision, device=ts.device, **settings)
+    write_eval_provenance(
+        out,
+        benchmark=benchmark,
+        checkpoint=opts.checkpoint,
+        model=ts.fmodel.description,
+        preset=opts.preset if opts.preset is not None else ts.fmodel.preset,
+        config=ts.config,
+        input_size=ts.input_size,
+        precision=opts.precision,
+        device=ts.device,
+        **settings,
+    )
 
 
-def open_out(out: Path, task: str, opts: PropagationOptions, ts: TaskSettings, overwrite: bool, settings: dict,
-             provenance: dict):
+def open_out(
+    out: Path, task: str, opts: PropagationOptions, ts: TaskSettings, overwrite: bool, settings: dict, provenance: dict
+):
     """The resumable output folder of ``tritoncorr eval TASK --out OUT`` (:mod:`tritoncorr.evals.resume`),
     after writing ``provenance.json`` there (:func:`record_provenance`, with ``provenance``). The folder
     records the settings that decide the outputs (``settings``, the propagation, input size, colour,
@@ -88,11 +100,18 @@ def open_out(out: Path, task: str, opts: PropagationOptions, ts: TaskSettings, o
     from tritoncorr.engine.checkpoint import resolve_weights_path
     from tritoncorr.evals.resume import EvalFolder, EvalFolderError, file_sha256
 
-    model = (f"random-init seed {opts.seed}" if opts.checkpoint is None
-             else file_sha256(resolve_weights_path(Path(opts.checkpoint))))
-    settings = dict(settings, propagation=dataclasses.asdict(ts.config),
-                    input_size=list(ts.input_size) if ts.input_size else None, color=ts.fmodel.color,
-                    precision=opts.precision)
+    model = (
+        f"random-init seed {opts.seed}"
+        if opts.checkpoint is None
+        else file_sha256(resolve_weights_path(Path(opts.checkpoint)))
+    )
+    settings = dict(
+        settings,
+        propagation=dataclasses.asdict(ts.config),
+        input_size=list(ts.input_size) if ts.input_size else None,
+        color=ts.fmodel.color,
+        precision=opts.precision,
+    )
     try:
         folder = EvalFolder(out, task=task, settings=settings, checkpoint=model, overwrite=overwrite)
     except EvalFolderError as err:
@@ -107,8 +126,15 @@ def feature_cache_for(folder: Path | None, opts: PropagationOptions, ts: TaskSet
         return None
     from tritoncorr.feature_cache import FeatureCache, weights_identity
 
-    return FeatureCache(Path(folder), weights_identity(opts.checkpoint, ts.fmodel.description), ts.input_size,
-                        ts.config.pad, ts.config.normalize, ts.fmodel.color, opts.precision)
+    return FeatureCache(
+        Path(folder),
+        weights_identity(opts.checkpoint, ts.fmodel.description),
+        ts.input_size,
+        ts.config.pad,
+        ts.config.normalize,
+        ts.fmodel.color,
+        opts.precision,
+    )
 
 
 def catch_format_errors(fn: Callable[[], Any], *errors: type[Exception]):
@@ -135,8 +161,11 @@ def resumable(console, folder, names: Sequence[str], run: Callable[[], Any]):
         if not isinstance(err, KeyboardInterrupt):
             raise
         kept = len(folder.finished(names))
-        typer.echo(f"interrupted: {kept} of {len(names)} finished in {folder.out} are kept; rerun the same command "
-                   "to continue", err=True)
+        typer.echo(
+            f"interrupted: {kept} of {len(names)} finished in {folder.out} are kept; rerun the same command "
+            "to continue",
+            err=True,
+        )
         raise typer.Exit(code=130) from None
 
 
@@ -176,9 +205,20 @@ def _existing(root: Path) -> Path:
     return root
 
 
-def eval_davis_cli(*, root: Path | None, results: Path | None, opts: PropagationOptions, out: Path | None,
-                   split: str, resolution: str, sequences: list[str] | None, overlays: bool, overwrite: bool = False,
-                   cache_features: Path | None = None, workers: int = 0):
+def eval_davis_cli(
+    *,
+    root: Path | None,
+    results: Path | None,
+    opts: PropagationOptions,
+    out: Path | None,
+    split: str,
+    resolution: str,
+    sequences: list[str] | None,
+    overlays: bool,
+    overwrite: bool = False,
+    cache_features: Path | None = None,
+    workers: int = 0,
+):
     """``tritoncorr eval davis``: score existing results (``--results``) or propagate with a backbone and score.
     ``--out`` is resumable (:mod:`tritoncorr.evals.resume`); ``overwrite`` starts it again."""
     from rich.console import Console
@@ -191,10 +231,14 @@ def eval_davis_cli(*, root: Path | None, results: Path | None, opts: Propagation
     t0 = time.perf_counter()
 
     if results is not None:
-        root = _davis_root(root, "--results needs the ground truth: pass --root (no DAVIS found under "
-                                 "$TRITONCORR_DATA/DAVIS or ~/.cache/tritoncorr/DAVIS)")
-        scores = catch_format_errors(lambda: evaluate_results(root, results, split, resolution, sequences,
-                                                              progress=True, workers=workers))
+        root = _davis_root(
+            root,
+            "--results needs the ground truth: pass --root (no DAVIS found under "
+            "$TRITONCORR_DATA/DAVIS or ~/.cache/tritoncorr/DAVIS)",
+        )
+        scores = catch_format_errors(
+            lambda: evaluate_results(root, results, split, resolution, sequences, progress=True, workers=workers)
+        )
         g_path, s_path = scores.write_csvs(results)
         _print_davis_scores(console, scores, f"DAVIS-2017 {split} ({root})")
         console.print(f"wrote {g_path} and {s_path}  ({time.perf_counter() - t0:.1f} s)")
@@ -205,30 +249,69 @@ def eval_davis_cli(*, root: Path | None, results: Path | None, opts: Propagation
     root = _existing(synthetic_davis_root() if synthetic else Path(root))
     out = Path(out) if out is not None else Path("eval-davis") / ("synthetic" if synthetic else split)
     if synthetic:
-        console.print(f"[bold yellow]No DAVIS found: evaluating on the generated SYNTHETIC set at {root}. "
-                      "These are NOT DAVIS numbers.[/]")
+        console.print(
+            f"[bold yellow]No DAVIS found: evaluating on the generated SYNTHETIC set at {root}. "
+            "These are NOT DAVIS numbers.[/]"
+        )
     console.print(f"DAVIS root {root} ({split}, {resolution})", soft_wrap=True)
     ts = task_settings(console, opts, "davis")
     names = catch_format_errors(lambda: DavisDataset(root, split, resolution, sequences, require_all_masks=True).names)
-    folder = open_out(out, "davis", opts, ts, overwrite, dict(split=split, resolution=resolution, overlays=overlays),
-                      dict(split=split, resolution=resolution, sequences=sequences, root=str(root),
-                           synthetic=synthetic))
+    folder = open_out(
+        out,
+        "davis",
+        opts,
+        ts,
+        overwrite,
+        dict(split=split, resolution=resolution, overlays=overlays),
+        dict(split=split, resolution=resolution, sequences=sequences, root=str(root), synthetic=synthetic),
+    )
     cache = feature_cache_for(cache_features, opts, ts)
     if cache is not None:
         console.print(f"feature cache {cache.folder}", soft_wrap=True)
-    scores = resumable(console, folder, names, lambda: catch_format_errors(lambda: evaluate_features_on_davis(
-        ts.fmodel.features, root=root, out=out, split=split, resolution=resolution, sequences=sequences,
-        config=ts.config, device=ts.device, overlays=overlays, progress=True, color=ts.fmodel.color, folder=folder,
-        feature_cache=cache, workers=workers)))
+    scores = resumable(
+        console,
+        folder,
+        names,
+        lambda: catch_format_errors(
+            lambda: evaluate_features_on_davis(
+                ts.fmodel.features,
+                root=root,
+                out=out,
+                split=split,
+                resolution=resolution,
+                sequences=sequences,
+                config=ts.config,
+                device=ts.device,
+                overlays=overlays,
+                progress=True,
+                color=ts.fmodel.color,
+                folder=folder,
+                feature_cache=cache,
+                workers=workers,
+            )
+        ),
+    )
     _print_davis_scores(console, scores, "SYNTHETIC (not DAVIS)" if synthetic else f"DAVIS-2017 {split}")
     g_path, s_path = scores.csv_paths(out)
     console.print(f"results in {out} (CSVs {g_path.name}, {s_path.name}); wall time {time.perf_counter() - t0:.1f} s")
     return scores
 
 
-def eval_sweep_cli(*, root: Path | None, opts: PropagationOptions, out: Path | None, split: str, resolution: str,
-                   sequences: list[str] | None, context: str | None, radius: str | None, topk: str | None,
-                   temperature: str | None, cache_features: Path | None, workers: int):
+def eval_sweep_cli(
+    *,
+    root: Path | None,
+    opts: PropagationOptions,
+    out: Path | None,
+    split: str,
+    resolution: str,
+    sequences: list[str] | None,
+    context: str | None,
+    radius: str | None,
+    topk: str | None,
+    temperature: str | None,
+    cache_features: Path | None,
+    workers: int,
+):
     """``tritoncorr eval sweep``: parse the grid, load the model, :func:`~tritoncorr.sweep.sweep_davis`, print
     and write the table."""
     from rich.console import Console
@@ -239,13 +322,16 @@ def eval_sweep_cli(*, root: Path | None, opts: PropagationOptions, out: Path | N
     console = Console()
     t0 = time.perf_counter()
     try:
-        values = {f: parse_values(v, SWEEP_FIELDS[f], f)
-                  for f, v in dict(topk=topk, temperature=temperature, radius=radius, context=context).items()}
+        values = {
+            f: parse_values(v, SWEEP_FIELDS[f], f)
+            for f, v in dict(topk=topk, temperature=temperature, radius=radius, context=context).items()
+        }
     except ValueError as err:
         fail(str(err))
     settings = grid_settings(values)
-    root = _existing(_davis_root(root, "no DAVIS found under $TRITONCORR_DATA/DAVIS or ~/.cache/tritoncorr/DAVIS: "
-                                       "pass --root"))
+    root = _existing(
+        _davis_root(root, "no DAVIS found under $TRITONCORR_DATA/DAVIS or ~/.cache/tritoncorr/DAVIS: pass --root")
+    )
     ts = task_settings(console, opts, "davis")
     try:
         check_values(values)
@@ -255,14 +341,38 @@ def eval_sweep_cli(*, root: Path | None, opts: PropagationOptions, out: Path | N
         fail(f"invalid propagation setting in the grid: {err}")
     out = Path(out) if out is not None else Path("eval-sweep") / split
     cache = feature_cache_for(cache_features, opts, ts)
-    console.print(f"sweep over {len(settings)} setting(s) of {', '.join(f for f, v in values.items() if v) or 'nothing'}"
-                  f"; features {'from/to ' + str(cache.folder) if cache else 'computed once per sequence'}",
-                  soft_wrap=True)
-    record_provenance(out, "davis-sweep", opts, ts, split=split, resolution=resolution, sequences=sequences,
-                      root=str(root), grid=values)
-    results, ds = catch_format_errors(lambda: sweep_davis(
-        ts.fmodel.features, root=root, split=split, resolution=resolution, sequences=sequences, config=ts.config,
-        settings=settings, device=ts.device, color=ts.fmodel.color, cache=cache, progress=True, workers=workers))
+    console.print(
+        f"sweep over {len(settings)} setting(s) of {', '.join(f for f, v in values.items() if v) or 'nothing'}"
+        f"; features {'from/to ' + str(cache.folder) if cache else 'computed once per sequence'}",
+        soft_wrap=True,
+    )
+    record_provenance(
+        out,
+        "davis-sweep",
+        opts,
+        ts,
+        split=split,
+        resolution=resolution,
+        sequences=sequences,
+        root=str(root),
+        grid=values,
+    )
+    results, ds = catch_format_errors(
+        lambda: sweep_davis(
+            ts.fmodel.features,
+            root=root,
+            split=split,
+            resolution=resolution,
+            sequences=sequences,
+            config=ts.config,
+            settings=settings,
+            device=ts.device,
+            color=ts.fmodel.color,
+            cache=cache,
+            progress=True,
+            workers=workers,
+        )
+    )
     fields = [f for f, v in values.items() if v]
     best = max(range(len(results)), key=lambda i: results[i][1].jf_mean)
     table = Table(title=f"DAVIS-2017 {split}: J&F over {len(ds)} sequence(s), {len(results)} setting(s)")
@@ -271,26 +381,45 @@ def eval_sweep_cli(*, root: Path | None, opts: PropagationOptions, out: Path | N
     for c in ("J&F-Mean", "J-Mean", "F-Mean", ""):
         table.add_column(c, justify="right")
     for i, (s, sc) in enumerate(results):
-        table.add_row(*(str(s[f]) for f in fields), f"{sc.jf_mean:.3f}", f"{sc.j_mean:.3f}", f"{sc.f_mean:.3f}",
-                      "best" if i == best else "")
+        table.add_row(
+            *(str(s[f]) for f in fields),
+            f"{sc.jf_mean:.3f}",
+            f"{sc.j_mean:.3f}",
+            f"{sc.f_mean:.3f}",
+            "best" if i == best else "",
+        )
     console.print(table)
     out.mkdir(parents=True, exist_ok=True)
     g_path, o_path = out / f"sweep-{split}.csv", out / f"sweep-{split}-objects.csv"
     g_lines = [",".join(fields + ["J&F-Mean", "J-Mean", "F-Mean"])]
-    g_lines += [",".join([str(s[f]) for f in fields] + [f"{sc.jf_mean:.6f}", f"{sc.j_mean:.6f}", f"{sc.f_mean:.6f}"])
-                for s, sc in results]
+    g_lines += [
+        ",".join([str(s[f]) for f in fields] + [f"{sc.jf_mean:.6f}", f"{sc.j_mean:.6f}", f"{sc.f_mean:.6f}"])
+        for s, sc in results
+    ]
     g_path.write_text("\n".join(g_lines) + "\n")
     o_lines = [",".join(fields + ["Sequence", "J-Mean", "F-Mean"])]
-    o_lines += [",".join([str(s[f]) for f in fields] + [name, f"{j:.6f}", f"{fm:.6f}"])
-                for s, sc in results for name, j, fm in sc.per_sequence_rows()]
+    o_lines += [
+        ",".join([str(s[f]) for f in fields] + [name, f"{j:.6f}", f"{fm:.6f}"])
+        for s, sc in results
+        for name, j, fm in sc.per_sequence_rows()
+    ]
     o_path.write_text("\n".join(o_lines) + "\n")
     console.print(f"wrote {g_path} and {o_path}; wall time {time.perf_counter() - t0:.1f} s", soft_wrap=True)
     return results
 
 
-def eval_jhmdb_cli(*, root: Path | None, opts: PropagationOptions, out: Path | None, split: int,
-                   list_file: Path | None, clips: list[str] | None, size: int | None, overlays: bool,
-                   overwrite: bool = False):
+def eval_jhmdb_cli(
+    *,
+    root: Path | None,
+    opts: PropagationOptions,
+    out: Path | None,
+    split: int,
+    list_file: Path | None,
+    clips: list[str] | None,
+    size: int | None,
+    overlays: bool,
+    overwrite: bool = False,
+):
     """``tritoncorr eval jhmdb``: propagate the first-frame joints of every test clip, PCK@0.1..0.5, table and CSVs.
     ``--out`` is resumable (:mod:`tritoncorr.evals.resume`)."""
     from rich.console import Console
@@ -302,17 +431,35 @@ def eval_jhmdb_cli(*, root: Path | None, opts: PropagationOptions, out: Path | N
     console = Console()
     t0 = time.perf_counter()
     root = dataset_root(root, "JHMDB", "JHMDB", "jhmdb")
-    ds = catch_format_errors(lambda: JhmdbDataset(root, split=split, list_file=list_file, clips=clips or None),
-                             JhmdbFormatError)
+    ds = catch_format_errors(
+        lambda: JhmdbDataset(root, split=split, list_file=list_file, clips=clips or None), JhmdbFormatError
+    )
     ts = task_settings(console, opts, "jhmdb", size)
     console.print(f"JHMDB root {root}: {len(ds)} clip(s), {ds.note}", soft_wrap=True)
     out = Path(out) if out is not None else Path("eval-jhmdb") / f"split{split}"
-    folder = open_out(out, "jhmdb", opts, ts, overwrite, dict(overlays=overlays),
-                      dict(split=split, clips=clips, root=str(root)))
-    res = resumable(console, folder, [c.name for c in ds.clips], lambda: catch_format_errors(
-        lambda: evaluate_features_on_jhmdb(
-            ts.fmodel.features, dataset=ds, out=out, config=ts.config, input_size=ts.input_size, device=ts.device,
-            overlays=overlays, progress=True, color=ts.fmodel.color, folder=folder), JhmdbFormatError))
+    folder = open_out(
+        out, "jhmdb", opts, ts, overwrite, dict(overlays=overlays), dict(split=split, clips=clips, root=str(root))
+    )
+    res = resumable(
+        console,
+        folder,
+        [c.name for c in ds.clips],
+        lambda: catch_format_errors(
+            lambda: evaluate_features_on_jhmdb(
+                ts.fmodel.features,
+                dataset=ds,
+                out=out,
+                config=ts.config,
+                input_size=ts.input_size,
+                device=ts.device,
+                overlays=overlays,
+                progress=True,
+                color=ts.fmodel.color,
+                folder=folder,
+            ),
+            JhmdbFormatError,
+        ),
+    )
     g = Table(title=f"JHMDB PCK ({res.clips} clips, {int(res.counts.sum())} joint-frames), %")
     for a in res.thresholds:
         g.add_column(f"PCK@{a:g}", justify="right")
@@ -325,13 +472,25 @@ def eval_jhmdb_cli(*, root: Path | None, opts: PropagationOptions, out: Path | N
     for j, name in enumerate(JOINT_NAMES):
         s.add_row(name, *(f"{v:.2f}" for v in res.per_joint[j]))
     console.print(s)
-    console.print(f"results in {out} (pck.csv, per-clip.csv, keypoints/); wall time {time.perf_counter() - t0:.1f} s",
-                  soft_wrap=True)
+    console.print(
+        f"results in {out} (pck.csv, per-clip.csv, keypoints/); wall time {time.perf_counter() - t0:.1f} s",
+        soft_wrap=True,
+    )
     return res
 
 
-def eval_vip_cli(*, root: Path | None, results: Path | None, opts: PropagationOptions, out: Path | None, split: str,
-                 videos: list[str] | None, size: int | None, overlays: bool, overwrite: bool = False):
+def eval_vip_cli(
+    *,
+    root: Path | None,
+    results: Path | None,
+    opts: PropagationOptions,
+    out: Path | None,
+    split: str,
+    videos: list[str] | None,
+    size: int | None,
+    overlays: bool,
+    overwrite: bool = False,
+):
     """``tritoncorr eval vip``: score existing results (``--results``) or propagate and score; mIoU table and CSVs.
     ``--out`` is resumable (:mod:`tritoncorr.evals.resume`)."""
     from rich.console import Console
@@ -351,11 +510,35 @@ def eval_vip_cli(*, root: Path | None, results: Path | None, opts: PropagationOp
         ts = task_settings(console, opts, "vip", size)
         console.print(f"VIP root {root}: {len(ds)} video(s) of {split}", soft_wrap=True)
         out = Path(out) if out is not None else Path("eval-vip") / split
-        folder = open_out(out, "vip", opts, ts, overwrite, dict(split=split, overlays=overlays),
-                          dict(split=split, videos=videos, root=str(root)))
-        scores = resumable(console, folder, ds.names, lambda: catch_format_errors(lambda: evaluate_features_on_vip(
-            ts.fmodel.features, dataset=ds, out=out, config=ts.config, input_size=ts.input_size, device=ts.device,
-            overlays=overlays, progress=True, color=ts.fmodel.color, folder=folder), VipFormatError))
+        folder = open_out(
+            out,
+            "vip",
+            opts,
+            ts,
+            overwrite,
+            dict(split=split, overlays=overlays),
+            dict(split=split, videos=videos, root=str(root)),
+        )
+        scores = resumable(
+            console,
+            folder,
+            ds.names,
+            lambda: catch_format_errors(
+                lambda: evaluate_features_on_vip(
+                    ts.fmodel.features,
+                    dataset=ds,
+                    out=out,
+                    config=ts.config,
+                    input_size=ts.input_size,
+                    device=ts.device,
+                    overlays=overlays,
+                    progress=True,
+                    color=ts.fmodel.color,
+                    folder=folder,
+                ),
+                VipFormatError,
+            ),
+        )
     g_path, c_path = scores.write_csvs(out)
     g = Table(title=f"VIP {split}: {len(ds)} videos, {scores.frames} frames")
     for c in GLOBAL_COLUMNS:
@@ -369,14 +552,25 @@ def eval_vip_cli(*, root: Path | None, results: Path | None, opts: PropagationOp
     for i, name in enumerate(VIP_CLASSES):
         s.add_row(name, f"{scores.class_iou[i]:.4f}", f"{scores.class_accuracy[i]:.4f}")
     console.print(s)
-    console.print(f"results in {out} (CSVs {g_path.name}, {c_path.name}); wall time {time.perf_counter() - t0:.1f} s",
-                  soft_wrap=True)
+    console.print(
+        f"results in {out} (CSVs {g_path.name}, {c_path.name}); wall time {time.perf_counter() - t0:.1f} s",
+        soft_wrap=True,
+    )
     return scores
 
 
-def eval_ytvos_cli(*, root: Path | None, year: str, opts: PropagationOptions, out: Path | None,
-                   videos: list[str] | None, size: int | None, overlays: bool, make_zip: bool,
-                   overwrite: bool = False):
+def eval_ytvos_cli(
+    *,
+    root: Path | None,
+    year: str,
+    opts: PropagationOptions,
+    out: Path | None,
+    videos: list[str] | None,
+    size: int | None,
+    overlays: bool,
+    make_zip: bool,
+    overwrite: bool = False,
+):
     """``tritoncorr eval ytvos``: export ``Annotations/`` and the server zip; there is no local score.
     ``--out`` is resumable (:mod:`tritoncorr.evals.resume`)."""
     from rich.console import Console
@@ -396,20 +590,52 @@ def eval_ytvos_cli(*, root: Path | None, year: str, opts: PropagationOptions, ou
     for note in ds.notes:
         console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
     out = Path(out) if out is not None else Path("eval-ytvos") / f"{year}-valid"
-    folder = open_out(out, "ytvos", opts, ts, overwrite, dict(overlays=overlays, year=str(year)),
-                      dict(split=str(year), videos=videos, root=str(root)))
-    res = resumable(console, folder, [v.name for v in ds], lambda: catch_format_errors(
-        lambda: export_features_on_ytvos(
-            ts.fmodel.features, dataset=ds, out=out, year=str(year), config=ts.config, input_size=ts.input_size,
-            device=ts.device, overlays=overlays, progress=True, color=ts.fmodel.color, make_zip=make_zip,
-            folder=folder), YtvosFormatError))
+    folder = open_out(
+        out,
+        "ytvos",
+        opts,
+        ts,
+        overwrite,
+        dict(overlays=overlays, year=str(year)),
+        dict(split=str(year), videos=videos, root=str(root)),
+    )
+    res = resumable(
+        console,
+        folder,
+        [v.name for v in ds],
+        lambda: catch_format_errors(
+            lambda: export_features_on_ytvos(
+                ts.fmodel.features,
+                dataset=ds,
+                out=out,
+                year=str(year),
+                config=ts.config,
+                input_size=ts.input_size,
+                device=ts.device,
+                overlays=overlays,
+                progress=True,
+                color=ts.fmodel.color,
+                make_zip=make_zip,
+                folder=folder,
+            ),
+            YtvosFormatError,
+        ),
+    )
     t = Table(title=f"YouTube-VOS {year} valid export")
     for c in ("Videos", "Frames", "Objects", "Annotations", "Zip"):
         t.add_column(c)
-    t.add_row(str(res.videos), str(res.frames), str(res.objects), str(res.annotations),
-              str(res.zip_path) if res.zip_path else "-")
+    t.add_row(
+        str(res.videos),
+        str(res.frames),
+        str(res.objects),
+        str(res.annotations),
+        str(res.zip_path) if res.zip_path else "-",
+    )
     console.print(t)
-    console.print(f"[bold]No local score[/]: the YouTube-VOS {year} valid ground truth is held by the evaluation "
-                  f"server; upload {res.zip_path or res.annotations} to the YouTube-VOS {year} CodaLab competition. "
-                  f"Wall time {time.perf_counter() - t0:.1f} s", soft_wrap=True)
+    console.print(
+        f"[bold]No local score[/]: the YouTube-VOS {year} valid ground truth is held by the evaluation "
+        f"server; upload {res.zip_path or res.annotations} to the YouTube-VOS {year} CodaLab competition. "
+        f"Wall time {time.perf_counter() - t0:.1f} s",
+        soft_wrap=True,
+    )
     return res

@@ -18,33 +18,60 @@ import typer
 CHECKPOINT_HELP = (
     "Weights: a training run's model.safetensors / init.safetensors (the method, its features and its preset are "
     "read from it), a run folder, a plain ResNet-18 backbone .safetensors, a published name (tritoncorr weights "
-    "list), an https:// URL or hf://OWNER/REPO/PATH.")
+    "list), an https:// URL or hf://OWNER/REPO/PATH."
+)
 
 Checkpoint = Annotated[Optional[str], typer.Option(help=CHECKPOINT_HELP + " Default: random init (seeded).")]
-Seed = Annotated[int, typer.Option(help="Seed of the random-init backbone (no --checkpoint). A training run's "
-                                        "initial weights are those of its recipe seed (recipes/dul.py: 32).")]
-Preset = Annotated[Optional[str], typer.Option(
-    help="Propagation preset (dul, crw, stt, liir, mast, or common: DUL's kNN protocol for any method, the same "
-         "window in pixels at any stride). Default: the checkpoint's method preset (dul for plain backbones and "
-         "random init), with its settings for the task.")]
+Seed = Annotated[
+    int,
+    typer.Option(
+        help="Seed of the random-init backbone (no --checkpoint). A training run's "
+        "initial weights are those of its recipe seed (recipes/dul.py: 32)."
+    ),
+]
+Preset = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Propagation preset (dul, crw, stt, liir, mast, or common: DUL's kNN protocol for any method, the same "
+        "window in pixels at any stride). Default: the checkpoint's method preset (dul for plain backbones and "
+        "random init), with its settings for the task."
+    ),
+]
 Context = Annotated[Optional[int], typer.Option(help="Previous frames in the context (preset: 20).")]
-Radius = Annotated[Optional[int], typer.Option(
-    help="Spatial radius in feature cells (default: the preset's window in pixels at the checkpoint's stride, "
-         "e.g. 12 at stride 8, 24 at 4).")]
+Radius = Annotated[
+    Optional[int],
+    typer.Option(
+        help="Spatial radius in feature cells (default: the preset's window in pixels at the checkpoint's stride, "
+        "e.g. 12 at stride 8, 24 at 4)."
+    ),
+]
 Topk = Annotated[Optional[int], typer.Option(help="Top-k neighbours (preset: 10).")]
 Temperature = Annotated[Optional[float], typer.Option(help="Softmax temperature (preset: 0.05).")]
 Device = Annotated[str, typer.Option(help="cpu, cuda or auto.")]
-Precision = Annotated[str, typer.Option(
-    help="Feature extractor precision: fp32 (the papers' protocol) or bf16 (autocast; ~4x faster features on CPUs "
-         "with AMX; DAVIS J&F moved by 0.001 on bear).")]
+Precision = Annotated[
+    str,
+    typer.Option(
+        help="Feature extractor precision: fp32 (the papers' protocol) or bf16 (autocast; ~4x faster features on CPUs "
+        "with AMX; DAVIS J&F moved by 0.001 on bear)."
+    ),
+]
 
-Overwrite = Annotated[bool, typer.Option(
-    help="Start again in --out even if it holds an evaluation with other settings or another checkpoint (by "
-         "default a rerun with the same settings skips the finished sequences and other settings are refused).")]
-CacheFeatures = Annotated[Optional[Path], typer.Option(
-    "--cache-features", help="Feature cache folder: each sequence's features are stored once (safetensors, keyed "
-    "by the checkpoint's SHA-256, input size, padding and precision) and read back by later runs with other "
-    "propagation settings (--topk, --temperature, --radius, --context, --preset).")]
+Overwrite = Annotated[
+    bool,
+    typer.Option(
+        help="Start again in --out even if it holds an evaluation with other settings or another checkpoint (by "
+        "default a rerun with the same settings skips the finished sequences and other settings are refused)."
+    ),
+]
+CacheFeatures = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--cache-features",
+        help="Feature cache folder: each sequence's features are stored once (safetensors, keyed "
+        "by the checkpoint's SHA-256, input size, padding and precision) and read back by later runs with other "
+        "propagation settings (--topk, --temperature, --radius, --context, --preset).",
+    ),
+]
 Workers = Annotated[int, typer.Option(min=0, help="Score sequences in this many processes (0 = in this one).")]
 Split = Annotated[str, typer.Option(help="ImageSets/2017/<split>.txt")]
 Resolution = Annotated[str, typer.Option(help="480p or Full-Resolution")]
@@ -77,6 +104,10 @@ class PropagationOptions:
         """The propagation fields given on the command line (not None), e.g. ``{"topk": 5}``."""
         fields = dict(context=self.context, radius=self.radius, topk=self.topk, temperature=self.temperature)
         return {k: v for k, v in fields.items() if v is not None}
+
+
+#: The placeholder default of a command's ``opts`` parameter (:func:`with_options` puts the fields in its place).
+DEFAULT_OPTIONS = PropagationOptions()
 
 
 def with_options(*names: str):

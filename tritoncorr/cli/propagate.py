@@ -49,9 +49,19 @@ def _read_masks(console, mask_specs: list[str], source) -> dict[int, np.ndarray]
     return masks
 
 
-def propagate_cli(*, video: Path, mask_specs: list[str], opts: PropagationOptions, out: Path | None,
-                  short_side: int, max_frames: int | None, overlay: bool, fps: float | None, alpha: float,
-                  random_init: bool = False):
+def propagate_cli(
+    *,
+    video: Path,
+    mask_specs: list[str],
+    opts: PropagationOptions,
+    out: Path | None,
+    short_side: int,
+    max_frames: int | None,
+    overlay: bool,
+    fps: float | None,
+    alpha: float,
+    random_init: bool = False,
+):
     """``tritoncorr propagate``: ``opts.checkpoint`` None = the embedded default
     (:data:`tritoncorr.weights.DEFAULT_NAME`); random weights (``opts.seed``) only with ``random_init``.
     Of ``opts`` it reads the weights, ``preset``, ``device`` and ``precision`` (the propagation settings
@@ -87,9 +97,11 @@ def propagate_cli(*, video: Path, mask_specs: list[str], opts: PropagationOption
     except (FileNotFoundError, ValueError, TypeError) as err:
         fail(str(err))
     if random_init:
-        console.print("[bold yellow]warning: --random-init: using RANDOM-INIT weights (ResNet-18, seed "
-                      f"{opts.seed}). The masks will not follow the objects well; leave it out to use the default "
-                      "checkpoint, or pass --checkpoint NAME (tritoncorr weights list).[/]")
+        console.print(
+            "[bold yellow]warning: --random-init: using RANDOM-INIT weights (ResNet-18, seed "
+            f"{opts.seed}). The masks will not follow the objects well; leave it out to use the default "
+            "checkpoint, or pass --checkpoint NAME (tritoncorr weights list).[/]"
+        )
     preset = opts.preset or fmodel.preset
     if preset not in PRESETS:
         fail(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -98,9 +110,12 @@ def propagate_cli(*, video: Path, mask_specs: list[str], opts: PropagationOption
         out = Path("propagate") / (video.stem or "video")
     H, W = working_size(source.size, short_side)
     n_txt = f"{source.num_frames} frames" if source.num_frames else "frame count unknown"
-    console.print(f"video {video} ({source.size[1]}x{source.size[0]}, {source.fps:.2f} fps, {n_txt}); working size "
-                  f"{W}x{H}; objects {sorted({int(i) for m in masks.values() for i in np.unique(m) if i})} "
-                  f"(masks at frames {sorted(masks)})", soft_wrap=True)
+    console.print(
+        f"video {video} ({source.size[1]}x{source.size[0]}, {source.fps:.2f} fps, {n_txt}); working size "
+        f"{W}x{H}; objects {sorted({int(i) for m in masks.values() for i in np.unique(m) if i})} "
+        f"(masks at frames {sorted(masks)})",
+        soft_wrap=True,
+    )
     if opts.preset is not None:
         origin = "set by --preset"
     elif random_init:
@@ -111,24 +126,45 @@ def propagate_cli(*, video: Path, mask_specs: list[str], opts: PropagationOption
     total = source.num_frames
     if max_frames is not None:
         total = min(total, max_frames) if total else max_frames
-    with Progress(TextColumn("propagating"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
-                  _fps_column(), TimeElapsedColumn(), console=console) as bar:
+    with Progress(
+        TextColumn("propagating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("frames"),
+        _fps_column(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
         task = bar.add_task("frames", total=total)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                result = propagate_video(source, masks, fmodel.features, config, out, color=fmodel.color,
-                                         short_side=short_side, max_frames=max_frames, device=dev, overlay=overlay,
-                                         alpha=alpha, on_frame=lambda t: bar.advance(task))
+                result = propagate_video(
+                    source,
+                    masks,
+                    fmodel.features,
+                    config,
+                    out,
+                    color=fmodel.color,
+                    short_side=short_side,
+                    max_frames=max_frames,
+                    device=dev,
+                    overlay=overlay,
+                    alpha=alpha,
+                    on_frame=lambda t: bar.advance(task),
+                )
         except VideoError as err:
             fail(str(err))
     for w in caught:
         console.print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)
     for t in result.unused_masks:
-        console.print(f"[yellow]warning:[/] the mask for frame {t} was not used: the video has {result.num_frames} "
-                      "frames")
-    console.print(f"{result.num_frames} frames in {result.seconds:.1f} s ({result.fps:.2f} frames/s); "
-                  f"feature grid {result.feature_grid[1]}x{result.feature_grid[0]}")
+        console.print(
+            f"[yellow]warning:[/] the mask for frame {t} was not used: the video has {result.num_frames} frames"
+        )
+    console.print(
+        f"{result.num_frames} frames in {result.seconds:.1f} s ({result.fps:.2f} frames/s); "
+        f"feature grid {result.feature_grid[1]}x{result.feature_grid[0]}"
+    )
     console.print(f"masks:   {result.mask_dir}/ ({result.num_frames} palette PNGs)", soft_wrap=True)
     if result.overlay is not None:
         console.print(f"overlay: {result.overlay}")

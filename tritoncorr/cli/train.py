@@ -83,8 +83,9 @@ def train_cli(
         fail("--resume-from needs --resume RUN_FOLDER")
     with _one_line_warnings():
         try:
-            cfg, run_dir, stop_at = resolve_config(recipe=recipe, overrides=list(overrides or []), steps=steps,
-                                                   seed=seed, out=out, resume=resume)
+            cfg, run_dir, stop_at = resolve_config(
+                recipe=recipe, overrides=list(overrides or []), steps=steps, seed=seed, out=out, resume=resume
+            )
         except (ConfigError, FileNotFoundError) as e:
             if debug:
                 raise
@@ -102,8 +103,9 @@ def train_cli(
         from tritoncorr.engine.loop import train
 
         try:
-            result = train(cfg, run_dir, resume=resume is not None, stop_at=stop_at, recipe_ref=recipe,
-                           resume_from=resume_from)
+            result = train(
+                cfg, run_dir, resume=resume is not None, stop_at=stop_at, recipe_ref=recipe, resume_from=resume_from
+            )
         except (ConfigError, CheckpointCorruptError, CheckpointMismatchError) as e:
             if debug:
                 raise
@@ -115,7 +117,10 @@ def train_cli(
         except FloatingPointError as e:  # the run diverged: the checkpoints written so far are kept
             if debug:
                 raise
-            fail(_one_line(e) + " (lower optim.lr, check the method's settings or the data; the "
-                 f"checkpoints in {run_dir} are kept)", code=1)
+            fail(
+                _one_line(e) + " (lower optim.lr, check the method's settings or the data; the "
+                f"checkpoints in {run_dir} are kept)",
+                code=1,
+            )
     if result.interrupted:
         raise typer.Exit(code=130)

@@ -20,6 +20,16 @@ from tritoncorr.data.transforms import (
 )
 
 __all__ = [
-    "DataConfig", "ClipLoader", "build_clip_loader", "SourceWarning", "IMAGENET_MEAN", "IMAGENET_STD",
-    "channel_dropout", "imagenet_normalize", "lab_normalize", "random_view_transform", "rgb_to_lab", "warp_to_view",
+    "DataConfig",
+    "ClipLoader",
+    "build_clip_loader",
+    "SourceWarning",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "channel_dropout",
+    "imagenet_normalize",
+    "lab_normalize",
+    "random_view_transform",
+    "rgb_to_lab",
+    "warp_to_view",
 ]

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-
-import warnings
 
 import numpy as np
 import torch
@@ -61,8 +60,15 @@ class CachedSource(ClipSource):
     the cached size. ``progress`` shows a rich progress bar while filling.
     """
 
-    def __init__(self, source: ClipSource, cache_dir: str | os.PathLike, short_side: int, *,
-                 chunk: int = 64, progress: bool = True) -> None:
+    def __init__(
+        self,
+        source: ClipSource,
+        cache_dir: str | os.PathLike,
+        short_side: int,
+        *,
+        chunk: int = 64,
+        progress: bool = True,
+    ) -> None:
         super().__init__(source.root)
         if short_side < 1:
             raise ValueError(f"cache short side must be >= 1, got {short_side}")
@@ -85,8 +91,10 @@ class CachedSource(ClipSource):
         from rich.progress import Progress
 
         with Progress(disable=not progress, transient=True) as bar:
-            task = bar.add_task(f"caching {len(todo)} videos at short side {self.short_side}",
-                                total=sum(self.num_frames[v] for v in todo))
+            task = bar.add_task(
+                f"caching {len(todo)} videos at short side {self.short_side}",
+                total=sum(self.num_frames[v] for v in todo),
+            )
             for v in todo:
                 n = self.num_frames[v]
                 parts = []
@@ -99,8 +107,11 @@ class CachedSource(ClipSource):
                         break
                 got = sum(len(p) for p in parts)
                 if got < n:
-                    warnings.warn(f"{self.names[v]}: only the first {got} of {n} frames could be decoded; "
-                                  f"using those", SourceWarning, stacklevel=2)
+                    warnings.warn(
+                        f"{self.names[v]}: only the first {got} of {n} frames could be decoded; using those",
+                        SourceWarning,
+                        stacklevel=2,
+                    )
                 if got == 0:
                     continue
                 frames = np.concatenate(parts)

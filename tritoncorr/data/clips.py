@@ -22,9 +22,16 @@ def clip_to_tensor(frames: np.ndarray, cfg: DataConfig, generator: torch.Generat
         raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
     # augment in uint8 (PIL-like resize, as DUL's PIL pipeline), convert the small crop to float
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-    x = augment_clip(x, crop_mode=cfg.crop, crop_size=cfg.crop_size, short_side=tuple(cfg.short_side),
-                     area_range=tuple(cfg.area_range), aspect_range=tuple(cfg.aspect_range), flip=cfg.hflip,
-                     generator=generator)
+    x = augment_clip(
+        x,
+        crop_mode=cfg.crop,
+        crop_size=cfg.crop_size,
+        short_side=tuple(cfg.short_side),
+        area_range=tuple(cfg.area_range),
+        aspect_range=tuple(cfg.aspect_range),
+        flip=cfg.hflip,
+        generator=generator,
+    )
     if cfg.color == "lab":
         return lab_normalize(rgb_uint8_to_lab(x)).contiguous()
     return imagenet_normalize(x.float().div_(255.0)).contiguous()

@@ -62,8 +62,13 @@ def unused_source_options(cfg) -> list[tuple[str, str]]:
     synthetic source; ``hf_column`` / ``hf_streaming`` on a source other than ``"hf"``."""
     out: list[tuple[str, str]] = []
     if cfg.source == "synthetic" and cfg.root:
-        out.append(("root", "source='synthetic' generates its data and reads no files; to train on this folder "
-                            "also set data.source (e.g. --set data.source=video), or drop data.root"))
+        out.append(
+            (
+                "root",
+                "source='synthetic' generates its data and reads no files; to train on this folder "
+                "also set data.source (e.g. --set data.source=video), or drop data.root",
+            )
+        )
     if cfg.source != "hf" and (cfg.hf_column or cfg.hf_streaming):
         name = "hf_column" if cfg.hf_column else "hf_streaming"
         out.append((name, f"only source='hf' reads it, this source is {cfg.source!r}"))
@@ -142,6 +147,7 @@ class DataConfig:
 
     def validate(self) -> "DataConfig":
         """Check field values; returns ``self``. Raises ``ValueError`` naming the bad field."""
+
         def bad(field: str, why: str) -> ValueError:
             return ValueError(f"DataConfig.{field}={getattr(self, field)!r}: {why}")
 
@@ -164,8 +170,11 @@ class DataConfig:
         if self.gap_choices:
             if any(int(g) < 1 for g in self.gap_choices):
                 raise bad("gap_choices", "every gap must be >= 1")
-            if self.gap_probs and (len(self.gap_probs) != len(self.gap_choices) or any(p < 0 for p in self.gap_probs)
-                                   or abs(sum(self.gap_probs) - 1.0) > 1e-6):
+            if self.gap_probs and (
+                len(self.gap_probs) != len(self.gap_choices)
+                or any(p < 0 for p in self.gap_probs)
+                or abs(sum(self.gap_probs) - 1.0) > 1e-6
+            ):
                 raise bad("gap_probs", f"must be {len(self.gap_choices)} non-negative numbers summing to 1")
         elif self.gap_probs:
             raise bad("gap_probs", "needs gap_choices")

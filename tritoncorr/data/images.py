@@ -71,8 +71,8 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from tritoncorr.data.planned import PlannedLoader, check_rank
 from tritoncorr.data.sampler import sample_rng, sample_torch_generator
-from tritoncorr.data.streaming import StreamCursor
 from tritoncorr.data.sources import IMAGE_EXTS, DataSourceError, SourceWarning, _decode_image, _hf_payload
+from tritoncorr.data.streaming import StreamCursor
 from tritoncorr.data.transforms import imagenet_normalize, resize
 from tritoncorr.engine.config import ConfigError
 
@@ -81,16 +81,33 @@ HF_IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp")
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
 __all__ = [
-    "ImageDataConfig", "ImageLoader", "StreamingImageLoader", "build_image_loader", "build_image_source",
-    "ImageFolderSource", "VideoFrameSource", "HFImageSource", "SyntheticImageSource",
-    "random_resized_crop_params", "rgb_to_grayscale", "rgb_to_hsv", "hsv_to_rgb", "adjust_brightness",
-    "adjust_contrast", "adjust_saturation", "adjust_hue", "color_jitter", "gaussian_blur", "moco_view",
+    "ImageDataConfig",
+    "ImageLoader",
+    "StreamingImageLoader",
+    "build_image_loader",
+    "build_image_source",
+    "ImageFolderSource",
+    "VideoFrameSource",
+    "HFImageSource",
+    "SyntheticImageSource",
+    "random_resized_crop_params",
+    "rgb_to_grayscale",
+    "rgb_to_hsv",
+    "hsv_to_rgb",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_saturation",
+    "adjust_hue",
+    "color_jitter",
+    "gaussian_blur",
+    "moco_view",
 ]
 
 
 # ----------------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------------
+
 
 @dataclass
 class ImageDataConfig:
@@ -129,6 +146,7 @@ class ImageDataConfig:
 
     def validate(self) -> "ImageDataConfig":
         """Check field values (not the files); returns ``self``. Raises ``ConfigError`` naming the field."""
+
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"data.{name}={getattr(self, name)!r}: {why}")
 
@@ -177,13 +195,18 @@ class ImageDataConfig:
 # Augmentations (float RGB in [0, 1], (..., 3, H, W); every random draw from an explicit generator)
 # ----------------------------------------------------------------------------------------------
 
+
 def _u(generator: torch.Generator | None, lo: float = 0.0, hi: float = 1.0) -> float:
     return lo + (hi - lo) * float(torch.rand((), generator=generator, dtype=torch.float64).item())
 
 
 def random_resized_crop_params(
-    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-    generator: torch.Generator | None, tries: int = 10,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator | None,
+    tries: int = 10,
 ) -> tuple[int, int, int, int]:
     """torchvision's ``RandomResizedCrop`` box ``(top, left, h, w)`` in a ``height x width`` image.
 
@@ -273,8 +296,9 @@ def adjust_hue(x: torch.Tensor, shift: float) -> torch.Tensor:
     return hsv_to_rgb(torch.stack(((h + shift) % 1.0, s, v), dim=-3)).clamp(0.0, 1.0)
 
 
-def color_jitter(x: torch.Tensor, strength: tuple[float, float, float, float],
-                 generator: torch.Generator | None) -> torch.Tensor:
+def color_jitter(
+    x: torch.Tensor, strength: tuple[float, float, float, float], generator: torch.Generator | None
+) -> torch.Tensor:
     """torchvision's ``ColorJitter(brightness, contrast, saturation, hue)``: a random order of the four,
     factors ``U(max(0, 1 - s), 1 + s)`` (hue: shift ``U(-s, s)``); zero strengths are skipped."""
     b, c, s, h = strength
@@ -323,9 +347,10 @@ def moco_view(image: torch.Tensor, cfg: ImageDataConfig, generator: torch.Genera
     if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be uint8 (3, H, W), got {image.dtype} {tuple(image.shape)}")
     S = cfg.crop_size
-    top, left, h, w = random_resized_crop_params(image.shape[1], image.shape[2], tuple(cfg.scale), tuple(cfg.ratio),
-                                                 generator)
-    x = resize(image[:, top:top + h, left:left + w], (S, S)).float().div_(255.0)
+    top, left, h, w = random_resized_crop_params(
+        image.shape[1], image.shape[2], tuple(cfg.scale), tuple(cfg.ratio), generator
+    )
+    x = resize(image[:, top : top + h, left : left + w], (S, S)).float().div_(255.0)
     if _u(generator) < cfg.jitter_p:
         x = color_jitter(x, tuple(cfg.jitter), generator)
     if _u(generator) < cfg.gray_p:
@@ -355,6 +380,7 @@ def two_views(image: np.ndarray, cfg: ImageDataConfig, generator: torch.Generato
 # ----------------------------------------------------------------------------------------------
 # Sources: names, __len__, read(i) -> uint8 (H, W, 3) RGB
 # ----------------------------------------------------------------------------------------------
+
 
 def _missing_root(root: str, what: str) -> DataSourceError:
     return DataSourceError(f"{what} {root!r} does not exist (set it with --set data.root=PATH)")
@@ -430,8 +456,9 @@ class VideoFrameSource(ImageSource):
 
     kind = "video"
 
-    def __init__(self, root: str, frame_step: int = 10, max_per_video: int = 0, cache_short_side: int = 0,
-                 probe_cache: str = "") -> None:
+    def __init__(
+        self, root: str, frame_step: int = 10, max_per_video: int = 0, cache_short_side: int = 0, probe_cache: str = ""
+    ) -> None:
         super().__init__(root)
         from tritoncorr.data.sources import VideoFileSource
 
@@ -444,8 +471,11 @@ class VideoFrameSource(ImageSource):
             warnings.warn(str(w.message), SourceWarning, stacklevel=2)
         self.skipped = list(self.videos.skipped)
         if len(self.videos) == 0:
-            raise DataSourceError(f"video folder {root!r} holds no readable video file (.mp4/.webm/.avi/.mkv/.mov"
-                              + (f"; skipped: {self.skipped[:5]}" if self.skipped else "") + ")")
+            raise DataSourceError(
+                f"video folder {root!r} holds no readable video file (.mp4/.webm/.avi/.mkv/.mov"
+                + (f"; skipped: {self.skipped[:5]}" if self.skipped else "")
+                + ")"
+            )
         self.items: list[tuple[int, int]] = []
         for v, n in enumerate(self.videos.num_frames):
             for f in _frame_selection(n, frame_step, max_per_video):
@@ -484,14 +514,17 @@ def hf_image_column(columns, wanted: str, root: str) -> str:
     columns = list(columns)
     if wanted:
         if wanted not in columns:
-            raise ConfigError(f"HF dataset {root!r} has no column {wanted!r} (columns: {columns}); "
-                              "set --set data.hf_column=NAME")
+            raise ConfigError(
+                f"HF dataset {root!r} has no column {wanted!r} (columns: {columns}); set --set data.hf_column=NAME"
+            )
         return wanted
     for name in HF_IMAGE_COLUMNS:
         if name in columns:
             return name
-    raise ConfigError(f"HF dataset {root!r}: no image column ({', '.join(HF_IMAGE_COLUMNS)}) among {columns}; "
-                      "set --set data.hf_column=NAME")
+    raise ConfigError(
+        f"HF dataset {root!r}: no image column ({', '.join(HF_IMAGE_COLUMNS)}) among {columns}; "
+        "set --set data.hf_column=NAME"
+    )
 
 
 class HFImageSource(ImageSource):
@@ -545,8 +578,9 @@ def build_image_source(cfg: ImageDataConfig) -> ImageSource:
     if cfg.source == "folder":
         return ImageFolderSource(cfg.root)
     if cfg.source == "video":
-        return VideoFrameSource(cfg.root, cfg.frame_step, cfg.max_frames_per_video, cfg.cache_short_side,
-                                cfg.probe_cache)
+        return VideoFrameSource(
+            cfg.root, cfg.frame_step, cfg.max_frames_per_video, cfg.cache_short_side, cfg.probe_cache
+        )
     if cfg.source == "hf":
         return HFImageSource(cfg.root, cfg.hf_split, cfg.hf_column)
     if cfg.source == "synthetic":
@@ -557,6 +591,7 @@ def build_image_source(cfg: ImageDataConfig) -> ImageSource:
 # ----------------------------------------------------------------------------------------------
 # Map-style loader
 # ----------------------------------------------------------------------------------------------
+
 
 class ImageDataset(Dataset):
     """Indexed by ``(epoch, index)``; returns ``{"view1", "view2" (3, S, S), "index", "skipped"}``."""
@@ -582,8 +617,10 @@ class ImageDataset(Dataset):
                 continue
             v1, v2 = two_views(image, self.cfg, sample_torch_generator(rng))
             return {"view1": v1, "view2": v2, "index": index, "skipped": skipped}
-        raise DataSourceError(f"{len(skipped)} consecutive unreadable images under {self.source.root!r}: "
-                              + "; ".join(dict.fromkeys(skipped)))
+        raise DataSourceError(
+            f"{len(skipped)} consecutive unreadable images under {self.source.root!r}: "
+            + "; ".join(dict.fromkeys(skipped))
+        )
 
 
 def collate_views(samples: list[dict]) -> dict:
@@ -600,8 +637,9 @@ class ImageLoader(PlannedLoader):
 
     kind = "image"
 
-    def __init__(self, cfg: ImageDataConfig, source: ImageSource, *, seed: int, rank: int = 0,
-                 world_size: int = 1) -> None:
+    def __init__(
+        self, cfg: ImageDataConfig, source: ImageSource, *, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
         cfg.validate()
         check_rank(rank, world_size)
         self.cfg, self.source = cfg, source
@@ -617,6 +655,7 @@ class ImageLoader(PlannedLoader):
 # ----------------------------------------------------------------------------------------------
 # Streaming Hugging Face datasets
 # ----------------------------------------------------------------------------------------------
+
 
 class _StreamImages(IterableDataset):
     """Worker ``w`` of ``W`` decodes the batches ``b`` with ``(b - start) % W == w`` (in order, so the
@@ -717,6 +756,7 @@ class StreamingImageLoader(StreamCursor):
 
     def __iter__(self) -> Iterator[dict]:
         yield from self._iterate(_StreamImages(self, self.epoch, self.batch), "image", ConfigError)
+
 
 def build_image_loader(cfg: ImageDataConfig, *, seed: int, rank: int = 0, world_size: int = 1):
     """The loader of ``cfg``: :class:`ImageLoader`, or :class:`StreamingImageLoader` for ``hf_streaming``."""

@@ -38,9 +38,20 @@ class ClipDataset(Dataset):
         self.cfg = cfg
         self.seed = int(seed)
         probe = np.random.default_rng(0)
-        self.videos = [v for v in range(len(source))
-                       if clip_indices(source.num_frames[v], cfg.clip_len, cfg.frame_gap, probe, order="ordered",
-                                       fps=source.fps[v], target_fps=cfg.target_fps) is not None]
+        self.videos = [
+            v
+            for v in range(len(source))
+            if clip_indices(
+                source.num_frames[v],
+                cfg.clip_len,
+                cfg.frame_gap,
+                probe,
+                order="ordered",
+                fps=source.fps[v],
+                target_fps=cfg.target_fps,
+            )
+            is not None
+        ]
         self.too_short = len(source) - len(self.videos)
 
     def __len__(self) -> int:
@@ -50,8 +61,15 @@ class ClipDataset(Dataset):
         cfg, src = self.cfg, self.source
         rng = sample_rng(self.seed, epoch, video, attempt)
         gap = draw_gap(cfg.frame_gap, cfg.gap_choices, cfg.gap_probs, rng)
-        idx = clip_indices(src.num_frames[video], cfg.clip_len, gap, rng, order=cfg.order,
-                           fps=src.fps[video], target_fps=cfg.target_fps)
+        idx = clip_indices(
+            src.num_frames[video],
+            cfg.clip_len,
+            gap,
+            rng,
+            order=cfg.order,
+            fps=src.fps[video],
+            target_fps=cfg.target_fps,
+        )
         frames = src.read(video, idx)
         if frames.ndim != 4 or frames.shape[0] != cfg.clip_len or frames.shape[-1] != 3:
             raise ValueError(f"{src.names[video]}: read returned shape {frames.shape}")
@@ -70,8 +88,10 @@ class ClipDataset(Dataset):
                 skipped.append(f"{self.source.names[video]} ({type(e).__name__}: {e})")
                 alt = sample_rng(self.seed, epoch, video, attempt + 1)
                 video = self.videos[int(alt.integers(len(self.videos)))]
-        raise DataSourceError(f"{len(skipped)} consecutive unreadable videos under {self.source.root!r}: "
-                              + "; ".join(dict.fromkeys(skipped)))
+        raise DataSourceError(
+            f"{len(skipped)} consecutive unreadable videos under {self.source.root!r}: "
+            + "; ".join(dict.fromkeys(skipped))
+        )
 
 
 class ClipLoader(PlannedLoader):
@@ -87,8 +107,10 @@ class ClipLoader(PlannedLoader):
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.dataset = ClipDataset(source, cfg, seed)
         if len(source) and not len(self.dataset):
-            raise ValueError(f"all {len(source)} videos under {source.root!r} are too short for clip_len={cfg.clip_len}"
-                             + (f" at target_fps={cfg.target_fps}" if cfg.target_fps else ""))
+            raise ValueError(
+                f"all {len(source)} videos under {source.root!r} are too short for clip_len={cfg.clip_len}"
+                + (f" at target_fps={cfg.target_fps}" if cfg.target_fps else "")
+            )
         self._start_plan(collate_clips)
 
     @property

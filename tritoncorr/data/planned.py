@@ -62,12 +62,16 @@ class PlannedLoader(EpochCursor):
         """Check that the data fill a batch, then reset the cursor (epoch 0, batch 0)."""
         cfg, source, kind = self.cfg, self.source, self.kind
         if len(source) == 0:
-            raise DataSourceError(f"no readable {kind}s found under {source.root!r} (source={cfg.source!r}, "
-                                  f"{len(source.skipped)} skipped)")
+            raise DataSourceError(
+                f"no readable {kind}s found under {source.root!r} (source={cfg.source!r}, "
+                f"{len(source.skipped)} skipped)"
+            )
         if len(self) == 0:
-            raise ConfigError(f"{self._num_items()} usable {kind}s under {source.root!r} give no full batch of "
-                                  f"{cfg.batch_size} per rank with world_size={self.world_size} "
-                                  f"(data.batch_size={cfg.batch_size}: lower it with --set)")
+            raise ConfigError(
+                f"{self._num_items()} usable {kind}s under {source.root!r} give no full batch of "
+                f"{cfg.batch_size} per rank with world_size={self.world_size} "
+                f"(data.batch_size={cfg.batch_size}: lower it with --set)"
+            )
         self.collate_fn = collate_fn
         self.epoch, self.batch = 0, 0
         self.skipped_files: list[str] = list(source.skipped)
@@ -107,14 +111,20 @@ class PlannedLoader(EpochCursor):
             kwargs: dict[str, Any] = {}
             if nw > 0:
                 kwargs = {"prefetch_factor": self.cfg.prefetch_factor, "persistent_workers": True}
-            self._dl = DataLoader(self.dataset, batch_sampler=self._sampler, num_workers=nw,
-                                  collate_fn=self.collate_fn, pin_memory=self.cfg.pin_memory,
-                                  generator=loader_generator(self.seed), **kwargs)
+            self._dl = DataLoader(
+                self.dataset,
+                batch_sampler=self._sampler,
+                num_workers=nw,
+                collate_fn=self.collate_fn,
+                pin_memory=self.cfg.pin_memory,
+                generator=loader_generator(self.seed),
+                **kwargs,
+            )
         return self._dl
 
     def __iter__(self) -> Iterator[dict]:
         epoch = self.epoch
-        plan = self.epoch_plan(epoch)[self.batch:]
+        plan = self.epoch_plan(epoch)[self.batch :]
         self._sampler.plan = [[(epoch, i) for i in b] for b in plan]
         if plan:
             for batch in self._dataloader():

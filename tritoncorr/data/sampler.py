@@ -63,8 +63,14 @@ def timeline(num_frames: int, fps: float, target_fps: float) -> np.ndarray:
 
 
 def clip_indices(
-    num_frames: int, clip_len: int, frame_gap: int, rng: np.random.Generator, *,
-    order: str = "shuffled", fps: float = 0.0, target_fps: float = 0.0,
+    num_frames: int,
+    clip_len: int,
+    frame_gap: int,
+    rng: np.random.Generator,
+    *,
+    order: str = "shuffled",
+    fps: float = 0.0,
+    target_fps: float = 0.0,
 ) -> np.ndarray | None:
     """Native frame indices of one clip (DUL's ``DataVideo`` sampling, dul.md §2.2).
 
@@ -112,11 +118,13 @@ def rank_slice(perm: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     return perm[rank::world_size][:per_rank]
 
 
-def epoch_batches(num_videos: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int) -> list[list[int]]:
+def epoch_batches(
+    num_videos: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int
+) -> list[list[int]]:
     """This rank's batches (lists of video indices) for ``epoch``; drop_last."""
     mine = rank_slice(epoch_permutation(num_videos, seed, epoch), rank, world_size)
     nb = len(mine) // batch_size
-    return [mine[b * batch_size:(b + 1) * batch_size].tolist() for b in range(nb)]
+    return [mine[b * batch_size : (b + 1) * batch_size].tolist() for b in range(nb)]
 
 
 class EpochCursor:
@@ -153,8 +161,11 @@ class EpochCursor:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, mine in self._resume_checks().items():
             if key in state and int(state[key]) != int(mine):
-                warnings.warn(f"loader state has {key}={state[key]} but this loader has {mine}: "
-                              "the resumed batches will differ from the original run", stacklevel=2)
+                warnings.warn(
+                    f"loader state has {key}={state[key]} but this loader has {mine}: "
+                    "the resumed batches will differ from the original run",
+                    stacklevel=2,
+                )
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
         total = self._batches_per_epoch()
         if self.batch < 0 or (total is not None and self.batch > total):

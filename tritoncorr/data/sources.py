@@ -123,6 +123,7 @@ def _decode_image(data: bytes | str, name: str) -> np.ndarray:
 # Frame folders
 # ----------------------------------------------------------------------------------------------
 
+
 def frame_folder_root(root: str | os.PathLike) -> Path:
     """The folder holding one sub-folder per video (DAVIS/YouTube-VOS layouts)."""
     r = Path(root)
@@ -167,6 +168,7 @@ class FrameFolderSource(ClipSource):
 # ----------------------------------------------------------------------------------------------
 # Video files (PyAV)
 # ----------------------------------------------------------------------------------------------
+
 
 def probe_video(open_fn: Callable[[], Any], force_index: bool = False) -> dict:
     """Frame count, rate and the frame-index -> pts rule of the first video stream.
@@ -369,13 +371,15 @@ def _open_av_bytes(data: bytes):
 # Hugging Face datasets
 # ----------------------------------------------------------------------------------------------
 
+
 def load_hf_dataset(root: str, split: str, streaming: bool):
     """``load_from_disk`` for a saved folder, else ``load_dataset(root, split=, streaming=)``."""
     import datasets
 
     p = Path(root)
-    if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()
-                       or (p / "state.json").exists()):
+    if p.is_dir() and (
+        (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists() or (p / "state.json").exists()
+    ):
         ds = datasets.load_from_disk(str(p))
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
@@ -397,8 +401,10 @@ def hf_column(columns: Sequence[str], wanted: str, root: str) -> tuple[str, str]
     for name, kind in (("frames", "frames"), ("images", "frames"), ("video", "video"), ("mp4", "video")):
         if name in columns:
             return name, kind
-    raise ValueError(f"HF dataset {root!r}: no 'frames' (list of images) or 'video' column (columns: {list(columns)}); "
-                     "set DataConfig.hf_column")
+    raise ValueError(
+        f"HF dataset {root!r}: no 'frames' (list of images) or 'video' column (columns: {list(columns)}); "
+        "set DataConfig.hf_column"
+    )
 
 
 def _hf_payload(value: Any, base: Path | None) -> bytes | str:
@@ -502,6 +508,7 @@ def read_hf_example(example: dict, column: str, kind: str, indices_fn, base: Pat
 # Synthetic
 # ----------------------------------------------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=8)
 def _synthetic(num_frames: int, height: int, width: int, seed: int) -> np.ndarray:
     from tritoncorr.evals.synthetic import synthetic_clip
@@ -509,8 +516,9 @@ def _synthetic(num_frames: int, height: int, width: int, seed: int) -> np.ndarra
     frames, _ = synthetic_clip(num_frames, height, width, seed)
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.shape != (num_frames, height, width, 3):
-        raise ValueError(f"synthetic_clip returned {frames.dtype} {frames.shape}, expected uint8 "
-                         f"{(num_frames, height, width, 3)}")
+        raise ValueError(
+            f"synthetic_clip returned {frames.dtype} {frames.shape}, expected uint8 {(num_frames, height, width, 3)}"
+        )
     return frames
 
 

@@ -24,10 +24,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from tritoncorr.data.config import DataConfig
 from tritoncorr.data.clips import clip_to_tensor, collate_clips
+from tritoncorr.data.config import DataConfig
 from tritoncorr.data.planned import check_rank
-from tritoncorr.data.sampler import EpochCursor, clip_indices, draw_gap, loader_generator, sample_rng, sample_torch_generator
+from tritoncorr.data.sampler import (
+    EpochCursor,
+    clip_indices,
+    draw_gap,
+    loader_generator,
+    sample_rng,
+    sample_torch_generator,
+)
 from tritoncorr.data.sources import SourceWarning, hf_column, load_hf_dataset, read_hf_example
 
 
@@ -71,8 +78,14 @@ class StreamCursor(EpochCursor):
         epoch = self.epoch
         nw = self.cfg.num_workers
         kwargs: dict[str, Any] = {"prefetch_factor": self.cfg.prefetch_factor} if nw > 0 else {}
-        dl = DataLoader(dataset, batch_size=None, num_workers=nw, pin_memory=self.cfg.pin_memory,
-                        generator=loader_generator(self.seed), **kwargs)
+        dl = DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=nw,
+            pin_memory=self.cfg.pin_memory,
+            generator=loader_generator(self.seed),
+            **kwargs,
+        )
         produced = False
         for batch in dl:
             produced = True
@@ -82,8 +95,10 @@ class StreamCursor(EpochCursor):
             self.batch += 1
             yield batch
         if not produced and self.batch == 0:
-            raise error(f"HF stream {self.root!r} (split {self.cfg.hf_split!r}) gave no full batch of "
-                        f"{self.cfg.batch_size} usable {what}s on rank {self.rank}")
+            raise error(
+                f"HF stream {self.root!r} (split {self.cfg.hf_split!r}) gave no full batch of "
+                f"{self.cfg.batch_size} usable {what}s on rank {self.rank}"
+            )
         self.epoch, self.batch = epoch + 1, 0
 
 
@@ -116,18 +131,21 @@ class _StreamClips(IterableDataset):
             name = f"{o.root}[epoch {self.epoch} rank {o.rank} #{q}]"
             rng = sample_rng(o.seed, self.epoch, q, o.rank)
             try:
-                def indices_fn(n: int, fps: float):
+
+                def indices_fn(n: int, fps: float, rng=rng):  # this example's generator, bound here
                     gap = draw_gap(o.cfg.frame_gap, o.cfg.gap_choices, o.cfg.gap_probs, rng)
-                    return clip_indices(n, o.cfg.clip_len, gap, rng, order=o.cfg.order, fps=fps,
-                                        target_fps=o.cfg.target_fps)
+                    return clip_indices(
+                        n, o.cfg.clip_len, gap, rng, order=o.cfg.order, fps=fps, target_fps=o.cfg.target_fps
+                    )
 
                 out = read_hf_example(example, o.column, o.kind, indices_fn, o.base, name)
                 if out is None:
                     raise ValueError(f"too short for clip_len={o.cfg.clip_len}")
                 frames, idx = out
                 x = clip_to_tensor(frames, o.cfg, sample_torch_generator(rng))
-                samples.append({"frames": x, "video": q, "frame_index": torch.as_tensor(idx, dtype=torch.int64),
-                                "skipped": []})
+                samples.append(
+                    {"frames": x, "video": q, "frame_index": torch.as_tensor(idx, dtype=torch.int64), "skipped": []}
+                )
             except Exception as e:  # noqa: BLE001
                 skipped.append(f"{name} ({type(e).__name__}: {e})")
                 samples.append(None)

@@ -126,8 +126,11 @@ def channel_dropout(lab: torch.Tensor, generator: torch.Generator | None = None)
     **dropped** channel, which is the reconstruction target (take it from the clean ``lab``).
     """
     _check_channels("lab", lab)
-    k = 1 + int(torch.randint(0, 2, (1,), generator=generator,
-                              device=generator.device if generator is not None else "cpu").item())
+    k = 1 + int(
+        torch.randint(
+            0, 2, (1,), generator=generator, device=generator.device if generator is not None else "cpu"
+        ).item()
+    )
     out = lab * 1.5
     out.select(-3, k).zero_()
     return out, k
@@ -136,6 +139,7 @@ def channel_dropout(lab: torch.Tensor, generator: torch.Generator | None = None)
 # ----------------------------------------------------------------------------------------------
 # Clip augmentations (one clip (T, 3, H, W), same parameters for every frame)
 # ----------------------------------------------------------------------------------------------
+
 
 def _uniform(generator: torch.Generator | None) -> float:
     return float(torch.rand((), generator=generator).item())
@@ -191,7 +195,7 @@ def crop(clip: torch.Tensor, top: int, left: int, height: int, width: int) -> to
     H, W = clip.shape[-2:]
     if top < 0 or left < 0 or top + height > H or left + width > W:
         raise ValueError(f"crop box top={top} left={left} {height}x{width} outside a {H}x{W} image")
-    return clip[..., top:top + height, left:left + width]
+    return clip[..., top : top + height, left : left + width]
 
 
 def random_crop(clip: torch.Tensor, size: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -213,8 +217,12 @@ def center_crop(clip: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def random_resized_crop_box(
-    height: int, width: int, area_range: tuple[float, float], aspect_range: tuple[float, float],
-    generator: torch.Generator | None, tries: int = 20,
+    height: int,
+    width: int,
+    area_range: tuple[float, float],
+    aspect_range: tuple[float, float],
+    generator: torch.Generator | None,
+    tries: int = 20,
 ) -> tuple[int, int, int, int]:
     """STT's random resized crop box ``(top, left, h, w)`` in a ``height x width`` frame.
 
@@ -241,8 +249,14 @@ def hflip(clip: torch.Tensor) -> torch.Tensor:
 
 
 def augment_clip(
-    clip: torch.Tensor, *, crop_mode: str, crop_size: int, short_side: tuple[int, int],
-    area_range: tuple[float, float], aspect_range: tuple[float, float], flip: bool,
+    clip: torch.Tensor,
+    *,
+    crop_mode: str,
+    crop_size: int,
+    short_side: tuple[int, int],
+    area_range: tuple[float, float],
+    aspect_range: tuple[float, float],
+    flip: bool,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """Spatial augmentation of one clip, the same parameters for all frames.
@@ -274,7 +288,10 @@ def augment_clip(
 # DUL's regularising view (dul.md §2.2)
 # ----------------------------------------------------------------------------------------------
 
-def view_affine(flip: torch.Tensor, side: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
+
+def view_affine(
+    flip: torch.Tensor, side: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int
+) -> torch.Tensor:
     """The affine ``A_b`` (B, 2, 3) of a flip + square crop, from its parameters (each ``(B,)``).
 
     ``flip``: -1 (flipped) or +1; ``side``: crop side in pixels; ``top``/``left``: crop corner in the
@@ -293,8 +310,11 @@ def view_affine(flip: torch.Tensor, side: torch.Tensor, top: torch.Tensor, left:
 
 
 def random_view_transform(
-    clips: torch.Tensor, generator: torch.Generator | None = None, *,
-    scale_range: tuple[float, float] = (0.5, 1.0), flip_p: float = 0.5,
+    clips: torch.Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    scale_range: tuple[float, float] = (0.5, 1.0),
+    flip_p: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DUL's regularising view: per clip one h-flip and one square zoom-in crop, resized back.
 
@@ -337,7 +357,10 @@ def random_view_transform(
 
 
 def warp_to_view(
-    x: torch.Tensor, affine: torch.Tensor, mode: str = "nearest", padding_mode: str = "zeros",
+    x: torch.Tensor,
+    affine: torch.Tensor,
+    mode: str = "nearest",
+    padding_mode: str = "zeros",
     size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Resample maps given in the original view's frame into the new view's frame.
@@ -356,8 +379,9 @@ def warp_to_view(
     out_hw = tuple(size) if size is not None else tuple(x.shape[-2:])
     # half-precision sampling grids are off by up to ~0.4% of the image (bf16): sample in fp32
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    grid = F.affine_grid(affine.to(device=x.device, dtype=work.dtype), (x.shape[0], x.shape[1], *out_hw),
-                         align_corners=False)
+    grid = F.affine_grid(
+        affine.to(device=x.device, dtype=work.dtype), (x.shape[0], x.shape[1], *out_hw), align_corners=False
+    )
     return F.grid_sample(work, grid, mode=mode, padding_mode=padding_mode, align_corners=False).to(x.dtype)
 
 
@@ -379,6 +403,7 @@ def to_pixels(norm: torch.Tensor, size: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # Lab -> RGB (STT's teacher sees ImageNet-normalised RGB of the same crop as the Lab student)
 # ----------------------------------------------------------------------------------------------
+
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`rgb_to_lab`: OpenCV-float Lab ``(..., 3, H, W)`` (L in [0, 100]) -> sRGB.

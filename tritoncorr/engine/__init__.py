@@ -23,8 +23,16 @@ from tritoncorr.engine.config import (
 from tritoncorr.engine.recipe import load_recipe
 
 __all__ = [
-    "CheckpointConfig", "ConfigError", "EvalConfig", "LogConfig", "OptimConfig", "RunConfig", "ScheduleConfig", "load_recipe",
-    "train", "Trainer",
+    "CheckpointConfig",
+    "ConfigError",
+    "EvalConfig",
+    "LogConfig",
+    "OptimConfig",
+    "RunConfig",
+    "ScheduleConfig",
+    "load_recipe",
+    "train",
+    "Trainer",
 ]
 
 

@@ -103,8 +103,19 @@ class TrainState:
     method: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
-    _PERSISTED = ("step", "epoch", "loader", "rng", "world_size", "batch_size", "accumulate", "steps_per_epoch",
-                  "schedule", "elapsed", "method")
+    _PERSISTED = (
+        "step",
+        "epoch",
+        "loader",
+        "rng",
+        "world_size",
+        "batch_size",
+        "accumulate",
+        "steps_per_epoch",
+        "schedule",
+        "elapsed",
+        "method",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready part written into ``state.json`` (everything but ``rows``)."""
@@ -152,11 +163,13 @@ def verify_checkpoint(ckpt: Path) -> dict[str, Any]:
             raise CheckpointCorruptError(f"checkpoint file {path} is missing")
         size = path.stat().st_size
         if size != want["size"]:
-            raise CheckpointCorruptError(f"checkpoint file {path} has {size} bytes, {want['size']} were written "
-                                         "(truncated or damaged)")
+            raise CheckpointCorruptError(
+                f"checkpoint file {path} has {size} bytes, {want['size']} were written (truncated or damaged)"
+            )
         if file_digest(path)["sha256"] != want["sha256"]:
-            raise CheckpointCorruptError(f"checkpoint file {path} does not match the SHA-256 recorded when it was "
-                                         "written (damaged)")
+            raise CheckpointCorruptError(
+                f"checkpoint file {path} does not match the SHA-256 recorded when it was written (damaged)"
+            )
     return state
 
 
@@ -239,7 +252,9 @@ def resolve_weights_path(path: Path) -> Path:
         if ck is not None:
             return ck / "model.safetensors"
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (expected a .safetensors file or a run/checkpoint folder)")
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist (expected a .safetensors file or a run/checkpoint folder)"
+        )
     raise FileNotFoundError(f"no model weights at {path} (expected a .safetensors file or a run/checkpoint folder)")
 
 
@@ -269,8 +284,9 @@ def load_model_weights(model: nn.Module, path: Path, *, strict: bool = True) -> 
     sd = load_file(str(file))
     problem = weights_mismatch(model, sd, strict=strict)
     if problem:
-        raise CheckpointMismatchError(f"weights {file} do not fit {type(model).__name__}: "
-                                      f"{_describe_origin(file, model)}{problem}")
+        raise CheckpointMismatchError(
+            f"weights {file} do not fit {type(model).__name__}: {_describe_origin(file, model)}{problem}"
+        )
     result = model.load_state_dict(sd, strict=strict)
     return list(result.missing_keys), list(result.unexpected_keys)
 
@@ -435,8 +451,9 @@ def load_checkpoint(
         sd = load_file(str(path))
         problem = weights_mismatch(model, sd)
         if problem:
-            raise CheckpointMismatchError(f"checkpoint {path} does not fit this run's model: "
-                                          f"{_describe_origin(path, model)}{problem}")
+            raise CheckpointMismatchError(
+                f"checkpoint {path} does not fit this run's model: {_describe_origin(path, model)}{problem}"
+            )
         model.load_state_dict(sd, strict=True)
     if optimizer is not None:
         if "optimizer" not in state:
@@ -445,8 +462,10 @@ def load_checkpoint(
         try:
             optimizer.load_state_dict(_join_optimizer_state(tensors, state["optimizer"]))
         except (ValueError, KeyError, RuntimeError) as err:
-            raise CheckpointMismatchError(f"checkpoint {ckpt / 'optimizer.safetensors'} does not fit this run's "
-                                          f"optimiser ({type(optimizer).__name__}): {err}") from None
+            raise CheckpointMismatchError(
+                f"checkpoint {ckpt / 'optimizer.safetensors'} does not fit this run's "
+                f"optimiser ({type(optimizer).__name__}): {err}"
+            ) from None
     return state
 
 
@@ -461,9 +480,11 @@ def load_train_state(
     ckpt = Path(ckpt)
     state = TrainState.from_dict(verify_checkpoint(ckpt))
     if model is not None and state.method and state.method != model_method(model):
-        raise CheckpointMismatchError(f"checkpoint {ckpt} was written by method {state.method!r}, this run trains "
-                                      f"{model_method(model)!r}; resume it with its own recipe, or start this one "
-                                      "in another --out")
+        raise CheckpointMismatchError(
+            f"checkpoint {ckpt} was written by method {state.method!r}, this run trains "
+            f"{model_method(model)!r}; resume it with its own recipe, or start this one "
+            "in another --out"
+        )
     load_checkpoint(ckpt, model, optimizer)
     return state
 
@@ -476,13 +497,16 @@ def model_method(model: nn.Module) -> str:
 
 
 def weights_mismatch(model: nn.Module, sd: dict[str, torch.Tensor], *, strict: bool = True) -> str:
-    """"" when ``sd`` loads into ``model``; else a one-line summary (missing, unexpected and
+    """ "" when ``sd`` loads into ``model``; else a one-line summary (missing, unexpected and
     wrong-shape keys with examples). ``strict=False`` only requires matching shapes and one common key."""
     own = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    shapes = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
+    ]
     parts = []
     if shapes:
         parts.append(f"{len(shapes)} tensors of another shape (e.g. {', '.join(shapes[:2])})")
@@ -495,7 +519,7 @@ def weights_mismatch(model: nn.Module, sd: dict[str, torch.Tensor], *, strict: b
 
 
 def _describe_origin(path: Path, model: nn.Module) -> str:
-    """"it holds a 'dul' model, this run trains 'stt': " when the file records its method."""
+    """ "it holds a 'dul' model, this run trains 'stt': " when the file records its method."""
     try:
         from tritoncorr.engine.method import read_metadata
 

@@ -62,12 +62,16 @@ def resolve_config(
         saved_method = saved.get("method")
         saved_method = saved_method.get("__class__") if isinstance(saved_method, dict) else None
         if saved_method and cfg.method is not None and not names_class(saved_method, type(cfg.method)):
-            raise ConfigError(f"--resume {resume}: the run trains {_recorded_class_name(saved_method)} "
-                              f"(recipe {saved_recipe or '?'}) but {recipe} builds "
-                              f"{type(cfg.method).__name__}; resume it with its own recipe, or use another --out")
+            raise ConfigError(
+                f"--resume {resume}: the run trains {_recorded_class_name(saved_method)} "
+                f"(recipe {saved_recipe or '?'}) but {recipe} builds "
+                f"{type(cfg.method).__name__}; resume it with its own recipe, or use another --out"
+            )
         if saved_recipe and saved_recipe != recipe:
-            warnings.warn(f"resuming a run made from {saved_recipe!r} with recipe {recipe!r}: the saved values are used",
-                          stacklevel=2)
+            warnings.warn(
+                f"resuming a run made from {saved_recipe!r} with recipe {recipe!r}: the saved values are used",
+                stacklevel=2,
+            )
         apply_dict(cfg, {k: v for k, v in saved.items() if not k.startswith("__")}, source=str(saved_path))
         apply_overrides(cfg, overrides)
         if seed is not None and seed != cfg.seed:

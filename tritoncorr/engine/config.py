@@ -188,7 +188,9 @@ class RunConfig:
         if errs:  # a recipe that set e.g. steps="x": the range checks below would compare a str with an int
             raise ConfigError("invalid run config: " + "; ".join(errs))
         if self.method is None or not dataclasses.is_dataclass(self.method) or not hasattr(self.method, "build"):
-            errs.append(f"method must be a method config dataclass with a build() method, got {type(self.method).__name__}")
+            errs.append(
+                f"method must be a method config dataclass with a build() method, got {type(self.method).__name__}"
+            )
         if self.data is None:
             errs.append("data must be a data config (tritoncorr.data.config.DataConfig)")
         o, s = self.optim, self.schedule
@@ -214,7 +216,9 @@ class RunConfig:
             if list(s.milestones) != sorted(s.milestones):
                 errs.append(f"schedule.milestones must be increasing, got {s.milestones}")
             if s.factors and len(s.factors) != len(s.milestones):
-                errs.append(f"schedule.factors needs one value per milestone ({len(s.milestones)}), got {len(s.factors)}")
+                errs.append(
+                    f"schedule.factors needs one value per milestone ({len(s.milestones)}), got {len(s.factors)}"
+                )
         if not 0 <= s.min_lr_ratio <= 1 or not 0 <= s.warmup_start_factor <= 1 or s.warmup_steps < 0:
             errs.append("schedule.min_lr_ratio and warmup_start_factor must be in [0, 1], warmup_steps >= 0")
         if self.steps < 1:
@@ -335,7 +339,7 @@ def _coerce_union(value: Any, tp: Any, where: str) -> Any:
             return coerce(value, branch, where)
         except ConfigError as e:
             msg = str(e)
-            reasons.append(msg[len(prefix):] if msg.startswith(prefix) else msg)
+            reasons.append(msg[len(prefix) :] if msg.startswith(prefix) else msg)
     raise _fail(value, tp, where, " (tried " + "; ".join(reasons) + ")")
 
 
@@ -439,8 +443,10 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     if tp in _SCALARS:
         return _SCALARS[tp](value, tp, where)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        raise ConfigError(f"{where} is a section ({tp.__name__}); set one of its fields: "
-                          + ", ".join(f"{where}.{f.name}" for f in dataclasses.fields(tp)))
+        raise ConfigError(
+            f"{where} is a section ({tp.__name__}); set one of its fields: "
+            + ", ".join(f"{where}.{f.name}" for f in dataclasses.fields(tp))
+        )
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise _fail(value, tp, where, " (unsupported field type)")
@@ -470,8 +476,10 @@ def set_field(cfg: Any, dotted: str, raw: Any) -> None:
         if i == len(parts) - 1:
             current = getattr(obj, key)
             if dataclasses.is_dataclass(current) and not isinstance(raw, dict):
-                raise ConfigError(f"{prefix + key} is a section ({type(current).__name__}); set one of its fields: "
-                                  + ", ".join(f"{prefix + key}.{n}" for n in _field_names(current)))
+                raise ConfigError(
+                    f"{prefix + key} is a section ({type(current).__name__}); set one of its fields: "
+                    + ", ".join(f"{prefix + key}.{n}" for n in _field_names(current))
+                )
             tp = _hints(obj).get(key, type(current))
             if tp is Any and current is not None:
                 tp = type(current)  # an untyped field keeps the type of its current value
@@ -560,8 +568,10 @@ def apply_dict(cfg: Any, data: dict[str, Any], prefix: str = "", *, source: str 
     file ``data`` was read from, named in errors.
     """
     if not isinstance(data, dict):
-        raise ConfigError(f"{source + ': ' if source else ''}{prefix[:-1] or 'config'} must be a JSON object, "
-                          f"got {type(data).__name__}")
+        raise ConfigError(
+            f"{source + ': ' if source else ''}{prefix[:-1] or 'config'} must be a JSON object, "
+            f"got {type(data).__name__}"
+        )
     for key, value in data.items():
         if key == "__class__":
             continue
@@ -579,14 +589,18 @@ def apply_dict(cfg: Any, data: dict[str, Any], prefix: str = "", *, source: str 
                 setattr(cfg, key, current)
             apply_dict(current, value, prefix + key + ".", source=source)
         elif dataclasses.is_dataclass(current):
-            raise ConfigError(f"{source + ': ' if source else ''}{prefix + key} is a section ({type(current).__name__}), "
-                              f"got {type(value).__name__}")
+            raise ConfigError(
+                f"{source + ': ' if source else ''}{prefix + key} is a section ({type(current).__name__}), "
+                f"got {type(value).__name__}"
+            )
         else:
             tp = _hints(cfg).get(key, Any)
             try:
                 setattr(cfg, key, coerce(value, tp, prefix + key))
             except ConfigError as err:
-                raise ConfigError(f"{source}: {err}") if source else err
+                if not source:
+                    raise
+                raise ConfigError(f"{source}: {err}") from err
     return cfg
 
 

@@ -113,7 +113,7 @@ def plot_curves(rows: list[dict[str, Any]] | Path, out_png: Path, title: str = "
     if title:
         fig.suptitle(title)
     axes = fig.subplots(nrows, cols, squeeze=False).ravel()
-    for ax in axes[len(series):]:
+    for ax in axes[len(series) :]:
         ax.set_axis_off()
     if not series:
         axes[0].text(0.5, 0.5, "no metrics yet", ha="center", va="center", transform=axes[0].transAxes)

@@ -40,8 +40,10 @@ def tag_for(name: str) -> str:
 
 
 def _missing(backend: str, module: str) -> ConfigError:
-    return ConfigError(f"log.backends asks for {backend!r} but the {module!r} package is not installed: "
-                       f'pip install "tritoncorr[{BACKENDS[backend]}]" (or drop it from log.backends)')
+    return ConfigError(
+        f"log.backends asks for {backend!r} but the {module!r} package is not installed: "
+        f'pip install "tritoncorr[{BACKENDS[backend]}]" (or drop it from log.backends)'
+    )
 
 
 def check_backends(backends: tuple[str, ...] | list[str]) -> None:
@@ -101,8 +103,9 @@ class WandbWriter:
         run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
         id_file.write_text(run_id)
         self.wandb = wandb
-        self.run = wandb.init(project=project, name=name, id=run_id, resume="allow", dir=str(out), mode=mode,
-                              config=config)
+        self.run = wandb.init(
+            project=project, name=name, id=run_id, resume="allow", dir=str(out), mode=mode, config=config
+        )
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         self.run.log(dict(values), step=step)
@@ -124,8 +127,16 @@ class RunLoggers:
         config: the resolved run config as a dict (W&B's run config).
     """
 
-    def __init__(self, backends, out: Path, *, name: str = "run", project: str = "tritoncorr", mode: str = "online",
-                 config: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        backends,
+        out: Path,
+        *,
+        name: str = "run",
+        project: str = "tritoncorr",
+        mode: str = "online",
+        config: dict[str, Any] | None = None,
+    ):
         check_backends(backends)
         self.writers: list[Writer] = []
         for b in dict.fromkeys(backends):  # once each, in order
@@ -141,9 +152,11 @@ class RunLoggers:
         """Mirror one ``metrics.jsonl`` row (its finite numeric fields) at its ``step``."""
         if not self.writers:
             return
-        values = {tag_for(k): float(v) for k, v in row.items()
-                  if k not in NOT_LOGGED and isinstance(v, (int, float)) and not isinstance(v, bool)
-                  and math.isfinite(v)}
+        values = {
+            tag_for(k): float(v)
+            for k, v in row.items()
+            if k not in NOT_LOGGED and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        }
         for w in self.writers:
             w.scalars(int(row["step"]), values)
 
@@ -158,8 +171,16 @@ class RunLoggers:
         self.writers = []
 
 
-def validation_images(davis_root: str | Path, pred_dir: str | Path, *, split: str = "val", resolution: str = "480p",
-                      sequences=None, frames: int = 4, max_sequences: int = 2) -> dict[str, np.ndarray]:
+def validation_images(
+    davis_root: str | Path,
+    pred_dir: str | Path,
+    *,
+    split: str = "val",
+    resolution: str = "480p",
+    sequences=None,
+    frames: int = 4,
+    max_sequences: int = 2,
+) -> dict[str, np.ndarray]:
     """``{"val/masks/<seq>": strip}`` for the first ``max_sequences`` validated sequences: ``frames``
     evenly spaced frames with the propagated masks of ``<pred_dir>/<seq>/<frame>.png`` drawn over them
     (height 240)."""
@@ -175,6 +196,7 @@ def validation_images(davis_root: str | Path, pred_dir: str | Path, *, split: st
         pngs = [Path(pred_dir) / seq.name / f"{seq.frame_ids[t]}.png" for t in idx]
         if not all(p.is_file() for p in pngs):
             continue
-        out[f"val/masks/{seq.name}"] = overlay_strip([seq.load_frame(int(t)) for t in idx],
-                                                     [read_index_png(p) for p in pngs], height=240)
+        out[f"val/masks/{seq.name}"] = overlay_strip(
+            [seq.load_frame(int(t)) for t in idx], [read_index_png(p) for p in pngs], height=240
+        )
     return out

@@ -50,8 +50,6 @@ from torch import nn
 from tritoncorr.engine import checkpoint as ckpt_io
 from tritoncorr.engine.config import ConfigError, RunConfig, config_to_dict
 from tritoncorr.engine.curves import plot_curves, read_metrics
-from tritoncorr.engine.log import RunLoggers, check_backends, validation_images
-from tritoncorr.engine.method import describe
 from tritoncorr.engine.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -60,9 +58,10 @@ from tritoncorr.engine.distributed import (
     init_distributed,
     shutdown,
 )
+from tritoncorr.engine.log import RunLoggers, check_backends, validation_images
+from tritoncorr.engine.method import describe
 from tritoncorr.engine.optim import build_optimizer, lr_factor, set_lr
 from tritoncorr.provenance import record_run_session
-
 
 # metrics-row fields measured from the clock or the process (they differ between identical runs)
 MEASURED_FIELDS = ("time", "step_time", "throughput/steps_per_s", "throughput/clips_per_s", "memory/peak_mib")
@@ -112,11 +111,15 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 def _check_terms(terms: Any, method: nn.Module) -> None:
     name = type(method).__name__
     if not isinstance(terms, dict) or not terms:
-        raise TypeError(f"{name}.forward(batch) must return a non-empty dict of named loss terms, got {type(terms).__name__}")
+        raise TypeError(
+            f"{name}.forward(batch) must return a non-empty dict of named loss terms, got {type(terms).__name__}"
+        )
     for k, v in terms.items():
         if not isinstance(k, str) or not isinstance(v, torch.Tensor) or v.numel() != 1:
-            raise TypeError(f"{name}.forward(batch)[{k!r}] must be a scalar tensor, got "
-                            f"{type(v).__name__}{tuple(v.shape) if isinstance(v, torch.Tensor) else ''}")
+            raise TypeError(
+                f"{name}.forward(batch)[{k!r}] must be a scalar tensor, got "
+                f"{type(v).__name__}{tuple(v.shape) if isinstance(v, torch.Tensor) else ''}"
+            )
     if not any(v.requires_grad for v in terms.values()):
         raise RuntimeError(f"no loss term of {name} requires grad: nothing to train")
 
@@ -211,7 +214,6 @@ def _truncate_metrics(path: Path, step: int) -> list[dict[str, Any]]:
 
 def _run_validation(cfg: RunConfig, model: nn.Module, out: Path, step: int, device: torch.device) -> dict[str, float]:
     from tritoncorr.evaluate import evaluate_features_on_davis
-
     from tritoncorr.propagation import PRESETS
 
     info = describe(model)
@@ -231,9 +233,17 @@ def _run_validation(cfg: RunConfig, model: nn.Module, out: Path, step: int, devi
         # validation must not perturb the training RNG streams (resume exactness)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             scores = evaluate_features_on_davis(
-                features_fn, root=cfg.eval.davis_root, out=out / "eval" / f"step-{step:08d}", split=cfg.eval.split,
-                resolution=cfg.eval.resolution, sequences=list(cfg.eval.sequences) or None, config=prop_config,
-                device=str(device), overlays=False, progress=False, color=info.color,
+                features_fn,
+                root=cfg.eval.davis_root,
+                out=out / "eval" / f"step-{step:08d}",
+                split=cfg.eval.split,
+                resolution=cfg.eval.resolution,
+                sequences=list(cfg.eval.sequences) or None,
+                config=prop_config,
+                device=str(device),
+                overlays=False,
+                progress=False,
+                color=info.color,
             )
     finally:
         model.train(was_training)
@@ -260,8 +270,11 @@ def _resume_checkpoint(out: Path, resume_from: str | None, is_main: bool) -> Pat
         ckpt_io.verify_checkpoint(chosen)
     except ckpt_io.CheckpointCorruptError as err:
         older = [p.name for _, p in ckpts if p != chosen and p.name < chosen.name]
-        hint = (f"; resume from an older one with --resume-from {older[-1]} (complete: {', '.join(older)})"
-                if older else "; no older checkpoint is left")
+        hint = (
+            f"; resume from an older one with --resume-from {older[-1]} (complete: {', '.join(older)})"
+            if older
+            else "; no older checkpoint is left"
+        )
         raise ConfigError(f"{err}{hint}") from None
     if resume_from is not None and is_main:
         newer = [p for _, p in ckpts if p.name > chosen.name]
@@ -270,8 +283,10 @@ def _resume_checkpoint(out: Path, resume_from: str | None, is_main: bool) -> Pat
             aside.mkdir(exist_ok=True)
             for p in newer:
                 os.replace(p, aside / p.name)
-            warnings.warn(f"resuming from {chosen.name}: moved the newer {', '.join(p.name for p in newer)} to {aside}",
-                          stacklevel=4)
+            warnings.warn(
+                f"resuming from {chosen.name}: moved the newer {', '.join(p.name for p in newer)} to {aside}",
+                stacklevel=4,
+            )
     return chosen
 
 
@@ -318,13 +333,16 @@ class Trainer:
         self.out = out = Path(out)
         self.stop_at = cfg.steps if stop_at is None else int(stop_at)
         if not 1 <= self.stop_at <= cfg.steps:
-            raise ConfigError(f"stop step {self.stop_at} must be in [1, steps={cfg.steps}] "
-                              "(raise steps with --set steps=N)")
+            raise ConfigError(
+                f"stop step {self.stop_at} must be in [1, steps={cfg.steps}] (raise steps with --set steps=N)"
+            )
         if out.exists() and not out.is_dir():
             raise ConfigError(f"run folder {out} is an existing file, not a folder (choose another --out)")
         if cfg.eval.every > 0:
             if not Path(cfg.eval.davis_root).is_dir():
-                raise ConfigError(f"eval.davis_root {cfg.eval.davis_root!r} is not a folder (set eval.every=0 to disable)")
+                raise ConfigError(
+                    f"eval.davis_root {cfg.eval.davis_root!r} is not a folder (set eval.every=0 to disable)"
+                )
             import tritoncorr.evaluate  # noqa: F401  (fail now rather than at the first validation)
         self.progress, self.recipe_ref, self.on_step = progress, recipe_ref, on_step
         self.info = init_distributed(cfg.device)
@@ -361,23 +379,30 @@ class Trainer:
             raise TypeError(f"{type(cfg.method).__name__}.build() must return an nn.Module, got {type(model).__name__}")
         if cfg.eval.every > 0 and not describe(model).has_features:
             raise ConfigError(f"eval.every > 0 but {type(model).__name__} has no features(images) method")
-        init_path = (ckpt_io.resolve_weights_option(cfg.init_from, "init_from")
-                     if cfg.init_from and self.resumed_from is None else None)
+        init_path = (
+            ckpt_io.resolve_weights_option(cfg.init_from, "init_from")
+            if cfg.init_from and self.resumed_from is None
+            else None
+        )
         if init_path is not None:
             try:
                 missing, unexpected = ckpt_io.load_model_weights(model, init_path, strict=False)
             except ckpt_io.CheckpointMismatchError as err:
                 raise ConfigError(f"init_from: {err}") from None
             if self.is_main and (missing or unexpected):
-                warnings.warn(f"init_from {cfg.init_from}: {len(missing)} missing keys (e.g. {missing[:3]}), "
-                              f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})", stacklevel=3)
+                warnings.warn(
+                    f"init_from {cfg.init_from}: {len(missing)} missing keys (e.g. {missing[:3]}), "
+                    f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})",
+                    stacklevel=3,
+                )
         model.to(self.device)
         if cfg.sync_bn and info.distributed:
             if self.device.type == "cuda":
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             elif self.is_main:
-                warnings.warn("sync_bn needs CUDA (torch's SyncBatchNorm has no CPU path); using per-process BN",
-                              stacklevel=3)
+                warnings.warn(
+                    "sync_bn needs CUDA (torch's SyncBatchNorm has no CPU path); using per-process BN", stacklevel=3
+                )
         self.model: nn.Module = model
         self.optimizer = build_optimizer(model, cfg.optim)
         self.loader = self._build_loader()
@@ -390,9 +415,13 @@ class Trainer:
             raise ConfigError("the data loader yields no batch per epoch (fewer clips than batch_size x world_size?)")
         self.steps_per_epoch = max(batches_per_epoch // cfg.optim.accumulate, 1)
         self.state = ckpt_io.TrainState(
-            world_size=info.world_size, batch_size=_int_or_none(getattr(cfg.data, "batch_size", None)),
-            accumulate=cfg.optim.accumulate, steps_per_epoch=self.steps_per_epoch, method=ckpt_io.model_method(model),
-            schedule={"name": cfg.schedule.name, "factor": None}, elapsed=0.0,
+            world_size=info.world_size,
+            batch_size=_int_or_none(getattr(cfg.data, "batch_size", None)),
+            accumulate=cfg.optim.accumulate,
+            steps_per_epoch=self.steps_per_epoch,
+            method=ckpt_io.model_method(model),
+            schedule={"name": cfg.schedule.name, "factor": None},
+            elapsed=0.0,
         )
         if self.resumed_from is not None:
             self.load_state(self.resumed_from)
@@ -404,12 +433,19 @@ class Trainer:
         if info.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.fwd_module = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                  find_unused_parameters=cfg.ddp_find_unused)
-        self.fwd: Callable = (torch.compile(self.fwd_module, backend=cfg.compile_backend) if cfg.compile
-                              else self.fwd_module)
-        self.amp_ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (
-            cfg.amp == "bf16" and self.device.type == "cuda") else contextlib.nullcontext
+            self.fwd_module = DDP(
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg.ddp_find_unused,
+            )
+        self.fwd: Callable = (
+            torch.compile(self.fwd_module, backend=cfg.compile_backend) if cfg.compile else self.fwd_module
+        )
+        self.amp_ctx = (
+            (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+            if (cfg.amp == "bf16" and self.device.type == "cuda")
+            else contextlib.nullcontext
+        )
 
         self.metrics_path = out / "metrics.jsonl"
         if self.is_main:
@@ -419,15 +455,26 @@ class Trainer:
             if self.recipe_ref:
                 conf["__recipe__"] = self.recipe_ref
             ckpt_io.atomic_write_json(out / "config.json", conf)
-            start = (self.resumed_from / "model.safetensors" if self.resumed_from is not None
-                     else init_path if init_path is not None else out / "init.safetensors")
+            start = (
+                self.resumed_from / "model.safetensors"
+                if self.resumed_from is not None
+                else init_path
+                if init_path is not None
+                else out / "init.safetensors"
+            )
             record_run_session(out, start_step=self.state.step, device=self.device, weights=start)
             if self.resumed_from is not None:
                 self.state.rows = _truncate_metrics(self.metrics_path, self.state.step)
             elif self.metrics_path.exists():
                 self.metrics_path.unlink()
-            self.loggers = RunLoggers(cfg.log.backends, out, name=out.name, project=cfg.log.wandb_project,
-                                      mode=cfg.log.wandb_mode, config=conf)
+            self.loggers = RunLoggers(
+                cfg.log.backends,
+                out,
+                name=out.name,
+                project=cfg.log.wandb_project,
+                mode=cfg.log.wandb_mode,
+                config=conf,
+            )
         if self.state.elapsed is None:  # format-1 checkpoint: the wall time of its last logged step
             self.state.elapsed = float(self.state.rows[-1].get("time", 0.0)) if self.state.rows else 0.0
         # wall time continues across resumes
@@ -438,8 +485,9 @@ class Trainer:
         try:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise ConfigError(f"cannot create the run folder {self.out}: {err.strerror or err} "
-                              "(choose another --out)") from None
+            raise ConfigError(
+                f"cannot create the run folder {self.out}: {err.strerror or err} (choose another --out)"
+            ) from None
 
     def _build_loader(self) -> Any:
         """:func:`build_loader`; a data set that cannot fill a batch is a :class:`ConfigError` naming the data."""
@@ -463,8 +511,12 @@ class Trainer:
         st.loader = self.loader.state_dict()
         st.rng = gather_objects(ckpt_io.get_rng_state(), self.info)
         st.world_size = self.info.world_size
-        st.schedule = {"name": self.cfg.schedule.name, "factor": lr_factor(
-            max(st.step - 1, 0), self.cfg.schedule, total_steps=self.cfg.steps, steps_per_epoch=self.steps_per_epoch)}
+        st.schedule = {
+            "name": self.cfg.schedule.name,
+            "factor": lr_factor(
+                max(st.step - 1, 0), self.cfg.schedule, total_steps=self.cfg.steps, steps_per_epoch=self.steps_per_epoch
+            ),
+        }
         return st
 
     def load_state(self, ckpt: Path) -> ckpt_io.TrainState:
@@ -495,13 +547,18 @@ class Trainer:
         if same_ranks:
             ckpt_io.set_rng_state(saved.rng[info.rank])
         else:
-            diffs.append(f"RNG states of {len(saved.rng)} ranks for {info.world_size}: the method's random "
-                         "streams are re-seeded")
+            diffs.append(
+                f"RNG states of {len(saved.rng)} ranks for {info.world_size}: the method's random streams are re-seeded"
+            )
             seed_all(cfg.seed + 7919 * (saved.step + 1) + info.rank)
         if diffs and self.is_main:
-            warnings.warn(f"resuming {ckpt.name} cannot be exact: " + "; ".join(diffs)
-                          + ". The run continues from the same step and place in the epoch, "
-                          "but its batches and losses will differ from an uninterrupted run", stacklevel=4)
+            warnings.warn(
+                f"resuming {ckpt.name} cannot be exact: "
+                + "; ".join(diffs)
+                + ". The run continues from the same step and place in the epoch, "
+                "but its batches and losses will differ from an uninterrupted run",
+                stacklevel=4,
+            )
         mine.step, mine.epoch, mine.elapsed = saved.step, saved.epoch, saved.elapsed
         mine.loader, mine.rng, mine.schedule = loader_state, saved.rng, saved.schedule
         if mine.step >= self.stop_at and self.is_main:
@@ -512,10 +569,12 @@ class Trainer:
         """What differs between the checkpoint's run layout and this one's (empty: resume is exact)."""
         now = self.state
         diffs = []
-        for name, before, after in (("world_size", saved.world_size, now.world_size),
-                                    ("batch_size (per rank)", saved.batch_size, now.batch_size),
-                                    ("optim.accumulate", saved.accumulate, now.accumulate),
-                                    ("steps per epoch", saved.steps_per_epoch, now.steps_per_epoch)):
+        for name, before, after in (
+            ("world_size", saved.world_size, now.world_size),
+            ("batch_size (per rank)", saved.batch_size, now.batch_size),
+            ("optim.accumulate", saved.accumulate, now.accumulate),
+            ("steps per epoch", saved.steps_per_epoch, now.steps_per_epoch),
+        ):
             if before is not None and after is not None and before != after:
                 diffs.append(f"{name} {before} -> {after}")
         if saved.loader:
@@ -596,8 +655,9 @@ class Trainer:
         for micro in range(acc):
             batch = _to_device(self._next_batch(), self.device)
             clips += _batch_size(batch)
-            sync = (self.fwd_module.no_sync() if (self.info.distributed and micro < acc - 1)
-                    else contextlib.nullcontext())
+            sync = (
+                self.fwd_module.no_sync() if (self.info.distributed and micro < acc - 1) else contextlib.nullcontext()
+            )
             with sync:
                 with self.amp_ctx():
                     terms = self.fwd(batch)
@@ -647,13 +707,18 @@ class Trainer:
     def _optimizer_step(self) -> float:
         """Set this step's learning rate (schedule factor of the 0-based step), step, count it; returns the lr."""
         cfg, st = self.cfg, self.state
-        lr = set_lr(self.optimizer, cfg.optim.lr,
-                    lr_factor(st.step, cfg.schedule, total_steps=cfg.steps, steps_per_epoch=self.steps_per_epoch))
+        lr = set_lr(
+            self.optimizer,
+            cfg.optim.lr,
+            lr_factor(st.step, cfg.schedule, total_steps=cfg.steps, steps_per_epoch=self.steps_per_epoch),
+        )
         self.optimizer.step()
         st.step += 1
         return lr
 
-    def _log_step(self, values: list[float], lr: float, grad_norm: float | None, dt: float, clips: int) -> dict[str, Any]:
+    def _log_step(
+        self, values: list[float], lr: float, grad_norm: float | None, dt: float, clips: int
+    ) -> dict[str, Any]:
         """The step's metrics row (validation scores when due); on rank 0 appended to ``metrics.jsonl``,
         shown on the progress bar, plotted every ``curves_every`` steps and passed to ``on_step``."""
         cfg, info, st = self.cfg, self.info, self.state
@@ -697,9 +762,14 @@ class Trainer:
             if self.loggers:
                 ev, lg = self.cfg.eval, self.cfg.log
                 self._val_images = validation_images(
-                    ev.davis_root, self.out / "eval" / f"step-{self.state.step:08d}", split=ev.split,
-                    resolution=ev.resolution, sequences=ev.sequences, frames=lg.val_frames,
-                    max_sequences=lg.val_sequences)
+                    ev.davis_root,
+                    self.out / "eval" / f"step-{self.state.step:08d}",
+                    split=ev.split,
+                    resolution=ev.resolution,
+                    sequences=ev.sequences,
+                    frames=lg.val_frames,
+                    max_sequences=lg.val_sequences,
+                )
         barrier(self.info)
         return scores
 
@@ -709,8 +779,9 @@ class Trainer:
         state = self.state_dict()
         path = None
         if self.is_main:
-            path = ckpt_io.save_checkpoint(self.out, state.step, self.model, self.optimizer, state,
-                                           keep_last=self.cfg.checkpoint.keep_last)
+            path = ckpt_io.save_checkpoint(
+                self.out, state.step, self.model, self.optimizer, state, keep_last=self.cfg.checkpoint.keep_last
+            )
             ckpt_io.save_model_weights(self.out / "model.safetensors", self.model)
         barrier(self.info)
         return path
@@ -750,10 +821,12 @@ class Trainer:
                     if interrupted:
                         self._bar.log(f"interrupted: saved {last_ckpt}; continue with --resume {self.out}")
                     else:
-                        self._bar.log(f"done: step {st.step}, checkpoint {last_ckpt}, "
-                                      f"weights {self.out / 'model.safetensors'}")
-            return TrainResult(out=self.out, step=st.step, interrupted=interrupted, rows=st.rows,
-                               last_checkpoint=last_ckpt)
+                        self._bar.log(
+                            f"done: step {st.step}, checkpoint {last_ckpt}, weights {self.out / 'model.safetensors'}"
+                        )
+            return TrainResult(
+                out=self.out, step=st.step, interrupted=interrupted, rows=st.rows, last_checkpoint=last_ckpt
+            )
         finally:
             self.close()
 
@@ -802,6 +875,14 @@ def train(
     ones are moved to ``out/superseded/`` so that they are kept but not resumed from again.
     ``stop_at`` <= ``cfg.steps`` stops early without changing the schedule (its horizon is ``cfg.steps``).
     """
-    trainer = Trainer(cfg, out, resume=resume, resume_from=resume_from, stop_at=stop_at, progress=progress,
-                      recipe_ref=recipe_ref, on_step=on_step)
+    trainer = Trainer(
+        cfg,
+        out,
+        resume=resume,
+        resume_from=resume_from,
+        stop_at=stop_at,
+        progress=progress,
+        recipe_ref=recipe_ref,
+        on_step=on_step,
+    )
     return trainer.run()

@@ -32,8 +32,18 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["Method", "DescribedMethod", "MethodConfig", "MethodInfo", "describe", "inference_config",
-           "METADATA_KEYS", "INPUT_COLORS", "method_metadata", "read_metadata"]
+__all__ = [
+    "Method",
+    "DescribedMethod",
+    "MethodConfig",
+    "MethodInfo",
+    "describe",
+    "inference_config",
+    "METADATA_KEYS",
+    "INPUT_COLORS",
+    "method_metadata",
+    "read_metadata",
+]
 
 METADATA_KEYS = ("tritoncorr.method", "tritoncorr.input_color", "tritoncorr.preset", "tritoncorr.method_config")
 INPUT_COLORS = ("rgb", "lab")

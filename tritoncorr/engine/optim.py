@@ -110,7 +110,7 @@ def lr_factor(it: int, cfg: ScheduleConfig, *, total_steps: int, steps_per_epoch
         elif cfg.factors:
             f = float(cfg.factors[passed - 1])
         else:
-            f = cfg.gamma ** passed
+            f = cfg.gamma**passed
     elif cfg.name == "cosine":
         total = cfg.total_steps or total_steps
         progress = min(it / max(total, 1), 1.0)

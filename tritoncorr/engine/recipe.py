@@ -50,8 +50,9 @@ def load_recipe_module(path: Path) -> ModuleType:
         raise ConfigError(f"recipe {path}:{err.lineno}: syntax error: {err.msg}") from err
     except (Exception, SystemExit) as err:  # a recipe calling sys.exit() is a failed import too
         sys.modules.pop(mod_name, None)
-        raise ConfigError(f"recipe {path}{_line_in(err, resolved)}: importing it failed: "
-                          f"{type(err).__name__}: {err}") from err
+        raise ConfigError(
+            f"recipe {path}{_line_in(err, resolved)}: importing it failed: {type(err).__name__}: {err}"
+        ) from err
     return module
 
 
@@ -70,8 +71,11 @@ def recipe_names(module: ModuleType) -> list[str]:
     for name, obj in vars(module).items():
         if name.startswith("_") or not inspect.isfunction(obj) or obj.__module__ != module.__name__:
             continue
-        params = [p for p in inspect.signature(obj).parameters.values() if p.default is inspect.Parameter.empty
-                  and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        params = [
+            p
+            for p in inspect.signature(obj).parameters.values()
+            if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
         if not params:
             out.append(name)
     return sorted(out)
@@ -90,8 +94,9 @@ def load_recipe(ref: str, overrides: list[str] | None = None, *, validate: bool 
     except ConfigError as err:
         raise (err if str(path) in str(err) else ConfigError(f"recipe {path}:{name}: {err}")) from err
     except (Exception, SystemExit) as err:
-        raise ConfigError(f"recipe {path}{_line_in(err, path.resolve())}: {name}() failed: "
-                          f"{type(err).__name__}: {err}") from err
+        raise ConfigError(
+            f"recipe {path}{_line_in(err, path.resolve())}: {name}() failed: {type(err).__name__}: {err}"
+        ) from err
     if not isinstance(cfg, RunConfig):
         raise ConfigError(f"recipe {path}:{name} returned {type(cfg).__name__}, expected RunConfig")
     apply_overrides(cfg, list(overrides or []))

@@ -40,8 +40,7 @@ import difflib
 import threading
 from collections.abc import Callable
 
-__all__ = ["register_config", "config_class", "config_name", "registered_names", "class_path",
-           "set_builtin_configs"]
+__all__ = ["register_config", "config_class", "config_name", "registered_names", "class_path", "set_builtin_configs"]
 
 _EXTRA: dict[str, type] = {}
 _BUILTIN: dict[str, type] | None = None
@@ -125,6 +124,8 @@ def config_class(ref: object, where: str) -> type:
     shown = ref if isinstance(ref, str) else type(ref).__name__
     close = difflib.get_close_matches(str(ref), list(table), n=1, cutoff=0.6) if isinstance(ref, str) else []
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"{where}: unknown config class {str(shown)[:200]!r}{hint} (tritoncorr builds only its own "
-                      f"configs: {', '.join(sorted(table))}; a recipe's own config must be registered with "
-                      f"tritoncorr.engine.registry.register_config). Nothing was imported.")
+    raise ConfigError(
+        f"{where}: unknown config class {str(shown)[:200]!r}{hint} (tritoncorr builds only its own "
+        f"configs: {', '.join(sorted(table))}; a recipe's own config must be registered with "
+        f"tritoncorr.engine.registry.register_config). Nothing was imported."
+    )

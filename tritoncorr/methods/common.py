@@ -34,8 +34,14 @@ from tritoncorr.data.transforms import channel_dropout
 from tritoncorr.kernels.window_propagate.compactness import compactness_mask, compactness_template
 
 __all__ = [
-    "drop_chroma", "decimate", "frame_pyramid", "window_reconstruct", "upsampled_huber", "RECON_SCALE",
-    "compactness_template", "compactness_mask",
+    "drop_chroma",
+    "decimate",
+    "frame_pyramid",
+    "window_reconstruct",
+    "upsampled_huber",
+    "RECON_SCALE",
+    "compactness_template",
+    "compactness_mask",
 ]
 
 #: MAST/STT/LIIR multiply prediction and target by 20 inside the Smooth-L1 (knee at 1/20 unit).
@@ -100,7 +106,9 @@ def window_reconstruct(
     return local_attention(query, key, value, radius, scale=scale, border=border, return_lse=return_lse)
 
 
-def upsampled_huber(pred: torch.Tensor, target: torch.Tensor, *, scale: float = RECON_SCALE, beta: float = 1.0) -> torch.Tensor:
+def upsampled_huber(
+    pred: torch.Tensor, target: torch.Tensor, *, scale: float = RECON_SCALE, beta: float = 1.0
+) -> torch.Tensor:
     """Smooth-L1 between ``pred`` upsampled to ``target``'s size and ``target``, values x ``scale``.
 
     Args:
@@ -111,8 +119,10 @@ def upsampled_huber(pred: torch.Tensor, target: torch.Tensor, *, scale: float = 
         scalar (float32 or the inputs' float64): ``mean SmoothL1_beta(scale * up(pred) - scale * target)``.
     """
     if pred.dim() != 4 or target.dim() != 4 or pred.shape[:2] != target.shape[:2]:
-        raise ValueError(f"pred (N, D, h, w) and target (N, D, H, W) must agree in N and D, got "
-                         f"{tuple(pred.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"pred (N, D, h, w) and target (N, D, H, W) must agree in N and D, got "
+            f"{tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     if pred.shape[-2:] != target.shape[-2:]:
         pred = F.interpolate(pred, size=target.shape[-2:], mode="bilinear", align_corners=False)
     dtype = torch.float64 if pred.dtype == torch.float64 else torch.float32

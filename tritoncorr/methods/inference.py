@@ -65,8 +65,9 @@ def _plain_backbone(seed: int) -> nn.Module:
 PRECISIONS = ("fp32", "bf16")
 
 
-def _with_precision(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                    precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def _with_precision(
+    module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], device: torch.device, precision: str
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """``forward`` as is (``"fp32"``), or under ``torch.autocast(bfloat16)`` in channels-last layout
     (``"bf16"``: convolutions and matmuls in bfloat16 with float32 accumulation; measured here, a
     ResNet-18 stride-8 forward at 480x854 on one CPU thread with AMX: 6.1 s fp32, 1.5 s bf16
@@ -102,16 +103,20 @@ def _check_shapes_before_building(config, path: Path) -> None:
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in config.build().state_dict().items()}
     except Exception as err:  # noqa: BLE001 - e.g. sizes whose storage overflows
-        raise ValueError(f"checkpoint {path}: its method config {type(config).__name__} cannot be built (checked "
-                         f"without allocating, on the meta device): {type(err).__name__}: {err}") from err
+        raise ValueError(
+            f"checkpoint {path}: its method config {type(config).__name__} cannot be built (checked "
+            f"without allocating, on the meta device): {type(err).__name__}: {err}"
+        ) from err
     with safe_open(str(path), framework="pt") as f:
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     missing = [k for k in expected if k not in shapes]
     wrong = [f"{k} {shapes[k]} vs {expected[k]}" for k in expected if k in shapes and shapes[k] != expected[k]]
     if missing or wrong:
-        raise ValueError(f"checkpoint {path} does not fit its recorded method config {type(config).__name__}: "
-                         f"{len(missing)} weights missing (e.g. {missing[:4]}), {len(wrong)} of another shape "
-                         f"(e.g. {wrong[:2]})")
+        raise ValueError(
+            f"checkpoint {path} does not fit its recorded method config {type(config).__name__}: "
+            f"{len(missing)} weights missing (e.g. {missing[:4]}), {len(wrong)} of another shape "
+            f"(e.g. {wrong[:2]})"
+        )
 
 
 def feature_stride(fmodel: FeatureModel, size: int = 64) -> int:
@@ -129,16 +134,18 @@ def feature_stride(fmodel: FeatureModel, size: int = 64) -> int:
     return fmodel.stride
 
 
-def load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
-                       device: torch.device | str = "cpu", precision: str = "fp32") -> FeatureModel:
+def load_feature_model(
+    checkpoint: str | Path | None, *, seed: int = 0, device: torch.device | str = "cpu", precision: str = "fp32"
+) -> FeatureModel:
     """:func:`_load_feature_model`, with the features' stride measured (``FeatureModel.stride``)."""
     fmodel = _load_feature_model(checkpoint, seed=seed, device=device, precision=precision)
     feature_stride(fmodel)
     return fmodel
 
 
-def _load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
-                        device: torch.device | str = "cpu", precision: str = "fp32") -> FeatureModel:
+def _load_feature_model(
+    checkpoint: str | Path | None, *, seed: int = 0, device: torch.device | str = "cpu", precision: str = "fp32"
+) -> FeatureModel:
     """Load ``checkpoint`` (a ``.safetensors`` file, a run / checkpoint folder, a published name, an
     ``https://`` URL or ``hf://OWNER/REPO/PATH``: :func:`tritoncorr.weights.resolve_checkpoint`) for inference.
 
@@ -157,8 +164,12 @@ def _load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
         raise ValueError(f"precision={precision!r} must be one of {PRECISIONS}")
     note = "" if precision == "fp32" else f"; features in {precision}"
     if checkpoint is None:
-        return _backbone_model(_plain_backbone(seed), device,
-                               f"ResNet-18 stride 8 (DUL/CRW), layer4, random init (seed {seed}){note}", precision)
+        return _backbone_model(
+            _plain_backbone(seed),
+            device,
+            f"ResNet-18 stride 8 (DUL/CRW), layer4, random init (seed {seed}){note}",
+            precision,
+        )
     from tritoncorr.engine.checkpoint import resolve_weights_path
     from tritoncorr.weights import resolve_checkpoint
 
@@ -169,16 +180,18 @@ def _load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
 
         model = _plain_backbone(seed)
         report = load_backbone_weights(model, path)
-        return _backbone_model(model, device, f"ResNet-18 stride 8 (DUL/CRW), layer4, {path}: {report.summary()}{note}",
-                               precision)
+        return _backbone_model(
+            model, device, f"ResNet-18 stride 8 (DUL/CRW), layer4, {path}: {report.summary()}{note}", precision
+        )
 
     from safetensors.torch import load_file
 
     from tritoncorr.engine.config import ConfigError, dataclass_from_dict
 
     try:
-        config = dataclass_from_dict(json.loads(meta["tritoncorr.method_config"]),
-                                     f"checkpoint {path}: metadata tritoncorr.method_config")
+        config = dataclass_from_dict(
+            json.loads(meta["tritoncorr.method_config"]), f"checkpoint {path}: metadata tritoncorr.method_config"
+        )
     except ConfigError as err:
         raise ValueError(str(err)) from err
     except (json.JSONDecodeError, RecursionError) as err:
@@ -191,13 +204,16 @@ def _load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
     except ValueError:
         raise
     except Exception as err:  # noqa: BLE001 - a recorded config with values its method cannot build
-        raise ValueError(f"checkpoint {path}: its method config {type(config).__name__} cannot be built: "
-                         f"{type(err).__name__}: {err}") from err
+        raise ValueError(
+            f"checkpoint {path}: its method config {type(config).__name__} cannot be built: {type(err).__name__}: {err}"
+        ) from err
     state = load_file(str(path), device="cpu")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys:
-        raise ValueError(f"checkpoint {path} lacks {len(result.missing_keys)} weights of its method "
-                         f"{type(model).__name__} (e.g. {result.missing_keys[:4]})")
+        raise ValueError(
+            f"checkpoint {path} lacks {len(result.missing_keys)} weights of its method "
+            f"{type(model).__name__} (e.g. {result.missing_keys[:4]})"
+        )
     model.eval().to(device)
     features = _with_precision(model, model.features, device, precision)
 
@@ -206,5 +222,11 @@ def _load_feature_model(checkpoint: str | Path | None, *, seed: int = 0,
     color = meta.get("tritoncorr.input_color", info.color)
     preset = meta.get("tritoncorr.preset", info.preset)
     extra = f", ignored {len(result.unexpected_keys)} non-inference tensors" if result.unexpected_keys else ""
-    return FeatureModel(model, features, color, preset, method,
-                        f"{method} ({type(model).__name__}) from {path}{extra}; input {color}{note}")
+    return FeatureModel(
+        model,
+        features,
+        color,
+        preset,
+        method,
+        f"{method} ({type(model).__name__}) from {path}{extra}; input {color}{note}",
+    )

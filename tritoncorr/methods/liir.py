@@ -245,7 +245,9 @@ def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def reconstruct_with_bank(out: torch.Tensor, lse_window: torch.Tensor, lse_bank: Optional[torch.Tensor]) -> torch.Tensor:
+def reconstruct_with_bank(
+    out: torch.Tensor, lse_window: torch.Tensor, lse_bank: Optional[torch.Tensor]
+) -> torch.Tensor:
     """Join the window softmax and value-0 bank entries into one softmax.
 
     Args:
@@ -409,8 +411,11 @@ def window_logits(query: torch.Tensor, key: torch.Tensor, radius: int) -> torch.
 
     P = 2 * int(radius) + 1
     volume = query.shape[0] * query.shape[1] * P * P * query.shape[2] * query.shape[3] * query.element_size()
-    if (query.device.type == "cpu" and os.environ.get("TRITONCORR_BACKEND", "").lower() != "triton"
-            and volume <= CPU_UNFOLD_BYTES):
+    if (
+        query.device.type == "cpu"
+        and os.environ.get("TRITONCORR_BACKEND", "").lower() != "triton"
+        and volume <= CPU_UNFOLD_BYTES
+    ):
         return local_correlation_reference(query, key, int(radius)).to(query.dtype)
     return local_correlation(query, key, int(radius))
 
@@ -543,8 +548,14 @@ class LIIR(nn.Module):
     def __init__(self, config: Optional[LIIRConfig] = None):
         super().__init__()
         cfg = self.config = config or LIIRConfig()
-        self.backbone = ResNet(depth=18, strides=(1, 2, 1, 1), pool="none", out_stages=("layer4",),
-                               widths=(64, 128, 256, 256), zero_gamma=cfg.zero_gamma)
+        self.backbone = ResNet(
+            depth=18,
+            strides=(1, 2, 1, 1),
+            pool="none",
+            out_stages=("layer4",),
+            widths=(64, 128, 256, 256),
+            zero_gamma=cfg.zero_gamma,
+        )
         c5 = self.backbone.channels["layer4"]
         self.head = nn.Conv2d(c5, cfg.feature_dim, 3, padding=1)
         if cfg.position == "feature":
@@ -638,8 +649,10 @@ class LIIR(nn.Module):
         scale = 1.0 / float(cfg.temperature)
         v_r = decimate(y_r, STRIDE).to(phi_t.dtype)
         if v_r.shape[-2:] != (h, w):
-            raise ValueError(f"frame size {tuple(frames.shape[-2:])} gives features {h}x{w} but values "
-                             f"{tuple(v_r.shape[-2:])}; use a frame size divisible by {STRIDE}")
+            raise ValueError(
+                f"frame size {tuple(frames.shape[-2:])} gives features {h}x{w} but values "
+                f"{tuple(v_r.shape[-2:])}; use a frame size divisible by {STRIDE}"
+            )
 
         out, lse = window_reconstruct(phi_t, phi_r, v_r, cfg.radius, scale=scale, border="zero", return_lse=True)
         use_bank = self.bank is not None and self.bank.full
@@ -656,7 +669,8 @@ class LIIR(nn.Module):
             logits = window_logits(phi_t, phi_r, cfg.radius) * scale  # (B, P*P, h, w), zero border
             prob = window_probabilities(logits, lse_bank)
             terms["compact"] = cfg.compact_weight * compactness_loss(
-                prob, cfg.compact_m, threshold=cfg.compact_threshold, sigma=cfg.compact_sigma)
+                prob, cfg.compact_m, threshold=cfg.compact_threshold, sigma=cfg.compact_sigma
+            )
 
         keys8 = None
         if cfg.stride8:
@@ -670,13 +684,14 @@ class LIIR(nn.Module):
                 keys8 = self.head8(c5_r)
             h8, w8 = g_t.shape[-2:]
             v8 = F.interpolate(y_r, size=(h8, w8), mode="bilinear", align_corners=False).to(g_t.dtype)
-            out8, lse8 = window_reconstruct(g_t, keys8, v8, STRIDE8_RADIUS, scale=scale, border="zero",
-                                            return_lse=True)
+            out8, lse8 = window_reconstruct(g_t, keys8, v8, STRIDE8_RADIUS, scale=scale, border="zero", return_lse=True)
             lse8_bank = None
             if use_bank and cfg.inter == "maps":
                 if tuple(keys8.shape[1:]) != self.bank.item_shape:
-                    raise ValueError(f"stride-8 maps are {tuple(keys8.shape[1:])} but the bank holds "
-                                     f"{self.bank.item_shape}: set method.bank_map_size to the stride-8 size")
+                    raise ValueError(
+                        f"stride-8 maps are {tuple(keys8.shape[1:])} but the bank holds "
+                        f"{self.bank.item_shape}: set method.bank_map_size to the stride-8 size"
+                    )
                 index = negative_indices(self.bank.video, video)
                 lse8_bank = maps_bank_lse(g_t, self.bank.feats, index, STRIDE8_RADIUS, cfg.temperature, cfg.bank_chunk)
             pred8 = reconstruct_with_bank(out8, lse8, lse8_bank)
@@ -689,8 +704,10 @@ class LIIR(nn.Module):
                     items = self._sample_points((f_r if cfg.position_shift else phi_r).detach())
                 else:
                     if keys8 is None or tuple(keys8.shape[1:]) != self.bank.item_shape:
-                        raise ValueError(f"stride-8 maps {None if keys8 is None else tuple(keys8.shape[1:])} do not "
-                                         f"fit the bank {self.bank.item_shape}: set method.bank_map_size")
+                        raise ValueError(
+                            f"stride-8 maps {None if keys8 is None else tuple(keys8.shape[1:])} do not "
+                            f"fit the bank {self.bank.item_shape}: set method.bank_map_size"
+                        )
                     items = keys8.detach()
                 self.bank.enqueue(all_gather_cat(items.float()), all_gather_cat(video))
         return terms

@@ -70,7 +70,12 @@ from torch import nn
 from tritoncorr.models.resnet import STAGES, ResNet
 
 __all__ = [
-    "MoCoConfig", "MoCo", "SplitBatchNorm2d", "convert_split_bn", "info_nce", "momentum_update",
+    "MoCoConfig",
+    "MoCo",
+    "SplitBatchNorm2d",
+    "convert_split_bn",
+    "info_nce",
+    "momentum_update",
     "concat_all_gather",
 ]
 
@@ -153,8 +158,10 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         if not self.training or g <= 0 or n <= g:
             return super().forward(x)
         if n % g:
-            raise ValueError(f"SplitBatchNorm2d: batch {n} is not a multiple of bn_group={g} "
-                             "(choose data.batch_size as a multiple of method.bn_group)")
+            raise ValueError(
+                f"SplitBatchNorm2d: batch {n} is not a multiple of bn_group={g} "
+                "(choose data.batch_size as a multiple of method.bn_group)"
+            )
         groups = n // g
         c, h, w = x.shape[1:]
         if self.momentum is None:
@@ -179,8 +186,14 @@ def convert_split_bn(module: nn.Module, group_size: int) -> nn.Module:
     state (in place; returns ``module``)."""
     for name, child in list(module.named_children()):
         if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SplitBatchNorm2d):
-            new = SplitBatchNorm2d(child.num_features, group_size, eps=child.eps, momentum=child.momentum,
-                                   affine=child.affine, track_running_stats=child.track_running_stats)
+            new = SplitBatchNorm2d(
+                child.num_features,
+                group_size,
+                eps=child.eps,
+                momentum=child.momentum,
+                affine=child.affine,
+                track_running_stats=child.track_running_stats,
+            )
             new.load_state_dict(child.state_dict())
             new.to(device=child.weight.device, dtype=child.weight.dtype)
             setattr(module, name, new)
@@ -248,8 +261,9 @@ class MoCo(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.config = cfg  # the method contract's name (tritoncorr.engine.method): recorded in checkpoints
-        self.backbone = ResNet(cfg.depth, strides=(1, 2, 2, 2), pool="max", padding_mode=cfg.padding_mode,
-                               out_stages=("layer4",))
+        self.backbone = ResNet(
+            cfg.depth, strides=(1, 2, 2, 2), pool="max", padding_mode=cfg.padding_mode, out_stages=("layer4",)
+        )
         c = self.backbone.channels["layer4"]
         self.head = _head(c, cfg.mlp_hidden or c, cfg.dim, cfg.mlp)
         if cfg.bn_group:
@@ -309,8 +323,10 @@ class MoCo(nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         im_q, im_k = batch["view1"], batch["view2"]
         if im_q.dim() != 4 or im_q.shape[1] != 3 or im_q.shape != im_k.shape:
-            raise ValueError(f"MoCo expects view1/view2 of the same shape (B, 3, S, S), got {tuple(im_q.shape)} "
-                             f"and {tuple(im_k.shape)}")
+            raise ValueError(
+                f"MoCo expects view1/view2 of the same shape (B, 3, S, S), got {tuple(im_q.shape)} "
+                f"and {tuple(im_k.shape)}"
+            )
         q = self.encode_query(im_q)
         with torch.no_grad():
             self.momentum_update()

@@ -145,8 +145,9 @@ def _acc(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-def window_softmax(query: torch.Tensor, key: torch.Tensor, radius: int, scale: float,
-                   corr: Optional[torch.Tensor] = None) -> torch.Tensor:
+def window_softmax(
+    query: torch.Tensor, key: torch.Tensor, radius: int, scale: float, corr: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """STT's local correlation ``c^l`` in window layout (CORR:29-44 with the CU:358-380 mask).
 
     Args:
@@ -169,8 +170,16 @@ def window_softmax(query: torch.Tensor, key: torch.Tensor, radius: int, scale: f
     return torch.softmax(logits, dim=1)
 
 
-def reconstruction_loss(query: torch.Tensor, key: torch.Tensor, ref_channel: torch.Tensor, target_channel: torch.Tensor,
-                        *, stride: int, radius: int, scale: float) -> torch.Tensor:
+def reconstruction_loss(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    ref_channel: torch.Tensor,
+    target_channel: torch.Tensor,
+    *,
+    stride: int,
+    radius: int,
+    scale: float,
+) -> torch.Tensor:
     """``L_rec^l`` (FW:138-145, FW:229-243): windowed copy of the decimated reference channel, then
     bilinear upsampling and Smooth-L1 on x20 values.
 
@@ -186,8 +195,10 @@ def reconstruction_loss(query: torch.Tensor, key: torch.Tensor, ref_channel: tor
     """
     value = decimate(ref_channel, stride)
     if value.shape[-2:] != query.shape[-2:]:
-        raise ValueError(f"decimated frame {tuple(value.shape[-2:])} (stride {stride}) does not match the feature grid "
-                         f"{tuple(query.shape[-2:])}")
+        raise ValueError(
+            f"decimated frame {tuple(value.shape[-2:])} (stride {stride}) does not match the feature grid "
+            f"{tuple(query.shape[-2:])}"
+        )
     dtype = query.dtype
     rec = window_reconstruct(query, key, value.to(dtype).contiguous(), radius, scale=scale, border="truncate")
     return upsampled_huber(rec, target_channel)
@@ -214,8 +225,10 @@ def pooled_window_target(fine: torch.Tensor, fine_radius: int, coarse_radius: in
     if hh % 2 or ww % 2:
         raise ValueError(f"the fine grid {hh}x{ww} must be twice the coarse grid (even sizes)")
     if fine_radius > 2 * coarse_radius:
-        raise ValueError(f"fine radius {fine_radius} > 2 x coarse radius {coarse_radius}: the pooled label would "
-                         "leave the coarse window")
+        raise ValueError(
+            f"fine radius {fine_radius} > 2 x coarse radius {coarse_radius}: the pooled label would "
+            "leave the coarse window"
+        )
     pad = 2 * coarse_radius + 1 - fine_radius  # >= 1: room for displacements 2d + a' - a up to +-(2 r1 + 1)
     f = F.pad(fine.view(b, pf, pf, hh, ww), (0, 0, 0, 0, pad, pad, pad, pad))
     out = fine.new_zeros(b, pc, pc, hh // 2, ww // 2)
@@ -291,8 +304,10 @@ def local_distillation_loss(student: torch.Tensor, target: torch.Tensor, mask: t
         window contributes to the numerator while the denominator counts the full row ``h*w``.
     """
     if student.shape != target.shape or mask.shape != (student.shape[0], *student.shape[2:]):
-        raise ValueError(f"student {tuple(student.shape)}, target {tuple(target.shape)} and mask {tuple(mask.shape)} "
-                         "must be (B, K, h, w), (B, K, h, w) and (B, h, w)")
+        raise ValueError(
+            f"student {tuple(student.shape)}, target {tuple(target.shape)} and mask {tuple(mask.shape)} "
+            "must be (B, K, h, w), (B, K, h, w) and (B, h, w)"
+        )
     h, w = student.shape[-2:]
     m = mask.detach().to(student.dtype)
     sq = (student - target.detach().to(student.dtype)).pow(2).sum(1)
@@ -330,8 +345,10 @@ def load_step1_weights(model: nn.Module, path: str, *, option: str, who: str):
     from tritoncorr.models.loading import load_backbone_weights
 
     if not Path(path).expanduser().exists() and ("/" in path or Path(path).suffix):
-        raise ConfigError(f"{option}={path!r}: no such file (the STT step-1 backbone checkpoint, e.g. "
-                          f"runs/stt-spatial-cpu/model.safetensors from recipes/stt_spatial.py:cpu); set --set {option}=PATH")
+        raise ConfigError(
+            f"{option}={path!r}: no such file (the STT step-1 backbone checkpoint, e.g. "
+            f"runs/stt-spatial-cpu/model.safetensors from recipes/stt_spatial.py:cpu); set --set {option}=PATH"
+        )
     p = resolve_weights_option(path, option)
     try:
         report = load_backbone_weights(model, p)
@@ -399,12 +416,16 @@ class STTConfig:
 
     def __post_init__(self) -> None:
         if self.depth not in (18, 34, 50) or self.teacher_depth not in (0, 18, 34, 50):
-            raise ValueError(f"STTConfig.depth/teacher_depth must be 18, 34 or 50 (teacher 0 = same), got "
-                             f"{self.depth}/{self.teacher_depth}")
+            raise ValueError(
+                f"STTConfig.depth/teacher_depth must be 18, 34 or 50 (teacher 0 = same), got "
+                f"{self.depth}/{self.teacher_depth}"
+            )
         r0, r1 = (int(r) for r in self.radii)
         if not (1 <= r1 and 1 <= r0 <= 2 * r1):
-            raise ValueError(f"STTConfig.radii={tuple(self.radii)} must satisfy 1 <= r0 <= 2 * r1 (the pooled res3 "
-                             "label must fit the res4 window)")
+            raise ValueError(
+                f"STTConfig.radii={tuple(self.radii)} must satisfy 1 <= r0 <= 2 * r1 (the pooled res3 "
+                "label must fit the res4 window)"
+            )
         if min(self.rec_weights) < 0 or self.local_weight < 0 or self.global_weight < 0:
             raise ValueError("STTConfig loss weights must be >= 0")
         if not 0 < self.entropy_fraction <= 1:
@@ -422,8 +443,10 @@ class STTConfig:
     def _student_source(self) -> str:
         if self.student_init == FROM_TEACHER:
             if not self.teacher_weights:
-                raise ConfigError("method.student_init='teacher' needs method.teacher_weights (the step-1 checkpoint); "
-                                  "set --set method.teacher_weights=PATH or method.student_init=scratch")
+                raise ConfigError(
+                    "method.student_init='teacher' needs method.teacher_weights (the step-1 checkpoint); "
+                    "set --set method.teacher_weights=PATH or method.student_init=scratch"
+                )
             return self.teacher_weights
         return self.student_init
 
@@ -432,13 +455,16 @@ class STTConfig:
 
         Raises :class:`ConfigError` naming the option when a checkpoint is needed but missing."""
         if self.use_teacher and not self.teacher_weights:
-            raise ConfigError("STT needs a teacher: set --set method.teacher_weights=PATH (the step-1 backbone, "
-                              "e.g. runs/stt-spatial-cpu/model.safetensors) or method.use_teacher=false (temporal only)")
+            raise ConfigError(
+                "STT needs a teacher: set --set method.teacher_weights=PATH (the step-1 backbone, "
+                "e.g. runs/stt-spatial-cpu/model.safetensors) or method.use_teacher=false (temporal only)"
+            )
         student_src = self._student_source()
         model = STT(self)
         if model.teacher is not None and self.teacher_weights != RANDOM_TEACHER:
-            model.load_reports["teacher"] = load_step1_weights(model.teacher, self.teacher_weights,
-                                                               option="method.teacher_weights", who="teacher")
+            model.load_reports["teacher"] = load_step1_weights(
+                model.teacher, self.teacher_weights, option="method.teacher_weights", who="teacher"
+            )
         if student_src == SCRATCH:
             if self.zero_init_residual:
                 _zero_init_residual(model.backbone)
@@ -446,10 +472,13 @@ class STTConfig:
             if model.teacher is None:
                 raise ConfigError("method.teacher_weights='random' with student_init='teacher' needs use_teacher=true")
             model.backbone.load_state_dict(
-                {k: v for k, v in model.teacher.state_dict().items() if k in model.backbone.state_dict()}, strict=True)
+                {k: v for k, v in model.teacher.state_dict().items() if k in model.backbone.state_dict()}, strict=True
+            )
         else:
             option = "method.teacher_weights" if self.student_init == FROM_TEACHER else "method.student_init"
-            model.load_reports["student"] = load_step1_weights(model.backbone, student_src, option=option, who="student")
+            model.load_reports["student"] = load_step1_weights(
+                model.backbone, student_src, option=option, who="student"
+            )
         return model
 
 
@@ -509,12 +538,18 @@ class STT(nn.Module):
         super().__init__()
         self.config = cfg = config or STTConfig()
         stages = LEVELS + ((GLOBAL_LEVEL,) if cfg.use_teacher else ())
-        self.backbone = ResNet(cfg.depth, strides=STUDENT_STRIDES, pool="none", padding_mode=cfg.padding_mode,
-                               out_stages=stages)
+        self.backbone = ResNet(
+            cfg.depth, strides=STUDENT_STRIDES, pool="none", padding_mode=cfg.padding_mode, out_stages=stages
+        )
         self.teacher: Optional[ResNet] = None
         if cfg.use_teacher:
-            self.teacher = ResNet(cfg.teacher_depth or cfg.depth, strides=TEACHER_STRIDES, pool="max",
-                                  padding_mode=cfg.padding_mode, out_stages=(GLOBAL_LEVEL,))
+            self.teacher = ResNet(
+                cfg.teacher_depth or cfg.depth,
+                strides=TEACHER_STRIDES,
+                pool="max",
+                padding_mode=cfg.padding_mode,
+                out_stages=(GLOBAL_LEVEL,),
+            )
             self.teacher.requires_grad_(False)
             self.teacher.eval()
         self.load_reports: dict = {}
@@ -551,8 +586,9 @@ class STT(nn.Module):
         with torch.autocast(device_type=frames_lab.device.type, enabled=False):
             return self.teacher(rgb.flatten(0, 1))[GLOBAL_LEVEL].unflatten(0, (b, t))
 
-    def loss_terms(self, pyramid: dict[str, torch.Tensor], target: torch.Tensor,
-                   teacher_res5: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+    def loss_terms(
+        self, pyramid: dict[str, torch.Tensor], target: torch.Tensor, teacher_res5: Optional[torch.Tensor] = None
+    ) -> dict[str, torch.Tensor]:
         """The weighted loss terms from the student pyramid (spec §3.13 steps 3-6).
 
         Args:
@@ -578,14 +614,17 @@ class STT(nn.Module):
                 scale = 1.0 / math.sqrt(f.shape[2])
                 levels.append((tar, ref, scale))
                 terms[f"rec{l}"] = cfg.rec_weights[l] * reconstruction_loss(
-                    tar, ref, tgt[:, 0], tgt[:, 1], stride=strides[name], radius=int(cfg.radii[l]), scale=scale)
+                    tar, ref, tgt[:, 0], tgt[:, 1], stride=strides[name], radius=int(cfg.radii[l]), scale=scale
+                )
 
             from tritoncorr.kernels import local_correlation
 
             (tar0, ref0, s0), (tar1, ref1, s1) = levels
             r0, r1 = int(cfg.radii[0]), int(cfg.radii[1])
             if tar0.shape[-2:] != (2 * tar1.shape[-2], 2 * tar1.shape[-1]):
-                raise ValueError(f"res3 grid {tuple(tar0.shape[-2:])} must be twice the res4 grid {tuple(tar1.shape[-2:])}")
+                raise ValueError(
+                    f"res3 grid {tuple(tar0.shape[-2:])} must be twice the res4 grid {tuple(tar1.shape[-2:])}"
+                )
             with torch.no_grad():
                 pseudo = pooled_window_target(window_softmax(tar0.detach(), ref0.detach(), r0, s0), r0, r1)
             corr1 = local_correlation(tar1, ref1, r1)
@@ -597,7 +636,9 @@ class STT(nn.Module):
                 g = feats[GLOBAL_LEVEL]
                 h = _acc(teacher_res5)
                 if g.shape[-2:] != h.shape[-2:]:
-                    raise ValueError(f"student res5 grid {tuple(g.shape[-2:])} != teacher res5 grid {tuple(h.shape[-2:])}")
+                    raise ValueError(
+                        f"student res5 grid {tuple(g.shape[-2:])} != teacher res5 grid {tuple(h.shape[-2:])}"
+                    )
                 student_aff = global_affinity(g[:, 1], g[:, 0], 1.0 / math.sqrt(g.shape[2]))
                 teacher_aff = global_affinity(h[:, 1], h[:, 0], 1.0 / cfg.teacher_temperature)
                 terms["gc"] = cfg.global_weight * global_distillation_loss(student_aff, teacher_aff)
@@ -607,8 +648,10 @@ class STT(nn.Module):
         frames = batch["frames"]
         if not isinstance(frames, torch.Tensor) or frames.dim() != 5 or frames.shape[1] != 2 or frames.shape[2] != 3:
             shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
-            raise ValueError(f"STT expects batch['frames'] of shape (B, 2, 3, S, S) (normalised Lab, reference then "
-                             f"target), got {shape}")
+            raise ValueError(
+                f"STT expects batch['frames'] of shape (B, 2, 3, S, S) (normalised Lab, reference then "
+                f"target), got {shape}"
+            )
         b = frames.shape[0]
         net_input, target, _k = drop_chroma(frames)
         feats = self.backbone(net_input.flatten(0, 1))

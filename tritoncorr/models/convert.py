@@ -91,8 +91,15 @@ __all__ = [
 FORMATS = ("crw", "dul", "stt", "mast", "liir", "moco", "torchvision")
 #: Variants of a format (the first is the default): STT's stride-8 and stride-4 test networks.
 VARIANTS: dict[str, tuple[str, ...]] = {"stt": ("d8", "d4")}
-METHOD_NAMES = {"crw": "crw", "dul": "dul", "stt": "stt", "mast": "mast", "liir": "liir", "moco": "moco",
-                "torchvision": "torchvision"}
+METHOD_NAMES = {
+    "crw": "crw",
+    "dul": "dul",
+    "stt": "stt",
+    "mast": "mast",
+    "liir": "liir",
+    "moco": "moco",
+    "torchvision": "torchvision",
+}
 TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar", ".ckpt", ".bin")
 
 
@@ -149,8 +156,11 @@ class ConvertedConfig:
 
     def describe(self) -> str:
         """One line: the network and its features."""
-        parts = [f"ResNet-{self.depth} strides {tuple(self.strides)}", f"stem pool {self.pool}",
-                 f"{self.padding_mode} padding"]
+        parts = [
+            f"ResNet-{self.depth} strides {tuple(self.strides)}",
+            f"stem pool {self.pool}",
+            f"{self.padding_mode} padding",
+        ]
         if tuple(self.widths[:3]) != (64, 128, 256) or self.widths[3] != 512:
             parts.append(f"widths {tuple(self.widths)}")
         feat = self.feature_stage
@@ -172,11 +182,17 @@ class ConvertedModel(nn.Module):
     def __init__(self, config: ConvertedConfig | None = None):
         super().__init__()
         cfg = self.config = config or ConvertedConfig()
-        self.backbone = ResNet(depth=cfg.depth, strides=tuple(cfg.strides), pool=cfg.pool,
-                               padding_mode=cfg.padding_mode, out_stages=(cfg.feature_stage,),
-                               widths=tuple(cfg.widths))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 64, cfg.stem_embedding, cfg.stem_embedding)) \
-            if cfg.stem_embedding else None
+        self.backbone = ResNet(
+            depth=cfg.depth,
+            strides=tuple(cfg.strides),
+            pool=cfg.pool,
+            padding_mode=cfg.padding_mode,
+            out_stages=(cfg.feature_stage,),
+            widths=tuple(cfg.widths),
+        )
+        self.pos_embed = (
+            nn.Parameter(torch.zeros(1, 64, cfg.stem_embedding, cfg.stem_embedding)) if cfg.stem_embedding else None
+        )
         self.head = None
         if cfg.head_channels:
             cin = self.backbone.channels[cfg.feature_stage]
@@ -213,31 +229,58 @@ def default_config(fmt: str, variant: str | None = None) -> ConvertedConfig:
         raise ConvertError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     variants = VARIANTS.get(fmt, ())
     if variant and variant not in variants:
-        raise ConvertError(f"format {fmt!r} has " + (f"variants {variants}" if variants else "no variants")
-                           + f", got {variant!r}")
+        raise ConvertError(
+            f"format {fmt!r} has " + (f"variants {variants}" if variants else "no variants") + f", got {variant!r}"
+        )
     variant = variant or (variants[0] if variants else "")
     m = METHOD_NAMES[fmt]
     if fmt == "crw":
-        return ConvertedConfig(m, strides=(1, 2, 1, 1), pool="max", padding_mode="reflect", feature_stage="layer3",
-                               color="rgb", preset="crw")
+        return ConvertedConfig(
+            m,
+            strides=(1, 2, 1, 1),
+            pool="max",
+            padding_mode="reflect",
+            feature_stage="layer3",
+            color="rgb",
+            preset="crw",
+        )
     if fmt == "dul":
         return ConvertedConfig(m, strides=(1, 2, 1, 1), pool="max", feature_stage="layer4", color="rgb", preset="dul")
     if fmt == "stt":
         if variant == "d4":
-            return ConvertedConfig(m, strides=(1, 1, 1, 1), pool="avg", feature_stage="layer3", color="lab",
-                                   preset="stt", variant="d4")
-        return ConvertedConfig(m, strides=(1, 2, 2, 1), pool="none", feature_stage="layer3", color="lab",
-                               preset="stt", variant="d8")
+            return ConvertedConfig(
+                m, strides=(1, 1, 1, 1), pool="avg", feature_stage="layer3", color="lab", preset="stt", variant="d4"
+            )
+        return ConvertedConfig(
+            m, strides=(1, 2, 2, 1), pool="none", feature_stage="layer3", color="lab", preset="stt", variant="d8"
+        )
     if fmt == "mast":
-        return ConvertedConfig(m, strides=(1, 2, 1, 1), pool="none", widths=(64, 128, 256, 256),
-                               feature_stage="layer4", head_channels=64, color="lab", preset="mast")
+        return ConvertedConfig(
+            m,
+            strides=(1, 2, 1, 1),
+            pool="none",
+            widths=(64, 128, 256, 256),
+            feature_stage="layer4",
+            head_channels=64,
+            color="lab",
+            preset="mast",
+        )
     if fmt == "liir":
-        return ConvertedConfig(m, strides=(1, 2, 1, 1), pool="none", widths=(64, 128, 256, 256),
-                               feature_stage="layer4", head_channels=64, stem_embedding=128, color="lab",
-                               preset="liir")
+        return ConvertedConfig(
+            m,
+            strides=(1, 2, 1, 1),
+            pool="none",
+            widths=(64, 128, 256, 256),
+            feature_stage="layer4",
+            head_channels=64,
+            stem_embedding=128,
+            color="lab",
+            preset="liir",
+        )
     if fmt == "moco":
-        return ConvertedConfig(m, depth=50, strides=(1, 2, 2, 1), pool="none", feature_stage="layer3", color="rgb",
-                               preset="stt")
+        return ConvertedConfig(
+            m, depth=50, strides=(1, 2, 2, 1), pool="none", feature_stage="layer3", color="rgb", preset="stt"
+        )
     return ConvertedConfig(m, strides=(1, 2, 1, 1), pool="max", feature_stage="layer3", color="rgb", preset="crw")
 
 
@@ -262,7 +305,9 @@ def _safe_globals() -> list:
     items += [np.dtype, np.ndarray]
     dtypes = getattr(np, "dtypes", None)
     if dtypes is not None:
-        items += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType") and isinstance(getattr(dtypes, n), type)]
+        items += [
+            getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType") and isinstance(getattr(dtypes, n), type)
+        ]
     return items
 
 
@@ -299,8 +344,10 @@ def read_checkpoint(path: str | Path) -> Any:
             raise ConvertError(f"cannot read {path} as safetensors: {err}") from err
     kind = _container_kind(path)
     if kind is None:
-        raise ConvertError(f"{path} is not a checkpoint: it is neither a PyTorch file (zip archive or pickle) nor "
-                           "safetensors (its first bytes match none of them; a truncated or damaged download?)")
+        raise ConvertError(
+            f"{path} is not a checkpoint: it is neither a PyTorch file (zip archive or pickle) nor "
+            "safetensors (its first bytes match none of them; a truncated or damaged download?)"
+        )
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(str(path), map_location="cpu", weights_only=True)
@@ -351,8 +398,10 @@ def find_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], str, list[tuple[
         else:
             other.append((f"{path}{k}", type(v).__name__))
     if not sd:
-        raise ConvertError("no tensors found in the checkpoint (looked at the top level and under "
-                           f"{CONTAINER_KEYS}); top-level keys: {sorted(map(str, obj))[:12]}")
+        raise ConvertError(
+            "no tensors found in the checkpoint (looked at the top level and under "
+            f"{CONTAINER_KEYS}); top-level keys: {sorted(map(str, obj))[:12]}"
+        )
     return sd, path.rstrip("."), other
 
 
@@ -376,8 +425,11 @@ def detect_format(keys: list[str]) -> tuple[str, str]:
     has = lambda pat: next((k for k in ks if re.search(pat, k)), None)
     rules = (
         ("mast", r"^feature_extraction\.layer\d\.\d+\.left\.0\.weight$", "MAST's ResidualBlock keys ('left.0')"),
-        ("liir", r"^feature_extraction\.(pos_embed1|layer\d\.\d+\.conv1\.weight)$",
-         "LIIR's 'feature_extraction.' ResNet_hr keys"),
+        (
+            "liir",
+            r"^feature_extraction\.(pos_embed1|layer\d\.\d+\.conv1\.weight)$",
+            "LIIR's 'feature_extraction.' ResNet_hr keys",
+        ),
         ("stt", r"(^|\.)conv1\.conv\.weight$", "mmcv ConvModule keys ('conv1.conv.weight')"),
         ("moco", r"^encoder_q\.", "MoCo's query encoder ('encoder_q.')"),
         ("dul", r"^fast_net\.backbone\.", "DUL's 'fast_net.backbone.'"),
@@ -389,8 +441,10 @@ def detect_format(keys: list[str]) -> tuple[str, str]:
         if k is not None:
             return fmt, f"{why}, e.g. {k!r}"
     sample = ", ".join(sorted(ks)[:8])
-    raise ConvertError(f"cannot tell the checkpoint's format from its keys ({len(ks)} tensors, e.g. {sample}); "
-                       f"pass --format one of {FORMATS}")
+    raise ConvertError(
+        f"cannot tell the checkpoint's format from its keys ({len(ks)} tensors, e.g. {sample}); "
+        f"pass --format one of {FORMATS}"
+    )
 
 
 _TV = re.compile(r"^(conv1\.weight|bn1\.\w+|layer\d\.\d+\.(conv\d\.weight|bn\d\.\w+|downsample\.[01]\.\w+))$")
@@ -425,20 +479,41 @@ class _Spec:
 
 _SPECS: dict[str, _Spec] = {
     "crw": _Spec("encoder.model.", "tv", drops=(("selfsim_fc.", "CRW's node projection head (training only)"),)),
-    "dul": _Spec("fast_net.backbone.", "tv",
-                 drops=(("fast_net.emb_q.", "DUL's 128-d key MLP (training only; DUL evaluates res4 = layer4)"),)),
-    "stt": _Spec("backbone.", "mmcv", drops=(("backbone_t.", "STT's step-1 teacher (training only)"),
-                                             ("iteration", "STT's iteration counter"))),
-    "mast": _Spec("feature_extraction.", "mast", extra=(("post_convolution.*", "head.*"),),
-                  drops=(("colorizer.", "MAST's colorizer buffers"),)),
-    "liir": _Spec("feature_extraction.", "tv",
-                  extra=(("feature_extraction.pos_embed1", "pos_embed"), ("post_convolution.*", "head.*")),
-                  drops=(("conv_semantic_k.", "LIIR's momentum stride-8 head (training only)"),
-                         ("conv_semantic.", "LIIR's stride-8 semantic head (training only)"),
-                         ("colorizer.", "LIIR's memory queue buffers (training only)"))),
-    "moco": _Spec("encoder_q.", "tv", drops=(("encoder_q.fc.", "MoCo's projection MLP (training only)"),
-                                             ("encoder_k.", "MoCo's momentum key encoder (training only)"),
-                                             ("queue", "MoCo's negative-key queue"))),
+    "dul": _Spec(
+        "fast_net.backbone.",
+        "tv",
+        drops=(("fast_net.emb_q.", "DUL's 128-d key MLP (training only; DUL evaluates res4 = layer4)"),),
+    ),
+    "stt": _Spec(
+        "backbone.",
+        "mmcv",
+        drops=(("backbone_t.", "STT's step-1 teacher (training only)"), ("iteration", "STT's iteration counter")),
+    ),
+    "mast": _Spec(
+        "feature_extraction.",
+        "mast",
+        extra=(("post_convolution.*", "head.*"),),
+        drops=(("colorizer.", "MAST's colorizer buffers"),),
+    ),
+    "liir": _Spec(
+        "feature_extraction.",
+        "tv",
+        extra=(("feature_extraction.pos_embed1", "pos_embed"), ("post_convolution.*", "head.*")),
+        drops=(
+            ("conv_semantic_k.", "LIIR's momentum stride-8 head (training only)"),
+            ("conv_semantic.", "LIIR's stride-8 semantic head (training only)"),
+            ("colorizer.", "LIIR's memory queue buffers (training only)"),
+        ),
+    ),
+    "moco": _Spec(
+        "encoder_q.",
+        "tv",
+        drops=(
+            ("encoder_q.fc.", "MoCo's projection MLP (training only)"),
+            ("encoder_k.", "MoCo's momentum key encoder (training only)"),
+            ("queue", "MoCo's negative-key queue"),
+        ),
+    ),
     "torchvision": _Spec("", "tv", drops=(("fc.", "the ImageNet classifier"),)),
 }
 
@@ -446,7 +521,7 @@ _SPECS: dict[str, _Spec] = {
 def _map_trunk(rest: str, layout: str) -> str | None:
     if layout == "tv":
         return rest if _TV.match(rest) else None
-    for pat, rep in (_MMCV if layout == "mmcv" else _MAST):
+    for pat, rep in _MMCV if layout == "mmcv" else _MAST:
         if pat.match(rest):
             return pat.sub(rep, rest)
     return None
@@ -486,8 +561,12 @@ class ConvertReport:
 
     def summary(self) -> str:
         how = "detected" if self.detected else "given"
-        parts = [f"format {self.format} ({how})", f"{len(self.mapped)} mapped", f"{len(self.renamed)} renamed",
-                 f"{len(self.dropped)} dropped"]
+        parts = [
+            f"format {self.format} ({how})",
+            f"{len(self.mapped)} mapped",
+            f"{len(self.renamed)} renamed",
+            f"{len(self.dropped)} dropped",
+        ]
         if self.unmapped:
             parts.append(f"{len(self.unmapped)} UNMAPPED")
         if self.filled:
@@ -519,10 +598,13 @@ def _infer_arch(sd: Mapping[str, torch.Tensor], cfg: ConvertedConfig) -> Convert
     if not counts or sorted(blocks) != list(range(1, len(counts) + 1)):
         raise ConvertError(f"the checkpoint's ResNet stages are incomplete (found layers {sorted(blocks)})")
     kind = "bottleneck" if bottleneck else "basic"
-    depth = next((d for d, (kd, nb) in DEPTHS.items() if kd == kind and tuple(nb[:len(counts)]) == counts), None)
+    depth = next((d for d, (kd, nb) in DEPTHS.items() if kd == kind and tuple(nb[: len(counts)]) == counts), None)
     if depth is None:
-        raise ConvertError(f"unsupported ResNet: {kind} blocks per stage {counts} (supported: "
-                           + ", ".join(f"ResNet-{d} {kd} {nb}" for d, (kd, nb) in DEPTHS.items()) + ")")
+        raise ConvertError(
+            f"unsupported ResNet: {kind} blocks per stage {counts} (supported: "
+            + ", ".join(f"ResNet-{d} {kd} {nb}" for d, (kd, nb) in DEPTHS.items())
+            + ")"
+        )
     widths = list(cfg.widths)
     for i in range(1, len(counts) + 1):
         w = sd.get(f"backbone.layer{i}.0.conv1.weight")
@@ -555,13 +637,13 @@ def crw_padding(obj: Any) -> str:
     if model_type is None:
         return CRW_PADDING["scratch"]
     if model_type not in CRW_PADDING:
-        raise ConvertError(f"the CRW checkpoint records args.model_type={model_type!r}; tritoncorr converts "
-                           f"{', '.join(CRW_PADDING)}")
+        raise ConvertError(
+            f"the CRW checkpoint records args.model_type={model_type!r}; tritoncorr converts {', '.join(CRW_PADDING)}"
+        )
     return CRW_PADDING[model_type]
 
 
-def convert_state_dict(obj: Any, fmt: str = "auto", variant: str | None = None
-                       ) -> tuple[ConvertedModel, ConvertReport]:
+def convert_state_dict(obj: Any, fmt: str = "auto", variant: str | None = None) -> tuple[ConvertedModel, ConvertReport]:
     """Map a published checkpoint object (or a plain state dict) to a :class:`ConvertedModel`.
 
     Args:
@@ -591,7 +673,7 @@ def convert_state_dict(obj: Any, fmt: str = "auto", variant: str | None = None
         base = dataclasses.replace(base, padding_mode=crw_padding(obj))
     spec = _SPECS[fmt]
     report = ConvertReport(fmt, detected, evidence, container, stripped, other=other)
-    names = {k: k[len(stripped):] for k in keys}
+    names = {k: k[len(stripped) :] for k in keys}
     prefix = spec.prefix
     if prefix and not any(n.startswith(prefix) for n in names.values()):
         prefix = ""  # e.g. a bare backbone state dict in the format's layout
@@ -605,11 +687,11 @@ def convert_state_dict(obj: Any, fmt: str = "auto", variant: str | None = None
         target, kind = None, "mapped"
         for pat, rep in spec.extra:
             if pat.endswith("*") and name.startswith(pat[:-1]):
-                target, kind = rep[:-1] + name[len(pat) - 1:], "renamed"
+                target, kind = rep[:-1] + name[len(pat) - 1 :], "renamed"
             elif name == pat:
                 target, kind = rep, "renamed"
         if target is None and name.startswith(prefix):
-            rest = name[len(prefix):]
+            rest = name[len(prefix) :]
             if fmt == "crw" and _CRW_WRAPPED.search(rest):
                 rest, kind = _CRW_WRAPPED.sub(r"\1.weight", rest), "renamed"
             ours = _map_trunk(rest, spec.layout)
@@ -628,8 +710,10 @@ def convert_state_dict(obj: Any, fmt: str = "auto", variant: str | None = None
             guess = f"; its keys look like {detect_format(keys)[0]!r}"
         except ConvertError:
             guess = ""
-        raise ConvertError(f"no key of the checkpoint fits the {fmt} layout (e.g. {', '.join(report.unmapped[:4])})"
-                           f"{guess}: check --format")
+        raise ConvertError(
+            f"no key of the checkpoint fits the {fmt} layout (e.g. {', '.join(report.unmapped[:4])})"
+            f"{guess}: check --format"
+        )
     cfg = _infer_arch({t: sd[s] for t, (s, _) in cand.items()}, base)
     model = cfg.build().eval()
     model_sd = model.state_dict()
@@ -639,8 +723,12 @@ def convert_state_dict(obj: Any, fmt: str = "auto", variant: str | None = None
     for target, (src, kind) in cand.items():
         m = re.match(r"^backbone\.layer(\d)\.", target)
         if m and int(m.group(1)) - 1 > last:
-            report.dropped.append((src, f"layer{m.group(1)}: after the feature stage {cfg.feature_stage} "
-                                        f"({fmt}'s features do not use it)"))
+            report.dropped.append(
+                (
+                    src,
+                    f"layer{m.group(1)}: after the feature stage {cfg.feature_stage} ({fmt}'s features do not use it)",
+                )
+            )
             continue
         if target not in model_sd:
             report.unmapped.append(src)
@@ -656,8 +744,10 @@ def convert_state_dict(obj: Any, fmt: str = "auto", variant: str | None = None
     report.filled = [k for k in missing if k.endswith("num_batches_tracked")]
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing:
-        raise ConvertError(f"the checkpoint lacks {len(missing)} weights that the {fmt} network needs "
-                           f"({cfg.describe()}): {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
+        raise ConvertError(
+            f"the checkpoint lacks {len(missing)} weights that the {fmt} network needs "
+            f"({cfg.describe()}): {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else "")
+        )
     with torch.no_grad():
         for k, v in to_load.items():
             model_sd[k].copy_(v.to(model_sd[k].dtype))
@@ -668,8 +758,9 @@ def convert_state_dict(obj: Any, fmt: str = "auto", variant: str | None = None
     return model, report
 
 
-def convert_checkpoint(src: str | Path, dst: str | Path, fmt: str = "auto", variant: str | None = None
-                       ) -> ConvertReport:
+def convert_checkpoint(
+    src: str | Path, dst: str | Path, fmt: str = "auto", variant: str | None = None
+) -> ConvertReport:
     """Read ``src`` (published checkpoint), convert it (:func:`convert_state_dict`) and write ``dst``
     (``.safetensors`` with the method / colour / preset / network metadata). Returns the report."""
     from safetensors.torch import save_file

@@ -22,8 +22,9 @@ from torch import nn
 class MLPHead(nn.Module):
     """``(N, in_channels, h, w) -> (N, out_channels, h, w)``; L2-normalised over channels when ``normalize``."""
 
-    def __init__(self, in_channels: int = 512, hidden_channels: int = 512, out_channels: int = 128,
-                 normalize: bool = False):
+    def __init__(
+        self, in_channels: int = 512, hidden_channels: int = 512, out_channels: int = 128, normalize: bool = False
+    ):
         super().__init__()
         if min(in_channels, hidden_channels, out_channels) < 1:
             raise ValueError(f"channel counts must be >= 1, got {in_channels}, {hidden_channels}, {out_channels}")
@@ -44,14 +45,22 @@ class MLPHead(nn.Module):
 class ConvHead(nn.Module):
     """``(N, in_channels, h, w) -> (N, out_channels, h', w')``: one conv (kernel k, stride s, padding k // 2, bias)."""
 
-    def __init__(self, in_channels: int = 256, out_channels: int = 64, kernel_size: int = 3, stride: int = 1,
-                 normalize: bool = False):
+    def __init__(
+        self,
+        in_channels: int = 256,
+        out_channels: int = 64,
+        kernel_size: int = 3,
+        stride: int = 1,
+        normalize: bool = False,
+    ):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
         if stride < 1 or min(in_channels, out_channels) < 1:
             raise ValueError(f"stride and channel counts must be >= 1, got {stride}, {in_channels}, {out_channels}")
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=True)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=True
+        )
         self.normalize = normalize
         self.in_channels, self.out_channels = in_channels, out_channels
 

@@ -16,8 +16,16 @@ import torch
 from torch import nn
 
 # Longest first: "module.encoder_q." must win over "module.".
-KNOWN_PREFIXES = ("module.encoder_q.", "module.backbone.", "module.encoder.", "module.", "backbone.", "encoder.", "model.",
-                  "encoder_q.")
+KNOWN_PREFIXES = (
+    "module.encoder_q.",
+    "module.backbone.",
+    "module.encoder.",
+    "module.",
+    "backbone.",
+    "encoder.",
+    "model.",
+    "encoder_q.",
+)
 # Keys of a torchvision-style ResNet checkpoint that are not backbone parameters.
 IGNORED_PREFIXES = ("fc.",)
 # PyTorch pickles read with ``torch.load(weights_only=True)`` (MoCo's ``moco_v2_800ep_pretrain.pth.tar``).
@@ -78,8 +86,10 @@ def _read_source(source) -> dict[str, torch.Tensor]:
                 raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
             return _read_source(obj)
         if path.suffix != ".safetensors":
-            raise ValueError(f"checkpoint {path}: only .safetensors and PyTorch {TORCH_SUFFIXES} files are supported "
-                             f"(got {path.suffix!r})")
+            raise ValueError(
+                f"checkpoint {path}: only .safetensors and PyTorch {TORCH_SUFFIXES} files are supported "
+                f"(got {path.suffix!r})"
+            )
         from safetensors.torch import load_file
 
         try:
@@ -102,7 +112,7 @@ def _strip(keys: list[str], model_keys: set[str]) -> str:
     """The known prefix whose stripping matches the most model keys ('' if none helps)."""
     best, best_n = "", sum(k in model_keys for k in keys)
     for p in KNOWN_PREFIXES:
-        n = sum(k.startswith(p) and k[len(p):] in model_keys for k in keys)
+        n = sum(k.startswith(p) and k[len(p) :] in model_keys for k in keys)
         if n > best_n:
             best, best_n = p, n
     return best
@@ -132,7 +142,7 @@ def load_backbone_weights(model: nn.Module, source, *, strict: bool = False) -> 
     report = LoadReport(prefix=prefix)
     to_load: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
-        name = k[len(prefix):] if prefix and k.startswith(prefix) else k
+        name = k[len(prefix) :] if prefix and k.startswith(prefix) else k
         if name in model_keys:
             if tuple(v.shape) != tuple(model_sd[name].shape):
                 report.shape_mismatch.append((name, tuple(v.shape), tuple(model_sd[name].shape)))
