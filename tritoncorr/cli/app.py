@@ -17,6 +17,8 @@ The model and propagation options of ``eval *`` and ``propagate`` are declared o
 
 from __future__ import annotations
 
+import functools
+import importlib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -58,6 +60,22 @@ weights_app = typer.Typer(
 app.add_typer(weights_app, name="weights")
 
 
+def runs(target: str):
+    """Decorator of a command whose whole body is the call of ``target`` ("module:function"), imported when
+    the command runs (so ``tritoncorr --help`` imports no torch), with every argument of the command by
+    keyword under its own name. The command's signature and docstring stay its options and help."""
+    module, name = target.split(":")
+
+    def decorate(command):
+        @functools.wraps(command)
+        def run(**kwargs) -> None:
+            getattr(importlib.import_module(module), name)(**kwargs)
+
+        return run
+
+    return decorate
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"tritoncorr {__version__}")
@@ -75,6 +93,7 @@ def main(
 
 @eval_app.command("davis")
 @with_options()
+@runs("tritoncorr.cli.evaluate:eval_davis_cli")
 def eval_davis(
     root: Annotated[
         Optional[Path],
@@ -103,25 +122,11 @@ def eval_davis(
     workers: Workers = 0,
 ) -> None:
     """DAVIS-2017 semi-supervised J&F, exactly as the official toolkit computes it."""
-    from tritoncorr.cli.evaluate import eval_davis_cli
-
-    eval_davis_cli(
-        root=root,
-        results=results,
-        opts=opts,
-        out=out,
-        split=split,
-        resolution=resolution,
-        sequences=sequences,
-        overlays=overlays,
-        overwrite=overwrite,
-        cache_features=cache_features,
-        workers=workers,
-    )
 
 
 @eval_app.command("sweep")
 @with_options("checkpoint", "seed", "preset", "device", "precision")
+@runs("tritoncorr.cli.evaluate:eval_sweep_cli")
 def eval_sweep(
     root: Annotated[
         Optional[Path],
@@ -145,22 +150,6 @@ def eval_sweep(
 ) -> None:
     """J&F over a grid of propagation settings (the product of the given values), features computed once;
     --preset is the setting the grid starts from."""
-    from tritoncorr.cli.evaluate import eval_sweep_cli
-
-    eval_sweep_cli(
-        root=root,
-        opts=opts,
-        out=out,
-        split=split,
-        resolution=resolution,
-        sequences=sequences,
-        context=context,
-        radius=radius,
-        topk=topk,
-        temperature=temperature,
-        cache_features=cache_features,
-        workers=workers,
-    )
 
 
 @eval_app.command("compare")
@@ -222,6 +211,7 @@ def eval_compare(
 
 @eval_app.command("jhmdb")
 @with_options()
+@runs("tritoncorr.cli.evaluate:eval_jhmdb_cli")
 def eval_jhmdb(
     root: Annotated[
         Optional[Path],
@@ -257,23 +247,11 @@ def eval_jhmdb(
     overwrite: Overwrite = False,
 ) -> None:
     """JHMDB pose propagation: PCK@0.1..0.5 (mean of the 15 per-joint PCKs), exactly as CRW's eval_pck.py."""
-    from tritoncorr.cli.evaluate import eval_jhmdb_cli
-
-    eval_jhmdb_cli(
-        root=root,
-        opts=opts,
-        out=out,
-        split=split,
-        list_file=list_file,
-        clips=clips,
-        size=size,
-        overlays=overlays,
-        overwrite=overwrite,
-    )
 
 
 @eval_app.command("vip")
 @with_options()
+@runs("tritoncorr.cli.evaluate:eval_vip_cli")
 def eval_vip(
     root: Annotated[
         Optional[Path],
@@ -298,23 +276,11 @@ def eval_vip(
     overwrite: Overwrite = False,
 ) -> None:
     """VIP human-part propagation: mIoU over 20 classes (plus pixel / mean class accuracy, fwIoU), as CRW's eval_vip.py."""
-    from tritoncorr.cli.evaluate import eval_vip_cli
-
-    eval_vip_cli(
-        root=root,
-        results=results,
-        opts=opts,
-        out=out,
-        split=split,
-        videos=videos,
-        size=size,
-        overlays=overlays,
-        overwrite=overwrite,
-    )
 
 
 @eval_app.command("ytvos")
 @with_options()
+@runs("tritoncorr.cli.evaluate:eval_ytvos_cli")
 def eval_ytvos(
     root: Annotated[
         Optional[Path],
@@ -333,19 +299,6 @@ def eval_ytvos(
     overwrite: Overwrite = False,
 ) -> None:
     """YouTube-VOS valid: export the predictions (Annotations/ and a zip) for the evaluation server; no local score."""
-    from tritoncorr.cli.evaluate import eval_ytvos_cli
-
-    eval_ytvos_cli(
-        root=root,
-        year=year,
-        opts=opts,
-        out=out,
-        videos=videos,
-        size=size,
-        overlays=overlays,
-        make_zip=make_zip,
-        overwrite=overwrite,
-    )
 
 
 @app.command()

@@ -169,6 +169,29 @@ def resumable(console, folder, names: Sequence[str], run: Callable[[], Any]):
         raise typer.Exit(code=130) from None
 
 
+def propagate_resumably(console, folder, names: Sequence[str], ts: TaskSettings, evaluate, *errors, **kwargs):
+    """``evaluate(ts.fmodel.features, config=, device=, progress=True, color=, folder=, **kwargs)`` (one of
+    the runner's ``evaluate_features_on_*`` / ``export_features_on_ytvos``) with the task settings ``ts``,
+    :func:`resumable` in ``folder``; the benchmark's format ``errors`` exit 2 (:func:`catch_format_errors`)."""
+    return resumable(
+        console,
+        folder,
+        names,
+        lambda: catch_format_errors(
+            lambda: evaluate(
+                ts.fmodel.features,
+                config=ts.config,
+                device=ts.device,
+                progress=True,
+                color=ts.fmodel.color,
+                folder=folder,
+                **kwargs,
+            ),
+            *errors,
+        ),
+    )
+
+
 def _print_davis_scores(console, scores, title: str) -> None:
     from rich.table import Table
 
@@ -268,28 +291,20 @@ def eval_davis_cli(
     cache = feature_cache_for(cache_features, opts, ts)
     if cache is not None:
         console.print(f"feature cache {cache.folder}", soft_wrap=True)
-    scores = resumable(
+    scores = propagate_resumably(
         console,
         folder,
         names,
-        lambda: catch_format_errors(
-            lambda: evaluate_features_on_davis(
-                ts.fmodel.features,
-                root=root,
-                out=out,
-                split=split,
-                resolution=resolution,
-                sequences=sequences,
-                config=ts.config,
-                device=ts.device,
-                overlays=overlays,
-                progress=True,
-                color=ts.fmodel.color,
-                folder=folder,
-                feature_cache=cache,
-                workers=workers,
-            )
-        ),
+        ts,
+        evaluate_features_on_davis,
+        root=root,
+        out=out,
+        split=split,
+        resolution=resolution,
+        sequences=sequences,
+        overlays=overlays,
+        feature_cache=cache,
+        workers=workers,
     )
     _print_davis_scores(console, scores, "SYNTHETIC (not DAVIS)" if synthetic else f"DAVIS-2017 {split}")
     g_path, s_path = scores.csv_paths(out)
@@ -440,25 +455,17 @@ def eval_jhmdb_cli(
     folder = open_out(
         out, "jhmdb", opts, ts, overwrite, dict(overlays=overlays), dict(split=split, clips=clips, root=str(root))
     )
-    res = resumable(
+    res = propagate_resumably(
         console,
         folder,
         [c.name for c in ds.clips],
-        lambda: catch_format_errors(
-            lambda: evaluate_features_on_jhmdb(
-                ts.fmodel.features,
-                dataset=ds,
-                out=out,
-                config=ts.config,
-                input_size=ts.input_size,
-                device=ts.device,
-                overlays=overlays,
-                progress=True,
-                color=ts.fmodel.color,
-                folder=folder,
-            ),
-            JhmdbFormatError,
-        ),
+        ts,
+        evaluate_features_on_jhmdb,
+        JhmdbFormatError,
+        dataset=ds,
+        out=out,
+        input_size=ts.input_size,
+        overlays=overlays,
     )
     g = Table(title=f"JHMDB PCK ({res.clips} clips, {int(res.counts.sum())} joint-frames), %")
     for a in res.thresholds:
@@ -519,25 +526,17 @@ def eval_vip_cli(
             dict(split=split, overlays=overlays),
             dict(split=split, videos=videos, root=str(root)),
         )
-        scores = resumable(
+        scores = propagate_resumably(
             console,
             folder,
             ds.names,
-            lambda: catch_format_errors(
-                lambda: evaluate_features_on_vip(
-                    ts.fmodel.features,
-                    dataset=ds,
-                    out=out,
-                    config=ts.config,
-                    input_size=ts.input_size,
-                    device=ts.device,
-                    overlays=overlays,
-                    progress=True,
-                    color=ts.fmodel.color,
-                    folder=folder,
-                ),
-                VipFormatError,
-            ),
+            ts,
+            evaluate_features_on_vip,
+            VipFormatError,
+            dataset=ds,
+            out=out,
+            input_size=ts.input_size,
+            overlays=overlays,
         )
     g_path, c_path = scores.write_csvs(out)
     g = Table(title=f"VIP {split}: {len(ds)} videos, {scores.frames} frames")
@@ -599,27 +598,19 @@ def eval_ytvos_cli(
         dict(overlays=overlays, year=str(year)),
         dict(split=str(year), videos=videos, root=str(root)),
     )
-    res = resumable(
+    res = propagate_resumably(
         console,
         folder,
         [v.name for v in ds],
-        lambda: catch_format_errors(
-            lambda: export_features_on_ytvos(
-                ts.fmodel.features,
-                dataset=ds,
-                out=out,
-                year=str(year),
-                config=ts.config,
-                input_size=ts.input_size,
-                device=ts.device,
-                overlays=overlays,
-                progress=True,
-                color=ts.fmodel.color,
-                make_zip=make_zip,
-                folder=folder,
-            ),
-            YtvosFormatError,
-        ),
+        ts,
+        export_features_on_ytvos,
+        YtvosFormatError,
+        dataset=ds,
+        out=out,
+        year=str(year),
+        input_size=ts.input_size,
+        overlays=overlays,
+        make_zip=make_zip,
     )
     t = Table(title=f"YouTube-VOS {year} valid export")
     for c in ("Videos", "Frames", "Objects", "Annotations", "Zip"):
