@@ -9,7 +9,7 @@
 """
 
 from tritoncorr.data.config import DataConfig, dataset_path
-from tritoncorr.engine.config import CheckpointConfig, OptimConfig, RunConfig, ScheduleConfig
+from tritoncorr.engine.config import CheckpointConfig, OptimConfig, RunConfig, ScheduleConfig, smoke_run
 from tritoncorr.methods.dul import DULConfig
 
 # YouTube-VOS-2018 train has 3,471 videos: 216 iterations per epoch at 16 clips; 500 epochs ~ 108K
@@ -123,10 +123,10 @@ def cpu() -> RunConfig:
 
 def smoke() -> RunConfig:
     """Tiny synthetic clips (64x64 crops -> 8x8 features, N 4, M 2, K 32): 3 steps in seconds."""
-    return RunConfig(
-        name="dul-smoke",
-        method=DULConfig(anchor_grid=4, cross_view_grid=2, key_dim=32, head_hidden=64),
-        data=DataConfig(
+    return smoke_run(
+        "dul-smoke",
+        DULConfig(anchor_grid=4, cross_view_grid=2, key_dim=32, head_hidden=64),
+        DataConfig(
             source="synthetic",
             clip_len=3,
             frame_gap=1,
@@ -142,12 +142,6 @@ def smoke() -> RunConfig:
             synthetic_frames=6,
             synthetic_size=(72, 96),
         ),
-        optim=_optim(1e-3),
-        schedule=ScheduleConfig(name="constant"),
-        checkpoint=CheckpointConfig(every=0, keep_last=1),
+        _optim(1e-3),
         steps=3,
-        seed=0,
-        device="cpu",
-        log_every=1,
-        curves_every=0,
     )

@@ -22,7 +22,7 @@ learning-rate milestones count SAMPLES (``iteration x 12``), converted here to o
 """
 
 from tritoncorr.data.config import DataConfig, dataset_path
-from tritoncorr.engine.config import CheckpointConfig, OptimConfig, RunConfig, ScheduleConfig
+from tritoncorr.engine.config import CheckpointConfig, OptimConfig, RunConfig, ScheduleConfig, smoke_run
 from tritoncorr.methods.liir import LIIRConfig
 
 #: The unofficial code's batch (12 pairs, 2 GPUs x 6) and epoch (5,800 iterations; 30 epochs stage 1,
@@ -241,9 +241,9 @@ def smoke() -> RunConfig:
     it is used from step 3 on, compactness M 2), Adam 3e-4: a few steps in seconds. (On these near-static
     synthetic pairs a random-init network already matches well; at 1e-3 Adam's first steps raise the
     loss before it falls, at 3e-4 it falls from the start.)"""
-    return RunConfig(
-        name="liir-smoke",
-        method=LIIRConfig(
+    return smoke_run(
+        "liir-smoke",
+        LIIRConfig(
             radius=3,
             feature_dim=16,
             position="feature",
@@ -253,7 +253,7 @@ def smoke() -> RunConfig:
             bank_points=4,
             compact_m=2,
         ),
-        data=DataConfig(
+        DataConfig(
             source="synthetic",
             clip_len=2,
             frame_gap=1,
@@ -268,12 +268,6 @@ def smoke() -> RunConfig:
             synthetic_frames=6,
             synthetic_size=(72, 96),
         ),
-        optim=_optim(3e-4),
-        schedule=ScheduleConfig(name="constant"),
-        checkpoint=CheckpointConfig(every=0, keep_last=1),
+        _optim(3e-4),
         steps=3,
-        seed=0,
-        device="cpu",
-        log_every=1,
-        curves_every=0,
     )

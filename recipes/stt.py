@@ -23,7 +23,7 @@ path and the option to set (``data.root``, ``method.teacher_weights``).
 """
 
 from tritoncorr.data.config import dataset_path
-from tritoncorr.engine.config import CheckpointConfig, EvalConfig, OptimConfig, RunConfig, ScheduleConfig
+from tritoncorr.engine.config import CheckpointConfig, EvalConfig, OptimConfig, RunConfig, ScheduleConfig, smoke_run
 from tritoncorr.methods.stt import STTConfig, STTDataConfig
 
 # YouTube-VOS-2018 train: 3,471 videos; the official 4 x 16 = 64 clips per iteration give 55
@@ -156,10 +156,10 @@ def smoke() -> RunConfig:
     """Synthetic clips, ResNet-18 at 64 x 64 (res3 16 x 16, res4 8 x 8, res5 2 x 2), radii 4/2, a
     random-init teacher (``teacher_weights="random"``, allowed for smoke tests only), scratch student,
     4 steps of Adam 1e-3 in seconds."""
-    return RunConfig(
-        name="stt-smoke",
-        method=STTConfig(depth=18, radii=(4, 2), teacher_weights="random", student_init="scratch"),
-        data=STTDataConfig(
+    return smoke_run(
+        "stt-smoke",
+        STTConfig(depth=18, radii=(4, 2), teacher_weights="random", student_init="scratch"),
+        STTDataConfig(
             source="synthetic",
             batch_size=2,
             num_workers=0,
@@ -168,12 +168,6 @@ def smoke() -> RunConfig:
             synthetic_frames=6,
             synthetic_size=(72, 96),
         ),
-        optim=_adam(1e-3),
-        schedule=ScheduleConfig(name="constant"),
-        checkpoint=CheckpointConfig(every=0, keep_last=1),
+        _adam(1e-3),
         steps=4,
-        seed=0,
-        device="cpu",
-        log_every=1,
-        curves_every=0,
     )

@@ -22,7 +22,7 @@ STT step 2 (``recipes/stt.py``) loads it as teacher and student initialisation t
 
 from tritoncorr.data.config import dataset_path
 from tritoncorr.data.images import ImageDataConfig
-from tritoncorr.engine.config import CheckpointConfig, EvalConfig, OptimConfig, RunConfig, ScheduleConfig
+from tritoncorr.engine.config import CheckpointConfig, EvalConfig, OptimConfig, RunConfig, ScheduleConfig, smoke_run
 from tritoncorr.methods.moco import MoCoConfig
 
 # ImageNet-1k train: 1,281,167 images -> 5,004 full batches of 256 per epoch.
@@ -104,21 +104,15 @@ def cpu() -> RunConfig:
 
 def smoke() -> RunConfig:
     """Generated 64 x 80 pictures, R18 at 64 x 64 crops, batch 4 (BN groups of 2), K 16: 3 steps."""
-    return RunConfig(
-        name="stt-spatial-smoke",
-        method=MoCoConfig(
+    return smoke_run(
+        "stt-spatial-smoke",
+        MoCoConfig(
             depth=18, dim=32, mlp=True, queue_size=16, momentum=0.99, temperature=0.2, shuffle_bn=True, bn_group=2
         ),
-        data=ImageDataConfig(
+        ImageDataConfig(
             source="synthetic", synthetic_images=12, synthetic_size=(64, 80), batch_size=4, num_workers=0, crop_size=64
         ),
-        optim=OptimConfig(name="sgd", lr=0.03, momentum=0.9, weight_decay=1e-4),
-        schedule=ScheduleConfig(name="constant"),
-        checkpoint=CheckpointConfig(every=0, keep_last=1),
-        eval=EvalConfig(every=0, preset="stt"),
+        OptimConfig(name="sgd", lr=0.03, momentum=0.9, weight_decay=1e-4),
         steps=3,
-        seed=0,
-        device="cpu",
-        log_every=1,
-        curves_every=0,
+        eval=EvalConfig(every=0, preset="stt"),
     )
