@@ -50,6 +50,14 @@ def load_cases(families: list[str], device: torch.device, quick: bool) -> list[B
     return cases
 
 
+def _untimed(case: BenchCase, provider: str, dev: str, note: str) -> BenchResult:
+    """The row of a provider that was not timed (``note`` says why): NaN times and memory, no rates."""
+    nan = float("nan")
+    return BenchResult(
+        case.kernel, case.shape, case.mode, provider, dev, nan, nan, nan, nan, None, None, None, note=note
+    )
+
+
 def run_case(
     case: BenchCase, device: torch.device, *, quick: bool, on_result: Callable[[BenchResult], None] | None = None
 ) -> list[BenchResult]:
@@ -60,37 +68,9 @@ def run_case(
         try:
             fn = factory()
         except SkipProvider as skip:
-            result = BenchResult(
-                case.kernel,
-                case.shape,
-                case.mode,
-                provider,
-                dev,
-                float("nan"),
-                float("nan"),
-                float("nan"),
-                float("nan"),
-                None,
-                None,
-                None,
-                note=f"skipped: {skip}",
-            )
+            result = _untimed(case, provider, dev, f"skipped: {skip}")
         except torch.OutOfMemoryError as exc:
-            result = BenchResult(
-                case.kernel,
-                case.shape,
-                case.mode,
-                provider,
-                dev,
-                float("nan"),
-                float("nan"),
-                float("nan"),
-                float("nan"),
-                None,
-                None,
-                None,
-                note=f"out of memory: {str(exc).splitlines()[0]}",
-            )
+            result = _untimed(case, provider, dev, f"out of memory: {str(exc).splitlines()[0]}")
         else:
             p50, p20, p80 = time_fn(fn, device, quick=quick)
             peak = peak_memory_bytes(fn, device) / 2**20
