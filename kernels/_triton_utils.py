@@ -3,7 +3,9 @@
 * :func:`dot_acc`: ``acc + a @ b`` with the interpreter's bf16 work-around (see
   :func:`tritoncorr.kernels._utils.upcast_bf16_dot`), the one ``tl.dot`` call of the families.
 * :func:`merge_topk`: merge a block of scores into a running top-k (lowest candidate id on ties).
-* :func:`tile_scores`: scores of a tile of query pixels against a block of key cells of one frame.
+* :func:`query_tile`: a program's tile of query pixels (the propagation kernels' grid).
+* :func:`tile_scores`: scores of a tile of query pixels against a block of key cells of one frame, whose
+  pixel pointers :func:`pixel_ptrs` computes.
 * :func:`feature_block_c`, :func:`feature_precision`, :data:`PROPAGATION_TILE`: the launch choices
   the two propagation families share.
 * :func:`aot_spec`: one :class:`~tritoncorr.kernels.aot.AotSpec` from a kernel and its constexprs
@@ -71,24 +73,36 @@ def merge_topk(s, cand, tv, ti):
 
 
 @triton.jit
+def query_tile(H, W, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+    """This program's TILE_H x TILE_W tile of query pixels (programs run row-major over the tiles of the
+    H x W image): its origin ``ty0, tx0`` (int32) and its pixels' rows, columns and in-image mask
+    ``qy, qx, qvalid``, each (TILE_H * TILE_W,)."""
+    pid = tl.program_id(0).to(tl.int64)
+    tiles_w = tl.cdiv(W, TILE_W)
+    ty0 = (pid // tiles_w).to(tl.int32) * TILE_H
+    tx0 = (pid % tiles_w).to(tl.int32) * TILE_W
+    offs_q = tl.arange(0, TILE_H * TILE_W)
+    qy = ty0 + offs_q // TILE_W
+    qx = tx0 + offs_q % TILE_W
+    return ty0, tx0, qy, qx, (qy < H) & (qx < W)
+
+
+@triton.jit
+def pixel_ptrs(base, y, x, s_y, s_x):
+    """Pointers ``base + y * s_y + x * s_x`` (64-bit offsets) of the pixels (y, x) (int32 vectors) of one
+    image whose channel 0 starts at ``base``: the ``*_base`` arguments of :func:`tile_scores`."""
+    return base + y.to(tl.int64) * s_y + x.to(tl.int64) * s_x
+
+
+@triton.jit
 def tile_scores(
-    q_ptr,
-    k_ptr,
-    qy,
-    qx,
+    q_base,
     qvalid,
-    ky,
-    kx,
+    k_base,
     kvalid,
-    fr,
     C,
     s_qc,
-    s_qy,
-    s_qx,
-    s_kn,
     s_kc,
-    s_ky,
-    s_kx,
     inv_t,
     BLOCK_Q: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -96,11 +110,10 @@ def tile_scores(
     INPUT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """Scores (BLOCK_Q, BLOCK_K) fp32 ``<q, k> * inv_t`` of the query pixels (qy, qx) against the key
-    cells (ky, kx) of frame ``fr`` (int64), over channel blocks of BLOCK_C; masked loads give 0."""
+    """Scores (BLOCK_Q, BLOCK_K) fp32 ``<q, k> * inv_t`` of the query pixels at ``q_base`` (BLOCK_Q,)
+    against the key cells at ``k_base`` (BLOCK_K,) (pointers to channel 0, :func:`pixel_ptrs`), over
+    channel blocks of BLOCK_C (channel strides ``s_qc``, ``s_kc``); masked loads give 0."""
     offs_c = tl.arange(0, BLOCK_C)
-    q_base = q_ptr + qy.to(tl.int64) * s_qy + qx.to(tl.int64) * s_qx  # (BQ,)
-    k_base = k_ptr + fr * s_kn + ky.to(tl.int64) * s_ky + kx.to(tl.int64) * s_kx  # (BK,)
     acc = tl.zeros((BLOCK_Q, BLOCK_K), dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
         cc = c0 + offs_c

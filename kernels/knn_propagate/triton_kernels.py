@@ -16,7 +16,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import PROPAGATION_TILE, aot_spec, feature_block_c, feature_precision, merge_topk, tile_scores
+from .._triton_utils import (
+    PROPAGATION_TILE,
+    aot_spec,
+    feature_block_c,
+    feature_precision,
+    merge_topk,
+    pixel_ptrs,
+    query_tile,
+    tile_scores,
+)
 from .._utils import alloc_output, autotune_enabled, cdiv, next_power_of_2, upcast_bf16_dot
 from .reference import window_reach
 
@@ -65,17 +74,11 @@ def _knn_propagate_kernel(
 ):
     """One program = one TILE_H x TILE_W tile of query pixels; writes out[:, tile] (L, TILE_H, TILE_W)."""
     BLOCK_Q: tl.constexpr = TILE_H * TILE_W
-    pid = tl.program_id(0).to(tl.int64)
-    tiles_w = tl.cdiv(W, TILE_W)
-    ty0 = (pid // tiles_w).to(tl.int32) * TILE_H
-    tx0 = (pid % tiles_w).to(tl.int32) * TILE_W
+    ty0, tx0, qy, qx, qvalid = query_tile(H, W, TILE_H, TILE_W)
     inv_t = tl.cast(inv_t, tl.float32)
     HW = H * W
 
-    offs_q = tl.arange(0, BLOCK_Q)
-    qy = ty0 + offs_q // TILE_W
-    qx = tx0 + offs_q % TILE_W
-    qvalid = (qy < H) & (qx < W)
+    q_base = pixel_ptrs(q_ptr, qy, qx, s_qy, s_qx)
     offs_k = tl.arange(0, BLOCK_K)
 
     slot = tl.arange(0, KP)
@@ -85,35 +88,15 @@ def _knn_propagate_kernel(
 
     # unrestricted frames: every position
     for fr in range(0, NU):
+        k_frame = k_ptr + tl.cast(fr, tl.int64) * s_kn  # frame fr's channel 0
         for p0 in range(0, HW, BLOCK_K):
             kp = p0 + offs_k
             kvalid = kp < HW
             ky = kp // W
             kx = kp % W
+            k_base = pixel_ptrs(k_frame, ky, kx, s_ky, s_kx)
             s = tile_scores(
-                q_ptr,
-                k_ptr,
-                qy,
-                qx,
-                qvalid,
-                ky,
-                kx,
-                kvalid,
-                tl.cast(fr, tl.int64),
-                C,
-                s_qc,
-                s_qy,
-                s_qx,
-                s_kn,
-                s_kc,
-                s_ky,
-                s_kx,
-                inv_t,
-                BLOCK_Q,
-                BLOCK_K,
-                BLOCK_C,
-                INPUT_PRECISION,
-                UPCAST,
+                q_base, qvalid, k_base, kvalid, C, s_qc, s_kc, inv_t, BLOCK_Q, BLOCK_K, BLOCK_C, INPUT_PRECISION, UPCAST
             )
             ok = qvalid[:, None] & kvalid[None, :]
             s = tl.where(ok, s, float("-inf"))
@@ -128,35 +111,15 @@ def _knn_propagate_kernel(
     RW = rx1 - rx0 + 1
     RN = (ry1 - ry0 + 1) * RW
     for fr in range(NU, N):
+        k_frame = k_ptr + tl.cast(fr, tl.int64) * s_kn  # frame fr's channel 0
         for j0 in range(0, RN, BLOCK_K):
             j = j0 + offs_k
             kvalid = j < RN
             ky = ry0 + j // RW
             kx = rx0 + j % RW
+            k_base = pixel_ptrs(k_frame, ky, kx, s_ky, s_kx)
             s = tile_scores(
-                q_ptr,
-                k_ptr,
-                qy,
-                qx,
-                qvalid,
-                ky,
-                kx,
-                kvalid,
-                tl.cast(fr, tl.int64),
-                C,
-                s_qc,
-                s_qy,
-                s_qx,
-                s_kn,
-                s_kc,
-                s_ky,
-                s_kx,
-                inv_t,
-                BLOCK_Q,
-                BLOCK_K,
-                BLOCK_C,
-                INPUT_PRECISION,
-                UPCAST,
+                q_base, qvalid, k_base, kvalid, C, s_qc, s_kc, inv_t, BLOCK_Q, BLOCK_K, BLOCK_C, INPUT_PRECISION, UPCAST
             )
             dy = ky[None, :] - qy[:, None]
             dx = kx[None, :] - qx[:, None]

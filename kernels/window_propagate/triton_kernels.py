@@ -18,7 +18,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import PROPAGATION_TILE, aot_spec, feature_block_c, feature_precision, merge_topk, tile_scores
+from .._triton_utils import (
+    PROPAGATION_TILE,
+    aot_spec,
+    feature_block_c,
+    feature_precision,
+    merge_topk,
+    pixel_ptrs,
+    query_tile,
+    tile_scores,
+)
 from .._utils import alloc_output, cdiv, next_power_of_2, upcast_bf16_dot
 
 __all__ = ["aot_specs", "launch", "COMPACT_STAMP"]
@@ -31,8 +40,8 @@ TILE_W = PROPAGATION_TILE[1]
 
 @triton.jit
 def _windowtile_scores(
-    q_ptr,
-    k_ptr,
+    q_base,
+    k_frame,
     qy,
     qx,
     qvalid,
@@ -44,12 +53,8 @@ def _windowtile_scores(
     H,
     W,
     RADIUS,
-    fr,
     C,
     s_qc,
-    s_qy,
-    s_qx,
-    s_kn,
     s_kc,
     s_ky,
     s_kx,
@@ -60,39 +65,19 @@ def _windowtile_scores(
     INPUT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """Scores of the tile's queries against rectangle cells ``j`` of reference ``fr``, -inf outside
-    each query's window; also which cells are in the image and their clamped coordinates (for the
-    value loads; out-of-image cells load zeros, the zero border)."""
+    """Scores (BLOCK_Q, BLOCK_K) of the tile's queries (at ``q_base``, :func:`pixel_ptrs`) against the
+    rectangle cells ``j`` (BLOCK_K,) of the reference whose channel 0 is at ``k_frame``, -inf outside each
+    query's window; also which cells are in the image and their clamped coordinates (for the value
+    loads; out-of-image cells load zeros, the zero border)."""
     jv = j < RN
     ky = ry0 + j // RW
     kx = rx0 + j % RW
     kin = jv & (ky >= 0) & (ky < H) & (kx >= 0) & (kx < W)
     kyc = tl.minimum(tl.maximum(ky, 0), H - 1)
     kxc = tl.minimum(tl.maximum(kx, 0), W - 1)
+    k_base = pixel_ptrs(k_frame, kyc, kxc, s_ky, s_kx)
     s = tile_scores(
-        q_ptr,
-        k_ptr,
-        qy,
-        qx,
-        qvalid,
-        kyc,
-        kxc,
-        kin,
-        tl.cast(fr, tl.int64),
-        C,
-        s_qc,
-        s_qy,
-        s_qx,
-        s_kn,
-        s_kc,
-        s_ky,
-        s_kx,
-        inv_t,
-        BLOCK_Q,
-        BLOCK_K,
-        BLOCK_C,
-        INPUT_PRECISION,
-        UPCAST,
+        q_base, qvalid, k_base, kin, C, s_qc, s_kc, inv_t, BLOCK_Q, BLOCK_K, BLOCK_C, INPUT_PRECISION, UPCAST
     )
     dy = ky[None, :] - qy[:, None]
     dx = kx[None, :] - qx[:, None]
@@ -150,16 +135,10 @@ def _window_propagate_kernel(
     """
     BLOCK_Q: tl.constexpr = TILE_H * TILE_W
     SS: tl.constexpr = 2 * STAMP + 1
-    pid = tl.program_id(0).to(tl.int64)
-    tiles_w = tl.cdiv(W, TILE_W)
-    ty0 = (pid // tiles_w).to(tl.int32) * TILE_H
-    tx0 = (pid % tiles_w).to(tl.int32) * TILE_W
+    ty0, tx0, qy, qx, qvalid = query_tile(H, W, TILE_H, TILE_W)
     inv_t = tl.cast(inv_t, tl.float32)
+    q_base = pixel_ptrs(q_ptr, qy, qx, s_qy, s_qx)
 
-    offs_q = tl.arange(0, BLOCK_Q)
-    qy = ty0 + offs_q // TILE_W
-    qx = tx0 + offs_q % TILE_W
-    qvalid = (qy < H) & (qx < W)
     offs_k = tl.arange(0, BLOCK_K)
     offs_l = tl.arange(0, BLOCK_L)
     lmask = offs_l < L
@@ -174,10 +153,11 @@ def _window_propagate_kernel(
     acc = tl.zeros((BLOCK_Q, BLOCK_L), tl.float32)
     # pass 1 (COMPACT == 0: the only pass, with the values)
     for fr in range(0, N):
+        k_frame = k_ptr + tl.cast(fr, tl.int64) * s_kn  # reference fr's channel 0
         for j0 in range(0, RN, BLOCK_K):
             s, kin, kyc, kxc = _windowtile_scores(
-                q_ptr,
-                k_ptr,
+                q_base,
+                k_frame,
                 qy,
                 qx,
                 qvalid,
@@ -189,12 +169,8 @@ def _window_propagate_kernel(
                 H,
                 W,
                 RADIUS,
-                fr,
                 C,
                 s_qc,
-                s_qy,
-                s_qx,
-                s_kn,
                 s_kc,
                 s_ky,
                 s_kx,
@@ -228,14 +204,15 @@ def _window_propagate_kernel(
         used = (slot < COMPACT)[None, :]
         res = tl.zeros((BLOCK_Q, BLOCK_L), tl.float32)
         for fr in range(0, N):
+            k_frame = k_ptr + tl.cast(fr, tl.int64) * s_kn  # reference fr's channel 0
             tv = tl.where(slot < COMPACT, float("-inf"), float("inf"))[None, :] + tl.zeros((BLOCK_Q, MP), tl.float32)
             ti = (-1 - slot)[None, :] + tl.zeros((BLOCK_Q, MP), tl.int32)
             soft = tl.zeros((BLOCK_Q, BLOCK_L), tl.float32)
             for j0 in range(0, RN, BLOCK_K):
                 j = j0 + offs_k
                 s, kin, kyc, kxc = _windowtile_scores(
-                    q_ptr,
-                    k_ptr,
+                    q_base,
+                    k_frame,
                     qy,
                     qx,
                     qvalid,
@@ -247,12 +224,8 @@ def _window_propagate_kernel(
                     H,
                     W,
                     RADIUS,
-                    fr,
                     C,
                     s_qc,
-                    s_qy,
-                    s_qx,
-                    s_kn,
                     s_kc,
                     s_ky,
                     s_kx,
