@@ -55,6 +55,7 @@ __all__ = [
     "download_file",
     "export_inference_weights",
     "fetch",
+    "is_path_like",
     "resolve_checkpoint",
     "verify",
 ]
@@ -613,6 +614,11 @@ def _unknown_message(spec: str) -> str:
     )
 
 
+def is_path_like(spec: str) -> bool:
+    """Whether a checkpoint spec is meant as a path (a directory part or a file suffix), not a name."""
+    return "/" in spec or os.sep in spec or bool(Path(spec).suffix)
+
+
 def resolve_checkpoint(spec: str | Path | None, *, progress: bool = True) -> Path | None:
     """A checkpoint given as a path, a registered name, an ``https://`` URL or ``hf://...`` -> a local path
     (``None`` stays ``None``).
@@ -635,7 +641,7 @@ def resolve_checkpoint(spec: str | Path | None, *, progress: bool = True) -> Pat
         return path
     if s in REGISTRY:
         return fetch(s, progress=progress)
-    if "/" in s or os.sep in s or path.suffix:
+    if is_path_like(s):
         raise FileNotFoundError(
             f"checkpoint {s} does not exist (a .safetensors / .pth file or a run folder; "
             "or a registered name: tritoncorr weights list)"

@@ -343,8 +343,10 @@ def load_step1_weights(model: nn.Module, path: str, *, option: str, who: str):
     """
     from tritoncorr.engine.checkpoint import resolve_weights_option
     from tritoncorr.models.loading import load_backbone_weights
+    from tritoncorr.weights import is_path_like
 
-    if not Path(path).expanduser().exists() and ("/" in path or Path(path).suffix):
+    # a missing path gets the STT-specific hint; names, URLs and existing paths go to the shared resolver
+    if not Path(path).expanduser().exists() and is_path_like(path):
         raise ConfigError(
             f"{option}={path!r}: no such file (the STT step-1 backbone checkpoint, e.g. "
             f"runs/stt-spatial-cpu/model.safetensors from recipes/stt_spatial.py:cpu); set --set {option}=PATH"
