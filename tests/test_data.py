@@ -336,6 +336,24 @@ def test_hf_streaming_deterministic_and_resumable(tmp_path):
     assert not all(torch.equal(x["frames"], y["frames"]) for x, y in zip(a, nxt))
 
 
+def test_streaming_loaders_refuse_an_empty_stream_alike():
+    """Clips and images: the same error class and message for an HF stream with no example."""
+    datasets = pytest.importorskip("datasets")
+    from tritoncorr.data.images import ImageDataConfig, StreamingImageLoader
+    from tritoncorr.data.sources import DataSourceError
+    from tritoncorr.data.streaming import StreamingClipLoader
+
+    def empty():
+        return datasets.IterableDataset.from_generator(lambda: iter(()))
+
+    assert empty().features is None  # the loaders must look at the first example to learn the columns
+    clip_cfg = DataConfig(source="hf", root="user/empty-set", hf_streaming=True, num_workers=0, **SMALL)
+    image_cfg = ImageDataConfig(source="hf", root="user/empty-set", hf_streaming=True, num_workers=0, crop_size=16)
+    for loader, cfg in ((StreamingClipLoader, clip_cfg), (StreamingImageLoader, image_cfg)):
+        with pytest.raises(DataSourceError, match=r"HF dataset 'user/empty-set' \(split 'train'\) is empty"):
+            loader(cfg, seed=0, dataset=empty())
+
+
 # ----------------------------------------------------------------------------------------------
 # The loader
 # ----------------------------------------------------------------------------------------------

@@ -712,47 +712,16 @@ class StreamingImageLoader(StreamCursor):
     stream_tag = 0x1A6
 
     def __init__(self, cfg: ImageDataConfig, *, seed: int, rank: int = 0, world_size: int = 1, dataset=None) -> None:
-        cfg.validate()
-        check_rank(rank, world_size)
-        self.cfg, self.seed, self.rank, self.world_size = cfg, int(seed), int(rank), int(world_size)
-        self.root = cfg.root
         if dataset is None:
             _require_datasets()
-            from tritoncorr.data.sources import load_hf_dataset
-
-            dataset = load_hf_dataset(cfg.root, cfg.hf_split, streaming=True)
-        names = list(dataset.features) if dataset.features is not None else None
-        if names is None:
-            first = next(iter(dataset.take(1)), None)
-            if first is None:
-                raise DataSourceError(f"HF dataset {cfg.root!r} (split {cfg.hf_split!r}) is empty")
-            names = list(first)
-        self.column = hf_image_column(names, cfg.hf_column, cfg.root)
-        ds = dataset.select_columns([self.column])
-        if ds.features is not None:
-            from tritoncorr.data.streaming import no_decode_features
-
-            ds = ds.cast_column(self.column, no_decode_features(ds.features[self.column]))
-        self.ds = ds
-        self.base = Path(cfg.root) if Path(cfg.root).is_dir() else None
-        self.shuffle_buffer = 1000
-        self.epoch, self.batch = 0, 0
-        self.skipped_files: list[str] = []
-        self._total = None
-        try:
-            split = ds.info.splits[cfg.hf_split] if ds.info and ds.info.splits else None
-            self._total = int(split.num_examples) if split is not None and split.num_examples else None
-        except (KeyError, TypeError, AttributeError):
-            self._total = None
-
-    def __len__(self) -> int:
-        if self._total is None:
-            raise TypeError("the number of batches of a streaming dataset is unknown (no split size in its info)")
-        return (self._total // self.world_size) // self.cfg.batch_size
-
-    @property
-    def skipped(self) -> int:
-        return len(self.skipped_files)
+        self.open_stream(
+            cfg,
+            dataset,
+            lambda names: hf_image_column(names, cfg.hf_column, cfg.root),
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+        )
 
     def __iter__(self) -> Iterator[dict]:
         yield from self._iterate(_StreamImages(self, self.epoch, self.batch), "image", ConfigError)

@@ -35,7 +35,7 @@ from tritoncorr.data.sampler import (
     sample_rng,
     sample_torch_generator,
 )
-from tritoncorr.data.sources import SourceWarning, hf_column, load_hf_dataset, read_hf_example
+from tritoncorr.data.sources import DataSourceError, SourceWarning, hf_column, load_hf_dataset, read_hf_example
 
 
 def no_decode_features(feature: Any) -> Any:
@@ -56,11 +56,53 @@ def no_decode_features(feature: Any) -> Any:
 class StreamCursor(EpochCursor):
     """The epoch stream and batch iteration shared by the streaming loaders (clips and images).
 
-    Subclasses set ``ds`` (a streaming ``datasets`` dataset), ``shuffle_buffer``, ``stream_tag`` (mixed
-    into the per-epoch shuffle seed), ``skipped_files``, ``root``, ``cfg``, ``rank``.
+    :meth:`open_stream` sets ``cfg``, ``seed``, ``rank``, ``world_size``, ``root``, ``ds`` (the one
+    column, undecoded), ``column``, ``shuffle_buffer``, ``skipped_files`` and the split size; subclasses
+    set ``stream_tag`` (mixed into the per-epoch shuffle seed).
     """
 
     stream_tag = 0x5B
+    shuffle_buffer = 1000
+
+    def open_stream(self, cfg, dataset, pick_column, *, seed: int, rank: int, world_size: int) -> None:
+        """Open ``cfg``'s stream (or use ``dataset``) and keep the column ``pick_column(names)`` names.
+
+        ``pick_column``: the dataset's column names -> the column to read (it raises on a bad choice).
+        An empty dataset raises :class:`~tritoncorr.data.sources.DataSourceError`.
+        """
+        cfg.validate()
+        check_rank(rank, world_size)
+        self.cfg, self.seed, self.rank, self.world_size = cfg, int(seed), int(rank), int(world_size)
+        self.root = cfg.root
+        ds = dataset if dataset is not None else load_hf_dataset(cfg.root, cfg.hf_split, streaming=True)
+        names = list(ds.features) if ds.features is not None else None
+        if names is None:
+            first = next(iter(ds.take(1)), None)
+            if first is None:
+                raise DataSourceError(f"HF dataset {cfg.root!r} (split {cfg.hf_split!r}) is empty")
+            names = list(first)
+        self.column = pick_column(names)
+        ds = ds.select_columns([self.column])
+        if ds.features is not None:
+            ds = ds.cast_column(self.column, no_decode_features(ds.features[self.column]))
+        self.ds = ds
+        self.base = Path(cfg.root) if Path(cfg.root).is_dir() else None
+        self.epoch, self.batch = 0, 0
+        self.skipped_files: list[str] = []
+        try:
+            split = ds.info.splits[cfg.hf_split] if ds.info and ds.info.splits else None
+            self._total = int(split.num_examples) if split is not None and split.num_examples else None
+        except (KeyError, TypeError, AttributeError):
+            self._total = None
+
+    def __len__(self) -> int:
+        if self._total is None:
+            raise TypeError("the number of batches of a streaming dataset is unknown (no split size in its info)")
+        return (self._total // self.world_size) // self.cfg.batch_size
+
+    @property
+    def skipped(self) -> int:
+        return len(self.skipped_files)
 
     def epoch_stream(self, epoch: int) -> Iterator[dict]:
         """Raw examples of this rank for ``epoch`` (shuffled per epoch), read in the calling process."""
@@ -163,42 +205,13 @@ class StreamingClipLoader(StreamCursor):
     ``state_dict``/``load_state_dict``/``set_epoch``); ``video`` holds the stream position."""
 
     def __init__(self, cfg: DataConfig, *, seed: int, rank: int = 0, world_size: int = 1, dataset=None) -> None:
-        cfg.validate()
-        check_rank(rank, world_size)
-        self.cfg, self.seed, self.rank, self.world_size = cfg, int(seed), int(rank), int(world_size)
-        self.root = cfg.root
-        ds = dataset if dataset is not None else load_hf_dataset(cfg.root, cfg.hf_split, streaming=True)
-        names = list(ds.features) if ds.features is not None else None
-        if names is None:
-            first = next(iter(ds.take(1)), None)
-            if first is None:
-                raise ValueError(f"HF dataset {cfg.root!r} (split {cfg.hf_split!r}) is empty")
-            names = list(first)
-        self.column, self.kind = hf_column(names, cfg.hf_column, cfg.root)
-        ds = ds.select_columns([self.column])
-        if ds.features is not None:
-            ds = ds.cast_column(self.column, no_decode_features(ds.features[self.column]))
-        self.ds = ds
-        self.base = Path(cfg.root) if Path(cfg.root).is_dir() else None
-        self.shuffle_buffer = 1000
-        self.epoch = 0
-        self.batch = 0
-        self.skipped_files: list[str] = []
-        self._total = None
-        try:
-            split = ds.info.splits[cfg.hf_split] if ds.info and ds.info.splits else None
-            self._total = int(split.num_examples) if split is not None and split.num_examples else None
-        except (KeyError, TypeError, AttributeError):
-            self._total = None
+        self.kind = "frames"
 
-    def __len__(self) -> int:
-        if self._total is None:
-            raise TypeError("the number of batches of a streaming dataset is unknown (no split size in its info)")
-        return (self._total // self.world_size) // self.cfg.batch_size
+        def pick_column(names: list[str]) -> str:
+            column, self.kind = hf_column(names, cfg.hf_column, cfg.root)
+            return column
 
-    @property
-    def skipped(self) -> int:
-        return len(self.skipped_files)
+        self.open_stream(cfg, dataset, pick_column, seed=seed, rank=rank, world_size=world_size)
 
     def usable(self, example: dict) -> bool:
         if self.kind == "frames":
