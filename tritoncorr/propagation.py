@@ -183,9 +183,28 @@ class PropagationConfig:
         return kw
 
 
+# MAST's full-window protocol: one softmax at temperature 1 over raw dot products in a square window
+# (no top-k), MAST's reference frames, hard feedback, labels sampled at the feature stride.
+_MAST = PropagationConfig(
+    radius=12,
+    topk=None,
+    temperature=1.0,
+    window="square",
+    unrestricted_first=False,
+    references="mast",
+    feedback="hard",
+    normalize=False,
+    compact=0,
+    label_downsample="strided",
+    upsample_align_corners=False,
+    pad=1,
+)
+# DUL's and CRW's kNN protocol (the two codebases agree on every setting).
+_DUL = PropagationConfig(context=20, radius=12, topk=10, temperature=0.05, window="disc", unrestricted_first=True)
+
 PRESETS: dict[str, PropagationConfig] = {
-    "dul": PropagationConfig(context=20, radius=12, topk=10, temperature=0.05, window="disc", unrestricted_first=True),
-    "crw": PropagationConfig(context=20, radius=12, topk=10, temperature=0.05, window="disc", unrestricted_first=True),
+    "dul": _DUL,
+    "crw": _DUL,
     "stt": PropagationConfig(
         context=20,
         radius=12,
@@ -198,34 +217,9 @@ PRESETS: dict[str, PropagationConfig] = {
         upsample_align_corners=False,
         minmax=True,
     ),
-    "liir": PropagationConfig(
-        radius=14,
-        topk=None,
-        temperature=1.0,
-        window="square",
-        unrestricted_first=False,
-        references="mast",
-        feedback="hard",
-        normalize=False,
-        compact=2,
-        label_downsample="strided",
-        upsample_align_corners=False,
-        pad=4,
-    ),
-    "mast": PropagationConfig(
-        radius=12,
-        topk=None,
-        temperature=1.0,
-        window="square",
-        unrestricted_first=False,
-        references="mast",
-        feedback="hard",
-        normalize=False,
-        compact=0,
-        label_downsample="strided",
-        upsample_align_corners=False,
-        pad=1,
-    ),
+    # LIIR evaluates with MAST's protocol in a larger window, with the compactness prior, frames padded to 4.
+    "liir": dataclasses.replace(_MAST, radius=14, compact=2, pad=4),
+    "mast": _MAST,
     # The protocol-neutral preset: DUL's kNN protocol for any method (radius rescaled to the model's stride
     # by task_preset, frames padded to a multiple of the stride).
     "common": PropagationConfig(
