@@ -148,27 +148,19 @@ def _correlation(label: str, B: int, C: int, H: int, W: int, r: int, dtype: str)
     n, cells, rect = B * H * W, (2 * r + 1) ** 2, (_TILE + 2 * r) ** 2
     e = _ELT[dtype]
     params = dict(B=B, C=C, H=H, W=W, radius=r)
+    # the backward pass computes twice the forward's products (d query and d keys) and reads both gradients
     return [
         ModelCase(
             "local_correlation",
             label,
-            "fwd",
+            direction,
             dtype,
-            2 * n * cells * C,
-            n * (2 * C + cells) * e,
-            2 * n * rect * C,
+            2 * m * n * cells * C,
+            n * (2 * m * C + cells) * e,
+            2 * m * n * rect * C,
             params,
-        ),
-        ModelCase(
-            "local_correlation",
-            label,
-            "bwd",
-            dtype,
-            4 * n * cells * C,
-            n * (4 * C + cells) * e,
-            4 * n * rect * C,
-            params,
-        ),
+        )
+        for direction, m in (("fwd", 1), ("bwd", 2))
     ]
 
 

@@ -46,16 +46,26 @@ def _check_channels(name: str, x: torch.Tensor, dim: int = -3) -> None:
         raise TypeError(f"{name} must be a floating tensor (RGB in [0, 1]), got {x.dtype}")
 
 
+def _standardize(name: str, x: torch.Tensor, mean, std) -> torch.Tensor:
+    """``(x - mean) / std`` per channel (dim -3) after checking that ``x`` has 3 floating channels."""
+    _check_channels(name, x)
+    return (x - _channel_view(mean, x)) / _channel_view(std, x)
+
+
+def _unstandardize(name: str, x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Inverse of :func:`_standardize`: ``x * std + mean`` per channel (dim -3)."""
+    _check_channels(name, x)
+    return x * _channel_view(std, x) + _channel_view(mean, x)
+
+
 def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
     """``(x - mean) / std`` with the ImageNet statistics. ``x``: RGB in [0, 1], ``(..., 3, H, W)``."""
-    _check_channels("x", x)
-    return (x - _channel_view(IMAGENET_MEAN, x)) / _channel_view(IMAGENET_STD, x)
+    return _standardize("x", x, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def imagenet_denormalize(x: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`imagenet_normalize`, ``(..., 3, H, W)``."""
-    _check_channels("x", x)
-    return x * _channel_view(IMAGENET_STD, x) + _channel_view(IMAGENET_MEAN, x)
+    return _unstandardize("x", x, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
@@ -106,14 +116,12 @@ def _linear_to_lab(lin: torch.Tensor) -> torch.Tensor:
 
 def lab_normalize(lab: torch.Tensor) -> torch.Tensor:
     """``((L - 50) / 50, a / 127, b / 127)`` (MAST/STT/LIIR). ``lab``: ``(..., 3, H, W)``."""
-    _check_channels("lab", lab)
-    return (lab - _channel_view(LAB_MEAN, lab)) / _channel_view(LAB_STD, lab)
+    return _standardize("lab", lab, LAB_MEAN, LAB_STD)
 
 
 def lab_denormalize(lab: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`lab_normalize`, ``(..., 3, H, W)``."""
-    _check_channels("lab", lab)
-    return lab * _channel_view(LAB_STD, lab) + _channel_view(LAB_MEAN, lab)
+    return _unstandardize("lab", lab, LAB_MEAN, LAB_STD)
 
 
 def channel_dropout(lab: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:

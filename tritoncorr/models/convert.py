@@ -254,7 +254,8 @@ def default_config(fmt: str, variant: str | None = None) -> ConvertedConfig:
         return ConvertedConfig(
             m, strides=(1, 2, 2, 1), pool="none", feature_stage="layer3", color="lab", preset="stt", variant="d8"
         )
-    if fmt == "mast":
+    if fmt in ("mast", "liir"):
+        # LIIR's backbone is MAST's plus a learned 128 x 128 position embedding added to the stem
         return ConvertedConfig(
             m,
             strides=(1, 2, 1, 1),
@@ -262,20 +263,9 @@ def default_config(fmt: str, variant: str | None = None) -> ConvertedConfig:
             widths=(64, 128, 256, 256),
             feature_stage="layer4",
             head_channels=64,
+            stem_embedding=128 if fmt == "liir" else 0,
             color="lab",
-            preset="mast",
-        )
-    if fmt == "liir":
-        return ConvertedConfig(
-            m,
-            strides=(1, 2, 1, 1),
-            pool="none",
-            widths=(64, 128, 256, 256),
-            feature_stage="layer4",
-            head_channels=64,
-            stem_embedding=128,
-            color="lab",
-            preset="liir",
+            preset=fmt,
         )
     if fmt == "moco":
         return ConvertedConfig(
