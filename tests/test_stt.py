@@ -290,7 +290,7 @@ def _explicit_reconstruction(q, k, v, radius, scale):
     "backend,dtype", [("torch", torch.float64), pytest.param("triton", torch.float32, marks=pytest.mark.interpreter)]
 )
 def test_local_attention_reconstruction_equals_explicit_softmax(backend, dtype, monkeypatch):
-    from tritoncorr.methods.common import window_reconstruct
+    from tritoncorr.kernels import local_attention
 
     monkeypatch.setenv("TRITONCORR_BACKEND", backend)
     g = _gen(3)
@@ -299,7 +299,7 @@ def test_local_attention_reconstruction_equals_explicit_softmax(backend, dtype, 
     k = torch.randn(b, c, h, w, generator=g, dtype=torch.float64).requires_grad_(True)
     v = torch.randn(b, 1, h, w, generator=g, dtype=torch.float64).requires_grad_(True)
     scale = 1 / math.sqrt(c)
-    ours = window_reconstruct(q.to(dtype), k.to(dtype), v.to(dtype), r, scale=scale, border="truncate")
+    ours = local_attention(q.to(dtype), k.to(dtype), v.to(dtype), r, scale=scale, border="truncate")
     ref = _explicit_reconstruction(q, k, v, r, scale)
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ours.double(), ref, **tol)

@@ -7,9 +7,9 @@ One place for each idea the methods share; every method imports these instead of
   (the dropped channel of the clean Lab).
 * :func:`decimate` / :func:`frame_pyramid`: the frame pyramid by decimation at offset 0
   (``x[..., ::s, ::s]``, the top-left pixel of each ``s x s`` block; no blur, no averaging).
-* :func:`window_reconstruct`: the dropped channel of the target rebuilt from a reference through
-  the fused windowed attention :func:`tritoncorr.kernels.local_attention` (no correlation volume
-  is stored).
+* The reconstruction itself (the dropped channel of the target rebuilt from a reference) is the fused
+  windowed attention :func:`tritoncorr.kernels.local_attention` (no correlation volume is stored), with
+  ``border="zero"`` for MAST/LIIR and ``"truncate"`` for STT.
 * :func:`upsampled_huber`: the reconstruction loss of MAST/STT/LIIR: the low-resolution prediction
   is bilinearly upsampled (``align_corners=False``) to the target's size and compared with
   Smooth-L1 (beta 1) on values multiplied by ``scale`` (20), mean over all elements.
@@ -37,7 +37,6 @@ __all__ = [
     "drop_chroma",
     "decimate",
     "frame_pyramid",
-    "window_reconstruct",
     "upsampled_huber",
     "RECON_SCALE",
     "compactness_template",
@@ -75,35 +74,6 @@ def decimate(x: torch.Tensor, stride: int) -> torch.Tensor:
 def frame_pyramid(x: torch.Tensor, strides: Sequence[int]) -> list[torch.Tensor]:
     """One decimated copy of ``x`` ``(..., H, W)`` per stride (STT: ``(4, 8)``; LIIR: ``(4,)``)."""
     return [decimate(x, s) for s in strides]
-
-
-def window_reconstruct(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    radius: int,
-    *,
-    scale: float = 1.0,
-    border: str = "zero",
-    return_lse: bool = False,
-):
-    """Rebuild ``value`` of the target from the reference's: ``out(i) = sum_j softmax_j(scale <q_i, k_j>) v_j``.
-
-    Args:
-        query: ``(B, C, h, w)`` target features; key: ``(B, C, h, w)`` reference features.
-        value: ``(B, D, h, w)`` reference values on the feature grid (e.g. the decimated dropped channel).
-        radius: window radius in feature cells (square ``(2r+1)^2`` window).
-        scale: logit multiplier (LIIR/MAST 1; STT ``1/sqrt(C)``).
-        border: ``"zero"`` (out-of-image cells count with logit 0 and value 0: MAST/LIIR) or
-            ``"truncate"`` (they leave the softmax: STT).
-        return_lse: also return the per-pixel log-sum-exp ``(B, h, w)`` float32 of the window logits.
-
-    Returns:
-        ``(B, D, h, w)`` (and the lse), differentiable w.r.t. query, key and value.
-    """
-    from tritoncorr.kernels import local_attention
-
-    return local_attention(query, key, value, radius, scale=scale, border=border, return_lse=return_lse)
 
 
 def upsampled_huber(

@@ -95,6 +95,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tritoncorr.kernels import local_attention
 from tritoncorr.methods.common import (
     RECON_SCALE,
     compactness_mask,
@@ -102,7 +103,6 @@ from tritoncorr.methods.common import (
     decimate,
     drop_chroma,
     upsampled_huber,
-    window_reconstruct,
 )
 from tritoncorr.models.heads import resize_embedding
 from tritoncorr.models.resnet import ResNet
@@ -342,7 +342,7 @@ def _maps_chunk_lse(query_b: torch.Tensor, keys: torch.Tensor, radius: int, scal
     k = keys.shape[0]
     q = query_b.unsqueeze(0).expand(k, -1, -1, -1).contiguous()
     zeros = torch.zeros(k, 1, *keys.shape[-2:], dtype=keys.dtype, device=keys.device)
-    _, lse = window_reconstruct(q, keys, zeros, radius, scale=scale, border="zero", return_lse=True)
+    _, lse = local_attention(q, keys, zeros, radius, scale=scale, border="zero", return_lse=True)
     return torch.logsumexp(lse, dim=0)
 
 
@@ -654,7 +654,7 @@ class LIIR(nn.Module):
                 f"{tuple(v_r.shape[-2:])}; use a frame size divisible by {STRIDE}"
             )
 
-        out, lse = window_reconstruct(phi_t, phi_r, v_r, cfg.radius, scale=scale, border="zero", return_lse=True)
+        out, lse = local_attention(phi_t, phi_r, v_r, cfg.radius, scale=scale, border="zero", return_lse=True)
         use_bank = self.bank is not None and self.bank.full
         lse_bank = None
         if use_bank and cfg.inter == "points":
@@ -684,7 +684,7 @@ class LIIR(nn.Module):
                 keys8 = self.head8(c5_r)
             h8, w8 = g_t.shape[-2:]
             v8 = F.interpolate(y_r, size=(h8, w8), mode="bilinear", align_corners=False).to(g_t.dtype)
-            out8, lse8 = window_reconstruct(g_t, keys8, v8, STRIDE8_RADIUS, scale=scale, border="zero", return_lse=True)
+            out8, lse8 = local_attention(g_t, keys8, v8, STRIDE8_RADIUS, scale=scale, border="zero", return_lse=True)
             lse8_bank = None
             if use_bank and cfg.inter == "maps":
                 if tuple(keys8.shape[1:]) != self.bank.item_shape:

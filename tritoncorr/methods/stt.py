@@ -87,7 +87,8 @@ from torch import nn
 
 from tritoncorr.data.config import DataConfig
 from tritoncorr.engine.config import ConfigError
-from tritoncorr.methods.common import decimate, drop_chroma, upsampled_huber, window_reconstruct
+from tritoncorr.kernels import local_attention
+from tritoncorr.methods.common import decimate, drop_chroma, upsampled_huber
 from tritoncorr.models.resnet import BasicBlock, Bottleneck, ResNet
 
 __all__ = [
@@ -200,7 +201,7 @@ def reconstruction_loss(
             f"{tuple(query.shape[-2:])}"
         )
     dtype = query.dtype
-    rec = window_reconstruct(query, key, value.to(dtype).contiguous(), radius, scale=scale, border="truncate")
+    rec = local_attention(query, key, value.to(dtype).contiguous(), radius, scale=scale, border="truncate")
     return upsampled_huber(rec, target_channel)
 
 
