@@ -104,8 +104,6 @@ def tile_scores(
     s_qc,
     s_kc,
     inv_t,
-    BLOCK_Q: tl.constexpr,
-    BLOCK_K: tl.constexpr,
     BLOCK_C: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
@@ -114,7 +112,7 @@ def tile_scores(
     against the key cells at ``k_base`` (BLOCK_K,) (pointers to channel 0, :func:`pixel_ptrs`), over
     channel blocks of BLOCK_C (channel strides ``s_qc``, ``s_kc``); masked loads give 0."""
     offs_c = tl.arange(0, BLOCK_C)
-    acc = tl.zeros((BLOCK_Q, BLOCK_K), dtype=tl.float32)
+    acc = tl.zeros((q_base.shape[0], k_base.shape[0]), dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
         cc = c0 + offs_c
         cmask = cc < C

@@ -95,9 +95,7 @@ def _knn_propagate_kernel(
             ky = kp // W
             kx = kp % W
             k_base = pixel_ptrs(k_frame, ky, kx, s_ky, s_kx)
-            s = tile_scores(
-                q_base, qvalid, k_base, kvalid, C, s_qc, s_kc, inv_t, BLOCK_Q, BLOCK_K, BLOCK_C, INPUT_PRECISION, UPCAST
-            )
+            s = tile_scores(q_base, qvalid, k_base, kvalid, C, s_qc, s_kc, inv_t, BLOCK_C, INPUT_PRECISION, UPCAST)
             ok = qvalid[:, None] & kvalid[None, :]
             s = tl.where(ok, s, float("-inf"))
             cand = (fr * HW + kp)[None, :]
@@ -118,9 +116,7 @@ def _knn_propagate_kernel(
             ky = ry0 + j // RW
             kx = rx0 + j % RW
             k_base = pixel_ptrs(k_frame, ky, kx, s_ky, s_kx)
-            s = tile_scores(
-                q_base, qvalid, k_base, kvalid, C, s_qc, s_kc, inv_t, BLOCK_Q, BLOCK_K, BLOCK_C, INPUT_PRECISION, UPCAST
-            )
+            s = tile_scores(q_base, qvalid, k_base, kvalid, C, s_qc, s_kc, inv_t, BLOCK_C, INPUT_PRECISION, UPCAST)
             dy = ky[None, :] - qy[:, None]
             dx = kx[None, :] - qx[:, None]
             if SQUARE:
