@@ -344,13 +344,17 @@ def _tuned(name: str, dclass: str):
     return _TUNED[key]
 
 
-def _kernel_and_meta(name: str, dtype: torch.dtype) -> tuple[object, dict]:
-    """The kernel to launch (autotuned or plain) and the launch keywords the plain one needs."""
+def _kernel_and_meta(name: str, dtype: torch.dtype, K: int) -> tuple[object, dict]:
+    """The kernel to launch (autotuned or plain) and its launch keywords: the blocks derived from K, the dot
+    precision and, for the plain kernel, its fixed config."""
+    meta = {"BLOCK_K": _block_k(K), "INPUT_PRECISION": _input_precision(dtype), "UPCAST": upcast_bf16_dot(dtype)}
+    if "BLOCK_D" in KERNELS[name].arg_names:
+        meta["BLOCK_D"] = _block_d(K, dtype)
     dclass = _dtype_class(dtype)
     if autotune_enabled() and len(CONFIGS[(name, dclass)]) > 1:
-        return _tuned(name, dclass), {}
+        return _tuned(name, dclass), meta
     bp, ba, w, st = _INTERPRET_CONFIG if interpreting() else CONFIGS[(name, dclass)][0]
-    return KERNELS[name], {"BLOCK_P": bp, "BLOCK_A": ba, "num_warps": w, "num_stages": st}
+    return KERNELS[name], {**meta, "BLOCK_P": bp, "BLOCK_A": ba, "num_warps": w, "num_stages": st}
 
 
 def _split_align(dtype: torch.dtype) -> int:
@@ -391,7 +395,7 @@ def launch_fwd(wrap, features, anchors, labels, temperature):
     lse = alloc_output((P,), dtype=torch.float32, device=features.device)
     if P == 0:
         return loss, lse
-    kernel, meta = _kernel_and_meta("fwd", features.dtype)
+    kernel, meta = _kernel_and_meta("fwd", features.dtype, K)
     grid = lambda m: (cdiv(P, m["BLOCK_P"]),)  # noqa: E731
     wrap(kernel)[grid](
         features,
@@ -402,15 +406,10 @@ def launch_fwd(wrap, features, anchors, labels, temperature):
         P,
         A,
         K,
-        features.stride(0),
-        features.stride(1),
-        anchors.stride(0),
-        anchors.stride(1),
+        *features.stride(),
+        *anchors.stride(),
         labels.stride(0),
         1.0 / float(temperature),
-        BLOCK_K=_block_k(K),
-        INPUT_PRECISION=_input_precision(features.dtype),
-        UPCAST=upcast_bf16_dot(features.dtype),
         **meta,
     )
     return loss, lse
@@ -428,12 +427,10 @@ def launch_bwd(wrap, features, anchors, labels, lse, grad_loss, grad_lse, temper
     grad_features = alloc_output((P, K), dtype=features.dtype, device=device)
     if P == 0:
         return grad_features, torch.zeros_like(anchors, memory_format=torch.contiguous_format)
-    block_k = _block_k(K)
     block_d = _block_d(K, features.dtype)
-    precision = _input_precision(features.dtype)
     scale = 1.0 / float(temperature)
 
-    kernel, meta = _kernel_and_meta("bwd_features", features.dtype)
+    kernel, meta = _kernel_and_meta("bwd_features", features.dtype, K)
     grid = lambda m: (cdiv(P, m["BLOCK_P"]), cdiv(K, block_d))  # noqa: E731
     wrap(kernel)[grid](
         features,
@@ -446,17 +443,10 @@ def launch_bwd(wrap, features, anchors, labels, lse, grad_loss, grad_lse, temper
         P,
         A,
         K,
-        features.stride(0),
-        features.stride(1),
-        anchors.stride(0),
-        anchors.stride(1),
-        grad_features.stride(0),
-        grad_features.stride(1),
+        *features.stride(),
+        *anchors.stride(),
+        *grad_features.stride(),
         scale,
-        BLOCK_K=block_k,
-        BLOCK_D=block_d,
-        INPUT_PRECISION=precision,
-        UPCAST=upcast_bf16_dot(features.dtype),
         **meta,
     )
 
@@ -465,7 +455,7 @@ def launch_bwd(wrap, features, anchors, labels, lse, grad_loss, grad_lse, temper
     rows_per_split = cdiv(cdiv(P, splits), align) * align
     splits = cdiv(P, rows_per_split)
     partial = alloc_output((splits, A, K), dtype=torch.float32, device=device)
-    kernel, meta = _kernel_and_meta("bwd_anchors", features.dtype)
+    kernel, meta = _kernel_and_meta("bwd_anchors", features.dtype, K)
     grid = lambda m: (cdiv(A, m["BLOCK_A"]), cdiv(K, block_d), splits)  # noqa: E731
     wrap(kernel)[grid](
         features,
@@ -479,15 +469,9 @@ def launch_bwd(wrap, features, anchors, labels, lse, grad_loss, grad_lse, temper
         A,
         K,
         rows_per_split,
-        features.stride(0),
-        features.stride(1),
-        anchors.stride(0),
-        anchors.stride(1),
+        *features.stride(),
+        *anchors.stride(),
         scale,
-        BLOCK_K=block_k,
-        BLOCK_D=block_d,
-        INPUT_PRECISION=precision,
-        UPCAST=upcast_bf16_dot(features.dtype),
         **meta,
     )
     grad_anchors = partial[0] if splits == 1 else partial.sum(dim=0)  # fixed order: deterministic
@@ -503,7 +487,7 @@ def launch_argmax(wrap, features, anchors, feature_group, anchor_group):
         return out
     feature_group = feature_group.to(torch.int64).contiguous()
     anchor_group = anchor_group.to(torch.int64).contiguous()
-    kernel, meta = _kernel_and_meta("argmax", features.dtype)
+    kernel, meta = _kernel_and_meta("argmax", features.dtype, K)
     grid = lambda m: (cdiv(P, m["BLOCK_P"]),)  # noqa: E731
     wrap(kernel)[grid](
         features,
@@ -514,13 +498,8 @@ def launch_argmax(wrap, features, anchors, feature_group, anchor_group):
         P,
         A,
         K,
-        features.stride(0),
-        features.stride(1),
-        anchors.stride(0),
-        anchors.stride(1),
-        BLOCK_K=_block_k(K),
-        INPUT_PRECISION=_input_precision(features.dtype),
-        UPCAST=upcast_bf16_dot(features.dtype),
+        *features.stride(),
+        *anchors.stride(),
         **meta,
     )
     return out
