@@ -23,10 +23,12 @@ from .._triton_utils import (
     feature_precision,
     merge_topk,
     pixel_ptrs,
+    propagation_args,
+    propagation_grid,
     query_tile,
     tile_scores,
 )
-from .._utils import alloc_output, autotune_enabled, cdiv, next_power_of_2, upcast_bf16_dot
+from .._utils import alloc_output, autotune_enabled, next_power_of_2, upcast_bf16_dot
 from .reference import window_reach
 
 __all__ = ["aot_specs", "launch"]
@@ -192,25 +194,9 @@ def launch(query, keys, values, radius, topk, temperature, window, unrestricted,
     out = alloc_output((lab, h, w), dtype=torch.float32, device=query.device)
     fam = _family(query.dtype)
     tile_h = _TILE_H[fam]
-    grid = (cdiv(h, tile_h) * cdiv(w, TILE_W),)
-    args = (
-        query,
-        keys,
-        values,
-        out,
-        h,
-        w,
-        c,
-        lab,
-        n,
-        unrestricted,
-        radius,
-        window_reach(radius, window),
-        1.0 / float(temperature),
-        *query.stride(),
-        *keys.stride(),
-        *values.stride(),
-        *out.stride(),
+    grid = propagation_grid(h, w, tile_h)
+    args = propagation_args(
+        query, keys, values, out, unrestricted, radius, window_reach(radius, window), 1.0 / float(temperature)
     )
     common = dict(
         TILE_H=tile_h,

@@ -25,10 +25,12 @@ from .._triton_utils import (
     feature_precision,
     merge_topk,
     pixel_ptrs,
+    propagation_args,
+    propagation_grid,
     query_tile,
     tile_scores,
 )
-from .._utils import alloc_output, cdiv, next_power_of_2, upcast_bf16_dot
+from .._utils import alloc_output, next_power_of_2, upcast_bf16_dot
 
 __all__ = ["aot_specs", "launch", "COMPACT_STAMP"]
 
@@ -231,29 +233,12 @@ def _block_l(lab: int) -> int:
 def launch(query, keys, values, radius, temperature, compact, compact_threshold, *, wrap=None) -> torch.Tensor:
     """Run the kernel: (L, h, w) fp32. ``wrap`` is ``torch.library.wrap_triton`` inside the op."""
     c, h, w = query.shape
-    n, lab = keys.shape[0], values.shape[1]
+    lab = values.shape[1]
     values = values.float()
     out = alloc_output((lab, h, w), dtype=torch.float32, device=query.device)
     tile_h, bk, nw, ns = _config(query.dtype)
-    grid = (cdiv(h, tile_h) * cdiv(w, TILE_W),)
-    args = (
-        query,
-        keys,
-        values,
-        out,
-        h,
-        w,
-        c,
-        lab,
-        n,
-        radius,
-        1.0 / float(temperature),
-        float(compact_threshold),
-        *query.stride(),
-        *keys.stride(),
-        *values.stride(),
-        *out.stride(),
-    )
+    grid = propagation_grid(h, w, tile_h)
+    args = propagation_args(query, keys, values, out, radius, 1.0 / float(temperature), float(compact_threshold))
     kernel = _window_propagate_kernel
     (wrap(kernel) if wrap else kernel)[grid](
         *args,
