@@ -7,7 +7,8 @@
 * :func:`tile_scores`: scores of a tile of query pixels against a block of key cells of one frame, whose
   pixel pointers :func:`pixel_ptrs` computes.
 * :func:`feature_block_c`, :func:`feature_precision`, :data:`PROPAGATION_TILE`: the launch choices
-  the two propagation families share.
+  the two propagation families share; :func:`propagation_grid` and :func:`propagation_args`: their
+  grid and their kernels' common argument layout.
 * :func:`aot_spec`: one :class:`~tritoncorr.kernels.aot.AotSpec` from a kernel and its constexprs
   (the signature read from the kernel's argument names), the one AOT signature builder.
 """
@@ -18,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import next_power_of_2
+from ._utils import cdiv, next_power_of_2
 from .aot import AotSpec
 
 #: Query pixels per program of the propagation kernels, (rows, cols): 8 x 8 = 64 rows, the M of one
@@ -36,6 +37,22 @@ def feature_precision(dtype: torch.dtype) -> str:
     """``input_precision`` of a propagation score dot: fp32 features through 3xTF32 (scores close to
     fp32: plain TF32 would perturb the top-k / softmax); 16-bit features as they come."""
     return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+def propagation_grid(h: int, w: int, tile_h: int) -> tuple[int]:
+    """Grid of a propagation kernel: one program per ``tile_h x PROPAGATION_TILE[1]`` tile of the h x w target
+    (:func:`query_tile`)."""
+    return (cdiv(h, tile_h) * cdiv(w, PROPAGATION_TILE[1]),)
+
+
+def propagation_args(query, keys, values, out, *params) -> tuple:
+    """Positional arguments of a propagation kernel (kNN, full window), which all take the same layout:
+    ``q_ptr, k_ptr, v_ptr, o_ptr, H, W, C, L, N``, the kernel's own ``params``, then the strides of the
+    query (C, h, w), keys (N, C, h, w), values (N, L, h, w) and output (L, h, w)."""
+    c, h, w = query.shape
+    sizes = (h, w, c, values.shape[1], keys.shape[0])
+    strides = (*query.stride(), *keys.stride(), *values.stride(), *out.stride())
+    return (query, keys, values, out, *sizes, *params, *strides)
 
 
 @triton.jit
@@ -104,8 +121,6 @@ def tile_scores(
     s_qc,
     s_kc,
     inv_t,
-    BLOCK_Q: tl.constexpr,
-    BLOCK_K: tl.constexpr,
     BLOCK_C: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
@@ -114,7 +129,7 @@ def tile_scores(
     against the key cells at ``k_base`` (BLOCK_K,) (pointers to channel 0, :func:`pixel_ptrs`), over
     channel blocks of BLOCK_C (channel strides ``s_qc``, ``s_kc``); masked loads give 0."""
     offs_c = tl.arange(0, BLOCK_C)
-    acc = tl.zeros((BLOCK_Q, BLOCK_K), dtype=tl.float32)
+    acc = tl.zeros((q_base.shape[0], k_base.shape[0]), dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
         cc = c0 + offs_c
         cmask = cc < C

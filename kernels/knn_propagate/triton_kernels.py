@@ -23,10 +23,12 @@ from .._triton_utils import (
     feature_precision,
     merge_topk,
     pixel_ptrs,
+    propagation_args,
+    propagation_grid,
     query_tile,
     tile_scores,
 )
-from .._utils import alloc_output, autotune_enabled, cdiv, next_power_of_2, upcast_bf16_dot
+from .._utils import alloc_output, autotune_enabled, next_power_of_2, upcast_bf16_dot
 from .reference import window_reach
 
 __all__ = ["aot_specs", "launch"]
@@ -95,9 +97,7 @@ def _knn_propagate_kernel(
             ky = kp // W
             kx = kp % W
             k_base = pixel_ptrs(k_frame, ky, kx, s_ky, s_kx)
-            s = tile_scores(
-                q_base, qvalid, k_base, kvalid, C, s_qc, s_kc, inv_t, BLOCK_Q, BLOCK_K, BLOCK_C, INPUT_PRECISION, UPCAST
-            )
+            s = tile_scores(q_base, qvalid, k_base, kvalid, C, s_qc, s_kc, inv_t, BLOCK_C, INPUT_PRECISION, UPCAST)
             ok = qvalid[:, None] & kvalid[None, :]
             s = tl.where(ok, s, float("-inf"))
             cand = (fr * HW + kp)[None, :]
@@ -118,9 +118,7 @@ def _knn_propagate_kernel(
             ky = ry0 + j // RW
             kx = rx0 + j % RW
             k_base = pixel_ptrs(k_frame, ky, kx, s_ky, s_kx)
-            s = tile_scores(
-                q_base, qvalid, k_base, kvalid, C, s_qc, s_kc, inv_t, BLOCK_Q, BLOCK_K, BLOCK_C, INPUT_PRECISION, UPCAST
-            )
+            s = tile_scores(q_base, qvalid, k_base, kvalid, C, s_qc, s_kc, inv_t, BLOCK_C, INPUT_PRECISION, UPCAST)
             dy = ky[None, :] - qy[:, None]
             dx = kx[None, :] - qx[:, None]
             if SQUARE:
@@ -196,25 +194,9 @@ def launch(query, keys, values, radius, topk, temperature, window, unrestricted,
     out = alloc_output((lab, h, w), dtype=torch.float32, device=query.device)
     fam = _family(query.dtype)
     tile_h = _TILE_H[fam]
-    grid = (cdiv(h, tile_h) * cdiv(w, TILE_W),)
-    args = (
-        query,
-        keys,
-        values,
-        out,
-        h,
-        w,
-        c,
-        lab,
-        n,
-        unrestricted,
-        radius,
-        window_reach(radius, window),
-        1.0 / float(temperature),
-        *query.stride(),
-        *keys.stride(),
-        *values.stride(),
-        *out.stride(),
+    grid = propagation_grid(h, w, tile_h)
+    args = propagation_args(
+        query, keys, values, out, unrestricted, radius, window_reach(radius, window), 1.0 / float(temperature)
     )
     common = dict(
         TILE_H=tile_h,

@@ -128,15 +128,14 @@ def _scores(
     b_off,
     b_ok,
     C,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
     BLOCK_C: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """``(BLOCK_M, BLOCK_N)`` fp32 dot products between the pixels ``a_off`` of map A and ``b_off`` of map
-    B (pixel offsets into one image, channel strides ``sac`` / ``sbc``; masked pixels read zeros)."""
-    s = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    """``(BLOCK_M, BLOCK_N)`` fp32 dot products between the pixels ``a_off`` (BLOCK_M,) of map A and
+    ``b_off`` (BLOCK_N,) of map B (pixel offsets into one image, channel strides ``sac`` / ``sbc``; masked
+    pixels read zeros)."""
+    s = tl.zeros([a_off.shape[0], b_off.shape[0]], dtype=tl.float32)
     cs = tl.arange(0, BLOCK_C)
     for c0 in range(0, C, BLOCK_C):
         ch = c0 + cs
@@ -182,29 +181,15 @@ def _corr_fwd_kernel(
     UPCAST: tl.constexpr,
 ):
     """out[b, n(q, k), q] = <q, k> for every query pixel q of the tile and key k of its window."""
-    BLOCK_M: tl.constexpr = TILE_H * TILE_W
     b = tl.program_id(1).to(tl.int64)
     y0, x0, iy, ix, qy, qx, q_ok = _tile(tl.program_id(0), H, W, dil, TILE_H, TILE_W)
     P = 2 * radius + 1
     RN = (TILE_H + 2 * radius) * (TILE_W + 2 * radius)
+    q_pix = qy * sqh + qx * sqw
     for n0 in range(0, RN, BLOCK_N):
         ry, rx, ky, kx, exists, inside = _rect_block(n0, y0, x0, H, W, radius, dil, BLOCK_N, TILE_H, TILE_W)
-        s = _scores(
-            Q + b * sqb,
-            sqc,
-            qy * sqh + qx * sqw,
-            q_ok,
-            K + b * skb,
-            skc,
-            ky * skh + kx * skw,
-            inside,
-            C,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_C,
-            PRECISION,
-            UPCAST,
-        )
+        k_pix = ky * skh + kx * skw
+        s = _scores(Q + b * sqb, sqc, q_pix, q_ok, K + b * skb, skc, k_pix, inside, C, BLOCK_C, PRECISION, UPCAST)
         cell = (ry[None, :] - iy[:, None]) * P + (rx[None, :] - ix[:, None])
         ok = _window(iy, ix, ry, rx, exists, radius) & q_ok[:, None]
         tl.store(Out + b * sob + cell * son + (qy * soh + qx * sow)[:, None], s.to(Out.dtype.element_ty), mask=ok)
@@ -331,31 +316,15 @@ def _attn_fwd_kernel(
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    q_pix = qy * sqh + qx * sqw
     for n0 in range(0, RN, BLOCK_N):
         ry, rx, ky, kx, exists, inside = _rect_block(n0, y0, x0, H, W, radius, 1, BLOCK_N, TILE_H, TILE_W)
-        s = (
-            _scores(
-                Q + b * sqb,
-                sqc,
-                qy * sqh + qx * sqw,
-                q_ok,
-                K + b * skb,
-                skc,
-                ky * skh + kx * skw,
-                inside,
-                C,
-                BLOCK_M,
-                BLOCK_N,
-                BLOCK_C,
-                PRECISION,
-                UPCAST,
-            )
-            * scale2
-        )
+        k_pix = ky * skh + kx * skw
+        s = _scores(Q + b * sqb, sqc, q_pix, q_ok, K + b * skb, skc, k_pix, inside, C, BLOCK_C, PRECISION, UPCAST)
         ok = _window(iy, ix, ry, rx, exists, radius)
         if not ZERO_BORDER:  # truncated window: out-of-image cells leave the softmax
             ok = ok & inside[None, :]
-        s = tl.where(ok, s, float("-inf"))
+        s = tl.where(ok, s * scale2, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
@@ -460,22 +429,7 @@ def _attn_bwd_dq_kernel(
     for n0 in range(0, RN, BLOCK_N):
         ry, rx, ky, kx, exists, inside = _rect_block(n0, y0, x0, H, W, radius, 1, BLOCK_N, TILE_H, TILE_W)
         k_pix = ky * skh + kx * skw
-        s = _scores(
-            Q + b * sqb,
-            sqc,
-            q_pix,
-            q_ok,
-            K + b * skb,
-            skc,
-            k_pix,
-            inside,
-            C,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_C,
-            PRECISION,
-            UPCAST,
-        )
+        s = _scores(Q + b * sqb, sqc, q_pix, q_ok, K + b * skb, skc, k_pix, inside, C, BLOCK_C, PRECISION, UPCAST)
         ok = _window(iy, ix, ry, rx, exists, radius) & q_ok[:, None]
         if not ZERO_BORDER:
             ok = ok & inside[None, :]
@@ -588,22 +542,7 @@ def _attn_bwd_dkdv_kernel(
         # exactly when query (ry, rx) would be in the window of (iy, ix): the same mask
         ry, rx, qy, qx, exists, q_in = _rect_block(n0, y0, x0, H, W, radius, 1, BLOCK_N, TILE_H, TILE_W)
         q_pix = qy * sqh + qx * sqw
-        st = _scores(
-            K + b * skb,
-            skc,
-            k_pix,
-            k_ok,
-            Q + b * sqb,
-            sqc,
-            q_pix,
-            q_in,
-            C,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_C,
-            PRECISION,
-            UPCAST,
-        )
+        st = _scores(K + b * skb, skc, k_pix, k_ok, Q + b * sqb, sqc, q_pix, q_in, C, BLOCK_C, PRECISION, UPCAST)
         lse2 = tl.load(Lse + b * slb + qy * slh + qx * slw, mask=q_in, other=0.0) * LOG2E
         delta = tl.load(Delta + b * slb + qy * slh + qx * slw, mask=q_in, other=0.0)
         ok = _window(iy, ix, ry, rx, exists, radius) & q_in[None, :] & k_ok[:, None]
@@ -810,31 +749,12 @@ def launch_attn_bwd(query, key, value, out, lse, dout, dlse, radius: int, scale:
         BLOCK_N=cfg["BLOCK_N_BWD"],
         **_meta(cfg, "TILE_H", "TILE_W", "BLOCK_C", "BLOCK_CO", "BLOCK_D", "UPCAST", "num_warps", "num_stages"),
     )
+    # the arguments both backward kernels take first: inputs, sizes, input strides (Delta shares Lse's)
+    inputs = (query, key, value, dout, lse, delta)
+    sizes = (float(scale), C, D, H, W, radius)
+    in_strides = (*_s(query), *_s(key), *_s(value), *_s(dout), *_s(lse))
     wrap_triton(_attn_bwd_dq_kernel)[grid](
-        query,
-        key,
-        value,
-        dout,
-        lse,
-        delta,
-        dq,
-        ds,
-        pv,
-        float(scale),
-        C,
-        D,
-        H,
-        W,
-        radius,
-        *_s(query),
-        *_s(key),
-        *_s(value),
-        *_s(dout),
-        *_s(lse),
-        *_s(dq),
-        *_s(ds),
-        STORE_VOLUMES=volumes,
-        **meta,
+        *inputs, dq, ds, pv, *sizes, *in_strides, *_s(dq), *_s(ds), STORE_VOLUMES=volumes, **meta
     )
     if volumes:
         corr_meta = dict(
@@ -860,30 +780,7 @@ def launch_attn_bwd(query, key, value, out, lse, dout, dlse, radius: int, scale:
                 **corr_meta,
             )
         return dq, dk, dv
-    wrap_triton(_attn_bwd_dkdv_kernel)[grid](
-        query,
-        key,
-        value,
-        dout,
-        lse,
-        delta,
-        dk,
-        dv,
-        float(scale),
-        C,
-        D,
-        H,
-        W,
-        radius,
-        *_s(query),
-        *_s(key),
-        *_s(value),
-        *_s(dout),
-        *_s(lse),
-        *_s(dk),
-        *_s(dv),
-        **meta,
-    )
+    wrap_triton(_attn_bwd_dkdv_kernel)[grid](*inputs, dk, dv, *sizes, *in_strides, *_s(dk), *_s(dv), **meta)
     return dq, dk, dv
 
 

@@ -25,10 +25,12 @@ from .._triton_utils import (
     feature_precision,
     merge_topk,
     pixel_ptrs,
+    propagation_args,
+    propagation_grid,
     query_tile,
     tile_scores,
 )
-from .._utils import alloc_output, cdiv, next_power_of_2, upcast_bf16_dot
+from .._utils import alloc_output, next_power_of_2, upcast_bf16_dot
 
 __all__ = ["aot_specs", "launch", "COMPACT_STAMP"]
 
@@ -39,50 +41,35 @@ TILE_W = PROPAGATION_TILE[1]
 
 
 @triton.jit
-def _windowtile_scores(
-    q_base,
-    k_frame,
-    qy,
-    qx,
-    qvalid,
-    j,
-    RN,
-    RW,
-    ry0,
-    rx0,
-    H,
-    W,
-    RADIUS,
-    C,
-    s_qc,
-    s_kc,
-    s_ky,
-    s_kx,
-    inv_t,
-    BLOCK_Q: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
-    """Scores (BLOCK_Q, BLOCK_K) of the tile's queries (at ``q_base``, :func:`pixel_ptrs`) against the
-    rectangle cells ``j`` (BLOCK_K,) of the reference whose channel 0 is at ``k_frame``, -inf outside each
-    query's window; also which cells are in the image and their clamped coordinates (for the value
-    loads; out-of-image cells load zeros, the zero border)."""
+def _rect_cells(k_frame, j, ry0, rx0, RW, RN, H, W, s_ky, s_kx):
+    """Cells ``j`` (BLOCK_K,) of the tile's window rectangle (RN cells, RW a row, origin ``ry0, rx0``) of
+    the reference whose channel 0 is at ``k_frame``: their coordinates ``ky, kx``, which cells exist
+    (``j < RN``), which lie in the image, their coordinates clamped to the image (for the value loads)
+    and their pointers (:func:`pixel_ptrs`). Out-of-image cells load zeros: the zero border."""
     jv = j < RN
     ky = ry0 + j // RW
     kx = rx0 + j % RW
     kin = jv & (ky >= 0) & (ky < H) & (kx >= 0) & (kx < W)
     kyc = tl.minimum(tl.maximum(ky, 0), H - 1)
     kxc = tl.minimum(tl.maximum(kx, 0), W - 1)
-    k_base = pixel_ptrs(k_frame, kyc, kxc, s_ky, s_kx)
-    s = tile_scores(
-        q_base, qvalid, k_base, kin, C, s_qc, s_kc, inv_t, BLOCK_Q, BLOCK_K, BLOCK_C, INPUT_PRECISION, UPCAST
-    )
+    return ky, kx, jv, kin, kyc, kxc, pixel_ptrs(k_frame, kyc, kxc, s_ky, s_kx)
+
+
+@triton.jit
+def _in_window(qy, qx, qvalid, ky, kx, jv, RADIUS):
+    """(BLOCK_Q, BLOCK_K) bool: rectangle cell (ky, kx) exists and lies in the window of query (qy, qx)."""
     dy = ky[None, :] - qy[:, None]
     dx = kx[None, :] - qx[:, None]
-    ok = (tl.abs(dy) <= RADIUS) & (tl.abs(dx) <= RADIUS) & jv[None, :] & qvalid[:, None]
-    return tl.where(ok, s, float("-inf")), kin, kyc, kxc
+    return (tl.abs(dy) <= RADIUS) & (tl.abs(dx) <= RADIUS) & jv[None, :] & qvalid[:, None]
+
+
+@triton.jit
+def _value_rows(v_ptr, fr, y, x, ok, offs_l, lmask, s_vn, s_vl, s_vy, s_vx):
+    """fp32 (n, BLOCK_L) labels of reference ``fr`` at the in-image cells (y, x) (n,); 0 where not ``ok``."""
+    v_off = fr * s_vn + y.to(tl.int64) * s_vy + x.to(tl.int64) * s_vx
+    return tl.load(
+        v_ptr + v_off[:, None] + offs_l[None, :].to(tl.int64) * s_vl, mask=ok[:, None] & lmask[None, :], other=0.0
+    ).to(tl.float32)
 
 
 @triton.jit
@@ -155,44 +142,16 @@ def _window_propagate_kernel(
     for fr in range(0, N):
         k_frame = k_ptr + tl.cast(fr, tl.int64) * s_kn  # reference fr's channel 0
         for j0 in range(0, RN, BLOCK_K):
-            s, kin, kyc, kxc = _windowtile_scores(
-                q_base,
-                k_frame,
-                qy,
-                qx,
-                qvalid,
-                j0 + offs_k,
-                RN,
-                RW,
-                ry0,
-                rx0,
-                H,
-                W,
-                RADIUS,
-                C,
-                s_qc,
-                s_kc,
-                s_ky,
-                s_kx,
-                inv_t,
-                BLOCK_Q,
-                BLOCK_K,
-                BLOCK_C,
-                INPUT_PRECISION,
-                UPCAST,
-            )
+            ky, kx, jv, kin, kyc, kxc, k_base = _rect_cells(k_frame, j0 + offs_k, ry0, rx0, RW, RN, H, W, s_ky, s_kx)
+            s = tile_scores(q_base, qvalid, k_base, kin, C, s_qc, s_kc, inv_t, BLOCK_C, INPUT_PRECISION, UPCAST)
+            s = tl.where(_in_window(qy, qx, qvalid, ky, kx, jv, RADIUS), s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             alpha = tl.exp(m_i - m_safe)
             pr = tl.exp(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(pr, 1)
             if COMPACT == 0:
-                v_off = fr * s_vn + kyc.to(tl.int64) * s_vy + kxc.to(tl.int64) * s_vx
-                vb = tl.load(
-                    v_ptr + v_off[:, None] + offs_l[None, :].to(tl.int64) * s_vl,
-                    mask=kin[:, None] & lmask[None, :],
-                    other=0.0,
-                ).to(tl.float32)
+                vb = _value_rows(v_ptr, fr, kyc, kxc, kin, offs_l, lmask, s_vn, s_vl, s_vy, s_vx)
                 acc = tl.dot(pr, vb, acc * alpha[:, None], input_precision="tf32x3")
             m_i = m_new
 
@@ -210,39 +169,11 @@ def _window_propagate_kernel(
             soft = tl.zeros((BLOCK_Q, BLOCK_L), tl.float32)
             for j0 in range(0, RN, BLOCK_K):
                 j = j0 + offs_k
-                s, kin, kyc, kxc = _windowtile_scores(
-                    q_base,
-                    k_frame,
-                    qy,
-                    qx,
-                    qvalid,
-                    j,
-                    RN,
-                    RW,
-                    ry0,
-                    rx0,
-                    H,
-                    W,
-                    RADIUS,
-                    C,
-                    s_qc,
-                    s_kc,
-                    s_ky,
-                    s_kx,
-                    inv_t,
-                    BLOCK_Q,
-                    BLOCK_K,
-                    BLOCK_C,
-                    INPUT_PRECISION,
-                    UPCAST,
-                )
+                ky, kx, jv, kin, kyc, kxc, k_base = _rect_cells(k_frame, j, ry0, rx0, RW, RN, H, W, s_ky, s_kx)
+                s = tile_scores(q_base, qvalid, k_base, kin, C, s_qc, s_kc, inv_t, BLOCK_C, INPUT_PRECISION, UPCAST)
+                s = tl.where(_in_window(qy, qx, qvalid, ky, kx, jv, RADIUS), s, float("-inf"))
                 pr = tl.exp(s - lse[:, None])
-                v_off = fr * s_vn + kyc.to(tl.int64) * s_vy + kxc.to(tl.int64) * s_vx
-                vb = tl.load(
-                    v_ptr + v_off[:, None] + offs_l[None, :].to(tl.int64) * s_vl,
-                    mask=kin[:, None] & lmask[None, :],
-                    other=0.0,
-                ).to(tl.float32)
+                vb = _value_rows(v_ptr, fr, kyc, kxc, kin, offs_l, lmask, s_vn, s_vl, s_vy, s_vx)
                 soft = tl.dot(pr, vb, soft, input_precision="tf32x3")
                 cand = j[None, :] + tl.zeros((BLOCK_Q, BLOCK_K), tl.int32)
                 tv, ti = merge_topk(s, cand, tv, ti)
@@ -276,12 +207,7 @@ def _window_propagate_kernel(
                     )
                     yc = tl.minimum(tl.maximum(yy, 0), H - 1)
                     xc = tl.minimum(tl.maximum(xx, 0), W - 1)
-                    v_off = fr * s_vn + yc.to(tl.int64) * s_vy + xc.to(tl.int64) * s_vx
-                    vals = tl.load(
-                        v_ptr + v_off[:, None] + offs_l[None, :].to(tl.int64) * s_vl,
-                        mask=ok[:, None] & lmask[None, :],
-                        other=0.0,
-                    ).to(tl.float32)
+                    vals = _value_rows(v_ptr, fr, yc, xc, ok, offs_l, lmask, s_vn, s_vl, s_vy, s_vx)
                     stamp += (w_m * g)[:, None] * vals
             res += tl.where(conf[:, None], stamp, soft)
 
@@ -307,29 +233,12 @@ def _block_l(lab: int) -> int:
 def launch(query, keys, values, radius, temperature, compact, compact_threshold, *, wrap=None) -> torch.Tensor:
     """Run the kernel: (L, h, w) fp32. ``wrap`` is ``torch.library.wrap_triton`` inside the op."""
     c, h, w = query.shape
-    n, lab = keys.shape[0], values.shape[1]
+    lab = values.shape[1]
     values = values.float()
     out = alloc_output((lab, h, w), dtype=torch.float32, device=query.device)
     tile_h, bk, nw, ns = _config(query.dtype)
-    grid = (cdiv(h, tile_h) * cdiv(w, TILE_W),)
-    args = (
-        query,
-        keys,
-        values,
-        out,
-        h,
-        w,
-        c,
-        lab,
-        n,
-        radius,
-        1.0 / float(temperature),
-        float(compact_threshold),
-        *query.stride(),
-        *keys.stride(),
-        *values.stride(),
-        *out.stride(),
-    )
+    grid = propagation_grid(h, w, tile_h)
+    args = propagation_args(query, keys, values, out, radius, 1.0 / float(temperature), float(compact_threshold))
     kernel = _window_propagate_kernel
     (wrap(kernel) if wrap else kernel)[grid](
         *args,
