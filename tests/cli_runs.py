@@ -1,0 +1,31 @@
+"""Running the command line in tests: ``tritoncorr ...`` in process (typer's CliRunner)."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+runner = CliRunner()
+
+
+def run_cli(*args, exit_code: int = 0, env: dict[str, str] | None = None):
+    """``tritoncorr <args>`` (each ``str()``-ed) in process; asserts the exit code (the output is the message)
+    and returns the result."""
+    from tritoncorr.cli import app  # here: importing this module does not load the CLI
+
+    r = runner.invoke(app, [str(a) for a in args], env=env)
+    assert r.exit_code == exit_code, r.output
+    return r
+
+
+def run_eval(benchmark: str, root, *options, exit_code: int = 0):
+    """``tritoncorr eval <benchmark> --root <root> <options>``, as ``run_cli``."""
+    return run_cli("eval", benchmark, "--root", root, *options, exit_code=exit_code)
+
+
+def check_eval_progress(progress, benchmark: str, root, out, stages: list[str], *options) -> None:
+    """``eval <benchmark>`` on the CPU with context 2 (and ``options``) runs to the end under one progress display
+    (``progress`` is the ``progress_stages`` fixture): its stage names are ``stages``, in order, and the steps
+    advanced are the steps announced (the ETA counts them all)."""
+    run_eval(benchmark, root, "--out", out, "--device", "cpu", "--context", "2", *options)
+    assert progress.stages == stages
+    assert progress.done == progress.total > 0
