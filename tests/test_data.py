@@ -4,6 +4,7 @@ loader's determinism / resume / DDP sharding, and skipping of unreadable data.""
 from __future__ import annotations
 
 import io
+import itertools
 from fractions import Fraction
 from pathlib import Path
 
@@ -86,12 +87,8 @@ def _frame_folders(
 
 
 def _batches(loader, n: int | None = None) -> list[dict]:
-    out = []
-    for b in loader:
-        out.append(b)
-        if n is not None and len(out) == n:
-            break
-    return out
+    """The first ``n`` batches of one pass over ``loader`` (all of them when ``n`` is None)."""
+    return list(itertools.islice(loader, n))
 
 
 def _assert_same(a: list[dict], b: list[dict]) -> None:

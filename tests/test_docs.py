@@ -19,11 +19,12 @@ Old-style citations (``design/methods/X.md``, the kernels' ``ARCHITECTURE.md``) 
 from __future__ import annotations
 
 import re
-import subprocess
 from functools import cache
 from pathlib import Path
 
 import pytest
+
+from tools.fix_citations import git_files
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD_DOCS = ("dul", "stt", "liir", "propagation")
@@ -32,17 +33,6 @@ FIX_HINT = "run `python tools/fix_citations.py` (old-style paths) or correct the
 _MD_PATH = re.compile(r"(?<![\w.:/-])((?:[\w.-]+/)*[\w-]+\.md)(:\d+)?")
 _METHOD_NAME = re.compile(r"\b(?:docs/methods/)?(dul|stt|liir|propagation)\.md\b|\b(DUL|STT|LIIR)(?:'s)? spec\b")
 _SECTION = re.compile(r"§\s?(\d+(?:\.\d+)*)(?:\s?-\s?(\d+(?:\.\d+)*))?")
-
-
-def _source_files() -> list[Path]:
-    out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return sorted(ROOT / p for p in out.split() if (ROOT / p).is_file())
 
 
 @cache
@@ -101,7 +91,7 @@ def _section_problems(rel: str, line_no: int, line: str, home: str | None) -> li
 def citation_problems() -> list[str]:
     """One message per citation that does not resolve."""
     problems = []
-    for path in _source_files():
+    for path in git_files("*.py"):
         rel = str(path.relative_to(ROOT))
         if rel in ("tools/fix_citations.py", "tests/test_docs.py"):  # their examples are old-style on purpose
             continue
@@ -126,21 +116,10 @@ def test_every_citation_resolves():
     assert not problems, f"{len(problems)} citation(s) do not resolve ({FIX_HINT}):\n" + "\n".join(problems)
 
 
-def _markdown_files() -> list[Path]:
-    out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.md"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return sorted(ROOT / p for p in out.split() if (ROOT / p).is_file())
-
-
 def test_markdown_links_resolve():
     """Relative links of the repository's Markdown files (README, docs/) point to files that exist."""
     problems = []
-    for path in _markdown_files():
+    for path in git_files("*.md"):
         for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             for target in re.findall(r"\]\(([^)\s]+)\)", re.sub(r"`[^`]*`", "", line)):  # not in code spans
                 target = target.split("#", 1)[0]

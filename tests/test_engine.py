@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runs import torchrun_train
 from safetensors.torch import load_file
 from toy_method import ToyDataConfig, ToyMethodConfig
 
@@ -324,27 +325,8 @@ def test_compiled_method_trains_on_cpu(tmp_path, backend):
 def test_ddp_two_processes_gloo_equals_one_process_double_batch(tmp_path):
     """torchrun --nproc_per_node 2 (gloo): rank r trains on half of each global batch; DDP's averaged
     gradients must give the same weights as one process on the whole batch."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "tritoncorr.cli",
-        "train",
-        TOY + ":ddp",
-        "--steps",
-        "3",
-        "--out",
-        str(tmp_path / "ddp"),
-        "--set",
-        "data.batch_size=2",
-    ]
-    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    args = [TOY + ":ddp", "--steps", "3", "--out", str(tmp_path / "ddp"), "--set", "data.batch_size=2"]
+    torchrun_train(args, tmp_path, timeout=240)
     cfg = load_recipe(TOY + ":ddp", ["data.batch_size=4"])
     train(cfg, tmp_path / "single", stop_at=3, progress=False)
     a, b = read_metrics(tmp_path / "ddp" / "metrics.jsonl"), read_metrics(tmp_path / "single" / "metrics.jsonl")

@@ -9,16 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runs import check_eval_progress, run_cli, run_eval
 from tritoncorr.evals.davis import DavisFormatError, read_index_png, write_palette_png
 from tritoncorr.evals.synthetic import make_synthetic_davis
-from typer.testing import CliRunner
 
-from tritoncorr.cli import app
 from tritoncorr.models import dul_backbone, resnet18
 from tritoncorr.models.loading import load_backbone_weights, save_backbone_weights
 from tritoncorr.visualize import overlay_masks, palette_colors, save_overlay
-
-runner = CliRunner()
 
 
 @pytest.fixture
@@ -32,8 +29,7 @@ def tiny_davis(tmp_path) -> Path:
 def test_results_mode_scores_ground_truth(tiny_davis, tmp_path):
     res = tmp_path / "res"
     shutil.copytree(tiny_davis / "Annotations" / "480p", res)
-    r = runner.invoke(app, ["eval", "davis", "--root", str(tiny_davis), "--results", str(res)])
-    assert r.exit_code == 0, r.output
+    r = run_eval("davis", tiny_davis, "--results", res)
     assert "J&F-Mean" in r.output and "synth-000_1" in r.output
     g = (res / "global_results-val.csv").read_text().splitlines()
     assert g == [
@@ -49,23 +45,22 @@ def test_results_mode_wrong_prediction_and_sequence_filter(tiny_davis, tmp_path)
     shutil.copytree(tiny_davis / "Annotations" / "480p", res)
     for p in (res / "synth-001").glob("*.png"):
         write_palette_png(p, np.zeros_like(read_index_png(p)))  # predicts background only: zero-padded objects
-    r = runner.invoke(app, ["eval", "davis", "--root", str(tiny_davis), "--results", str(res), "-s", "synth-001"])
-    assert r.exit_code == 0, r.output
+    run_eval("davis", tiny_davis, "--results", res, "-s", "synth-001")
     g = (res / "global_results-val.csv").read_text().splitlines()[1]
     assert g == "0.000,0.000,0.000,0.000,0.000,0.000,0.000"
     assert "synth-000" not in (res / "per-sequence_results-val.csv").read_text()
 
 
 def test_cli_errors_exit_2(tiny_davis, tmp_path):
-    r = runner.invoke(app, ["eval", "davis", "--root", str(tmp_path / "missing"), "--results", str(tmp_path)])
-    assert r.exit_code == 2 and "does not exist" in r.output
+    r = run_eval("davis", tmp_path / "missing", "--results", tmp_path, exit_code=2)
+    assert "does not exist" in r.output
     res = tmp_path / "res"
     shutil.copytree(tiny_davis / "Annotations" / "480p", res)
     (res / "synth-000" / "00003.png").unlink()
-    r = runner.invoke(app, ["eval", "davis", "--root", str(tiny_davis), "--results", str(res)])
-    assert r.exit_code == 2 and "00003.png not found" in r.output
-    r = runner.invoke(app, ["eval", "davis", "--root", str(tmp_path / "missing"), "--device", "cpu"])
-    assert r.exit_code == 2 and "does not exist" in r.output
+    r = run_eval("davis", tiny_davis, "--results", res, exit_code=2)
+    assert "00003.png not found" in r.output
+    r = run_eval("davis", tmp_path / "missing", "--device", "cpu", exit_code=2)
+    assert "does not exist" in r.output
 
 
 # --------------------------------------------------------------------------- full pipeline
@@ -74,25 +69,7 @@ def test_cli_errors_exit_2(tiny_davis, tmp_path):
 def test_full_pipeline_on_tiny_synthetic(tiny_davis, tmp_path):
     pytest.importorskip("tritoncorr.propagation")
     out = tmp_path / "out"
-    r = runner.invoke(
-        app,
-        [
-            "eval",
-            "davis",
-            "--root",
-            str(tiny_davis),
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-            "--overlays",
-            "--topk",
-            "3",
-            "--context",
-            "2",
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    r = run_eval("davis", tiny_davis, "--out", out, "--device", "cpu", "--overlays", "--topk", 3, "--context", 2)
     assert "topk=3" in r.output and "context=2" in r.output and "wall time" in r.output
     for seq in ("synth-000", "synth-001"):
         pngs = sorted((out / seq).glob("*.png"))
@@ -112,24 +89,8 @@ def test_full_pipeline_on_tiny_synthetic(tiny_davis, tmp_path):
 def test_progress_covers_every_stage(tiny_davis, tmp_path, progress_stages):
     """One progress display over the whole work: features, propagation, decoding, scoring per sequence;
     the steps advanced are the steps announced (the ETA counts them all)."""
-    r = runner.invoke(
-        app,
-        [
-            "eval",
-            "davis",
-            "--root",
-            str(tiny_davis),
-            "--out",
-            str(tmp_path / "out"),
-            "--device",
-            "cpu",
-            "--context",
-            "2",
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    assert progress_stages.stages == ["features", "propagating", "decoding", "scoring"] * 2
-    assert progress_stages.done == progress_stages.total > 0
+    stages = ["features", "propagating", "decoding", "scoring"] * 2
+    check_eval_progress(progress_stages, "davis", tiny_davis, tmp_path / "out", stages)
 
 
 def test_default_root_falls_back_to_synthetic(tmp_path, monkeypatch):
@@ -140,8 +101,7 @@ def test_default_root_falls_back_to_synthetic(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITONCORR_DATA", str(tmp_path / "data"))
     monkeypatch.setattr(ev, "SYNTHETIC_DEFAULTS", dict(num_sequences=1, num_frames=3, height=24, width=32, seed=0))
     assert ev.default_davis_root() is None
-    r = runner.invoke(app, ["eval", "davis", "--out", str(tmp_path / "o"), "--device", "cpu", "--context", "1"])
-    assert r.exit_code == 0, r.output
+    r = run_cli("eval", "davis", "--out", tmp_path / "o", "--device", "cpu", "--context", 1)
     assert "NOT DAVIS numbers" in r.output and "SYNTHETIC" in r.output
     root = tmp_path / "data" / "synthetic-davis"
     assert (root / "ImageSets" / "2017" / "val.txt").read_text().split() == ["synth-000"]
@@ -192,8 +152,7 @@ def test_evaluate_rejects_incomplete_ground_truth(tiny_davis, tmp_path):
 @pytest.mark.slow
 def test_davis_mini_random_init(shared_data, tmp_path):
     pytest.importorskip("tritoncorr.propagation")
-    r = runner.invoke(app, ["eval", "davis", "--root", str(shared_data / "davis-mini"), "--out", str(tmp_path)])
-    assert r.exit_code == 0, r.output
+    run_eval("davis", shared_data / "davis-mini", "--out", tmp_path)
     g = (tmp_path / "global_results-val.csv").read_text().splitlines()[1].split(",")
     assert 0.2 < float(g[0]) < 1.0
 
@@ -254,24 +213,11 @@ def test_load_reports_and_raises(tmp_path):
 
 def test_cli_checkpoint_errors(tiny_davis, tmp_path):
     pytest.importorskip("tritoncorr.propagation")
-    r = runner.invoke(
-        app,
-        [
-            "eval",
-            "davis",
-            "--root",
-            str(tiny_davis),
-            "--out",
-            str(tmp_path / "o"),
-            "--checkpoint",
-            str(tmp_path / "none.safetensors"),
-            "--device",
-            "cpu",
-        ],
-    )
-    assert r.exit_code == 2 and "does not exist" in r.output
-    r = runner.invoke(app, ["eval", "davis", "--root", str(tiny_davis), "--preset", "nope", "--device", "cpu"])
-    assert r.exit_code == 2 and "unknown preset" in r.output
+    missing = tmp_path / "none.safetensors"
+    r = run_eval("davis", tiny_davis, "--out", tmp_path / "o", "--checkpoint", missing, "--device", "cpu", exit_code=2)
+    assert "does not exist" in r.output
+    r = run_eval("davis", tiny_davis, "--preset", "nope", "--device", "cpu", exit_code=2)
+    assert "unknown preset" in r.output
 
 
 # --------------------------------------------------------------------------- overlays
@@ -297,26 +243,7 @@ def test_overlay_blends_and_outlines(tmp_path):
 def test_random_init_seed_option(tiny_davis, tmp_path):
     for seed in (0, 5):
         out = tmp_path / f"seed{seed}"
-        r = runner.invoke(
-            app,
-            [
-                "eval",
-                "davis",
-                "--root",
-                str(tiny_davis),
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-                "--seed",
-                str(seed),
-                "--topk",
-                "3",
-                "--context",
-                "2",
-            ],
-        )
-        assert r.exit_code == 0, r.output
+        r = run_eval("davis", tiny_davis, "--out", out, "--device", "cpu", "--seed", seed, "--topk", 3, "--context", 2)
         assert f"random init (seed {seed})" in r.output
     pred = {s: read_index_png(tmp_path / f"seed{s}" / "synth-000" / "00004.png") for s in (0, 5)}
     assert pred[0].shape == pred[5].shape == (40, 56)

@@ -13,15 +13,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from cli_runs import check_eval_progress, run_eval
 from eval_layouts import make_jhmdb
 from tritoncorr.evals import jhmdb as J
-from typer.testing import CliRunner
 
-from tritoncorr.cli import app
 from tritoncorr.evaluate import FrameGeometry, evaluate_features_on_jhmdb
-
-runner = CliRunner()
-
 
 # --------------------------------------------------------------------------- transcriptions of CRW
 
@@ -374,26 +370,7 @@ def test_evaluate_static_video_positional_features(tmp_path):
 def test_cli_jhmdb_end_to_end(tmp_path):
     root = make_jhmdb(tmp_path / "J")
     out = tmp_path / "out"
-    r = runner.invoke(
-        app,
-        [
-            "eval",
-            "jhmdb",
-            "--root",
-            str(root),
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-            "--size",
-            "64",
-            "--context",
-            "2",
-            "--topk",
-            "3",
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    r = run_eval("jhmdb", root, "--out", out, "--device", "cpu", "--size", 64, "--context", 2, "--topk", 3)
     assert "PCK@0.1" in r.output and "input 64x64" in r.output and "random init (seed 0)" in r.output
     lines = (out / "pck.csv").read_text().splitlines()
     assert len(lines) == 17 and lines[-1].startswith("mean,")
@@ -406,46 +383,25 @@ def test_cli_jhmdb_progress_covers_every_stage(tmp_path, progress_stages):
     """One progress display over the whole work: features, propagation, decoding, then scoring; the steps
     advanced are the steps announced (the ETA counts them all)."""
     root = make_jhmdb(tmp_path / "J")
-    r = runner.invoke(
-        app,
-        [
-            "eval",
-            "jhmdb",
-            "--root",
-            str(root),
-            "--out",
-            str(tmp_path / "out"),
-            "--device",
-            "cpu",
-            "--size",
-            "64",
-            "--context",
-            "2",
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    assert progress_stages.stages == ["features", "propagating", "decoding"] * 2 + ["scoring"]
-    assert progress_stages.done == progress_stages.total > 0
+    stages = ["features", "propagating", "decoding"] * 2 + ["scoring"]
+    check_eval_progress(progress_stages, "jhmdb", root, tmp_path / "out", stages, "--size", 64)
 
 
 def test_cli_jhmdb_errors(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # runs without --out write under eval-jhmdb/ in the current folder
-    r = runner.invoke(app, ["eval", "jhmdb", "--root", str(tmp_path / "missing"), "--device", "cpu"])
-    assert r.exit_code == 2 and "does not exist" in r.output
+    r = run_eval("jhmdb", tmp_path / "missing", "--device", "cpu", exit_code=2)
+    assert "does not exist" in r.output
     root = make_jhmdb(tmp_path / "J")
     (root / "joint_positions" / "catch" / "clip_a" / "joint_positions.mat").write_bytes(b"junk")
-    r = runner.invoke(app, ["eval", "jhmdb", "--root", str(root), "--device", "cpu", "--size", "64"])
-    assert r.exit_code == 2 and "clip_a/joint_positions.mat: not a MATLAB 5 MAT-file" in r.output
-    r = runner.invoke(app, ["eval", "jhmdb", "--root", str(root), "--preset", "nope", "--device", "cpu"])
-    assert r.exit_code == 2 and "unknown preset" in r.output
+    r = run_eval("jhmdb", root, "--device", "cpu", "--size", 64, exit_code=2)
+    assert "clip_a/joint_positions.mat: not a MATLAB 5 MAT-file" in r.output
+    r = run_eval("jhmdb", root, "--preset", "nope", "--device", "cpu", exit_code=2)
+    assert "unknown preset" in r.output
 
 
 @pytest.mark.slow
 def test_jhmdb_mini_random_init(shared_data, tmp_path):
-    r = runner.invoke(
-        app, ["eval", "jhmdb", "--root", str(shared_data / "jhmdb-mini"), "--out", str(tmp_path), "--device", "cpu"]
-    )
-    assert r.exit_code == 0, r.output
+    run_eval("jhmdb", shared_data / "jhmdb-mini", "--out", tmp_path, "--device", "cpu")
     mean = (tmp_path / "pck.csv").read_text().splitlines()[-1].split(",")
     assert 5.0 < float(mean[2]) < 100.0
 

@@ -8,16 +8,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from cli_runs import check_eval_progress, run_eval
 from eval_layouts import make_vip
 from PIL import Image
 from tritoncorr.evals import vip as V
-from typer.testing import CliRunner
 
-from tritoncorr.cli import app
 from tritoncorr.evaluate import evaluate_features_on_vip, first_frame_codec
-
-runner = CliRunner()
-
 
 # --------------------------------------------------------------------------- transcription of eval_vip.py
 
@@ -198,25 +194,7 @@ def test_perfect_features_give_miou_one(tmp_path):
 def test_cli_vip_end_to_end(tmp_path):
     root = make_vip(tmp_path / "VIP")
     out = tmp_path / "out"
-    r = runner.invoke(
-        app,
-        [
-            "eval",
-            "vip",
-            "--root",
-            str(root),
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-            "--size",
-            "32",
-            "--context",
-            "2",
-            "--overlays",
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    r = run_eval("vip", root, "--out", out, "--device", "cpu", "--size", 32, "--context", 2, "--overlays")
     assert "mIoU" in r.output and "input 32x32" in r.output and "for vip" in r.output
     g = (out / "global_results-vip.csv").read_text().splitlines()
     vals = [float(x) for x in g[1].split(",")]
@@ -231,8 +209,7 @@ def test_cli_vip_end_to_end(tmp_path):
             assert a.shape == (40, 30) and set(np.unique(a)) <= set(first[first < 20])
         assert len(list((out / "overlays" / v).glob("*.jpg"))) == len(frames)
     # --results: the same scores from the written predictions
-    r2 = runner.invoke(app, ["eval", "vip", "--root", str(root), "--results", str(out)])
-    assert r2.exit_code == 0, r2.output
+    run_eval("vip", root, "--results", out)
     assert (out / "global_results-vip.csv").read_text().splitlines() == g
 
 
@@ -240,32 +217,14 @@ def test_cli_vip_progress_covers_every_stage(tmp_path, progress_stages):
     """One progress display over the whole work: features, propagation, decoding, scoring per video, then
     the total; the steps advanced are the steps announced (the ETA counts them all)."""
     root = make_vip(tmp_path / "VIP")
-    r = runner.invoke(
-        app,
-        [
-            "eval",
-            "vip",
-            "--root",
-            str(root),
-            "--out",
-            str(tmp_path / "out"),
-            "--device",
-            "cpu",
-            "--size",
-            "32",
-            "--context",
-            "2",
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    assert progress_stages.stages == ["features", "propagating", "decoding", "scoring"] * 2
-    assert progress_stages.done == progress_stages.total > 0
+    stages = ["features", "propagating", "decoding", "scoring"] * 2
+    check_eval_progress(progress_stages, "vip", root, tmp_path / "out", stages, "--size", 32)
 
 
 def test_cli_vip_errors(tmp_path):
-    r = runner.invoke(app, ["eval", "vip", "--root", str(tmp_path / "nope"), "--device", "cpu"])
-    assert r.exit_code == 2 and "does not exist" in r.output
+    r = run_eval("vip", tmp_path / "nope", "--device", "cpu", exit_code=2)
+    assert "does not exist" in r.output
     root = make_vip(tmp_path / "VIP")
     (root / "lists" / "val_videos.txt").unlink()
-    r = runner.invoke(app, ["eval", "vip", "--root", str(root), "--device", "cpu"])
-    assert r.exit_code == 2 and "missing list" in r.output and "val_videos.txt" in r.output
+    r = run_eval("vip", root, "--device", "cpu", exit_code=2)
+    assert "missing list" in r.output and "val_videos.txt" in r.output

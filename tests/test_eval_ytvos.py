@@ -9,16 +9,13 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from cli_runs import check_eval_progress, run_eval
 from eval_layouts import make_ytvos
 from PIL import Image
 from tritoncorr.evals import ytvos as Y
 from tritoncorr.evals.synthetic import synthetic_clip
-from typer.testing import CliRunner
 
-from tritoncorr.cli import app
 from tritoncorr.evaluate import export_features_on_ytvos
-
-runner = CliRunner()
 
 
 def _gt_masks(seed=0, size=(32, 40)):
@@ -126,26 +123,7 @@ def test_export_perfect_features_objects_appear_later(tmp_path):
 def test_cli_ytvos_end_to_end(tmp_path):
     root = make_ytvos(tmp_path / "valid")
     out = tmp_path / "out"
-    r = runner.invoke(
-        app,
-        [
-            "eval",
-            "ytvos",
-            "--root",
-            str(root),
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-            "--context",
-            "2",
-            "--topk",
-            "3",
-            "--year",
-            "2018",
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    r = run_eval("ytvos", root, "--out", out, "--device", "cpu", "--context", 2, "--topk", 3, "--year", 2018)
     assert "No local score" in r.output and "ytvos2018-valid-submission.zip" in r.output
     a = [np.asarray(Image.open(out / "Annotations" / "a" / f"{5 * t:05d}.png")) for t in range(6)]
     assert all(x.shape == (32, 40) for x in a)
@@ -154,20 +132,16 @@ def test_cli_ytvos_end_to_end(tmp_path):
     assert (b[0] == 0).all() and (b[1] == 3).any()
     with zipfile.ZipFile(out / "ytvos2018-valid-submission.zip") as zf:
         assert len(zf.namelist()) == 10
-    r = runner.invoke(app, ["eval", "ytvos", "--root", str(root), "--year", "2017", "--device", "cpu"])
-    assert r.exit_code == 2 and "--year must be one of 2018, 2019" in r.output
+    r = run_eval("ytvos", root, "--year", 2017, "--device", "cpu", exit_code=2)
+    assert "--year must be one of 2018, 2019" in r.output
     (root / "meta.json").unlink()
-    r = runner.invoke(app, ["eval", "ytvos", "--root", str(root), "--device", "cpu"])
-    assert r.exit_code == 2 and "meta.json" in r.output
+    r = run_eval("ytvos", root, "--device", "cpu", exit_code=2)
+    assert "meta.json" in r.output
 
 
 def test_cli_ytvos_progress_covers_every_stage(tmp_path, progress_stages):
     """One progress display over the whole work: each frame's features, propagation and decoding (one
     pass, track_objects), then the zip; the steps advanced are the steps announced (the ETA counts them all)."""
     root = make_ytvos(tmp_path / "valid")
-    r = runner.invoke(
-        app, ["eval", "ytvos", "--root", str(root), "--out", str(tmp_path / "out"), "--device", "cpu", "--context", "2"]
-    )
-    assert r.exit_code == 0, r.output
-    assert progress_stages.stages == ["features, propagation, decoding", "writing the zip"]
-    assert progress_stages.done == progress_stages.total > 0
+    stages = ["features, propagation, decoding", "writing the zip"]
+    check_eval_progress(progress_stages, "ytvos", root, tmp_path / "out", stages)

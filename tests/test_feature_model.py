@@ -8,14 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runs import run_eval
 from tritoncorr.evals.synthetic import make_synthetic_davis
-from typer.testing import CliRunner
 
-from tritoncorr.cli import app
 from tritoncorr.methods.inference import load_feature_model, method_metadata, read_metadata
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -162,45 +160,11 @@ def test_metadata_that_names_an_unknown_method_is_refused(tmp_path):
 
 def test_eval_davis_uses_the_checkpoint_preset(dul_run, tmp_path):
     davis = make_synthetic_davis(tmp_path / "DAVIS", num_sequences=1, num_frames=4, height=40, width=56, seed=2)
-    r = runner.invoke(
-        app,
-        [
-            "eval",
-            "davis",
-            "--root",
-            str(davis),
-            "--out",
-            str(tmp_path / "o"),
-            "--device",
-            "cpu",
-            "--checkpoint",
-            str(dul_run / "model.safetensors"),
-            "--context",
-            "2",
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    options = ("--device", "cpu", "--context", 2)
+    r = run_eval("davis", davis, "--out", tmp_path / "o", "--checkpoint", dul_run / "model.safetensors", *options)
     assert "preset 'dul' (from the checkpoint)" in r.output and "dul (DUL)" in r.output
-    r = runner.invoke(
-        app,
-        [
-            "eval",
-            "davis",
-            "--root",
-            str(davis),
-            "--out",
-            str(tmp_path / "o2"),
-            "--device",
-            "cpu",
-            "--checkpoint",
-            str(dul_run / "init.safetensors"),
-            "--preset",
-            "crw",
-            "--context",
-            "2",
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    init = dul_run / "init.safetensors"
+    r = run_eval("davis", davis, "--out", tmp_path / "o2", "--checkpoint", init, "--preset", "crw", *options)
     assert "preset 'crw' (set by --preset)" in r.output
 
 

@@ -87,6 +87,15 @@ def check(reader: str, run, errors: tuple[type[BaseException], ...], names: list
             _write_report()  # a long run that is stopped still leaves its counts
 
 
+def check_file(reader: str, name: str, data: bytes, read, errors: tuple[type[BaseException], ...]) -> None:
+    """``check`` of ``read(path)`` on ``data`` written to a file ``name`` in a fresh temporary folder; an error
+    must name the path."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / name
+        path.write_bytes(data)
+        check(reader, lambda: read(path), errors, [str(path)])
+
+
 def cases(strategy):
     """Two tests from one body: a short one for the default suite and the ``fuzz`` one."""
 
@@ -222,18 +231,16 @@ def _image_readers(data: bytes, reader: str) -> None:
 
     from tritoncorr.video import VideoError, read_mask
 
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "mask.png"
-        path.write_bytes(data)
-        if reader == "read_mask":
-            check("mask images: read_mask (propagate --mask)", lambda: read_mask(path), (VideoError,), [str(path)])
-        else:
-            check(
-                "mask images: read_index_png (DAVIS / VIP / YouTube-VOS annotations and results)",
-                lambda: read_index_png(path),
-                (DavisFormatError,),
-                [str(path)],
-            )
+    if reader == "read_mask":
+        check_file("mask images: read_mask (propagate --mask)", "mask.png", data, read_mask, (VideoError,))
+    else:
+        check_file(
+            "mask images: read_index_png (DAVIS / VIP / YouTube-VOS annotations and results)",
+            "mask.png",
+            data,
+            read_index_png,
+            (DavisFormatError,),
+        )
 
 
 @cases(st.tuples(image_files(), st.sampled_from(["read_mask", "read_index_png"])))
@@ -255,24 +262,16 @@ test_mask_images, test_mask_images_fuzz = mask_images
 )
 def bombs(x):
     """PNG headers declaring up to 2^31 x 2^31 pixels over a few bytes of data: refused before decoding."""
-    from tritoncorr.evals.davis import DavisFormatError, read_rgb
+    from tritoncorr.evals.davis import DavisFormatError, read_index_png, read_rgb
 
     from tritoncorr.video import VideoError, read_mask
 
     w, h, colour, reader = x
     data = png_declaring(w, h, colour, 8 if colour != 3 else 8)
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "bomb.png"
-        path.write_bytes(data)
-        fn = {"read_mask": read_mask, "read_rgb": read_rgb}.get(reader)
-        if fn is None:
-            from tritoncorr.evals.davis import read_index_png as fn
-        check(
-            "decompression bombs (declared sizes up to 2^31 x 2^31)",
-            lambda: fn(path),
-            (VideoError, DavisFormatError),
-            [str(path)],
-        )
+    fn = {"read_mask": read_mask, "read_rgb": read_rgb, "read_index_png": read_index_png}[reader]
+    check_file(
+        "decompression bombs (declared sizes up to 2^31 x 2^31)", "bomb.png", data, fn, (VideoError, DavisFormatError)
+    )
 
 
 test_bombs, test_bombs_fuzz = bombs
@@ -340,15 +339,13 @@ def mat_files_(data):
     """MATLAB v5 MAT-files (plain and compressed), mutated, plus zlib bombs."""
     from tritoncorr.evals.jhmdb import JhmdbFormatError, read_joints
 
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "joint_positions.mat"
-        path.write_bytes(data)
-        check(
-            "MAT v5 reader: read_joints (JHMDB joint_positions.mat)",
-            lambda: read_joints(path),
-            (JhmdbFormatError,),
-            [str(path)],
-        )
+    check_file(
+        "MAT v5 reader: read_joints (JHMDB joint_positions.mat)",
+        "joint_positions.mat",
+        data,
+        read_joints,
+        (JhmdbFormatError,),
+    )
 
 
 test_mat_files, test_mat_files_fuzz = mat_files_
@@ -404,6 +401,17 @@ def _put(root: Path, rel: list[bytes], data: bytes | None) -> None:
         pass
 
 
+def check_layout(reader: str, name: str, entries, read, errors: tuple[type[BaseException], ...]) -> None:
+    """``check`` of ``read(root)`` on a folder ``name`` made in a fresh temporary folder from ``entries``
+    (``(rel, data)`` pairs, put in order as ``_put`` does); an error must name the folder."""
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d) / name
+        root.mkdir()
+        for rel, data in entries:
+            _put(root, rel, data)
+        check(reader, lambda: read(root), errors, [str(root)])
+
+
 @st.composite
 def vip_layouts(draw):
     videos = draw(st.lists(st.one_of(st.sampled_from(["v1", "v2", "v3"]), names), min_size=0, max_size=3))
@@ -433,25 +441,22 @@ def vip_layouts_(x):
     from tritoncorr.evals.vip import VipDataset, VipFormatError
 
     list_text, files, has_list = x
-    with tempfile.TemporaryDirectory() as d:
-        root = Path(d) / "VIP"
-        root.mkdir()
-        if has_list:
-            _put(root, [b"lists", b"val_videos.txt"], list_text)
-            _put(root, [b"Images"], None)
-            _put(root, [b"Annotations", b"Category_ids"], None)
-        for rel, data in files:
-            _put(root, rel, data)
+    entries = []
+    if has_list:
+        entries = [
+            ([b"lists", b"val_videos.txt"], list_text),
+            ([b"Images"], None),
+            ([b"Annotations", b"Category_ids"], None),
+        ]
 
-        def run():
-            ds = VipDataset(root)
-            for v in ds:
-                v.load_frame(0)
-                for t in range(len(v)):
-                    if v.has_label(t):
-                        v.load_label(t)
+    def read(root):
+        for v in VipDataset(root):
+            v.load_frame(0)
+            for t in range(len(v)):
+                if v.has_label(t):
+                    v.load_label(t)
 
-        check("VIP layout: VipDataset + frames + labels", run, (VipFormatError,), [str(root)])
+    check_layout("VIP layout: VipDataset + frames + labels", "VIP", entries + files, read, (VipFormatError,))
 
 
 test_vip_layouts, test_vip_layouts_fuzz = vip_layouts_
@@ -499,27 +504,24 @@ def ytvos_layouts_(x):
     from tritoncorr.evals.ytvos import YtvosDataset, YtvosFormatError
 
     text, files = x
-    with tempfile.TemporaryDirectory() as d:
-        root = Path(d) / "valid"
-        root.mkdir()
-        for sub in (b"JPEGImages", b"Annotations"):
-            _put(root, [sub], None)
-        if text is not None:
-            _put(root, [b"meta.json"], text)
-        for rel, data in files:
-            _put(root, rel, data)
+    entries = [([b"JPEGImages"], None), ([b"Annotations"], None)]
+    if text is not None:
+        entries.append(([b"meta.json"], text))
 
-        def run():
-            ds = YtvosDataset(root)
-            for v in ds:
-                v.load_frame(0)
-                v.palette()
-                for t in sorted(v.groups()):
-                    v.load_annotation(t)
+    def read(root):
+        for v in YtvosDataset(root):
+            v.load_frame(0)
+            v.palette()
+            for t in sorted(v.groups()):
+                v.load_annotation(t)
 
-        check(
-            "YouTube-VOS layout + meta.json: YtvosDataset + frames + annotations", run, (YtvosFormatError,), [str(root)]
-        )
+    check_layout(
+        "YouTube-VOS layout + meta.json: YtvosDataset + frames + annotations",
+        "valid",
+        entries + files,
+        read,
+        (YtvosFormatError,),
+    )
 
 
 test_ytvos_layouts, test_ytvos_layouts_fuzz = ytvos_layouts_
@@ -578,15 +580,13 @@ def safetensors_(data):
     """safetensors files: absurd header lengths, dtypes, shapes and offsets; metadata naming any class."""
     from tritoncorr.methods.inference import load_feature_model
 
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "model.safetensors"
-        path.write_bytes(data)
-        check(
-            "safetensors header + metadata: load_feature_model",
-            lambda: load_feature_model(path),
-            (ValueError, FileNotFoundError),
-            [str(path)],
-        )
+    check_file(
+        "safetensors header + metadata: load_feature_model",
+        "model.safetensors",
+        data,
+        load_feature_model,
+        (ValueError, FileNotFoundError),
+    )
 
 
 test_safetensors, test_safetensors_fuzz = safetensors_
@@ -697,10 +697,11 @@ def recipe_files(x):
     from tritoncorr.engine.recipe import load_recipe
 
     body, muts, name = x
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "recipe.py"
-        path.write_bytes(mutate((RECIPE_HEADER + body).encode(), muts) if muts else (RECIPE_HEADER + body).encode())
-        check("recipe files: load_recipe", lambda: load_recipe(f"{path}{name}"), (ConfigError,), [str(path)])
+    source = (RECIPE_HEADER + body).encode()
+    data = mutate(source, muts) if muts else source
+    check_file(
+        "recipe files: load_recipe", "recipe.py", data, lambda path: load_recipe(f"{path}{name}"), (ConfigError,)
+    )
 
 
 test_recipe_files, test_recipe_files_fuzz = recipe_files
@@ -771,18 +772,15 @@ def video_containers(x):
     data = {"keep": data, "empty": b"", "half": data[: len(data) // 2]}.get(how, mutate(data, muts))
     suffix = {"mkv": ".mkv", "avi": ".avi", "gif": ".gif", "webm": ".webm"}.get(kind, ".mp4")
     assert suffix in VIDEO_SUFFIXES
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / f"clip{suffix}"
-        path.write_bytes(data)
 
-        def run():
-            src = open_frames(path)
-            for i, frame in enumerate(src.frames()):
-                assert frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8
-                if i > 64:
-                    break
+    def decode(path):
+        src = open_frames(path)
+        for i, frame in enumerate(src.frames()):
+            assert frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8
+            if i > 64:
+                break
 
-        check("video containers: open_frames + decoding (propagate)", run, (VideoError,), [str(path)])
+    check_file("video containers: open_frames + decoding (propagate)", f"clip{suffix}", data, decode, (VideoError,))
 
 
 test_video_containers, test_video_containers_fuzz = video_containers

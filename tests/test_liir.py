@@ -172,6 +172,16 @@ def _fill_bank(model, n_frames, video_ids, gen):
     assert model.bank.full
 
 
+def _float64_model(**kw):
+    """``LIIRConfig(radius=2, feature_dim=8, compact_m=2, compact_threshold=0.05, **kw)`` built in float64, with a
+    random position code (its zero init would hide the position term)."""
+    model = LIIRConfig(**{"radius": 2, "feature_dim": 8, "compact_m": 2, "compact_threshold": 0.05, **kw}).build()
+    model = model.double()
+    with torch.no_grad():
+        model.pos_embed.normal_(0, 0.3)
+    return model
+
+
 # ------------------------------------------------------------------ loss terms vs transcriptions
 
 
@@ -192,24 +202,9 @@ def test_points_bank_fused_equals_concatenated_softmax(torch_backend, shift):
     """The fused bank path (window LSE + anchor_lse, value 0) equals ONE softmax over concatenated
     [window logits, other-video bank logits], for rec and compact; position shifting on and off."""
     torch.manual_seed(1)
-    model = (
-        LIIRConfig(
-            radius=2,
-            feature_dim=8,
-            inter="points",
-            bank_frames=5,
-            bank_points=3,
-            position="feature",
-            position_grid=8,
-            position_shift=shift,
-            compact_m=2,
-            compact_threshold=0.05,
-        )
-        .build()
-        .double()
+    model = _float64_model(
+        inter="points", bank_frames=5, bank_points=3, position="feature", position_grid=8, position_shift=shift
     )
-    with torch.no_grad():
-        model.pos_embed.normal_(0, 0.3)
     g = torch.Generator().manual_seed(5)
     _fill_bank(model, 5, [0, 7, 1, 7, 0], g)
     video = torch.tensor([0, 7])  # each sample excludes its own video's rows
@@ -229,27 +224,17 @@ def test_unofficial_maps_bank_matches_code(torch_backend):
     """Profile U: stride-8 branch, momentum keys, 7x7 location-aligned negatives from banked maps
     (first min_len rows of other videos), ONE softmax with max subtraction, 0.5 x Huber."""
     torch.manual_seed(2)
-    model = (
-        LIIRConfig(
-            radius=2,
-            feature_dim=8,
-            inter="maps",
-            stride8=True,
-            stride8_dim=6,
-            bank_frames=6,
-            bank_map_size=3,
-            bank_chunk=2,
-            position="ape",
-            position_grid=16,
-            zero_gamma=True,
-            compact_m=2,
-            compact_threshold=0.05,
-        )
-        .build()
-        .double()
+    model = _float64_model(
+        inter="maps",
+        stride8=True,
+        stride8_dim=6,
+        bank_frames=6,
+        bank_map_size=3,
+        bank_chunk=2,
+        position="ape",
+        position_grid=16,
+        zero_gamma=True,
     )
-    with torch.no_grad():
-        model.pos_embed.normal_(0, 0.3)
     g = torch.Generator().manual_seed(6)
     _fill_bank(model, 6, [3, 3, 4, 5, 4, 3], g)
     video = torch.tensor([3, 4])  # other-video counts 3 and 4 -> min_len 3

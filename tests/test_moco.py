@@ -6,6 +6,7 @@ resume, the recipes, and the checkpoint loading as a plain torchvision-layout Re
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from pathlib import Path
 
@@ -386,12 +387,8 @@ def _write_images(root: Path, n: int, size=(40, 52)) -> list[Path]:
 
 
 def _collect(loader, n=None):
-    out = []
-    for b in loader:
-        out.append(b)
-        if n is not None and len(out) == n:
-            break
-    return out
+    """The first ``n`` batches of one pass over ``loader`` (all of them when ``n`` is None)."""
+    return list(itertools.islice(loader, n))
 
 
 def _same(a: list[dict], b: list[dict]) -> bool:

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runs import run_cli
 from test_propagate_video import colour_features
 from tritoncorr.evals.davis import read_index_png, write_palette_png
-from typer.testing import CliRunner
 
 from tritoncorr import VideoPredictor
 from tritoncorr.methods.inference import FeatureModel
@@ -174,28 +174,15 @@ def test_random_init_warns_and_default_is_the_embedded_checkpoint(monkeypatch):
 
 
 def test_propagate_without_checkpoint_uses_the_embedded_model(tmp_path):
-    from tritoncorr.cli import app
-
     video = write_synthetic_video(tmp_path / "clip.mp4", 3, SIZE)
-    write_palette_png(tmp_path / "first.png", _truth(0))
-    res = CliRunner().invoke(
-        app,
-        [
-            "propagate",
-            str(video),
-            "--mask",
-            str(tmp_path / "first.png"),
-            "--out",
-            str(tmp_path / "o"),
-            "--device",
-            "cpu",
-            "--no-overlay",
-        ],
-        env={"COLUMNS": "300"},
+    mask = tmp_path / "first.png"
+    write_palette_png(mask, _truth(0))
+    out = tmp_path / "o"
+    res = run_cli(
+        "propagate", video, "--mask", mask, "--out", out, "--device", "cpu", "--no-overlay", env={"COLUMNS": "300"}
     )
-    assert res.exit_code == 0, res.output
     assert "preset 'stt' (from the checkpoint tritoncorr-stt-r18-cpu)" in res.output and "RANDOM" not in res.output
-    assert len(list((tmp_path / "o" / "masks").glob("*.png"))) == 3
+    assert len(list((out / "masks").glob("*.png"))) == 3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,7 +205,6 @@ def _car_shadow(shared_data: Path, tmp_path: Path, n: int) -> tuple[Path, np.nda
 
 
 def test_equal_masks_to_the_propagate_command_on_a_real_clip(shared_data, tmp_path):
-    from tritoncorr.cli import app
     from tritoncorr.models import dul_backbone
     from tritoncorr.models.loading import save_backbone_weights
 
@@ -226,25 +212,8 @@ def test_equal_masks_to_the_propagate_command_on_a_real_clip(shared_data, tmp_pa
     torch.manual_seed(5)
     ckpt = save_backbone_weights(dul_backbone(), tmp_path / "backbone.safetensors")
     write_palette_png(tmp_path / "first.png", first)
-    res = CliRunner().invoke(
-        app,
-        [
-            "propagate",
-            str(frames),
-            "--mask",
-            str(tmp_path / "first.png"),
-            "--checkpoint",
-            str(ckpt),
-            "--short-side",
-            "120",
-            "--out",
-            str(tmp_path / "cli"),
-            "--no-overlay",
-            "--device",
-            "cpu",
-        ],
-    )
-    assert res.exit_code == 0, res.output
+    options = ("--short-side", 120, "--out", tmp_path / "cli", "--no-overlay", "--device", "cpu")
+    run_cli("propagate", frames, "--mask", tmp_path / "first.png", "--checkpoint", ckpt, *options)
     pred = VideoPredictor.from_pretrained(str(ckpt), short_side=120, device="cpu")
     state = pred.init_state(frames)
     pred.add_new_mask(state, 0, 1, first == 1)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_runs import run_cli
 from PIL import Image
 from tritoncorr.evals.davis import read_index_png, write_palette_png
 
@@ -76,27 +77,13 @@ def _whole_video_loop(feats, first, cfg, image_size):
     bank = out.clone() if cfg.feedback == "hard" else out
     for t in range(1, feats.shape[0]):
         sel = torch.tensor(reference_indices(t, cfg.references, cfg.context))
+        args = (feats[t], feats[sel], bank[sel])
+        common = dict(radius=cfg.radius, temperature=cfg.temperature)
         if cfg.topk is None:
-            pred = window_propagate(
-                feats[t],
-                feats[sel],
-                bank[sel],
-                radius=cfg.radius,
-                temperature=cfg.temperature,
-                compact=cfg.compact,
-                compact_threshold=cfg.compact_threshold,
-            )
+            pred = window_propagate(*args, **common, compact=cfg.compact, compact_threshold=cfg.compact_threshold)
         else:
-            pred = knn_propagate(
-                feats[t],
-                feats[sel],
-                bank[sel],
-                radius=cfg.radius,
-                topk=cfg.topk,
-                temperature=cfg.temperature,
-                window=cfg.window,
-                unrestricted=1 if cfg.unrestricted_first else 0,
-            )
+            unrestricted = 1 if cfg.unrestricted_first else 0
+            pred = knn_propagate(*args, **common, topk=cfg.topk, window=cfg.window, unrestricted=unrestricted)
         out[t] = pred
         if cfg.feedback == "hard":
             ids = decode_labels(pred, image_size, align_corners=cfg.upsample_align_corners).argmax(0)
@@ -374,81 +361,38 @@ def test_short_side_runs_smaller_and_writes_full_size_masks(tmp_path):
 
 
 def test_cli_propagate(tmp_path):
-    from typer.testing import CliRunner
-
-    from tritoncorr.cli import app
-
     video = write_synthetic_video(tmp_path / "clip.mp4", 6, SIZE)
-    write_palette_png(tmp_path / "first.png", _true_ids(0))
-    later = _true_ids(3)
-    write_palette_png(tmp_path / "later.png", np.where(later == 2, 2, 0).astype(np.uint8))
+    first, later = tmp_path / "first.png", tmp_path / "later.png"
+    write_palette_png(first, _true_ids(0))
+    write_palette_png(later, np.where(_true_ids(3) == 2, 2, 0).astype(np.uint8))
     half = np.asarray(Image.fromarray(_true_ids(0)).resize((SIZE[1] // 2, SIZE[0] // 2), Image.NEAREST))
     write_palette_png(tmp_path / "half.png", half)
-    runner = CliRunner()
-    res = runner.invoke(
-        app,
-        [
-            "propagate",
-            str(video),
-            "--mask",
-            str(tmp_path / "first.png"),
-            "--mask",
-            f"3:{tmp_path / 'later.png'}",
-            "--mask",
-            f"40:{tmp_path / 'later.png'}",
-            "--out",
-            str(tmp_path / "out"),
-            "--device",
-            "cpu",
-            "--random-init",
-        ],
-        env={"COLUMNS": "200"},
-    )
-    assert res.exit_code == 0, res.output
+    wide = {"COLUMNS": "200"}
+    masks = ("--mask", first, "--mask", f"3:{later}", "--mask", f"40:{later}")
+    res = run_cli("propagate", video, *masks, "--out", tmp_path / "out", "--device", "cpu", "--random-init", env=wide)
     assert "RANDOM-INIT" in res.output and "frames/s" in res.output
     assert "preset 'dul' (the default for random weights)" in res.output and "from the checkpoint" not in res.output
     assert "frame 40 was not used" in res.output
     assert (tmp_path / "out" / "overlay.mp4").is_file() and len(list((tmp_path / "out" / "masks").glob("*.png"))) == 6
     # a mask at half the size is resized with a warning
-    res = runner.invoke(
-        app,
-        [
-            "propagate",
-            str(video),
-            "--mask",
-            str(tmp_path / "half.png"),
-            "--out",
-            str(tmp_path / "out2"),
-            "--device",
-            "cpu",
-            "--no-overlay",
-            "--max-frames",
-            "2",
-            "--random-init",
-            "--precision",
-            "bf16",
-        ],
-        env={"COLUMNS": "200"},
-    )
-    assert res.exit_code == 0, res.output
+    short = ("--device", "cpu", "--no-overlay", "--max-frames", 2, "--random-init", "--precision", "bf16")
+    res = run_cli("propagate", video, "--mask", tmp_path / "half.png", "--out", tmp_path / "out2", *short, env=wide)
     assert "resizing the mask" in res.output
     # clear errors
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00" * 500)
-    res = runner.invoke(app, ["propagate", str(bad), "--mask", str(tmp_path / "first.png")])
-    assert res.exit_code == 2 and "cannot read video" in res.output
+    res = run_cli("propagate", bad, "--mask", first, exit_code=2)
+    assert "cannot read video" in res.output
     Image.fromarray(np.zeros((10, 40), np.uint8) + 1).save(tmp_path / "wrong.png")
-    res = runner.invoke(app, ["propagate", str(video), "--mask", str(tmp_path / "wrong.png")])
-    assert res.exit_code == 2 and "aspect ratio" in res.output
-    res = runner.invoke(app, ["propagate", str(video), "--mask", f"2:{tmp_path / 'first.png'}"])
-    assert res.exit_code == 2 and "frame 0" in res.output
-    res = runner.invoke(app, ["propagate", str(video), "--mask", str(tmp_path / "first.png"), "--precision", "fp8"])
-    assert res.exit_code == 2 and "--precision must be one of fp32, bf16" in res.output
-    res = runner.invoke(
-        app, ["propagate", str(video), "--mask", str(tmp_path / "first.png"), "--random-init", "--checkpoint", "crw"]
-    )
-    assert res.exit_code == 2 and "exclude each other" in res.output
+    res = run_cli("propagate", video, "--mask", tmp_path / "wrong.png", exit_code=2)
+    assert "aspect ratio" in res.output
+    res = run_cli("propagate", video, "--mask", f"2:{first}", exit_code=2)
+    assert "frame 0" in res.output
+    res = run_cli("propagate", video, "--mask", first, "--precision", "fp8", exit_code=2)
+    assert "--precision must be one of fp32, bf16" in res.output
+    res = run_cli("propagate", video, "--mask", first, "--random-init", "--checkpoint", "crw", exit_code=2)
+    assert "exclude each other" in res.output
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = runner.invoke(app, ["propagate", "--help"])
-    assert res.exit_code == 0 and "--short-side" in res.output
+        res = run_cli("propagate", "--help")
+    assert "--short-side" in res.output

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runs import torchrun_train
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -216,38 +217,19 @@ def test_train_state_roundtrip():
 # ---------------------------------------------------------------------------------- torchrun
 
 
-def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "tritoncorr.cli",
-        "train",
-        *args,
-    ]
-    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
 @pytest.mark.slow
 def test_torchrun_resume_mid_epoch_is_exact_and_another_world_size_warns_once(tmp_path):
     """2 gloo processes, BatchNorm and a per-rank random frame pair (so every rank's RNG state
     matters), accumulation 2: --steps 5 equals --steps 2 + --resume to 5 bit for bit. Resuming the
     2-process checkpoint in one process warns once and continues."""
     sets = ["--set", "optim.accumulate=2", "--set", "data.num_videos=24", "--set", "checkpoint.every=0"]
-    _torchrun([TOY, "--steps", "5", "--out", str(tmp_path / "full"), *sets], tmp_path)
-    _torchrun([TOY, "--steps", "2", "--out", str(tmp_path / "part"), *sets], tmp_path)
+    torchrun_train([TOY, "--steps", "5", "--out", str(tmp_path / "full"), *sets], tmp_path)
+    torchrun_train([TOY, "--steps", "2", "--out", str(tmp_path / "part"), *sets], tmp_path)
     state = json.loads((tmp_path / "part" / "ckpt-00000002" / "state.json").read_text())
     assert state["world_size"] == 2 and len(state["rng"]) == 2 and state["rng"][0] != state["rng"][1]
     assert state["loader"] == {"epoch": 0, "batch": 4} and state["steps_per_epoch"] == 3  # mid-epoch
     shutil.copytree(tmp_path / "part", tmp_path / "single")
-    _torchrun([TOY, "--steps", "5", "--resume", str(tmp_path / "part")], tmp_path)
+    torchrun_train([TOY, "--steps", "5", "--resume", str(tmp_path / "part")], tmp_path)
     a, b = _rows(tmp_path / "full"), _rows(tmp_path / "part")
     assert [r["step"] for r in a] == [1, 2, 3, 4, 5] and [r["epoch"] for r in a] == [0, 0, 0, 1, 1]
     assert a == b

@@ -161,14 +161,21 @@ def test_window_zero_border_semantics():
         torch.testing.assert_close(fn(q, k, v, radius=r), expected.expand(1, h, w))
 
 
+def _phantom_tie_inputs():
+    """q (2, 1, 3), k, v for one reference frame: all in-image logits very negative, so the logit-0 out-of-image
+    cells carry the mass and tie (with radius 1)."""
+    q = torch.ones(2, 1, 3)
+    k = -10 * torch.ones(1, 2, 1, 3)
+    v = torch.rand(1, 2, 1, 3, generator=fresh_generator())
+    return q, k, v
+
+
 def test_window_compact_phantom_ties_lowest_index():
     """All in-image logits very negative: the logit-0 out-of-image cells carry the mass and tie.
     h = 1, w = 3, r = 1, query x = 0: 7 of the 9 cells are outside, each with probability 1/7 > 0.1,
     so the slice is replaced; the top-2 are the two lowest window indices (dy=-1, dx=-1) and
     (dy=-1, dx=0), w = (1/2, 1/2), and only the Gaussians' tails reach the two in-image cells."""
-    q = torch.ones(2, 1, 3)
-    k = -10 * torch.ones(1, 2, 1, 3)
-    v = torch.rand(1, 2, 1, 3, generator=fresh_generator())
+    q, k, v = _phantom_tie_inputs()
     g = lambda d2: 2.0 ** (-4 * d2)  # noqa: E731  exp(-4 ln2 d^2)
     own = 0.5 * (g(2) + g(1))  # the query cell (dy=0, dx=0): distances^2 2 and 1 to the centres
     right = 0.5 * (g(5) + g(2))  # (dy=0, dx=+1)
@@ -225,31 +232,28 @@ def test_window_triton_matches_reference(case, triton_backend):
     assert_close_verbose(out, window_propagate_reference(q, k, v, **kw), atol=atol, rtol=rtol, name=f"triton {case}")
 
 
-@pytest.mark.interpreter
-def test_window_triton_phantom_ties_and_non_contiguous(triton_backend):
-    q = torch.ones(2, 1, 3)
-    k = -10 * torch.ones(1, 2, 1, 3)
-    v = torch.rand(1, 2, 1, 3, generator=fresh_generator())
-    kw = dict(radius=1, compact=2, compact_threshold=0.1)
-    assert_close_verbose(
-        window_propagate(q, k, v, **kw),
-        window_propagate_reference(q, k, v, **kw),
-        atol=1e-6,
-        rtol=1e-6,
-        name="phantom ties",
-    )
+def _phantom_ties():
+    """(kernel inputs, reference inputs, keyword arguments, tolerance): the phantom-tie inputs."""
+    q, k, v = _phantom_tie_inputs()
+    return (q, k, v), (q, k, v), dict(radius=1, compact=2, compact_threshold=0.1), 1e-6
+
+
+def _non_contiguous():
+    """As ``_phantom_ties``: non-contiguous copies of random inputs for the kernel, the inputs for the reference."""
     q, k, v = _raw_inputs(4, 4, 6, 2, 2)
     qn = q.transpose(1, 2).contiguous().transpose(1, 2)
     kn = k.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
     vn = v.transpose(2, 3).contiguous().transpose(2, 3)
-    kw = dict(radius=2, compact=2, compact_threshold=0.1)
-    assert_close_verbose(
-        window_propagate(qn, kn, vn, **kw),
-        window_propagate_reference(q, k, v, **kw),
-        atol=1e-4,
-        rtol=1e-4,
-        name="non-contiguous",
-    )
+    return (qn, kn, vn), (q, k, v), dict(radius=2, compact=2, compact_threshold=0.1), 1e-4
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("case", [_phantom_ties, _non_contiguous], ids=["phantom-ties", "non-contiguous"])
+def test_window_triton_phantom_ties_and_non_contiguous(case, triton_backend):
+    inputs, ref_inputs, kw, tol = case()
+    out = window_propagate(*inputs, **kw)
+    ref = window_propagate_reference(*ref_inputs, **kw)
+    assert_close_verbose(out, ref, atol=tol, rtol=tol, name=case.__name__)
 
 
 @pytest.mark.gpu

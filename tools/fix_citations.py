@@ -32,17 +32,23 @@ REWRITES: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
-def tracked_python_files(root: Path = ROOT) -> list[Path]:
-    """The ``.py`` files git tracks (plus untracked, not ignored ones), this script and its test excluded."""
+def git_files(pattern: str, root: Path = ROOT) -> list[Path]:
+    """The files matching ``pattern`` that git tracks below ``root``, plus the untracked ones it does not
+    ignore, sorted (the tree as it is, not as committed)."""
     out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"],
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", pattern],
         cwd=root,
         check=True,
         capture_output=True,
         text=True,
     ).stdout
+    return sorted(root / p for p in out.split() if (root / p).is_file())
+
+
+def tracked_python_files(root: Path = ROOT) -> list[Path]:
+    """The ``.py`` files of ``git_files``, this script and its test excluded."""
     skip = {Path(__file__).resolve(), (root / "tests" / "test_docs.py").resolve()}
-    return [root / p for p in out.split() if (root / p).resolve() not in skip and (root / p).is_file()]
+    return [p for p in git_files("*.py", root) if p.resolve() not in skip]
 
 
 def rewrite(text: str) -> str:
