@@ -367,13 +367,35 @@ class Trainer:
     # ------------------------------------------------------------------------------------ setup
 
     def _setup(self, resume: bool, resume_from: str | None) -> None:
-        cfg, info, out = self.cfg, self.info, self.out
+        """Build everything a run needs, in order: the checkpoint to resume, the model and its starting
+        weights, optimizer and loader, the training state, the wrapped forward, the run folder's logs."""
+        out = self.out
         if resume:
             self.resumed_from = _resume_checkpoint(out, resume_from, self.is_main)
         elif ckpt_io.list_checkpoints(out):
             raise ConfigError(f"{out} already holds checkpoints; use --resume {out} or another --out")
+        seed_all(self.cfg.seed)  # identical initial weights on every rank
+        init_path = self._build_model()
+        self.optimizer = build_optimizer(self.model, self.cfg.optim)
+        self.loader = self._build_loader()
+        if self.is_main and self.resumed_from is None:
+            # the weights the run starts from, for comparing any checkpoint with where it began
+            self._make_run_folder()
+            ckpt_io.save_model_weights(out / "init.safetensors", self.model)
+        self._init_state()
+        self._wrap_forward()
+        self.metrics_path = out / "metrics.jsonl"
+        if self.is_main:
+            self._open_run_log(init_path)
+        if self.state.elapsed is None:  # format-1 checkpoint: the wall time of its last logged step
+            self.state.elapsed = float(self.state.rows[-1].get("time", 0.0)) if self.state.rows else 0.0
+        # wall time continues across resumes
+        self._session_start = time.perf_counter() - self.state.elapsed
+        barrier(self.info)
 
-        seed_all(cfg.seed)  # identical initial weights on every rank
+    def _build_model(self) -> Path | None:
+        """``self.model`` on the device, from ``init_from`` when set (not on resume); returns that file."""
+        cfg = self.cfg
         model = cfg.method.build()
         if not isinstance(model, nn.Module):
             raise TypeError(f"{type(cfg.method).__name__}.build() must return an nn.Module, got {type(model).__name__}")
@@ -393,23 +415,22 @@ class Trainer:
                 warnings.warn(
                     f"init_from {cfg.init_from}: {len(missing)} missing keys (e.g. {missing[:3]}), "
                     f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})",
-                    stacklevel=3,
+                    stacklevel=4,
                 )
         model.to(self.device)
-        if cfg.sync_bn and info.distributed:
+        if cfg.sync_bn and self.info.distributed:
             if self.device.type == "cuda":
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             elif self.is_main:
                 warnings.warn(
-                    "sync_bn needs CUDA (torch's SyncBatchNorm has no CPU path); using per-process BN", stacklevel=3
+                    "sync_bn needs CUDA (torch's SyncBatchNorm has no CPU path); using per-process BN", stacklevel=4
                 )
         self.model: nn.Module = model
-        self.optimizer = build_optimizer(model, cfg.optim)
-        self.loader = self._build_loader()
-        if self.is_main and self.resumed_from is None:
-            # the weights the run starts from, for comparing any checkpoint with where it began
-            self._make_run_folder()
-            ckpt_io.save_model_weights(out / "init.safetensors", model)
+        return init_path
+
+    def _init_state(self) -> None:
+        """``self.state``: fresh (epoch 0, per-rank random streams) or loaded from the checkpoint to resume."""
+        cfg, info = self.cfg, self.info
         batches_per_epoch = len(self.loader)
         if batches_per_epoch < 1:
             raise ConfigError("the data loader yields no batch per epoch (fewer clips than batch_size x world_size?)")
@@ -419,7 +440,7 @@ class Trainer:
             batch_size=_int_or_none(getattr(cfg.data, "batch_size", None)),
             accumulate=cfg.optim.accumulate,
             steps_per_epoch=self.steps_per_epoch,
-            method=ckpt_io.model_method(model),
+            method=ckpt_io.model_method(self.model),
             schedule={"name": cfg.schedule.name, "factor": None},
             elapsed=0.0,
         )
@@ -429,12 +450,15 @@ class Trainer:
             self.loader.set_epoch(0)
             seed_all(cfg.seed + 10007 * (info.rank + 1))  # per-rank streams for the method's randomness
 
-        self.fwd_module: nn.Module = model
-        if info.distributed:
+    def _wrap_forward(self) -> None:
+        """``fwd_module`` (DDP when distributed), ``fwd`` (compiled when ``cfg.compile``) and ``amp_ctx``."""
+        cfg = self.cfg
+        self.fwd_module: nn.Module = self.model
+        if self.info.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.fwd_module = DDP(
-                model,
+                self.model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=cfg.ddp_find_unused,
             )
@@ -447,39 +471,33 @@ class Trainer:
             else contextlib.nullcontext
         )
 
-        self.metrics_path = out / "metrics.jsonl"
-        if self.is_main:
-            self._make_run_folder()
-            ckpt_io.clean_temporaries(out)
-            conf = config_to_dict(cfg)
-            if self.recipe_ref:
-                conf["__recipe__"] = self.recipe_ref
-            ckpt_io.atomic_write_json(out / "config.json", conf)
-            start = (
-                self.resumed_from / "model.safetensors"
-                if self.resumed_from is not None
-                else init_path
-                if init_path is not None
-                else out / "init.safetensors"
-            )
-            record_run_session(out, start_step=self.state.step, device=self.device, weights=start)
-            if self.resumed_from is not None:
-                self.state.rows = _truncate_metrics(self.metrics_path, self.state.step)
-            elif self.metrics_path.exists():
-                self.metrics_path.unlink()
-            self.loggers = RunLoggers(
-                cfg.log.backends,
-                out,
-                name=out.name,
-                project=cfg.log.wandb_project,
-                mode=cfg.log.wandb_mode,
-                config=conf,
-            )
-        if self.state.elapsed is None:  # format-1 checkpoint: the wall time of its last logged step
-            self.state.elapsed = float(self.state.rows[-1].get("time", 0.0)) if self.state.rows else 0.0
-        # wall time continues across resumes
-        self._session_start = time.perf_counter() - self.state.elapsed
-        barrier(info)
+    def _open_run_log(self, init_path: Path | None) -> None:
+        """Main rank: the run folder's config.json, session record, metrics.jsonl (cut back to the resumed
+        step, or removed on a fresh start) and the loggers."""
+        cfg, out = self.cfg, self.out
+        self._make_run_folder()
+        ckpt_io.clean_temporaries(out)
+        conf = config_to_dict(cfg)
+        if self.recipe_ref:
+            conf["__recipe__"] = self.recipe_ref
+        ckpt_io.atomic_write_json(out / "config.json", conf)
+        if self.resumed_from is not None:
+            start = self.resumed_from / "model.safetensors"
+        else:
+            start = init_path if init_path is not None else out / "init.safetensors"
+        record_run_session(out, start_step=self.state.step, device=self.device, weights=start)
+        if self.resumed_from is not None:
+            self.state.rows = _truncate_metrics(self.metrics_path, self.state.step)
+        elif self.metrics_path.exists():
+            self.metrics_path.unlink()
+        self.loggers = RunLoggers(
+            cfg.log.backends,
+            out,
+            name=out.name,
+            project=cfg.log.wandb_project,
+            mode=cfg.log.wandb_mode,
+            config=conf,
+        )
 
     def _make_run_folder(self) -> None:
         try:
