@@ -590,9 +590,7 @@ def evaluate_features_on_davis(
                 codec = MaskCodec(seq.load_mask(0))
                 vf = sequence_features(
                     features_fn,
-                    seq.name,
-                    seq.load_frame,
-                    len(seq),
+                    seq,
                     codec.size,
                     config=config,
                     device=device,
@@ -634,9 +632,7 @@ def evaluate_features_on_davis(
 
 def sequence_features(
     features_fn,
-    name: str,
-    frames,
-    num_frames: int,
+    seq,
     size: tuple[int, int],
     *,
     config,
@@ -646,9 +642,11 @@ def sequence_features(
     cache=None,
     bar: "VideoProgress | None" = None,
 ) -> VideoFeatures:
-    """:func:`compute_features` of one video, read from / written to ``cache``
+    """:func:`compute_features` of the frames of ``seq`` (a DAVIS sequence: ``name``, ``load_frame(i)``,
+    ``len``) at label size ``size``, read from / written to ``cache``
     (:class:`tritoncorr.feature_cache.FeatureCache`) when given; ``bar`` counts its frames either way.
     Frame-size errors are :class:`DavisFormatError`."""
+    name, frames, num_frames = seq.name, seq.load_frame, len(seq)
     if bar is not None:
         bar.stage("features")
     vf = cache.load(name, num_frames, size) if cache is not None else None

@@ -104,16 +104,7 @@ def sweep_davis(
                 bar.start(seq.name)
                 codec = MaskCodec(seq.load_mask(0))
                 vf = sequence_features(
-                    features_fn,
-                    seq.name,
-                    seq.load_frame,
-                    len(seq),
-                    codec.size,
-                    config=config,
-                    device=device,
-                    color=color,
-                    cache=cache,
-                    bar=bar,
+                    features_fn, seq, codec.size, config=config, device=device, color=color, cache=cache, bar=bar
                 )
                 gt = seq.load_masks()
                 for k, cfg in enumerate(configs):
