@@ -187,7 +187,22 @@ def topk_lowest_index(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
     top_v, top_i = top_v[:, :k], top_i[:, :k]
     if bool(fix.any()):
         rows = fix.nonzero()[:, 0]
-        srt = torch.sort(scores[rows], dim=1, descending=True, stable=True)
-        top_v[rows] = srt.values[:, :k]
-        top_i[rows] = srt.indices[:, :k]
+        top_v[rows], top_i[rows] = _lowest_index_among_ties(scores[rows], top_v[rows, k - 1], k)
     return top_v, top_i
+
+
+def _lowest_index_among_ties(scores: torch.Tensor, kth: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first k of a stable descending sort of each row of ``scores`` (R, M), given each row's k-th
+    largest value ``kth`` (R,), without sorting the rows: every score above ``kth`` (fewer than k), then
+    the lowest-indexed scores equal to it, ordered by value (ties by index). -> values, indices (R, k).
+
+    With 16-bit features many candidates share the k-th score (bfloat16 resolves 1/256 near a cosine of
+    1), and a full sort of those rows was most of the propagation time.
+    """
+    above = scores > kth[:, None]
+    tied = scores == kth[:, None]
+    needed = k - above.sum(dim=1, keepdim=True)
+    chosen = above | (tied & (tied.cumsum(dim=1) <= needed))
+    cols = chosen.nonzero()[:, 1].view(scores.shape[0], k)  # ascending column order per row
+    srt = torch.sort(scores.gather(1, cols), dim=1, descending=True, stable=True)
+    return srt.values, cols.gather(1, srt.indices)

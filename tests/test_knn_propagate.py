@@ -125,6 +125,32 @@ def test_ties_go_to_lower_index():
         torch.testing.assert_close(top2, values.mean(0))  # both copies of the own position
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_topk_lowest_index_selects_what_a_stable_sort_selects(dtype):
+    """Scores with few distinct values (as 16-bit features give): the top-k set is the first k of a
+    stable descending sort (ties at the k-th value go to the lower columns), and the rows that tie at
+    the boundary come out in exactly the sort's order. -inf entries (masked candidates) included."""
+    from tritoncorr.kernels._utils import _lowest_index_among_ties, topk_lowest_index
+
+    g = fresh_generator()
+    for _ in range(60):
+        rows, cols = int(torch.randint(1, 30, (1,), generator=g)), int(torch.randint(2, 200, (1,), generator=g))
+        k = int(torch.randint(1, cols, (1,), generator=g))
+        scores = torch.randint(0, int(torch.randint(1, 6, (1,), generator=g)), (rows, cols), generator=g).to(dtype)
+        scores[torch.rand(rows, cols, generator=g) < 0.2] = float("-inf")
+        expected = torch.sort(scores, dim=1, descending=True, stable=True)
+        values, index = topk_lowest_index(scores, k)
+        finite = torch.isfinite(expected.values[:, :k])
+        for r in range(rows):  # the same candidates (the order inside the top-k does not matter)
+            got = index[r][torch.isfinite(values[r])].sort().values
+            torch.testing.assert_close(got, expected.indices[r, :k][finite[r]].sort().values, rtol=0, atol=0)
+        tied = torch.isfinite(expected.values[:, k - 1])
+        if tied.any():
+            v, i = _lowest_index_among_ties(scores[tied], expected.values[tied, k - 1], k)
+            torch.testing.assert_close(i, expected.indices[tied, :k], rtol=0, atol=0)
+            torch.testing.assert_close(v, expected.values[tied, :k], rtol=0, atol=0)
+
+
 def test_equal_features_take_lowest_positions():
     """All scores equal: the top-k are the k lowest candidate indices (row-major in frame 0)."""
     h, w, topk = 4, 5, 3
