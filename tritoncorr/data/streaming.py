@@ -205,9 +205,7 @@ class StreamingClipLoader(StreamCursor):
     ``state_dict``/``load_state_dict``/``set_epoch``); ``video`` holds the stream position."""
 
     def __init__(self, cfg: DataConfig, *, seed: int, rank: int = 0, world_size: int = 1, dataset=None) -> None:
-        self.kind = "frames"
-
-        def pick_column(names: list[str]) -> str:
+        def pick_column(names: list[str]) -> str:  # also keeps the column's kind ("frames" or "video")
             column, self.kind = hf_column(names, cfg.hf_column, cfg.root)
             return column
 
