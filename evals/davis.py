@@ -209,6 +209,20 @@ def unknown_names(unknown: Sequence[str], known: Sequence[str]) -> str:
     return f"{list(unknown)}" + (f" ({'; '.join(hints)})" if hints else "")
 
 
+def select_names(
+    listed: Sequence[str], wanted: Sequence[str] | None, what: str, where, error: type[Exception]
+) -> list[str]:
+    """``listed`` restricted to the names in ``wanted``, in ``listed``'s order (all of it when ``wanted`` is
+    empty). A wanted name that is not listed raises ``error``: ``"<what>(s) [...] not listed in <where>"``,
+    with close matches (:func:`unknown_names`)."""
+    if not wanted:
+        return list(listed)
+    unknown = [name for name in wanted if name not in listed]
+    if unknown:
+        raise error(f"{what}(s) {unknown_names(unknown, listed)} not listed in {where}")
+    return [name for name in listed if name in set(wanted)]
+
+
 def frame_folder(name: str, what: str, listed: str, img: Path, ann: Path, error: type[Exception]) -> list[Path]:
     """The ``.jpg`` frames (sorted by name) of the video ``name`` (a ``what``: ``"sequence"``, ``"video"``)
     in ``img``, after checking that ``img`` and its annotation folder ``ann`` exist; ``listed`` says where
@@ -352,11 +366,7 @@ class DavisDataset:
             raise DavisFormatError(f"split file {split_file} lists no sequence")
         # The toolkit keys sequences by name (duplicates collapse), keeping the file order.
         listed = list(dict.fromkeys(listed))
-        if sequences:
-            unknown = [s for s in sequences if s not in listed]
-            if unknown:
-                raise DavisFormatError(f"sequence(s) {unknown_names(unknown, listed)} not listed in {split_file}")
-            listed = [s for s in listed if s in set(sequences)]
+        listed = select_names(listed, sequences, "sequence", split_file, DavisFormatError)
         self.root, self.split, self.resolution = root, split, resolution
         self.require_all_masks = require_all_masks
         self.sequences: list[DavisSequence] = [self._scan(name, img_dir, ann_dir) for name in listed]
@@ -617,6 +627,17 @@ class ObjectScore:
         return f"{self.sequence}_{self.object_id}"
 
 
+def _object_average(attr: str) -> property:
+    """A :class:`DavisScores` property: the mean of ``ObjectScore.<attr>`` over all objects (NaN if none)."""
+
+    def average(self: DavisScores) -> float:
+        if not self.objects:
+            return float("nan")
+        return float(np.mean([getattr(o, attr) for o in self.objects]))
+
+    return property(average, doc=f"Mean of the objects' ``{attr}`` (NaN without objects).")
+
+
 @dataclass
 class DavisScores:
     """Per-object scores and the global metrics (averages over all objects of all sequences)."""
@@ -624,34 +645,12 @@ class DavisScores:
     objects: list[ObjectScore]
     split: str = "val"
 
-    def _avg(self, attr: str) -> float:
-        if not self.objects:
-            return float("nan")
-        return float(np.mean([getattr(o, attr) for o in self.objects]))
-
-    @property
-    def j_mean(self) -> float:
-        return self._avg("j_mean")
-
-    @property
-    def j_recall(self) -> float:
-        return self._avg("j_recall")
-
-    @property
-    def j_decay(self) -> float:
-        return self._avg("j_decay")
-
-    @property
-    def f_mean(self) -> float:
-        return self._avg("f_mean")
-
-    @property
-    def f_recall(self) -> float:
-        return self._avg("f_recall")
-
-    @property
-    def f_decay(self) -> float:
-        return self._avg("f_decay")
+    j_mean = _object_average("j_mean")
+    j_recall = _object_average("j_recall")
+    j_decay = _object_average("j_decay")
+    f_mean = _object_average("f_mean")
+    f_recall = _object_average("f_recall")
+    f_decay = _object_average("f_decay")
 
     @property
     def jf_mean(self) -> float:

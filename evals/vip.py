@@ -130,7 +130,7 @@ class VipDataset:
         list_file = root / "lists" / f"{split}_videos.txt"
         if not list_file.is_file():
             raise VipFormatError(f"VIP root {root}: missing list {list_file}")
-        from tritoncorr.evals.davis import plain_names, read_text
+        from tritoncorr.evals.davis import plain_names, read_text, select_names
 
         text = read_text(list_file, VipFormatError)
         listed = plain_names(
@@ -138,13 +138,7 @@ class VipDataset:
         )
         if not listed:
             raise VipFormatError(f"{list_file} lists no video")
-        if videos:
-            unknown = [v for v in videos if v not in listed]
-            if unknown:
-                from tritoncorr.evals.davis import unknown_names
-
-                raise VipFormatError(f"video(s) {unknown_names(unknown, listed)} not listed in {list_file}")
-            listed = [v for v in listed if v in set(videos)]
+        listed = select_names(listed, videos, "video", list_file, VipFormatError)
         self.root, self.split, self.annotations = root, split, ann_dir
         self.videos = [self._scan(v, img_dir / v, ann_dir / v) for v in listed]
 

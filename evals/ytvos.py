@@ -120,17 +120,12 @@ class YtvosDataset:
             raise YtvosFormatError(f"{meta_path}: not valid JSON: {err}") from err
         if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
             raise YtvosFormatError(f'{meta_path}: expected {{"videos": {{<video>: {{"objects": ...}}}}}}')
-        from tritoncorr.evals.davis import plain_names
+        from tritoncorr.evals.davis import plain_names, select_names
 
         listed = plain_names(sorted(meta["videos"]), meta_path, YtvosFormatError)
         self.notes: list[str] = []
         if videos:
-            unknown = [v for v in videos if v not in meta["videos"]]
-            if unknown:
-                from tritoncorr.evals.davis import unknown_names
-
-                raise YtvosFormatError(f"video(s) {unknown_names(unknown, listed)} not in {meta_path}")
-            listed = [v for v in listed if v in set(videos)]
+            listed = select_names(listed, videos, "video", meta_path, YtvosFormatError)
         else:
             extra = sorted(p.name for p in img_dir.iterdir() if p.is_dir() and p.name not in meta["videos"])
             if extra:

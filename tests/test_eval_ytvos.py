@@ -68,7 +68,7 @@ def test_reader_errors(tmp_path):
     with pytest.raises(Y.YtvosFormatError, match="object id 'x' is not an integer"):
         Y.YtvosDataset(root)
     (root / "meta.json").write_text(meta)
-    with pytest.raises(Y.YtvosFormatError, match=r"video\(s\) \['zz'\] not in"):
+    with pytest.raises(Y.YtvosFormatError, match=r"video\(s\) \['zz'\] not listed in"):
         Y.YtvosDataset(root, videos=["zz"])
     png = root / "Annotations" / "b" / "00005.png"
     png.rename(root / "Annotations" / "b" / "00777.png")
