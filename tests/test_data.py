@@ -263,7 +263,7 @@ def test_empty_and_too_short_datasets_raise(tmp_path):
         build_clip_loader(DataConfig(source="frames", root=str(tmp_path / "short"), clip_len=5), seed=0)
     with pytest.raises(ValueError, match="no full batch"):
         build_clip_loader(DataConfig(source="frames", root=str(tmp_path / "short"), clip_len=2, batch_size=4), seed=0)
-    with pytest.raises(ValueError, match="DataConfig.crop"):
+    with pytest.raises(ValueError, match="data.crop"):
         DataConfig(crop="zoom").validate()
     with pytest.raises(ValueError, match="target_fps"):
         DataConfig(source="frames", root="x", target_fps=5).validate()

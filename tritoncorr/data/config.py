@@ -75,6 +75,28 @@ def unused_source_options(cfg) -> list[tuple[str, str]]:
     return out
 
 
+def field_error(cfg, name: str, why: str):
+    """The error of a bad data field: ``ConfigError("data.<name>=<value>: <why>")``."""
+    from tritoncorr.engine.config import ConfigError
+
+    return ConfigError(f"data.{name}={getattr(cfg, name)!r}: {why}")
+
+
+def check_source(cfg, sources: tuple[str, ...]) -> None:
+    """The checks every data config (clips and images) makes first: ``source`` is one of ``sources``, a
+    source other than ``"synthetic"`` has a ``root``, and no option is set that the source never reads
+    (:func:`unused_source_options`). Raises :func:`field_error`'s ``ConfigError``."""
+    if cfg.source not in sources:
+        raise field_error(cfg, "source", f"must be one of {sources}")
+    if cfg.source != "synthetic" and not cfg.root:
+        raise field_error(
+            cfg, "root", f"source={cfg.source!r} needs a root (a folder, dataset path or hub id: --set data.root=PATH)"
+        )
+    unused = unused_source_options(cfg)
+    if unused:
+        raise field_error(cfg, *unused[0])
+
+
 @dataclass
 class DataConfig:
     """Where training clips come from and how they are sampled and augmented.
@@ -146,18 +168,12 @@ class DataConfig:
     cache_short_side: int = 0  # shorter side of the cached frames (needs cache_dir)
 
     def validate(self) -> "DataConfig":
-        """Check field values; returns ``self``. Raises ``ValueError`` naming the bad field."""
+        """Check field values; returns ``self``. Raises ``ConfigError`` (a ``ValueError``) naming the bad field."""
 
-        def bad(field: str, why: str) -> ValueError:
-            return ValueError(f"DataConfig.{field}={getattr(self, field)!r}: {why}")
+        def bad(field: str, why: str):
+            return field_error(self, field, why)
 
-        if self.source not in SOURCES:
-            raise bad("source", f"must be one of {SOURCES}")
-        if self.source != "synthetic" and not self.root:
-            raise bad("root", f"source={self.source!r} needs a root (folder, dataset path or hub id)")
-        unused = unused_source_options(self)
-        if unused:
-            raise bad(unused[0][0], unused[0][1])
+        check_source(self, SOURCES)
         if self.order not in ORDERS:
             raise bad("order", f"must be one of {ORDERS}")
         if self.crop not in CROPS:

@@ -147,18 +147,12 @@ class ImageDataConfig:
     def validate(self) -> "ImageDataConfig":
         """Check field values (not the files); returns ``self``. Raises ``ConfigError`` naming the field."""
 
+        from tritoncorr.data.config import check_source, field_error
+
         def bad(name: str, why: str) -> ConfigError:
-            return ConfigError(f"data.{name}={getattr(self, name)!r}: {why}")
+            return field_error(self, name, why)
 
-        if self.source not in IMAGE_SOURCES:
-            raise bad("source", f"must be one of {IMAGE_SOURCES}")
-        if self.source != "synthetic" and not self.root:
-            raise bad("root", f"source={self.source!r} needs a root (set it with --set data.root=PATH)")
-        from tritoncorr.data.config import unused_source_options
-
-        unused = unused_source_options(self)
-        if unused:
-            raise bad(*unused[0])
+        check_source(self, IMAGE_SOURCES)
         for name in ("batch_size", "crop_size", "frame_step", "max_retries", "synthetic_images"):
             if int(getattr(self, name)) < 1:
                 raise bad(name, "must be >= 1")
