@@ -71,7 +71,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from tritoncorr.data.planned import PlannedLoader, check_rank
 from tritoncorr.data.sampler import sample_rng, sample_torch_generator
-from tritoncorr.data.sources import IMAGE_EXTS, DataSourceError, SourceWarning, _decode_image, _hf_payload
+from tritoncorr.data.sources import IMAGE_EXTS, DataSourceError, NamedSource, SourceWarning, _decode_image, _hf_payload
 from tritoncorr.data.streaming import StreamCursor
 from tritoncorr.data.transforms import imagenet_normalize, resize
 from tritoncorr.engine.config import ConfigError
@@ -380,18 +380,8 @@ def _missing_root(root: str, what: str) -> DataSourceError:
     return DataSourceError(f"{what} {root!r} does not exist (set it with --set data.root=PATH)")
 
 
-class ImageSource:
-    """Base class: ``names`` (one per image), ``read(i)``; cheap to pickle."""
-
-    kind = "base"
-
-    def __init__(self, root: str) -> None:
-        self.root = str(root)
-        self.names: list[str] = []
-        self.skipped: list[str] = []
-
-    def __len__(self) -> int:
-        return len(self.names)
+class ImageSource(NamedSource):
+    """Base class of the image sources: ``names`` (one per image), ``read(i)``; cheap to pickle."""
 
     def read(self, i: int) -> np.ndarray:
         raise NotImplementedError

@@ -59,20 +59,28 @@ class SourceWarning(UserWarning):
     """A video or frame that could not be read and was skipped."""
 
 
-class ClipSource:
-    """Base class. Subclasses fill ``names``, ``num_frames``, ``fps`` and implement ``read``."""
+class NamedSource:
+    """What every training source (clips or images) has: its ``root``, the ``names`` of its items (videos
+    or images, one each), the names it ``skipped`` as unreadable, and a ``kind`` for caches and messages."""
 
     kind = "base"
 
     def __init__(self, root: str) -> None:
         self.root = str(root)
         self.names: list[str] = []
-        self.num_frames: list[int] = []
-        self.fps: list[float] = []
         self.skipped: list[str] = []
 
     def __len__(self) -> int:
         return len(self.names)
+
+
+class ClipSource(NamedSource):
+    """Base class of the video sources. Subclasses fill ``names``, ``num_frames``, ``fps`` and implement ``read``."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.num_frames: list[int] = []
+        self.fps: list[float] = []
 
     def read(self, video: int, indices: Sequence[int]) -> np.ndarray:
         """Frames ``indices`` (native indices, any order) of video ``video``: uint8 ``(n, H, W, 3)``."""
