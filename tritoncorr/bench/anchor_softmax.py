@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch._functorch.config  # not imported by `import torch`; the providers patch it (see _loss_factory)
 
 from tritoncorr.bench.core import BenchCase, SkipProvider, run_for_mode
 from tritoncorr.kernels import anchor_softmax as mod
@@ -85,32 +86,6 @@ def _lse_fns(device: torch.device) -> dict[str, Callable[[], Callable]]:
     return {"triton": triton_fn, "eager": eager_fn, "compiled": compiled_fn, "torch": torch_fn}
 
 
-def _lse_factory(
-    build: Callable[[], Callable],
-    dense: bool,
-    P: int,
-    A: int,
-    K: int,
-    temperature: float,
-    dtype: torch.dtype,
-    device: torch.device,
-    mode: str,
-) -> Callable[[], Callable[[], object]]:
-    def factory():
-        with torch._functorch.config.patch(donated_buffer=False):  # see _nll_factory
-            return _build()
-
-    def _build():
-        if dense and device.type == "cpu" and 3 * P * A * 4 > _CPU_DENSE_LIMIT_BYTES:
-            raise SkipProvider(f"dense (P, A) logits need ~{3 * P * A * 4 / 2**30:.1f} GB on CPU")
-        fn = build()
-        f, bank, _ = _make_inputs(P, A, K, dtype, device, requires_grad=False)
-        f.requires_grad_(mode != "fwd")  # the bank is detached: gradients to the features only
-        return run_for_mode(lambda: fn(f, bank, temperature), [f], mode)
-
-    return factory
-
-
 def _loss_fns(device: torch.device) -> dict[str, Callable[[], Callable]]:
     """provider -> builder of ``loss(features, anchors, labels) -> (P,)``."""
 
@@ -131,16 +106,13 @@ def _loss_fns(device: torch.device) -> dict[str, Callable[[], Callable]]:
     return {"triton": triton_fn, "eager": eager_fn, "compiled": compiled_fn, "torch": torch_fn}
 
 
-def _nll_factory(
-    build: Callable[[], Callable],
-    dense: bool,
-    P: int,
-    A: int,
-    K: int,
-    dtype: torch.dtype,
-    device: torch.device,
-    mode: str,
+def _loss_factory(
+    op: str, build: Callable[[], Callable], dense: bool, P: int, A: int, K: int, dtype, device, mode: str
 ) -> Callable[[], Callable[[], object]]:
+    """A provider of the ``op`` rows (``"anchor_nll"`` or ``"anchor_lse"``): ``build()`` gives the function,
+    called on :func:`_make_inputs` as ``fn(features, anchors, labels)`` (nll: gradients to both) or
+    ``fn(features, bank, 1.0)`` (lse, LIIR's bank: detached, gradients to the features only)."""
+
     def factory():
         # "bwd" times repeated backward passes of one graph (retain_graph=True); torch.compile's
         # donated buffers forbid that, so they are switched off while the provider is built.
@@ -152,6 +124,9 @@ def _nll_factory(
             raise SkipProvider(f"dense (P, A) logits need ~{3 * P * A * 4 / 2**30:.1f} GB on CPU")
         fn = build()
         f, q, labels = _make_inputs(P, A, K, dtype, device, requires_grad=(mode != "fwd"))
+        if op == "anchor_lse":
+            q.requires_grad_(False)
+            return run_for_mode(lambda: fn(f, q, 1.0), [f], mode)
         return run_for_mode(lambda: fn(f, q, labels), [f, q], mode)
 
     return factory
@@ -224,7 +199,9 @@ def _cases(device: torch.device, shapes, bank: tuple[int, int, int], *, quick: b
                 if quick and mode != "fwd+bwd":
                     continue
                 providers = {
-                    name: _nll_factory(build, name in ("eager", "compiled"), P, A, K, dtype, device, mode)
+                    name: _loss_factory(
+                        "anchor_nll", build, name in ("eager", "compiled"), P, A, K, dtype, device, mode
+                    )
                     for name, build in _loss_fns(device).items()
                     if name not in skip
                 }
@@ -252,7 +229,9 @@ def _cases(device: torch.device, shapes, bank: tuple[int, int, int], *, quick: b
             if quick and mode != "fwd+bwd":
                 continue
             providers = {
-                name: _lse_factory(build, name in ("eager", "compiled"), P, A_bank, K_bank, 1.0, dtype, device, mode)
+                name: _loss_factory(
+                    "anchor_lse", build, name in ("eager", "compiled"), P, A_bank, K_bank, dtype, device, mode
+                )
                 for name, build in _lse_fns(device).items()
                 if name not in skip
             }
