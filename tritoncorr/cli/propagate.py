@@ -49,6 +49,42 @@ def _read_masks(console, mask_specs: list[str], source) -> dict[int, np.ndarray]
     return masks
 
 
+def _load_model(console, opts: PropagationOptions, random_init: bool, dev):
+    """The feature model, preset name, propagation settings (the preset's DAVIS settings, its window in
+    pixels at the model's stride) and where the preset came from, for ``tritoncorr propagate``: the
+    checkpoint (None: the embedded default) or random weights with ``random_init``; bad options exit 2."""
+    from tritoncorr.methods.inference import PRECISIONS, feature_stride, load_feature_model
+    from tritoncorr.propagation import PRESETS, task_preset
+    from tritoncorr.weights import DEFAULT_NAME
+
+    if opts.precision not in PRECISIONS:
+        fail(f"--precision must be one of {', '.join(PRECISIONS)}, got {opts.precision!r}")
+    if random_init and opts.checkpoint is not None:
+        fail("--random-init and --checkpoint exclude each other")
+    checkpoint = DEFAULT_NAME if not random_init and opts.checkpoint is None else opts.checkpoint
+    try:
+        fmodel = load_feature_model(checkpoint, seed=opts.seed, device=dev, precision=opts.precision)
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        fail(str(err))
+    if random_init:
+        console.print(
+            "[bold yellow]warning: --random-init: using RANDOM-INIT weights (ResNet-18, seed "
+            f"{opts.seed}). The masks will not follow the objects well; leave it out to use the default "
+            "checkpoint, or pass --checkpoint NAME (tritoncorr weights list).[/]"
+        )
+    preset = opts.preset or fmodel.preset
+    if preset not in PRESETS:
+        fail(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    config = task_preset(preset, "davis", stride=feature_stride(fmodel)).config  # the preset's window in pixels
+    if opts.preset is not None:
+        origin = "set by --preset"
+    elif random_init:
+        origin = "the default for random weights"
+    else:
+        origin = f"from the checkpoint {checkpoint}"
+    return fmodel, preset, config, origin
+
+
 def propagate_cli(
     *,
     video: Path,
@@ -83,29 +119,7 @@ def propagate_cli(
     masks = _read_masks(console, mask_specs, source)
 
     dev = resolve_device(opts.device)
-    from tritoncorr.methods.inference import PRECISIONS, feature_stride, load_feature_model
-    from tritoncorr.propagation import PRESETS, task_preset
-    from tritoncorr.weights import DEFAULT_NAME
-
-    if opts.precision not in PRECISIONS:
-        fail(f"--precision must be one of {', '.join(PRECISIONS)}, got {opts.precision!r}")
-    if random_init and opts.checkpoint is not None:
-        fail("--random-init and --checkpoint exclude each other")
-    checkpoint = DEFAULT_NAME if not random_init and opts.checkpoint is None else opts.checkpoint
-    try:
-        fmodel = load_feature_model(checkpoint, seed=opts.seed, device=dev, precision=opts.precision)
-    except (FileNotFoundError, ValueError, TypeError) as err:
-        fail(str(err))
-    if random_init:
-        console.print(
-            "[bold yellow]warning: --random-init: using RANDOM-INIT weights (ResNet-18, seed "
-            f"{opts.seed}). The masks will not follow the objects well; leave it out to use the default "
-            "checkpoint, or pass --checkpoint NAME (tritoncorr weights list).[/]"
-        )
-    preset = opts.preset or fmodel.preset
-    if preset not in PRESETS:
-        fail(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    config = task_preset(preset, "davis", stride=feature_stride(fmodel)).config  # the preset's window in pixels
+    fmodel, preset, config, origin = _load_model(console, opts, random_init, dev)
     if out is None:
         out = Path("propagate") / (video.stem or "video")
     H, W = working_size(source.size, short_side)
@@ -116,12 +130,6 @@ def propagate_cli(
         f"(masks at frames {sorted(masks)})",
         soft_wrap=True,
     )
-    if opts.preset is not None:
-        origin = "set by --preset"
-    elif random_init:
-        origin = "the default for random weights"
-    else:
-        origin = f"from the checkpoint {checkpoint}"
     console.print(f"model: {fmodel.description}; device {dev}; preset {preset!r} ({origin})", soft_wrap=True)
     total = source.num_frames
     if max_frames is not None:
