@@ -196,6 +196,88 @@ figure{margin:12px 0}figcaption{font-size:0.9em;color:#555}
 """
 
 
+def _summary_table(labels: list[str], results: list[PairedComparison], n_boot: int, seed: int) -> list[str]:
+    """HTML of the paired-difference table: one row per folder after the baseline ``A``."""
+    e = html.escape
+    parts: list[str] = []
+    parts.append(
+        f"<h2>Paired differences against [A]</h2><p>Bootstrap over sequences: {n_boot} resamples, "
+        f"seed {seed}; 95% percentile interval of the mean difference.</p>"
+    )
+    parts.append(
+        '<table id="summary"><thead><tr><th></th><th>n</th><th>mean diff</th><th>std err</th>'
+        "<th>95% interval</th><th>P(better)</th><th>wins/losses</th><th>verdict</th></tr></thead><tbody>"
+    )
+    for lab, r in zip(labels[1:], results):
+        if r.enough:
+            verdict = f"{lab} {r.verdict}" + (" than A" if r.verdict in ("better", "worse") else "")
+            ci, pb = f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}]", f"{r.p_better:.3f}"
+        else:
+            verdict = f"no verdict: only {len(r.sequences)} paired sequence(s), at least {r.min_sequences} are needed"
+            ci = pb = "-"
+        se = f"{r.se:.4f}" if np.isfinite(r.se) else "-"
+        parts.append(
+            f"<tr><td>[{lab}]</td><td>{len(r.sequences)}</td><td>{r.mean:+.4f}</td><td>{se}</td>"
+            f"<td>{ci}</td><td>{pb}</td><td>{r.wins}/{r.losses}</td><td>{e(verdict)}</td></tr>"
+        )
+    parts.append("</tbody></table>")
+    return parts
+
+
+def _sequence_table(
+    labels: list[str], seqs: list[str], scores: list[dict[str, float]], results: list[PairedComparison]
+) -> list[str]:
+    """HTML of the J&F table: one row per sequence (each folder's score and its difference to ``A``), then the means."""
+    e = html.escape
+    parts: list[str] = []
+    parts.append('<h2>J&amp;F per sequence</h2><table id="sequences"><thead><tr><th>sequence</th>')
+    for i, lab in enumerate(labels):
+        parts.append(f"<th>[{lab}] J&amp;F</th>" + (f"<th>{lab} - A</th>" if i else ""))
+    parts.append("</tr></thead><tbody>")
+    for s in seqs:
+        cells = []
+        for i, sc in enumerate(scores):
+            cells.append(f"<td>{sc[s]:.3f}</td>" if s in sc else "<td>-</td>")
+            if i:
+                if s in sc and s in scores[0]:
+                    d = sc[s] - scores[0][s]
+                    cls = "win" if d > 0 else "loss" if d < 0 else ""
+                    cells.append(f'<td class="{cls}">{d:+.3f}</td>')
+                else:
+                    cells.append("<td>-</td>")
+        parts.append(f'<tr class="seq"><td>{e(s)}</td>{"".join(cells)}</tr>')
+    mean_cells = []
+    for i, sc in enumerate(scores):
+        mean_cells.append(f"<td>{np.mean(list(sc.values())):.3f}</td>")
+        if i:
+            mean_cells.append(f"<td>{results[i - 1].mean:+.3f}</td>")
+    parts.append(f'<tr class="mean"><td>mean</td>{"".join(mean_cells)}</tr></tbody></table>')
+    return parts
+
+
+def _win_loss_strips(ds, labels: list[str], results: list[PairedComparison], preds: dict) -> list[str]:
+    """HTML of the largest wins and losses of each folder against ``A``: ground truth, ``A`` and the folder, as strips."""
+    e = html.escape
+    parts: list[str] = []
+    parts.append("<h2>Largest wins and losses</h2>")
+    by_name = {s.name: s for s in ds}
+    for k, (lab, r) in enumerate(zip(labels[1:], results), start=1):
+        order = np.argsort(r.diffs)
+        picks = [("win", i) for i in order[::-1][:STRIP_SEQUENCES] if r.diffs[i] > 0]
+        picks += [("loss", i) for i in order[:STRIP_SEQUENCES] if r.diffs[i] < 0]
+        for kind, i in picks:
+            name = r.sequences[i]
+            strip = _strip(by_name[name], [preds[name][0], preds[name][k]])
+            parts.append(
+                f'<figure><img alt="{kind} {e(name)}" src="{_png_uri(strip)}"><figcaption>{kind} of '
+                f"[{lab}] on <b>{e(name)}</b> ({r.diffs[i]:+.3f} J&amp;F): rows = ground truth, [A], "
+                f"[{lab}]</figcaption></figure>"
+            )
+        if not picks:
+            parts.append(f"<p>[{lab}] and [A] score alike on every sequence.</p>")
+    return parts
+
+
 def write_report(
     path: str | Path,
     folders: list[Path],
@@ -248,51 +330,8 @@ def write_report(
         parts += [f'<li class="bad">{e(d)}</li>' for d in settings_diffs]
         parts.append("</ul>")
 
-    parts.append(
-        f"<h2>Paired differences against [A]</h2><p>Bootstrap over sequences: {n_boot} resamples, "
-        f"seed {seed}; 95% percentile interval of the mean difference.</p>"
-    )
-    parts.append(
-        '<table id="summary"><thead><tr><th></th><th>n</th><th>mean diff</th><th>std err</th>'
-        "<th>95% interval</th><th>P(better)</th><th>wins/losses</th><th>verdict</th></tr></thead><tbody>"
-    )
-    for lab, r in zip(labels[1:], results):
-        if r.enough:
-            verdict = f"{lab} {r.verdict}" + (" than A" if r.verdict in ("better", "worse") else "")
-            ci, pb = f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}]", f"{r.p_better:.3f}"
-        else:
-            verdict = f"no verdict: only {len(r.sequences)} paired sequence(s), at least {r.min_sequences} are needed"
-            ci = pb = "-"
-        se = f"{r.se:.4f}" if np.isfinite(r.se) else "-"
-        parts.append(
-            f"<tr><td>[{lab}]</td><td>{len(r.sequences)}</td><td>{r.mean:+.4f}</td><td>{se}</td>"
-            f"<td>{ci}</td><td>{pb}</td><td>{r.wins}/{r.losses}</td><td>{e(verdict)}</td></tr>"
-        )
-    parts.append("</tbody></table>")
-
-    parts.append('<h2>J&amp;F per sequence</h2><table id="sequences"><thead><tr><th>sequence</th>')
-    for i, lab in enumerate(labels):
-        parts.append(f"<th>[{lab}] J&amp;F</th>" + (f"<th>{lab} - A</th>" if i else ""))
-    parts.append("</tr></thead><tbody>")
-    for s in seqs:
-        cells = []
-        for i, sc in enumerate(scores):
-            cells.append(f"<td>{sc[s]:.3f}</td>" if s in sc else "<td>-</td>")
-            if i:
-                if s in sc and s in scores[0]:
-                    d = sc[s] - scores[0][s]
-                    cls = "win" if d > 0 else "loss" if d < 0 else ""
-                    cells.append(f'<td class="{cls}">{d:+.3f}</td>')
-                else:
-                    cells.append("<td>-</td>")
-        parts.append(f'<tr class="seq"><td>{e(s)}</td>{"".join(cells)}</tr>')
-    mean_cells = []
-    for i, sc in enumerate(scores):
-        mean_cells.append(f"<td>{np.mean(list(sc.values())):.3f}</td>")
-        if i:
-            mean_cells.append(f"<td>{results[i - 1].mean:+.3f}</td>")
-    parts.append(f'<tr class="mean"><td>mean</td>{"".join(mean_cells)}</tr></tbody></table>')
-
+    parts += _summary_table(labels, results, n_boot, seed)
+    parts += _sequence_table(labels, seqs, scores, results)
     parts.append(
         f'<figure><img alt="paired differences per sequence" src="{_diff_chart(common, results, labels[1:])}">'
         "<figcaption>Bars: each sequence's J&amp;F difference to A; dashed line: their mean; band: the "
@@ -306,22 +345,7 @@ def write_report(
         "1 .. T-2 (the frames the toolkit scores).</figcaption></figure>"
     )
 
-    parts.append("<h2>Largest wins and losses</h2>")
-    by_name = {s.name: s for s in ds}
-    for k, (lab, r) in enumerate(zip(labels[1:], results), start=1):
-        order = np.argsort(r.diffs)
-        picks = [("win", i) for i in order[::-1][:STRIP_SEQUENCES] if r.diffs[i] > 0]
-        picks += [("loss", i) for i in order[:STRIP_SEQUENCES] if r.diffs[i] < 0]
-        for kind, i in picks:
-            name = r.sequences[i]
-            strip = _strip(by_name[name], [preds[name][0], preds[name][k]])
-            parts.append(
-                f'<figure><img alt="{kind} {e(name)}" src="{_png_uri(strip)}"><figcaption>{kind} of '
-                f"[{lab}] on <b>{e(name)}</b> ({r.diffs[i]:+.3f} J&amp;F): rows = ground truth, [A], "
-                f"[{lab}]</figcaption></figure>"
-            )
-        if not picks:
-            parts.append(f"<p>[{lab}] and [A] score alike on every sequence.</p>")
+    parts += _win_loss_strips(ds, labels, results, preds)
     parts.append("</body></html>\n")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
