@@ -41,6 +41,27 @@ def _wait(proc: subprocess.Popen, t0: float, log: Path) -> tuple[float, float]:
     return usage.ru_utime + usage.ru_stime, time.perf_counter() - t0
 
 
+def _command(subcommand: str, common: list[str], topk: str, temperature: str, out: Path) -> list[str]:
+    """``tritoncorr eval <subcommand>`` with the shared options and one grid (sweep) or setting (davis)."""
+    exe = [sys.executable, "-m", "tritoncorr.cli", "eval", subcommand]
+    return [*exe, *common, "--topk", topk, "--temperature", temperature, "--out", str(out)]
+
+
+def _run(jobs: list[tuple[str, list[str]]], out: Path, parallel: bool) -> dict[str, tuple[float, float]]:
+    """``{job: (CPU s, wall s)}``; the jobs run one after the other, or all at once with ``parallel``."""
+    times: dict[str, tuple[float, float]] = {}
+    if parallel:
+        started = [(name, *_start(cmd, out / f"{name}.log")) for name, cmd in jobs]
+        for name, proc, t0 in started:
+            times[name] = _wait(proc, t0, out / f"{name}.log")
+            print(f"{name}: {times[name][0]:.1f} CPU s, {times[name][1]:.1f} wall s", flush=True)
+    else:
+        for name, cmd in jobs:
+            times[name] = _wait(*_start(cmd, out / f"{name}.log"), out / f"{name}.log")
+            print(f"{name}: {times[name][0]:.1f} CPU s, {times[name][1]:.1f} wall s", flush=True)
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True)
@@ -52,67 +73,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--parallel", action="store_true", help="start every process at once (on a shared machine)")
     args = ap.parse_args()
-    exe = [sys.executable, "-m", "tritoncorr.cli"]
-    seqs = [x for s in args.sequence for x in ("-s", s)]
-    common = [
-        "--root",
-        args.root,
-        *seqs,
-        "--precision",
-        args.precision,
-        "--device",
-        "cpu",
-        *(["--checkpoint", args.checkpoint] if args.checkpoint else []),
-    ]
+    common = ["--root", args.root, *(x for s in args.sequence for x in ("-s", s))]
+    common += ["--precision", args.precision, "--device", "cpu"]
+    common += ["--checkpoint", args.checkpoint] if args.checkpoint else []
     args.out.mkdir(parents=True, exist_ok=True)
-    topks, temps = args.topk.split(","), args.temperature.split(",")
-    grid = list(itertools.product(topks, temps))
+    grid = list(itertools.product(args.topk.split(","), args.temperature.split(",")))
 
-    jobs = [
-        (
-            "sweep",
-            [
-                *exe,
-                "eval",
-                "sweep",
-                *common,
-                "--topk",
-                args.topk,
-                "--temperature",
-                args.temperature,
-                "--out",
-                str(args.out / "sweep"),
-            ],
-        )
-    ]
-    jobs += [
-        (
-            f"plain-k{k}-t{t}",
-            [
-                *exe,
-                "eval",
-                "davis",
-                *common,
-                "--topk",
-                k,
-                "--temperature",
-                t,
-                "--out",
-                str(args.out / f"plain-k{k}-t{t}"),
-            ],
-        )
-        for k, t in grid
-    ]
-    times: dict[str, tuple[float, float]] = {}
-    if args.parallel:
-        started = [(name, *_start(cmd, args.out / f"{name}.log")) for name, cmd in jobs]
-        for name, proc, t0 in started:
-            times[name] = _wait(proc, t0, args.out / f"{name}.log")
-            print(f"{name}: {times[name][0]:.1f} CPU s, {times[name][1]:.1f} wall s", flush=True)
-    else:
-        for name, cmd in jobs:
-            times[name] = _wait(*_start(cmd, args.out / f"{name}.log"), args.out / f"{name}.log")
-            print(f"{name}: {times[name][0]:.1f} CPU s, {times[name][1]:.1f} wall s", flush=True)
+    jobs = [("sweep", _command("sweep", common, args.topk, args.temperature, args.out / "sweep"))]
+    jobs += [(f"plain-k{k}-t{t}", _command("davis", common, k, t, args.out / f"plain-k{k}-t{t}")) for k, t in grid]
+    times = _run(jobs, args.out, args.parallel)
     with open(args.out / "sweep" / "sweep-val.csv") as f:
         sweep_jf = {(r["topk"], r["temperature"]): float(r["J&F-Mean"]) for r in csv.DictReader(f)}
     plain_jf = {}
@@ -129,26 +98,22 @@ def main() -> None:
         f"\n{len(grid)} plain runs: {plain_cpu:.1f} CPU s; one sweep: {sweep_cpu:.1f} CPU s; "
         f"speed-up {plain_cpu / sweep_cpu:.2f}x; J&F identical per setting: {same}"
     )
-    (args.out / "eval_sweep.json").write_text(
-        json.dumps(
-            {
-                "sequences": args.sequence,
-                "precision": args.precision,
-                "checkpoint": args.checkpoint or "random init",
-                "grid": [list(g) for g in grid],
-                "cpu_s": {n: c for n, (c, w) in times.items()},
-                "wall_s": {n: w for n, (c, w) in times.items()},
-                "plain_total_cpu_s": plain_cpu,
-                "sweep_cpu_s": sweep_cpu,
-                "speedup_cpu": plain_cpu / sweep_cpu,
-                "parallel": args.parallel,
-                "jf_sweep": {f"{k},{t}": v for (k, t), v in sweep_jf.items()},
-                "jf_plain": {f"{k},{t}": v for (k, t), v in plain_jf.items()},
-                "identical": same,
-            },
-            indent=2,
-        )
-    )
+    summary = {
+        "sequences": args.sequence,
+        "precision": args.precision,
+        "checkpoint": args.checkpoint or "random init",
+        "grid": [list(g) for g in grid],
+        "cpu_s": {n: c for n, (c, w) in times.items()},
+        "wall_s": {n: w for n, (c, w) in times.items()},
+        "plain_total_cpu_s": plain_cpu,
+        "sweep_cpu_s": sweep_cpu,
+        "speedup_cpu": plain_cpu / sweep_cpu,
+        "parallel": args.parallel,
+        "jf_sweep": {f"{k},{t}": v for (k, t), v in sweep_jf.items()},
+        "jf_plain": {f"{k},{t}": v for (k, t), v in plain_jf.items()},
+        "identical": same,
+    }
+    (args.out / "eval_sweep.json").write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
