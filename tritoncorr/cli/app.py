@@ -35,9 +35,12 @@ from tritoncorr.cli.options import (
     Overwrite,
     PropagationOptions,
     Resolution,
+    Sequences,
     Split,
     Videos,
     Workers,
+    dataset_root_option,
+    path_option,
     with_options,
 )
 
@@ -95,26 +98,19 @@ def main(
 @with_options()
 @runs("tritoncorr.cli.evaluate:eval_davis_cli")
 def eval_davis(
-    root: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="DAVIS-2017 root (JPEGImages/, Annotations/, ImageSets/). Default: $TRITONCORR_DATA/DAVIS "
-            "or ~/.cache/tritoncorr/DAVIS; if absent, a generated synthetic set (not DAVIS numbers)."
-        ),
-    ] = None,
-    results: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="Score an existing folder of result PNGs (<seq>/<frame>.png, DAVIS palette) instead of "
-            "running propagation. The two CSVs are written into this folder."
-        ),
-    ] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder for PNGs, CSVs and overlays.")] = None,
+    root: dataset_root_option(
+        "DAVIS-2017 root (JPEGImages/, Annotations/, ImageSets/)",
+        "DAVIS",
+        "; if absent, a generated synthetic set (not DAVIS numbers)",
+    ) = None,
+    results: path_option(
+        help="Score an existing folder of result PNGs (<seq>/<frame>.png, DAVIS palette) instead of "
+        "running propagation. The two CSVs are written into this folder."
+    ) = None,
+    out: path_option(help="Output folder for PNGs, CSVs and overlays.") = None,
     split: Split = "val",
     resolution: Resolution = "480p",
-    sequences: Annotated[
-        Optional[list[str]], typer.Option("--sequence", "-s", help="Evaluate only these sequences (repeatable).")
-    ] = None,
+    sequences: Sequences = None,
     opts: PropagationOptions = DEFAULT_OPTIONS,
     overlays: MaskOverlays = False,
     overwrite: Overwrite = False,
@@ -128,18 +124,11 @@ def eval_davis(
 @with_options("checkpoint", "seed", "preset", "device", "precision")
 @runs("tritoncorr.cli.evaluate:eval_sweep_cli")
 def eval_sweep(
-    root: Annotated[
-        Optional[Path],
-        typer.Option(help="DAVIS-2017 root. Default: $TRITONCORR_DATA/DAVIS or ~/.cache/tritoncorr/DAVIS."),
-    ] = None,
-    out: Annotated[
-        Optional[Path], typer.Option(help="Output folder (sweep-<split>.csv). Default: eval-sweep/<split>.")
-    ] = None,
+    root: dataset_root_option("DAVIS-2017 root", "DAVIS") = None,
+    out: path_option(help="Output folder (sweep-<split>.csv). Default: eval-sweep/<split>.") = None,
     split: Split = "val",
     resolution: Resolution = "480p",
-    sequences: Annotated[
-        Optional[list[str]], typer.Option("--sequence", "-s", help="Only these sequences (repeatable).")
-    ] = None,
+    sequences: Sequences = None,
     opts: PropagationOptions = DEFAULT_OPTIONS,
     topk: Annotated[Optional[str], typer.Option(help="Top-k values, comma-separated (e.g. 5,10,20).")] = None,
     temperature: Annotated[Optional[str], typer.Option(help="Temperatures, comma-separated.")] = None,
@@ -164,9 +153,7 @@ def eval_compare(
     split: Annotated[
         Optional[str], typer.Option(help="Which per-sequence_results-<split>.csv (default: the only one).")
     ] = None,
-    csv_path: Annotated[
-        Optional[Path], typer.Option("--csv", help="Also write the table and statistics as CSV.")
-    ] = None,
+    csv_path: path_option("--csv", help="Also write the table and statistics as CSV.") = None,
     bootstrap: Annotated[int, typer.Option(help="Paired-bootstrap resamples.")] = 10000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     allow_different_settings: Annotated[
@@ -178,20 +165,14 @@ def eval_compare(
         ),
     ] = False,
     min_sequences: Annotated[int, typer.Option(min=1, help="No verdict below this many paired sequences.")] = 5,
-    html: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="Also write a self-contained HTML report: per-sequence table, per-frame J curves, overlay strips of "
-            "the largest wins and losses."
-        ),
-    ] = None,
-    root: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="DAVIS root for the report's frames and per-frame scores (default: the one recorded in the "
-            "first folder's provenance.json)."
-        ),
-    ] = None,
+    html: path_option(
+        help="Also write a self-contained HTML report: per-sequence table, per-frame J curves, overlay strips of "
+        "the largest wins and losses."
+    ) = None,
+    root: path_option(
+        help="DAVIS root for the report's frames and per-frame scores (default: the one recorded in the "
+        "first folder's provenance.json)."
+    ) = None,
 ) -> None:
     """Compare evaluations sequence by sequence: paired J&F differences, standard error, bootstrap 95% interval."""
     from tritoncorr.cli.compare import compare_cli
@@ -213,16 +194,8 @@ def eval_compare(
 @with_options()
 @runs("tritoncorr.cli.evaluate:eval_jhmdb_cli")
 def eval_jhmdb(
-    root: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="JHMDB root (Rename_Images/, joint_positions/, splits/). Default: "
-            "$TRITONCORR_DATA/JHMDB or ~/.cache/tritoncorr/JHMDB."
-        ),
-    ] = None,
-    out: Annotated[
-        Optional[Path], typer.Option(help="Output folder (pck.csv, per-clip.csv, keypoints/, overlays/).")
-    ] = None,
+    root: dataset_root_option("JHMDB root (Rename_Images/, joint_positions/, splits/)", "JHMDB") = None,
+    out: path_option(help="Output folder (pck.csv, per-clip.csv, keypoints/, overlays/).") = None,
     split: Annotated[
         int,
         typer.Option(
@@ -230,14 +203,10 @@ def eval_jhmdb(
             "every clip when there are no split files."
         ),
     ] = 1,
-    list_file: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--list",
-            help="A CRW-style list of '<frames folder> <mat file>' lines "
-            "(test.split.v2.txt) instead of the split files.",
-        ),
-    ] = None,
+    list_file: path_option(
+        "--list",
+        help="A CRW-style list of '<frames folder> <mat file>' lines (test.split.v2.txt) instead of the split files.",
+    ) = None,
     clips: Annotated[Optional[list[str]], typer.Option("--clip", "-s", help="Only these clips (repeatable).")] = None,
     opts: PropagationOptions = DEFAULT_OPTIONS,
     size: Annotated[Optional[int], typer.Option(help=SIZE_HELP + " (320).")] = None,
@@ -253,21 +222,12 @@ def eval_jhmdb(
 @with_options()
 @runs("tritoncorr.cli.evaluate:eval_vip_cli")
 def eval_vip(
-    root: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="VIP_Fine root (Images/, Annotations/Category_ids/, lists/). Default: "
-            "$TRITONCORR_DATA/VIP_Fine or ~/.cache/tritoncorr/VIP_Fine."
-        ),
-    ] = None,
-    results: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="Score an existing folder of predictions (<video>/<frame>.png of category "
-            "ids) instead of propagating. The CSVs are written into it."
-        ),
-    ] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (predictions, CSVs, overlays/).")] = None,
+    root: dataset_root_option("VIP_Fine root (Images/, Annotations/Category_ids/, lists/)", "VIP_Fine") = None,
+    results: path_option(
+        help="Score an existing folder of predictions (<video>/<frame>.png of category "
+        "ids) instead of propagating. The CSVs are written into it."
+    ) = None,
+    out: path_option(help="Output folder (predictions, CSVs, overlays/).") = None,
     split: Annotated[str, typer.Option(help="lists/<split>_videos.txt")] = "val",
     videos: Videos = None,
     opts: PropagationOptions = DEFAULT_OPTIONS,
@@ -282,15 +242,12 @@ def eval_vip(
 @with_options()
 @runs("tritoncorr.cli.evaluate:eval_ytvos_cli")
 def eval_ytvos(
-    root: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="YouTube-VOS valid folder (JPEGImages/, Annotations/, meta.json). Default: "
-            "$TRITONCORR_DATA/YouTube-VOS/<year>/valid or the same under ~/.cache/tritoncorr."
-        ),
-    ] = None,
+    root: path_option(
+        help="YouTube-VOS valid folder (JPEGImages/, Annotations/, meta.json). Default: "
+        "$TRITONCORR_DATA/YouTube-VOS/<year>/valid or the same under ~/.cache/tritoncorr."
+    ) = None,
     year: Annotated[str, typer.Option(help="2018 or 2019.")] = "2018",
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (Annotations/, the zip, overlays/).")] = None,
+    out: path_option(help="Output folder (Annotations/, the zip, overlays/).") = None,
     videos: Videos = None,
     opts: PropagationOptions = DEFAULT_OPTIONS,
     size: Annotated[Optional[int], typer.Option(help=SIZE_HELP + " (native).")] = None,
@@ -309,8 +266,8 @@ def train(
     ] = None,
     steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimiser steps (total).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed (overrides the recipe's).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (checkpoints, metrics.jsonl, curves).")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Resume from this run folder's last checkpoint.")] = None,
+    out: path_option(help="Output folder (checkpoints, metrics.jsonl, curves).") = None,
+    resume: path_option(help="Resume from this run folder's last checkpoint.") = None,
     resume_from: Annotated[
         Optional[str],
         typer.Option(
@@ -341,18 +298,13 @@ def bench(
         Optional[list[str]], typer.Option("--kernel", "-k", help="Only these kernels (repeatable).")
     ] = None,
     aot: Annotated[bool, typer.Option("--aot", help="Print the ahead-of-time compile report (sm_80, sm_90).")] = False,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to PATH.")] = None,
-    csv_path: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--csv",
-            help="Append the timing rows to this CSV (default: OUT/bench.csv, OUT/bench-quick.csv with --quick).",
-        ),
-    ] = None,
-    out: Annotated[
-        Optional[Path],
-        typer.Option(help="Results folder (default: ~/.cache/tritoncorr/bench, or $XDG_CACHE_HOME/tritoncorr/bench)."),
-    ] = None,
+    json_path: path_option("--json", help="Also write the results as JSON to PATH.") = None,
+    csv_path: path_option(
+        "--csv", help="Append the timing rows to this CSV (default: OUT/bench.csv, OUT/bench-quick.csv with --quick)."
+    ) = None,
+    out: path_option(
+        help="Results folder (default: ~/.cache/tritoncorr/bench, or $XDG_CACHE_HOME/tritoncorr/bench)."
+    ) = None,
     quick: Annotated[
         bool,
         typer.Option(
@@ -415,7 +367,7 @@ def convert(
         Optional[str], typer.Option(help="Variant of the format: stt d8 (default, stride 8) or d4 (stride 4).")
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every key of the report.")] = False,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Also write the full report as JSON.")] = None,
+    report: path_option("--report", help="Also write the full report as JSON.") = None,
 ) -> None:
     """Convert a published checkpoint (CRW, DUL, STT, MAST, LIIR, MoCo v2, torchvision ResNet) to tritoncorr."""
     from tritoncorr.cli.convert import convert_cli
@@ -441,9 +393,7 @@ def propagate(
         Optional[str], typer.Option(help=CHECKPOINT_HELP + " Default: the embedded tritoncorr-stt-r18-cpu.")
     ] = None,
     opts: PropagationOptions = DEFAULT_OPTIONS,
-    out: Annotated[
-        Optional[Path], typer.Option(help="Output folder (masks/*.png, overlay.mp4). Default: propagate/<video name>.")
-    ] = None,
+    out: path_option(help="Output folder (masks/*.png, overlay.mp4). Default: propagate/<video name>.") = None,
     short_side: Annotated[
         int,
         typer.Option(

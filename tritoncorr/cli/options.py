@@ -15,6 +15,19 @@ from typing import Annotated, Optional
 
 import typer
 
+
+def path_option(*flags: str, help: str):
+    """The declaration of an optional path option (default None): ``Annotated[Optional[Path],
+    typer.Option(*flags, help=help)]``, written once for the commands' roots, outputs and inputs."""
+    return Annotated[Optional[Path], typer.Option(*flags, help=help)]
+
+
+def dataset_root_option(contents: str, folder: str, note: str = ""):
+    """``--root`` of a benchmark: the help names the root's ``contents`` and its default, the first of
+    ``$TRITONCORR_DATA/<folder>`` and ``~/.cache/tritoncorr/<folder>`` (:func:`tritoncorr.data.config.find_dataset`)."""
+    return path_option(help=f"{contents}. Default: $TRITONCORR_DATA/{folder} or ~/.cache/tritoncorr/{folder}{note}.")
+
+
 CHECKPOINT_HELP = (
     "Weights: a training run's model.safetensors / init.safetensors (the method, its features and its preset are "
     "read from it), a run folder, a plain ResNet-18 backbone .safetensors, a published name (tritoncorr weights "
@@ -56,6 +69,7 @@ Precision = Annotated[
     ),
 ]
 
+
 Overwrite = Annotated[
     bool,
     typer.Option(
@@ -63,18 +77,16 @@ Overwrite = Annotated[
         "default a rerun with the same settings skips the finished sequences and other settings are refused)."
     ),
 ]
-CacheFeatures = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--cache-features",
-        help="Feature cache folder: each sequence's features are stored once (safetensors, keyed "
-        "by the checkpoint's SHA-256, input size, padding and precision) and read back by later runs with other "
-        "propagation settings (--topk, --temperature, --radius, --context, --preset).",
-    ),
-]
+CacheFeatures = path_option(
+    "--cache-features",
+    help="Feature cache folder: each sequence's features are stored once (safetensors, keyed "
+    "by the checkpoint's SHA-256, input size, padding and precision) and read back by later runs with other "
+    "propagation settings (--topk, --temperature, --radius, --context, --preset).",
+)
 Workers = Annotated[int, typer.Option(min=0, help="Score sequences in this many processes (0 = in this one).")]
 Split = Annotated[str, typer.Option(help="ImageSets/2017/<split>.txt")]
 Resolution = Annotated[str, typer.Option(help="480p or Full-Resolution")]
+Sequences = Annotated[Optional[list[str]], typer.Option("--sequence", "-s", help="Only these sequences (repeatable).")]
 Videos = Annotated[Optional[list[str]], typer.Option("--video", "-s", help="Only these videos (repeatable).")]
 MaskOverlays = Annotated[bool, typer.Option(help="Also write frames with coloured masks for viewing.")]
 SIZE_HELP = "Network input side: frames resized to SIZE x SIZE (0 = native). Default: the task preset's"
