@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from tritoncorr.cli.common import dataset_root, fail, resolve_device
 from tritoncorr.cli.options import PropagationOptions
@@ -193,8 +195,6 @@ def propagate_resumably(console, folder, names: Sequence[str], ts: TaskSettings,
 
 
 def _print_davis_scores(console, scores, title: str) -> None:
-    from rich.table import Table
-
     from tritoncorr.evals.davis import GLOBAL_COLUMNS
 
     g = Table(title=f"{title}: global ({len(scores.objects)} objects)")
@@ -244,8 +244,6 @@ def eval_davis_cli(
 ):
     """``tritoncorr eval davis``: score existing results (``--results``) or propagate with a backbone and score.
     ``--out`` is resumable (:mod:`tritoncorr.evals.resume`); ``overwrite`` starts it again."""
-    from rich.console import Console
-
     from tritoncorr.evals.davis import DavisDataset, evaluate_results
     from tritoncorr.evaluate import default_davis_root, evaluate_features_on_davis, synthetic_davis_root
 
@@ -329,9 +327,6 @@ def eval_sweep_cli(
 ):
     """``tritoncorr eval sweep``: parse the grid, load the model, :func:`~tritoncorr.sweep.sweep_davis`, print
     and write the table."""
-    from rich.console import Console
-    from rich.table import Table
-
     from tritoncorr.sweep import SWEEP_FIELDS, check_values, grid_settings, parse_values, sweep_davis
 
     console = Console()
@@ -437,9 +432,6 @@ def eval_jhmdb_cli(
 ):
     """``tritoncorr eval jhmdb``: propagate the first-frame joints of every test clip, PCK@0.1..0.5, table and CSVs.
     ``--out`` is resumable (:mod:`tritoncorr.evals.resume`)."""
-    from rich.console import Console
-    from rich.table import Table
-
     from tritoncorr.evals.jhmdb import JOINT_NAMES, JhmdbDataset, JhmdbFormatError
     from tritoncorr.evaluate import evaluate_features_on_jhmdb
 
@@ -500,9 +492,6 @@ def eval_vip_cli(
 ):
     """``tritoncorr eval vip``: score existing results (``--results``) or propagate and score; mIoU table and CSVs.
     ``--out`` is resumable (:mod:`tritoncorr.evals.resume`)."""
-    from rich.console import Console
-    from rich.table import Table
-
     from tritoncorr.evals.vip import GLOBAL_COLUMNS, VIP_CLASSES, VipDataset, VipFormatError, evaluate_results
     from tritoncorr.evaluate import evaluate_features_on_vip
 
@@ -572,9 +561,6 @@ def eval_ytvos_cli(
 ):
     """``tritoncorr eval ytvos``: export ``Annotations/`` and the server zip; there is no local score.
     ``--out`` is resumable (:mod:`tritoncorr.evals.resume`)."""
-    from rich.console import Console
-    from rich.table import Table
-
     from tritoncorr.evals.ytvos import YEARS, YtvosDataset, YtvosFormatError
     from tritoncorr.evaluate import export_features_on_ytvos
 
