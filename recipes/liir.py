@@ -21,6 +21,8 @@ learning-rate milestones count SAMPLES (``iteration x 12``), converted here to o
 * ``smoke``: tiny synthetic clips, a few steps in seconds (the whole pipeline, bank included).
 """
 
+from dataclasses import replace
+
 from tritoncorr.data.config import DataConfig, dataset_path
 from tritoncorr.engine.config import CheckpointConfig, OptimConfig, RunConfig, ScheduleConfig, smoke_run
 from tritoncorr.methods.liir import LIIRConfig
@@ -201,35 +203,30 @@ def cpu() -> RunConfig:
     * Length: 600 steps is ~30 minutes on one idle core (~45 with an evaluation beside it): what the
       session that measured it could afford. The measured curves are in docs/LIIR_CPU.md.
     """
-    steps = CPU_STEPS
-    return RunConfig(
+    paper = default()
+    return replace(
+        paper,
         name="liir-cpu",
-        method=LIIRConfig(position="feature", position_grid=CPU_CROP // 4, inter="none", compact_m=2),
-        data=DataConfig(
+        method=replace(paper.method, position_grid=CPU_CROP // 4),
+        data=replace(
+            paper.data,
             source="video",
             root="",
-            clip_len=2,
-            frame_gap=5,
             gap_choices=(2, 5, 8),
             gap_probs=(0.4, 0.4, 0.2),
-            order="ordered",
             batch_size=CPU_BATCH,
             num_workers=1,
+            pin_memory=False,
             crop_size=CPU_CROP,
             crop="random",
             short_side=(CPU_SHORT_SIDE, CPU_SHORT_SIDE),
-            hflip=False,
-            color="lab",
             cache_dir=dataset_path("frame-cache"),
             cache_short_side=CPU_SHORT_SIDE,
         ),
-        optim=OptimConfig(
-            name="adam", lr=CPU_LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, accumulate=CPU_ACCUMULATE
-        ),
+        optim=replace(_optim(CPU_LR), accumulate=CPU_ACCUMULATE),
         schedule=ScheduleConfig(name="cosine"),
         checkpoint=CheckpointConfig(every=100, keep_last=2),
-        steps=steps,
-        seed=0,
+        steps=CPU_STEPS,
         device="cpu",
         log_every=1,
         curves_every=100,
