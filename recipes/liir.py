@@ -100,23 +100,21 @@ def stage2() -> RunConfig:
     """Stage 2: inter-video reconstruction with the paper's bank (1,440 frames x 4 points [S Tab 3]),
     position shifting, compactness M = 2; Adam 1e-4, stage-2 milestones, 5 x 5,800 = 29k steps.
     Initialise from stage 1: ``--set init_from=<stage-1 run>/model.safetensors``."""
-    cfg = default()
-    cfg.name = "liir-ytvos-stage2"
-    cfg.method = LIIRConfig(
-        position="feature", position_shift=True, inter="points", bank_frames=1440, bank_points=4, compact_m=2
+    stage1 = default()
+    return replace(
+        stage1,
+        name="liir-ytvos-stage2",
+        method=replace(stage1.method, position_shift=True, inter="points", bank_frames=1440, bank_points=4),
+        optim=_optim(1e-4),
+        schedule=_schedule(2),
+        checkpoint=CheckpointConfig(every=1000, keep_last=3),
+        steps=5 * _ITERS_PER_EPOCH,
     )
-    cfg.optim = _optim(1e-4)
-    cfg.schedule = _schedule(2)
-    cfg.steps = 5 * _ITERS_PER_EPOCH
-    cfg.checkpoint = CheckpointConfig(every=1000, keep_last=3)
-    return cfg
 
 
 def _ablation(m: int) -> RunConfig:
     cfg = default()
-    cfg.method.compact_m = m
-    cfg.name = f"liir-ytvos-compact{m}"
-    return cfg
+    return replace(cfg, name=f"liir-ytvos-compact{m}", method=replace(cfg.method, compact_m=m))
 
 
 def compact_m1() -> RunConfig:
@@ -142,20 +140,20 @@ def unofficial_stage1() -> RunConfig:
     """The unofficial stage 1 (``--semantic --compact``): APE (1, 64, 128, 128) after the stem,
     zero-gamma, stride-8 128-d branch (keys from ``g`` itself, weight 0.5) and compactness;
     Adam 1e-3, stage-1 milestones, 174k steps [U README:43-81]."""
-    cfg = default()
-    cfg.name = "liir-unofficial-stage1"
-    cfg.method = _unofficial_method(inter="none", stride8_keys="online")
-    return cfg
+    return replace(
+        default(), name="liir-unofficial-stage1", method=_unofficial_method(inter="none", stride8_keys="online")
+    )
 
 
 def unofficial() -> RunConfig:
     """The unofficial stage 2 (``--usemomen --compact``): momentum twin (m 0.999) of the stride-8
     head, a FIFO bank of 960 stride-8 maps (12 x 80) with 49 location-aligned negatives each,
     Adam 1e-4, stage-2 milestones, 29k steps; ``--set init_from=<unofficial_stage1 run>``."""
-    cfg = stage2()
-    cfg.name = "liir-unofficial"
-    cfg.method = _unofficial_method(inter="maps", stride8_keys="momentum", bank_frames=960, bank_map_size=32)
-    return cfg
+    return replace(
+        stage2(),
+        name="liir-unofficial",
+        method=_unofficial_method(inter="maps", stride8_keys="momentum", bank_frames=960, bank_map_size=32),
+    )
 
 
 #: ``cpu``'s settings, named so that the docstring's claims are testable (tests/test_recipes_liir.py).

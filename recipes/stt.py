@@ -85,19 +85,21 @@ def r18() -> RunConfig:
     recipes/stt_spatial.py --set method.depth=18 --out runs/stt-spatial-r18`` (or a published R18 MoCo
     checkpoint through ``--set method.teacher_weights=...``)."""
     cfg = default()
-    cfg.name = "stt-r18"
-    cfg.method.depth = 18
-    cfg.method.teacher_weights = "runs/stt-spatial-r18/model.safetensors"
-    return cfg
+    return replace(
+        cfg,
+        name="stt-r18",
+        method=replace(cfg.method, depth=18, teacher_weights="runs/stt-spatial-r18/model.safetensors"),
+    )
 
 
 def temporal() -> RunConfig:
     """Temporal-only ResNet-18 (YouTube-VOS only): student from scratch (Kaiming init, last BN of each
     block zeroed), no teacher and no global distillation, the student stops at res4 (spec §3.14)."""
-    cfg = default()
-    cfg.name = "stt-r18-temporal"
-    cfg.method = STTConfig(depth=18, radii=(12, 6), use_teacher=False, teacher_weights="", student_init="scratch")
-    return cfg
+    return replace(
+        default(),
+        name="stt-r18-temporal",
+        method=STTConfig(depth=18, radii=(12, 6), use_teacher=False, teacher_weights="", student_init="scratch"),
+    )
 
 
 def cpu() -> RunConfig:
