@@ -8,6 +8,8 @@
 * ``smoke``: tiny synthetic clips, a few steps in seconds (checks the whole pipeline).
 """
 
+from dataclasses import replace
+
 from tritoncorr.data.config import DataConfig, dataset_path
 from tritoncorr.engine.config import CheckpointConfig, OptimConfig, RunConfig, ScheduleConfig, smoke_run
 from tritoncorr.methods.dul import DULConfig
@@ -91,22 +93,21 @@ def cpu() -> RunConfig:
     initial weights with trained BatchNorm statistics by +0.117 (docs/DUL_CPU.md). On the earlier two
     sample videos it did not clearly beat random init on the one-sequence davis-mini.
     """
-    return RunConfig(
+    paper = default()
+    return replace(
+        paper,
         name="dul-cpu",
-        method=DULConfig(tau=0.05, cv_weight=0.1, anchor_grid=4, cross_view_grid=2, key_dim=128, reg_bn_eval=True),
-        data=DataConfig(
+        method=replace(paper.method, anchor_grid=4, cross_view_grid=2, reg_bn_eval=True),
+        data=replace(
+            paper.data,
             source="video",
             root="",
-            clip_len=5,
             frame_gap=25,
-            order="shuffled",
             batch_size=2,
             num_workers=1,
+            pin_memory=False,
             crop_size=128,
             short_side=(128, 160),
-            crop="random",
-            hflip=True,
-            color="rgb",
             cache_dir=dataset_path("frame-cache"),
             cache_short_side=160,
         ),
@@ -114,7 +115,6 @@ def cpu() -> RunConfig:
         schedule=ScheduleConfig(name="cosine"),
         checkpoint=CheckpointConfig(every=100, keep_last=2),
         steps=600,
-        seed=32,
         device="cpu",
         log_every=5,
         curves_every=25,

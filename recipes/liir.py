@@ -21,6 +21,8 @@ learning-rate milestones count SAMPLES (``iteration x 12``), converted here to o
 * ``smoke``: tiny synthetic clips, a few steps in seconds (the whole pipeline, bank included).
 """
 
+from dataclasses import replace
+
 from tritoncorr.data.config import DataConfig, dataset_path
 from tritoncorr.engine.config import CheckpointConfig, OptimConfig, RunConfig, ScheduleConfig, smoke_run
 from tritoncorr.methods.liir import LIIRConfig
@@ -98,23 +100,21 @@ def stage2() -> RunConfig:
     """Stage 2: inter-video reconstruction with the paper's bank (1,440 frames x 4 points [S Tab 3]),
     position shifting, compactness M = 2; Adam 1e-4, stage-2 milestones, 5 x 5,800 = 29k steps.
     Initialise from stage 1: ``--set init_from=<stage-1 run>/model.safetensors``."""
-    cfg = default()
-    cfg.name = "liir-ytvos-stage2"
-    cfg.method = LIIRConfig(
-        position="feature", position_shift=True, inter="points", bank_frames=1440, bank_points=4, compact_m=2
+    stage1 = default()
+    return replace(
+        stage1,
+        name="liir-ytvos-stage2",
+        method=replace(stage1.method, position_shift=True, inter="points", bank_frames=1440, bank_points=4),
+        optim=_optim(1e-4),
+        schedule=_schedule(2),
+        checkpoint=CheckpointConfig(every=1000, keep_last=3),
+        steps=5 * _ITERS_PER_EPOCH,
     )
-    cfg.optim = _optim(1e-4)
-    cfg.schedule = _schedule(2)
-    cfg.steps = 5 * _ITERS_PER_EPOCH
-    cfg.checkpoint = CheckpointConfig(every=1000, keep_last=3)
-    return cfg
 
 
 def _ablation(m: int) -> RunConfig:
     cfg = default()
-    cfg.method.compact_m = m
-    cfg.name = f"liir-ytvos-compact{m}"
-    return cfg
+    return replace(cfg, name=f"liir-ytvos-compact{m}", method=replace(cfg.method, compact_m=m))
 
 
 def compact_m1() -> RunConfig:
@@ -140,20 +140,20 @@ def unofficial_stage1() -> RunConfig:
     """The unofficial stage 1 (``--semantic --compact``): APE (1, 64, 128, 128) after the stem,
     zero-gamma, stride-8 128-d branch (keys from ``g`` itself, weight 0.5) and compactness;
     Adam 1e-3, stage-1 milestones, 174k steps [U README:43-81]."""
-    cfg = default()
-    cfg.name = "liir-unofficial-stage1"
-    cfg.method = _unofficial_method(inter="none", stride8_keys="online")
-    return cfg
+    return replace(
+        default(), name="liir-unofficial-stage1", method=_unofficial_method(inter="none", stride8_keys="online")
+    )
 
 
 def unofficial() -> RunConfig:
     """The unofficial stage 2 (``--usemomen --compact``): momentum twin (m 0.999) of the stride-8
     head, a FIFO bank of 960 stride-8 maps (12 x 80) with 49 location-aligned negatives each,
     Adam 1e-4, stage-2 milestones, 29k steps; ``--set init_from=<unofficial_stage1 run>``."""
-    cfg = stage2()
-    cfg.name = "liir-unofficial"
-    cfg.method = _unofficial_method(inter="maps", stride8_keys="momentum", bank_frames=960, bank_map_size=32)
-    return cfg
+    return replace(
+        stage2(),
+        name="liir-unofficial",
+        method=_unofficial_method(inter="maps", stride8_keys="momentum", bank_frames=960, bank_map_size=32),
+    )
 
 
 #: ``cpu``'s settings, named so that the docstring's claims are testable (tests/test_recipes_liir.py).
@@ -201,35 +201,30 @@ def cpu() -> RunConfig:
     * Length: 600 steps is ~30 minutes on one idle core (~45 with an evaluation beside it): what the
       session that measured it could afford. The measured curves are in docs/LIIR_CPU.md.
     """
-    steps = CPU_STEPS
-    return RunConfig(
+    paper = default()
+    return replace(
+        paper,
         name="liir-cpu",
-        method=LIIRConfig(position="feature", position_grid=CPU_CROP // 4, inter="none", compact_m=2),
-        data=DataConfig(
+        method=replace(paper.method, position_grid=CPU_CROP // 4),
+        data=replace(
+            paper.data,
             source="video",
             root="",
-            clip_len=2,
-            frame_gap=5,
             gap_choices=(2, 5, 8),
             gap_probs=(0.4, 0.4, 0.2),
-            order="ordered",
             batch_size=CPU_BATCH,
             num_workers=1,
+            pin_memory=False,
             crop_size=CPU_CROP,
             crop="random",
             short_side=(CPU_SHORT_SIDE, CPU_SHORT_SIDE),
-            hflip=False,
-            color="lab",
             cache_dir=dataset_path("frame-cache"),
             cache_short_side=CPU_SHORT_SIDE,
         ),
-        optim=OptimConfig(
-            name="adam", lr=CPU_LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, accumulate=CPU_ACCUMULATE
-        ),
+        optim=replace(_optim(CPU_LR), accumulate=CPU_ACCUMULATE),
         schedule=ScheduleConfig(name="cosine"),
         checkpoint=CheckpointConfig(every=100, keep_last=2),
-        steps=steps,
-        seed=0,
+        steps=CPU_STEPS,
         device="cpu",
         log_every=1,
         curves_every=100,

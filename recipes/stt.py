@@ -22,6 +22,8 @@ A missing dataset folder or teacher checkpoint stops the run at start-up with on
 path and the option to set (``data.root``, ``method.teacher_weights``).
 """
 
+from dataclasses import replace
+
 from tritoncorr.data.config import dataset_path
 from tritoncorr.engine.config import CheckpointConfig, EvalConfig, OptimConfig, RunConfig, ScheduleConfig, smoke_run
 from tritoncorr.methods.stt import STTConfig, STTDataConfig
@@ -83,19 +85,21 @@ def r18() -> RunConfig:
     recipes/stt_spatial.py --set method.depth=18 --out runs/stt-spatial-r18`` (or a published R18 MoCo
     checkpoint through ``--set method.teacher_weights=...``)."""
     cfg = default()
-    cfg.name = "stt-r18"
-    cfg.method.depth = 18
-    cfg.method.teacher_weights = "runs/stt-spatial-r18/model.safetensors"
-    return cfg
+    return replace(
+        cfg,
+        name="stt-r18",
+        method=replace(cfg.method, depth=18, teacher_weights="runs/stt-spatial-r18/model.safetensors"),
+    )
 
 
 def temporal() -> RunConfig:
     """Temporal-only ResNet-18 (YouTube-VOS only): student from scratch (Kaiming init, last BN of each
     block zeroed), no teacher and no global distillation, the student stops at res4 (spec §3.14)."""
-    cfg = default()
-    cfg.name = "stt-r18-temporal"
-    cfg.method = STTConfig(depth=18, radii=(12, 6), use_teacher=False, teacher_weights="", student_init="scratch")
-    return cfg
+    return replace(
+        default(),
+        name="stt-r18-temporal",
+        method=STTConfig(depth=18, radii=(12, 6), use_teacher=False, teacher_weights="", student_init="scratch"),
+    )
 
 
 def cpu() -> RunConfig:
@@ -124,18 +128,22 @@ def cpu() -> RunConfig:
       crop aspect 1.5-2 area 0.6-1) is the official setting. Not tuned: no CPU run of this recipe
       was long enough to measure a gain over its step-1 initialisation.
     """
-    return RunConfig(
+    official = default()
+    return replace(
+        official,
         name="stt-cpu",
-        method=STTConfig(
-            depth=18, radii=(6, 3), teacher_weights="runs/stt-spatial-cpu/model.safetensors", student_init="teacher"
+        method=replace(
+            official.method, depth=18, radii=(6, 3), teacher_weights="runs/stt-spatial-cpu/model.safetensors"
         ),
-        data=STTDataConfig(
+        data=replace(
+            official.data,
             source="video",
             root="",
             target_fps=6.0,
             frame_gap=2,
             batch_size=4,
             num_workers=1,
+            pin_memory=False,
             crop_size=128,
             cache_dir=dataset_path("frame-cache"),
             cache_short_side=160,
@@ -143,9 +151,8 @@ def cpu() -> RunConfig:
         optim=_adam(2e-4),
         schedule=_official_schedule(warmup=30),
         checkpoint=CheckpointConfig(every=100, keep_last=2),
-        eval=EvalConfig(every=0, preset="stt"),
         steps=600,
-        seed=0,
+        sync_bn=False,
         device="cpu",
         log_every=10,
         curves_every=50,

@@ -526,24 +526,14 @@ def test_cached_source_serves_downscaled_frames_and_reuses_files(tmp_path):
 
 
 def test_cache_config_validation_and_loader(tmp_path):
-    base = dict(
-        source="synthetic",
-        num_workers=0,
-        batch_size=2,
-        clip_len=2,
-        frame_gap=1,
-        crop="full",
-        crop_size=16,
-        synthetic_videos=4,
-        synthetic_frames=5,
-        synthetic_size=(40, 56),
-    )
+    """crop="full" resizes to crop_size (16), so the cache must keep a shorter side >= 16; every video is cached."""
+    cache = tmp_path / "c"
     with pytest.raises(ValueError, match="cache_short_side"):
-        DataConfig(cache_dir=str(tmp_path / "c"), cache_short_side=8, **base).validate()
-    cfg = DataConfig(cache_dir=str(tmp_path / "c"), cache_short_side=20, **base)
+        _synthetic_cfg(clip_len=2, crop="full", cache_dir=str(cache), cache_short_side=8).validate()
+    cfg = _synthetic_cfg(clip_len=2, crop="full", cache_dir=str(cache), cache_short_side=20)
     b = next(iter(build_clip_loader(cfg, seed=0)))
     assert b["frames"].shape == (2, 2, 3, 16, 16)
-    assert len(list((tmp_path / "c").glob("*.npy"))) == 4
+    assert len(list(cache.glob("*.npy"))) == cfg.synthetic_videos
 
 
 def test_cache_keeps_the_decodable_prefix(tmp_path):

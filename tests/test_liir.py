@@ -172,11 +172,15 @@ def _fill_bank(model, n_frames, video_ids, gen):
     assert model.bank.full
 
 
+def _tiny(**kw) -> LIIRConfig:
+    """The small model of the loss tests: ``LIIRConfig(radius=2, feature_dim=8, compact_m=2,
+    compact_threshold=0.05, **kw)`` (a threshold low enough that some pixels take the compactness template)."""
+    return LIIRConfig(**{"radius": 2, "feature_dim": 8, "compact_m": 2, "compact_threshold": 0.05, **kw})
+
+
 def _float64_model(**kw):
-    """``LIIRConfig(radius=2, feature_dim=8, compact_m=2, compact_threshold=0.05, **kw)`` built in float64, with a
-    random position code (its zero init would hide the position term)."""
-    model = LIIRConfig(**{"radius": 2, "feature_dim": 8, "compact_m": 2, "compact_threshold": 0.05, **kw}).build()
-    model = model.double()
+    """``_tiny(**kw)`` built in float64, with a random position code (its zero init would hide the position term)."""
+    model = _tiny(**kw).build().double()
     with torch.no_grad():
         model.pos_embed.normal_(0, 0.3)
     return model
@@ -188,9 +192,7 @@ def _float64_model(**kw):
 def test_intra_video_terms_match_transcription(torch_backend):
     """rec (window softmax, zero border, decimated values, x20 Huber at full res) + compact M=2, S1 position code."""
     torch.manual_seed(0)
-    model = LIIRConfig(
-        radius=2, feature_dim=8, inter="none", position="feature", position_grid=6, compact_m=2, compact_threshold=0.05
-    ).build()
+    model = _tiny(inter="none", position="feature", position_grid=6).build()
     with torch.no_grad():
         model.pos_embed.normal_(0, 0.3)  # zero-init would hide the position term
     terms = _check_against_reference(model, _clips(), torch.tensor([0, 1]))
@@ -247,15 +249,8 @@ def test_unofficial_maps_bank_matches_code(torch_backend):
 
 def test_unofficial_stage1_online_keys_match_code(torch_backend):
     torch.manual_seed(4)
-    model = LIIRConfig(
-        radius=2,
-        feature_dim=8,
-        inter="none",
-        stride8=True,
-        stride8_keys="online",
-        stride8_dim=6,
-        position="none",
-        compact_m=0,
+    model = _tiny(
+        inter="none", stride8=True, stride8_keys="online", stride8_dim=6, position="none", compact_m=0
     ).build()
     assert model.head8_k is None
     _check_against_reference(model, _clips(), torch.tensor([0, 1]))
@@ -344,20 +339,7 @@ def test_triton_kernels_match_torch_path(monkeypatch):
     """The whole forward (local attention, correlation, anchor_lse) on the Triton kernels (interpreter)
     equals the PyTorch path in float32."""
     torch.manual_seed(0)
-    model = (
-        LIIRConfig(
-            radius=2,
-            feature_dim=8,
-            inter="points",
-            bank_frames=3,
-            bank_points=2,
-            position_grid=4,
-            compact_m=2,
-            compact_threshold=0.05,
-        )
-        .build()
-        .train()
-    )
+    model = _tiny(inter="points", bank_frames=3, bank_points=2, position_grid=4).build().train()
     model.bank.enqueue(torch.randn(3, 2, 8) * 0.3, torch.tensor([5, 6, 7]))
     frames = _clips(2, 16, dtype=torch.float32)
     batch = {"frames": frames, "video": torch.tensor([5, 6])}

@@ -183,6 +183,8 @@ class PropagationConfig:
         return kw
 
 
+# DUL's and CRW's kNN protocol (the two codebases agree on every setting).
+_DUL = PropagationConfig(context=20, radius=12, topk=10, temperature=0.05, window="disc", unrestricted_first=True)
 # MAST's full-window protocol: one softmax at temperature 1 over raw dot products in a square window
 # (no top-k), MAST's reference frames, hard feedback, labels sampled at the feature stride.
 _MAST = PropagationConfig(
@@ -199,16 +201,14 @@ _MAST = PropagationConfig(
     upsample_align_corners=False,
     pad=1,
 )
-# DUL's and CRW's kNN protocol (the two codebases agree on every setting).
-_DUL = PropagationConfig(context=20, radius=12, topk=10, temperature=0.05, window="disc", unrestricted_first=True)
 
 PRESETS: dict[str, PropagationConfig] = {
     "dul": _DUL,
     "crw": _DUL,
-    "stt": PropagationConfig(
-        context=20,
-        radius=12,
-        topk=10,
+    # STT's VanillaTracker: DUL's kNN (context 20, top-10 in radius 12) at tau 0.07 in a square window, the
+    # first frame searched in its window too, STT's references, nearest-neighbour labels, min-max outputs.
+    "stt": dataclasses.replace(
+        _DUL,
         temperature=0.07,
         window="square",
         unrestricted_first=False,
@@ -222,9 +222,7 @@ PRESETS: dict[str, PropagationConfig] = {
     "mast": _MAST,
     # The protocol-neutral preset: DUL's kNN protocol for any method (radius rescaled to the model's stride
     # by task_preset, frames padded to a multiple of the stride).
-    "common": PropagationConfig(
-        context=20, radius=12, topk=10, temperature=0.05, window="disc", unrestricted_first=True, pad=8
-    ),
+    "common": dataclasses.replace(_DUL, pad=8),
 }
 
 #: The feature stride each preset's ``radius`` (in feature cells) was written for; ``task_preset(...,
