@@ -132,6 +132,17 @@ def _loss_factory(
     return factory
 
 
+def _loss_providers(op: str, P: int, A: int, K: int, dtype, device, mode: str, skip: set[str]) -> dict:
+    """``{provider: factory}`` of one ``anchor_nll`` / ``anchor_lse`` row (:func:`_loss_factory`), without ``skip``;
+    the eager and compiled providers build the dense (P, A) logits."""
+    builders = _loss_fns(device) if op == "anchor_nll" else _lse_fns(device)
+    return {
+        name: _loss_factory(op, build, name in ("eager", "compiled"), P, A, K, dtype, device, mode)
+        for name, build in builders.items()
+        if name not in skip
+    }
+
+
 def _argmax_factory(provider: str, P: int, A: int, K: int, dtype: torch.dtype, device: torch.device):
     def factory():
         if provider == "triton" and device.type != "cuda":
@@ -198,13 +209,7 @@ def _cases(device: torch.device, shapes, bank: tuple[int, int, int], *, quick: b
             ):
                 if quick and mode != "fwd+bwd":
                     continue
-                providers = {
-                    name: _loss_factory(
-                        "anchor_nll", build, name in ("eager", "compiled"), P, A, K, dtype, device, mode
-                    )
-                    for name, build in _loss_fns(device).items()
-                    if name not in skip
-                }
+                providers = _loss_providers("anchor_nll", P, A, K, dtype, device, mode, skip)
                 out.append(BenchCase("anchor_nll", shape, mode, providers, flops=flops, bytes=nbytes))
             if quick:
                 continue
@@ -228,13 +233,7 @@ def _cases(device: torch.device, shapes, bank: tuple[int, int, int], *, quick: b
         ):
             if quick and mode != "fwd+bwd":
                 continue
-            providers = {
-                name: _loss_factory(
-                    "anchor_lse", build, name in ("eager", "compiled"), P, A_bank, K_bank, dtype, device, mode
-                )
-                for name, build in _lse_fns(device).items()
-                if name not in skip
-            }
+            providers = _loss_providers("anchor_lse", P, A_bank, K_bank, dtype, device, mode, skip)
             out.append(
                 BenchCase(
                     "anchor_lse",
