@@ -25,8 +25,8 @@ from tritoncorr.kernels.anchor_softmax import (
     anchor_nll_reference,
     anchor_soft_assignment,
 )
+from tritoncorr.kernels.knn_propagate import KnnSearch, knn_propagate_dense, knn_propagate_reference
 from tritoncorr.kernels.knn_propagate import knn_propagate as _knn_propagate_fn
-from tritoncorr.kernels.knn_propagate import knn_propagate_dense, knn_propagate_reference
 from tritoncorr.kernels.local_corr import (
     local_attention,
     local_attention_reference,
@@ -38,6 +38,7 @@ from tritoncorr.kernels.window_propagate import window_propagate, window_propaga
 knn_propagate = _knn_propagate_fn
 
 __all__ = [
+    "KnnSearch",
     "anchor_argmax",
     "anchor_argmax_reference",
     "anchor_lse",

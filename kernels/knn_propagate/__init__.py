@@ -33,6 +33,9 @@ Conventions shared by every path (reference, windowed PyTorch, Triton):
 
 Paths:
 
+Settings: :class:`KnnSearch` (``radius, topk, temperature, window, unrestricted``, checked when it is
+built) is what every internal path takes; :func:`knn_propagate` builds it from its keyword arguments.
+
 * :func:`knn_propagate_reference` - the definition of correctness (float64, stable sort); builds
   the full (h*w, N*h*w) score matrix: small inputs only.
 * :func:`knn_propagate_dense` - the CRW-style computation (dense affinity to all N*h*w candidates in
@@ -45,7 +48,9 @@ Paths:
   in registers, then the softmax and the label gather; the affinity is never written to memory.
 
 Ops: ``tritoncorr::knn_propagate`` (``triton_op``, CUDA) and ``tritoncorr::knn_propagate_windowed``
-(``custom_op`` running the windowed PyTorch path, with a fake implementation). Forward only.
+(``custom_op`` running the windowed PyTorch path, with a fake implementation). Forward only. Ops take
+primitives: the settings travel as ``KnnSearch.op_args()``, declared once in the schemas by
+:data:`~.reference.OP_SETTINGS`.
 The ``triton_op`` is registered when ``triton_kernels`` is first imported (first Triton launch):
 importing this package and the PyTorch paths never import Triton.
 
@@ -54,6 +59,8 @@ Full-window propagation ("k = all", MAST / LIIR) is the sibling family
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 
@@ -64,17 +71,19 @@ from .reference import (
     MAX_LABELS,
     MAX_RADIUS,
     MAX_TOPK,
+    OP_SETTINGS,
     WINDOWS,
+    KnnSearch,
     check_counts,
     knn_propagate_dense,
     knn_propagate_reference,
-    validate,
     window_mask,
 )
 from .torch_path import knn_propagate_windowed
 
 __all__ = [
     "knn_propagate",
+    "KnnSearch",
     "knn_propagate_reference",
     "knn_propagate_dense",
     "knn_propagate_windowed",
@@ -90,29 +99,14 @@ __all__ = [
 ]
 
 
-@torch.library.custom_op("tritoncorr::knn_propagate_windowed", mutates_args=())
-def _knn_propagate_windowed_op(
-    query: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    radius: int,
-    topk: int,
-    temperature: float,
-    window: str,
-    unrestricted: int,
-    counts: list[int] | None = None,
-) -> torch.Tensor:
-    return knn_propagate_windowed(
-        query,
-        keys,
-        values,
-        radius=radius,
-        topk=topk,
-        temperature=temperature,
-        window=window,
-        unrestricted=unrestricted,
-        counts=counts,
-    )
+@torch.library.custom_op(
+    "tritoncorr::knn_propagate_windowed",
+    mutates_args=(),
+    schema=f"(Tensor query, Tensor keys, Tensor values, {OP_SETTINGS}, SymInt[]? counts=None) -> Tensor",
+)
+def _knn_propagate_windowed_op(query, keys, values, radius, topk, temperature, window, unrestricted, counts=None):
+    search = KnnSearch(radius, topk, temperature, window, unrestricted)
+    return knn_propagate_windowed(query, keys, values, search, counts=counts)
 
 
 @_knn_propagate_windowed_op.register_fake
@@ -152,24 +146,19 @@ def knn_propagate(
         (L, h, w) float32 propagated labels. CUDA tensors run the Triton kernel, CPU tensors the
         windowed PyTorch path (``TRITONCORR_BACKEND`` overrides; see ``kernels/_utils.py``).
     """
-    validate(query, keys, values, radius, topk, temperature, window, unrestricted)
-    temperature = float(temperature)
+    search = KnnSearch(radius, topk, temperature, window, unrestricted)
+    search.check(query, keys, values)
     counts = check_counts(counts, keys.shape[0])
-    if counts is not None and use_triton(query, keys, values):  # the kernel takes the slots as they are
+    if not use_triton(query, keys, values):
+        return torch.ops.tritoncorr.knn_propagate_windowed(query, keys, values, *search.op_args(), counts)
+    if counts is not None:  # the kernel takes the slots as they are
         reps = torch.tensor(counts, device=keys.device)
-        unrestricted = sum(counts[:unrestricted])
+        search = replace(search, unrestricted=sum(counts[:unrestricted]))
         keys, values = keys.repeat_interleave(reps, 0), values.repeat_interleave(reps, 0)
-        counts = None
-    if use_triton(query, keys, values):
-        kernels = _kernels()  # registers tritoncorr::knn_propagate
-        if query.is_cuda:
-            return torch.ops.tritoncorr.knn_propagate(
-                query, keys, values, radius, topk, temperature, window, unrestricted
-            )
-        return kernels.launch(query, keys, values, radius, topk, temperature, window, unrestricted)
-    return torch.ops.tritoncorr.knn_propagate_windowed(
-        query, keys, values, radius, topk, temperature, window, unrestricted, counts
-    )
+    kernels = _kernels()  # registers tritoncorr::knn_propagate
+    if query.is_cuda:
+        return torch.ops.tritoncorr.knn_propagate(query, keys, values, *search.op_args())
+    return kernels.launch(query, keys, values, search)
 
 
 def _kernels():

@@ -29,7 +29,7 @@ from .._triton_utils import (
     tile_scores,
 )
 from .._utils import alloc_output, autotune_enabled, next_power_of_2, upcast_bf16_dot
-from .reference import window_reach
+from .reference import KnnSearch
 
 __all__ = ["aot_specs", "launch"]
 
@@ -185,8 +185,9 @@ def _family(dtype: torch.dtype) -> str:
     return "fp32" if dtype == torch.float32 else "16bit"
 
 
-def launch(query, keys, values, radius, topk, temperature, window, unrestricted, *, wrap=None) -> torch.Tensor:
-    """Run the kernel: (L, h, w) fp32. ``wrap`` is ``torch.library.wrap_triton`` inside the op."""
+def launch(query, keys, values, search: KnnSearch, *, wrap=None) -> torch.Tensor:
+    """Run the kernel: query (C, h, w), keys (N, C, h, w), values (N, L, h, w) -> (L, h, w) fp32.
+    ``wrap`` is ``torch.library.wrap_triton`` inside the op."""
     c, h, w = query.shape
     n, lab = keys.shape[0], values.shape[1]
     if n * h * w >= 2**31 - 1:
@@ -195,17 +196,16 @@ def launch(query, keys, values, radius, topk, temperature, window, unrestricted,
     fam = _family(query.dtype)
     tile_h = _TILE_H[fam]
     grid = propagation_grid(h, w, tile_h)
-    args = propagation_args(
-        query, keys, values, out, unrestricted, radius, window_reach(radius, window), 1.0 / float(temperature)
-    )
+    inv_t = 1.0 / search.temperature
+    args = propagation_args(query, keys, values, out, search.unrestricted, search.radius, search.reach, inv_t)
     common = dict(
         TILE_H=tile_h,
         TILE_W=TILE_W,
         BLOCK_C=feature_block_c(c, query.dtype),
         BLOCK_L=_BLOCK_L,
-        KP=max(2, next_power_of_2(topk)),
-        TOPK=topk,
-        SQUARE=window == "square",
+        KP=max(2, next_power_of_2(search.topk)),
+        TOPK=search.topk,
+        SQUARE=search.window == "square",
         INPUT_PRECISION=feature_precision(query.dtype),
         UPCAST=upcast_bf16_dot(query.dtype),
     )
@@ -219,6 +219,8 @@ def launch(query, keys, values, radius, topk, temperature, window, unrestricted,
     return out
 
 
+# triton_op infers the schema from the annotations (torch 2.13 does not use its ``schema=``): the
+# settings arguments are those of reference.OP_SETTINGS, KnnSearch's fields in order.
 @torch.library.triton_op("tritoncorr::knn_propagate", mutates_args=())
 def _knn_propagate_triton_op(
     query: torch.Tensor,
@@ -230,7 +232,8 @@ def _knn_propagate_triton_op(
     window: str,
     unrestricted: int,
 ) -> torch.Tensor:
-    return launch(query, keys, values, radius, topk, temperature, window, unrestricted, wrap=torch.library.wrap_triton)
+    search = KnnSearch(radius, topk, temperature, window, unrestricted)
+    return launch(query, keys, values, search, wrap=torch.library.wrap_triton)
 
 
 def aot_specs(fixed_only: bool = False) -> list:
