@@ -33,12 +33,13 @@ from tritoncorr.kernels.local_corr import (
     local_correlation,
     local_correlation_reference,
 )
-from tritoncorr.kernels.window_propagate import window_propagate, window_propagate_reference
+from tritoncorr.kernels.window_propagate import WindowSearch, window_propagate, window_propagate_reference
 
 knn_propagate = _knn_propagate_fn
 
 __all__ = [
     "KnnSearch",
+    "WindowSearch",
     "anchor_argmax",
     "anchor_argmax_reference",
     "anchor_lse",

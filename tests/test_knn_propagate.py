@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F
-from tritoncorr.kernels._utils import triton_available
 from tritoncorr.kernels.knn_propagate import (
     KnnSearch,
     knn_propagate,
@@ -18,7 +15,13 @@ from tritoncorr.kernels.knn_propagate import (
 )
 from tritoncorr.kernels.knn_propagate.reference import grid
 
-from tests.kernel_harness import assert_close_verbose, check_aot_family, fresh_generator, tolerance
+from tests.kernel_harness import (
+    assert_close_verbose,
+    check_aot_family,
+    check_op_settings,
+    fresh_generator,
+    tolerance,
+)
 
 
 def _inputs(c, h, w, n, lab, *, dtype=torch.float32, seed=None, normalize=True):
@@ -297,16 +300,7 @@ def test_search_check_against_the_tensors():
 
 
 def test_op_settings_are_the_search_fields():
-    """The ops take the settings as primitives, KnnSearch's fields in order (what op_args() gives)."""
-    fields = [f.name for f in dataclasses.fields(KnnSearch)]
-    ops = [torch.ops.tritoncorr.knn_propagate_windowed.default]
-    if triton_available():
-        from tritoncorr.kernels.knn_propagate import triton_kernels  # noqa: F401  registers the triton_op
-
-        ops.append(torch.ops.tritoncorr.knn_propagate.default)
-    for op in ops:
-        names = [a.name for a in op._schema.arguments]
-        assert names[:3] == ["query", "keys", "values"] and names[3:8] == fields, op
+    check_op_settings("knn_propagate", KnnSearch)
 
 
 def test_bad_tensors():

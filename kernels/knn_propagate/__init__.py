@@ -60,8 +60,6 @@ Full-window propagation ("k = all", MAST / LIIR) is the sibling family
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
 from .._utils import use_triton
@@ -149,16 +147,9 @@ def knn_propagate(
     search = KnnSearch(radius, topk, temperature, window, unrestricted)
     search.check(query, keys, values)
     counts = check_counts(counts, keys.shape[0])
-    if not use_triton(query, keys, values):
-        return torch.ops.tritoncorr.knn_propagate_windowed(query, keys, values, *search.op_args(), counts)
-    if counts is not None:  # the kernel takes the slots as they are
-        reps = torch.tensor(counts, device=keys.device)
-        search = replace(search, unrestricted=sum(counts[:unrestricted]))
-        keys, values = keys.repeat_interleave(reps, 0), values.repeat_interleave(reps, 0)
-    kernels = _kernels()  # registers tritoncorr::knn_propagate
-    if query.is_cuda:
-        return torch.ops.tritoncorr.knn_propagate(query, keys, values, *search.op_args())
-    return kernels.launch(query, keys, values, search)
+    if use_triton(query, keys, values):
+        return _kernels().run(query, keys, values, search, counts)
+    return torch.ops.tritoncorr.knn_propagate_windowed(query, keys, values, *search.op_args(), counts)
 
 
 def _kernels():

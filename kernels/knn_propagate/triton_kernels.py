@@ -12,6 +12,8 @@ gather; the affinity is never written to memory.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import triton
 import triton.language as tl
@@ -31,7 +33,7 @@ from .._triton_utils import (
 from .._utils import alloc_output, autotune_enabled, next_power_of_2, upcast_bf16_dot
 from .reference import KnnSearch
 
-__all__ = ["aot_specs", "launch"]
+__all__ = ["aot_specs", "launch", "run"]
 
 
 @triton.jit
@@ -234,6 +236,22 @@ def _knn_propagate_triton_op(
 ) -> torch.Tensor:
     search = KnnSearch(radius, topk, temperature, window, unrestricted)
     return launch(query, keys, values, search, wrap=torch.library.wrap_triton)
+
+
+def run(query, keys, values, search: KnnSearch, counts: list[int] | None = None) -> torch.Tensor:
+    """The Triton path of ``knn_propagate`` (inputs checked): CUDA tensors through the ``triton_op``
+    (which ``torch.compile`` sees), CPU tensors under the interpreter straight to :func:`launch`.
+
+    The kernel takes the context slots as they are: repeated frames (``counts``, see
+    ``reference.check_counts``) are expanded first, ``unrestricted`` then counting slots.
+    """
+    if counts is not None:
+        reps = torch.tensor(counts, device=keys.device)
+        search = replace(search, unrestricted=sum(counts[: search.unrestricted]))
+        keys, values = keys.repeat_interleave(reps, 0), values.repeat_interleave(reps, 0)
+    if query.is_cuda:
+        return torch.ops.tritoncorr.knn_propagate(query, keys, values, *search.op_args())
+    return launch(query, keys, values, search)
 
 
 def aot_specs(fixed_only: bool = False) -> list:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from tritoncorr.bench.core import BenchCase, SkipProvider
 from tritoncorr.kernels.knn_propagate import KnnSearch, knn_propagate_dense, knn_propagate_windowed
-from tritoncorr.kernels.window_propagate import window_propagate_windowed
+from tritoncorr.kernels.window_propagate import WindowSearch, window_propagate_windowed
 
 RADIUS, TOPK, TEMPERATURE, CONTEXT = 12, 10, 0.05, 21
 
@@ -86,6 +86,7 @@ def _case(device: torch.device, name: str, c: int, h: int, w: int, lab: int, dty
 
 def _window_case(device: torch.device, name: str, radius: int, compact: int, dtype: torch.dtype) -> BenchCase:
     c, h, w, n, lab = 64, 120, 214, 5, 7
+    search = WindowSearch(radius=radius, compact=compact)
 
     def inputs():
         g = torch.Generator().manual_seed(0)
@@ -100,11 +101,11 @@ def _window_case(device: torch.device, name: str, radius: int, compact: int, dty
             raise SkipProvider("Triton kernel needs a CUDA device")
         q, k, v = inputs()
         op = torch.ops.tritoncorr.window_propagate
-        return lambda: op(q, k, v, radius, 1.0, compact, 0.1)
+        return lambda: op(q, k, v, *search.op_args())
 
     def torch_factory():
         q, k, v = inputs()
-        return lambda: window_propagate_windowed(q, k, v, radius=radius, compact=compact)
+        return lambda: window_propagate_windowed(q, k, v, search)
 
     side = 2 * radius + 1
     hw = h * w
