@@ -31,10 +31,10 @@ Conventions shared by every path (reference, windowed PyTorch, Triton):
 * Features may be float32, bfloat16 or float16 (query and keys of one dtype); scores, softmax and
   the label sum are accumulated in float32. Labels may be any float dtype. Output: float32.
 
-Paths:
-
 Settings: :class:`KnnSearch` (``radius, topk, temperature, window, unrestricted``, checked when it is
 built) is what every internal path takes; :func:`knn_propagate` builds it from its keyword arguments.
+
+Paths:
 
 * :func:`knn_propagate_reference` - the definition of correctness (float64, stable sort); builds
   the full (h*w, N*h*w) score matrix: small inputs only.
@@ -49,8 +49,9 @@ built) is what every internal path takes; :func:`knn_propagate` builds it from i
 
 Ops: ``tritoncorr::knn_propagate`` (``triton_op``, CUDA) and ``tritoncorr::knn_propagate_windowed``
 (``custom_op`` running the windowed PyTorch path, with a fake implementation). Forward only. Ops take
-primitives: the settings travel as ``KnnSearch.op_args()``, declared once in the schemas by
-:data:`~.reference.OP_SETTINGS`.
+primitives: the settings travel as ``KnnSearch.op_args()``, the fields in order (the windowed op's
+schema spells them as :data:`~.reference.OP_SETTINGS`, the ``triton_op`` infers its own from its
+annotated signature).
 The ``triton_op`` is registered when ``triton_kernels`` is first imported (first Triton launch):
 importing this package and the PyTorch paths never import Triton.
 

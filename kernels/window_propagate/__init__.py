@@ -33,8 +33,9 @@ Paths (all tested against the reference):
 
 Ops ``tritoncorr::window_propagate`` (``triton_op``, registered when ``triton_kernels`` is first
 imported) / ``tritoncorr::window_propagate_windowed`` (``custom_op``). Forward only. Ops take
-primitives: the settings travel as ``WindowSearch.op_args()``, declared once in the schemas by
-:data:`~.reference.OP_SETTINGS`.
+primitives: the settings travel as ``WindowSearch.op_args()``, the fields in order (the windowed op's
+schema spells them as :data:`~.reference.OP_SETTINGS`, the ``triton_op`` infers its own from its
+annotated signature).
 """
 
 from __future__ import annotations
