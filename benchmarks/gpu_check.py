@@ -257,7 +257,7 @@ def _kernel_providers(kernel: str, p: dict, dtype, device, compile_backend: str)
         values = torch.softmax(torch.randn(T, L, h, w, generator=g), dim=1).to(device)
         kw = dict(radius=r, topk=10, temperature=0.05, window="disc", unrestricted=1)
         fused = lambda q, k: K.knn_propagate(q, k, values, **kw)  # noqa: E731
-        ref = lambda q, k: K.knn_propagate_dense(q, k, values, **kw)  # noqa: E731
+        ref = lambda q, k: K.knn_propagate_dense(q, k, values, K.KnnSearch(**kw))  # noqa: E731
         return {"fused": (fused, [query, keys]), "reference": (ref, [query, keys])}
     raise ValueError(kernel)
 

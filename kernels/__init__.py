@@ -25,19 +25,21 @@ from tritoncorr.kernels.anchor_softmax import (
     anchor_nll_reference,
     anchor_soft_assignment,
 )
+from tritoncorr.kernels.knn_propagate import KnnSearch, knn_propagate_dense, knn_propagate_reference
 from tritoncorr.kernels.knn_propagate import knn_propagate as _knn_propagate_fn
-from tritoncorr.kernels.knn_propagate import knn_propagate_dense, knn_propagate_reference
 from tritoncorr.kernels.local_corr import (
     local_attention,
     local_attention_reference,
     local_correlation,
     local_correlation_reference,
 )
-from tritoncorr.kernels.window_propagate import window_propagate, window_propagate_reference
+from tritoncorr.kernels.window_propagate import WindowSearch, window_propagate, window_propagate_reference
 
 knn_propagate = _knn_propagate_fn
 
 __all__ = [
+    "KnnSearch",
+    "WindowSearch",
     "anchor_argmax",
     "anchor_argmax_reference",
     "anchor_lse",

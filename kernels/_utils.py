@@ -100,11 +100,14 @@ def check_tensor(
         raise ValueError(f"{name} is on {t.device}, expected {device} (all inputs must share a device)")
 
 
-def check_int(name: str, value, lo: int, hi: int, *, what: str = "") -> int:
-    """``value`` as an int in ``lo..hi`` (``TypeError`` for a non-int or bool, ``ValueError`` out of range)."""
+def check_int(name: str, value, lo: int, hi: int | None, *, what: str = "") -> int:
+    """``value`` as an int in ``lo..hi`` (``hi=None``: no upper bound) (``TypeError`` for a non-int or
+    bool, ``ValueError`` out of range)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if not lo <= value <= hi:
+    if hi is None and value < lo:
+        raise ValueError(f"{name}={value} must be >= {lo}{what}")
+    if hi is not None and not lo <= value <= hi:
         raise ValueError(f"{name}={value} must be in {lo}..{hi}{what}")
     return value
 

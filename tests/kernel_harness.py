@@ -65,6 +65,25 @@ print(json.dumps({"n_specs": len(specs), "records": [dataclasses.asdict(r) for r
 """
 
 
+def check_op_settings(family: str, settings: type) -> None:
+    """The ops of a propagation family (``tritoncorr::<family>_windowed`` and, where triton is installed,
+    ``tritoncorr::<family>``) take ``(query, keys, values)`` then the fields of its settings dataclass
+    in order (what ``settings.op_args()`` passes), then any op-specific arguments."""
+    import dataclasses
+    from importlib import import_module
+
+    from tritoncorr.kernels._utils import triton_available
+
+    ops = [getattr(torch.ops.tritoncorr, f"{family}_windowed").default]
+    if triton_available():
+        import_module(f"tritoncorr.kernels.{family}.triton_kernels")  # registers the triton_op
+        ops.append(getattr(torch.ops.tritoncorr, family).default)
+    expected = ["query", "keys", "values", *(f.name for f in dataclasses.fields(settings))]
+    for op in ops:
+        names = [a.name for a in op._schema.arguments]
+        assert names[: len(expected)] == expected, f"{op}: {names}"
+
+
 def check_aot_family(family: str, *, fixed_only: bool = False) -> None:
     """Compile ``tritoncorr.kernels.<family>.triton_kernels.aot_specs()`` for sm_80 and sm_90 in a fresh
     interpreter (under TRITON_INTERPRET=1, set by conftest, kernels cannot be compiled) and assert: no

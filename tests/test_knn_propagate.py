@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tritoncorr.kernels.knn_propagate import (
+    KnnSearch,
     knn_propagate,
     knn_propagate_dense,
     knn_propagate_reference,
@@ -14,7 +15,13 @@ from tritoncorr.kernels.knn_propagate import (
 )
 from tritoncorr.kernels.knn_propagate.reference import grid
 
-from tests.kernel_harness import assert_close_verbose, check_aot_family, fresh_generator, tolerance
+from tests.kernel_harness import (
+    assert_close_verbose,
+    check_aot_family,
+    check_op_settings,
+    fresh_generator,
+    tolerance,
+)
 
 
 def _inputs(c, h, w, n, lab, *, dtype=torch.float32, seed=None, normalize=True):
@@ -53,18 +60,19 @@ def test_windowed_and_dense_match_reference(case):
     c, h, w, n, lab, radius, topk, window, nu = case
     q, k, v = _inputs(c, h, w, n, lab)
     kw = dict(radius=radius, topk=topk, temperature=0.1, window=window, unrestricted=nu)
-    ref = knn_propagate_reference(q, k, v, **kw)
+    search = KnnSearch(**kw)
+    ref = knn_propagate_reference(q, k, v, search)
     atol, rtol = tolerance(torch.float32)
     # small tiles and frame chunks exercise the tiling and the merge of per-part top-k lists
     for tile, chunk in ((8, 5), (3, 2)):
         assert_close_verbose(
-            knn_propagate_windowed(q, k, v, tile=tile, frame_chunk=chunk, **kw),
+            knn_propagate_windowed(q, k, v, search, tile=tile, frame_chunk=chunk),
             ref,
             atol=atol,
             rtol=rtol,
             name=f"windowed tile={tile}",
         )
-    assert_close_verbose(knn_propagate_dense(q, k, v, chunk=7, **kw), ref, atol=atol, rtol=rtol, name="dense")
+    assert_close_verbose(knn_propagate_dense(q, k, v, search, chunk=7), ref, atol=atol, rtol=rtol, name="dense")
     assert_close_verbose(knn_propagate(q, k, v, **kw), ref, atol=atol, rtol=rtol, name="public (cpu)")
 
 
@@ -72,7 +80,7 @@ def test_windowed_and_dense_match_reference(case):
 def test_windowed_low_precision(dtype):
     q, k, v = _inputs(16, 9, 10, 3, 3, dtype=dtype)
     kw = dict(radius=3, topk=10, temperature=0.07, window="square", unrestricted=1)
-    ref = knn_propagate_reference(q, k, v, **kw)  # same rounded inputs, float64 inside
+    ref = knn_propagate_reference(q, k, v, KnnSearch(**kw))  # same rounded inputs, float64 inside
     atol, rtol = tolerance(dtype)
     out = knn_propagate(q, k, v, **kw)
     assert out.dtype == torch.float32
@@ -85,9 +93,7 @@ def test_reference_against_pixel_loop():
     k[2] = k[1]  # exact duplicate frame with different labels: ties must go to the lower index
     radius, topk, temp = 2, 6, 0.5
     for window, nu in (("disc", 1), ("square", 0)):
-        ref = knn_propagate_reference(
-            q, k, v, radius=radius, topk=topk, temperature=temp, window=window, unrestricted=nu
-        )
+        ref = knn_propagate_reference(q, k, v, KnnSearch(radius, topk, temp, window, nu))
         n, lab = k.shape[0], v.shape[1]
         h, w = q.shape[1:]
         for y in range(h):
@@ -119,9 +125,9 @@ def test_ties_go_to_lower_index():
     values = torch.rand(2, 3, h, w, generator=fresh_generator())
     kw = dict(radius=2, temperature=0.1, window="disc", unrestricted=1)
     for fn in (knn_propagate_reference, knn_propagate_windowed):
-        top1 = fn(eye, keys, values, topk=1, **kw)
+        top1 = fn(eye, keys, values, KnnSearch(topk=1, **kw))
         torch.testing.assert_close(top1, values[0])  # frame 0 wins the tie
-        top2 = fn(eye, keys, values, topk=2, **kw)
+        top2 = fn(eye, keys, values, KnnSearch(topk=2, **kw))
         torch.testing.assert_close(top2, values.mean(0))  # both copies of the own position
 
 
@@ -159,7 +165,7 @@ def test_equal_features_take_lowest_positions():
     values = torch.rand(2, 4, h, w, generator=fresh_generator())
     expected = values[0].reshape(4, -1)[:, :topk].mean(1)
     for fn in (knn_propagate_reference, knn_propagate_windowed):
-        out = fn(q, keys, values, radius=3, topk=topk, temperature=0.05, window="disc", unrestricted=1)
+        out = fn(q, keys, values, KnnSearch(radius=3, topk=topk, temperature=0.05, window="disc", unrestricted=1))
         torch.testing.assert_close(out, expected[:, None, None].expand(4, h, w))
 
 
@@ -167,10 +173,10 @@ def test_duplicated_frames_all_paths_agree_exactly():
     q, k, v = _exact_inputs(6, 7, 9, 4, 3)
     k[1] = k[0]
     k[3] = k[0]
-    kw = dict(radius=3, topk=10, temperature=0.25, window="disc", unrestricted=1)
-    ref = knn_propagate_reference(q, k, v, **kw)
+    search = KnnSearch(radius=3, topk=10, temperature=0.25, window="disc", unrestricted=1)
+    ref = knn_propagate_reference(q, k, v, search)
     assert_close_verbose(
-        knn_propagate_windowed(q, k, v, tile=4, frame_chunk=2, **kw), ref, atol=1e-6, rtol=1e-6, name="windowed"
+        knn_propagate_windowed(q, k, v, search, tile=4, frame_chunk=2), ref, atol=1e-6, rtol=1e-6, name="windowed"
     )
 
 
@@ -193,9 +199,10 @@ def test_counts_equal_repeated_frames(window, unrestricted, counts, topk, exact)
     kw = dict(radius=3, topk=topk, temperature=0.25, window=window)
     expanded_unres = sum(counts[:unrestricted])
     ref = knn_propagate_reference(
-        q, k.repeat_interleave(reps, 0), v.repeat_interleave(reps, 0), unrestricted=expanded_unres, **kw
+        q, k.repeat_interleave(reps, 0), v.repeat_interleave(reps, 0), KnnSearch(unrestricted=expanded_unres, **kw)
     )
-    got = knn_propagate_windowed(q, k, v, unrestricted=unrestricted, counts=counts, tile=4, frame_chunk=2, **kw)
+    search = KnnSearch(unrestricted=unrestricted, **kw)
+    got = knn_propagate_windowed(q, k, v, search, counts=counts, tile=4, frame_chunk=2)
     assert_close_verbose(got, ref, atol=1e-6, rtol=1e-6, name="windowed counts")
     assert_close_verbose(
         knn_propagate(q, k, v, unrestricted=unrestricted, counts=counts, **kw),
@@ -212,7 +219,9 @@ def test_counts_triton_expands(triton_backend):
     counts = [1, 3, 2]
     reps = torch.tensor(counts)
     kw = dict(radius=2, topk=6, temperature=0.25, window="disc")
-    ref = knn_propagate_reference(q, k.repeat_interleave(reps, 0), v.repeat_interleave(reps, 0), unrestricted=1, **kw)
+    ref = knn_propagate_reference(
+        q, k.repeat_interleave(reps, 0), v.repeat_interleave(reps, 0), KnnSearch(unrestricted=1, **kw)
+    )
     assert_close_verbose(knn_propagate(q, k, v, unrestricted=1, counts=counts, **kw), ref, atol=1e-5, rtol=1e-5)
 
 
@@ -231,7 +240,10 @@ def test_non_contiguous_inputs_cpu():
     assert not (qn.is_contiguous() or kn.is_contiguous() or vn.is_contiguous())
     kw = dict(radius=2, topk=5, temperature=0.1, window="square", unrestricted=1)
     assert_close_verbose(
-        knn_propagate(qn, kn, vn, **kw), knn_propagate_reference(q, k, vn.contiguous(), **kw), atol=1e-5, rtol=1e-5
+        knn_propagate(qn, kn, vn, **kw),
+        knn_propagate_reference(q, k, vn.contiguous(), KnnSearch(**kw)),
+        atol=1e-5,
+        rtol=1e-5,
     )
 
 
@@ -253,6 +265,42 @@ def test_bad_arguments(change, match):
     kw.update(change)
     with pytest.raises(ValueError, match=match):
         knn_propagate(q, k, v, **kw)
+
+
+@pytest.mark.parametrize(
+    "change, exc, match",
+    [
+        (dict(radius=0), ValueError, "radius=0 must be in 1..32 for window='disc'"),
+        (dict(radius=-1, window="square"), ValueError, "radius=-1 must be in 0..32 for window='square'"),
+        (dict(radius=2.0), TypeError, "radius must be an int"),
+        (dict(topk=33), ValueError, "topk=33 must be in 1..32"),
+        (dict(window="circle"), ValueError, "window='circle' must be one of"),
+        (dict(temperature=float("nan")), ValueError, "temperature=nan must be a finite number > 0"),
+        (dict(unrestricted=-1), ValueError, "unrestricted=-1 must be >= 0"),
+    ],
+)
+def test_search_settings_checked_when_built(change, exc, match):
+    kw = dict(radius=2, topk=3, temperature=0.1)
+    kw.update(change)
+    with pytest.raises(exc, match=match):
+        KnnSearch(**kw)
+
+
+def test_search_check_against_the_tensors():
+    q, k, v = _inputs(4, 5, 5, 3, 2)
+    search = KnnSearch(radius=2, topk=3, temperature=1, unrestricted=4)  # fine until N (3) is known
+    assert search.temperature == 1.0 and isinstance(search.temperature, float)
+    assert search.op_args() == (2, 3, 1.0, "disc", 4)
+    too_many = r"unrestricted=4 must be in 0\.\.3 \(N"
+    with pytest.raises(ValueError, match=too_many):
+        search.check(q, k, v)
+    for fn in (knn_propagate_reference, knn_propagate_windowed, knn_propagate_dense):
+        with pytest.raises(ValueError, match=too_many):
+            fn(q, k, v, search)
+
+
+def test_op_settings_are_the_search_fields():
+    check_op_settings("knn_propagate", KnnSearch)
 
 
 def test_bad_tensors():
@@ -286,7 +334,7 @@ def test_torch_compile_fullgraph_cpu():
 
     out = torch.compile(f, fullgraph=True, backend="eager")(q, k, v)
     torch.testing.assert_close(
-        out, knn_propagate_reference(q, k, v, radius=2, topk=4, temperature=0.1), atol=1e-5, rtol=1e-5
+        out, knn_propagate_reference(q, k, v, KnnSearch(radius=2, topk=4, temperature=0.1)), atol=1e-5, rtol=1e-5
     )
 
 
@@ -310,7 +358,8 @@ def test_triton_matches_reference(case, triton_backend):
     out = knn_propagate(q, k, v, **kw)  # routed to the Triton launcher, NaN-poisoned output
     atol, rtol = tolerance(dtype)
     assert out.dtype == torch.float32
-    assert_close_verbose(out, knn_propagate_reference(q, k, v, **kw), atol=atol, rtol=rtol, name=f"triton {case}")
+    ref = knn_propagate_reference(q, k, v, KnnSearch(**kw))
+    assert_close_verbose(out, ref, atol=atol, rtol=rtol, name=f"triton {case}")
 
 
 @pytest.mark.interpreter
@@ -318,7 +367,7 @@ def test_triton_ties_and_non_contiguous(triton_backend):
     q, k, v = _exact_inputs(6, 6, 10, 3, 3)
     k[1] = k[0]  # exact duplicate, different labels: the lower frame index must win
     kw = dict(radius=3, topk=10, temperature=0.25, window="disc", unrestricted=1)
-    ref = knn_propagate_reference(q, k, v, **kw)
+    ref = knn_propagate_reference(q, k, v, KnnSearch(**kw))
     qn = q.transpose(1, 2).contiguous().transpose(1, 2)
     kn = k.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
     vn = v.transpose(2, 3).contiguous().transpose(2, 3)
@@ -337,7 +386,7 @@ def test_cuda_triton_matches_reference(dtype, window, nu):
     q, k, v = _inputs(64, 30, 53, 7, 5, dtype=dtype)
     kw = dict(radius=12, topk=10, temperature=0.05, window=window, unrestricted=nu)
     out = knn_propagate(q.cuda(), k.cuda(), v.cuda(), **kw)
-    ref = knn_propagate_reference(q, k, v, **kw)
+    ref = knn_propagate_reference(q, k, v, KnnSearch(**kw))
     atol, rtol = tolerance(dtype)
     assert_close_verbose(out.cpu(), ref, atol=atol, rtol=rtol, name=f"cuda {dtype} {window}")
     args = (q.cuda(), k.cuda(), v.cuda(), 12, 10, 0.05, window, nu)

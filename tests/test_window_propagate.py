@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
-from tritoncorr.kernels.window_propagate import window_propagate, window_propagate_reference, window_propagate_windowed
+from tritoncorr.kernels.window_propagate import (
+    WindowSearch,
+    window_propagate,
+    window_propagate_reference,
+    window_propagate_windowed,
+)
 
-from tests.kernel_harness import assert_close_verbose, check_aot_family, fresh_generator, tolerance
+from tests.kernel_harness import (
+    assert_close_verbose,
+    check_aot_family,
+    check_op_settings,
+    fresh_generator,
+    tolerance,
+)
 
 
 def _raw_inputs(c, h, w, n, lab, *, dtype=torch.float32, seed=None, offset=0.0, onehot=False):
@@ -84,7 +97,7 @@ def test_window_reference_against_spec_loop():
     for case in ((4, 4, 5, 2, 3, 2, 2, 1.0), (3, 3, 4, 3, 2, 1, 3, 0.7), (5, 5, 3, 2, 2, 2, 0, 1.0)):
         c, h, w, n, lab, r, m, temp = case
         q, k, v = _raw_inputs(c, h, w, n, lab)
-        ref = window_propagate_reference(q, k, v, radius=r, temperature=temp, compact=m, compact_threshold=0.1)
+        ref = window_propagate_reference(q, k, v, WindowSearch(r, temperature=temp, compact=m, compact_threshold=0.1))
         assert_close_verbose(
             ref, _spec_window_loop(q, k, v, r, temp, m, 0.1), atol=1e-6, rtol=1e-6, name=f"loop {case}"
         )
@@ -116,15 +129,16 @@ def test_window_windowed_matches_reference(case):
     c, h, w, n, lab, r, m, temp = case
     q, k, v = _raw_inputs(c, h, w, n, lab)
     kw = dict(radius=r, temperature=temp, compact=m, compact_threshold=_mixed_threshold(q, k, r, temp))
-    ref = window_propagate_reference(q, k, v, **kw)
+    search = WindowSearch(**kw)
+    ref = window_propagate_reference(q, k, v, search)
     atol, rtol = tolerance(torch.float32)
     for tile in (16, 4, 3):  # tiles crossing the borders in every way
         assert_close_verbose(
-            window_propagate_windowed(q, k, v, tile=tile, **kw), ref, atol=atol, rtol=rtol, name=f"tile {tile}"
+            window_propagate_windowed(q, k, v, search, tile=tile), ref, atol=atol, rtol=rtol, name=f"tile {tile}"
         )
     assert_close_verbose(window_propagate(q, k, v, **kw), ref, atol=atol, rtol=rtol, name="public (cpu)")
     if m:  # the rule is exercised: some references replaced, not all (else the case tests nothing)
-        soft = window_propagate_reference(q, k, v, **{**kw, "compact": 0})
+        soft = window_propagate_reference(q, k, v, dataclasses.replace(search, compact=0))
         changed = ((ref - soft).abs() > 1e-4).any(0)
         assert changed.any(), "the compactness rule never fired"
         if n == 1:
@@ -138,7 +152,8 @@ def test_window_windowed_low_precision(dtype):
     out = window_propagate(q, k, v, **kw)
     assert out.dtype == torch.float32
     atol, rtol = tolerance(dtype)
-    assert_close_verbose(out, window_propagate_reference(q, k, v, **kw), atol=atol, rtol=rtol, name=str(dtype))
+    ref = window_propagate_reference(q, k, v, WindowSearch(**kw))
+    assert_close_verbose(out, ref, atol=atol, rtol=rtol, name=str(dtype))
 
 
 def test_window_zero_border_semantics():
@@ -158,7 +173,7 @@ def test_window_zero_border_semantics():
     ).sum(0)
     expected = (rows * cols).float()[None] / (2 * r + 1) ** 2  # fraction of in-image cells
     for fn in (window_propagate_reference, window_propagate_windowed):
-        torch.testing.assert_close(fn(q, k, v, radius=r), expected.expand(1, h, w))
+        torch.testing.assert_close(fn(q, k, v, WindowSearch(radius=r)), expected.expand(1, h, w))
 
 
 def _phantom_tie_inputs():
@@ -181,7 +196,7 @@ def test_window_compact_phantom_ties_lowest_index():
     right = 0.5 * (g(5) + g(2))  # (dy=0, dx=+1)
     expected0 = own * v[0, :, 0, 0] + right * v[0, :, 0, 1]
     for fn in (window_propagate_reference, window_propagate_windowed):
-        out = fn(q, k, v, radius=1, compact=2, compact_threshold=0.1)
+        out = fn(q, k, v, WindowSearch(radius=1, compact=2, compact_threshold=0.1))
         torch.testing.assert_close(out[:, 0, 0], expected0, atol=1e-6, rtol=1e-6)
 
 
@@ -204,6 +219,40 @@ def test_window_bad_arguments():
         window_propagate(q, k, torch.rand(3, 65, 5, 5), radius=2)
     with pytest.raises(ValueError, match="values shape"):
         window_propagate(q, k, v[:2], radius=2)
+
+
+@pytest.mark.parametrize(
+    "change, exc, match",
+    [
+        (dict(radius=33), ValueError, "radius=33 must be in 0..32"),
+        (dict(radius=1.0), TypeError, "radius must be an int"),
+        (dict(compact=-1), ValueError, "compact=-1 must be in 0..3"),
+        (dict(radius=0, compact=2), ValueError, "compact=2 Gaussians need at least as many window cells"),
+        (dict(temperature=-1.0), ValueError, "temperature=-1.0 must be a finite number > 0"),
+        (dict(compact_threshold=float("inf")), ValueError, "compact_threshold=inf must be a finite number"),
+    ],
+)
+def test_window_search_settings_checked_when_built(change, exc, match):
+    kw = dict(radius=2)
+    kw.update(change)
+    with pytest.raises(exc, match=match):
+        WindowSearch(**kw)
+
+
+def test_window_search_defaults_and_tensor_check():
+    search = WindowSearch(radius=3, temperature=2, compact_threshold=1)
+    assert search.op_args() == (3, 2.0, 0, 1.0) and search.side == 7
+    assert isinstance(search.temperature, float) and isinstance(search.compact_threshold, float)
+    q, k, v = _raw_inputs(4, 5, 5, 3, 2)
+    with pytest.raises(ValueError, match="values shape"):
+        search.check(q, k, v[:2])
+    for fn in (window_propagate_reference, window_propagate_windowed):
+        with pytest.raises(ValueError, match="values shape"):
+            fn(q, k, v[:2], search)
+
+
+def test_window_op_settings_are_the_search_fields():
+    check_op_settings("window_propagate", WindowSearch)
 
 
 def test_window_opcheck_windowed_op():
@@ -229,7 +278,8 @@ def test_window_triton_matches_reference(case, triton_backend):
     out = window_propagate(q, k, v, **kw)  # routed to the Triton launcher, NaN-poisoned output
     assert out.dtype == torch.float32
     atol, rtol = tolerance(dtype)
-    assert_close_verbose(out, window_propagate_reference(q, k, v, **kw), atol=atol, rtol=rtol, name=f"triton {case}")
+    ref = window_propagate_reference(q, k, v, WindowSearch(**kw))
+    assert_close_verbose(out, ref, atol=atol, rtol=rtol, name=f"triton {case}")
 
 
 def _phantom_ties():
@@ -252,7 +302,7 @@ def _non_contiguous():
 def test_window_triton_phantom_ties_and_non_contiguous(case, triton_backend):
     inputs, ref_inputs, kw, tol = case()
     out = window_propagate(*inputs, **kw)
-    ref = window_propagate_reference(*ref_inputs, **kw)
+    ref = window_propagate_reference(*ref_inputs, WindowSearch(**kw))
     assert_close_verbose(out, ref, atol=tol, rtol=tol, name=case.__name__)
 
 
@@ -264,7 +314,7 @@ def test_cuda_window_triton_matches_reference(dtype, compact):
     q, k = q / 4, k / 4  # logits of a few units, like trained MAST/LIIR features
     kw = dict(radius=14, compact=compact, compact_threshold=0.1)
     out = window_propagate(q.cuda(), k.cuda(), v.cuda(), **kw)
-    ref = window_propagate_windowed(q, k, v, **kw)
+    ref = window_propagate_windowed(q, k, v, WindowSearch(**kw))
     atol, rtol = tolerance(dtype)
     assert_close_verbose(out.cpu(), ref, atol=atol, rtol=rtol, name=f"cuda {dtype} M{compact}")
     torch.library.opcheck(

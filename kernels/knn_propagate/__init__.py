@@ -31,6 +31,9 @@ Conventions shared by every path (reference, windowed PyTorch, Triton):
 * Features may be float32, bfloat16 or float16 (query and keys of one dtype); scores, softmax and
   the label sum are accumulated in float32. Labels may be any float dtype. Output: float32.
 
+Settings: :class:`KnnSearch` (``radius, topk, temperature, window, unrestricted``, checked when it is
+built) is what every internal path takes; :func:`knn_propagate` builds it from its keyword arguments.
+
 Paths:
 
 * :func:`knn_propagate_reference` - the definition of correctness (float64, stable sort); builds
@@ -45,7 +48,10 @@ Paths:
   in registers, then the softmax and the label gather; the affinity is never written to memory.
 
 Ops: ``tritoncorr::knn_propagate`` (``triton_op``, CUDA) and ``tritoncorr::knn_propagate_windowed``
-(``custom_op`` running the windowed PyTorch path, with a fake implementation). Forward only.
+(``custom_op`` running the windowed PyTorch path, with a fake implementation). Forward only. Ops take
+primitives: the settings travel as ``KnnSearch.op_args()``, the fields in order (the windowed op's
+schema spells them as :data:`~.reference.OP_SETTINGS`, the ``triton_op`` infers its own from its
+annotated signature).
 The ``triton_op`` is registered when ``triton_kernels`` is first imported (first Triton launch):
 importing this package and the PyTorch paths never import Triton.
 
@@ -64,17 +70,19 @@ from .reference import (
     MAX_LABELS,
     MAX_RADIUS,
     MAX_TOPK,
+    OP_SETTINGS,
     WINDOWS,
+    KnnSearch,
     check_counts,
     knn_propagate_dense,
     knn_propagate_reference,
-    validate,
     window_mask,
 )
 from .torch_path import knn_propagate_windowed
 
 __all__ = [
     "knn_propagate",
+    "KnnSearch",
     "knn_propagate_reference",
     "knn_propagate_dense",
     "knn_propagate_windowed",
@@ -90,29 +98,14 @@ __all__ = [
 ]
 
 
-@torch.library.custom_op("tritoncorr::knn_propagate_windowed", mutates_args=())
-def _knn_propagate_windowed_op(
-    query: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    radius: int,
-    topk: int,
-    temperature: float,
-    window: str,
-    unrestricted: int,
-    counts: list[int] | None = None,
-) -> torch.Tensor:
-    return knn_propagate_windowed(
-        query,
-        keys,
-        values,
-        radius=radius,
-        topk=topk,
-        temperature=temperature,
-        window=window,
-        unrestricted=unrestricted,
-        counts=counts,
-    )
+@torch.library.custom_op(
+    "tritoncorr::knn_propagate_windowed",
+    mutates_args=(),
+    schema=f"(Tensor query, Tensor keys, Tensor values, {OP_SETTINGS}, SymInt[]? counts=None) -> Tensor",
+)
+def _knn_propagate_windowed_op(query, keys, values, radius, topk, temperature, window, unrestricted, counts=None):
+    search = KnnSearch(radius, topk, temperature, window, unrestricted)
+    return knn_propagate_windowed(query, keys, values, search, counts=counts)
 
 
 @_knn_propagate_windowed_op.register_fake
@@ -152,24 +145,12 @@ def knn_propagate(
         (L, h, w) float32 propagated labels. CUDA tensors run the Triton kernel, CPU tensors the
         windowed PyTorch path (``TRITONCORR_BACKEND`` overrides; see ``kernels/_utils.py``).
     """
-    validate(query, keys, values, radius, topk, temperature, window, unrestricted)
-    temperature = float(temperature)
+    search = KnnSearch(radius, topk, temperature, window, unrestricted)
+    search.check(query, keys, values)
     counts = check_counts(counts, keys.shape[0])
-    if counts is not None and use_triton(query, keys, values):  # the kernel takes the slots as they are
-        reps = torch.tensor(counts, device=keys.device)
-        unrestricted = sum(counts[:unrestricted])
-        keys, values = keys.repeat_interleave(reps, 0), values.repeat_interleave(reps, 0)
-        counts = None
     if use_triton(query, keys, values):
-        kernels = _kernels()  # registers tritoncorr::knn_propagate
-        if query.is_cuda:
-            return torch.ops.tritoncorr.knn_propagate(
-                query, keys, values, radius, topk, temperature, window, unrestricted
-            )
-        return kernels.launch(query, keys, values, radius, topk, temperature, window, unrestricted)
-    return torch.ops.tritoncorr.knn_propagate_windowed(
-        query, keys, values, radius, topk, temperature, window, unrestricted, counts
-    )
+        return _kernels().run(query, keys, values, search, counts)
+    return torch.ops.tritoncorr.knn_propagate_windowed(query, keys, values, *search.op_args(), counts)
 
 
 def _kernels():

@@ -2,6 +2,8 @@
 
 :func:`knn_propagate_windowed`: query tiles against the union of their windows (one GEMM per tile
 and frame chunk), plus the unrestricted frames searched globally; never the full affinity.
+query (C, h, w), keys (N, C, h, w), values (N, L, h, w), settings :class:`~.reference.KnnSearch`
+-> (L, h, w) float32.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .._utils import topk_lowest_index
-from .reference import check_counts, validate, window_mask, window_reach
+from .reference import KnnSearch, check_counts, window_mask
 
 __all__ = ["knn_propagate_windowed"]
 
@@ -18,17 +20,13 @@ def knn_propagate_windowed(
     query: torch.Tensor,
     keys: torch.Tensor,
     values: torch.Tensor,
+    search: KnnSearch,
     *,
-    radius: int,
-    topk: int,
-    temperature: float,
-    window: str = "disc",
-    unrestricted: int = 1,
     counts: list[int] | None = None,
     tile: int = 12,
     frame_chunk: int = 10,
 ) -> torch.Tensor:
-    """Memory-bounded PyTorch path. Shapes as :func:`knn_propagate`; -> (L, h, w) fp32.
+    """Memory-bounded PyTorch path. Shapes as :func:`knn_propagate`, settings ``search``; -> (L, h, w) fp32.
 
     ``counts`` (see :func:`knn_propagate`): frame ``i`` occupies ``counts[i]`` consecutive context
     slots; its top-k candidates are computed once and repeated once per slot (a candidate repeated
@@ -46,17 +44,18 @@ def knn_propagate_windowed(
     O(tile^2 * h*w + (tile^2 + C) * frame_chunk * (tile + 2r)^2) floats (plus a float32 channels-last copy of
     ``keys`` unless they are float32 channels-last already); the (h*w, N*h*w) affinity never exists.
     """
-    validate(query, keys, values, radius, topk, temperature, window, unrestricted)
+    search.check(query, keys, values)
     c, h, w = query.shape
     n, lab = keys.shape[0], values.shape[1]
     counts = check_counts(counts, n)
     hw = h * w
-    nu, nw = unrestricted, n - unrestricted
-    reach = window_reach(radius, window)
+    topk = search.topk
+    nu, nw = search.unrestricted, n - search.unrestricted
+    reach = search.reach
     dev = query.device
     out = torch.empty(lab, h, w, dtype=torch.float32, device=dev)
     vals_cl = values.permute(0, 2, 3, 1)  # (N, h, w, L) view, gathered per tile
-    inv_t = 1.0 / float(temperature)
+    inv_t = 1.0 / search.temperature
     # keys channels-last (N, h, w, C), float32, once: a window rectangle is then a few contiguous runs
     # of rw*C values (a cheap copy) and an unrestricted frame a (h*w, C) view (no copy for
     # channels-last float32 keys, as the streaming propagator passes them on CPU)
@@ -77,8 +76,8 @@ def knn_propagate_windowed(
         torch.zeros(1, dtype=torch.long, device=dev),
         oy.reshape(-1),
         ox.reshape(-1),
-        radius,
-        window,
+        search.radius,
+        search.window,
     )[0]
     off_y, off_x = oy.reshape(-1)[in_window][None, :], ox.reshape(-1)[in_window][None, :]
     n_off = off_y.shape[1]

@@ -12,6 +12,8 @@ gather; the affinity is never written to memory.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import triton
 import triton.language as tl
@@ -29,9 +31,9 @@ from .._triton_utils import (
     tile_scores,
 )
 from .._utils import alloc_output, autotune_enabled, next_power_of_2, upcast_bf16_dot
-from .reference import window_reach
+from .reference import KnnSearch
 
-__all__ = ["aot_specs", "launch"]
+__all__ = ["aot_specs", "launch", "run"]
 
 
 @triton.jit
@@ -185,8 +187,9 @@ def _family(dtype: torch.dtype) -> str:
     return "fp32" if dtype == torch.float32 else "16bit"
 
 
-def launch(query, keys, values, radius, topk, temperature, window, unrestricted, *, wrap=None) -> torch.Tensor:
-    """Run the kernel: (L, h, w) fp32. ``wrap`` is ``torch.library.wrap_triton`` inside the op."""
+def launch(query, keys, values, search: KnnSearch, *, wrap=None) -> torch.Tensor:
+    """Run the kernel: query (C, h, w), keys (N, C, h, w), values (N, L, h, w) -> (L, h, w) fp32.
+    ``wrap`` is ``torch.library.wrap_triton`` inside the op."""
     c, h, w = query.shape
     n, lab = keys.shape[0], values.shape[1]
     if n * h * w >= 2**31 - 1:
@@ -195,17 +198,16 @@ def launch(query, keys, values, radius, topk, temperature, window, unrestricted,
     fam = _family(query.dtype)
     tile_h = _TILE_H[fam]
     grid = propagation_grid(h, w, tile_h)
-    args = propagation_args(
-        query, keys, values, out, unrestricted, radius, window_reach(radius, window), 1.0 / float(temperature)
-    )
+    inv_t = 1.0 / search.temperature
+    args = propagation_args(query, keys, values, out, search.unrestricted, search.radius, search.reach, inv_t)
     common = dict(
         TILE_H=tile_h,
         TILE_W=TILE_W,
         BLOCK_C=feature_block_c(c, query.dtype),
         BLOCK_L=_BLOCK_L,
-        KP=max(2, next_power_of_2(topk)),
-        TOPK=topk,
-        SQUARE=window == "square",
+        KP=max(2, next_power_of_2(search.topk)),
+        TOPK=search.topk,
+        SQUARE=search.window == "square",
         INPUT_PRECISION=feature_precision(query.dtype),
         UPCAST=upcast_bf16_dot(query.dtype),
     )
@@ -219,6 +221,8 @@ def launch(query, keys, values, radius, topk, temperature, window, unrestricted,
     return out
 
 
+# triton_op infers the schema from the annotations (torch 2.13 does not use its ``schema=``): the
+# settings arguments are those of reference.OP_SETTINGS, KnnSearch's fields in order.
 @torch.library.triton_op("tritoncorr::knn_propagate", mutates_args=())
 def _knn_propagate_triton_op(
     query: torch.Tensor,
@@ -230,7 +234,24 @@ def _knn_propagate_triton_op(
     window: str,
     unrestricted: int,
 ) -> torch.Tensor:
-    return launch(query, keys, values, radius, topk, temperature, window, unrestricted, wrap=torch.library.wrap_triton)
+    search = KnnSearch(radius, topk, temperature, window, unrestricted)
+    return launch(query, keys, values, search, wrap=torch.library.wrap_triton)
+
+
+def run(query, keys, values, search: KnnSearch, counts: list[int] | None = None) -> torch.Tensor:
+    """The Triton path of ``knn_propagate`` (inputs checked): CUDA tensors through the ``triton_op``
+    (which ``torch.compile`` sees), CPU tensors under the interpreter straight to :func:`launch`.
+
+    The kernel takes the context slots as they are: repeated frames (``counts``, see
+    ``reference.check_counts``) are expanded first, ``unrestricted`` then counting slots.
+    """
+    if counts is not None:
+        reps = torch.tensor(counts, device=keys.device)
+        search = replace(search, unrestricted=sum(counts[: search.unrestricted]))
+        keys, values = keys.repeat_interleave(reps, 0), values.repeat_interleave(reps, 0)
+    if query.is_cuda:
+        return torch.ops.tritoncorr.knn_propagate(query, keys, values, *search.op_args())
+    return launch(query, keys, values, search)
 
 
 def aot_specs(fixed_only: bool = False) -> list:

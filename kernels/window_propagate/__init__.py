@@ -17,6 +17,10 @@ G_c(u) = exp(-4 ln2 |u - c|^2) = 2^(-4 |u - c|^2), peak 1, truncated to the wind
 renormalised; :func:`~tritoncorr.kernels.window_propagate.compactness.compactness_template`).
 Ties among equal probabilities (e.g. the logit-0 out-of-image cells) go to the lower window index.
 
+Settings: :class:`WindowSearch` (``radius, temperature, compact, compact_threshold``, checked when it
+is built) is what every internal path takes; :func:`window_propagate` builds it from its keyword
+arguments.
+
 Paths (all tested against the reference):
 
 * :func:`window_propagate_reference` (``reference.py``): dense float64, MAST's code structure.
@@ -28,7 +32,10 @@ Paths (all tested against the reference):
   top-M and the Gaussian stamps).
 
 Ops ``tritoncorr::window_propagate`` (``triton_op``, registered when ``triton_kernels`` is first
-imported) / ``tritoncorr::window_propagate_windowed`` (``custom_op``). Forward only.
+imported) / ``tritoncorr::window_propagate_windowed`` (``custom_op``). Forward only. Ops take
+primitives: the settings travel as ``WindowSearch.op_args()``, the fields in order (the windowed op's
+schema spells them as :data:`~.reference.OP_SETTINGS`, the ``triton_op`` infers its own from its
+annotated signature).
 """
 
 from __future__ import annotations
@@ -37,11 +44,12 @@ import torch
 
 from .._utils import use_triton
 from .compactness import compactness_mask, compactness_template
-from .reference import MAX_COMPACT, MAX_WINDOW_LABELS, validate, window_propagate_reference
+from .reference import MAX_COMPACT, MAX_WINDOW_LABELS, OP_SETTINGS, WindowSearch, window_propagate_reference
 from .torch_path import window_propagate_windowed
 
 __all__ = [
     "window_propagate",
+    "WindowSearch",
     "window_propagate_reference",
     "window_propagate_windowed",
     "compactness_template",
@@ -51,25 +59,14 @@ __all__ = [
 ]
 
 
-@torch.library.custom_op("tritoncorr::window_propagate_windowed", mutates_args=())
-def _window_propagate_windowed_op(
-    query: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    radius: int,
-    temperature: float,
-    compact: int,
-    compact_threshold: float,
-) -> torch.Tensor:
-    return window_propagate_windowed(
-        query,
-        keys,
-        values,
-        radius=radius,
-        temperature=temperature,
-        compact=compact,
-        compact_threshold=compact_threshold,
-    )
+@torch.library.custom_op(
+    "tritoncorr::window_propagate_windowed",
+    mutates_args=(),
+    schema=f"(Tensor query, Tensor keys, Tensor values, {OP_SETTINGS}) -> Tensor",
+)
+def _window_propagate_windowed_op(query, keys, values, radius, temperature, compact, compact_threshold):
+    search = WindowSearch(radius, temperature, compact, compact_threshold)
+    return window_propagate_windowed(query, keys, values, search)
 
 
 @_window_propagate_windowed_op.register_fake
@@ -102,18 +99,11 @@ def window_propagate(
         (L, h, w) float32. CUDA tensors run the Triton kernel, CPU tensors the tiled PyTorch path
         (``TRITONCORR_BACKEND`` overrides).
     """
-    validate(query, keys, values, radius, temperature, compact, compact_threshold)
-    temperature, compact_threshold = float(temperature), float(compact_threshold)
+    search = WindowSearch(radius, temperature, compact, compact_threshold)
+    search.check(query, keys, values)
     if use_triton(query, keys, values):
-        kernels = _kernels()  # registers tritoncorr::window_propagate
-        if query.is_cuda:
-            return torch.ops.tritoncorr.window_propagate(
-                query, keys, values, radius, temperature, compact, compact_threshold
-            )
-        return kernels.launch(query, keys, values, radius, temperature, compact, compact_threshold)
-    return torch.ops.tritoncorr.window_propagate_windowed(
-        query, keys, values, radius, temperature, compact, compact_threshold
-    )
+        return _kernels().run(query, keys, values, search)
+    return torch.ops.tritoncorr.window_propagate_windowed(query, keys, values, *search.op_args())
 
 
 def _kernels():

@@ -1,4 +1,8 @@
-"""Full-window propagation, the memory-bounded PyTorch path (default for CPU tensors)."""
+"""Full-window propagation, the memory-bounded PyTorch path (default for CPU tensors).
+
+:func:`window_propagate_windowed`: query (C, h, w), keys (N, C, h, w), values (N, L, h, w), settings
+:class:`~.reference.WindowSearch` -> (L, h, w) float32, by GEMMs on query tiles.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,13 @@ import torch.nn.functional as F
 
 from .._tiles import block_geometry, query_blocks, regions, window_in_region
 from .._utils import topk_lowest_index
-from .reference import validate
+from .reference import WindowSearch
 
 __all__ = ["window_propagate_windowed"]
 
 
 def window_propagate_windowed(
-    query: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    *,
-    radius: int,
-    temperature: float = 1.0,
-    compact: int = 0,
-    compact_threshold: float = 0.1,
-    tile: int = 8,
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, search: WindowSearch, *, tile: int = 8
 ) -> torch.Tensor:
     """Memory-bounded PyTorch path of the full-window mode. Shapes as :func:`window_propagate`.
 
@@ -34,14 +30,14 @@ def window_propagate_windowed(
     O(N * (W / tile) * tile^2 * (tile + 2r)^2) floats for one row of tiles: neither the dense affinity
     nor the full (N*P^2, h*w) volume exists.
     """
-    validate(query, keys, values, radius, temperature, compact, compact_threshold)
+    search.check(query, keys, values)
     c, h, w = query.shape
     n, lab = keys.shape[0], values.shape[1]
-    r = radius
+    r, compact = search.radius, search.compact
     dev = query.device
     T, R, nby, nbx = block_geometry(h, w, r, tile)
     hq, wq = nby * T, nbx * T
-    qp = F.pad(query.float() / float(temperature), (0, wq - w, 0, hq - h))[None]  # (1, C, hq, wq)
+    qp = F.pad(query.float() / search.temperature, (0, wq - w, 0, hq - h))[None]  # (1, C, hq, wq)
     kp = F.pad(keys.float(), (r, r + wq - w, r, r + hq - h))  # (N, C, hq+2r, wq+2r)
     vp = F.pad(values.float(), (r, r + wq - w, r, r + hq - h))  # (N, L, ...)
     win = window_in_region(T, R, r, dev)  # (T2, R2)
@@ -64,7 +60,7 @@ def window_propagate_windowed(
         res = torch.matmul(p, v)  # (N, nbx, T2, L) soft window sums
         if compact:
             top_p = torch.exp(top_s - lse[..., None])  # (N, nbx, T2, M)
-            conf = top_p.amax(dim=-1) > float(compact_threshold)
+            conf = top_p.amax(dim=-1) > search.compact_threshold
             wgt = torch.softmax(top_p, dim=-1)
             cy = (top_i // R).float()[..., None]  # rectangle coordinates of the centres
             cx = (top_i % R).float()[..., None]

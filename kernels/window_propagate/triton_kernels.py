@@ -31,8 +31,9 @@ from .._triton_utils import (
     tile_scores,
 )
 from .._utils import alloc_output, next_power_of_2, upcast_bf16_dot
+from .reference import WindowSearch
 
-__all__ = ["aot_specs", "launch", "COMPACT_STAMP"]
+__all__ = ["aot_specs", "launch", "run", "COMPACT_STAMP"]
 
 #: Gaussian stamp radius (cells) of the compactness template: cells further than 3 from a centre
 #: (|u - c|^2 >= 16) have weight 2^-64 = 5e-20 and are left out.
@@ -230,15 +231,17 @@ def _block_l(lab: int) -> int:
     return max(16, next_power_of_2(lab))
 
 
-def launch(query, keys, values, radius, temperature, compact, compact_threshold, *, wrap=None) -> torch.Tensor:
-    """Run the kernel: (L, h, w) fp32. ``wrap`` is ``torch.library.wrap_triton`` inside the op."""
+def launch(query, keys, values, search: WindowSearch, *, wrap=None) -> torch.Tensor:
+    """Run the kernel: query (C, h, w), keys (N, C, h, w), values (N, L, h, w) -> (L, h, w) fp32.
+    ``wrap`` is ``torch.library.wrap_triton`` inside the op."""
     c, h, w = query.shape
     lab = values.shape[1]
     values = values.float()
     out = alloc_output((lab, h, w), dtype=torch.float32, device=query.device)
     tile_h, bk, nw, ns = _config(query.dtype)
     grid = propagation_grid(h, w, tile_h)
-    args = propagation_args(query, keys, values, out, radius, 1.0 / float(temperature), float(compact_threshold))
+    inv_t = 1.0 / search.temperature
+    args = propagation_args(query, keys, values, out, search.radius, inv_t, search.compact_threshold)
     kernel = _window_propagate_kernel
     (wrap(kernel) if wrap else kernel)[grid](
         *args,
@@ -247,8 +250,8 @@ def launch(query, keys, values, radius, temperature, compact, compact_threshold,
         BLOCK_K=bk,
         BLOCK_C=feature_block_c(c, query.dtype),
         BLOCK_L=_block_l(lab),
-        COMPACT=compact,
-        MP=max(2, next_power_of_2(compact)),
+        COMPACT=search.compact,
+        MP=max(2, next_power_of_2(search.compact)),
         STAMP=COMPACT_STAMP,
         INPUT_PRECISION=feature_precision(query.dtype),
         UPCAST=upcast_bf16_dot(query.dtype),
@@ -258,6 +261,8 @@ def launch(query, keys, values, radius, temperature, compact, compact_threshold,
     return out
 
 
+# triton_op infers the schema from the annotations (torch 2.13 does not use its ``schema=``): the
+# settings arguments are those of reference.OP_SETTINGS, WindowSearch's fields in order.
 @torch.library.triton_op("tritoncorr::window_propagate", mutates_args=())
 def _window_propagate_triton_op(
     query: torch.Tensor,
@@ -268,7 +273,16 @@ def _window_propagate_triton_op(
     compact: int,
     compact_threshold: float,
 ) -> torch.Tensor:
-    return launch(query, keys, values, radius, temperature, compact, compact_threshold, wrap=torch.library.wrap_triton)
+    search = WindowSearch(radius, temperature, compact, compact_threshold)
+    return launch(query, keys, values, search, wrap=torch.library.wrap_triton)
+
+
+def run(query, keys, values, search: WindowSearch) -> torch.Tensor:
+    """The Triton path of ``window_propagate`` (inputs checked): CUDA tensors through the ``triton_op``
+    (which ``torch.compile`` sees), CPU tensors under the interpreter straight to :func:`launch`."""
+    if query.is_cuda:
+        return torch.ops.tritoncorr.window_propagate(query, keys, values, *search.op_args())
+    return launch(query, keys, values, search)
 
 
 def aot_specs(fixed_only: bool = False) -> list:

@@ -73,11 +73,13 @@ def _slots_factory(device: torch.device, t: int, h: int, w: int, dense: bool):
 
     def factory():
         from tritoncorr.evaluate import frame_to_tensor
-        from tritoncorr.kernels.knn_propagate import knn_propagate, knn_propagate_dense
+        from tritoncorr.kernels.knn_propagate import KnnSearch, knn_propagate, knn_propagate_dense
         from tritoncorr.methods.inference import load_feature_model
         from tritoncorr.propagation import PRESETS, channel_argmax, context_indices, decode_labels, encode_labels
 
         cfg = PRESETS["dul"]
+        kw = dict(radius=cfg.radius, topk=cfg.topk, temperature=cfg.temperature, window=cfg.window, unrestricted=1)
+        search = KnnSearch(**kw)
         frames, mask = _video(t, h, w)
         model = load_feature_model(None, seed=0, device=device)
 
@@ -87,18 +89,8 @@ def _slots_factory(device: torch.device, t: int, h: int, w: int, dense: bool):
             labels = [encode_labels(torch.from_numpy(mask).to(device), 2, tuple(feats.shape[-2:]))]
             for i in range(1, t):
                 sel = context_indices(i, cfg.context)
-                labels.append(
-                    (knn_propagate_dense if dense else knn_propagate)(
-                        feats[i],
-                        feats[sel],
-                        torch.stack([labels[s] for s in sel]),
-                        radius=cfg.radius,
-                        topk=cfg.topk,
-                        temperature=cfg.temperature,
-                        window=cfg.window,
-                        unrestricted=1,
-                    )
-                )
+                args = (feats[i], feats[sel], torch.stack([labels[s] for s in sel]))
+                labels.append(knn_propagate_dense(*args, search) if dense else knn_propagate(*args, **kw))
             return [
                 channel_argmax(decode_labels(lab, (h, w), align_corners=True)).to(torch.uint8).cpu().numpy()
                 for lab in labels

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from tritoncorr.bench.core import BenchCase, SkipProvider
-from tritoncorr.kernels.knn_propagate import knn_propagate_dense, knn_propagate_windowed, window_propagate_windowed
+from tritoncorr.kernels.knn_propagate import KnnSearch, knn_propagate_dense, knn_propagate_windowed
+from tritoncorr.kernels.window_propagate import WindowSearch, window_propagate_windowed
 
 RADIUS, TOPK, TEMPERATURE, CONTEXT = 12, 10, 0.05, 21
 
@@ -52,22 +53,22 @@ def _inputs(device: torch.device, c: int, h: int, w: int, n: int, lab: int, dtyp
 
 def _case(device: torch.device, name: str, c: int, h: int, w: int, lab: int, dtype: torch.dtype) -> BenchCase:
     n = CONTEXT
-    kw = dict(radius=RADIUS, topk=TOPK, temperature=TEMPERATURE, window="disc", unrestricted=1)
+    search = KnnSearch(radius=RADIUS, topk=TOPK, temperature=TEMPERATURE, window="disc", unrestricted=1)
 
     def triton_factory():
         if device.type != "cuda":
             raise SkipProvider("Triton kernel needs a CUDA device")
         q, k, v = _inputs(device, c, h, w, n, lab, dtype)
         op = torch.ops.tritoncorr.knn_propagate
-        return lambda: op(q, k, v, RADIUS, TOPK, TEMPERATURE, "disc", 1)
+        return lambda: op(q, k, v, *search.op_args())
 
     def torch_factory():
         q, k, v = _inputs(device, c, h, w, n, lab, dtype)
-        return lambda: knn_propagate_windowed(q, k, v, **kw)
+        return lambda: knn_propagate_windowed(q, k, v, search)
 
     def dense_factory():
         q, k, v = _inputs(device, c, h, w, n, lab, dtype)
-        return lambda: knn_propagate_dense(q, k, v, **kw)
+        return lambda: knn_propagate_dense(q, k, v, search)
 
     elem = torch.finfo(dtype).bits // 8
     hw = h * w
@@ -85,6 +86,7 @@ def _case(device: torch.device, name: str, c: int, h: int, w: int, lab: int, dty
 
 def _window_case(device: torch.device, name: str, radius: int, compact: int, dtype: torch.dtype) -> BenchCase:
     c, h, w, n, lab = 64, 120, 214, 5, 7
+    search = WindowSearch(radius=radius, compact=compact)
 
     def inputs():
         g = torch.Generator().manual_seed(0)
@@ -99,11 +101,11 @@ def _window_case(device: torch.device, name: str, radius: int, compact: int, dty
             raise SkipProvider("Triton kernel needs a CUDA device")
         q, k, v = inputs()
         op = torch.ops.tritoncorr.window_propagate
-        return lambda: op(q, k, v, radius, 1.0, compact, 0.1)
+        return lambda: op(q, k, v, *search.op_args())
 
     def torch_factory():
         q, k, v = inputs()
-        return lambda: window_propagate_windowed(q, k, v, radius=radius, compact=compact)
+        return lambda: window_propagate_windowed(q, k, v, search)
 
     side = 2 * radius + 1
     hw = h * w
