@@ -63,23 +63,11 @@ def knn_propagate_windowed(
     if not kcl.is_contiguous():
         kcl = kcl.contiguous()
     k_unres = [kcl[u].view(hw, c) for u in range(nu)]
-    if counts is not None:  # slot of the first copy of each frame, and each frame's copies
+    repeat = None
+    if counts is not None:  # each frame's number of slots, the slot of its first copy, and its copies
         count_t = torch.tensor(counts, device=dev)
-        first_slot = torch.cumsum(count_t, 0) - count_t
-        copies = torch.arange(max(counts), device=dev)
-    # window offsets (dy, dx) in row-major order, (1, D) each
-    oy, ox = torch.meshgrid(
-        torch.arange(-reach, reach + 1, device=dev), torch.arange(-reach, reach + 1, device=dev), indexing="ij"
-    )
-    in_window = window_mask(
-        torch.zeros(1, dtype=torch.long, device=dev),
-        torch.zeros(1, dtype=torch.long, device=dev),
-        oy.reshape(-1),
-        ox.reshape(-1),
-        search.radius,
-        search.window,
-    )[0]
-    off_y, off_x = oy.reshape(-1)[in_window][None, :], ox.reshape(-1)[in_window][None, :]
+        repeat = (count_t, torch.cumsum(count_t, 0) - count_t, torch.arange(max(counts), device=dev))
+    off_y, off_x = _window_offsets(search, dev)
     n_off = off_y.shape[1]
     for ty0 in range(0, h, tile):
         ty1 = min(ty0 + tile, h)
@@ -91,22 +79,12 @@ def knn_propagate_windowed(
             nq, p = th * tw, rh * rw
             # queries pre-scaled by 1/temperature: scores = <q, k> / temperature
             qt = query[:, ty0:ty1, tx0:tx1].reshape(c, nq).T.float() * inv_t  # (nq, C)
-            cand_v, cand_f, cand_y, cand_x = [], [], [], []
+            cands = _Candidates(repeat)
             for u in range(nu):
                 su = qt @ k_unres[u].T  # (nq, h*w)
                 v_u, i_u = topk_lowest_index(su, topk)
                 del su
-                _add_candidates(
-                    cand_v,
-                    cand_f,
-                    cand_y,
-                    cand_x,
-                    v_u,
-                    torch.full_like(i_u, u),
-                    i_u // w,
-                    i_u % w,
-                    None if counts is None else (count_t, first_slot, copies),
-                )
+                cands.add(v_u, torch.full_like(i_u, u), i_u // w, i_u % w)
             if nw:
                 # each query's window cells (row-major offsets, so increasing candidate index) as
                 # indices into the tile's rectangle; cells outside the image are clamped and masked
@@ -128,31 +106,8 @@ def knn_propagate_windowed(
                 v_w, i_w = topk_lowest_index(sw.view(nq, nf * n_off), topk)
                 del sw
                 r = cell.gather(1, i_w % n_off)
-                _add_candidates(
-                    cand_v,
-                    cand_f,
-                    cand_y,
-                    cand_x,
-                    v_w,
-                    f0 + i_w // n_off,
-                    ry0 + r // rw,
-                    rx0 + r % rw,
-                    None if counts is None else (count_t, first_slot, copies),
-                )
-            if len(cand_v) == 1 and counts is None:
-                top_v, fr, cy, cx = cand_v[0], cand_f[0], cand_y[0], cand_x[0]
-            else:
-                # joint top-k of the parts: order by global index, then a stable sort by score
-                allv, allf, ally, allx = (torch.cat(t, dim=1) for t in (cand_v, cand_f, cand_y, cand_x))
-                gid = (allf * h + ally) * w + allx
-                o1 = torch.argsort(gid, dim=1)
-                allv = allv.gather(1, o1)
-                o2 = torch.sort(allv, dim=1, descending=True, stable=True).indices[:, :topk]
-                sel = o1.gather(1, o2)
-                top_v = allv.gather(1, o2)
-                fr, cy, cx = allf.gather(1, sel), ally.gather(1, sel), allx.gather(1, sel)
-                if counts is not None:  # context slot -> the distinct frame that fills it
-                    fr = torch.searchsorted(first_slot, fr, right=True) - 1
+                cands.add(v_w, f0 + i_w // n_off, ry0 + r // rw, rx0 + r % rw)
+            top_v, fr, cy, cx = cands.top(topk, h, w)
             weights = torch.softmax(top_v, dim=1)  # (nq, k); -inf entries weigh 0
             gathered = vals_cl[fr, cy, cx].float()  # (nq, k, L)
             res = torch.einsum("qk,qkl->ql", weights, gathered)
@@ -160,22 +115,61 @@ def knn_propagate_windowed(
     return out
 
 
-def _add_candidates(cand_v, cand_f, cand_y, cand_x, v, f, y, x, repeat) -> None:
-    """Append one part's candidates (Q, k) -- scores ``v``, distinct frame ``f``, cell ``y, x`` --
-    to the lists. With ``repeat = (counts, first_slot, copies)`` each candidate becomes one entry
-    per context slot of its frame (frames are then named by slot; unused copies score -inf and
-    weigh 0), so the joint top-k sees what the repeated frames would give."""
-    if repeat is None:
-        cand_v.append(v)
-        cand_f.append(f)
-        cand_y.append(y)
-        cand_x.append(x)
-        return
-    count_t, first_slot, copies = repeat
-    q, k = v.shape
-    m = copies.numel()
-    used = copies[None, None, :] < count_t[f][:, :, None]  # (Q, k, m)
-    cand_v.append(v[:, :, None].expand(q, k, m).masked_fill(~used, float("-inf")).reshape(q, k * m))
-    cand_f.append((first_slot[f][:, :, None] + copies).reshape(q, k * m))
-    cand_y.append(y[:, :, None].expand(q, k, m).reshape(q, k * m))
-    cand_x.append(x[:, :, None].expand(q, k, m).reshape(q, k * m))
+def _window_offsets(search: KnnSearch, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The window's cell offsets ``(dy, dx)`` in row-major order, each ``(1, D)``."""
+    reach = search.reach
+    span = torch.arange(-reach, reach + 1, device=device)
+    oy, ox = torch.meshgrid(span, span, indexing="ij")
+    oy, ox = oy.reshape(-1), ox.reshape(-1)
+    origin = torch.zeros(1, dtype=torch.long, device=device)
+    in_window = window_mask(origin, origin, oy, ox, search.radius, search.window)[0]
+    return oy[in_window][None, :], ox[in_window][None, :]
+
+
+class _Candidates:
+    """The top-k candidates of one query tile from each part (an unrestricted frame, a chunk of restricted
+    frames): scores and (frame, y, x), each ``(Q, k)``; :meth:`top` merges them into the joint top-k.
+
+    ``repeat = (counts, first_slot, copies)`` (repeated context frames, see ``knn_propagate_windowed``):
+    each candidate becomes one entry per context slot of its frame (frames are then named by slot; unused
+    copies score -inf and weigh 0), so the joint top-k sees what the repeated frames would give.
+    """
+
+    def __init__(self, repeat: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> None:
+        self.repeat = repeat
+        self.v: list[torch.Tensor] = []
+        self.f: list[torch.Tensor] = []
+        self.y: list[torch.Tensor] = []
+        self.x: list[torch.Tensor] = []
+
+    def add(self, v: torch.Tensor, f: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> None:
+        """One part's candidates (Q, k): scores ``v``, distinct frame ``f``, cell ``y, x``."""
+        if self.repeat is not None:
+            count_t, first_slot, copies = self.repeat
+            q, k = v.shape
+            m = copies.numel()
+            used = copies[None, None, :] < count_t[f][:, :, None]  # (Q, k, m)
+            v = v[:, :, None].expand(q, k, m).masked_fill(~used, float("-inf")).reshape(q, k * m)
+            f = (first_slot[f][:, :, None] + copies).reshape(q, k * m)
+            y = y[:, :, None].expand(q, k, m).reshape(q, k * m)
+            x = x[:, :, None].expand(q, k, m).reshape(q, k * m)
+        self.v.append(v)
+        self.f.append(f)
+        self.y.append(y)
+        self.x.append(x)
+
+    def top(self, topk: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The joint top-k ``(scores, frame, y, x)``, each (Q, <= k): candidates ordered by global index
+        ``(frame * h + y) * w + x``, then a stable sort by score (the lowest index wins ties)."""
+        if len(self.v) == 1 and self.repeat is None:
+            return self.v[0], self.f[0], self.y[0], self.x[0]
+        allv, allf, ally, allx = (torch.cat(t, dim=1) for t in (self.v, self.f, self.y, self.x))
+        gid = (allf * h + ally) * w + allx
+        o1 = torch.argsort(gid, dim=1)
+        allv = allv.gather(1, o1)
+        o2 = torch.sort(allv, dim=1, descending=True, stable=True).indices[:, :topk]
+        sel = o1.gather(1, o2)
+        fr, cy, cx = allf.gather(1, sel), ally.gather(1, sel), allx.gather(1, sel)
+        if self.repeat is not None:  # context slot -> the distinct frame that fills it
+            fr = torch.searchsorted(self.repeat[1], fr, right=True) - 1
+        return allv.gather(1, o2), fr, cy, cx
