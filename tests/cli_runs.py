@@ -16,12 +16,13 @@ runner = CliRunner()
 
 
 def run_cli(*args, exit_code: int = 0, env: dict[str, str] | None = None):
-    """``tritoncorr <args>`` (each ``str()``-ed) in process; asserts the exit code (the output is the message)
-    and returns the result."""
+    """``tritoncorr <args>`` (each ``str()``-ed) in process; asserts the exit code (the message is the output and
+    the exception the command raised, if it raised one rather than exiting) and returns the result."""
     from tritoncorr.cli import app  # here: importing this module for torchrun_train leaves the CLI unloaded
 
     r = runner.invoke(app, [str(a) for a in args], env=env)
-    assert r.exit_code == exit_code, r.output
+    raised = "" if r.exception is None or isinstance(r.exception, SystemExit) else f"\n{r.exception!r}"
+    assert r.exit_code == exit_code, r.output + raised
     return r
 
 

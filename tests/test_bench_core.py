@@ -6,6 +6,7 @@ import csv
 
 import numpy as np
 import torch
+from cli_runs import run_cli
 
 from tritoncorr.bench.core import BenchCase, SkipProvider, peak_memory_bytes, time_fn
 from tritoncorr.bench.runner import append_csv, run_case
@@ -99,25 +100,18 @@ def test_eval_davis_bench_providers_give_crw_masks():
 
 
 def test_quick_bench_writes_to_the_user_cache_and_prints_no_profiler_noise(tmp_path, monkeypatch, capfd):
-    from typer.testing import CliRunner
-
-    from tritoncorr.cli import app
-
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    res = CliRunner().invoke(app, ["bench", "-k", "knn_propagate", "--quick", "--device", "cpu"])
-    assert res.exit_code == 0, res.output
+    res = run_cli("bench", "-k", "knn_propagate", "--quick", "--device", "cpu")
     out_csv = tmp_path / "cache" / "tritoncorr" / "bench" / "bench-quick.csv"
     assert out_csv.is_file() and "knn_propagate" in out_csv.read_text()
     assert list(work.iterdir()) == []  # nothing in the current folder
     captured = capfd.readouterr()
     assert "USDT" not in captured.out + captured.err + res.output
-    res = CliRunner().invoke(
-        app, ["bench", "-k", "knn_propagate", "--quick", "--device", "cpu", "--out", str(tmp_path / "mine")]
-    )
-    assert res.exit_code == 0 and (tmp_path / "mine" / "bench-quick.csv").is_file()
+    run_cli("bench", "-k", "knn_propagate", "--quick", "--device", "cpu", "--out", tmp_path / "mine")
+    assert (tmp_path / "mine" / "bench-quick.csv").is_file()
 
 
 def test_quick_cases_are_training_shapes_fwd_bwd():

@@ -6,31 +6,25 @@ import subprocess
 import sys
 import time
 
-from typer.testing import CliRunner
+from cli_runs import run_cli
 
 from tritoncorr import __version__
-from tritoncorr.cli import app
-
-runner = CliRunner()
 
 
 def test_version():
-    result = runner.invoke(app, ["--version"])
-    assert result.exit_code == 0
+    result = run_cli("--version")
     assert result.output.strip() == f"tritoncorr {__version__}"
 
 
 def test_help_lists_commands():
-    result = runner.invoke(app, ["--help"])
-    assert result.exit_code == 0
+    result = run_cli("--help")
     for command in ("train", "eval", "bench"):
         assert command in result.output
 
 
 def test_subcommand_help():
     for args in (["eval", "davis", "--help"], ["train", "--help"], ["bench", "--help"]):
-        result = runner.invoke(app, args)
-        assert result.exit_code == 0, result.output
+        result = run_cli(*args)
         assert "Usage" in result.output
 
 
@@ -43,8 +37,7 @@ def test_help_is_instant_and_imports_no_torch():
 
 
 def test_bench_rejects_unknown_kernel():
-    result = runner.invoke(app, ["bench", "--kernel", "nope", "--device", "cpu"])
-    assert result.exit_code == 2
+    result = run_cli("bench", "--kernel", "nope", "--device", "cpu", exit_code=2)
     assert "unknown kernel" in result.output
 
 
@@ -54,8 +47,7 @@ def test_train_without_the_dataset_is_a_one_line_error(tmp_path, monkeypatch):
 
     monkeypatch.setenv("TRITONCORR_DATA", str(tmp_path / "data-home"))
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "dul.py"
-    r = runner.invoke(app, ["train", str(recipe), "--out", str(tmp_path / "run")])
-    assert r.exit_code == 2, r.output
+    r = run_cli("train", recipe, "--out", tmp_path / "run", exit_code=2)
     assert "Traceback" not in r.output
     assert str(tmp_path / "data-home" / "YouTube-VOS" / "train" / "JPEGImages") in r.output
     assert "--set data.root=PATH" in r.output and "dul.py:cpu" in r.output

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from cli_runs import run_cli
 
-from tritoncorr.cli import app
 from tritoncorr.compare import ComparisonError, paired_comparison, read_sequence_scores
-
-runner = CliRunner()
 
 
 def _write(folder, rows, split="val"):
@@ -55,18 +52,16 @@ def test_cli_table_csv_and_errors(tmp_path):
     a = _write(tmp_path / "init", [(f"s{i}_1", 0.5, 0.5) for i in range(5)])
     b = _write(tmp_path / "trained", [(f"s{i}_1", 0.6 + 0.01 * i, 0.6) for i in range(5)])
     out = tmp_path / "cmp.csv"
-    r = runner.invoke(app, ["eval", "compare", str(a), str(b), "--csv", str(out), "--bootstrap", "500"])
-    assert r.exit_code == 0, r.output
+    r = run_cli("eval", "compare", a, b, "--csv", out, "--bootstrap", "500")
     assert "B better than A" in r.output and "s4" in r.output
     text = out.read_text()
     assert "s0,0.500000,0.600000" in text and "better" in text
-    r = runner.invoke(app, ["eval", "compare", str(a), str(tmp_path / "nope")])
-    assert r.exit_code == 2 and "nope" in r.output and "does not exist" in r.output
+    r = run_cli("eval", "compare", a, tmp_path / "nope", exit_code=2)
+    assert "nope" in r.output and "does not exist" in r.output
     _write(tmp_path / "init", [("s0_1", 0.5, 0.5)], split="train")
-    r = runner.invoke(app, ["eval", "compare", str(a), str(b)])
-    assert r.exit_code == 2 and "--split" in r.output
-    r = runner.invoke(app, ["eval", "compare", str(a), str(b), "--split", "val"])
-    assert r.exit_code == 0, r.output
+    r = run_cli("eval", "compare", a, b, exit_code=2)
+    assert "--split" in r.output
+    run_cli("eval", "compare", a, b, "--split", "val")
 
 
 def test_sharded_evaluations_are_merged(tmp_path):

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_runs import run_cli
 from torch import nn
 
 from tritoncorr.methods.inference import load_feature_model, read_metadata
@@ -404,12 +405,8 @@ def test_random_bytes_are_not_a_checkpoint(tmp_path):
     with pytest.raises(ConvertError, match="is not a checkpoint") as info:
         convert_checkpoint(src, tmp_path / "out.safetensors")
     assert "trust" not in str(info.value) and str(src) in str(info.value)
-    from typer.testing import CliRunner
-
-    from tritoncorr.cli import app
-
-    r = CliRunner().invoke(app, ["convert", str(src), "--to", str(tmp_path / "out.safetensors")])
-    assert r.exit_code == 2 and "is not a checkpoint" in r.output and "Traceback" not in r.output
+    r = run_cli("convert", src, "--to", tmp_path / "out.safetensors", exit_code=2)
+    assert "is not a checkpoint" in r.output and "Traceback" not in r.output
 
 
 def test_dul(tmp_path):
@@ -572,27 +569,18 @@ def test_every_unmapped_key_is_reported(tmp_path):
 
 
 def test_cli_prints_the_report(tmp_path):
-    from typer.testing import CliRunner
-
-    from tritoncorr.cli import app
-
     bb = randomize(crw_modify(tv_resnet(18)), seed=15)
     sd = prefixed({k: v for k, v in bb.state_dict().items() if not k.startswith("fc.")}, "module.fast_net.backbone.")
     sd["module.fast_net.mystery.weight"] = torch.zeros(2)
     torch.save({"model": sd}, tmp_path / "dul.pth")
     out = tmp_path / "dul.safetensors"
-    res = CliRunner().invoke(
-        app,
-        ["convert", str(tmp_path / "dul.pth"), "--to", str(out), "--report", str(tmp_path / "r.json")],
-        env={"COLUMNS": "200"},
-    )
-    assert res.exit_code == 0, res.output
+    res = run_cli("convert", tmp_path / "dul.pth", "--to", out, "--report", tmp_path / "r.json", env={"COLUMNS": "200"})
     assert "format: dul" in res.output and "module.fast_net.mystery.weight" in res.output
     assert out.is_file() and (tmp_path / "r.json").is_file()
-    bad = CliRunner().invoke(app, ["convert", str(tmp_path / "dul.pth"), "--to", str(out), "--format", "mast"])
-    assert bad.exit_code == 2 and "fits the mast layout" in bad.output and "look like 'dul'" in bad.output
-    missing = CliRunner().invoke(app, ["convert", str(tmp_path / "nope.pth"), "--to", str(out)])
-    assert missing.exit_code == 2 and "does not exist" in missing.output
+    bad = run_cli("convert", tmp_path / "dul.pth", "--to", out, "--format", "mast", exit_code=2)
+    assert "fits the mast layout" in bad.output and "look like 'dul'" in bad.output
+    missing = run_cli("convert", tmp_path / "nope.pth", "--to", out, exit_code=2)
+    assert "does not exist" in missing.output
 
 
 def test_detection_and_errors():

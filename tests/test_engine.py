@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_runs import torchrun_train
+from cli_runs import run_cli, torchrun_train
 from safetensors.torch import load_file
 from toy_method import ToyDataConfig, ToyMethodConfig
 
@@ -176,19 +176,11 @@ def test_rng_state_roundtrip():
 
 def test_resume_is_exact_via_cli(tmp_path):
     """--steps 6 equals --steps 3 then --resume to 6, step for step (cosine schedule, random pairs)."""
-    from typer.testing import CliRunner
-
-    from tritoncorr.cli import app
-
-    runner = CliRunner()
     full, part = tmp_path / "full", tmp_path / "part"
-    r = runner.invoke(app, ["train", TOY, "--steps", "6", "--out", str(full), "--set", "log_every=100"])
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["train", TOY, "--steps", "3", "--out", str(part)])
-    assert r.exit_code == 0, r.output
+    run_cli("train", TOY, "--steps", "6", "--out", full, "--set", "log_every=100")
+    run_cli("train", TOY, "--steps", "3", "--out", part)
     assert ck.latest_checkpoint(part).name == "ckpt-00000003"
-    r = runner.invoke(app, ["train", TOY, "--steps", "6", "--resume", str(part)])
-    assert r.exit_code == 0, r.output
+    run_cli("train", TOY, "--steps", "6", "--resume", part)
     a, b = _losses(full), _losses(part)
     assert [x[0] for x in a] == list(range(1, 7))
     assert a == b  # bit-exact: losses, terms and lr
@@ -200,8 +192,8 @@ def test_resume_is_exact_via_cli(tmp_path):
     # keep_last=2, every=2 in the toy recipe
     assert [s for s, _ in ck.list_checkpoints(full)] == [4, 6]
     # a second run into a folder with checkpoints needs --resume
-    r = runner.invoke(app, ["train", TOY, "--steps", "2", "--out", str(full)])
-    assert r.exit_code == 2 and "--resume" in r.output
+    r = run_cli("train", TOY, "--steps", "2", "--out", full, exit_code=2)
+    assert "--resume" in r.output
 
 
 def test_sigterm_saves_checkpoint_and_resume_continues(tmp_path):
@@ -398,10 +390,6 @@ def test_dul_resume_mid_epoch_is_exact(tmp_path, workers):
 
 
 def test_damaged_checkpoint_is_reported_and_resume_from_an_older_one_is_exact(tmp_path):
-    from typer.testing import CliRunner
-
-    from tritoncorr.cli import app
-
     common = ["steps=6", "checkpoint.every=2", "checkpoint.keep_last=3"]
     train(load_recipe(TOY, common), tmp_path / "ref", progress=False)
     run = tmp_path / "run"
@@ -416,13 +404,11 @@ def test_damaged_checkpoint_is_reported_and_resume_from_an_older_one_is_exact(tm
     f.write_bytes(bytes(data))
     with pytest.raises(ck.CheckpointCorruptError, match="model.safetensors"):
         ck.verify_checkpoint(run / "ckpt-00000004")
-    runner = CliRunner()
-    r = runner.invoke(app, ["train", TOY, "--resume", str(run), "--steps", "6"])
-    assert r.exit_code == 2 and "Traceback" not in r.output
+    r = run_cli("train", TOY, "--resume", run, "--steps", "6", exit_code=2)
+    assert "Traceback" not in r.output
     assert "ckpt-00000004/model.safetensors" in r.output and "--resume-from ckpt-00000002" in r.output
     with pytest.warns(UserWarning, match="moved the newer ckpt-00000004"):
-        r = runner.invoke(app, ["train", TOY, "--resume", str(run), "--resume-from", "ckpt-00000002", "--steps", "6"])
-    assert r.exit_code == 0, r.output
+        run_cli("train", TOY, "--resume", run, "--resume-from", "ckpt-00000002", "--steps", "6")
     assert _losses(run) == _losses(tmp_path / "ref")
     assert (run / "superseded" / "ckpt-00000004").is_dir()  # kept, but not resumed from again
     # truncation is caught by the size check
@@ -430,8 +416,8 @@ def test_damaged_checkpoint_is_reported_and_resume_from_an_older_one_is_exact(tm
     g.write_bytes(g.read_bytes()[:-10])
     with pytest.raises(ck.CheckpointCorruptError, match="optimizer.safetensors has"):
         ck.verify_checkpoint(run / "ckpt-00000006")
-    r = runner.invoke(app, ["train", TOY, "--resume", str(run), "--resume-from", "9"])
-    assert r.exit_code == 2 and "no such checkpoint" in r.output
+    r = run_cli("train", TOY, "--resume", run, "--resume-from", "9", exit_code=2)
+    assert "no such checkpoint" in r.output
 
 
 _KILL_SCRIPT = r"""

@@ -8,16 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runs import run_cli
 from tritoncorr.evals.synthetic import make_synthetic_davis
-from typer.testing import CliRunner
 
-from tritoncorr.cli import app
 from tritoncorr.compare import check_settings, paired_comparison
 from tritoncorr.provenance import file_sha256, git_state, read_provenance, settings_differences
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = str(ROOT / "tests" / "recipes" / "toy.py")
-runner = CliRunner()
 
 RECORD_FIELDS = {"code", "versions", "device", "host", "platform", "cwd", "time_utc", "command", "checkpoint"}
 
@@ -55,8 +53,7 @@ def test_eval_folder_records_provenance_and_settings(tmp_path, monkeypatch):
         "cpu",
     ]
     monkeypatch.setattr("sys.argv", ["/somewhere/bin/tritoncorr", *args])  # as the console script sees it
-    r = runner.invoke(app, args)
-    assert r.exit_code == 0, r.output
+    run_cli(*args)
     rec = read_provenance(out)
     _check_record(rec)
     assert rec["checkpoint"] == {"path": str(ckpt.resolve()), "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()}
@@ -116,12 +113,10 @@ def test_compare_refuses_different_settings_unless_told(tmp_path):
     diffs, notes = check_settings([a, b])
     assert not notes and len(diffs) == 2
     assert any("propagation.topk: 10 -> 5" in d for d in diffs) and any("precision" in d for d in diffs)
-    r = runner.invoke(app, ["eval", "compare", str(a), str(b), "--bootstrap", "200"])
-    assert r.exit_code == 2, r.output
+    r = run_cli("eval", "compare", a, b, "--bootstrap", "200", exit_code=2)
     assert "settings differ" in r.output and "propagation.topk: 10 -> 5" in r.output
     assert "--allow-different-settings" in r.output
-    r = runner.invoke(app, ["eval", "compare", str(a), str(b), "--bootstrap", "200", "--allow-different-settings"])
-    assert r.exit_code == 0, r.output
+    r = run_cli("eval", "compare", a, b, "--bootstrap", "200", "--allow-different-settings")
     assert "propagation.topk" in r.output and "B better than A" in r.output
     # the same settings compare silently; a folder without provenance is compared with a note
     c = _eval_folder(tmp_path / "c", [0.55] * 6)
@@ -136,11 +131,10 @@ def test_no_verdict_below_the_minimum_number_of_sequences(tmp_path):
     assert r.verdict == "no verdict" and not r.enough
     a = _eval_folder(tmp_path / "a", [0.5, 0.4, 0.3])
     b = _eval_folder(tmp_path / "b", [0.9, 0.8, 0.7])
-    res = runner.invoke(app, ["eval", "compare", str(a), str(b), "--bootstrap", "200"])
-    assert res.exit_code == 0, res.output
+    res = run_cli("eval", "compare", a, b, "--bootstrap", "200")
     assert "no verdict" in res.output and "only 3 paired sequence(s), at least 5" in res.output
     assert "better than A" not in res.output and "nan" not in res.output.lower()
-    res = runner.invoke(app, ["eval", "compare", str(a), str(b), "--bootstrap", "200", "--min-sequences", "3"])
+    res = run_cli("eval", "compare", a, b, "--bootstrap", "200", "--min-sequences", "3")
     assert "B better than A" in res.output
 
 

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 import pytest
+from cli_runs import run_cli
 from toy_method import ToyDataConfig, ToyMethodConfig
-from typer.testing import CliRunner
 
-from tritoncorr.cli import app
 from tritoncorr.engine.cli import resolve_config
 from tritoncorr.engine.config import (
     ConfigError,
@@ -161,17 +160,15 @@ def test_new_run_resolution():
 
 
 def test_cli_dry_run_and_errors(tmp_path):
-    runner = CliRunner()
-    r = runner.invoke(app, ["train", TOY, "--dry-run", "--set", "optim.lr=0.5", "--steps", "3", "--out", str(tmp_path)])
-    assert r.exit_code == 0, r.output
+    r = run_cli("train", TOY, "--dry-run", "--set", "optim.lr=0.5", "--steps", "3", "--out", tmp_path)
     assert "lr = 0.5" in r.output and "ToyMethodConfig" in r.output and "stop at step 3" in r.output
     assert not any(tmp_path.iterdir())  # nothing written
-    r = runner.invoke(app, ["train", TOY, "--dry-run", "--set", "optim.lrr=0.5"])
-    assert r.exit_code == 2 and "did you mean 'optim.lr'" in r.output
-    r = runner.invoke(app, ["train", TOY + ":nope", "--dry-run"])
-    assert r.exit_code == 2 and "available: ddp, default, synthetic" in r.output
-    r = runner.invoke(app, ["train", "--help"])
-    assert r.exit_code == 0 and "--resume" in r.output
+    r = run_cli("train", TOY, "--dry-run", "--set", "optim.lrr=0.5", exit_code=2)
+    assert "did you mean 'optim.lr'" in r.output
+    r = run_cli("train", TOY + ":nope", "--dry-run", exit_code=2)
+    assert "available: ddp, default, synthetic" in r.output
+    r = run_cli("train", "--help")
+    assert "--resume" in r.output
 
 
 def test_recipe_files_in_repo_load():

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_runs import torchrun_train
+from cli_runs import run_cli, torchrun_train
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from tritoncorr.cli import app
 from tritoncorr.engine import checkpoint as ck
 from tritoncorr.engine.curves import read_metrics
 from tritoncorr.engine.loop import MEASURED_FIELDS, Trainer, train
@@ -248,13 +246,10 @@ def test_torchrun_resume_mid_epoch_is_exact_and_another_world_size_warns_once(tm
 
 # -------------------------------------------------------------------------- bad inputs (CLI)
 
-runner = CliRunner()
-
 
 def _error(args: list[str]) -> str:
     """Run ``tritoncorr train ARGS``; it must fail with status 2 and one ``error:`` line (no traceback)."""
-    r = runner.invoke(app, ["train", *args])
-    assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
+    r = run_cli("train", *args, exit_code=2)
     assert "Traceback" not in r.output and not r.output.lstrip().startswith("File ")
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, r.output
@@ -365,20 +360,9 @@ def test_data_root_errors(tmp_path):
     line = _error([smoke, "--set", "data.batch_size=64", "--out", str(tmp_path / "run")])
     assert "4 usable videos under 'synthetic' give no full batch of 64" in line
     # a missing root: the path it looked at, and a hint line naming the --set key
-    r = runner.invoke(
-        app,
-        [
-            "train",
-            smoke,
-            "--set",
-            "data.source=video",
-            "--set",
-            f"data.root={tmp_path / 'absent'}",
-            "--out",
-            str(tmp_path / "run"),
-        ],
-    )
-    assert r.exit_code == 2 and str(tmp_path / "absent") in r.output and "--set data.root=PATH" in r.output
+    options = ["--set", "data.source=video", "--set", f"data.root={tmp_path / 'absent'}", "--out", tmp_path / "run"]
+    r = run_cli("train", smoke, *options, exit_code=2)
+    assert str(tmp_path / "absent") in r.output and "--set data.root=PATH" in r.output
     assert not (tmp_path / "run" / "ckpt-00000001").exists()
 
 
@@ -450,7 +434,7 @@ def test_run_folder_errors(tmp_path):
     assert f"--resume {tmp_path}: no config.json there" in line
     # a run folder whose checkpoints are gone
     run = tmp_path / "run"
-    assert runner.invoke(app, ["train", TOY, "--steps", "1", "--out", str(run)]).exit_code == 0
+    run_cli("train", TOY, "--steps", "1", "--out", run)
     shutil.rmtree(run / "ckpt-00000001")
     line = _error([TOY, "--resume", str(run)])
     assert f"--resume {run}: the folder holds no complete checkpoint" in line
@@ -458,21 +442,20 @@ def test_run_folder_errors(tmp_path):
     assert "config.json is not valid JSON" in _error([TOY, "--resume", str(run)])
     # a fresh run into a folder that already has checkpoints
     run2 = tmp_path / "run2"
-    assert runner.invoke(app, ["train", TOY, "--steps", "1", "--out", str(run2)]).exit_code == 0
+    run_cli("train", TOY, "--steps", "1", "--out", run2)
     assert f"{run2} already holds checkpoints; use --resume" in _error([TOY, "--steps", "1", "--out", str(run2)])
 
 
 @pytest.fixture(scope="module")
 def dul_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("dul") / "run"
-    r = runner.invoke(app, ["train", f"{RECIPES / 'dul.py'}:smoke", "--steps", "1", "--out", str(run)])
-    assert r.exit_code == 0, r.output
+    run_cli("train", f"{RECIPES / 'dul.py'}:smoke", "--steps", "1", "--out", run)
     return run
 
 
 def test_checkpoint_of_another_method_or_architecture(tmp_path, dul_run):
     toy = tmp_path / "toy"
-    assert runner.invoke(app, ["train", TOY, "--steps", "1", "--out", str(toy)]).exit_code == 0
+    run_cli("train", TOY, "--steps", "1", "--out", toy)
     # --resume with another method's recipe
     line = _error([TOY, "--resume", str(dul_run)])
     assert "the run trains DULConfig" in line and "builds ToyMethodConfig" in line and "own recipe" in line
@@ -501,15 +484,15 @@ def test_checkpoint_of_another_method_or_architecture(tmp_path, dul_run):
 
 
 def test_a_diverging_run_is_one_error_line(tmp_path):
-    r = runner.invoke(app, ["train", TOY, "--set", "method.temperature=0", "--out", str(tmp_path / "run")])
-    assert r.exit_code == 1 and "Traceback" not in r.output and not isinstance(r.exception, FloatingPointError)
+    r = run_cli("train", TOY, "--set", "method.temperature=0", "--out", tmp_path / "run", exit_code=1)
+    assert "Traceback" not in r.output and not isinstance(r.exception, FloatingPointError)
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "non-finite loss at step 1: loss=nan" in errors[0] and "optim.lr" in errors[0]
 
 
 def test_checkpoint_errors_name_the_file(tmp_path):
     run = tmp_path / "run"
-    assert runner.invoke(app, ["train", TOY, "--steps", "2", "--out", str(run)]).exit_code == 0
+    run_cli("train", TOY, "--steps", "2", "--out", run)
     (run / "ckpt-00000002" / "state.json").write_text('{"step": 2, "fil')
     line = _error([TOY, "--resume", str(run), "--steps", "4"])
     assert f"{run / 'ckpt-00000002' / 'state.json'} is not valid JSON" in line

@@ -9,15 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runs import run_cli
 from tritoncorr.evals.davis import DavisDataset, evaluate_results, write_palette_png
 from tritoncorr.evals.synthetic import make_synthetic_davis
-from typer.testing import CliRunner
 
-from tritoncorr.cli import app
 from tritoncorr.report import per_frame_j
 
 ROOT = Path(__file__).resolve().parents[1]
-runner = CliRunner()
 N_SEQ = 6
 
 
@@ -60,8 +58,7 @@ def two_evals(tmp_path_factory):
 def test_report_is_self_contained(two_evals):
     root, a, b, tmp = two_evals
     html_path = tmp / "report.html"
-    r = runner.invoke(app, ["eval", "compare", str(a), str(b), "--html", str(html_path), "--bootstrap", "500"])
-    assert r.exit_code == 0, r.output
+    run_cli("eval", "compare", a, b, "--html", html_path, "--bootstrap", "500")
     text = html_path.read_text()
     assert text.count('<tr class="seq">') == N_SEQ
     # nothing fetched at view time: no script, no external reference; every image is a data: URI
@@ -76,12 +73,9 @@ def test_report_needs_the_frames(two_evals, tmp_path):
     a2, b2 = shutil.copytree(a, tmp_path / "a"), shutil.copytree(b, tmp_path / "b")
     for f in (a2, b2):
         (f / "provenance.json").unlink()
-    r = runner.invoke(app, ["eval", "compare", str(a2), str(b2), "--html", str(tmp_path / "r.html")])
-    assert r.exit_code == 2 and "--root" in r.output
-    r = runner.invoke(
-        app, ["eval", "compare", str(a2), str(b2), "--html", str(tmp_path / "r.html"), "--root", str(root)]
-    )
-    assert r.exit_code == 0, r.output
+    r = run_cli("eval", "compare", a2, b2, "--html", tmp_path / "r.html", exit_code=2)
+    assert "--root" in r.output
+    run_cli("eval", "compare", a2, b2, "--html", tmp_path / "r.html", "--root", root)
 
 
 def test_per_frame_j():
@@ -100,8 +94,7 @@ def test_report_in_headless_chromium(two_evals):
     pytest.importorskip("websocket", reason="websocket-client (test extra) is not installed")
     root, a, b, tmp = two_evals
     html_path = tmp / "report-browser.html"
-    r = runner.invoke(app, ["eval", "compare", str(a), str(b), "--html", str(html_path), "--bootstrap", "500"])
-    assert r.exit_code == 0, r.output
+    run_cli("eval", "compare", a, b, "--html", html_path, "--bootstrap", "500")
     shot = tmp / "report.png"
     res = load_page(
         html_path.as_uri(),

@@ -10,18 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runs import run_cli, run_eval
 from eval_layouts import make_vip
 from PIL import Image
 from test_reliability import _write_video
 from tritoncorr.evals.davis import DavisDataset, DavisFormatError, read_index_png
 from tritoncorr.evals.synthetic import make_synthetic_davis
-from typer.testing import CliRunner
 
-from tritoncorr.cli import app
 from tritoncorr.video import read_mask
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-runner = CliRunner()
 
 
 def _square(h: int = 120, w: int = 160) -> np.ndarray:
@@ -75,21 +73,7 @@ def test_a_video_cut_in_half_warns_with_both_frame_counts(tmp_path):
     m = np.zeros((48, 64), np.uint8)
     m[10:30, 10:40] = 1
     Image.fromarray(m, mode="L").save(mask)
-    r = runner.invoke(
-        app,
-        [
-            "propagate",
-            str(video),
-            "--mask",
-            str(mask),
-            "--out",
-            str(tmp_path / "out"),
-            "--device",
-            "cpu",
-            "--no-overlay",
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    r = run_cli("propagate", video, "--mask", mask, "--out", tmp_path / "out", "--device", "cpu", "--no-overlay")
     warn = [line for line in r.output.splitlines() if line.startswith("warning:") and "declares 40 frames" in line]
     assert len(warn) == 1, r.output
     n = len(list((tmp_path / "out" / "masks").glob("*.png")))
@@ -105,8 +89,7 @@ def test_a_video_cut_in_half_warns_with_both_frame_counts(tmp_path):
     ],
 )
 def test_a_data_option_the_source_does_not_use_is_an_error(tmp_path, setting, words):
-    r = runner.invoke(app, ["train", f"{RECIPES / 'dul.py'}:smoke", "--set", setting, "--out", str(tmp_path / "run")])
-    assert r.exit_code == 2, r.output
+    r = run_cli("train", f"{RECIPES / 'dul.py'}:smoke", "--set", setting, "--out", tmp_path / "run", exit_code=2)
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and all(w in errors[0] for w in words), r.output
     assert "Traceback" not in r.output
@@ -117,10 +100,8 @@ def test_an_unknown_sequence_suggests_close_names(tmp_path):
     name = DavisDataset(root).names[0]
     with pytest.raises(DavisFormatError, match=f"did you mean '{name}'"):
         DavisDataset(root, sequences=[name + "go"])
-    r = runner.invoke(
-        app, ["eval", "davis", "--root", str(root), "-s", name + "go", "--device", "cpu", "--out", str(tmp_path / "o")]
-    )
-    assert r.exit_code == 2 and f"'{name}go': did you mean '{name}'" in r.output, r.output
+    r = run_eval("davis", root, "-s", name + "go", "--device", "cpu", "--out", tmp_path / "o", exit_code=2)
+    assert f"'{name}go': did you mean '{name}'" in r.output, r.output
 
 
 def test_vip_accepts_rgb_predictions_with_equal_channels_and_refuses_coloured_ones(tmp_path):
@@ -140,8 +121,7 @@ def test_vip_accepts_rgb_predictions_with_equal_channels_and_refuses_coloured_on
             img.save(folder / rel)
     outs = []
     for folder in (res_l, res_rgb):
-        r = runner.invoke(app, ["eval", "vip", "--root", str(root), "--results", str(folder)])
-        assert r.exit_code == 0, r.output
+        run_eval("vip", root, "--results", folder)
         outs.append(
             (folder / "vip_global.csv").read_text()
             if (folder / "vip_global.csv").exists()
@@ -154,5 +134,5 @@ def test_vip_accepts_rgb_predictions_with_equal_channels_and_refuses_coloured_on
     Image.fromarray(rgb, mode="RGB").save(bad)
     with pytest.raises(DavisFormatError, match="equal channels"):
         read_index_png(bad)
-    r = runner.invoke(app, ["eval", "vip", "--root", str(root), "--results", str(res_rgb)])
-    assert r.exit_code == 2 and str(bad) in r.output and "equal channels" in r.output, r.output
+    r = run_eval("vip", root, "--results", res_rgb, exit_code=2)
+    assert str(bad) in r.output and "equal channels" in r.output, r.output

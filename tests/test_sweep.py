@@ -7,16 +7,13 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from cli_runs import run_eval
 from tritoncorr.evals.synthetic import make_synthetic_davis
-from typer.testing import CliRunner
 
-from tritoncorr.cli import app
 from tritoncorr.evaluate import evaluate_features_on_davis
 from tritoncorr.feature_cache import FeatureCache
 from tritoncorr.propagation import PRESETS
 from tritoncorr.sweep import grid_settings, parse_values, sweep_davis
-
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -110,33 +107,17 @@ def test_parse_values():
 
 def test_sweep_cli_table_csv_and_cache(davis, tmp_path):
     out = tmp_path / "sw"
-    args = [
-        "eval",
-        "sweep",
-        "--root",
-        str(davis),
-        "--topk",
-        "1,10",
-        "--temperature",
-        "0.05",
-        "--device",
-        "cpu",
-        "--cache-features",
-        str(tmp_path / "cache"),
-        "--out",
-        str(out),
-    ]
-    r = runner.invoke(app, args)
-    assert r.exit_code == 0, r.output
+    options = ["--topk", "1,10", "--temperature", "0.05", "--device", "cpu", "--cache-features", tmp_path / "cache"]
+    r = run_eval("sweep", davis, *options, "--out", out)
     assert "2 setting(s)" in r.output and "best" in r.output
     rows = (out / "sweep-val.csv").read_text().splitlines()
     assert rows[0] == "topk,temperature,J&F-Mean,J-Mean,F-Mean" and len(rows) == 3
     assert len(list((tmp_path / "cache").glob("*/*.safetensors"))) == 2
     assert (out / "provenance.json").is_file()
-    r = runner.invoke(app, ["eval", "sweep", "--root", str(davis), "--topk", "1,x"])
-    assert r.exit_code == 2 and "--topk" in r.output
-    r = runner.invoke(app, ["eval", "sweep", "--root", str(davis), "--topk", "0"])
-    assert r.exit_code == 2 and "invalid propagation setting" in r.output
+    r = run_eval("sweep", davis, "--topk", "1,x", exit_code=2)
+    assert "--topk" in r.output
+    r = run_eval("sweep", davis, "--topk", "0", exit_code=2)
+    assert "invalid propagation setting" in r.output
 
 
 def test_scoring_workers_give_the_same_scores(davis, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runs import run_cli
 
 from tritoncorr.engine import ConfigError, load_recipe
 from tritoncorr.engine.curves import plot_curves, read_metrics, series_from_rows
@@ -28,25 +29,9 @@ def _event_accumulator(logdir: Path):
 
 def test_smoke_run_with_tensorboard_writes_events_tensorboard_reads(tmp_path):
     pytest.importorskip("tensorboard", reason="the [tb] extra (tensorboard) is not installed")
-    from typer.testing import CliRunner
-
-    from tritoncorr.cli import app
-
     run = tmp_path / "run"
-    res = CliRunner().invoke(
-        app,
-        [
-            "train",
-            f"{ROOT / 'recipes' / 'dul.py'}:smoke",
-            "--steps",
-            "2",
-            "--set",
-            "log.backends=[tensorboard]",
-            "--out",
-            str(run),
-        ],
-    )
-    assert res.exit_code == 0, res.output
+    smoke = f"{ROOT / 'recipes' / 'dul.py'}:smoke"
+    run_cli("train", smoke, "--steps", "2", "--set", "log.backends=[tensorboard]", "--out", run)
     events = list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1
     acc = _event_accumulator(run / "tensorboard")
@@ -98,12 +83,8 @@ def test_backends_off_by_default_and_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r'pip install "tritoncorr\[wandb\]"'):
         check_backends(["wandb"])
 
-    from typer.testing import CliRunner
-
-    from tritoncorr.cli import app
-
-    res = CliRunner().invoke(app, ["train", TOY, "--set", "log.backends=[wandb]", "--out", str(tmp_path / "r")])
-    assert res.exit_code == 2 and "tritoncorr[wandb]" in res.output
+    res = run_cli("train", TOY, "--set", "log.backends=[wandb]", "--out", tmp_path / "r", exit_code=2)
+    assert "tritoncorr[wandb]" in res.output
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
 
 

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runs import run_cli
 from test_convert import crw_modify, prefixed, randomize, tv_resnet
-from typer.testing import CliRunner
 
 from tritoncorr import weights
-from tritoncorr.cli import app
 from tritoncorr.methods.inference import load_feature_model
 
 
@@ -223,8 +222,7 @@ def test_plain_url_and_cli_checkpoint(tmp_path, server, cache):
     url = f"{server.url}/some/dir/released.pth"
     path = weights.resolve_checkpoint(url, progress=False)
     assert path.name == "model.safetensors" and "released.pth" in path.parent.name
-    res = CliRunner().invoke(app, ["weights", "download", url])
-    assert res.exit_code == 0, res.output
+    res = run_cli("weights", "download", url)
     assert str(path.parent.name) in res.output.replace("\n", "")
 
 
@@ -233,8 +231,8 @@ def test_unknown_names_and_missing_paths():
         weights.resolve_checkpoint("dul-ytvo")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         weights.resolve_checkpoint("runs/nothing/model.safetensors")
-    res = CliRunner().invoke(app, ["eval", "davis", "--checkpoint", "no-such-model", "--sequence", "x"])
-    assert res.exit_code == 2 and "not a file or folder, nor a registered name" in res.output
+    res = run_cli("eval", "davis", "--checkpoint", "no-such-model", "--sequence", "x", exit_code=2)
+    assert "not a file or folder, nor a registered name" in res.output
 
 
 def test_hf_spec_offline_error(cache, monkeypatch, tmp_path):
@@ -257,8 +255,8 @@ def test_registry_entries_are_complete():
     assert len([n for n in weights.REGISTRY if n.startswith("dul-")]) == 4
     assert {"stt-r18-d8", "stt-r50-d8", "stt-r18-d4", "stt-r50-d4", "crw", "mast"} <= set(weights.REGISTRY)
     assert weights.REGISTRY["stt-r18-d8"].download_url().startswith("https://drive.google.com/uc?export=download")
-    res = CliRunner().invoke(app, ["weights", "list"])
-    assert res.exit_code == 0 and "dul-kinetics" in res.output
+    res = run_cli("weights", "list")
+    assert "dul-kinetics" in res.output
 
 
 def test_registry_entry_is_frozen():
