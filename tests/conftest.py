@@ -80,6 +80,23 @@ def kernel_device() -> torch.device:
     return torch.device("cuda" if HAS_CUDA else "cpu")
 
 
+@pytest.fixture(autouse=True)
+def _forget_drawn_seeds():
+    from tests.kernel_harness import DRAWN_SEEDS
+
+    DRAWN_SEEDS.clear()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that drew fresh random inputs (``kernel_harness.fresh_generator``) reports their seeds."""
+    report = (yield).get_result()
+    from tests.kernel_harness import DRAWN_SEEDS
+
+    if report.failed and DRAWN_SEEDS:
+        report.sections.append(("random inputs", f"fresh_generator seeds, in order: {DRAWN_SEEDS} (pass seed=...)"))
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     skip_triton = pytest.mark.skip(reason="needs Triton (TRITONCORR_TEST_BLOCK_TRITON=1 blocks it)")

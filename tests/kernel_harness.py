@@ -45,10 +45,18 @@ def assert_close_verbose(
         )
 
 
+#: The seeds :func:`fresh_generator` drew in the running test (conftest clears it before each test and
+#: adds it to the report of a failed one, so a failure on fresh inputs can be replayed with ``seed=``).
+DRAWN_SEEDS: list[int] = []
+
+
 def fresh_generator(seed: int | None = None) -> torch.Generator:
-    """A generator with a fresh random seed (printed by the caller on failure) unless one is given."""
+    """A generator with a fresh random seed (recorded in :data:`DRAWN_SEEDS`) unless one is given."""
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        DRAWN_SEEDS.append(seed)
     g = torch.Generator()
-    g.manual_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else seed)
+    g.manual_seed(seed)
     return g
 
 
