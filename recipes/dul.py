@@ -11,7 +11,8 @@
 from dataclasses import replace
 
 from tritoncorr.data.config import DataConfig, dataset_path
-from tritoncorr.engine.config import CheckpointConfig, OptimConfig, RunConfig, ScheduleConfig, smoke_run
+from tritoncorr.engine.config import CheckpointConfig, OptimConfig, RunConfig, ScheduleConfig
+from tritoncorr.engine.recipe import cpu_video_data, smoke_run
 from tritoncorr.methods.dul import DULConfig
 
 # YouTube-VOS-2018 train has 3,471 videos: 216 iterations per epoch at 16 clips; 500 epochs ~ 108K
@@ -98,14 +99,10 @@ def cpu() -> RunConfig:
         paper,
         name="dul-cpu",
         method=replace(paper.method, anchor_grid=4, cross_view_grid=2, reg_bn_eval=True),
-        data=replace(
+        data=cpu_video_data(
             paper.data,
-            source="video",
-            root="",
             frame_gap=25,
             batch_size=2,
-            num_workers=1,
-            pin_memory=False,
             crop_size=128,
             short_side=(128, 160),
             cache_dir=dataset_path("frame-cache"),

@@ -24,7 +24,8 @@ learning-rate milestones count SAMPLES (``iteration x 12``), converted here to o
 from dataclasses import replace
 
 from tritoncorr.data.config import DataConfig, dataset_path
-from tritoncorr.engine.config import CheckpointConfig, OptimConfig, RunConfig, ScheduleConfig, smoke_run
+from tritoncorr.engine.config import CheckpointConfig, OptimConfig, RunConfig, ScheduleConfig
+from tritoncorr.engine.recipe import cpu_video_data, smoke_run
 from tritoncorr.methods.liir import LIIRConfig
 
 #: The unofficial code's batch (12 pairs, 2 GPUs x 6) and epoch (5,800 iterations; 30 epochs stage 1,
@@ -206,15 +207,11 @@ def cpu() -> RunConfig:
         paper,
         name="liir-cpu",
         method=replace(paper.method, position_grid=CPU_CROP // 4),
-        data=replace(
+        data=cpu_video_data(
             paper.data,
-            source="video",
-            root="",
             gap_choices=(2, 5, 8),
             gap_probs=(0.4, 0.4, 0.2),
             batch_size=CPU_BATCH,
-            num_workers=1,
-            pin_memory=False,
             crop_size=CPU_CROP,
             crop="random",
             short_side=(CPU_SHORT_SIDE, CPU_SHORT_SIDE),

@@ -25,7 +25,8 @@ path and the option to set (``data.root``, ``method.teacher_weights``).
 from dataclasses import replace
 
 from tritoncorr.data.config import dataset_path
-from tritoncorr.engine.config import CheckpointConfig, EvalConfig, OptimConfig, RunConfig, ScheduleConfig, smoke_run
+from tritoncorr.engine.config import CheckpointConfig, EvalConfig, OptimConfig, RunConfig, ScheduleConfig
+from tritoncorr.engine.recipe import cpu_video_data, smoke_run
 from tritoncorr.methods.stt import STTConfig, STTDataConfig
 
 # YouTube-VOS-2018 train: 3,471 videos; the official 4 x 16 = 64 clips per iteration give 55
@@ -135,15 +136,11 @@ def cpu() -> RunConfig:
         method=replace(
             official.method, depth=18, radii=(6, 3), teacher_weights="runs/stt-spatial-cpu/model.safetensors"
         ),
-        data=replace(
+        data=cpu_video_data(
             official.data,
-            source="video",
-            root="",
             target_fps=6.0,
             frame_gap=2,
             batch_size=4,
-            num_workers=1,
-            pin_memory=False,
             crop_size=128,
             cache_dir=dataset_path("frame-cache"),
             cache_short_side=160,

@@ -24,7 +24,8 @@ from dataclasses import replace
 
 from tritoncorr.data.config import dataset_path
 from tritoncorr.data.images import ImageDataConfig
-from tritoncorr.engine.config import CheckpointConfig, EvalConfig, OptimConfig, RunConfig, ScheduleConfig, smoke_run
+from tritoncorr.engine.config import CheckpointConfig, EvalConfig, OptimConfig, RunConfig, ScheduleConfig
+from tritoncorr.engine.recipe import cpu_video_data, smoke_run
 from tritoncorr.methods.moco import MoCoConfig
 
 # ImageNet-1k train: 1,281,167 images -> 5,004 full batches of 256 per epoch.
@@ -89,15 +90,11 @@ def cpu() -> RunConfig:
         paper,
         name="stt-spatial-cpu",
         method=replace(paper.method, depth=18, queue_size=256, momentum=0.99, bn_group=8),
-        data=replace(
+        data=cpu_video_data(
             paper.data,
-            source="video",
-            root="",
             frame_step=10,
             cache_short_side=128,
             batch_size=32,
-            num_workers=1,
-            pin_memory=False,
             crop_size=96,
         ),
         # optim: default's SGD unchanged, lr 0.03 at batch 32 (8x the linear rule, see above)

@@ -245,26 +245,6 @@ class RunConfig:
 # ------------------------------------------------------------------------------------ type helpers
 
 
-def smoke_run(name: str, method: Any, data: Any, optim: OptimConfig, steps: int, **fields: Any) -> RunConfig:
-    """The run of a ``smoke`` recipe (a few steps in seconds that check the whole pipeline): on the CPU,
-    seed 0, a constant rate, no checkpoints, a log line every step, no curves; ``fields``: other
-    :class:`RunConfig` fields (e.g. ``eval``)."""
-    return RunConfig(
-        name=name,
-        method=method,
-        data=data,
-        optim=optim,
-        schedule=ScheduleConfig(name="constant"),
-        checkpoint=CheckpointConfig(every=0, keep_last=1),
-        steps=steps,
-        seed=0,
-        device="cpu",
-        log_every=1,
-        curves_every=0,
-        **fields,
-    )
-
-
 def _type_errors(cfg: Any, prefix: str = "") -> list[str]:
     """``"field must be T, got V"`` for each value of ``cfg`` (and its sections of a fixed type) that is
     not of its declared type (as a recipe may set them; ``--set`` values are converted on the way in)."""

@@ -11,6 +11,7 @@ one-line :class:`ConfigError` naming the file and line (``recipes/x.py:12: ...``
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import inspect
@@ -18,8 +19,16 @@ import sys
 import traceback
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-from tritoncorr.engine.config import ConfigError, RunConfig, apply_overrides
+from tritoncorr.engine.config import (
+    CheckpointConfig,
+    ConfigError,
+    OptimConfig,
+    RunConfig,
+    ScheduleConfig,
+    apply_overrides,
+)
 
 
 def split_recipe_ref(ref: str) -> tuple[Path, str]:
@@ -106,3 +115,33 @@ def load_recipe(ref: str, overrides: list[str] | None = None, *, validate: bool 
         return cfg.validate()
     except ConfigError as err:
         raise ConfigError(f"recipe {path}:{name}: {err}") from err
+
+
+# Building blocks of the recipe files
+
+
+def smoke_run(name: str, method: Any, data: Any, optim: OptimConfig, steps: int, **fields: Any) -> RunConfig:
+    """The run of a ``smoke`` recipe (a few steps in seconds that check the whole pipeline): on the CPU,
+    seed 0, a constant rate, no checkpoints, a log line every step, no curves; ``fields``: other
+    :class:`RunConfig` fields (e.g. ``eval``)."""
+    return RunConfig(
+        name=name,
+        method=method,
+        data=data,
+        optim=optim,
+        schedule=ScheduleConfig(name="constant"),
+        checkpoint=CheckpointConfig(every=0, keep_last=1),
+        steps=steps,
+        seed=0,
+        device="cpu",
+        log_every=1,
+        curves_every=0,
+        **fields,
+    )
+
+
+def cpu_video_data(data: Any, **changes: Any) -> Any:
+    """The data section of a ``cpu`` recipe (a short run on a laptop or a small CPU machine): ``data`` read from
+    a local folder of videos (``source="video"``, the folder given at run time with ``--set data.root=DIR``),
+    one loader worker, no pinned memory (there is no GPU to copy to), and the recipe's ``changes``."""
+    return dataclasses.replace(data, source="video", root="", num_workers=1, pin_memory=False, **changes)
