@@ -220,7 +220,8 @@ def select_names(
     unknown = [name for name in wanted if name not in listed]
     if unknown:
         raise error(f"{what}(s) {unknown_names(unknown, listed)} not listed in {where}")
-    return [name for name in listed if name in set(wanted)]
+    keep = set(wanted)
+    return [name for name in listed if name in keep]
 
 
 def frame_folder(name: str, what: str, listed: str, img: Path, ann: Path, error: type[Exception]) -> list[Path]:
